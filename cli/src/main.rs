@@ -1,3 +1,40 @@
-fn main() {
-    println!("iochaos");
+//! `iochaos`: parse the command line, call the library, map errors to exit codes
+//! (0 success, 1 failure with a one-line reason, 2 usage error; `run` returns its command's code).
+
+mod args;
+mod demo;
+mod run;
+
+use std::process::ExitCode;
+
+use args::{Command, Usage};
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IOCHAOS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let result = match args::parse(std::env::args_os().skip(1).collect()) {
+        Err(usage) => Err(anyhow::Error::new(usage)),
+        Ok(Command::Help) => {
+            print!("{}", args::HELP);
+            Ok(0)
+        }
+        Ok(Command::Run(run_args)) => run::run(run_args),
+        Ok(Command::Demo) => demo::demo().map(|()| 0),
+        Ok(Command::DemoWorkload(dir)) => demo::workload(&dir).map(|()| 0),
+    };
+    match result {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(err) => {
+            let usage = err.downcast_ref::<Usage>().is_some();
+            // One line: the chain of causes joined, as anyhow's alternate Display does.
+            eprintln!("iochaos: {err:#}");
+            ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
 }

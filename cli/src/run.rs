@@ -1,0 +1,168 @@
+//! `iochaos run`: a command in a private mount namespace with ChaosFS over a directory.
+
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chaosfs::rules::{RuleSet, Spec, parse_shorthand};
+use nix::mount::MsFlags;
+use nix::sched::CloneFlags;
+use nix::sys::signal::{SigSet, Signal};
+
+use crate::args::{RunArgs, SpecSource, Usage};
+
+/// Read and validate the rules of `source` (everything a user can get wrong is found here,
+/// before anything is mounted).
+pub fn load_spec(source: &SpecSource) -> Result<Spec, Usage> {
+    let spec = match source {
+        SpecSource::File(path) => {
+            let mut text = String::new();
+            let read = if path == Path::new("-") {
+                std::io::stdin().read_to_string(&mut text).map(|_| ())
+            } else {
+                std::fs::File::open(path).and_then(|mut f| f.read_to_string(&mut text).map(|_| ()))
+            };
+            read.map_err(|e| Usage(format!("cannot read spec {}: {e}", path.display())))?;
+            Spec::from_json(&text).map_err(|e| Usage(e.to_string()))?
+        }
+        SpecSource::Flags(flags) => {
+            let parsed = parse_shorthand(flags).map_err(|e| Usage(e.to_string()))?;
+            let spec = Spec {
+                seed: parsed.seed,
+                rules: parsed.rules,
+                ..Spec::default()
+            };
+            spec.validate().map_err(|e| Usage(e.to_string()))?;
+            spec
+        }
+    };
+    Ok(spec)
+}
+
+/// Check that this process can mount FUSE at all, with a reason a user can act on.
+pub fn check_privileges() -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("iochaos must run as root (it mounts a FUSE filesystem)");
+    }
+    if !Path::new("/dev/fuse").exists() {
+        bail!("/dev/fuse is missing: load the fuse module (modprobe fuse) or expose the device");
+    }
+    Ok(())
+}
+
+/// Canonical path of an existing directory, or a usage error naming it.
+pub fn existing_dir(path: &Path) -> Result<PathBuf, Usage> {
+    let canonical = path
+        .canonicalize()
+        .map_err(|e| Usage(format!("--path {}: {e}", path.display())))?;
+    if !canonical.is_dir() {
+        return Err(Usage(format!("--path {}: not a directory", path.display())));
+    }
+    Ok(canonical)
+}
+
+/// Move this (still single-threaded) process into a new mount namespace whose mounts do not
+/// propagate back to the host, so everything mounted here vanishes with the namespace.
+pub fn enter_private_mount_namespace() -> anyhow::Result<()> {
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS).context("unshare(CLONE_NEWNS)")?;
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .context("making / private in the new mount namespace")?;
+    Ok(())
+}
+
+/// Run `args.command` under ChaosFS; returns the exit status to exit with.
+pub fn run(args: RunArgs) -> anyhow::Result<i32> {
+    // Validate everything before changing anything.
+    let spec = load_spec(&args.spec)?;
+    check_privileges()?;
+    let dir = existing_dir(&args.path)?;
+    let duration = spec
+        .duration
+        .as_deref()
+        .map(humantime_duration)
+        .transpose()?;
+    let rules = RuleSet::new(spec).context("compiling rules")?;
+
+    // SIGINT/SIGQUIT from the terminal reach the whole process group, so the command gets them
+    // itself; SIGTERM/SIGHUP sent to us are forwarded. Blocked before any thread exists so every
+    // thread inherits the mask; std resets the mask in the child.
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGQUIT, Signal::SIGTERM, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    signals.thread_block().context("blocking signals")?;
+
+    enter_private_mount_namespace()?;
+    let mounted = chaosfs::mount_over(&dir, rules, chaosfs::server::Config::default())
+        .with_context(|| format!("mounting ChaosFS over {}", dir.display()))?;
+
+    let mut command = std::process::Command::new(&args.command[0]);
+    command.args(&args.command[1..]);
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            let name = args.command[0].to_string_lossy().into_owned();
+            let code = if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+            mounted.unmount().context("unmounting ChaosFS")?;
+            eprintln!("iochaos: cannot run {name}: {e}");
+            return Ok(code);
+        }
+    };
+    let child_pid = nix::unistd::Pid::from_raw(child.id() as i32);
+
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let status = std::thread::scope(|scope| -> anyhow::Result<ExitStatus> {
+        let server = mounted.server();
+        if let Some(duration) = duration {
+            scope.spawn(move || {
+                if let Err(mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(duration) {
+                    tracing::info!("duration over: removing all faults");
+                    server.update_rules(RuleSet::empty());
+                    server.cancel_delays();
+                }
+            });
+        }
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                while let Ok(sig) = signals.wait() {
+                    if matches!(sig, Signal::SIGTERM | Signal::SIGHUP) {
+                        let _ = nix::sys::signal::kill(child_pid, sig);
+                    }
+                }
+            })
+            .context("starting the signal thread")?;
+        let status = child.wait().context("waiting for the command");
+        let _ = done_tx.send(());
+        status
+    })?;
+
+    mounted.unmount().context("unmounting ChaosFS")?;
+    Ok(exit_code(status))
+}
+
+/// The shell's convention: the exit code, or 128 + the signal that killed the command.
+fn exit_code(status: ExitStatus) -> i32 {
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1)
+}
+
+fn humantime_duration(text: &str) -> Result<Duration, Usage> {
+    humantime::parse_duration(text).map_err(|e| Usage(format!("invalid duration {text:?}: {e}")))
+}

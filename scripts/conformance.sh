@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Conformance: with no rules, ChaosFS must pass the POSIX suite (pjdfstest) and the data-integrity
+# exerciser (fsx) exactly as the backing filesystem does. Both run on a native directory and on
+# the same kind of directory under `iochaos run` (ChaosFS mounted over it, no rules); the sets of
+# failing pjdfstest cases must be identical and fsx must succeed on both.
+# Needs root, /dev/fuse, pjdfstest and fsx (cargo install pjdfstest fsx), a user `tests`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+here=$PWD
+iochaos=${IOCHAOS:-$here/target/release/iochaos}
+[ -x "$iochaos" ] || cargo build --release --quiet -p iochaos
+fsx_ops=${FSX_OPS:-20000}
+
+id tests >/dev/null 2>&1 || useradd --system --user-group --no-create-home --shell /usr/sbin/nologin tests
+
+work=$(mktemp -d /tmp/iochaos-conformance.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+chmod 0755 "$work"
+mkdir -m 0777 "$work/native" "$work/chaosfs"
+echo '{"rules":[]}' > "$work/spec.json"
+
+failures() { grep -E '[[:space:]]failed$' "$1" | awk '{print $1}' | sort || true; }
+summary() { grep '^Summary:' "$1" || echo "no summary (suite crashed?)"; }
+
+echo "== pjdfstest, native"
+(cd "$work/native" && pjdfstest -c "$here/scripts/pjdfstest.toml" -p "$work/native" >"$work/pjd-native.txt" 2>&1) || true
+summary "$work/pjd-native.txt"
+echo "== pjdfstest, ChaosFS (no rules)"
+"$iochaos" run --path "$work/chaosfs" --spec "$work/spec.json" -- \
+    sh -c "cd '$work/chaosfs' && pjdfstest -c '$here/scripts/pjdfstest.toml' -p '$work/chaosfs'" \
+    >"$work/pjd-chaosfs.txt" 2>&1 || true
+summary "$work/pjd-chaosfs.txt"
+
+failures "$work/pjd-native.txt" >"$work/fail-native"
+failures "$work/pjd-chaosfs.txt" >"$work/fail-chaosfs"
+status=0
+if ! grep -q '^Summary:' "$work/pjd-chaosfs.txt"; then
+    tail -20 "$work/pjd-chaosfs.txt"
+    status=1
+elif ! diff -u "$work/fail-native" "$work/fail-chaosfs"; then
+    echo "pjdfstest: ChaosFS fails differently from the native filesystem (diff above: - native, + ChaosFS)"
+    grep -A3 -E '[[:space:]]failed$' "$work/pjd-chaosfs.txt" | head -60
+    status=1
+fi
+
+for where in native chaosfs; do
+    echo "== fsx, $where ($fsx_ops operations, seed 42)"
+    cmd=(fsx -q -f "$here/scripts/fsx.toml" -N "$fsx_ops" -S 42 -P "$work" "$work/$where/fsx.data")
+    if [ $where = chaosfs ]; then
+        cmd=("$iochaos" run --path "$work/chaosfs" --spec "$work/spec.json" -- "${cmd[@]}")
+    fi
+    if "${cmd[@]}" >"$work/fsx-$where.txt" 2>&1; then
+        tail -1 "$work/fsx-$where.txt"
+    else
+        tail -20 "$work/fsx-$where.txt"
+        echo "fsx failed on $where"
+        status=1
+    fi
+done
+
+if [ $status = 0 ]; then
+    echo "conformance: 1 passed, 0 failed"
+else
+    echo "conformance: 0 passed, 1 failed"
+fi
+exit $status
