@@ -161,6 +161,37 @@ impl OpSet {
     /// No op.
     pub const EMPTY: OpSet = OpSet(0);
 
+    /// The set of the given ops (usable in constants).
+    pub const fn of(ops: &[Op]) -> OpSet {
+        let mut bits = 0u64;
+        let mut i = 0;
+        while i < ops.len() {
+            bits |= 1 << ops[i] as u8;
+            i += 1;
+        }
+        OpSet(bits)
+    }
+
+    /// Ops in either set.
+    pub const fn union(self, other: OpSet) -> OpSet {
+        OpSet(self.0 | other.0)
+    }
+
+    /// Ops in `self` but not in `other`.
+    pub const fn difference(self, other: OpSet) -> OpSet {
+        OpSet(self.0 & !other.0)
+    }
+
+    /// True if every op of `self` is in `other`.
+    pub const fn is_subset(self, other: OpSet) -> bool {
+        self.0 & !other.0 == 0
+    }
+
+    /// The ops of the set, in declaration order.
+    pub fn iter(self) -> impl Iterator<Item = Op> {
+        Op::ALL.into_iter().filter(move |&op| self.contains(op))
+    }
+
     pub fn insert(&mut self, op: Op) {
         self.0 |= 1 << op as u8;
     }
@@ -213,5 +244,13 @@ mod tests {
         assert!(set.contains(Op::Read) && set.contains(Op::Ioctl));
         assert!(!set.contains(Op::Write));
         assert!(OpSet::ALL.contains(Op::Ioctl));
+        assert_eq!(OpSet::of(&[Op::Read, Op::Ioctl]), set);
+        assert!(set.is_subset(OpSet::ALL) && !OpSet::ALL.is_subset(set));
+        assert_eq!(
+            set.difference(OpSet::of(&[Op::Read])),
+            OpSet::of(&[Op::Ioctl])
+        );
+        assert_eq!(set.iter().collect::<Vec<_>>(), [Op::Read, Op::Ioctl]);
+        assert_eq!(OpSet::ALL.iter().count(), Op::ALL.len());
     }
 }
