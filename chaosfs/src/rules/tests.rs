@@ -939,3 +939,10 @@ fn shorthand_flag_recognition() {
     assert!(!is_shorthand_flag("--path"));
     assert!(!is_shorthand_flag("errno"));
 }
+
+#[test]
+fn rule_sets_are_shared_between_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<RuleSet>();
+    assert_send_sync::<Verdict>();
+}
