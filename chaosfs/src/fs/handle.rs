@@ -1,0 +1,74 @@
+//! Open file and directory handles (the FUSE `fh`), each owning a real fd of the backing file.
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use super::inode::{IdMap, Inode};
+
+const SHARDS: usize = 32;
+
+/// How a file handle's reads and writes are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Kernel passthrough: reads and writes go to the backing file without reaching ChaosFS.
+    Passthrough,
+    /// `FOPEN_DIRECT_IO`: every read and write is a request that meets the rules.
+    Direct,
+}
+
+/// A directory stream: the fd and the unconsumed part of the last `getdents64` batch.
+pub(crate) struct DirStream {
+    pub buf: Vec<u8>,
+    pub start: usize,
+    pub end: usize,
+    /// The offset the next entry in `buf` follows (what the kernel passes to continue after the
+    /// last entry it received).
+    pub next_offset: u64,
+    pub eof: bool,
+}
+
+pub(crate) enum HandleKind {
+    File { mode: OpenMode, o_direct: bool },
+    Dir(Mutex<DirStream>),
+}
+
+pub(crate) struct Handle {
+    pub fd: OwnedFd,
+    pub inode: Arc<Inode>,
+    pub kind: HandleKind,
+}
+
+pub(crate) struct HandleTable {
+    shards: Box<[RwLock<IdMap<u64, Arc<Handle>>>]>,
+    next: AtomicU64,
+}
+
+impl HandleTable {
+    pub(crate) fn new() -> Self {
+        HandleTable {
+            shards: (0..SHARDS).map(|_| RwLock::new(IdMap::default())).collect(),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    fn shard(&self, fh: u64) -> &RwLock<IdMap<u64, Arc<Handle>>> {
+        &self.shards[(fh as usize) % SHARDS]
+    }
+
+    pub(crate) fn insert(&self, h: Handle) -> u64 {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut s) = self.shard(fh).write() {
+            s.insert(fh, Arc::new(h));
+        }
+        fh
+    }
+
+    pub(crate) fn get(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.shard(fh).read().ok()?.get(&fh).cloned()
+    }
+
+    pub(crate) fn remove(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.shard(fh).write().ok()?.remove(&fh)
+    }
+}

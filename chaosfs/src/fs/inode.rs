@@ -1,0 +1,278 @@
+//! The inode table: one entry per backing inode the kernel knows about, keyed by the backing
+//! `(st_dev, st_ino)`, holding an `O_PATH` fd to it (so no path is ever rebuilt, and the backing
+//! inode cannot be freed and its number reused while the kernel may still name it).
+//!
+//! The FUSE node id is the backing `st_ino` (fuser reports the node id as `st_ino`), except for
+//! the root (node id 1) and for a backing inode whose number is already taken by another entry
+//! (a second device under the directory, or a split-off entry, see [`InodeTable::detach`]): those
+//! get a synthetic node id from a high range.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use fuser::BackingId;
+
+/// Node id of the root.
+pub(crate) const ROOT: u64 = 1;
+/// First synthetic node id.
+const SYNTHETIC_BASE: u64 = 1 << 62;
+const SHARDS: usize = 64;
+
+/// A fast hasher for integer keys (ids spread well in their low bits after a multiply).
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+pub(crate) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
+/// How the open files of an inode are served. The kernel requires every open of an inode that
+/// has a passthrough open to be passthrough too (fs/fuse/iomode.c: EINVAL otherwise), and a
+/// shared mmap of a direct-I/O open blocks later passthrough opens (ETXTBSY); so while an inode
+/// has open files, new opens take the same mode.
+#[derive(Default)]
+pub(crate) struct OpenState {
+    pub passthrough: u32,
+    pub direct: u32,
+    /// The one backing id of this inode, while it has passthrough opens.
+    pub backing: Option<BackingId>,
+}
+
+pub(crate) struct Inode {
+    pub nodeid: u64,
+    /// `O_PATH | O_NOFOLLOW` fd of the backing inode.
+    pub fd: OwnedFd,
+    pub dev: u64,
+    pub ino: u64,
+    /// `S_IFMT` bits of the backing inode.
+    pub kind: u32,
+    nlookup: AtomicU64,
+    pub open: Mutex<OpenState>,
+    /// The last (parent node id, name) the kernel learned this inode under; used to invalidate
+    /// its dentry when rules change.
+    pub name: Mutex<Option<(u64, Box<OsStr>)>>,
+    /// Removed from the key index: new lookups of the same backing inode get a fresh node id.
+    pub detached: AtomicBool,
+}
+
+impl Inode {
+    pub(crate) fn remember_name(&self, parent: u64, name: &OsStr) {
+        if let Ok(mut n) = self.name.lock() {
+            match &*n {
+                Some((p, old)) if *p == parent && &**old == name => {}
+                _ => *n = Some((parent, name.into())),
+            }
+        }
+    }
+}
+
+type Shard<K> = RwLock<IdMap<K, Arc<Inode>>>;
+
+pub(crate) struct InodeTable {
+    by_node: Box<[Shard<u64>]>,
+    by_key: Box<[Shard<(u64, u64)>]>,
+    next_synthetic: AtomicU64,
+    root: Arc<Inode>,
+}
+
+fn shard_of(n: u64) -> usize {
+    (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % SHARDS
+}
+
+fn new_shards<K>() -> Box<[Shard<K>]> {
+    (0..SHARDS).map(|_| RwLock::new(IdMap::default())).collect()
+}
+
+impl InodeTable {
+    pub(crate) fn new(root_fd: OwnedFd, st: &libc::stat) -> Self {
+        let root = Arc::new(Inode {
+            nodeid: ROOT,
+            fd: root_fd,
+            dev: st.st_dev,
+            ino: st.st_ino,
+            kind: st.st_mode & libc::S_IFMT,
+            nlookup: AtomicU64::new(u64::MAX / 2),
+            open: Mutex::new(OpenState::default()),
+            name: Mutex::new(None),
+            detached: AtomicBool::new(false),
+        });
+        let t = InodeTable {
+            by_node: new_shards(),
+            by_key: new_shards(),
+            next_synthetic: AtomicU64::new(SYNTHETIC_BASE),
+            root: root.clone(),
+        };
+        if let Ok(mut s) = t.by_node[shard_of(ROOT)].write() {
+            s.insert(ROOT, root.clone());
+        }
+        if let Ok(mut s) = t.by_key[shard_of(st.st_ino)].write() {
+            s.insert((st.st_dev, st.st_ino), root);
+        }
+        t
+    }
+
+    pub(crate) fn root(&self) -> &Arc<Inode> {
+        &self.root
+    }
+
+    /// The inode with node id `nodeid`.
+    pub(crate) fn get(&self, nodeid: u64) -> Option<Arc<Inode>> {
+        self.by_node[shard_of(nodeid)]
+            .read()
+            .ok()?
+            .get(&nodeid)
+            .cloned()
+    }
+
+    /// Find the entry of the backing inode `(dev, ino)` and count one more kernel lookup on it.
+    pub(crate) fn lookup_existing(&self, dev: u64, ino: u64) -> Option<Arc<Inode>> {
+        let shard = self.by_key[shard_of(ino)].read().ok()?;
+        let inode = shard.get(&(dev, ino))?;
+        // Counted under the key shard lock, so a concurrent forget cannot remove it in between.
+        inode.nlookup.fetch_add(1, Ordering::AcqRel);
+        Some(inode.clone())
+    }
+
+    /// Find or insert the entry of the backing inode described by `st`, counting one kernel
+    /// lookup. `fd` (an `O_PATH` fd of that inode) is used if a new entry is created, else
+    /// dropped.
+    pub(crate) fn insert(&self, fd: OwnedFd, st: &libc::stat) -> Option<Arc<Inode>> {
+        let key = (st.st_dev, st.st_ino);
+        let mut kshard = self.by_key[shard_of(st.st_ino)].write().ok()?;
+        if let Some(inode) = kshard.get(&key) {
+            inode.nlookup.fetch_add(1, Ordering::AcqRel);
+            return Some(inode.clone());
+        }
+        let mut fd = Some(fd);
+        let mut make = |nodeid: u64| -> Option<Arc<Inode>> {
+            Some(Arc::new(Inode {
+                nodeid,
+                fd: fd.take()?,
+                dev: st.st_dev,
+                ino: st.st_ino,
+                kind: st.st_mode & libc::S_IFMT,
+                nlookup: AtomicU64::new(1),
+                open: Mutex::new(OpenState::default()),
+                name: Mutex::new(None),
+                detached: AtomicBool::new(false),
+            }))
+        };
+        // Prefer the backing inode number as node id (so st_ino matches the backing file).
+        let candidate = st.st_ino;
+        let mut inode: Option<Arc<Inode>> = None;
+        if candidate > ROOT && candidate < SYNTHETIC_BASE && candidate != self.root.ino {
+            let mut nshard = self.by_node[shard_of(candidate)].write().ok()?;
+            if let std::collections::hash_map::Entry::Vacant(v) = nshard.entry(candidate) {
+                let new: Arc<Inode> = make(candidate)?;
+                v.insert(new.clone());
+                inode = Some(new);
+            }
+        }
+        let inode = match inode {
+            Some(i) => i,
+            None => {
+                let nodeid = self.next_synthetic.fetch_add(1, Ordering::Relaxed);
+                let new: Arc<Inode> = make(nodeid)?;
+                self.by_node[shard_of(nodeid)]
+                    .write()
+                    .ok()?
+                    .insert(nodeid, new.clone());
+                new
+            }
+        };
+        kshard.insert(key, inode.clone());
+        Some(inode)
+    }
+
+    /// The kernel dropped `n` lookups of `nodeid`; remove the entry when none remain.
+    pub(crate) fn forget(&self, nodeid: u64, n: u64) {
+        if nodeid == ROOT {
+            return;
+        }
+        let Some(inode) = self.get(nodeid) else {
+            return;
+        };
+        let prev = inode
+            .nlookup
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                Some(c.saturating_sub(n))
+            })
+            .unwrap_or(0);
+        if prev > n {
+            return;
+        }
+        // Lock order: key shard, then node shard (as in `insert`).
+        let Ok(mut kshard) = self.by_key[shard_of(inode.ino)].write() else {
+            return;
+        };
+        if inode.nlookup.load(Ordering::Acquire) != 0 {
+            return; // looked up again meanwhile
+        }
+        if let Some(cur) = kshard.get(&(inode.dev, inode.ino)) {
+            if Arc::ptr_eq(cur, &inode) {
+                kshard.remove(&(inode.dev, inode.ino));
+            }
+        }
+        if let Ok(mut nshard) = self.by_node[shard_of(nodeid)].write() {
+            nshard.remove(&nodeid);
+        }
+    }
+
+    /// Take `inode` out of the key index: the next lookup of its backing inode creates a new
+    /// entry with a new node id (a new kernel inode), while the kernel keeps using the old one
+    /// for what it already holds.
+    pub(crate) fn detach(&self, inode: &Arc<Inode>) {
+        if inode.nodeid == ROOT {
+            return;
+        }
+        if let Ok(mut kshard) = self.by_key[shard_of(inode.ino)].write() {
+            if let Some(cur) = kshard.get(&(inode.dev, inode.ino)) {
+                if Arc::ptr_eq(cur, inode) {
+                    kshard.remove(&(inode.dev, inode.ino));
+                }
+            }
+        }
+        inode.detached.store(true, Ordering::Release);
+    }
+
+    /// A snapshot of every entry (locks are released before returning).
+    pub(crate) fn all(&self) -> Vec<Arc<Inode>> {
+        let mut v = Vec::new();
+        for s in self.by_node.iter() {
+            if let Ok(s) = s.read() {
+                v.extend(s.values().cloned());
+            }
+        }
+        v
+    }
+
+    /// Number of entries (for tests and diagnostics).
+    pub(crate) fn len(&self) -> usize {
+        self.by_node
+            .iter()
+            .map(|s| s.read().map(|s| s.len()).unwrap_or(0))
+            .sum()
+    }
+}
+
+impl AsFd for Inode {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}

@@ -1,0 +1,490 @@
+//! The passthrough file system: FUSE requests served from a backing directory fd with `*at()`
+//! calls, with the fault rules applied to each request.
+//!
+//! * [`inode`]: backing inodes the kernel knows, keyed by `(st_dev, st_ino)`, each with an
+//!   `O_PATH` fd.
+//! * [`handle`]: open files and directories, each with a real fd.
+//! * [`delay`]: requests hit by a latency fault wait there, never in a FUSE thread.
+//! * `ops`: one method per request; `dispatch`: the `fuser::Filesystem` impl that evaluates
+//!   the rules once per request and runs or defers the op.
+
+mod delay;
+mod dispatch;
+mod handle;
+mod inode;
+mod ops;
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use fuser::{Errno, FileAttr, FileType, INodeNo, Notifier};
+
+pub(crate) use delay::Scheduler;
+use handle::HandleTable;
+pub use handle::OpenMode;
+use inode::{Inode, InodeTable, ROOT};
+
+use crate::rules::{AttrOverride, Call, Op, RuleSet, Verdict};
+use crate::sys;
+
+pub(crate) use dispatch::ChaosFs;
+
+/// Settings of the file system part of a server.
+#[derive(Debug, Clone)]
+pub(crate) struct FsConfig {
+    /// Entry and attribute cache time for paths no rule's metadata ops can touch.
+    pub ttl: Duration,
+    /// Use kernel passthrough for files no rule can touch.
+    pub passthrough: bool,
+}
+
+/// Counts of file opens by mode since the server started, and how many are open now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenStats {
+    /// Opens (and creates) served in kernel passthrough mode.
+    pub passthrough: u64,
+    /// Opens (and creates) served with direct I/O.
+    pub direct: u64,
+    /// Opens that had to take passthrough mode although the rules could touch the file, because
+    /// the inode was already open in passthrough mode (the kernel requires one mode per inode).
+    pub forced_passthrough: u64,
+    /// Handles open now in passthrough mode.
+    pub passthrough_now: u64,
+    /// Handles open now in direct I/O mode.
+    pub direct_now: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    passthrough: AtomicU64,
+    direct: AtomicU64,
+    forced: AtomicU64,
+    passthrough_now: AtomicU64,
+    direct_now: AtomicU64,
+}
+
+/// Who sent a request (from the FUSE request header).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+impl Caller {
+    fn of(req: &fuser::Request) -> Caller {
+        Caller {
+            uid: req.uid(),
+            gid: req.gid(),
+            pid: req.pid(),
+        }
+    }
+}
+
+/// A file currently open in passthrough mode that new rules could touch: its reads and writes
+/// escape the rules until it is reopened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Escaped {
+    /// The node id (= `st_ino` as seen through the mount) of the file.
+    pub ino: u64,
+    /// Its path relative to the mount root.
+    pub path: PathBuf,
+}
+
+/// What [`crate::server::Server::update_rules`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpdateReport {
+    /// Files open in passthrough mode that the new rules may touch. Until the processes holding
+    /// them reopen them, their reads and writes bypass the rules; a reopen (by path) reaches a
+    /// fresh inode that is opened with direct I/O.
+    pub escaped: Vec<Escaped>,
+}
+
+pub(crate) struct FsInner {
+    inodes: InodeTable,
+    handles: HandleTable,
+    rules: ArcSwap<RuleSet>,
+    /// `/proc/self/fd` of this process, opened at construction (`O_PATH | O_DIRECTORY`).
+    proc_fd: OwnedFd,
+    /// The backing root as `readlink(/proc/self/fd/N)` shows it, for paths given to the rules.
+    root_path: Vec<u8>,
+    notifier: OnceLock<Notifier>,
+    cfg: FsConfig,
+    /// The kernel accepted FUSE_PASSTHROUGH.
+    passthrough_ok: AtomicBool,
+    /// No rules at all: passthrough opens also skip FLUSH requests.
+    no_rules: AtomicBool,
+    counters: Counters,
+    sched: Scheduler,
+}
+
+fn errno(e: io::Error) -> Errno {
+    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn file_type(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        libc::S_IFSOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn dtype_file_type(t: u8) -> Option<FileType> {
+    Some(match t {
+        libc::DT_DIR => FileType::Directory,
+        libc::DT_REG => FileType::RegularFile,
+        libc::DT_LNK => FileType::Symlink,
+        libc::DT_FIFO => FileType::NamedPipe,
+        libc::DT_CHR => FileType::CharDevice,
+        libc::DT_BLK => FileType::BlockDevice,
+        libc::DT_SOCK => FileType::Socket,
+        _ => return None,
+    })
+}
+
+fn systime(secs: i64, nsecs: i64) -> SystemTime {
+    let nsecs = nsecs.clamp(0, 999_999_999) as u32;
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::new(secs as u64, nsecs)
+    } else {
+        UNIX_EPOCH - Duration::new(secs.unsigned_abs(), 0) + Duration::new(0, nsecs)
+    }
+}
+
+/// The kernel's `new_encode_dev`, which FUSE uses for `rdev`.
+fn encode_dev(dev: u64) -> u32 {
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
+}
+
+/// The kernel's `new_decode_dev`.
+fn decode_dev(dev: u32) -> u64 {
+    let major = (dev & 0xfff00) >> 8;
+    let minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
+    libc::makedev(major, minor)
+}
+
+/// The st_ino reported for an inode: its node id, except the root, whose node id is fixed at 1.
+fn reported_ino(inode: &Inode) -> u64 {
+    if inode.nodeid == ROOT {
+        inode.ino
+    } else {
+        inode.nodeid
+    }
+}
+
+fn attr_of(ino: u64, st: &libc::stat) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: st.st_size as u64,
+        blocks: st.st_blocks as u64,
+        atime: systime(st.st_atime, st.st_atime_nsec),
+        mtime: systime(st.st_mtime, st.st_mtime_nsec),
+        ctime: systime(st.st_ctime, st.st_ctime_nsec),
+        crtime: UNIX_EPOCH,
+        kind: file_type(st.st_mode),
+        perm: (st.st_mode & 0o7777) as u16,
+        nlink: st.st_nlink as u32,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        rdev: encode_dev(st.st_rdev),
+        blksize: st.st_blksize as u32,
+        flags: 0,
+    }
+}
+
+fn apply_override(attr: &mut FileAttr, o: &AttrOverride) {
+    if let Some(p) = o.perm {
+        attr.perm = p & 0o7777;
+    }
+    if let Some(u) = o.uid {
+        attr.uid = u;
+    }
+    if let Some(g) = o.gid {
+        attr.gid = g;
+    }
+    if let Some(s) = o.size {
+        attr.size = s;
+    }
+    if let Some(t) = o.atime {
+        attr.atime = systime(t, 0);
+    }
+    if let Some(t) = o.mtime {
+        attr.mtime = systime(t, 0);
+    }
+    if let Some(t) = o.ctime {
+        attr.ctime = systime(t, 0);
+    }
+    if let Some(n) = o.nlink {
+        attr.nlink = n;
+    }
+    if let Some(k) = o.kind {
+        attr.kind = file_type(k);
+    }
+}
+
+/// What a request is about, for building [`Call::path`].
+#[derive(Clone, Copy)]
+pub(crate) enum Target<'a> {
+    Node(u64),
+    Child(u64, &'a OsStr),
+}
+
+impl FsInner {
+    pub(crate) fn new(backing: OwnedFd, rules: RuleSet, cfg: FsConfig) -> crate::Result<Self> {
+        let st = sys::file::fstat(backing.as_fd())
+            .map_err(|e| crate::Error::sys("stat backing directory", e))?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Err(crate::Error::sys(
+                "backing fd",
+                io::Error::from_raw_os_error(libc::ENOTDIR),
+            ));
+        }
+        let proc_fd = sys::file::open(c"/proc/self/fd", libc::O_PATH | libc::O_DIRECTORY)
+            .map_err(|e| crate::Error::sys("open /proc/self/fd", e))?;
+        let root_path = sys::file::readlinkat(
+            proc_fd.as_fd(),
+            sys::FdName::new(backing.as_raw_fd()).as_cstr(),
+        )
+        .map_err(|e| crate::Error::sys("readlink backing fd", e))?;
+        let no_rules = rules.spec().rules.is_empty();
+        Ok(FsInner {
+            inodes: InodeTable::new(backing, &st),
+            handles: HandleTable::new(),
+            rules: ArcSwap::from_pointee(rules),
+            proc_fd,
+            root_path,
+            notifier: OnceLock::new(),
+            cfg,
+            passthrough_ok: AtomicBool::new(false),
+            no_rules: AtomicBool::new(no_rules),
+            counters: Counters::default(),
+            sched: Scheduler::new(),
+        })
+    }
+
+    pub(crate) fn scheduler(&self) -> &Scheduler {
+        &self.sched
+    }
+
+    pub(crate) fn set_notifier(&self, n: Notifier) {
+        let _ = self.notifier.set(n);
+    }
+
+    pub(crate) fn rules(&self) -> Arc<RuleSet> {
+        self.rules.load_full()
+    }
+
+    pub(crate) fn open_stats(&self) -> OpenStats {
+        let c = &self.counters;
+        OpenStats {
+            passthrough: c.passthrough.load(Ordering::Relaxed),
+            direct: c.direct.load(Ordering::Relaxed),
+            forced_passthrough: c.forced.load(Ordering::Relaxed),
+            passthrough_now: c.passthrough_now.load(Ordering::Relaxed),
+            direct_now: c.direct_now.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Number of inodes the kernel currently holds (diagnostics).
+    pub(crate) fn inode_count(&self) -> usize {
+        self.inodes.len()
+    }
+
+    /// The mode the open handles of the file with node id `ino` use, if it has any.
+    pub(crate) fn open_mode_of(&self, ino: u64) -> Option<OpenMode> {
+        let inode = self.inode_by_reported(ino)?;
+        let st = inode.open.lock().ok()?;
+        if st.passthrough > 0 {
+            Some(OpenMode::Passthrough)
+        } else if st.direct > 0 {
+            Some(OpenMode::Direct)
+        } else {
+            None
+        }
+    }
+
+    fn inode_by_reported(&self, ino: u64) -> Option<Arc<Inode>> {
+        if ino == self.inodes.root().ino {
+            return Some(self.inodes.root().clone());
+        }
+        self.inodes.get(ino)
+    }
+
+    fn inode(&self, nodeid: INodeNo) -> Result<Arc<Inode>, Errno> {
+        self.inodes.get(nodeid.0).ok_or(Errno::ESTALE)
+    }
+
+    // ----- paths for the rules -----
+
+    /// Path of an inode relative to the mount root ("" for the root), from the kernel's view of
+    /// its `O_PATH` fd.
+    fn path_of(&self, inode: &Inode) -> PathBuf {
+        if inode.nodeid == ROOT {
+            return PathBuf::new();
+        }
+        let name = sys::FdName::new(inode.fd.as_raw_fd());
+        let Ok(mut p) = sys::file::readlinkat(self.proc_fd.as_fd(), name.as_cstr()) else {
+            return PathBuf::new();
+        };
+        const DELETED: &[u8] = b" (deleted)";
+        if p.ends_with(DELETED) {
+            p.truncate(p.len() - DELETED.len());
+        }
+        let root = self.root_path.as_slice();
+        let rel: &[u8] = if root == b"/" {
+            p.strip_prefix(b"/").unwrap_or(&p)
+        } else if let Some(rest) = p.strip_prefix(root) {
+            rest.strip_prefix(b"/").unwrap_or(rest)
+        } else {
+            p.strip_prefix(b"/").unwrap_or(&p)
+        };
+        PathBuf::from(OsStr::from_bytes(rel))
+    }
+
+    fn target_path(&self, t: Target<'_>) -> PathBuf {
+        match t {
+            Target::Node(n) => match self.inodes.get(n) {
+                Some(i) => self.path_of(&i),
+                None => PathBuf::new(),
+            },
+            Target::Child(parent, name) => {
+                let base = match self.inodes.get(parent) {
+                    Some(i) => self.path_of(&i),
+                    None => PathBuf::new(),
+                };
+                if base.as_os_str().is_empty() {
+                    PathBuf::from(name)
+                } else {
+                    base.join(name)
+                }
+            }
+        }
+    }
+
+    /// Evaluate the rules for one request (the only place they are evaluated).
+    pub(crate) fn verdict(&self, op: Op, caller: Caller, target: Target<'_>) -> Verdict {
+        let rules = self.rules.load();
+        let path = if rules.uses_paths() {
+            self.target_path(target)
+        } else {
+            PathBuf::new()
+        };
+        rules.evaluate(&Call {
+            op,
+            path: &path,
+            pid: caller.pid,
+            uid: caller.uid,
+            gid: caller.gid,
+        })
+    }
+
+    /// Cache time for entries/attributes of `target`.
+    fn ttl(&self, target: Target<'_>) -> Duration {
+        let rules = self.rules.load();
+        let touched = if rules.uses_paths() {
+            rules.may_touch_meta(&self.target_path(target))
+        } else {
+            rules.may_touch_meta(Path::new(""))
+        };
+        if touched {
+            Duration::ZERO
+        } else {
+            self.cfg.ttl
+        }
+    }
+
+    /// Should a new open of `inode` use direct I/O (rules could touch its data)?
+    fn wants_direct(&self, inode: &Inode) -> bool {
+        if !self.cfg.passthrough || !self.passthrough_ok.load(Ordering::Relaxed) {
+            return true;
+        }
+        let rules = self.rules.load();
+        if rules.uses_paths() {
+            rules.may_touch_data(&self.path_of(inode))
+        } else {
+            rules.may_touch_data(Path::new(""))
+        }
+    }
+
+    // ----- rule updates -----
+
+    pub(crate) fn update_rules(&self, new: RuleSet) -> UpdateReport {
+        let no_rules = new.spec().rules.is_empty();
+        let new = Arc::new(new);
+        self.rules.store(new.clone());
+        self.no_rules.store(no_rules, Ordering::Relaxed);
+        let mut report = UpdateReport::default();
+        let all = self.inodes.all();
+        for inode in &all {
+            let passthrough = inode
+                .open
+                .lock()
+                .map(|s| s.passthrough > 0)
+                .unwrap_or(false);
+            if !passthrough {
+                continue;
+            }
+            let path = self.path_of(inode);
+            let touched = if new.uses_paths() {
+                new.may_touch_data(&path)
+            } else {
+                new.may_touch_data(Path::new(""))
+            };
+            if touched {
+                // New opens by path must reach a kernel inode without a passthrough backing.
+                self.inodes.detach(inode);
+                report.escaped.push(Escaped {
+                    ino: reported_ino(inode),
+                    path,
+                });
+            }
+        }
+        self.invalidate_all(&all);
+        report
+    }
+
+    /// Drop the kernel's cached attributes and dentries of every inode it holds.
+    fn invalidate_all(&self, all: &[Arc<Inode>]) {
+        let Some(n) = self.notifier.get() else { return };
+        let mut entries = Vec::new();
+        for inode in all {
+            let _ = n.inval_inode(INodeNo(inode.nodeid), -1, 0);
+            if let Ok(name) = inode.name.lock() {
+                if let Some((parent, name)) = &*name {
+                    entries.push((*parent, name.clone()));
+                }
+            }
+        }
+        if entries.is_empty() {
+            return;
+        }
+        // Entry invalidation takes the parent directory's lock in the kernel, which a request
+        // parked in a latency fault may hold: do it on a helper thread and wait a bounded time.
+        let n = n.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("chaosfs-inval".into())
+            .spawn(move || {
+                for (parent, name) in entries {
+                    let _ = n.inval_entry(INodeNo(parent), &name);
+                }
+                let _ = tx.send(());
+            });
+        if spawned.is_ok() {
+            let _ = rx.recv_timeout(Duration::from_secs(2));
+        }
+    }
+}

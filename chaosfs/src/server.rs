@@ -1,0 +1,248 @@
+//! The ChaosFS server: serves one FUSE connection from a backing directory fd on a pool of
+//! threads, applies the rules, and lets them be replaced while mounted.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use fuser::{Session, SessionACL};
+
+use crate::fs::{ChaosFs, FsConfig, FsInner, OpenMode, OpenStats, UpdateReport};
+use crate::mount::Connection;
+use crate::rules::{RuleSet, RuleStats};
+use crate::sys;
+use crate::{Error, Result};
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// FUSE serving threads (each with its own cloned `/dev/fuse` fd when possible). Default 4.
+    pub n_threads: usize,
+    /// Threads that run requests released from a latency fault. Default 4.
+    pub delay_workers: usize,
+    /// How long the kernel may cache entries and attributes of paths no rule's metadata ops can
+    /// touch. Default 1 s.
+    pub ttl: Duration,
+    /// Open files no rule can touch in kernel passthrough mode. Default true; false serves every
+    /// file with direct I/O (every read and write reaches the server).
+    pub passthrough: bool,
+    /// The FUSE connection, if known: [`Server::stop`] aborts it.
+    pub connection: Option<Connection>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            n_threads: 4,
+            delay_workers: 4,
+            ttl: Duration::from_secs(1),
+            passthrough: true,
+            connection: None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Done {
+    finished: Mutex<bool>,
+    cv: Condvar,
+}
+
+/// A running ChaosFS server.
+pub struct Server {
+    inner: Arc<FsInner>,
+    thread: Option<JoinHandle<io::Result<()>>>,
+    done: Arc<Done>,
+    connection: Mutex<Option<Connection>>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("connection", &self.connection())
+            .field("finished", &self.is_finished())
+            .finish()
+    }
+}
+
+impl Server {
+    /// Serve the FUSE connection `fuse_fd` (already mounted) from `backing` (an
+    /// `O_PATH | O_DIRECTORY` fd of the directory under the mount). Returns once the FUSE INIT
+    /// handshake is done: from then on faults are live. Opens `/proc/self/fd` now (never the
+    /// string "/proc/self" later) and raises `RLIMIT_NOFILE` to its hard limit.
+    pub fn start(
+        backing: OwnedFd,
+        fuse_fd: OwnedFd,
+        rules: RuleSet,
+        cfg: Config,
+    ) -> Result<Server> {
+        if let Err(e) = sys::thread::raise_nofile_limit() {
+            tracing::warn!("cannot raise RLIMIT_NOFILE: {e}");
+        }
+        let inner = Arc::new(FsInner::new(
+            backing,
+            rules,
+            FsConfig {
+                ttl: cfg.ttl,
+                passthrough: cfg.passthrough,
+            },
+        )?);
+        inner
+            .scheduler()
+            .start(cfg.delay_workers)
+            .map_err(|e| Error::sys("start delay threads", e))?;
+        let mut fcfg = fuser::Config::default();
+        fcfg.n_threads = Some(cfg.n_threads.max(1));
+        fcfg.acl = SessionACL::All;
+        // fuser clones the connection by opening "/dev/fuse" when serving starts; where that
+        // path is missing (another mount namespace), the threads share one fd instead.
+        fcfg.clone_fd = sys::file::open(c"/dev/fuse", libc::O_RDWR).is_ok();
+        let session = Session::from_fd(ChaosFs(inner.clone()), fuse_fd, SessionACL::All, fcfg)
+            .map_err(|e| Error::sys("FUSE handshake", e))?;
+        inner.set_notifier(session.notifier());
+        let done = Arc::new(Done::default());
+        let (d, i) = (done.clone(), inner.clone());
+        let thread = std::thread::Builder::new()
+            .name("chaosfs-session".into())
+            .spawn(move || {
+                let r = session.run();
+                if let Err(e) = &r {
+                    tracing::warn!("FUSE session ended: {e}");
+                }
+                // Requests still parked can only be answered now (the kernel is gone).
+                i.scheduler().shutdown();
+                if let Ok(mut f) = d.finished.lock() {
+                    *f = true;
+                }
+                d.cv.notify_all();
+                r
+            })
+            .map_err(|e| Error::sys("spawn FUSE session thread", e))?;
+        Ok(Server {
+            inner,
+            thread: Some(thread),
+            done,
+            connection: Mutex::new(cfg.connection),
+        })
+    }
+
+    /// Replace the rules atomically. Drops the kernel's cached entries and attributes, and reports
+    /// files open in passthrough mode that the new rules may touch (their reads and writes bypass
+    /// the rules until reopened; a reopen gets direct I/O).
+    pub fn update_rules(&self, rules: RuleSet) -> UpdateReport {
+        self.inner.update_rules(rules)
+    }
+
+    /// Per-rule counters of the current rules.
+    pub fn stats(&self) -> Vec<RuleStats> {
+        self.inner.rules().stats()
+    }
+
+    /// The current rules.
+    pub fn rules(&self) -> Arc<RuleSet> {
+        self.inner.rules()
+    }
+
+    /// Serve every request sleeping in a latency fault at once.
+    pub fn cancel_delays(&self) {
+        self.inner.scheduler().cancel_all();
+    }
+
+    /// Requests parked in a latency fault or being served after one.
+    pub fn pending_delays(&self) -> usize {
+        self.inner.scheduler().pending()
+    }
+
+    /// Opens by mode (passthrough vs direct I/O) since start, and handles open now.
+    pub fn open_stats(&self) -> OpenStats {
+        self.inner.open_stats()
+    }
+
+    /// The mode the open handles of the file with `st_ino` `ino` (as seen through the mount) use,
+    /// or `None` if it is not open.
+    pub fn open_mode(&self, ino: u64) -> Option<OpenMode> {
+        self.inner.open_mode_of(ino)
+    }
+
+    /// Inodes the kernel currently holds references to.
+    pub fn inode_count(&self) -> usize {
+        self.inner.inode_count()
+    }
+
+    /// Tell the server its FUSE connection (for [`Server::stop`]).
+    pub fn set_connection(&self, c: Connection) {
+        if let Ok(mut g) = self.connection.lock() {
+            *g = Some(c);
+        }
+    }
+
+    /// The FUSE connection, if known.
+    pub fn connection(&self) -> Option<Connection> {
+        self.connection.lock().ok().and_then(|g| *g)
+    }
+
+    /// True once the kernel disconnected and every serving thread ended.
+    pub fn is_finished(&self) -> bool {
+        self.done.finished.lock().map(|f| *f).unwrap_or(true)
+    }
+
+    /// Wait up to `timeout` for the serving threads to end; true if they did.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let Ok(mut f) = self.done.finished.lock() else {
+            return true;
+        };
+        while !*f {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            f = match self.done.cv.wait_timeout(f, deadline - now) {
+                Ok((g, _)) => g,
+                Err(_) => return true,
+            };
+        }
+        true
+    }
+
+    /// Wait until the kernel disconnects (the mount is gone and unused, or the connection was
+    /// aborted) and every serving thread ended.
+    pub fn wait(mut self) -> Result<()> {
+        self.join()
+    }
+
+    /// Stop serving: answer parked requests, abort the connection (if known; otherwise wait for
+    /// the kernel to disconnect), and join the threads. Detach the mount first
+    /// ([`crate::mount::detach`]), or accesses to it fail with ENOTCONN afterwards.
+    pub fn stop(mut self) -> Result<()> {
+        self.cancel_delays();
+        if let Some(c) = self.connection() {
+            c.abort()?;
+        }
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<()> {
+        let Some(t) = self.thread.take() else {
+            return Ok(());
+        };
+        match t.join() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::sys("FUSE session", e)),
+            Err(_) => Err(Error::sys(
+                "FUSE session",
+                io::Error::other("serving thread panicked"),
+            )),
+        }
+    }
+}
+
+impl Drop for Server {
+    /// Dropping a server does not stop it (the threads serve until the kernel disconnects); it
+    /// answers the requests parked in latency faults.
+    fn drop(&mut self) {
+        self.inner.scheduler().cancel_all();
+    }
+}
