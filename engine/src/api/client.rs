@@ -1,0 +1,95 @@
+//! Talking to an injection server's Chaos API.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::proto::{chaos as pb, chaos_ttrpc};
+use super::{RecoverReport, Status};
+use crate::error::{Error, Result};
+
+/// Default per-call timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A connection to one injection server.
+#[derive(Clone)]
+pub struct ChaosClient {
+    inner: chaos_ttrpc::ChaosClient,
+    socket: PathBuf,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for ChaosClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChaosClient").field("socket", &self.socket).finish()
+    }
+}
+
+impl ChaosClient {
+    /// Connect to the server listening on `socket` (e.g. `/run/iochaos/<id>.sock`).
+    pub fn connect(socket: &Path) -> Result<ChaosClient> {
+        let addr = format!("unix://{}", socket.display());
+        let client = ttrpc::Client::connect(&addr).map_err(|source| Error::Rpc {
+            socket: socket.to_owned(),
+            source,
+        })?;
+        Ok(ChaosClient {
+            inner: chaos_ttrpc::ChaosClient::new(client),
+            socket: socket.to_owned(),
+            timeout: DEFAULT_TIMEOUT,
+        })
+    }
+
+    /// Set the per-call timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> ChaosClient {
+        self.timeout = timeout;
+        self
+    }
+
+    fn ctx(&self) -> ttrpc::context::Context {
+        ttrpc::context::with_timeout(i64::try_from(self.timeout.as_nanos()).unwrap_or(i64::MAX))
+    }
+
+    fn err(&self, e: ttrpc::Error) -> Error {
+        match e {
+            ttrpc::Error::RpcStatus(s) => Error::Remote {
+                code: s.code(),
+                message: s.message().to_owned(),
+            },
+            source => Error::Rpc {
+                socket: self.socket.clone(),
+                source,
+            },
+        }
+    }
+
+    /// `Status`.
+    pub fn status(&self) -> Result<Status> {
+        let r = self
+            .inner
+            .status(self.ctx(), &pb::StatusRequest::new())
+            .map_err(|e| self.err(e))?;
+        Status::try_from(r)
+    }
+
+    /// `UpdateRules` with a JSON spec.
+    pub fn update_rules(&self, spec_json: &str) -> Result<Status> {
+        let req = pb::UpdateRulesRequest {
+            spec_json: spec_json.to_owned(),
+            ..Default::default()
+        };
+        let r = self
+            .inner
+            .update_rules(self.ctx(), &req)
+            .map_err(|e| self.err(e))?;
+        Status::try_from(r)
+    }
+
+    /// `Recover`.
+    pub fn recover(&self) -> Result<RecoverReport> {
+        let r = self
+            .inner
+            .recover(self.ctx(), &pb::RecoverRequest::new())
+            .map_err(|e| self.err(e))?;
+        Ok(r.into())
+    }
+}

@@ -1,0 +1,206 @@
+//! The Chaos ttrpc API (`iochaos.v1.Chaos`): `Status`, `UpdateRules`, `Recover`, served by each
+//! injection server on `/run/iochaos/<id>.sock`.
+//!
+//! [`Status`] is both what the API carries and the object `iochaos status --json` prints.
+
+pub mod client;
+pub mod proto;
+pub mod server;
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use proto::chaos as pb;
+
+pub use client::ChaosClient;
+pub use server::{ApiServer, ChaosService};
+
+/// What an injection was aimed at.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TargetStatus {
+    pub pid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Inode of the target's mount namespace.
+    pub mnt_ns: u64,
+}
+
+/// One rule of the spec with its counters.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RuleStatus {
+    /// The rule as given in the spec.
+    pub spec: Value,
+    /// Requests whose selection matched.
+    pub matched: u64,
+    /// Faults injected.
+    pub injected: u64,
+}
+
+/// An fd (or the cwd: -1, a mapping: -2) of a target process.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FdEntry {
+    pub pid: u32,
+    pub fd: i32,
+    pub path: String,
+    /// Why the fd was left alone or could not be handled; absent for swapped fds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// One live injection: the `iochaos status --json` object.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Status {
+    pub id: String,
+    pub path: String,
+    pub target: TargetStatus,
+    pub pids: Vec<u32>,
+    pub server_pid: u32,
+    /// The whole current spec.
+    pub spec: Value,
+    pub rules: Vec<RuleStatus>,
+    /// fds moved onto ChaosFS.
+    pub swapped: Vec<FdEntry>,
+    /// fds left alone, each with its reason.
+    pub skipped: Vec<FdEntry>,
+    /// Unix time (seconds) the injection became live.
+    pub created_unix: u64,
+}
+
+/// What `Recover` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecoverReport {
+    /// fds moved back to the original mount.
+    pub restored: Vec<FdEntry>,
+    /// fds that could not be moved back, each with its reason.
+    pub failed: Vec<FdEntry>,
+}
+
+fn to_json(v: &Value) -> String {
+    // Serializing a Value cannot fail (its map keys are strings).
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+fn from_json(s: &str, what: &str) -> Result<Value> {
+    if s.is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_str(s).map_err(|e| Error::Remote {
+        code: ttrpc::Code::INTERNAL,
+        message: format!("malformed {what} JSON in the answer: {e}"),
+    })
+}
+
+fn opt(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+impl From<&FdEntry> for pb::FdEntry {
+    fn from(f: &FdEntry) -> Self {
+        pb::FdEntry {
+            pid: f.pid,
+            fd: f.fd,
+            path: f.path.clone(),
+            reason: f.reason.clone().unwrap_or_default(),
+            ..Default::default()
+        }
+    }
+}
+
+impl From<pb::FdEntry> for FdEntry {
+    fn from(f: pb::FdEntry) -> Self {
+        FdEntry {
+            pid: f.pid,
+            fd: f.fd,
+            path: f.path,
+            reason: opt(f.reason),
+        }
+    }
+}
+
+impl From<&Status> for pb::StatusResponse {
+    fn from(s: &Status) -> Self {
+        pb::StatusResponse {
+            id: s.id.clone(),
+            path: s.path.clone(),
+            target: protobuf::MessageField::some(pb::Target {
+                pid: s.target.pid,
+                container: s.target.container.clone().unwrap_or_default(),
+                namespace: s.target.namespace.clone().unwrap_or_default(),
+                mnt_ns: s.target.mnt_ns,
+                ..Default::default()
+            }),
+            pids: s.pids.clone(),
+            server_pid: s.server_pid,
+            spec_json: to_json(&s.spec),
+            rules: s
+                .rules
+                .iter()
+                .map(|r| pb::RuleStatus {
+                    spec_json: to_json(&r.spec),
+                    matched: r.matched,
+                    injected: r.injected,
+                    ..Default::default()
+                })
+                .collect(),
+            swapped: s.swapped.iter().map(Into::into).collect(),
+            skipped: s.skipped.iter().map(Into::into).collect(),
+            created_unix: s.created_unix,
+            ..Default::default()
+        }
+    }
+}
+
+impl TryFrom<pb::StatusResponse> for Status {
+    type Error = Error;
+    fn try_from(s: pb::StatusResponse) -> Result<Self> {
+        let t = s.target.into_option().unwrap_or_default();
+        Ok(Status {
+            id: s.id,
+            path: s.path,
+            target: TargetStatus {
+                pid: t.pid,
+                container: opt(t.container),
+                namespace: opt(t.namespace),
+                mnt_ns: t.mnt_ns,
+            },
+            pids: s.pids,
+            server_pid: s.server_pid,
+            spec: from_json(&s.spec_json, "spec")?,
+            rules: s
+                .rules
+                .into_iter()
+                .map(|r| {
+                    Ok(RuleStatus {
+                        spec: from_json(&r.spec_json, "rule")?,
+                        matched: r.matched,
+                        injected: r.injected,
+                    })
+                })
+                .collect::<Result<_>>()?,
+            swapped: s.swapped.into_iter().map(Into::into).collect(),
+            skipped: s.skipped.into_iter().map(Into::into).collect(),
+            created_unix: s.created_unix,
+        })
+    }
+}
+
+impl From<&RecoverReport> for pb::RecoverResponse {
+    fn from(r: &RecoverReport) -> Self {
+        pb::RecoverResponse {
+            restored: r.restored.iter().map(Into::into).collect(),
+            failed: r.failed.iter().map(Into::into).collect(),
+            ..Default::default()
+        }
+    }
+}
+
+impl From<pb::RecoverResponse> for RecoverReport {
+    fn from(r: pb::RecoverResponse) -> Self {
+        RecoverReport {
+            restored: r.restored.into_iter().map(Into::into).collect(),
+            failed: r.failed.into_iter().map(Into::into).collect(),
+        }
+    }
+}

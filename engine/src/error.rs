@@ -1,0 +1,194 @@
+//! Errors of the engine library: one enum, one line each, naming the problem.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Everything that can go wrong while finding a target, entering it, mounting, journaling or
+/// talking over the Chaos API.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The pid does not exist (or exited while we looked at it).
+    #[error("no process with pid {pid}")]
+    NoSuchProcess { pid: u32 },
+
+    /// No containerd task directory for this container.
+    #[error("unknown container {id:?} in containerd namespace {namespace:?} (no {})", dir.display())]
+    UnknownContainer {
+        id: String,
+        namespace: String,
+        dir: PathBuf,
+    },
+
+    /// A container id or namespace that cannot name a task directory.
+    #[error("invalid container {what} {value:?}")]
+    InvalidContainerName { what: &'static str, value: String },
+
+    /// The container's task exists but its init process is gone.
+    #[error("container {id:?} (containerd namespace {namespace:?}) is not running: init pid {pid} exited")]
+    ContainerNotRunning {
+        id: String,
+        namespace: String,
+        pid: u32,
+    },
+
+    /// A file under /proc, the task directory or the journal could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// A file had content we could not parse.
+    #[error("{}: {reason}", path.display())]
+    Malformed { path: PathBuf, reason: String },
+
+    /// A JSON file (config.json, journal entry) could not be parsed or written.
+    #[error("{}: {source}", path.display())]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A system call failed; `what` names the call and its object.
+    #[error("{what}: {source}")]
+    Sys {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+
+    /// The user's path is not absolute.
+    #[error("path {path:?} must be absolute (as seen inside the target)")]
+    RelativePath { path: PathBuf },
+
+    /// The user's path does not resolve inside the target's root.
+    #[error("path {} in the target: {source}", path.display())]
+    Resolve {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// The path resolved to something that is not a directory.
+    #[error("path {} in the target is not a directory", path.display())]
+    NotADirectory { path: PathBuf },
+
+    /// No mount in the target's mountinfo contains the path (should not happen on Linux).
+    #[error("no mount of pid {pid} contains {}", path.display())]
+    NoMount { pid: u32, path: PathBuf },
+
+    /// The path lies in a shared mount: a mount there would propagate to its peers.
+    #[error(
+        "{} lies in mount {} (id {mnt_id}) that is shared with peer group {group}: \
+         a mount there would propagate to its peers (for example the host's volume directory); \
+         refusing (allow shared mounts explicitly to inject anyway)",
+        path.display(),
+        mount_point.display()
+    )]
+    SharedMount {
+        path: PathBuf,
+        mount_point: PathBuf,
+        mnt_id: u64,
+        group: u64,
+    },
+
+    /// The mount we would detach is not the one we made (something was stacked on top or it
+    /// was replaced).
+    #[error(
+        "the mount on {} is not ours (expected mount id {expected}, found {found}); not detaching",
+        path.display()
+    )]
+    MountNotOurs {
+        path: PathBuf,
+        expected: u64,
+        found: u64,
+    },
+
+    /// An injection id that is not of the form the journal writes.
+    #[error("invalid injection id {id:?}")]
+    InvalidId { id: String },
+
+    /// No journal entry for this id.
+    #[error("no injection {id}")]
+    NoSuchInjection { id: String },
+
+    /// A journal entry with this id exists already.
+    #[error("injection {id} exists already")]
+    InjectionExists { id: String },
+
+    /// The spec given to the Chaos API was rejected by the rule engine.
+    #[error("invalid spec: {0}")]
+    InvalidSpec(#[source] Box<dyn std::error::Error + Send + Sync>),
+
+    /// The Chaos API transport failed (connect, send, receive, serve).
+    #[error("Chaos API at {}: {source}", socket.display())]
+    Rpc {
+        socket: PathBuf,
+        #[source]
+        source: ttrpc::Error,
+    },
+
+    /// The injection server answered with an error.
+    #[error("injection server: {message}")]
+    Remote { code: ttrpc::Code, message: String },
+}
+
+/// The engine's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn sys(what: impl Into<String>, source: impl Into<io::Error>) -> Self {
+        Error::Sys {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// The ttrpc status code this error is reported with over the Chaos API.
+    pub fn code(&self) -> ttrpc::Code {
+        match self {
+            Error::InvalidSpec(_)
+            | Error::RelativePath { .. }
+            | Error::InvalidId { .. }
+            | Error::InvalidContainerName { .. } => ttrpc::Code::INVALID_ARGUMENT,
+            Error::NoSuchProcess { .. }
+            | Error::UnknownContainer { .. }
+            | Error::NoSuchInjection { .. }
+            | Error::Resolve { .. } => ttrpc::Code::NOT_FOUND,
+            Error::InjectionExists { .. } => ttrpc::Code::ALREADY_EXISTS,
+            Error::SharedMount { .. }
+            | Error::NotADirectory { .. }
+            | Error::ContainerNotRunning { .. }
+            | Error::MountNotOurs { .. } => ttrpc::Code::FAILED_PRECONDITION,
+            Error::Remote { code, .. } => *code,
+            _ => ttrpc::Code::INTERNAL,
+        }
+    }
+}
+
+/// Errors cross the Chaos API once, here: the code from [`Error::code`], the message is the
+/// error's one line (with its causes).
+impl From<Error> for ttrpc::Error {
+    fn from(e: Error) -> Self {
+        let mut message = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            let s = c.to_string();
+            if !message.contains(&s) {
+                message.push_str(": ");
+                message.push_str(&s);
+            }
+            cause = c.source();
+        }
+        ttrpc::Error::RpcStatus(ttrpc::get_status(e.code(), message))
+    }
+}

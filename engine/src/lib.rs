@@ -1,0 +1,12 @@
+#![doc = include_str!("../README.md")]
+
+pub mod api;
+pub mod error;
+pub mod journal;
+pub mod mountinfo;
+pub mod ns;
+pub mod resolve;
+mod sys;
+pub mod target;
+
+pub use error::{Error, Result};
