@@ -259,7 +259,7 @@ impl FsInner {
             sys::FdName::new(backing.as_raw_fd()).as_cstr(),
         )
         .map_err(|e| crate::Error::sys("readlink backing fd", e))?;
-        let no_rules = rules.spec().rules.is_empty();
+        let no_rules = rules.is_empty();
         Ok(FsInner {
             inodes: InodeTable::new(backing, &st),
             handles: HandleTable::new(),
@@ -422,7 +422,7 @@ impl FsInner {
     // ----- rule updates -----
 
     pub(crate) fn update_rules(&self, new: RuleSet) -> UpdateReport {
-        let no_rules = new.spec().rules.is_empty();
+        let no_rules = new.is_empty();
         let new = Arc::new(new);
         self.rules.store(new.clone());
         self.no_rules.store(no_rules, Ordering::Relaxed);

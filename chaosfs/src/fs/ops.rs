@@ -631,8 +631,8 @@ impl FsInner {
         fail_if_errno!(v, reply);
         let h = tri!(self.handle(fh), reply);
         let mut want = size as usize;
-        if let Some(DataFault::Short(n)) = v.data {
-            want = want.min(n);
+        if let Some(DataFault::Short(_)) = v.data {
+            want = v.short_len(want);
         }
         let o_direct = matches!(h.kind, HandleKind::File { o_direct: true, .. });
         if o_direct {
@@ -679,8 +679,8 @@ impl FsInner {
         fail_if_errno!(v, reply);
         let h = tri!(self.handle(fh), reply);
         let mut data = data;
-        if let Some(DataFault::Short(n)) = v.data {
-            data = &data[..n.min(data.len())];
+        if let Some(DataFault::Short(_)) = v.data {
+            data = &data[..v.short_len(data.len()).min(data.len())];
         }
         let o_direct = matches!(h.kind, HandleKind::File { o_direct: true, .. });
         let corrupt = matches!(v.data, Some(DataFault::Corrupt));
@@ -1135,6 +1135,18 @@ impl FsInner {
             let g = tri!(sys::file::get_inode_version(fd).map_err(errno), reply);
             let b = g.to_ne_bytes();
             reply.ioctl(0, &b[..out.min(4)]);
+        } else if cmd == sys::file::FS_IOC_FSGETXATTR {
+            let x = tri!(sys::file::get_fsxattr(fd).map_err(errno), reply);
+            reply.ioctl(0, &x[..out.min(x.len())]);
+        } else if cmd == sys::file::FS_IOC_FSSETXATTR {
+            let Some(x) = in_data
+                .get(..28)
+                .and_then(|d| <sys::file::FsXattr>::try_from(d).ok())
+            else {
+                return reply.error(Errno::EFAULT);
+            };
+            tri!(sys::file::set_fsxattr(fd, &x).map_err(errno), reply);
+            reply.ioctl(0, &[]);
         } else {
             reply.error(Errno::ENOTTY);
         }

@@ -361,6 +361,40 @@ pub(crate) fn get_inode_version(fd: BorrowedFd<'_>) -> io::Result<u32> {
     Ok(v as u32)
 }
 
+/// `struct fsxattr` of `<linux/fs.h>` (28 bytes), as raw bytes.
+pub(crate) type FsXattr = [u8; 28];
+
+#[repr(C)]
+struct FsXattrLayout {
+    xflags: u32,
+    extsize: u32,
+    nextents: u32,
+    projid: u32,
+    cowextsize: u32,
+    pad: [u8; 8],
+}
+
+/// `FS_IOC_FSGETXATTR` = `_IOR('X', 31, struct fsxattr)`.
+pub(crate) const FS_IOC_FSGETXATTR: libc::Ioctl = libc::_IOR::<FsXattrLayout>(b'X' as u32, 31);
+/// `FS_IOC_FSSETXATTR` = `_IOW('X', 32, struct fsxattr)`.
+pub(crate) const FS_IOC_FSSETXATTR: libc::Ioctl = libc::_IOW::<FsXattrLayout>(b'X' as u32, 32);
+
+/// `ioctl(fd, FS_IOC_FSGETXATTR)`.
+pub(crate) fn get_fsxattr(fd: BorrowedFd<'_>) -> io::Result<FsXattr> {
+    let mut buf: FsXattr = [0; 28];
+    // SAFETY: FS_IOC_FSGETXATTR writes one 28-byte `struct fsxattr` (size encoded in the
+    // command) to the pointer, which points to a live 28-byte buffer.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_FSGETXATTR, buf.as_mut_ptr()) })?;
+    Ok(buf)
+}
+
+/// `ioctl(fd, FS_IOC_FSSETXATTR)`.
+pub(crate) fn set_fsxattr(fd: BorrowedFd<'_>, x: &FsXattr) -> io::Result<()> {
+    // SAFETY: FS_IOC_FSSETXATTR reads one 28-byte `struct fsxattr` from the pointer, which
+    // points to a live 28-byte buffer.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_FSSETXATTR, x.as_ptr()) }).map(drop)
+}
+
 /// `getxattr(2)` on a path (relative paths resolve against the calling thread's cwd).
 /// With `buf` empty, returns the size of the value.
 pub(crate) fn getxattr(path: &CStr, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {

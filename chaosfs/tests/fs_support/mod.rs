@@ -29,6 +29,8 @@ pub fn require_root_and_fuse() {
 /// (unmounted) before the directory is removed.
 pub struct TestMount {
     pub mounted: Option<Mounted>,
+    /// The directory underneath the mount, opened before mounting.
+    pub backing_dir: std::fs::File,
     pub dir: tempfile::TempDir,
 }
 
@@ -43,6 +45,18 @@ impl TestMount {
 
     pub fn join(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
+    }
+
+    /// `rel` in the directory underneath the mount (bypassing ChaosFS), as a path that also
+    /// works in child processes (through this process's fd of the directory).
+    pub fn backing(&self, rel: &str) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            self.backing_dir.as_raw_fd()
+        ))
+        .join(rel)
     }
 
     /// Unmount explicitly, checking for errors.
@@ -62,9 +76,11 @@ pub fn mount_with(rules: RuleSet, cfg: Config, prepare: impl FnOnce(&Path)) -> T
         .expect("tempdir");
     prepare(dir.path());
     let parent_dev = std::fs::metadata(dir.path()).expect("stat tempdir").dev();
+    let backing = std::fs::File::open(dir.path()).expect("open backing dir");
     let mounted = chaosfs::mount_over(dir.path(), rules, cfg).expect("mount_over");
     let m = TestMount {
         mounted: Some(mounted),
+        backing_dir: backing,
         dir,
     };
     // Readiness: poll until the mount answers with its own device number.
