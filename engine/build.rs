@@ -27,6 +27,7 @@ fn main() {
             .lines()
             .filter(|l| !l.starts_with("#![") && !l.starts_with("//!"))
             .collect();
-        std::fs::write(Path::new(&out).join(name), kept.join("\n")).expect("writing generated code");
+        std::fs::write(Path::new(&out).join(name), kept.join("\n"))
+            .expect("writing generated code");
     }
 }

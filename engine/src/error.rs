@@ -24,7 +24,9 @@ pub enum Error {
     InvalidContainerName { what: &'static str, value: String },
 
     /// The container's task exists but its init process is gone.
-    #[error("container {id:?} (containerd namespace {namespace:?}) is not running: init pid {pid} exited")]
+    #[error(
+        "container {id:?} (containerd namespace {namespace:?}) is not running: init pid {pid} exited"
+    )]
     ContainerNotRunning {
         id: String,
         namespace: String,

@@ -19,7 +19,9 @@ pub const VERSION: u32 = 1;
 
 /// An injection id: 12 characters, lower-case Crockford base32, sortable by creation time
 /// (9 characters of milliseconds since the epoch, then 3 random ones), e.g. `01jq8m2xk7c4`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct InjectionId(String);
 
@@ -175,7 +177,12 @@ pub struct Entry {
 
 impl Entry {
     /// A fresh entry: nothing mounted or swapped yet.
-    pub fn new(id: InjectionId, target: TargetRecord, path: String, spec: serde_json::Value) -> Entry {
+    pub fn new(
+        id: InjectionId,
+        target: TargetRecord,
+        path: String,
+        spec: serde_json::Value,
+    ) -> Entry {
         Entry {
             version: VERSION,
             id,
@@ -214,7 +221,8 @@ impl Journal {
             .create(&dir)
             .map_err(|e| Error::io(&dir, e))?;
         // An existing directory keeps its mode from whoever made it: tighten it.
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(|e| Error::io(&dir, e))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io(&dir, e))?;
         Ok(Journal { dir })
     }
 
@@ -244,7 +252,9 @@ impl Journal {
 
     fn write_atomically(&self, e: &Entry, exclusive: bool) -> Result<()> {
         let path = self.entry_path(&e.id);
-        let tmp = self.dir.join(format!(".{}.json.{}.tmp", e.id, std::process::id()));
+        let tmp = self
+            .dir
+            .join(format!(".{}.json.{}.tmp", e.id, std::process::id()));
         let json = serde_json::to_vec_pretty(e).map_err(|source| Error::Json {
             path: path.clone(),
             source,
@@ -364,7 +374,10 @@ mod tests {
             "/data".into(),
             serde_json::json!({"rules": [{"ops": ["write"], "errno": "EIO"}]}),
         );
-        e.pids = vec![ProcessRecord { pid: 42, start_time: 7 }];
+        e.pids = vec![ProcessRecord {
+            pid: 42,
+            start_time: 7,
+        }];
         e.mount = Some(MountRecord {
             mnt_id: 900,
             under_mnt_id: 40,
@@ -393,7 +406,13 @@ mod tests {
         assert!(ids.len() > 190, "random part collides too often");
         let g = InjectionId::generate();
         assert_eq!(InjectionId::parse(g.as_str()).expect("parses"), g);
-        for bad in ["", "../etc/passw", "01JQ8M2XK7C4", "01jq8m2xk7c", "01jq8m2xk7ci"] {
+        for bad in [
+            "",
+            "../etc/passw",
+            "01JQ8M2XK7C4",
+            "01jq8m2xk7c",
+            "01jq8m2xk7ci",
+        ] {
             assert!(InjectionId::parse(bad).is_err(), "{bad}");
         }
     }
@@ -429,7 +448,10 @@ mod tests {
         j.remove(&e1.id).expect("remove");
         assert!(!j.socket_path(&e1.id).exists());
         assert!(matches!(j.read(&e1.id), Err(Error::NoSuchInjection { .. })));
-        assert!(matches!(j.remove(&e1.id), Err(Error::NoSuchInjection { .. })));
+        assert!(matches!(
+            j.remove(&e1.id),
+            Err(Error::NoSuchInjection { .. })
+        ));
         assert_eq!(j.ids().expect("ids"), vec![e2.id.clone()]);
     }
 

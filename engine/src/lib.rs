@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod error;
+pub mod fusectl;
 pub mod journal;
 pub mod mountinfo;
 pub mod ns;

@@ -205,8 +205,13 @@ fn unescape_bytes(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            let v = (b[i + 1] - b'0') as u32 * 64 + (b[i + 2] - b'0') as u32 * 8 + (b[i + 3] - b'0') as u32;
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') as u32 * 64
+                + (b[i + 2] - b'0') as u32 * 8
+                + (b[i + 3] - b'0') as u32;
             if let Ok(byte) = u8::try_from(v) {
                 out.push(byte);
                 i += 4;
@@ -237,7 +242,10 @@ mod tests {
         let mi = MountInfo::parse(SAMPLE).expect("parses");
         assert_eq!(mi.mounts.len(), 6);
         let root = &mi.mounts[0];
-        assert_eq!((root.mnt_id, root.parent_id, root.major, root.minor), (22, 1, 8, 1));
+        assert_eq!(
+            (root.mnt_id, root.parent_id, root.major, root.minor),
+            (22, 1, 8, 1)
+        );
         assert_eq!(root.shared, Some(1));
         assert_eq!(root.fs_type, "ext4");
         assert_eq!(root.source, "/dev/sda1");
@@ -247,7 +255,10 @@ mod tests {
         assert_eq!(m.master, Some(1));
         assert!(!m.is_shared());
         let d = mi.by_id(40).expect("id 40");
-        assert_eq!((d.shared, d.master, d.propagate_from, d.unbindable), (Some(7), Some(3), Some(2), true));
+        assert_eq!(
+            (d.shared, d.master, d.propagate_from, d.unbindable),
+            (Some(7), Some(3), Some(2), true)
+        );
         let e = mi.by_id(41).expect("id 41");
         assert_eq!(e.mount_point, Path::new("/data/with space\ttab\\back"));
         assert_eq!(e.source, "my src");
@@ -274,15 +285,24 @@ mod tests {
     fn shared_mount_is_refused_unless_allowed() {
         let mi = MountInfo::parse(SAMPLE).expect("parses");
         let m = mi.by_id(40).expect("id 40");
-        let e = check_propagation(m, Path::new("/data/x"), SharedPolicy::Refuse).expect_err("shared");
+        let e =
+            check_propagation(m, Path::new("/data/x"), SharedPolicy::Refuse).expect_err("shared");
         assert!(e.to_string().contains("shared with peer group 7"), "{e}");
         check_propagation(m, Path::new("/data/x"), SharedPolicy::Allow).expect("allowed");
-        check_propagation(mi.by_id(41).expect("41"), Path::new("/x"), SharedPolicy::Refuse).expect("private");
+        check_propagation(
+            mi.by_id(41).expect("41"),
+            Path::new("/x"),
+            SharedPolicy::Refuse,
+        )
+        .expect("private");
     }
 
     #[test]
     fn malformed_lines_are_errors() {
-        assert_eq!(MountInfo::parse(b"1 2 3\n").map(|_| ()), Err((1, "no \" - \" separator")));
+        assert_eq!(
+            MountInfo::parse(b"1 2 3\n").map(|_| ()),
+            Err((1, "no \" - \" separator"))
+        );
         assert!(MountInfo::parse(b"x 1 0:1 / / rw - tmpfs t rw\n").is_err());
         assert!(MountInfo::parse(b"1 1 0:1 / / rw shared:x - tmpfs t rw\n").is_err());
     }
@@ -292,6 +312,9 @@ mod tests {
         let mi = MountInfo::read(std::process::id()).expect("read");
         let root = mi.containing(Path::new("/")).expect("root mount");
         assert_eq!(root.mount_point, Path::new("/"));
-        assert!(mi.containing(Path::new("/proc/self")).is_some_and(|m| m.fs_type == "proc"));
+        assert!(
+            mi.containing(Path::new("/proc/self"))
+                .is_some_and(|m| m.fs_type == "proc")
+        );
     }
 }

@@ -81,11 +81,19 @@ impl MountNs {
         T: Send,
         F: FnOnce() -> Result<T> + Send,
     {
+        self.run_inner(true, f)
+    }
+
+    fn run_inner<T, F>(&self, chroot: bool, f: F) -> Result<T>
+    where
+        T: Send,
+        F: FnOnce() -> Result<T> + Send,
+    {
         std::thread::scope(|s| {
             let h = std::thread::Builder::new()
                 .name("iochaos-ns".into())
                 .spawn_scoped(s, || {
-                    self.enter()?;
+                    self.enter(chroot)?;
                     f()
                 })
                 .map_err(|e| Error::sys("spawning a namespace thread", e))?;
@@ -96,7 +104,7 @@ impl MountNs {
         })
     }
 
-    fn enter(&self) -> Result<()> {
+    fn enter(&self, chroot: bool) -> Result<()> {
         nix::sched::unshare(CloneFlags::CLONE_FS)
             .map_err(|e| Error::sys("unshare(CLONE_FS)", io::Error::from(e)))?;
         nix::sched::setns(&self.mnt, CloneFlags::CLONE_NEWNS).map_err(|e| {
@@ -105,24 +113,48 @@ impl MountNs {
                 io::Error::from(e),
             )
         })?;
-        nix::unistd::fchdir(&self.root)
-            .map_err(|e| Error::sys(format!("fchdir to the root of pid {}", self.pid), io::Error::from(e)))?;
-        nix::unistd::chroot(".")
-            .map_err(|e| Error::sys(format!("chroot to the root of pid {}", self.pid), io::Error::from(e)))?;
+        if !chroot {
+            return Ok(());
+        }
+        nix::unistd::fchdir(&self.root).map_err(|e| {
+            Error::sys(
+                format!("fchdir to the root of pid {}", self.pid),
+                io::Error::from(e),
+            )
+        })?;
+        nix::unistd::chroot(".").map_err(|e| {
+            Error::sys(
+                format!("chroot to the root of pid {}", self.pid),
+                io::Error::from(e),
+            )
+        })?;
         Ok(())
     }
 
     /// The namespace's mount table as the target sees it (mount points relative to its root),
-    /// read from inside, so it works even when no process of the target is left.
+    /// read from inside, so it works even when no process of the target is left. Like the
+    /// target's own `/proc/PID/mountinfo`, it leaves out mounts not reachable from the root
+    /// (with a `chroot`ed rather than `pivot_root`ed target, the mount holding its root).
     pub fn mountinfo(&self) -> Result<MountInfo> {
         let proc = host_proc()?;
         self.run(|| read_thread_mountinfo(proc.as_fd()))
     }
+
+    /// Every mount of the namespace, mount points relative to the namespace's root (not the
+    /// target's): for looking mounts up by id.
+    pub fn mountinfo_all(&self) -> Result<MountInfo> {
+        let proc = host_proc()?;
+        self.run_inner(false, || read_thread_mountinfo(proc.as_fd()))
+    }
 }
 
 fn host_proc() -> Result<OwnedFd> {
-    rustix::fs::open("/proc", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| Error::io("/proc", e.into()))
+    rustix::fs::open(
+        "/proc",
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::io("/proc", e.into()))
 }
 
 /// `/proc/thread-self/mountinfo` through the host's procfs (valid inside a chroot).
@@ -233,7 +265,11 @@ impl MountGuard {
                 .map_err(|e| Error::sys("fchdir /proc", io::Error::from(e)))?;
             rustix::mount::unmount(path.as_str(), UnmountFlags::DETACH).map_err(|e| {
                 Error::sys(
-                    format!("detaching the mount on {} (pid {})", self.path.display(), self.ns.pid),
+                    format!(
+                        "detaching the mount on {} (pid {})",
+                        self.path.display(),
+                        self.ns.pid
+                    ),
                     io::Error::from(e),
                 )
             })
@@ -248,10 +284,10 @@ impl MountGuard {
 
 impl Drop for MountGuard {
     fn drop(&mut self) {
-        if self.mount_root.is_some() {
-            if let Err(e) = self.detach_inner() {
-                tracing::warn!(path = %self.path.display(), error = %e, "could not detach mount");
-            }
+        if self.mount_root.is_some()
+            && let Err(e) = self.detach_inner()
+        {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not detach mount");
         }
     }
 }
@@ -273,20 +309,22 @@ pub fn mount_over(
         mnt_id: under_id,
         ..
     } = resolve_dir_in_root(ns.root(), path)?;
-    let mi = ns.mountinfo()?;
-    let under = mi
-        .by_id(under_id)
-        .or_else(|| mi.containing(&canonical))
-        .cloned()
-        .ok_or_else(|| Error::NoMount {
-            pid: ns.pid,
-            path: canonical.clone(),
-        })?;
+    let mi = ns.mountinfo_all()?;
+    let under = mi.by_id(under_id).cloned().ok_or_else(|| Error::NoMount {
+        pid: ns.pid,
+        path: canonical.clone(),
+    })?;
     check_propagation(&under, &canonical, policy)?;
     let attrs = copied_attrs(&under);
 
     let (mount_root, mnt_id) = ns.run(|| {
-        let what = |step: &str| format!("mounting over {} in pid {}: {step}", canonical.display(), ns.pid);
+        let what = |step: &str| {
+            format!(
+                "mounting over {} in pid {}: {step}",
+                canonical.display(),
+                ns.pid
+            )
+        };
         let err = |step: &str| {
             let w = what(step);
             move |e: rustix::io::Errno| Error::sys(w, io::Error::from(e))
@@ -311,7 +349,8 @@ pub fn mount_over(
                 fs
             }
             MountSource::Tmpfs => {
-                let fs = fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC).map_err(err("fsopen tmpfs"))?;
+                let fs =
+                    fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC).map_err(err("fsopen tmpfs"))?;
                 fsconfig_set_string(&fs, "source", "iochaos").map_err(err("fsconfig source"))?;
                 fs
             }
@@ -352,7 +391,7 @@ pub fn mount_over(
     };
     if matches!(source, MountSource::Fuse { .. }) {
         // The guard detaches on error from here on.
-        let mi = guard.ns.mountinfo()?;
+        let mi = guard.ns.mountinfo_all()?;
         guard.fuse_connection = mi.by_id(mnt_id).and_then(Mount::fuse_connection);
     }
     Ok(guard)
@@ -401,12 +440,14 @@ pub fn detach_at(ns: &MountNs, path: &Path, mnt_id: u64) -> Result<Detached> {
                 });
             }
         }
-        rustix::mount::unmount(path, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW).map_err(|e| {
-            Error::sys(
-                format!("detaching the mount on {} (pid {})", path.display(), ns.pid),
-                io::Error::from(e),
-            )
-        })?;
+        rustix::mount::unmount(path, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW).map_err(
+            |e| {
+                Error::sys(
+                    format!("detaching the mount on {} (pid {})", path.display(), ns.pid),
+                    io::Error::from(e),
+                )
+            },
+        )?;
         Ok(Detached::Detached)
     })
 }

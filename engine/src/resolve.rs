@@ -86,16 +86,20 @@ pub fn resolve_in_root(root: BorrowedFd<'_>, path: &Path) -> Result<Resolved> {
 
     let rel: PathBuf = canon.iter().collect();
     let fd = open_in_root(root, &rel, OFlags::empty(), ResolveFlags::NO_SYMLINKS).map_err(fail)?;
-    let st = rustix::fs::statx(&fd, "", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS | StatxFlags::MNT_ID)
-        .map_err(|e| fail(e.into()))?;
+    let st = rustix::fs::statx(
+        &fd,
+        "",
+        AtFlags::EMPTY_PATH,
+        StatxFlags::BASIC_STATS | StatxFlags::MNT_ID,
+    )
+    .map_err(|e| fail(e.into()))?;
     // The kernel's own resolution of the user's path must land on the same object; if not, the
     // tree changed under us.
     let check = open_in_root(root, path, OFlags::empty(), ResolveFlags::empty()).map_err(fail)?;
     let st2 = rustix::fs::fstat(&check).map_err(|e| fail(e.into()))?;
     let dev = rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor);
     if (st2.st_dev, st2.st_ino) != (dev, st.stx_ino) {
-        return Err(fail(io::Error::new(
-            io::ErrorKind::Other,
+        return Err(fail(io::Error::other(
             "the path changed while it was being resolved",
         )));
     }
@@ -155,8 +159,12 @@ mod tests {
     use std::os::unix::fs::{MetadataExt, symlink};
 
     fn open_dir(p: &Path) -> OwnedFd {
-        rustix::fs::open(p, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-            .expect("open root")
+        rustix::fs::open(
+            p,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .expect("open root")
     }
 
     /// A fake container root:
@@ -214,8 +222,14 @@ mod tests {
         let root = open_dir(d.path());
         // The host has /etc; the fake root does not.
         let e = resolve_in_root(root.as_fd(), Path::new("/etc-link")).expect_err("missing");
-        assert!(matches!(&e, Error::Resolve { source, .. } if source.raw_os_error() == Some(libc::ENOENT)), "{e}");
-        assert_eq!(e.to_string(), "path /etc-link in the target: No such file or directory (os error 2)");
+        assert!(
+            matches!(&e, Error::Resolve { source, .. } if source.raw_os_error() == Some(libc::ENOENT)),
+            "{e}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "path /etc-link in the target: No such file or directory (os error 2)"
+        );
     }
 
     #[test]
@@ -227,9 +241,15 @@ mod tests {
             Err(Error::RelativePath { .. })
         ));
         let e = resolve_in_root(root.as_fd(), Path::new("/loop")).expect_err("loop");
-        assert!(matches!(&e, Error::Resolve { source, .. } if source.raw_os_error() == Some(libc::ELOOP)), "{e}");
+        assert!(
+            matches!(&e, Error::Resolve { source, .. } if source.raw_os_error() == Some(libc::ELOOP)),
+            "{e}"
+        );
         let e = resolve_in_root(root.as_fd(), Path::new("/data/nope/x")).expect_err("missing");
-        assert!(matches!(&e, Error::Resolve { source, .. } if source.raw_os_error() == Some(libc::ENOENT)), "{e}");
+        assert!(
+            matches!(&e, Error::Resolve { source, .. } if source.raw_os_error() == Some(libc::ENOENT)),
+            "{e}"
+        );
     }
 
     #[test]

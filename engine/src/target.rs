@@ -243,7 +243,11 @@ pub fn processes_in_mnt_ns(ns: NsId) -> Result<Vec<Process>> {
     let mut out = Vec::new();
     for entry in dir {
         let entry = entry.map_err(|e| Error::io("/proc", e))?;
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         if pid == self_pid {
@@ -256,7 +260,10 @@ pub fn processes_in_mnt_ns(ns: NsId) -> Result<Vec<Process>> {
             Ok(Some(p)) => out.push(p),
             Ok(None) | Err(Error::NoSuchProcess { .. }) => {}
             Err(Error::Io { path, source })
-                if matches!(source.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM)) =>
+                if matches!(
+                    source.raw_os_error(),
+                    Some(libc::EACCES) | Some(libc::EPERM)
+                ) =>
             {
                 tracing::debug!(pid, path = %path.display(), "cannot inspect process, skipped");
             }
@@ -480,13 +487,22 @@ mod tests {
     #[test]
     fn container_names_cannot_escape_the_task_dir() {
         let dir = tempfile::tempdir().expect("tempdir");
-        for (ns, id) in [("default", "../x"), ("..", "x"), ("default", ""), ("a/b", "x")] {
+        for (ns, id) in [
+            ("default", "../x"),
+            ("..", "x"),
+            ("default", ""),
+            ("a/b", "x"),
+        ] {
             assert!(matches!(
                 ContainerdTask::find_in(dir.path(), ns, id),
                 Err(Error::InvalidContainerName { .. })
             ));
         }
         let e = ContainerdTask::find_in(dir.path(), "default", "nope").expect_err("unknown");
-        assert!(e.to_string().starts_with("unknown container \"nope\" in containerd namespace \"default\""), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("unknown container \"nope\" in containerd namespace \"default\""),
+            "{e}"
+        );
     }
 }

@@ -20,7 +20,9 @@ pub struct ChaosClient {
 
 impl std::fmt::Debug for ChaosClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChaosClient").field("socket", &self.socket).finish()
+        f.debug_struct("ChaosClient")
+            .field("socket", &self.socket)
+            .finish()
     }
 }
 

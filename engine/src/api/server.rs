@@ -84,7 +84,9 @@ pub struct ApiServer {
 
 impl std::fmt::Debug for ApiServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiServer").field("socket", &self.socket).finish()
+        f.debug_struct("ApiServer")
+            .field("socket", &self.socket)
+            .finish()
     }
 }
 
@@ -168,10 +170,10 @@ impl ApiServer {
             server.shutdown();
         }
         self.listener = None;
-        if let Err(e) = std::fs::remove_file(&self.socket) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(socket = %self.socket.display(), error = %e, "could not remove socket");
-            }
+        if let Err(e) = std::fs::remove_file(&self.socket)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(socket = %self.socket.display(), error = %e, "could not remove socket");
         }
     }
 }
@@ -198,8 +200,9 @@ fn wait_peer_closed(fd: OwnedFd, grace: Duration) {
         match rustix::event::poll(&mut fds, Some(&ts)) {
             Ok(_) => {
                 let ev = fds[0].revents();
-                if ev.intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL)
-                    || ev.is_empty()
+                if ev.intersects(
+                    PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL,
+                ) || ev.is_empty()
                 {
                     // Closed, or timed out (empty).
                     return;
