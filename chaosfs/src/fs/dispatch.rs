@@ -227,7 +227,7 @@ impl Filesystem for ChaosFs {
     ) {
         let v = self
             .0
-            .verdict(Op::Read, Caller::of(req), Target::Node(ino.0));
+            .verdict(Op::Read, Caller::of(req), Target::File(fh.0, ino.0));
         serve!(self, v, [], |fs| fs.read(fh, offset, size, &v, reply))
     }
 
@@ -245,7 +245,7 @@ impl Filesystem for ChaosFs {
     ) {
         let v = self
             .0
-            .verdict(Op::Write, Caller::of(req), Target::Node(ino.0));
+            .verdict(Op::Write, Caller::of(req), Target::File(fh.0, ino.0));
         serve!(self, v, [data], |fs| fs
             .write(fh, offset, &*data, &v, reply))
     }
@@ -260,7 +260,7 @@ impl Filesystem for ChaosFs {
     ) {
         let v = self
             .0
-            .verdict(Op::Flush, Caller::of(req), Target::Node(ino.0));
+            .verdict(Op::Flush, Caller::of(req), Target::File(fh.0, ino.0));
         serve!(self, v, [], |fs| fs.flush(fh, &v, reply))
     }
 
@@ -276,7 +276,7 @@ impl Filesystem for ChaosFs {
     ) {
         let v = self
             .0
-            .verdict(Op::Release, Caller::of(req), Target::Node(ino.0));
+            .verdict(Op::Release, Caller::of(req), Target::File(fh.0, ino.0));
         serve!(self, v, [], |fs| fs.release(fh, &v, reply))
     }
 
@@ -290,7 +290,7 @@ impl Filesystem for ChaosFs {
     ) {
         let v = self
             .0
-            .verdict(Op::Fsync, Caller::of(req), Target::Node(ino.0));
+            .verdict(Op::Fsync, Caller::of(req), Target::File(fh.0, ino.0));
         serve!(self, v, [], |fs| fs.fsync(fh, datasync, &v, reply))
     }
 
@@ -457,7 +457,7 @@ impl Filesystem for ChaosFs {
     ) {
         let v = self
             .0
-            .verdict(Op::Fallocate, Caller::of(req), Target::Node(ino.0));
+            .verdict(Op::Fallocate, Caller::of(req), Target::File(fh.0, ino.0));
         serve!(self, v, [], |fs| fs
             .fallocate(fh, offset, length, mode, &v, reply))
     }
@@ -473,7 +473,7 @@ impl Filesystem for ChaosFs {
     ) {
         let v = self
             .0
-            .verdict(Op::Lseek, Caller::of(req), Target::Node(ino.0));
+            .verdict(Op::Lseek, Caller::of(req), Target::File(fh.0, ino.0));
         serve!(self, v, [], |fs| fs.lseek(fh, offset, whence, &v, reply))
     }
 
@@ -490,9 +490,11 @@ impl Filesystem for ChaosFs {
         flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let v = self
-            .0
-            .verdict(Op::CopyFileRange, Caller::of(req), Target::Node(ino_in.0));
+        let v = self.0.verdict(
+            Op::CopyFileRange,
+            Caller::of(req),
+            Target::File(fh_in.0, ino_in.0),
+        );
         let flags = flags.bits() as u32;
         serve!(self, v, [], |fs| fs.copy_file_range(
             fh_in, offset_in, fh_out, offset_out, len, flags, &v, reply

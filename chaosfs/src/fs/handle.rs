@@ -37,6 +37,9 @@ pub(crate) struct Handle {
     pub fd: OwnedFd,
     pub inode: Arc<Inode>,
     pub kind: HandleKind,
+    /// The path the file was opened by (kept only while rules select by path), so requests on
+    /// the handle of a hard-linked file meet the rules of the name it was opened by.
+    pub path: Option<Box<std::path::Path>>,
 }
 
 pub(crate) struct HandleTable {

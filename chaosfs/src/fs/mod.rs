@@ -239,6 +239,8 @@ fn apply_override(attr: &mut FileAttr, o: &AttrOverride) {
 #[derive(Clone, Copy)]
 pub(crate) enum Target<'a> {
     Node(u64),
+    /// An open file handle (falls back to the node).
+    File(u64, u64),
     Child(u64, &'a OsStr),
 }
 
@@ -354,8 +356,30 @@ impl FsInner {
         PathBuf::from(OsStr::from_bytes(rel))
     }
 
+    /// The path an open of `inode` most likely came through: the name the kernel last looked it
+    /// up by (differs from [`FsInner::path_of`] for hard links), if that name still leads to it.
+    fn open_path(&self, inode: &Inode) -> PathBuf {
+        let remembered = inode.name.lock().ok().and_then(|n| n.clone());
+        if let Some((parent, name)) = remembered {
+            if let Some(p) = self.inodes.get(parent) {
+                let same = sys::with_cstr(&name, |c| {
+                    sys::file::fstatat(p.fd.as_fd(), c, libc::AT_SYMLINK_NOFOLLOW)
+                })
+                .is_ok_and(|st| st.st_dev == inode.dev && st.st_ino == inode.ino);
+                if same {
+                    return self.target_path(Target::Child(parent, &name));
+                }
+            }
+        }
+        self.path_of(inode)
+    }
+
     fn target_path(&self, t: Target<'_>) -> PathBuf {
         match t {
+            Target::File(fh, n) => match self.handles.get(fh).and_then(|h| h.path.clone()) {
+                Some(p) => p.into(),
+                None => self.target_path(Target::Node(n)),
+            },
             Target::Node(n) => match self.inodes.get(n) {
                 Some(i) => self.path_of(&i),
                 None => PathBuf::new(),
@@ -406,17 +430,29 @@ impl FsInner {
         }
     }
 
-    /// Should a new open of `inode` use direct I/O (rules could touch its data)?
-    fn wants_direct(&self, inode: &Inode) -> bool {
+    /// Should a new open of `inode` by `path` (known only while rules select by path) use direct
+    /// I/O (rules could touch its data)?
+    fn wants_direct(&self, path: Option<&Path>) -> bool {
         if !self.cfg.passthrough || !self.passthrough_ok.load(Ordering::Relaxed) {
             return true;
         }
-        let rules = self.rules.load();
-        if rules.uses_paths() {
-            rules.may_touch_data(&self.path_of(inode))
-        } else {
-            rules.may_touch_data(Path::new(""))
+        self.rules
+            .load()
+            .may_touch_data(path.unwrap_or(Path::new("")))
+    }
+
+    /// The path to keep with a new handle of `inode` (only while rules select by path).
+    fn handle_path(&self, inode: &Inode, child: Option<(u64, &OsStr)>) -> Option<Box<Path>> {
+        if !self.rules.load().uses_paths() {
+            return None;
         }
+        Some(
+            match child {
+                Some((parent, name)) => self.target_path(Target::Child(parent, name)),
+                None => self.open_path(inode),
+            }
+            .into_boxed_path(),
+        )
     }
 
     // ----- rule updates -----

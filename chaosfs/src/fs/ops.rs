@@ -212,7 +212,21 @@ impl FsInner {
         if let Some(o) = &v.attr {
             apply_override(&mut attr, o);
         }
+        let ttl = if self.must_relookup(st) {
+            Duration::ZERO
+        } else {
+            ttl
+        };
         reply.entry_with_ttls(&attr_ttl, &ttl, &attr, GEN);
+    }
+
+    /// A file with several names, while rules select by path: the kernel must look the name up
+    /// on every path walk, so an open is attributed to the name it came through (the open
+    /// request itself names no path).
+    fn must_relookup(&self, st: &libc::stat) -> bool {
+        st.st_nlink > 1
+            && st.st_mode & libc::S_IFMT != libc::S_IFDIR
+            && self.rules.load().uses_paths()
     }
 
     fn handle(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
@@ -466,19 +480,18 @@ impl FsInner {
 
     /// Decide the mode of a new open of `inode` and count it. Returns the mode and whether the
     /// caller must create the backing id.
-    fn choose_mode(&self, inode: &Inode, st: &mut super::inode::OpenState) -> OpenMode {
+    fn choose_mode(&self, path: Option<&Path>, st: &mut super::inode::OpenState) -> OpenMode {
         let c = &self.counters;
-        let mode = if st.passthrough > 0 {
-            if self.wants_direct(inode) {
+        if st.passthrough > 0 {
+            if self.wants_direct(path) {
                 c.forced.fetch_add(1, Ordering::Relaxed);
             }
             OpenMode::Passthrough
-        } else if st.direct > 0 || self.wants_direct(inode) {
+        } else if st.direct > 0 || self.wants_direct(path) {
             OpenMode::Direct
         } else {
             OpenMode::Passthrough
-        };
-        mode
+        }
     }
 
     fn count_open(&self, mode: OpenMode, st: &mut super::inode::OpenState) {
@@ -514,10 +527,11 @@ impl FsInner {
         let inode = tri!(self.inode(ino), reply);
         let fd = tri!(self.reopen(&inode, flags).map_err(errno), reply);
         let o_direct = flags & libc::O_DIRECT != 0;
+        let path = self.handle_path(&inode, None);
         let Ok(mut st) = inode.open.lock() else {
             return reply.error(Errno::EIO);
         };
-        let mut mode = self.choose_mode(&inode, &mut st);
+        let mut mode = self.choose_mode(path.as_deref(), &mut st);
         if mode == OpenMode::Passthrough && st.backing.is_none() {
             match reply.open_backing(fd.as_fd()) {
                 Ok(id) => st.backing = Some(id),
@@ -535,6 +549,7 @@ impl FsInner {
             fd,
             inode: inode.clone(),
             kind: HandleKind::File { mode, o_direct },
+            path,
         });
         match (mode, &st.backing) {
             (OpenMode::Passthrough, Some(id)) => {
@@ -585,10 +600,11 @@ impl FsInner {
             apply_override(&mut attr, o);
         }
         let o_direct = flags & libc::O_DIRECT != 0;
+        let path = self.handle_path(&inode, Some((parent.0, name)));
         let Ok(mut ost) = inode.open.lock() else {
             return reply.error(Errno::EIO);
         };
-        let mut mode = self.choose_mode(&inode, &mut ost);
+        let mut mode = self.choose_mode(path.as_deref(), &mut ost);
         if mode == OpenMode::Passthrough && ost.backing.is_none() {
             match reply.open_backing(fd.as_fd()) {
                 Ok(id) => ost.backing = Some(id),
@@ -606,6 +622,7 @@ impl FsInner {
             fd,
             inode: inode.clone(),
             kind: HandleKind::File { mode, o_direct },
+            path,
         });
         match (mode, &ost.backing) {
             (OpenMode::Passthrough, Some(id)) => reply.created_passthrough(
@@ -771,6 +788,7 @@ impl FsInner {
         let fh = self.handles.insert(Handle {
             fd,
             inode,
+            path: None,
             kind: HandleKind::Dir(std::sync::Mutex::new(DirStream {
                 buf: Vec::new(),
                 start: 0,
@@ -894,7 +912,10 @@ impl FsInner {
                 Ok(x) => x,
                 Err(_) => return true, // vanished meanwhile: skip it
             };
-            let ttl = self.ttl(Target::Child(dir.nodeid, name));
+            let mut ttl = self.ttl(Target::Child(dir.nodeid, name));
+            if self.must_relookup(&st) {
+                ttl = Duration::ZERO;
+            }
             let attr = attr_of(reported_ino(&inode), &st);
             if reply.add(INodeNo(attr.ino.0), off, name, &ttl, &attr, GEN) {
                 // Did not fit: the kernel will not see it, so it takes no reference.

@@ -1,0 +1,219 @@
+//! Open modes: kernel passthrough for files no rule can touch, direct I/O for the others, one mode
+//! per inode while it is open (the kernel's rule), and rule updates that report escaped files.
+
+mod fs_support;
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
+
+use chaosfs::rules::RuleSet;
+use chaosfs::{Config, OpenMode};
+use fs_support::*;
+
+fn ino(p: &std::path::Path) -> u64 {
+    fs::metadata(p).expect("stat").ino()
+}
+
+fn read_all(f: &mut fs::File) -> std::io::Result<Vec<u8>> {
+    let mut v = Vec::new();
+    f.seek(SeekFrom::Start(0))?;
+    f.read_to_end(&mut v)?;
+    Ok(v)
+}
+
+#[test]
+fn untouched_files_open_in_passthrough_mode() {
+    let m = mount();
+    fs::write(m.join("f"), b"data").expect("write");
+    let before = m.server().open_stats();
+    let mut f = fs::File::open(m.join("f")).expect("open");
+    assert_eq!(
+        m.server().open_mode(ino(&m.join("f"))),
+        Some(OpenMode::Passthrough)
+    );
+    assert_eq!(read_all(&mut f).expect("read"), b"data");
+    let after = m.server().open_stats();
+    assert_eq!(after.passthrough, before.passthrough + 1);
+    assert_eq!(after.direct, before.direct);
+}
+
+#[test]
+fn without_passthrough_every_file_uses_direct_io() {
+    let cfg = Config {
+        passthrough: false,
+        ..Config::default()
+    };
+    let m = mount_with(RuleSet::empty(), cfg, |_| {});
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .open(m.join("d"))
+        .expect("create");
+    assert_eq!(
+        m.server().open_mode(ino(&m.join("d"))),
+        Some(OpenMode::Direct)
+    );
+    f.write_all(&vec![3u8; 300_000]).expect("write");
+    assert_eq!(read_all(&mut f).expect("read").len(), 300_000);
+    // Shared mmap still works with direct I/O (FUSE_DIRECT_IO_ALLOW_MMAP).
+    use nix::sys::mman::{MapFlags, MsFlags, ProtFlags, mmap, msync, munmap};
+    let len = std::num::NonZeroUsize::new(4096).expect("len");
+    // SAFETY: a fresh shared mapping of our own file, unmapped below before `f` is dropped.
+    let ptr = unsafe {
+        mmap(
+            None,
+            len,
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+            MapFlags::MAP_SHARED,
+            f.as_fd(),
+            0,
+        )
+    }
+    .expect("mmap shared on a direct-io file");
+    // SAFETY: the mapping is 4096 bytes, readable and writable, and exclusively ours.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr().cast::<u8>(), 4096) };
+    assert_eq!(bytes[0], 3);
+    bytes[0] = 9;
+    // SAFETY: `ptr`/4096 describe the mapping above; `bytes` is not used afterwards.
+    unsafe { msync(ptr, 4096, MsFlags::MS_SYNC) }.expect("msync");
+    // SAFETY: as above.
+    unsafe { munmap(ptr, 4096) }.expect("munmap");
+    assert_eq!(fs::read(m.backing("d")).expect("backing")[0], 9);
+    let s = m.server().open_stats();
+    assert!(s.direct >= 1 && s.passthrough == 0, "{s:?}");
+}
+
+/// Needs the rule engine (globs and errno actions).
+#[test]
+fn rule_touched_files_use_direct_io() {
+    let m = mount_with(
+        rules(r#"{"rules":[{"ops":["read"],"glob":"touched*","errno":"EIO"}]}"#),
+        Config::default(),
+        |d| {
+            fs::write(d.join("touched"), b"t").expect("prepare");
+            fs::write(d.join("plain"), b"p").expect("prepare");
+        },
+    );
+    let mut t = fs::File::open(m.join("touched")).expect("open touched");
+    assert_eq!(
+        m.server().open_mode(ino(&m.join("touched"))),
+        Some(OpenMode::Direct)
+    );
+    assert_eq!(
+        read_all(&mut t).map_err(|e| e.raw_os_error()),
+        Err(Some(libc::EIO))
+    );
+    let mut p = fs::File::open(m.join("plain")).expect("open plain");
+    assert_eq!(
+        m.server().open_mode(ino(&m.join("plain"))),
+        Some(OpenMode::Passthrough)
+    );
+    assert_eq!(read_all(&mut p).expect("read plain"), b"p");
+}
+
+/// Needs the rule engine. Two names of one inode, one touched by a rule: opens never fail, and
+/// an inode keeps one mode while it has open files.
+#[test]
+fn one_mode_per_open_inode() {
+    let m = mount_with(
+        rules(r#"{"rules":[{"ops":["read"],"glob":"touched","errno":"EIO"}]}"#),
+        Config::default(),
+        |d| {
+            fs::write(d.join("plain"), b"shared").expect("prepare");
+            fs::hard_link(d.join("plain"), d.join("touched")).expect("link");
+        },
+    );
+    let i = ino(&m.join("plain"));
+    let mut a = fs::File::open(m.join("plain")).expect("open plain");
+    assert_eq!(m.server().open_mode(i), Some(OpenMode::Passthrough));
+    let forced = m.server().open_stats().forced_passthrough;
+    let mut b = fs::File::open(m.join("touched")).expect("open touched while plain is open");
+    assert_eq!(m.server().open_stats().forced_passthrough, forced + 1);
+    assert_eq!(read_all(&mut a).expect("read a"), b"shared");
+    assert_eq!(
+        read_all(&mut b).expect("read b (passthrough escapes the rule)"),
+        b"shared"
+    );
+    drop((a, b));
+    // Release is asynchronous: wait until the handles are gone.
+    poll_until(|| m.server().open_mode(i).is_none());
+    let mut t = fs::File::open(m.join("touched")).expect("open touched alone");
+    assert_eq!(m.server().open_mode(i), Some(OpenMode::Direct));
+    let mut p = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.join("plain"))
+        .expect("open plain while direct");
+    assert_eq!(m.server().open_mode(i), Some(OpenMode::Direct));
+    assert_eq!(
+        read_all(&mut t).map_err(|e| e.raw_os_error()),
+        Err(Some(libc::EIO))
+    );
+    assert_eq!(
+        read_all(&mut p).expect("plain read through direct io"),
+        b"shared"
+    );
+}
+
+fn poll_until(mut f: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "condition never became true"
+        );
+        std::thread::yield_now();
+    }
+}
+
+/// Needs the rule engine.
+#[test]
+fn update_rules_reports_escaped_passthrough_files() {
+    let m = mount_with(RuleSet::empty(), Config::default(), |d| {
+        fs::write(d.join("victim"), b"before").expect("prepare");
+        fs::write(d.join("other"), b"other").expect("prepare");
+    });
+    let mut old = fs::File::open(m.join("victim")).expect("open");
+    let _other = fs::File::open(m.join("other")).expect("open other");
+    let i = ino(&m.join("victim"));
+    assert_eq!(m.server().open_mode(i), Some(OpenMode::Passthrough));
+    let report = m.server().update_rules(rules(
+        r#"{"rules":[{"ops":["read"],"glob":"victim","errno":"EIO"}]}"#,
+    ));
+    assert_eq!(report.escaped.len(), 1, "{report:?}");
+    assert_eq!(report.escaped[0].path, std::path::Path::new("victim"));
+    assert_eq!(report.escaped[0].ino, i);
+    // The old fd escapes the rule (passthrough) until reopened...
+    assert_eq!(read_all(&mut old).expect("old fd"), b"before");
+    // ...a reopen by path gets direct I/O and meets the rule, while the old fd is still open.
+    let mut new = fs::File::open(m.join("victim")).expect("reopen");
+    assert_eq!(
+        read_all(&mut new).map_err(|e| e.raw_os_error()),
+        Err(Some(libc::EIO))
+    );
+    assert_eq!(m.server().rules().stats().len(), 1);
+}
+
+/// Needs the rule engine: after an update, cached attributes are dropped at once.
+#[test]
+fn update_rules_invalidates_cached_attributes() {
+    let m = mount_with(RuleSet::empty(), Config::default(), |d| {
+        fs::write(d.join("a"), b"a").expect("prepare");
+    });
+    let before = fs::metadata(m.join("a")).expect("stat").mode();
+    assert_eq!(before & 0o7777, 0o644);
+    m.server()
+        .update_rules(rules(r#"{"rules":[{"glob":"a","attr":{"perm":"0600"}}]}"#));
+    let after = fs::metadata(m.join("a")).expect("stat").mode();
+    assert_eq!(
+        after & 0o7777,
+        0o600,
+        "cached attributes survived the rule update"
+    );
+    m.server().update_rules(RuleSet::empty());
+    let again = fs::metadata(m.join("a")).expect("stat").mode();
+    assert_eq!(again & 0o7777, 0o644);
+}
