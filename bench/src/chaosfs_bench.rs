@@ -143,7 +143,8 @@ fn run_round(dir: &Path, opts: &Opts) -> anyhow::Result<Figures> {
 fn best_of(dir: &Path, opts: &Opts) -> anyhow::Result<Figures> {
     let mut best = Figures::default();
     for _ in 0..opts.rounds {
-        let round = run_round(dir, opts).with_context(|| format!("workload in {}", dir.display()))?;
+        let round =
+            run_round(dir, opts).with_context(|| format!("workload in {}", dir.display()))?;
         for (b, r) in best.0.iter_mut().zip(round.0) {
             *b = b.max(r);
         }

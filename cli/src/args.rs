@@ -180,7 +180,15 @@ mod tests {
     #[test]
     fn run_splits_own_flags_rules_and_command() {
         let Ok(Command::Run(run)) = parse(args(&[
-            "run", "--errno", "EIO", "--path", "/d", "--ops=write", "--", "ls", "--path",
+            "run",
+            "--errno",
+            "EIO",
+            "--path",
+            "/d",
+            "--ops=write",
+            "--",
+            "ls",
+            "--path",
         ])) else {
             panic!("did not parse")
         };
@@ -201,8 +209,12 @@ mod tests {
         assert!(err(&["run", "--errno", "EIO", "--", "true"]).contains("--path"));
         assert!(err(&["run", "--path", "/d", "--errno", "EIO"]).contains("command"));
         assert!(err(&["run", "--path", "/d", "--", "true"]).contains("rule"));
-        assert!(err(&["run", "--path", "/d", "--spec", "f", "--errno", "EIO", "--", "x"])
-            .contains("cannot be combined"));
+        assert!(
+            err(&[
+                "run", "--path", "/d", "--spec", "f", "--errno", "EIO", "--", "x"
+            ])
+            .contains("cannot be combined")
+        );
         assert!(err(&["run", "--path"]).contains("needs a value"));
         assert!(err(&["frobnicate"]).contains("unknown subcommand"));
         assert!(err(&[]).contains("missing subcommand"));

@@ -4,6 +4,7 @@
 mod args;
 mod demo;
 mod run;
+mod sys;
 
 use std::process::ExitCode;
 

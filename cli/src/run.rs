@@ -95,9 +95,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
 
     // SIGINT/SIGQUIT from the terminal reach the whole process group, so the command gets them
     // itself; SIGTERM/SIGHUP sent to us are forwarded. Blocked before any thread exists so every
-    // thread inherits the mask; std resets the mask in the child.
+    // thread inherits the mask; the child unblocks them before exec.
     let mut signals = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGQUIT, Signal::SIGTERM, Signal::SIGHUP] {
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+    ] {
         signals.add(s);
     }
     signals.thread_block().context("blocking signals")?;
@@ -108,6 +113,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
 
     let mut command = std::process::Command::new(&args.command[0]);
     command.args(&args.command[1..]);
+    crate::sys::unblock_in_child(&mut command, signals);
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {

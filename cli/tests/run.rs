@@ -44,18 +44,34 @@ fn write_fails_with_the_errno_the_rule_names_and_the_backing_file_is_untouched()
     let d = dir.path().to_str().expect("utf-8 path");
     std::fs::write(dir.path().join("f"), "before\n").expect("seeding");
     let out = iochaos(&[
-        "run", "--path", d, "--errno", "ENOSPC", "--ops", "write", "--",
-        "sh", "-c", &format!("cat {d}/f && echo after > {d}/f"),
+        "run",
+        "--path",
+        d,
+        "--errno",
+        "ENOSPC",
+        "--ops",
+        "write",
+        "--",
+        "sh",
+        "-c",
+        &format!("cat {d}/f && echo after | tee {d}/f >/dev/null"),
     ]);
     let stderr = text(&out.stderr);
-    assert_eq!(text(&out.stdout), "before\n", "reads still work; stderr: {stderr}");
+    assert_eq!(
+        text(&out.stdout),
+        "before\n",
+        "reads still work; stderr: {stderr}"
+    );
     assert!(
         stderr.contains("No space left on device"),
         "the shell should see ENOSPC from write: {stderr}"
     );
     assert_ne!(out.status.code(), Some(0));
     // The open with O_TRUNC succeeded, the write did not: the file is empty on the backing fs.
-    assert_eq!(std::fs::read_to_string(dir.path().join("f")).expect("reading"), "");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("f")).expect("reading"),
+        ""
+    );
     assert!(host_mounts_of(dir.path()).is_empty());
 }
 
@@ -64,11 +80,31 @@ fn exit_status_of_the_command_is_returned() {
     require_privileges();
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().to_str().expect("utf-8 path");
-    let out = iochaos(&["run", "--path", d, "--errno", "EIO", "--ops", "mkdir", "--", "sh", "-c", "exit 7"]);
+    let out = iochaos(&[
+        "run", "--path", d, "--errno", "EIO", "--ops", "mkdir", "--", "sh", "-c", "exit 7",
+    ]);
     assert_eq!(out.status.code(), Some(7), "stderr: {}", text(&out.stderr));
-    let out = iochaos(&["run", "--path", d, "--errno", "EIO", "--", "sh", "-c", "kill -TERM $$"]);
+    let out = iochaos(&[
+        "run",
+        "--path",
+        d,
+        "--errno",
+        "EIO",
+        "--",
+        "sh",
+        "-c",
+        "kill -TERM $$",
+    ]);
     assert_eq!(out.status.code(), Some(128 + 15));
-    let out = iochaos(&["run", "--path", d, "--errno", "EIO", "--", "/nonexistent/cmd"]);
+    let out = iochaos(&[
+        "run",
+        "--path",
+        d,
+        "--errno",
+        "EIO",
+        "--",
+        "/nonexistent/cmd",
+    ]);
     assert_eq!(out.status.code(), Some(127));
     assert!(text(&out.stderr).contains("cannot run /nonexistent/cmd"));
 }
@@ -79,10 +115,24 @@ fn the_mount_is_only_visible_to_the_command_and_gone_after() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().to_str().expect("utf-8 path");
     let out = iochaos(&[
-        "run", "--path", d, "--latency", "1ms", "--ops", "statfs", "--",
-        "sh", "-c", &format!("grep -c ' {d} .* - fuse.chaosfs ' /proc/self/mountinfo"),
+        "run",
+        "--path",
+        d,
+        "--latency",
+        "1ms",
+        "--ops",
+        "statfs",
+        "--",
+        "sh",
+        "-c",
+        &format!("grep -c ' {d} .* - fuse.chaosfs ' /proc/self/mountinfo"),
     ]);
-    assert_eq!(text(&out.stdout).trim(), "1", "stderr: {}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "1",
+        "stderr: {}",
+        text(&out.stderr)
+    );
     assert!(host_mounts_of(dir.path()).is_empty());
 }
 
@@ -95,22 +145,48 @@ fn bad_input_is_one_line_exit_2_and_nothing_mounted() {
         &["run", "--path", d, "--errno", "EWHAT", "--", "true"],
         &["run", "--path", d, "--percent", "50", "--", "true"],
         &["run", "--path", d, "--latency", "soon", "--", "true"],
-        &["run", "--path", d, "--errno", "EIO", "--ops", "wirte", "--", "true"],
-        &["run", "--path", "/nonexistent/dir", "--errno", "EIO", "--", "true"],
+        &[
+            "run", "--path", d, "--errno", "EIO", "--ops", "wirte", "--", "true",
+        ],
+        &[
+            "run",
+            "--path",
+            "/nonexistent/dir",
+            "--errno",
+            "EIO",
+            "--",
+            "true",
+        ],
         &["run", "--path", d, "--errno", "EIO"],
     ];
     for args in cases {
         let out = iochaos(args);
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{args:?} should print one line: {stderr}");
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "{args:?} should print one line: {stderr}"
+        );
         assert!(stderr.starts_with("iochaos: "), "{stderr}");
     }
     let spec = dir.path().join("spec.json");
     std::fs::write(&spec, r#"{"rules":[{"errno":"EIO","colour":"red"}]}"#).expect("writing");
-    let out = iochaos(&["run", "--path", d, "--spec", spec.to_str().expect("utf-8"), "--", "true"]);
+    let out = iochaos(&[
+        "run",
+        "--path",
+        d,
+        "--spec",
+        spec.to_str().expect("utf-8"),
+        "--",
+        "true",
+    ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("colour"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("colour"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(host_mounts_of(dir.path()).is_empty());
 }
 
@@ -120,15 +196,36 @@ fn duration_removes_the_faults_while_the_command_goes_on() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().to_str().expect("utf-8 path");
     let spec = dir.path().join("spec.json");
-    std::fs::write(&spec, r#"{"duration":"300ms","rules":[{"ops":["write"],"errno":"EIO"}]}"#)
-        .expect("writing");
+    std::fs::write(
+        &spec,
+        r#"{"duration":"300ms","rules":[{"ops":["write"],"errno":"EIO"}]}"#,
+    )
+    .expect("writing");
     // Poll until a write succeeds (bounded), recording whether one failed first.
     let script = format!(
         "failed=0; i=0; while [ $i -lt 100 ]; do \
            if echo x > {d}/f 2>/dev/null; then echo ok failed=$failed; exit 0; fi; \
            failed=1; i=$((i+1)); sleep 0.05; done; echo never; exit 1"
     );
-    let out = iochaos(&["run", "--path", d, "--spec", spec.to_str().expect("utf-8"), "--", "sh", "-c", &script]);
-    assert_eq!(text(&out.stdout).trim(), "ok failed=1", "stderr: {}", text(&out.stderr));
-    assert_eq!(std::fs::read_to_string(dir.path().join("f")).expect("reading"), "x\n");
+    let out = iochaos(&[
+        "run",
+        "--path",
+        d,
+        "--spec",
+        spec.to_str().expect("utf-8"),
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "ok failed=1",
+        "stderr: {}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("f")).expect("reading"),
+        "x\n"
+    );
 }

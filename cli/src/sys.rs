@@ -1,0 +1,20 @@
+//! The few unsafe calls of the `iochaos` binary.
+
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use nix::sys::signal::SigSet;
+
+/// Have the child unblock `signals` before it execs. iochaos blocks the signals it forwards in
+/// every thread (so none of its FUSE threads is killed by them), and a child inherits the mask.
+pub fn unblock_in_child(command: &mut Command, signals: SigSet) {
+    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
+    // functions may be called; it calls pthread_sigmask (async-signal-safe per POSIX) on a
+    // SigSet copied into the closure, and allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            signals.thread_unblock().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+}
