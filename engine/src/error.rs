@@ -120,6 +120,22 @@ pub enum Error {
     #[error("injection {id} exists already")]
     InjectionExists { id: String },
 
+    /// The path is already injected in this mount namespace.
+    #[error("{} is already injected in this target (injection {id}); recover it first", path.display())]
+    AlreadyInjected { id: String, path: PathBuf },
+
+    /// The filesystem server (ChaosFS) failed to start, update or stop.
+    #[error("ChaosFS: {0}")]
+    Filesystem(#[source] Box<dyn std::error::Error + Send + Sync>),
+
+    /// Moving the target's fds failed (fdswap).
+    #[error("swapping fds: {0}")]
+    Swap(#[source] Box<dyn std::error::Error + Send + Sync>),
+
+    /// The injection was already recovered.
+    #[error("injection {id} is recovered already")]
+    Recovered { id: String },
+
     /// The spec given to the Chaos API was rejected by the rule engine.
     #[error("invalid spec: {0}")]
     InvalidSpec(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -166,7 +182,10 @@ impl Error {
             | Error::UnknownContainer { .. }
             | Error::NoSuchInjection { .. }
             | Error::Resolve { .. } => ttrpc::Code::NOT_FOUND,
-            Error::InjectionExists { .. } => ttrpc::Code::ALREADY_EXISTS,
+            Error::InjectionExists { .. } | Error::AlreadyInjected { .. } => {
+                ttrpc::Code::ALREADY_EXISTS
+            }
+            Error::Recovered { .. } => ttrpc::Code::FAILED_PRECONDITION,
             Error::SharedMount { .. }
             | Error::NotADirectory { .. }
             | Error::ContainerNotRunning { .. }

@@ -3,6 +3,7 @@
 pub mod api;
 pub mod error;
 pub mod fusectl;
+pub mod inject;
 pub mod journal;
 pub mod mountinfo;
 pub mod ns;

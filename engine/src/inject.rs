@@ -1,0 +1,455 @@
+//! Inject and recover: the orchestration of targets, mounts, the journal, the filesystem server
+//! and the fd swap.
+//!
+//! The two moving parts that live in other crates enter through traits, so that wiring them in
+//! is an `impl` each:
+//! * [`FsLauncher`] / [`FsServer`]: the ChaosFS server (`chaosfs::server::Server`).
+//! * [`Swapper`]: the fd swap (`fdswap::swap`).
+//!
+//! [`inject`] journals first, then mounts, starts the server, swaps, and journals again; any
+//! failure undoes what was done. The returned [`Injection`] implements [`ChaosService`], so it
+//! is what the injection server serves on `/run/iochaos/<id>.sock`. [`recover_from_journal`]
+//! undoes an injection whose server is gone, from the journal and `/proc` alone.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde_json::Value;
+
+use crate::api::{ChaosService, FdEntry, RecoverReport, RuleStatus, Status, TargetStatus};
+use crate::error::{Error, Result};
+use crate::fusectl::FuseCtl;
+use crate::journal::{
+    Entry, InjectionId, Journal, MountRecord, ProcessRecord, SwappedFd, TargetRecord,
+};
+use crate::mountinfo::SharedPolicy;
+use crate::ns::{self, CHAOSFS_SUBTYPE, MountGuard, MountNs, MountSource};
+use crate::resolve::resolve_dir_in_root;
+use crate::target::{ContainerdTask, NsId, ProcStat, Target, processes_in_mnt_ns};
+
+/// What is mounted over the path: a FUSE connection the launcher will serve, or (tests,
+/// dry runs) a tmpfs.
+#[derive(Debug)]
+pub enum Device {
+    /// An open `/dev/fuse`.
+    Fuse(OwnedFd),
+    /// No server: an empty tmpfs.
+    Tmpfs,
+}
+
+/// Starts the filesystem that serves the mount. Wiring: `chaosfs::mount::open_fuse_device`
+/// for [`FsLauncher::device`] and `chaosfs::server::Server::start` for [`FsLauncher::start`].
+pub trait FsLauncher {
+    type Server: FsServer;
+    /// The device to mount (called before mounting).
+    fn device(&self) -> Result<Device>;
+    /// Serve `device` (already mounted over the path, [`Device::Fuse`] or not) from `backing`
+    /// (the directory under the mount) with the rules of `spec`. Returns once faults are live
+    /// (the FUSE INIT handshake is done). `connection` is the FUSE connection number.
+    fn start(
+        &self,
+        backing: OwnedFd,
+        device: Device,
+        spec: &Value,
+        connection: Option<u32>,
+    ) -> Result<Self::Server>;
+}
+
+/// A running filesystem server (wiring: `chaosfs::server::Server`).
+pub trait FsServer: Send + Sync + 'static {
+    /// Replace the rules with those of `spec` (already valid JSON; the rule engine validates).
+    fn update_rules(&self, spec: &Value) -> Result<()>;
+    /// `(matched, injected)` per rule, in spec order.
+    fn rule_counters(&self) -> Vec<(u64, u64)>;
+    /// Stop serving (the mount is already detached and the fds swapped back).
+    fn stop(self) -> Result<()>;
+}
+
+/// What a swap moved and what it left alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SwapOutcome {
+    pub swapped: Vec<SwappedFd>,
+    pub skipped: Vec<FdEntry>,
+}
+
+/// Moves the target's fds, cwds and shared mappings between the original mount and ChaosFS
+/// (wiring: `fdswap::swap` with `fdswap::ScanOptions { path, to_mnt, from_mnt }`).
+pub trait Swapper: Send + Sync + 'static {
+    /// Make `pids` reopen what they hold under `path` (canonical, as they see it) through the
+    /// mount `to_mnt` now on top of it.
+    fn swap_in(&self, pids: &[u32], path: &Path, to_mnt: u64) -> Result<SwapOutcome>;
+    /// Make `pids` reopen what they hold on mount `from_mnt` under `path` through whatever
+    /// `path` resolves to now (the original, once the ChaosFS mount is detached).
+    fn swap_out(&self, pids: &[u32], path: &Path, from_mnt: u64) -> Result<SwapOutcome>;
+}
+
+/// What to inject into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetSpec {
+    Pid(u32),
+    Container {
+        id: String,
+        namespace: String,
+        /// containerd's state directory (default `/run/containerd`).
+        state_dir: PathBuf,
+    },
+}
+
+/// An injection request (the CLI's `inject`, or the Chaos API's caller).
+#[derive(Debug, Clone)]
+pub struct InjectRequest {
+    pub target: TargetSpec,
+    /// The path, as the target sees it.
+    pub path: PathBuf,
+    /// The JSON spec (design.md).
+    pub spec: Value,
+    pub shared: SharedPolicy,
+}
+
+/// Find the target a spec names.
+pub fn find_target(spec: &TargetSpec) -> Result<Target> {
+    match spec {
+        TargetSpec::Pid(pid) => Target::from_pid(*pid),
+        TargetSpec::Container {
+            id,
+            namespace,
+            state_dir,
+        } => Target::from_container(&ContainerdTask::find_in(state_dir, namespace, id)?),
+    }
+}
+
+/// A live injection, served over the Chaos API.
+pub struct Injection<F: FsServer, S: Swapper> {
+    journal: Journal,
+    swapper: S,
+    state: Mutex<State<F>>,
+}
+
+struct State<F> {
+    entry: Entry,
+    skipped: Vec<FdEntry>,
+    guard: Option<MountGuard>,
+    server: Option<F>,
+}
+
+impl<F: FsServer, S: Swapper> std::fmt::Debug for Injection<F, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Injection")
+            .field("journal", &self.journal)
+            .finish()
+    }
+}
+
+/// Inject: journal, mount, serve, swap. On success faults are live for every process of the
+/// target's mount namespace. On failure everything done so far is undone and the journal entry
+/// removed.
+pub fn inject<L: FsLauncher, S: Swapper>(
+    journal: &Journal,
+    launcher: &L,
+    swapper: S,
+    req: &InjectRequest,
+) -> Result<Injection<L::Server, S>> {
+    let target = find_target(&req.target)?;
+    let mns = MountNs::of_target(&target)?;
+    // Errors about the path come before anything changes.
+    let canonical = resolve_dir_in_root(target.root_fd(), &req.path)?.path;
+    for e in journal.list()? {
+        if e.target.mnt_ns == target.mnt_ns.ino && Path::new(&e.path) == canonical {
+            return Err(Error::AlreadyInjected {
+                id: e.id.to_string(),
+                path: canonical,
+            });
+        }
+    }
+    let procs = target.processes()?;
+    let mut entry = Entry::new(
+        InjectionId::generate(),
+        TargetRecord {
+            pid: target.pid,
+            start_time: target.start_time,
+            container: target.container.clone(),
+            mnt_ns: target.mnt_ns.ino,
+            user_ns: target.user_ns.ino,
+        },
+        canonical.to_string_lossy().into_owned(),
+        req.spec.clone(),
+    );
+    entry.pids = procs
+        .iter()
+        .map(|p| ProcessRecord {
+            pid: p.pid,
+            start_time: p.start_time,
+        })
+        .collect();
+    entry.server_pid = Some(std::process::id());
+    journal.create(&entry)?;
+
+    let id = entry.id.clone();
+    let undo_journal = |e: Error| {
+        if let Err(j) = journal.remove(&id) {
+            tracing::warn!(error = %j, "could not remove the journal entry");
+        }
+        e
+    };
+    let device = launcher.device().map_err(undo_journal)?;
+    let source = match &device {
+        Device::Fuse(fd) => MountSource::Fuse {
+            dev_fuse: fd.as_fd(),
+            subtype: CHAOSFS_SUBTYPE,
+        },
+        Device::Tmpfs => MountSource::Tmpfs,
+    };
+    let guard = ns::mount_over(&mns, &canonical, source, req.shared).map_err(undo_journal)?;
+    entry.mount = Some(MountRecord {
+        mnt_id: guard.mnt_id(),
+        under_mnt_id: guard.under().mnt_id,
+        fuse_connection: guard.fuse_connection(),
+    });
+    // From here on, dropping `guard` on an error detaches the mount.
+    journal.update(&entry).map_err(undo_journal)?;
+    let backing = guard
+        .backing()
+        .try_clone_to_owned()
+        .map_err(|e| undo_journal(Error::sys("duplicating the backing fd", e)))?;
+    let server = launcher
+        .start(backing, device, &req.spec, guard.fuse_connection())
+        .map_err(undo_journal)?;
+    let pids: Vec<u32> = procs.iter().map(|p| p.pid).collect();
+    let outcome = match swapper.swap_in(&pids, &canonical, guard.mnt_id()) {
+        Ok(o) => o,
+        Err(e) => {
+            // fdswap rolls back the process it failed in; nothing is left on the mount.
+            drop(guard);
+            if let Err(s) = server.stop() {
+                tracing::warn!(error = %s, "could not stop the filesystem server");
+            }
+            return Err(undo_journal(e));
+        }
+    };
+    entry.swapped = outcome.swapped;
+    journal.update(&entry)?;
+    tracing::info!(id = %entry.id, path = %canonical.display(), pid = target.pid, "injected");
+    Ok(Injection {
+        journal: journal.clone(),
+        swapper,
+        state: Mutex::new(State {
+            entry,
+            skipped: outcome.skipped,
+            guard: Some(guard),
+            server: Some(server),
+        }),
+    })
+}
+
+impl<F: FsServer, S: Swapper> Injection<F, S> {
+    /// The injection id.
+    pub fn id(&self) -> InjectionId {
+        self.lock()
+            .map(|s| s.entry.id.clone())
+            .unwrap_or_else(|_| InjectionId::generate())
+    }
+
+    /// The journal entry as it stands.
+    pub fn entry(&self) -> Result<Entry> {
+        Ok(self.lock()?.entry.clone())
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, State<F>>> {
+        self.state.lock().map_err(|_| {
+            Error::sys(
+                "injection state",
+                std::io::Error::other("a thread panicked holding it"),
+            )
+        })
+    }
+}
+
+fn status_of<F: FsServer>(st: &State<F>) -> Status {
+    let e = &st.entry;
+    let counters = st
+        .server
+        .as_ref()
+        .map(|s| s.rule_counters())
+        .unwrap_or_default();
+    let rules = e.spec["rules"].as_array().cloned().unwrap_or_default();
+    Status {
+        id: e.id.to_string(),
+        path: e.path.clone(),
+        target: TargetStatus {
+            pid: e.target.pid,
+            container: e.target.container.as_ref().map(|c| c.id.clone()),
+            namespace: e.target.container.as_ref().map(|c| c.namespace.clone()),
+            mnt_ns: e.target.mnt_ns,
+        },
+        pids: e.pids.iter().map(|p| p.pid).collect(),
+        server_pid: e.server_pid.unwrap_or_default(),
+        spec: e.spec.clone(),
+        rules: rules
+            .into_iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let (matched, injected) = counters.get(i).copied().unwrap_or_default();
+                RuleStatus {
+                    spec,
+                    matched,
+                    injected,
+                }
+            })
+            .collect(),
+        swapped: e
+            .swapped
+            .iter()
+            .map(|s| FdEntry {
+                pid: s.pid,
+                fd: s.fd,
+                path: s.path.clone(),
+                reason: None,
+            })
+            .collect(),
+        skipped: st.skipped.clone(),
+        created_unix: e.created_unix_ms / 1000,
+    }
+}
+
+impl<F: FsServer, S: Swapper> ChaosService for Injection<F, S> {
+    fn status(&self) -> Result<Status> {
+        Ok(status_of(&*self.lock()?))
+    }
+
+    fn update_rules(&self, spec_json: &str) -> Result<Status> {
+        let spec: Value =
+            serde_json::from_str(spec_json).map_err(|e| Error::InvalidSpec(Box::new(e)))?;
+        let mut st = self.lock()?;
+        if st.server.is_none() {
+            return Err(Error::Recovered {
+                id: st.entry.id.to_string(),
+            });
+        }
+        if let Some(p) = spec.get("path").and_then(Value::as_str)
+            && p != st.entry.path
+            && st.entry.spec.get("path").and_then(Value::as_str) != Some(p)
+        {
+            return Err(Error::InvalidSpec(
+                format!(
+                    "spec path {p:?} is not the injection's path {:?}",
+                    st.entry.path
+                )
+                .into(),
+            ));
+        }
+        if let Some(server) = st.server.as_ref() {
+            server.update_rules(&spec)?;
+        }
+        st.entry.spec = spec;
+        let entry = st.entry.clone();
+        self.journal.update(&entry)?;
+        Ok(status_of(&st))
+    }
+
+    fn recover(&self) -> Result<RecoverReport> {
+        let mut st = self.lock()?;
+        let Some(guard) = st.guard.take() else {
+            return Err(Error::Recovered {
+                id: st.entry.id.to_string(),
+            });
+        };
+        let path = PathBuf::from(&st.entry.path);
+        let mnt_id = guard.mnt_id();
+        let ns_id = guard.ns().id;
+        // New opens reach the original at once; what is open through ChaosFS keeps working.
+        guard.detach()?;
+        // Everyone in the namespace now, including processes started after the injection.
+        let pids: Vec<u32> = processes_in_mnt_ns(ns_id)?.iter().map(|p| p.pid).collect();
+        let outcome = self.swapper.swap_out(&pids, &path, mnt_id)?;
+        if let Some(server) = st.server.take() {
+            server.stop()?;
+        }
+        self.journal.remove(&st.entry.id)?;
+        tracing::info!(id = %st.entry.id, "recovered");
+        Ok(RecoverReport {
+            restored: outcome
+                .swapped
+                .iter()
+                .map(|s| FdEntry {
+                    pid: s.pid,
+                    fd: s.fd,
+                    path: s.path.clone(),
+                    reason: None,
+                })
+                .collect(),
+            failed: outcome.skipped,
+        })
+    }
+}
+
+/// Recover an injection whose server is gone (killed, crashed), from its journal entry and
+/// `/proc` alone: detach the ChaosFS mount, swap back whatever is still on it, abort the FUSE
+/// connection so nothing can hang on it, remove the entry. Works when the target has exited.
+pub fn recover_from_journal<S: Swapper>(
+    journal: &Journal,
+    id: &InjectionId,
+    swapper: &S,
+) -> Result<RecoverReport> {
+    let entry = journal.read(id)?;
+    let mut report = RecoverReport::default();
+    if let Some(m) = &entry.mount {
+        // Any live process of the injection's mount namespace lets us in.
+        let ns = entry
+            .pids
+            .iter()
+            .chain(std::iter::once(&ProcessRecord {
+                pid: entry.target.pid,
+                start_time: entry.target.start_time,
+            }))
+            .filter(|p| ProcStat::read(p.pid).is_ok_and(|s| s.start_time == p.start_time))
+            .find_map(|p| {
+                MountNs::of_pid(p.pid)
+                    .ok()
+                    .filter(|n| n.id.ino == entry.target.mnt_ns)
+            });
+        let ns = match ns {
+            Some(ns) => Some(ns),
+            // Processes started after the injection: scan for the namespace.
+            None => find_ns_by_inode(entry.target.mnt_ns)?,
+        };
+        if let Some(ns) = ns {
+            let path = PathBuf::from(&entry.path);
+            ns::detach_at(&ns, &path, m.mnt_id)?;
+            let pids: Vec<u32> = processes_in_mnt_ns(ns.id)?.iter().map(|p| p.pid).collect();
+            let outcome = swapper.swap_out(&pids, &path, m.mnt_id)?;
+            report.restored = outcome
+                .swapped
+                .iter()
+                .map(|s| FdEntry {
+                    pid: s.pid,
+                    fd: s.fd,
+                    path: s.path.clone(),
+                    reason: None,
+                })
+                .collect();
+            report.failed = outcome.skipped;
+        }
+        if let Some(conn) = m.fuse_connection {
+            FuseCtl::open()?.abort(conn)?;
+        }
+    }
+    journal.remove(id)?;
+    Ok(report)
+}
+
+fn find_ns_by_inode(ino: u64) -> Result<Option<MountNs>> {
+    let dir = std::fs::read_dir("/proc").map_err(|e| Error::io("/proc", e))?;
+    for d in dir.flatten() {
+        let Some(pid) = d.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if NsId::of(pid, "mnt").is_ok_and(|n| n.ino == ino)
+            && let Ok(ns) = MountNs::of_pid(pid)
+            && ns.id.ino == ino
+        {
+            return Ok(Some(ns));
+        }
+    }
+    Ok(None)
+}

@@ -1,0 +1,333 @@
+//! Inject and recover against a real process in its own mount namespace, with the real
+//! journal, mount and Chaos API. ChaosFS and fdswap are stood in for by a tmpfs launcher and a
+//! recording swapper until they are wired in (privileged: needs root; fails without it).
+
+mod common;
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use common::{Helper, require_root};
+use engine::Error;
+use engine::api::{ApiServer, ChaosClient};
+use engine::inject::{
+    Device, FsLauncher, FsServer, InjectRequest, SwapOutcome, Swapper, TargetSpec, inject,
+    recover_from_journal,
+};
+use engine::journal::{Journal, SwappedFd};
+use engine::mountinfo::{MountInfo, SharedPolicy};
+use serde_json::{Value, json};
+
+#[derive(Default, Clone)]
+struct Calls(Arc<Mutex<Vec<String>>>);
+
+impl Calls {
+    fn push(&self, s: String) {
+        self.0.lock().expect("lock").push(s);
+    }
+    fn all(&self) -> Vec<String> {
+        self.0.lock().expect("lock").clone()
+    }
+}
+
+struct TmpfsLauncher(Calls);
+struct TmpfsServer(Calls);
+
+impl FsLauncher for TmpfsLauncher {
+    type Server = TmpfsServer;
+    fn device(&self) -> engine::Result<Device> {
+        Ok(Device::Tmpfs)
+    }
+    fn start(
+        &self,
+        backing: OwnedFd,
+        device: Device,
+        spec: &Value,
+        conn: Option<u32>,
+    ) -> engine::Result<TmpfsServer> {
+        // The backing reaches the original directory.
+        assert!(rustix::fs::statat(&backing, "orig", rustix::fs::AtFlags::empty()).is_ok());
+        assert!(matches!(device, Device::Tmpfs));
+        self.0.push(format!(
+            "start {} {conn:?}",
+            spec["rules"].as_array().map_or(0, Vec::len)
+        ));
+        Ok(TmpfsServer(self.0.clone()))
+    }
+}
+
+impl FsServer for TmpfsServer {
+    fn update_rules(&self, spec: &Value) -> engine::Result<()> {
+        self.0.push(format!("update {spec}"));
+        Ok(())
+    }
+    fn rule_counters(&self) -> Vec<(u64, u64)> {
+        vec![(10, 4)]
+    }
+    fn stop(self) -> engine::Result<()> {
+        self.0.push("stop".into());
+        Ok(())
+    }
+}
+
+struct RecordingSwapper(Calls);
+
+impl Swapper for RecordingSwapper {
+    fn swap_in(&self, pids: &[u32], path: &Path, to_mnt: u64) -> engine::Result<SwapOutcome> {
+        self.0
+            .push(format!("in {pids:?} {} {to_mnt}", path.display()));
+        Ok(SwapOutcome {
+            swapped: pids
+                .iter()
+                .map(|&pid| SwappedFd {
+                    pid,
+                    fd: 3,
+                    path: path.join("orig").display().to_string(),
+                    flags: 2,
+                    offset: 0,
+                    orig_mnt_id: 1,
+                    addr: None,
+                })
+                .collect(),
+            skipped: vec![],
+        })
+    }
+    fn swap_out(&self, pids: &[u32], path: &Path, from_mnt: u64) -> engine::Result<SwapOutcome> {
+        self.0
+            .push(format!("out {pids:?} {} {from_mnt}", path.display()));
+        Ok(SwapOutcome::default())
+    }
+}
+
+fn setup() -> (tempfile::TempDir, PathBuf, Journal) {
+    let d = tempfile::tempdir().expect("tempdir");
+    let root = std::fs::canonicalize(d.path()).expect("canon");
+    std::fs::create_dir(root.join("vol")).expect("mkdir");
+    std::fs::write(root.join("vol/orig"), "original").expect("write");
+    let journal = Journal::open(root.join("run")).expect("journal");
+    (d, root, journal)
+}
+
+fn request(pid: u32, path: &Path) -> InjectRequest {
+    InjectRequest {
+        target: TargetSpec::Pid(pid),
+        path: path.to_owned(),
+        spec: json!({"rules": [{"ops": ["write"], "errno": "EIO"}]}),
+        shared: SharedPolicy::Refuse,
+    }
+}
+
+#[test]
+fn inject_status_update_recover_over_the_api() {
+    require_root();
+    let (_d, root, journal) = setup();
+    let vol = root.join("vol");
+    let h = Helper::private_ns();
+    let calls = Calls::default();
+    let inj = inject(
+        &journal,
+        &TmpfsLauncher(calls.clone()),
+        RecordingSwapper(calls.clone()),
+        &request(h.pid(), &vol),
+    )
+    .expect("inject");
+    let id = inj.id();
+    let entry = journal.read(&id).expect("journaled");
+    let mount = entry.mount.clone().expect("mount journaled");
+    assert_eq!(entry.path, vol.display().to_string());
+    assert_eq!(
+        entry.pids.iter().map(|p| p.pid).collect::<Vec<_>>(),
+        vec![h.pid()]
+    );
+    assert_eq!(entry.swapped.len(), 1);
+    assert!(
+        MountInfo::read(h.pid())
+            .expect("mi")
+            .by_id(mount.mnt_id)
+            .is_some()
+    );
+    assert!(!h.view(&vol.join("orig")).exists(), "mounted over");
+    assert_eq!(
+        calls.all(),
+        vec![
+            "start 1 None".to_string(),
+            format!("in [{}] {} {}", h.pid(), vol.display(), mount.mnt_id)
+        ]
+    );
+
+    // The same path again is refused, with nothing changed.
+    let again = inject(
+        &journal,
+        &TmpfsLauncher(calls.clone()),
+        RecordingSwapper(calls.clone()),
+        &request(h.pid(), &vol),
+    );
+    assert!(
+        matches!(&again, Err(Error::AlreadyInjected { id: i, .. }) if *i == id.to_string()),
+        "{again:?}"
+    );
+    assert_eq!(journal.ids().expect("ids"), vec![id.clone()]);
+
+    let server = ApiServer::serve(&journal.socket_path(&id), Arc::new(inj)).expect("serve");
+    let client = ChaosClient::connect(server.socket()).expect("connect");
+    let st = client.status().expect("status");
+    assert_eq!(
+        (st.id.as_str(), st.path.as_str()),
+        (id.as_str(), vol.to_str().expect("utf8"))
+    );
+    assert_eq!(st.pids, vec![h.pid()]);
+    assert_eq!((st.rules[0].matched, st.rules[0].injected), (10, 4));
+    assert_eq!(st.swapped.len(), 1);
+
+    let new = json!({"rules": [{"ops": ["fsync"], "latency": "200ms"}]});
+    client.update_rules(&new.to_string()).expect("update");
+    assert_eq!(
+        journal.read(&id).expect("entry").spec,
+        new,
+        "journal follows the rules"
+    );
+    let e = client
+        .update_rules(r#"{"path": "/elsewhere", "rules": []}"#)
+        .expect_err("other path");
+    assert!(
+        matches!(&e, Error::Remote { code, .. } if *code == ttrpc::Code::INVALID_ARGUMENT),
+        "{e}"
+    );
+
+    client.recover().expect("recover");
+    assert!(
+        MountInfo::read(h.pid())
+            .expect("mi")
+            .by_id(mount.mnt_id)
+            .is_none(),
+        "mount gone"
+    );
+    assert!(h.view(&vol.join("orig")).exists());
+    assert!(journal.ids().expect("ids").is_empty(), "journal entry gone");
+    let all = calls.all();
+    assert_eq!(
+        all[all.len() - 2],
+        format!("out [{}] {} {}", h.pid(), vol.display(), mount.mnt_id)
+    );
+    assert_eq!(all[all.len() - 1], "stop");
+    let e = client.recover().expect_err("twice");
+    assert!(e.to_string().contains("recovered already"), "{e}");
+    drop(client);
+    server.shutdown();
+}
+
+#[test]
+fn failed_injections_change_nothing() {
+    require_root();
+    let (_d, root, journal) = setup();
+    let calls = Calls::default();
+    let launcher = TmpfsLauncher(calls.clone());
+    let e = inject(
+        &journal,
+        &launcher,
+        RecordingSwapper(calls.clone()),
+        &request(4_194_305, &root),
+    )
+    .expect_err("dead pid");
+    assert_eq!(e.to_string(), "no process with pid 4194305");
+    let h = Helper::private_ns();
+    let e = inject(
+        &journal,
+        &launcher,
+        RecordingSwapper(calls.clone()),
+        &request(h.pid(), &root.join("missing")),
+    )
+    .expect_err("missing path");
+    assert!(
+        e.to_string()
+            .ends_with("missing in the target: No such file or directory (os error 2)"),
+        "{e}"
+    );
+    let e = inject(
+        &journal,
+        &launcher,
+        RecordingSwapper(calls.clone()),
+        &request(h.pid(), &root.join("vol/orig")),
+    )
+    .expect_err("file");
+    assert!(matches!(e, Error::NotADirectory { .. }), "{e}");
+    let req = InjectRequest {
+        target: TargetSpec::Container {
+            id: "nope".into(),
+            namespace: "default".into(),
+            state_dir: root.clone(),
+        },
+        ..request(0, &root)
+    };
+    let e =
+        inject(&journal, &launcher, RecordingSwapper(calls.clone()), &req).expect_err("container");
+    assert!(
+        e.to_string().starts_with("unknown container \"nope\""),
+        "{e}"
+    );
+    assert!(journal.ids().expect("ids").is_empty());
+    assert!(calls.all().is_empty());
+}
+
+#[test]
+fn recover_from_the_journal_when_the_server_is_gone() {
+    require_root();
+    let (_d, root, journal) = setup();
+    let vol = root.join("vol");
+    let h = Helper::private_ns();
+    let calls = Calls::default();
+    let inj = inject(
+        &journal,
+        &TmpfsLauncher(calls.clone()),
+        RecordingSwapper(calls.clone()),
+        &request(h.pid(), &vol),
+    )
+    .expect("inject");
+    let id = inj.id();
+    let mnt_id = journal
+        .read(&id)
+        .expect("entry")
+        .mount
+        .expect("mount")
+        .mnt_id;
+    // The server dies without cleaning up: its mount and journal entry stay.
+    std::mem::forget(inj);
+    assert!(
+        MountInfo::read(h.pid())
+            .expect("mi")
+            .by_id(mnt_id)
+            .is_some()
+    );
+
+    recover_from_journal(&journal, &id, &RecordingSwapper(calls.clone())).expect("recover");
+    assert!(
+        MountInfo::read(h.pid())
+            .expect("mi")
+            .by_id(mnt_id)
+            .is_none(),
+        "mount gone"
+    );
+    assert!(h.view(&vol.join("orig")).exists());
+    assert!(journal.ids().expect("ids").is_empty());
+    assert_eq!(
+        calls.all().last().cloned(),
+        Some(format!("out [{}] {} {mnt_id}", h.pid(), vol.display()))
+    );
+
+    // And when the target has exited as well.
+    let h2 = Helper::private_ns();
+    let inj = inject(
+        &journal,
+        &TmpfsLauncher(calls.clone()),
+        RecordingSwapper(calls.clone()),
+        &request(h2.pid(), &vol),
+    )
+    .expect("inject 2");
+    let id2 = inj.id();
+    std::mem::forget(inj);
+    drop(h2);
+    recover_from_journal(&journal, &id2, &RecordingSwapper(calls.clone()))
+        .expect("recover, target gone");
+    assert!(journal.ids().expect("ids").is_empty());
+}
