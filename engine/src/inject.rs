@@ -121,6 +121,7 @@ pub fn find_target(spec: &TargetSpec) -> Result<Target> {
 
 /// A live injection, served over the Chaos API.
 pub struct Injection<F: FsServer, S: Swapper> {
+    id: InjectionId,
     journal: Journal,
     swapper: S,
     state: Mutex<State<F>>,
@@ -231,6 +232,7 @@ pub fn inject<L: FsLauncher, S: Swapper>(
     journal.update(&entry)?;
     tracing::info!(id = %entry.id, path = %canonical.display(), pid = target.pid, "injected");
     Ok(Injection {
+        id: entry.id.clone(),
         journal: journal.clone(),
         swapper,
         state: Mutex::new(State {
@@ -245,9 +247,7 @@ pub fn inject<L: FsLauncher, S: Swapper>(
 impl<F: FsServer, S: Swapper> Injection<F, S> {
     /// The injection id.
     pub fn id(&self) -> InjectionId {
-        self.lock()
-            .map(|s| s.entry.id.clone())
-            .unwrap_or_else(|_| InjectionId::generate())
+        self.id.clone()
     }
 
     /// The journal entry as it stands.
