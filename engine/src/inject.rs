@@ -266,13 +266,23 @@ impl<F: FsServer, S: Swapper> Injection<F, S> {
 }
 
 fn status_of<F: FsServer>(st: &State<F>) -> Status {
-    let e = &st.entry;
     let counters = st
         .server
         .as_ref()
         .map(|s| s.rule_counters())
         .unwrap_or_default();
-    let rules = e.spec["rules"].as_array().cloned().unwrap_or_default();
+    let mut status = status_from_entry(&st.entry);
+    for (rule, (matched, injected)) in status.rules.iter_mut().zip(counters) {
+        rule.matched = matched;
+        rule.injected = injected;
+    }
+    status.skipped = st.skipped.clone();
+    status
+}
+
+/// The status of an injection as its journal entry tells it (counters zero, no skipped list):
+/// what `status` shows for an injection whose server does not answer.
+pub fn status_from_entry(e: &Entry) -> Status {
     Status {
         id: e.id.to_string(),
         path: e.path.clone(),
@@ -285,18 +295,19 @@ fn status_of<F: FsServer>(st: &State<F>) -> Status {
         pids: e.pids.iter().map(|p| p.pid).collect(),
         server_pid: e.server_pid.unwrap_or_default(),
         spec: e.spec.clone(),
-        rules: rules
-            .into_iter()
-            .enumerate()
-            .map(|(i, spec)| {
-                let (matched, injected) = counters.get(i).copied().unwrap_or_default();
-                RuleStatus {
-                    spec,
-                    matched,
-                    injected,
-                }
+        rules: e.spec["rules"]
+            .as_array()
+            .map(|rules| {
+                rules
+                    .iter()
+                    .map(|spec| RuleStatus {
+                        spec: spec.clone(),
+                        matched: 0,
+                        injected: 0,
+                    })
+                    .collect()
             })
-            .collect(),
+            .unwrap_or_default(),
         swapped: e
             .swapped
             .iter()
@@ -307,7 +318,7 @@ fn status_of<F: FsServer>(st: &State<F>) -> Status {
                 reason: None,
             })
             .collect(),
-        skipped: st.skipped.clone(),
+        skipped: Vec::new(),
         created_unix: e.created_unix_ms / 1000,
     }
 }

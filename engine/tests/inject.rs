@@ -293,6 +293,12 @@ fn recover_from_the_journal_when_the_server_is_gone() {
         .mnt_id;
     // The server dies without cleaning up: its mount and journal entry stay.
     std::mem::forget(inj);
+    let st = engine::inject::status_from_entry(&journal.read(&id).expect("entry"));
+    assert_eq!(
+        (st.pids.clone(), st.rules.len(), st.swapped.len()),
+        (vec![h.pid()], 1, 1)
+    );
+    assert_eq!(st.server_pid, std::process::id());
     assert!(
         MountInfo::read(h.pid())
             .expect("mi")
