@@ -1,1 +1,17 @@
 #![doc = include_str!("../README.md")]
+
+mod arch;
+mod error;
+mod plan;
+mod procfs;
+mod program;
+mod swap;
+mod sys;
+mod tracer;
+
+pub use error::{Error, Result};
+pub use plan::{
+    CwdItem, FdItem, Item, MapItem, Plan, PosixLock, ProcessPlan, ScanOptions, SkipReason, Skipped,
+};
+pub use swap::{ProcessReport, Report, SwapOptions, Swapped, swap, swap_plan};
+pub use sys::FileId;

@@ -1,0 +1,418 @@
+//! x86_64: register sets, the kernel's syscall-restart convention, and the stub.
+//!
+//! The stub is position independent. The tracer enters it with `r15` = the data header and `rsp`
+//! = the top of a stack inside the remote mapping (the target's own stack and red zone are never
+//! touched). It interprets the op table (see `program.rs`), then traps with
+//! `tgkill(tgid, tid, trapsig)` (or `int3` when no harmless signal exists). If no tracer is left
+//! to catch that trap, the signal is ignored by default and the code after it restores every
+//! register from the header and jumps back to the interrupted code, with the syscall restart the
+//! kernel would have done.
+
+use dynasmrt::{DynasmApi, DynasmLabelApi, dynasm};
+
+use crate::error::{Error, Result};
+
+/// Registers as ptrace gets and sets them.
+pub(crate) type Regs = libc::user_regs_struct;
+
+/// The `syscall` instruction.
+pub(crate) const SYSCALL_INSN: [u8; 2] = [0x0f, 0x05];
+
+const ERESTARTSYS: i64 = 512;
+const ERESTARTNOINTR: i64 = 513;
+const ERESTARTNOHAND: i64 = 514;
+const ERESTART_RESTARTBLOCK: i64 = 516;
+
+/// Offsets in the data header (r15) the code uses. Must match `program.rs`.
+pub(crate) mod hdr {
+    pub const N_OPS: i32 = 0;
+    pub const OPS: i32 = 8;
+    pub const STATUS: i32 = 16;
+    pub const FAIL_INDEX: i32 = 24;
+    pub const FAIL_RESULT: i32 = 32;
+    pub const FINAL_ERRORS: i32 = 40;
+    pub const FINAL_INDEX: i32 = 48;
+    pub const FINAL_RESULT: i32 = 56;
+    pub const TGID: i32 = 64;
+    pub const TID: i32 = 72;
+    pub const TRAPSIG: i32 = 80;
+    /// rax rbx rcx rdx rsi rdi rbp rsp r8 … r15 rflags, for the tracer-less return.
+    pub const REGS: i32 = 96;
+    pub const REGS_LEN: usize = 17;
+    pub const SIZE: usize = 256;
+}
+
+/// Offsets in one op. Must match `program.rs`.
+pub(crate) mod op {
+    pub const MAIN: i32 = 0;
+    pub const UNDO: i32 = 64;
+    pub const CHECK: i32 = 128;
+    pub const FINAL: i32 = 132;
+    pub const EXPECT: i32 = 136;
+    pub const RESULT: i32 = 144;
+    pub const UNDO_RESULT: i32 = 152;
+    pub const SIZE: i32 = 160;
+    /// Within a call: nr, args[6], mask (u32), kind (u32).
+    pub const NR: i32 = 0;
+    pub const ARGS: i32 = 8;
+    pub const MASK: i32 = 56;
+    pub const KIND: i32 = 60;
+}
+
+/// Status words the stub leaves in the header.
+pub(crate) mod status {
+    pub const DONE: u64 = 1;
+    pub const ROLLED_BACK: u64 = 2;
+}
+
+/// The assembled stub and where things are in it.
+#[derive(Debug, Clone)]
+pub(crate) struct Stub {
+    /// Machine code (the return slot at `rip_slot` is patched per process).
+    pub code: Vec<u8>,
+    /// Entry point.
+    pub entry: usize,
+    /// `rip` after the trapping `tgkill` returns.
+    pub after_tgkill: usize,
+    /// `rip` after the `int3` (the tracer-less return path starts here).
+    pub trap_ret: usize,
+    /// 8-byte slot holding the address to return to.
+    pub rip_slot: usize,
+}
+
+/// Assemble the stub.
+pub(crate) fn assemble() -> Result<Stub> {
+    use self::op::*;
+    let mut ops = dynasmrt::VecAssembler::<dynasmrt::x64::X64Relocation>::new(0);
+    let estale = -i32::from(libc::ESTALE as i16);
+    let tgkill = libc::SYS_tgkill as i32;
+    let entry = ops.offset().0;
+    dynasm!(ops
+        ; .arch x64
+        ; mov r13, [r15 + hdr::N_OPS]
+        ; mov rbx, [r15 + hdr::OPS]
+        ; xor r12d, r12d
+        ; ->next:
+        ; cmp r12, r13
+        ; jae ->success
+        ; lea rbp, [rbx + MAIN]
+        ; call ->exec
+        ; mov [rbx + RESULT], rax
+        ; mov ecx, [rbx + CHECK]
+        ; cmp ecx, 1
+        ; je >nonneg
+        ; cmp ecx, 2
+        ; je >eq_imm
+        ; cmp ecx, 3
+        ; je >eq_load
+        ; jmp >ok
+        ; nonneg:
+        ; cmp rax, -4095
+        ; jae >bad
+        ; jmp >ok
+        ; eq_imm:
+        ; cmp rax, [rbx + EXPECT]
+        ; jne >bad
+        ; jmp >ok
+        ; eq_load:
+        ; mov rdx, [rbx + EXPECT]
+        ; cmp rax, [rdx]
+        ; jne >bad
+        ; ok:
+        ; inc r12
+        ; add rbx, SIZE
+        ; jmp ->next
+        ; bad:
+        ; cmp DWORD [rbx + FINAL], 0
+        ; je ->rollback
+        // A failure after the point of no return: note the first one and go on.
+        ; cmp QWORD [r15 + hdr::FINAL_ERRORS], 0
+        ; jne >counted
+        ; mov [r15 + hdr::FINAL_INDEX], r12
+        ; mov [r15 + hdr::FINAL_RESULT], rax
+        ; counted:
+        ; inc QWORD [r15 + hdr::FINAL_ERRORS]
+        ; jmp <ok
+        ; ->rollback:
+        ; mov [r15 + hdr::FAIL_INDEX], r12
+        ; mov [r15 + hdr::FAIL_RESULT], rax
+        ; ->undo_next:
+        ; test r12, r12
+        ; jz >undone
+        ; dec r12
+        ; sub rbx, SIZE
+        ; lea rbp, [rbx + UNDO]
+        ; call ->exec
+        ; mov [rbx + UNDO_RESULT], rax
+        ; jmp ->undo_next
+        ; undone:
+        ; mov QWORD [r15 + hdr::STATUS], status::ROLLED_BACK as i32
+        ; jmp ->trap
+        ; ->success:
+        ; mov QWORD [r15 + hdr::STATUS], status::DONE as i32
+        ; ->trap:
+        ; mov rdx, [r15 + hdr::TRAPSIG]
+        ; test rdx, rdx
+        ; jz >breakpoint
+        ; mov eax, tgkill
+        ; mov rdi, [r15 + hdr::TGID]
+        ; mov rsi, [r15 + hdr::TID]
+        ; syscall
+    );
+    let after_tgkill = ops.offset().0;
+    dynasm!(ops
+        ; .arch x64
+        ; jmp ->epilogue
+        ; breakpoint:
+        ; int3
+    );
+    let trap_ret = ops.offset().0;
+    // No tracer caught the trap: restore the interrupted state and return to it.
+    let r = hdr::REGS;
+    dynasm!(ops
+        ; .arch x64
+        ; ->epilogue:
+        ; push QWORD [r15 + r + 16 * 8]
+        ; popfq
+        ; mov rax, [r15 + r]
+        ; mov rbx, [r15 + r + 8]
+        ; mov rcx, [r15 + r + 2 * 8]
+        ; mov rdx, [r15 + r + 3 * 8]
+        ; mov rsi, [r15 + r + 4 * 8]
+        ; mov rdi, [r15 + r + 5 * 8]
+        ; mov rbp, [r15 + r + 6 * 8]
+        ; mov rsp, [r15 + r + 7 * 8]
+        ; mov r8, [r15 + r + 8 * 8]
+        ; mov r9, [r15 + r + 9 * 8]
+        ; mov r10, [r15 + r + 10 * 8]
+        ; mov r11, [r15 + r + 11 * 8]
+        ; mov r12, [r15 + r + 12 * 8]
+        ; mov r13, [r15 + r + 13 * 8]
+        ; mov r14, [r15 + r + 14 * 8]
+        ; mov r15, [r15 + r + 15 * 8]
+        // jmp [rip+0]; the 8 bytes that follow are the return address.
+        ; .bytes [0xffu8, 0x25, 0, 0, 0, 0]
+    );
+    let rip_slot = ops.offset().0;
+    dynasm!(ops
+        ; .arch x64
+        ; .u64 0
+        // exec: run the call at rbp (kind 0 syscall, 1 compare, 2 nothing); result in rax.
+        ; ->exec:
+        ; mov r14d, [rbp + MASK]
+        ; mov rdi, [rbp + ARGS]
+        ; test r14d, 1
+        ; jz >a1
+        ; mov rdi, [rdi]
+        ; a1:
+        ; mov rsi, [rbp + ARGS + 8]
+        ; test r14d, 2
+        ; jz >a2
+        ; mov rsi, [rsi]
+        ; a2:
+        ; mov rdx, [rbp + ARGS + 16]
+        ; test r14d, 4
+        ; jz >a3
+        ; mov rdx, [rdx]
+        ; a3:
+        ; mov r10, [rbp + ARGS + 24]
+        ; test r14d, 8
+        ; jz >a4
+        ; mov r10, [r10]
+        ; a4:
+        ; mov r8, [rbp + ARGS + 32]
+        ; test r14d, 16
+        ; jz >a5
+        ; mov r8, [r8]
+        ; a5:
+        ; mov r9, [rbp + ARGS + 40]
+        ; test r14d, 32
+        ; jz >a6
+        ; mov r9, [r9]
+        ; a6:
+        ; mov eax, [rbp + KIND]
+        ; test eax, eax
+        ; jnz >not_syscall
+        ; mov rax, [rbp + NR]
+        ; syscall
+        ; ret
+        ; not_syscall:
+        ; cmp eax, 1
+        ; jne >nothing
+        ; cmp rdi, rsi
+        ; jne >differ
+        ; xor eax, eax
+        ; ret
+        ; differ:
+        ; mov rax, estale
+        ; ret
+        ; nothing:
+        ; xor eax, eax
+        ; ret
+    );
+    let code = ops
+        .finalize()
+        .map_err(|e| Error::Assemble(format!("{e:?}")))?;
+    Ok(Stub {
+        code,
+        entry,
+        after_tgkill,
+        trap_ret,
+        rip_slot,
+    })
+}
+
+/// Instruction pointer.
+pub(crate) fn ip(r: &Regs) -> u64 {
+    r.rip
+}
+
+/// Syscall return value.
+pub(crate) fn ret(r: &Regs) -> i64 {
+    r.rax as i64
+}
+
+/// Registers to run one syscall `nr(args)` at the `syscall` instruction at `at`, with no
+/// syscall restart pending.
+pub(crate) fn syscall_regs(orig: &Regs, at: u64, nr: i64, args: [u64; 6]) -> Regs {
+    let mut r = *orig;
+    r.rip = at;
+    r.rax = nr as u64;
+    r.orig_rax = u64::MAX;
+    r.rdi = args[0];
+    r.rsi = args[1];
+    r.rdx = args[2];
+    r.r10 = args[3];
+    r.r8 = args[4];
+    r.r9 = args[5];
+    r
+}
+
+/// Registers to enter the stub.
+pub(crate) fn stub_regs(orig: &Regs, entry: u64, header: u64, stack_top: u64) -> Regs {
+    let mut r = *orig;
+    r.rip = entry;
+    r.r15 = header;
+    r.rsp = stack_top;
+    r.orig_rax = u64::MAX;
+    r.eflags &= !0x400; // direction flag clear, as the ABI expects
+    r
+}
+
+/// Syscalls that return `-EINTR` (not a restart code) when the thread is merely stopped and
+/// continued (signal(7)); on those fdswap sets `-ERESTARTNOHAND`, which the kernel restarts
+/// when no handler runs and turns into `EINTR` when one does — what would have happened anyway.
+const EINTR_ON_STOP: &[i64] = &[
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_pwait2,
+    libc::SYS_semop,
+    libc::SYS_semtimedop,
+    libc::SYS_rt_sigtimedwait,
+];
+
+/// If the stop turned a blocking syscall into a spurious `EINTR`, make it restart instead.
+/// Returns whether the registers were changed.
+pub(crate) fn fix_spurious_eintr(r: &mut Regs) -> bool {
+    let nr = r.orig_rax as i64;
+    if nr >= 0 && r.rax as i64 == -i64::from(libc::EINTR) && EINTR_ON_STOP.contains(&nr) {
+        r.rax = (-ERESTARTNOHAND) as u64;
+        return true;
+    }
+    false
+}
+
+/// The registers the thread would run with after the kernel's restart logic (no handler): what
+/// the tracer-less return path loads.
+pub(crate) fn after_restart(r: &Regs) -> Regs {
+    let mut o = *r;
+    if (r.orig_rax as i64) >= 0 {
+        match -(r.rax as i64) {
+            ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
+                o.rax = r.orig_rax;
+                o.rip = r.rip.wrapping_sub(2);
+            }
+            ERESTART_RESTARTBLOCK => {
+                o.rax = libc::SYS_restart_syscall as u64;
+                o.rip = r.rip.wrapping_sub(2);
+            }
+            _ => {}
+        }
+    }
+    o
+}
+
+/// The register block of the header (see [`hdr::REGS`]) and the return address.
+pub(crate) fn return_block(r: &Regs) -> ([u64; hdr::REGS_LEN], u64) {
+    let a = after_restart(r);
+    (
+        [
+            a.rax, a.rbx, a.rcx, a.rdx, a.rsi, a.rdi, a.rbp, a.rsp, a.r8, a.r9, a.r10, a.r11,
+            a.r12, a.r13, a.r14, a.r15, a.eflags,
+        ],
+        a.rip,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn assembles() {
+        let s = assemble().expect("assembles");
+        assert!(s.code.len() < 4096);
+        assert_eq!(&s.code[s.after_tgkill - 2..s.after_tgkill], &SYSCALL_INSN);
+        assert_eq!(s.code[s.trap_ret - 1], 0xcc);
+        assert_eq!(
+            &s.code[s.rip_slot - 6..s.rip_slot],
+            &[0xff, 0x25, 0, 0, 0, 0]
+        );
+    }
+
+    #[test]
+    fn restart_is_emulated() {
+        let mut r: Regs = zero_regs();
+        r.orig_rax = libc::SYS_read as u64;
+        r.rax = (-ERESTARTSYS) as u64;
+        r.rip = 0x1002;
+        let a = after_restart(&r);
+        assert_eq!((a.rax, a.rip), (libc::SYS_read as u64, 0x1000));
+        r.rax = (-ERESTART_RESTARTBLOCK) as u64;
+        assert_eq!(after_restart(&r).rax, libc::SYS_restart_syscall as u64);
+        r.orig_rax = u64::MAX;
+        assert_eq!(after_restart(&r).rip, 0x1002);
+    }
+
+    fn zero_regs() -> Regs {
+        Regs {
+            r15: 0,
+            r14: 0,
+            r13: 0,
+            r12: 0,
+            rbp: 0,
+            rbx: 0,
+            r11: 0,
+            r10: 0,
+            r9: 0,
+            r8: 0,
+            rax: 0,
+            rcx: 0,
+            rdx: 0,
+            rsi: 0,
+            rdi: 0,
+            orig_rax: 0,
+            rip: 0,
+            cs: 0,
+            eflags: 0,
+            rsp: 0,
+            ss: 0,
+            fs_base: 0,
+            gs_base: 0,
+            ds: 0,
+            es: 0,
+            fs: 0,
+            gs: 0,
+        }
+    }
+}

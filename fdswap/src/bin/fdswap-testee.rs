@@ -1,0 +1,421 @@
+//! Test and benchmark helper: a process holding many kinds of files under a directory, with
+//! threads blocked in read, futex, nanosleep, epoll_wait and accept, that reports whether those
+//! calls came back early or with EINTR. Also `swap`, a minimal swapper process (to SIGKILL).
+//!
+//! ```text
+//! fdswap-testee serve DIR [--full] [--fds N] [--threads T] [--sleep-ms MS] [--unshare]
+//!     prints "FD name n" lines then "READY"; stdin commands: write, wake, ping, quit
+//! fdswap-testee swap PID PATH [--from-mnt M] [--pause-at-trap MS] [--int3]
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+static FUTEX: AtomicU32 = AtomicU32::new(0);
+static FUTEX_TIMED: AtomicU32 = AtomicU32::new(0);
+
+fn say(out: &Mutex<()>, line: &str) {
+    let _g = out.lock();
+    let mut o = std::io::stdout().lock();
+    let _ = writeln!(o, "{line}");
+    let _ = o.flush();
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn futex_wait(word: &AtomicU32, timeout: Option<Duration>) -> (i64, i32) {
+    let ts = timeout.map(|d| libc::timespec {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    });
+    let tsp = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `word` is a live, aligned u32 for the duration of the call; `tsp` is null or
+    // points to a timespec on this stack frame.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            0u32,
+            tsp,
+        )
+    };
+    (r, if r < 0 { errno() } else { 0 })
+}
+
+fn futex_wake(word: &AtomicU32) {
+    word.store(1, Ordering::SeqCst);
+    // SAFETY: integer arguments and a live futex word.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            i32::MAX,
+        )
+    };
+}
+
+fn open(path: &Path, flags: i32, mode: u32) -> File {
+    OpenOptions::new()
+        .read(flags & libc::O_ACCMODE != libc::O_WRONLY)
+        .write(flags & libc::O_ACCMODE != libc::O_RDONLY)
+        .append(flags & libc::O_APPEND != 0)
+        .custom_flags(flags & !(libc::O_ACCMODE | libc::O_APPEND))
+        .create(flags & libc::O_ACCMODE != libc::O_RDONLY)
+        .mode(mode)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+}
+
+fn serve(args: &[String]) {
+    let dir = PathBuf::from(&args[0]);
+    let mut full = false;
+    let mut nfds = 0usize;
+    let mut nthreads = 0usize;
+    let mut sleep_ms = 1500u64;
+    let mut i = 1;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--full" => full = true,
+            "--fds" => {
+                i += 1;
+                nfds = args[i].parse().expect("--fds N");
+            }
+            "--threads" => {
+                i += 1;
+                nthreads = args[i].parse().expect("--threads T");
+            }
+            "--sleep-ms" => {
+                i += 1;
+                sleep_ms = args[i].parse().expect("--sleep-ms MS");
+            }
+            "--unshare" => {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("unshare");
+                nix::mount::mount(
+                    None::<&str>,
+                    "/",
+                    None::<&str>,
+                    nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+                    None::<&str>,
+                )
+                .expect("make / private");
+            }
+            a => panic!("unknown argument {a}"),
+        }
+        i += 1;
+    }
+    let out = Arc::new(Mutex::new(()));
+    let mut keep: Vec<RawFd> = Vec::new();
+    let report_fd = |name: &str, fd: RawFd| say(&out, &format!("FD {name} {fd}"));
+
+    if nfds > 0 {
+        let many = dir.join("many");
+        fs::create_dir_all(&many).expect("mkdir many");
+        for k in 0..nfds {
+            let f = open(&many.join(format!("f{k}")), libc::O_RDWR, 0o644);
+            keep.push(f.into_raw_fd());
+        }
+        report_fd("many_first", keep[0]);
+    }
+    let mut wakers: Vec<Box<dyn FnOnce()>> = Vec::new();
+    let mut a_fd = -1;
+    let mut lock_fd = -1;
+    let mut shared_map: usize = 0;
+    if full {
+        let a = open(&dir.join("a.txt"), libc::O_RDWR | libc::O_APPEND, 0o644);
+        (&a).write_all(b"hello").expect("write a");
+        a_fd = a.into_raw_fd();
+        report_fd("append", a_fd);
+        // SAFETY: dup of an fd we own; the result is a new fd we own.
+        let dup = unsafe { libc::dup(a_fd) };
+        report_fd("append_dup", dup);
+        let mut b = open(&dir.join("b.txt"), libc::O_RDWR, 0o644);
+        b.write_all(b"0123456789").expect("write b");
+        drop(b);
+        let mut b = open(&dir.join("b.txt"), libc::O_RDONLY, 0o644);
+        let mut three = [0u8; 3];
+        b.read_exact(&mut three).expect("read b");
+        report_fd("readonly_pos3", b.into_raw_fd());
+        let c = open(
+            &dir.join("c.txt"),
+            libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NONBLOCK,
+            0o644,
+        );
+        report_fd("cloexec_nonblock", c.into_raw_fd());
+        {
+            let mut d = open(&dir.join("d.bin"), libc::O_RDWR, 0o644);
+            d.write_all(&vec![7u8; 8192]).expect("write d");
+        }
+        let d = open(&dir.join("d.bin"), libc::O_RDWR | libc::O_DIRECT, 0o644);
+        report_fd("direct", d.into_raw_fd());
+        let l = open(&dir.join("lock.db"), libc::O_RDWR, 0o644);
+        (&l).write_all(&[0u8; 200]).expect("write lock.db");
+        let fl = libc::flock {
+            l_type: libc::F_WRLCK as i16,
+            l_whence: libc::SEEK_SET as i16,
+            l_start: 0,
+            l_len: 100,
+            l_pid: 0,
+        };
+        // SAFETY: `fl` is a valid flock struct for F_SETLK on an fd we own.
+        let r = unsafe { libc::fcntl(l.as_raw_fd(), libc::F_SETLK, &fl) };
+        assert_eq!(r, 0, "F_SETLK");
+        lock_fd = l.into_raw_fd();
+        report_fd("locked", lock_fd);
+        let s = open(&dir.join("shared.map"), libc::O_RDWR, 0o644);
+        s.set_len(8192).expect("size shared.map");
+        // SAFETY: a fresh shared mapping of a file we own; nothing else uses that range.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                8192,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                s.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        shared_map = p as usize;
+        say(&out, &format!("MAP shared {shared_map:x}"));
+        drop(s);
+        let pr = open(&dir.join("private.map"), libc::O_RDWR, 0o644);
+        pr.set_len(4096).expect("size private.map");
+        // SAFETY: as above, private.
+        let q = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE,
+                pr.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(q, libc::MAP_FAILED);
+        say(&out, &format!("MAP private {:x}", q as usize));
+        drop(pr);
+        let del = open(&dir.join("deleted.txt"), libc::O_RDWR, 0o644);
+        fs::remove_file(dir.join("deleted.txt")).expect("unlink");
+        report_fd("deleted", del.into_raw_fd());
+        let dfd = File::open(&dir).expect("open dir");
+        report_fd("dir", dfd.into_raw_fd());
+        std::env::set_current_dir(&dir).expect("chdir");
+
+        // Blockers.
+        let (mut rp, wp) = std::io::pipe().expect("pipe");
+        let o = out.clone();
+        std::thread::spawn(move || {
+            let mut b = [0u8; 1];
+            let r = rp.read(&mut b);
+            say(
+                &o,
+                &format!(
+                    "T read {}",
+                    match r {
+                        Ok(n) => format!("ok {n}"),
+                        Err(e) => format!("err {e}"),
+                    }
+                ),
+            );
+        });
+        let wp = Arc::new(Mutex::new(wp));
+        let w2 = wp.clone();
+        wakers.push(Box::new(move || {
+            let _ = w2.lock().map(|mut w| w.write_all(b"x"));
+        }));
+        let o = out.clone();
+        std::thread::spawn(move || {
+            let (r, e) = futex_wait(&FUTEX, None);
+            say(&o, &format!("T futex {r} {e}"));
+        });
+        wakers.push(Box::new(|| futex_wake(&FUTEX)));
+        let o = out.clone();
+        std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let (r, e) = futex_wait(&FUTEX_TIMED, Some(Duration::from_millis(sleep_ms)));
+            say(
+                &o,
+                &format!("T futex_timed {r} {e} {}", t0.elapsed().as_millis()),
+            );
+        });
+        let o = out.clone();
+        std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let ts = libc::timespec {
+                tv_sec: (sleep_ms / 1000) as libc::time_t,
+                tv_nsec: ((sleep_ms % 1000) * 1_000_000) as libc::c_long,
+            };
+            let mut rem = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: both pointers are to timespecs on this stack frame.
+            let r = unsafe { libc::nanosleep(&ts, &mut rem) };
+            let e = if r < 0 { errno() } else { 0 };
+            say(
+                &o,
+                &format!("T nanosleep {r} {e} {}", t0.elapsed().as_millis()),
+            );
+        });
+        let (ep_r, ep_w) = std::io::pipe().expect("pipe");
+        let o = out.clone();
+        std::thread::spawn(move || {
+            // SAFETY: epoll_create1 has no pointer arguments.
+            let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+            let mut ev = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: 1,
+            };
+            // SAFETY: `ev` is a valid epoll_event; the fds are open.
+            unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, ep_r.as_raw_fd(), &mut ev) };
+            let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 4];
+            // SAFETY: `evs` has room for 4 events.
+            let r = unsafe { libc::epoll_wait(ep, evs.as_mut_ptr(), 4, -1) };
+            let e = if r < 0 { errno() } else { 0 };
+            say(&o, &format!("T epoll {r} {e}"));
+        });
+        let ep_w = Arc::new(Mutex::new(ep_w));
+        wakers.push(Box::new(move || {
+            let _ = ep_w.lock().map(|mut w| w.write_all(b"x"));
+        }));
+        let sock = std::env::temp_dir().join(format!("fdswap-testee-{}.sock", std::process::id()));
+        let _ = fs::remove_file(&sock);
+        let listener = UnixListener::bind(&sock).expect("bind");
+        let o = out.clone();
+        std::thread::spawn(move || {
+            let r = listener.accept();
+            say(
+                &o,
+                &format!("T accept {}", if r.is_ok() { "ok" } else { "err" }),
+            );
+        });
+        wakers.push(Box::new(move || {
+            let _ = UnixStream::connect(&sock);
+            let _ = fs::remove_file(&sock);
+        }));
+    }
+    for _ in 0..nthreads {
+        std::thread::spawn(|| {
+            loop {
+                let _ = futex_wait(&FUTEX, None);
+                if FUTEX.load(Ordering::SeqCst) != 0 {
+                    break;
+                }
+            }
+        });
+    }
+    std::thread::sleep(Duration::from_millis(50)); // let the threads block
+    say(&out, "READY");
+    let stdin = std::io::stdin();
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        match line.trim() {
+            "ping" => say(&out, "PONG"),
+            "write" => {
+                // SAFETY: writes to fds we own.
+                let r1 = unsafe { libc::write(a_fd, b"W".as_ptr().cast(), 1) };
+                // SAFETY: as above; the lock file is open read-write.
+                let r2 = unsafe { libc::pwrite(lock_fd, b"L".as_ptr().cast(), 1, 0) };
+                if shared_map != 0 {
+                    // SAFETY: the shared mapping is live and 8192 bytes long.
+                    unsafe { *(shared_map as *mut u8).add(100) = b'M' };
+                }
+                let fl = libc::flock {
+                    l_type: libc::F_WRLCK as i16,
+                    l_whence: libc::SEEK_SET as i16,
+                    l_start: 0,
+                    l_len: 100,
+                    l_pid: 0,
+                };
+                let mut probe = fl;
+                // SAFETY: valid flock for F_GETLK on an open fd.
+                unsafe { libc::fcntl(lock_fd, libc::F_GETLK, &mut probe) };
+                let mut buf = [0u8; 64];
+                let cwd = fs::read_to_string("a.txt").map(|s| s.len()).unwrap_or(0);
+                let _ = &mut buf;
+                say(&out, &format!("OK write {r1} {r2} cwd_a_len={cwd}"));
+            }
+            "wake" => {
+                for w in wakers.drain(..) {
+                    w();
+                }
+                futex_wake(&FUTEX);
+                say(&out, "WOKE");
+            }
+            "quit" => break,
+            _ => say(&out, "?"),
+        }
+    }
+    for fd in keep {
+        // SAFETY: fds we own.
+        unsafe { libc::close(fd) };
+    }
+    // Make the stdout pipe see EOF cleanly.
+    // SAFETY: fd 1 is ours to close at exit.
+    let _ = unsafe { File::from_raw_fd(libc::dup(1)) };
+}
+
+fn swap(args: &[String]) {
+    let pid: i32 = args[0].parse().expect("PID");
+    let path = PathBuf::from(&args[1]);
+    let mut opts = fdswap::ScanOptions::new(path);
+    let mut so = fdswap::SwapOptions::default();
+    let mut i = 2;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--from-mnt" => {
+                i += 1;
+                opts.from_mnt = Some(args[i].parse().expect("mount id"));
+            }
+            "--pause-at-trap" => {
+                i += 1;
+                so.pause_at_trap = Some(Duration::from_millis(args[i].parse().expect("ms")));
+            }
+            "--int3" => so.force_int3 = true,
+            a => panic!("unknown argument {a}"),
+        }
+        i += 1;
+    }
+    match fdswap::swap(&[pid], &opts, &so) {
+        Ok(r) => {
+            println!(
+                "swapped {} skipped {}",
+                r.swapped().count(),
+                r.skipped().count()
+            );
+            if let Some(e) = r.first_error() {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("serve") => serve(&args[1..]),
+        Some("swap") => swap(&args[1..]),
+        _ => {
+            eprintln!("usage: fdswap-testee serve DIR [...] | swap PID PATH [...]");
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,1180 @@
+//! The swap: stop every target, run one stub per fd table, resume.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io::{IoSlice, IoSliceMut};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
+use nix::sys::uio::{RemoteIoVec, process_vm_readv, process_vm_writev};
+use nix::unistd::Pid;
+
+use crate::arch::{self, Regs, hdr, status};
+use crate::error::{Error, Result};
+use crate::plan::{Item, Plan, ProcessPlan, ScanOptions, SkipReason, Skipped, scan_unit};
+use crate::procfs;
+use crate::program::{Arg, Call, Check, Header, Outcome, Program, Stub};
+use crate::sys::{self, Kcmp};
+use crate::tracer::{self, Seen, Tracee};
+
+/// How to swap.
+#[derive(Debug, Clone)]
+pub struct SwapOptions {
+    /// How long to wait for a thread to stop before giving up on its process.
+    pub stop_timeout: Duration,
+    /// Force the `int3` trap even when a harmless trap signal exists (tests only: it makes a
+    /// tracer's death fatal for the target).
+    pub force_int3: bool,
+    /// Test hook: sleep this long while the stub thread sits at its trap, before reading the
+    /// results (to kill the swapper there).
+    pub pause_at_trap: Option<Duration>,
+}
+
+impl Default for SwapOptions {
+    fn default() -> Self {
+        Self {
+            stop_timeout: Duration::from_secs(5),
+            force_int3: false,
+            pause_at_trap: None,
+        }
+    }
+}
+
+/// One item that moved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Swapped {
+    /// Process.
+    pub pid: i32,
+    /// What.
+    pub item: Item,
+    /// Path as the target sees it.
+    pub path: PathBuf,
+    /// The mount it was on.
+    pub from_mnt: u64,
+    /// The mount it is on now.
+    pub to_mnt: u64,
+}
+
+/// What happened to one process.
+#[derive(Debug)]
+pub struct ProcessReport {
+    /// Process.
+    pub pid: i32,
+    /// Moved items (empty if `error` is set: the process was rolled back).
+    pub swapped: Vec<Swapped>,
+    /// Left alone.
+    pub skipped: Vec<Skipped>,
+    /// How long its threads were stopped.
+    pub pause: Duration,
+    /// How long the stubs ran.
+    pub stub_time: Duration,
+    /// Number of threads stopped.
+    pub threads: usize,
+    /// Why this process was not (fully) swapped.
+    pub error: Option<Error>,
+}
+
+/// What a swap did.
+#[derive(Debug)]
+pub struct Report {
+    /// One per process.
+    pub processes: Vec<ProcessReport>,
+    /// Wall time of the whole swap, scan included.
+    pub total: Duration,
+}
+
+impl Report {
+    /// The first per-process error, if any.
+    pub fn first_error(&self) -> Option<&Error> {
+        self.processes.iter().find_map(|p| p.error.as_ref())
+    }
+    /// Every swapped item.
+    pub fn swapped(&self) -> impl Iterator<Item = &Swapped> {
+        self.processes.iter().flat_map(|p| p.swapped.iter())
+    }
+    /// Every skipped item.
+    pub fn skipped(&self) -> impl Iterator<Item = &Skipped> {
+        self.processes.iter().flat_map(|p| p.skipped.iter())
+    }
+    /// The longest pause of any process.
+    pub fn max_pause(&self) -> Duration {
+        self.processes
+            .iter()
+            .map(|p| p.pause)
+            .max()
+            .unwrap_or_default()
+    }
+}
+
+/// Scan and swap `pids`: make each reopen what it holds under `options.path` through the mount
+/// now on top of it (see [`ScanOptions`] for the filters). Must be called from one thread
+/// (ptrace belongs to the calling thread).
+pub fn swap(pids: &[i32], options: &ScanOptions, swap_options: &SwapOptions) -> Result<Report> {
+    let plan = Plan::scan(pids, options)?;
+    swap_plan(&plan, swap_options)
+}
+
+/// Swap what a [`Plan`] found. Items that changed since the scan are detected in the stopped
+/// process (the stub compares each file with the scan) and the process is rolled back; fd
+/// tables of threads that do not share the scanned one are scanned while stopped.
+pub fn swap_plan(plan: &Plan, swap_options: &SwapOptions) -> Result<Report> {
+    let started = Instant::now();
+    let stub = arch::assemble()?;
+    let mut tracees: Vec<(usize, Result<Tracee>)> = Vec::new();
+    for (i, p) in plan.processes.iter().enumerate() {
+        tracees.push((i, Tracee::seize(p.pid, swap_options.stop_timeout)));
+    }
+    let mut reports = Vec::new();
+    let mut seen_tables: Vec<(i32, i32)> = Vec::new();
+    let mut pending_release = Vec::new();
+    for (i, tracee) in tracees {
+        let p = &plan.processes[i];
+        let mut report = ProcessReport {
+            pid: p.pid,
+            swapped: Vec::new(),
+            skipped: p.skipped.clone(),
+            pause: Duration::ZERO,
+            stub_time: Duration::ZERO,
+            threads: 0,
+            error: None,
+        };
+        match tracee {
+            Err(e) => report.error = Some(e),
+            Ok(mut t) => {
+                report.threads = t.threads.len();
+                let t0 = Instant::now();
+                if let Err(e) = swap_process(
+                    &mut t,
+                    p,
+                    &plan.options,
+                    &stub,
+                    swap_options,
+                    &mut seen_tables,
+                    &mut report,
+                ) {
+                    report.swapped.clear();
+                    report.error = Some(e);
+                }
+                report.stub_time = t0.elapsed();
+                pending_release.push((reports.len(), t));
+            }
+        }
+        reports.push(report);
+    }
+    for (r, mut t) in pending_release {
+        if let Err(e) = t.release()
+            && reports[r].error.is_none()
+        {
+            reports[r].error = Some(e);
+        }
+        reports[r].pause = t.stopped_at.elapsed();
+    }
+    Ok(Report {
+        processes: reports,
+        total: started.elapsed(),
+    })
+}
+
+fn swap_process(
+    t: &mut Tracee,
+    p: &ProcessPlan,
+    options: &ScanOptions,
+    stub: &Stub,
+    so: &SwapOptions,
+    seen_tables: &mut Vec<(i32, i32)>,
+    report: &mut ProcessReport,
+) -> Result<()> {
+    if t.exec_seen {
+        return Err(Error::Exec { pid: t.pid });
+    }
+    // Units: one per fd table (and per fs_struct for cwd). The scanned thread's table first.
+    let tids: Vec<i32> = t.threads.keys().copied().collect();
+    let locks = procfs::locks()?;
+    let mut units: Vec<ProcessPlan> = Vec::new();
+    let mut fs_reps: Vec<i32> = Vec::new();
+    let main_tid = if tids.contains(&p.tid) {
+        p.tid
+    } else {
+        tids[0]
+    };
+    let shares = |a: i32, b: i32, k: Kcmp| sys::kcmp_same(a, b, k).unwrap_or(false);
+    let mut order = vec![main_tid];
+    order.extend(tids.iter().copied().filter(|&x| x != main_tid));
+    let mut first = true;
+    for tid in order {
+        let new_files = !seen_tables
+            .iter()
+            .any(|&(_, rep)| shares(rep, tid, Kcmp::Files));
+        let new_fs = !fs_reps.iter().any(|&rep| shares(rep, tid, Kcmp::Fs));
+        if !new_files && !new_fs && !first {
+            continue;
+        }
+        let mut unit = if first && tid == p.tid {
+            p.clone()
+        } else {
+            let mut u = scan_unit(t.pid, tid, options, &locks, first, new_fs)?;
+            u.skipped
+                .retain(|s| !matches!(s.item, Item::Fd(_)) || new_files);
+            u
+        };
+        if !new_files {
+            unit.fds.clear();
+            unit.locks.clear();
+        }
+        if !new_fs {
+            unit.cwd = None;
+        }
+        if !first {
+            report.skipped.extend(unit.skipped.drain(..));
+        }
+        if new_files {
+            seen_tables.push((t.pid, tid));
+        }
+        if new_fs {
+            fs_reps.push(tid);
+        }
+        first = false;
+        units.push(unit);
+    }
+    // Mappings may have changed since the scan: keep those still there.
+    if let Some(u) = units.first_mut() {
+        revalidate_maps(t.pid, u, report)?;
+    }
+    for unit in &units {
+        if unit.fds.is_empty() && unit.maps.is_empty() && unit.cwd.is_none() {
+            continue;
+        }
+        run_unit(t, unit, stub, so)?;
+        for f in &unit.fds {
+            report.swapped.push(Swapped {
+                pid: t.pid,
+                item: Item::Fd(f.fd),
+                path: f.path.clone(),
+                from_mnt: f.from.mnt_id,
+                to_mnt: f.to.mnt_id,
+            });
+        }
+        for m in &unit.maps {
+            report.swapped.push(Swapped {
+                pid: t.pid,
+                item: Item::Map {
+                    start: m.start,
+                    end: m.end,
+                },
+                path: m.path.clone(),
+                from_mnt: m.from.mnt_id,
+                to_mnt: m.to.mnt_id,
+            });
+        }
+        if let Some(c) = &unit.cwd {
+            report.swapped.push(Swapped {
+                pid: t.pid,
+                item: Item::Cwd { tid: c.tid },
+                path: c.path.clone(),
+                from_mnt: c.from.mnt_id,
+                to_mnt: c.to.mnt_id,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn revalidate_maps(pid: i32, unit: &mut ProcessPlan, report: &mut ProcessReport) -> Result<()> {
+    if unit.maps.is_empty() {
+        return Ok(());
+    }
+    let now = procfs::maps(pid)?;
+    unit.maps.retain(|m| {
+        let ok = now.iter().any(|l| {
+            l.start == m.start
+                && l.end == m.end
+                && l.offset == m.offset
+                && l.ino == m.from.ino
+                && l.perms == m.perms
+        });
+        if !ok {
+            report.skipped.push(Skipped {
+                pid,
+                item: Item::Map {
+                    start: m.start,
+                    end: m.end,
+                },
+                path: m.path.to_string_lossy().into_owned(),
+                reason: SkipReason::Changed,
+            });
+        }
+        ok
+    });
+    Ok(())
+}
+
+fn cstr(p: &Path) -> Vec<u8> {
+    CString::new(p.as_os_str().as_bytes())
+        .map(|c| c.into_bytes_with_nul())
+        .unwrap_or_else(|_| b"\0".to_vec())
+}
+
+fn flock_bytes(write: bool, unlock_probe: bool, start: u64, end: Option<u64>) -> Vec<u8> {
+    let ty: i16 = if unlock_probe || write {
+        libc::F_WRLCK as i16
+    } else {
+        libc::F_RDLCK as i16
+    };
+    let ty = if unlock_probe && !write {
+        libc::F_RDLCK as i16
+    } else {
+        ty
+    };
+    let len = end.map_or(0, |e| e.saturating_sub(start) + 1);
+    let mut b = vec![0u8; 32];
+    b[0..2].copy_from_slice(&ty.to_le_bytes());
+    b[2..4].copy_from_slice(&(libc::SEEK_SET as i16).to_le_bytes());
+    b[8..16].copy_from_slice(&start.to_le_bytes());
+    b[16..24].copy_from_slice(&len.to_le_bytes());
+    b
+}
+
+const STATX_INO_OFF: u64 = 32;
+const STATX_DEV_OFF: u64 = 136;
+const STATX_MNT_OFF: u64 = 144;
+
+/// Build the op table for one unit (see `program.rs` for the rules and the module docs of
+/// `lib.rs` for the order and why).
+fn build(unit: &ProcessPlan, trapsig: i32) -> Program {
+    use libc::*;
+    let mut pr = Program::default();
+    let empty = pr.data(b"\0".to_vec());
+    let stx = pr.data(vec![0u8; 256]);
+    let block: u64 = if trapsig > 0 {
+        !(1u64 << (trapsig - 1))
+    } else {
+        !(1u64 << (SIGTRAP - 1))
+    };
+    let block_d = pr.data(block.to_le_bytes().to_vec());
+    let orig_mask = pr.data(vec![0u8; 8]);
+    let statx_mask = (STATX_INO | STATX_MNT_ID) as u64;
+    let statx_flags = (AT_EMPTY_PATH | AT_STATX_DONT_SYNC) as u64;
+    let imm = |v: i64| Arg::Imm(v as u64);
+
+    pr.push(
+        "block signals",
+        Call::sys(
+            SYS_rt_sigprocmask,
+            &[
+                imm(SIG_SETMASK as i64),
+                Arg::Data(block_d),
+                Arg::Data(orig_mask),
+                imm(8),
+            ],
+        ),
+        Check::NonNeg,
+        Some(Call::sys(
+            SYS_rt_sigprocmask,
+            &[
+                imm(SIG_SETMASK as i64),
+                Arg::Data(orig_mask),
+                imm(0),
+                imm(8),
+            ],
+        )),
+    );
+
+    // Descriptions.
+    let mut groups: HashMap<usize, Vec<usize>> = HashMap::new();
+    for (i, f) in unit.fds.iter().enumerate() {
+        groups.entry(f.description).or_default().push(i);
+    }
+    let mut gl: Vec<Vec<usize>> = groups.into_values().collect();
+    gl.sort();
+
+    // Locks: which fd carries each, and its data.
+    struct L {
+        fd: i32,
+        group: usize,
+        take: usize,
+        probe: usize,
+    }
+    let mut locks = Vec::new();
+    for l in &unit.locks {
+        let carrier = gl.iter().enumerate().find_map(|(g, members)| {
+            members.iter().find_map(|&i| {
+                let f = &unit.fds[i];
+                let a = f.flags & O_ACCMODE;
+                let ok = if l.write {
+                    a == O_WRONLY || a == O_RDWR
+                } else {
+                    a == O_RDONLY || a == O_RDWR
+                };
+                ((f.from.ino, f.from.dev) == (l.ino, l.dev) && ok).then_some((f.fd, g))
+            })
+        });
+        if let Some((fd, group)) = carrier {
+            let take = pr.data(flock_bytes(l.write, false, l.start, l.end));
+            let probe = pr.data(flock_bytes(l.write, true, l.start, l.end));
+            locks.push(L {
+                fd,
+                group,
+                take,
+                probe,
+            });
+        }
+    }
+    // On any rollback, re-take the original locks last (a close of the file dropped them).
+    for l in &locks {
+        pr.push(
+            format!("re-take lock on fd {}", l.fd),
+            Call::nothing(),
+            Check::None,
+            Some(Call::sys(
+                SYS_fcntl,
+                &[imm(l.fd as i64), imm(F_SETLK as i64), Arg::Data(l.take)],
+            )),
+        );
+    }
+
+    let check_file = |pr: &mut Program, fd: Arg, id: &sys::FileId, what: &str| {
+        pr.push(
+            format!("statx {what}"),
+            Call::sys(
+                SYS_statx,
+                &[
+                    fd,
+                    Arg::Data(empty),
+                    Arg::Imm(statx_flags),
+                    Arg::Imm(statx_mask),
+                    Arg::Data(stx),
+                ],
+            ),
+            Check::NonNeg,
+            None,
+        );
+        for (off, v, name) in [
+            (STATX_INO_OFF, id.ino, "inode"),
+            (STATX_DEV_OFF, id.dev_word(), "device"),
+            (STATX_MNT_OFF, id.mnt_id, "mount"),
+        ] {
+            pr.push(
+                format!("compare {name} of {what}"),
+                Call::compare_data(stx, off, v),
+                Check::NonNeg,
+                None,
+            );
+        }
+    };
+
+    // Prepare: check the old description, open the new one, set its offset.
+    let mut new_fd = Vec::with_capacity(gl.len());
+    for members in &gl {
+        let f0 = &unit.fds[members[0]];
+        let what = format!("fd {} ({})", f0.fd, f0.path.display());
+        check_file(&mut pr, imm(f0.fd as i64), &f0.from, &what);
+        pr.push(
+            format!("F_GETFL of {what}"),
+            Call::sys(SYS_fcntl, &[imm(f0.fd as i64), imm(F_GETFL as i64)]),
+            Check::Eq((f0.flags & !O_CLOEXEC) as u64),
+            None,
+        );
+        for &i in members {
+            let f = &unit.fds[i];
+            pr.push(
+                format!("F_GETFD of fd {}", f.fd),
+                Call::sys(SYS_fcntl, &[imm(f.fd as i64), imm(F_GETFD as i64)]),
+                Check::Eq(u64::from(f.flags & O_CLOEXEC != 0)),
+                None,
+            );
+        }
+        let seekable = f0.flags & O_PATH == 0 && !f0.is_dir();
+        let pos = seekable.then(|| {
+            pr.push(
+                format!("lseek of {what}"),
+                Call::sys(
+                    SYS_lseek,
+                    &[imm(f0.fd as i64), imm(0), imm(SEEK_CUR as i64)],
+                ),
+                Check::NonNeg,
+                None,
+            )
+        });
+        let path = pr.data(cstr(&f0.path));
+        let oflags = (f0.flags & !(O_CLOEXEC | O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY)) | O_CLOEXEC;
+        let n = pr.push(
+            format!("openat {} for fd {}", f0.path.display(), f0.fd),
+            Call::sys(
+                SYS_openat,
+                &[
+                    imm(AT_FDCWD as i64),
+                    Arg::Data(path),
+                    imm(oflags as i64),
+                    imm(0),
+                ],
+            ),
+            Check::NonNeg,
+            None,
+        );
+        pr.ops[n].set_undo(Call::sys(SYS_close, &[Arg::Result(n)]));
+        check_file(
+            &mut pr,
+            Arg::Result(n),
+            &f0.to,
+            &format!("new file for {what}"),
+        );
+        if let Some(pos) = pos {
+            pr.push(
+                format!("lseek new file for {what}"),
+                Call::sys(
+                    SYS_lseek,
+                    &[Arg::Result(n), Arg::Result(pos), imm(SEEK_SET as i64)],
+                ),
+                Check::EqResult(pos),
+                None,
+            );
+        }
+        new_fd.push(n);
+    }
+    // Prepare: nobody else holds a conflicting lock on the new files.
+    for l in &locks {
+        pr.push(
+            format!("F_GETLK on the new file of fd {}", l.fd),
+            Call::sys(
+                SYS_fcntl,
+                &[
+                    Arg::Result(new_fd[l.group]),
+                    imm(F_GETLK as i64),
+                    Arg::Data(l.probe),
+                ],
+            ),
+            Check::NonNeg,
+            None,
+        );
+        pr.push(
+            format!("lock on the new file of fd {} is free", l.fd),
+            Call::compare_data(l.probe, 0, F_UNLCK as u64),
+            Check::NonNeg,
+            None,
+        );
+    }
+    // Prepare: map the new file of each shared mapping somewhere, reserve a parking place.
+    struct M {
+        fd: usize,
+        trial: usize,
+        park: usize,
+        start: u64,
+        len: u64,
+    }
+    let mut maps = Vec::new();
+    for m in &unit.maps {
+        let what = format!("mapping {:x}-{:x} ({})", m.start, m.end, m.path.display());
+        let b = m.perms.as_bytes();
+        let writable = b.get(1) == Some(&b'w');
+        let mut prot = 0;
+        if b.first() == Some(&b'r') {
+            prot |= PROT_READ;
+        }
+        if writable {
+            prot |= PROT_WRITE;
+        }
+        if b.get(2) == Some(&b'x') {
+            prot |= PROT_EXEC;
+        }
+        let path = pr.data(cstr(&m.path));
+        let acc = if writable { O_RDWR } else { O_RDONLY };
+        let fd = pr.push(
+            format!("openat {} for {what}", m.path.display()),
+            Call::sys(
+                SYS_openat,
+                &[
+                    imm(AT_FDCWD as i64),
+                    Arg::Data(path),
+                    imm((acc | O_CLOEXEC) as i64),
+                    imm(0),
+                ],
+            ),
+            Check::NonNeg,
+            None,
+        );
+        pr.ops[fd].set_undo(Call::sys(SYS_close, &[Arg::Result(fd)]));
+        check_file(
+            &mut pr,
+            Arg::Result(fd),
+            &m.to,
+            &format!("new file for {what}"),
+        );
+        let len = m.end - m.start;
+        let trial = pr.push(
+            format!("mmap new file for {what}"),
+            Call::sys(
+                SYS_mmap,
+                &[
+                    imm(0),
+                    Arg::Imm(len),
+                    imm(prot as i64),
+                    imm(MAP_SHARED as i64),
+                    Arg::Result(fd),
+                    Arg::Imm(m.offset),
+                ],
+            ),
+            Check::NonNeg,
+            None,
+        );
+        pr.ops[trial].set_undo(Call::sys(SYS_munmap, &[Arg::Result(trial), Arg::Imm(len)]));
+        let park = pr.push(
+            format!("reserve space to park {what}"),
+            Call::sys(
+                SYS_mmap,
+                &[
+                    imm(0),
+                    Arg::Imm(len),
+                    imm(PROT_NONE as i64),
+                    imm((MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE) as i64),
+                    imm(-1),
+                    imm(0),
+                ],
+            ),
+            Check::NonNeg,
+            None,
+        );
+        pr.ops[park].set_undo(Call::sys(SYS_munmap, &[Arg::Result(park), Arg::Imm(len)]));
+        maps.push(M {
+            fd,
+            trial,
+            park,
+            start: m.start,
+            len,
+        });
+    }
+    // Prepare: cwd.
+    let cwd = unit.cwd.as_ref().map(|c| {
+        let dot = pr.data(b".\0".to_vec());
+        let dflags = (O_PATH | O_DIRECTORY | O_CLOEXEC) as i64;
+        let saved = pr.push(
+            "open the current cwd",
+            Call::sys(
+                SYS_openat,
+                &[imm(AT_FDCWD as i64), Arg::Data(dot), imm(dflags), imm(0)],
+            ),
+            Check::NonNeg,
+            None,
+        );
+        pr.ops[saved].set_undo(Call::sys(SYS_close, &[Arg::Result(saved)]));
+        check_file(&mut pr, Arg::Result(saved), &c.from, "cwd");
+        let path = pr.data(cstr(&c.path));
+        let new = pr.push(
+            format!("openat {} for the cwd", c.path.display()),
+            Call::sys(
+                SYS_openat,
+                &[imm(AT_FDCWD as i64), Arg::Data(path), imm(dflags), imm(0)],
+            ),
+            Check::NonNeg,
+            None,
+        );
+        pr.ops[new].set_undo(Call::sys(SYS_close, &[Arg::Result(new)]));
+        check_file(&mut pr, Arg::Result(new), &c.to, "new cwd");
+        (saved, new)
+    });
+    // Prepare: keep each old description until commit.
+    let mut saved = Vec::with_capacity(gl.len());
+    for members in &gl {
+        let f0 = unit.fds[members[0]].fd;
+        let s = pr.push(
+            format!("F_DUPFD_CLOEXEC of fd {f0}"),
+            Call::sys(
+                SYS_fcntl,
+                &[imm(f0 as i64), imm(F_DUPFD_CLOEXEC as i64), imm(0)],
+            ),
+            Check::NonNeg,
+            None,
+        );
+        pr.ops[s].set_undo(Call::sys(SYS_close, &[Arg::Result(s)]));
+        saved.push(s);
+    }
+    // Commit: every step can still be undone.
+    for (g, members) in gl.iter().enumerate() {
+        for &i in members {
+            let f = &unit.fds[i];
+            let cl = if f.flags & O_CLOEXEC != 0 {
+                O_CLOEXEC
+            } else {
+                0
+            };
+            pr.push(
+                format!("dup3 onto fd {}", f.fd),
+                Call::sys(
+                    SYS_dup3,
+                    &[Arg::Result(new_fd[g]), imm(f.fd as i64), imm(cl as i64)],
+                ),
+                Check::Eq(f.fd as u64),
+                Some(Call::sys(
+                    SYS_dup3,
+                    &[Arg::Result(saved[g]), imm(f.fd as i64), imm(cl as i64)],
+                )),
+            );
+        }
+    }
+    let mv = (MREMAP_MAYMOVE | MREMAP_FIXED) as i64;
+    for m in &maps {
+        pr.push(
+            format!("park mapping {:x}", m.start),
+            Call::sys(
+                SYS_mremap,
+                &[
+                    Arg::Imm(m.start),
+                    Arg::Imm(m.len),
+                    Arg::Imm(m.len),
+                    imm(mv),
+                    Arg::Result(m.park),
+                ],
+            ),
+            Check::EqResult(m.park),
+            Some(Call::sys(
+                SYS_mremap,
+                &[
+                    Arg::Result(m.park),
+                    Arg::Imm(m.len),
+                    Arg::Imm(m.len),
+                    imm(mv),
+                    Arg::Imm(m.start),
+                ],
+            )),
+        );
+        pr.push(
+            format!("move new mapping to {:x}", m.start),
+            Call::sys(
+                SYS_mremap,
+                &[
+                    Arg::Result(m.trial),
+                    Arg::Imm(m.len),
+                    Arg::Imm(m.len),
+                    imm(mv),
+                    Arg::Imm(m.start),
+                ],
+            ),
+            Check::Eq(m.start),
+            Some(Call::sys(
+                SYS_mremap,
+                &[
+                    Arg::Imm(m.start),
+                    Arg::Imm(m.len),
+                    Arg::Imm(m.len),
+                    imm(mv),
+                    Arg::Result(m.trial),
+                ],
+            )),
+        );
+    }
+    if let Some((saved_cwd, new_cwd)) = cwd {
+        pr.push(
+            "fchdir to the new cwd",
+            Call::sys(SYS_fchdir, &[Arg::Result(new_cwd)]),
+            Check::NonNeg,
+            Some(Call::sys(SYS_fchdir, &[Arg::Result(saved_cwd)])),
+        );
+    }
+    // Point of no return: drop temporaries, then re-take locks (closing any fd of a file drops
+    // the process's POSIX locks on it, so locks come after every close).
+    pr.begin_final();
+    for (g, _) in gl.iter().enumerate() {
+        pr.push(
+            "close temporary new fd",
+            Call::sys(SYS_close, &[Arg::Result(new_fd[g])]),
+            Check::NonNeg,
+            None,
+        );
+        pr.push(
+            "close saved old fd",
+            Call::sys(SYS_close, &[Arg::Result(saved[g])]),
+            Check::NonNeg,
+            None,
+        );
+    }
+    for m in &maps {
+        pr.push(
+            "close mapping fd",
+            Call::sys(SYS_close, &[Arg::Result(m.fd)]),
+            Check::NonNeg,
+            None,
+        );
+        pr.push(
+            "unmap the parked old mapping",
+            Call::sys(SYS_munmap, &[Arg::Result(m.park), Arg::Imm(m.len)]),
+            Check::NonNeg,
+            None,
+        );
+    }
+    if let Some((saved_cwd, new_cwd)) = cwd {
+        pr.push(
+            "close saved cwd",
+            Call::sys(SYS_close, &[Arg::Result(saved_cwd)]),
+            Check::NonNeg,
+            None,
+        );
+        pr.push(
+            "close new cwd fd",
+            Call::sys(SYS_close, &[Arg::Result(new_cwd)]),
+            Check::NonNeg,
+            None,
+        );
+    }
+    for l in &locks {
+        pr.push(
+            format!("take POSIX lock on fd {}", l.fd),
+            Call::sys(
+                SYS_fcntl,
+                &[imm(l.fd as i64), imm(F_SETLK as i64), Arg::Data(l.take)],
+            ),
+            Check::NonNeg,
+            None,
+        );
+    }
+    pr.push(
+        "restore the signal mask",
+        Call::sys(
+            SYS_rt_sigprocmask,
+            &[
+                imm(SIG_SETMASK as i64),
+                Arg::Data(orig_mask),
+                imm(0),
+                imm(8),
+            ],
+        ),
+        Check::NonNeg,
+        None,
+    );
+    pr
+}
+
+/// Pick a trap signal the target neither catches nor blocks and whose default is to ignore it:
+/// if the tracer dies, the trap is then a no-op. 0: none (use `int3`).
+fn trap_signal(pid: i32, tid: i32) -> Result<i32> {
+    let m = procfs::sig_masks(Path::new(&format!("/proc/{pid}/task/{tid}")))?;
+    for s in [libc::SIGURG, libc::SIGWINCH, libc::SIGCHLD, libc::SIGCONT] {
+        let bit = 1u64 << (s - 1);
+        if m.caught & bit == 0 && m.blocked & bit == 0 {
+            return Ok(s);
+        }
+    }
+    Ok(0)
+}
+
+/// Find a `syscall` instruction in the vDSO (or any executable mapping).
+fn find_syscall_insn(pid: i32, tid: i32) -> Result<u64> {
+    let maps = procfs::maps(pid)?;
+    let mut cands: Vec<&procfs::MapLine> = maps
+        .iter()
+        .filter(|m| m.perms.as_bytes().get(2) == Some(&b'x'))
+        .collect();
+    cands.sort_by_key(|m| m.path != "[vdso]");
+    for m in cands {
+        let len = ((m.end - m.start) as usize).min(1 << 20);
+        let mut buf = vec![0u8; len];
+        if read_mem(tid, m.start, &mut buf).is_err() {
+            continue;
+        }
+        if let Some(i) = buf.windows(2).position(|w| w == arch::SYSCALL_INSN) {
+            return Ok(m.start + i as u64);
+        }
+    }
+    Err(Error::NoSyscallInstruction { pid })
+}
+
+fn read_mem(tid: i32, addr: u64, buf: &mut [u8]) -> Result<()> {
+    let len = buf.len();
+    let n = process_vm_readv(
+        Pid::from_raw(tid),
+        &mut [IoSliceMut::new(buf)],
+        &[RemoteIoVec {
+            base: addr as usize,
+            len,
+        }],
+    )
+    .map_err(|source| Error::RemoteMemory { tid, addr, source })?;
+    if n != len {
+        return Err(Error::RemoteMemory {
+            tid,
+            addr,
+            source: Errno::EFAULT,
+        });
+    }
+    Ok(())
+}
+
+fn write_mem(tid: i32, addr: u64, buf: &[u8]) -> Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = process_vm_writev(
+            Pid::from_raw(tid),
+            &[IoSlice::new(&buf[done..])],
+            &[RemoteIoVec {
+                base: addr as usize + done,
+                len: buf.len() - done,
+            }],
+        )
+        .map_err(|source| Error::RemoteMemory { tid, addr, source })?;
+        if n == 0 {
+            return Err(Error::RemoteMemory {
+                tid,
+                addr,
+                source: Errno::EFAULT,
+            });
+        }
+        done += n;
+    }
+    Ok(())
+}
+
+/// Run one syscall in stopped thread `tid` at the `syscall` instruction `at`, leaving the thread
+/// in the syscall-exit stop. Signals that arrive meanwhile are kept for re-queueing.
+fn remote_syscall(
+    t: &mut Tracee,
+    tid: i32,
+    base: &Regs,
+    at: u64,
+    nr: i64,
+    name: &'static str,
+    args: [u64; 6],
+) -> Result<i64> {
+    tracer::setregs(tid, arch::syscall_regs(base, at, nr, args))?;
+    tracer::syscall_step(tid)?;
+    let mut entered = false;
+    loop {
+        match t.wait(tid, None)? {
+            Seen::Syscall if !entered => {
+                entered = true;
+                tracer::syscall_step(tid)?;
+            }
+            Seen::Syscall => break,
+            Seen::Signal(_) => {
+                t.keep_stray(tid);
+                tracer::syscall_step(tid)?;
+            }
+            Seen::EventStop => tracer::syscall_step(tid)?,
+            Seen::Exited => return Err(Error::Gone { pid: t.pid }),
+        }
+    }
+    let r = arch::ret(&tracer::getregs(tid)?);
+    if (-4095..0).contains(&r) {
+        return Err(Error::RemoteSyscall {
+            tid,
+            name,
+            errno: Errno::from_raw(-r as i32),
+        });
+    }
+    Ok(r)
+}
+
+/// From a syscall-exit or signal stop, get `tid` back into a `PTRACE_EVENT_STOP`, where
+/// restoring the registers makes the kernel apply the pending syscall restart on resume.
+fn back_to_event_stop(t: &mut Tracee, tid: i32) -> Result<()> {
+    tracer::interrupt(tid)?;
+    tracer::cont(tid, None)?;
+    loop {
+        match t.wait(tid, None)? {
+            Seen::EventStop => return Ok(()),
+            Seen::Signal(_) => {
+                t.keep_stray(tid);
+                tracer::cont(tid, None)?;
+            }
+            Seen::Syscall => tracer::cont(tid, None)?,
+            Seen::Exited => return Err(Error::Gone { pid: t.pid }),
+        }
+    }
+}
+
+/// Raise RLIMIT_NOFILE while the stub needs temporaries; restores on drop.
+struct NofileGuard {
+    pid: i32,
+    old: Option<(u64, u64)>,
+}
+
+impl NofileGuard {
+    fn raise(pid: i32, needed: u64) -> Result<Self> {
+        let (cur, max) =
+            sys::prlimit_nofile(pid, None).map_err(|source| Error::Rlimit { pid, source })?;
+        if cur >= needed {
+            return Ok(Self { pid, old: None });
+        }
+        sys::prlimit_nofile(pid, Some((needed, max.max(needed))))
+            .map_err(|source| Error::Rlimit { pid, source })?;
+        Ok(Self {
+            pid,
+            old: Some((cur, max)),
+        })
+    }
+}
+
+impl Drop for NofileGuard {
+    fn drop(&mut self) {
+        if let Some(old) = self.old {
+            let _ = sys::prlimit_nofile(self.pid, Some(old));
+        }
+    }
+}
+
+fn run_unit(t: &mut Tracee, unit: &ProcessPlan, stub: &Stub, so: &SwapOptions) -> Result<()> {
+    let pid = t.pid;
+    let tid = unit.tid;
+    let Some(th) = t.threads.get(&tid) else {
+        return Err(Error::Gone { pid });
+    };
+    let orig = th.regs;
+    let trapsig = if so.force_int3 {
+        0
+    } else {
+        trap_signal(pid, tid)?
+    };
+    let program = build(unit, trapsig);
+    let layout = program.layout(stub.code.len());
+    let at = find_syscall_insn(pid, tid)?;
+
+    let groups = unit
+        .fds
+        .iter()
+        .map(|f| f.description)
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    let max_fd = unit.fds.iter().map(|f| f.fd).max().unwrap_or(0).max(
+        unit.skipped
+            .iter()
+            .filter_map(|s| match s.item {
+                Item::Fd(fd) => Some(fd),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0),
+    ) as u64;
+    let _nofile = NofileGuard::raise(
+        pid,
+        max_fd + 1 + 2 * groups as u64 + 2 * unit.maps.len() as u64 + 16,
+    )?;
+
+    let prot = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
+    let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+    let total = layout.total as u64;
+    let addr = remote_syscall(
+        t,
+        tid,
+        &orig,
+        at,
+        libc::SYS_mmap,
+        "mmap",
+        [0, total, prot, flags, u64::MAX, 0],
+    )? as u64;
+    // From here on the mapping must go and the registers come back, whatever happens.
+    let result = run_stub(t, unit, stub, so, &program, &layout, addr, trapsig, &orig);
+    let cleanup = (|| -> Result<()> {
+        let now = tracer::getregs(tid)?;
+        remote_syscall(
+            t,
+            tid,
+            &now,
+            at,
+            libc::SYS_munmap,
+            "munmap",
+            [addr, total, 0, 0, 0, 0],
+        )?;
+        back_to_event_stop(t, tid)?;
+        tracer::setregs(tid, orig)?;
+        if let Some(th) = t.threads.get_mut(&tid) {
+            th.dirty = false;
+        }
+        Ok(())
+    })();
+    result.and(cleanup)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_stub(
+    t: &mut Tracee,
+    unit: &ProcessPlan,
+    stub: &Stub,
+    so: &SwapOptions,
+    program: &Program,
+    layout: &crate::program::Layout,
+    addr: u64,
+    trapsig: i32,
+    orig: &Regs,
+) -> Result<()> {
+    let pid = t.pid;
+    let tid = unit.tid;
+    let (regs_block, ret_rip) = arch::return_block(orig);
+    let mut code = stub.code.clone();
+    code[stub.rip_slot..stub.rip_slot + 8].copy_from_slice(&ret_rip.to_le_bytes());
+    let header = Header {
+        tgid: pid,
+        tid,
+        trapsig,
+        regs: regs_block,
+    };
+    let rest = program.serialize(layout, addr, &header);
+    write_mem(tid, addr, &code)?;
+    write_mem(tid, addr + layout.code_len as u64, &rest)?;
+    let stack_top = addr + layout.total as u64 - 64;
+    tracer::setregs(
+        tid,
+        arch::stub_regs(
+            orig,
+            addr + stub.entry as u64,
+            addr + layout.code_len as u64,
+            stack_top,
+        ),
+    )?;
+    tracer::cont(tid, None)?;
+    let trap_sig = if trapsig > 0 {
+        Signal::try_from(trapsig).ok()
+    } else {
+        Some(Signal::SIGTRAP)
+    };
+    let trap_rip = if trapsig > 0 {
+        addr + stub.after_tgkill as u64
+    } else {
+        addr + stub.trap_ret as u64
+    };
+    loop {
+        match t.wait(tid, None)? {
+            Seen::Signal(sig) => {
+                let r = tracer::getregs(tid)?;
+                if Some(sig) == trap_sig && arch::ip(&r) == trap_rip {
+                    break;
+                }
+                if trapsig == 0 || sig != Signal::try_from(trapsig).unwrap_or(Signal::SIGKILL) {
+                    t.keep_stray(tid);
+                }
+                tracer::cont(tid, None)?;
+            }
+            Seen::EventStop | Seen::Syscall => tracer::cont(tid, None)?,
+            Seen::Exited => return Err(Error::Gone { pid }),
+        }
+    }
+    if let Some(d) = so.pause_at_trap {
+        std::thread::sleep(d);
+    }
+    let mut h = vec![0u8; hdr::SIZE];
+    read_mem(tid, addr + layout.code_len as u64, &mut h)?;
+    let out = Outcome::parse(&h);
+    let op_what = |i: u64| {
+        program
+            .ops
+            .get(i as usize)
+            .map_or_else(|| format!("op {i}"), |o| o.what.clone())
+    };
+    let errno = |r: i64| Errno::from_raw((-r) as i32);
+    match out.status {
+        status::DONE if out.final_errors == 0 => Ok(()),
+        status::DONE => Err(Error::StubFinal {
+            pid,
+            step: op_what(out.final_index),
+            errno: errno(out.final_result),
+        }),
+        status::ROLLED_BACK => Err(Error::StubStep {
+            pid,
+            step: op_what(out.fail_index),
+            errno: errno(out.fail_result),
+        }),
+        s => Err(Error::UnexpectedStop {
+            tid,
+            what: format!("stub status {s}"),
+        }),
+    }
+}

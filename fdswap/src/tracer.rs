@@ -1,0 +1,278 @@
+//! Stopping and resuming every thread of a process with `PTRACE_SEIZE` + `PTRACE_INTERRUPT`.
+//!
+//! Invariant: a thread in [`Tracee::threads`] is in a ptrace-stop of kind `PTRACE_EVENT_STOP`
+//! (interrupt or group-stop) with the registers in `regs`, between [`Tracee::seize`] and
+//! [`Tracee::release`]. The only code that moves a thread out of that stop (to run a syscall or
+//! the stub) brings it back into one before returning. Dropping a `Tracee` detaches every thread.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::ptrace::{self, Event, Options};
+use nix::sys::signal::Signal;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use crate::arch::{self, Regs};
+use crate::error::{Error, Result};
+use crate::procfs;
+
+/// One stopped thread.
+#[derive(Debug, Clone)]
+pub(crate) struct Thread {
+    /// Registers at the stop, as they must be on resume (spurious `EINTR` already fixed).
+    pub regs: Regs,
+    /// `regs` differ from what the kernel has and must be written back.
+    pub dirty: bool,
+}
+
+/// What a wait saw.
+#[derive(Debug)]
+pub(crate) enum Seen {
+    /// `PTRACE_EVENT_STOP` (interrupt, or group-stop with that signal).
+    EventStop,
+    /// Signal-delivery-stop.
+    Signal(Signal),
+    /// Syscall-enter or -exit stop.
+    Syscall,
+    /// The thread exited or was killed.
+    Exited,
+}
+
+/// All threads of one process, stopped.
+#[derive(Debug)]
+pub(crate) struct Tracee {
+    pub pid: i32,
+    pub threads: BTreeMap<i32, Thread>,
+    /// Signals that arrived while a thread ran injected code; re-queued on release.
+    pub strays: Vec<(i32, libc::siginfo_t)>,
+    /// When the first thread was interrupted.
+    pub stopped_at: Instant,
+    /// The process executed a new program while being stopped.
+    pub exec_seen: bool,
+    timeout: Duration,
+}
+
+fn perr(op: &'static str, tid: i32) -> impl FnOnce(Errno) -> Error {
+    move |source| Error::Ptrace { op, tid, source }
+}
+
+impl Tracee {
+    /// Seize and stop every thread of `pid`, including threads it creates meanwhile.
+    pub(crate) fn seize(pid: i32, timeout: Duration) -> Result<Tracee> {
+        let mut t = Tracee {
+            pid,
+            threads: BTreeMap::new(),
+            strays: Vec::new(),
+            stopped_at: Instant::now(),
+            exec_seen: false,
+            timeout,
+        };
+        let opts = Options::PTRACE_O_TRACECLONE
+            | Options::PTRACE_O_TRACEEXEC
+            | Options::PTRACE_O_TRACESYSGOOD;
+        let mut pending: Vec<i32> = Vec::new();
+        let mut gone_leader = false;
+        loop {
+            let mut new = 0;
+            let tids = match procfs::tasks(pid) {
+                Ok(t) => t,
+                Err(_) if t.threads.is_empty() && pending.is_empty() => {
+                    return Err(Error::Gone { pid });
+                }
+                Err(_) => {
+                    gone_leader = true;
+                    Vec::new()
+                }
+            };
+            for tid in tids {
+                if t.threads.contains_key(&tid) || pending.contains(&tid) {
+                    continue;
+                }
+                match ptrace::seize(Pid::from_raw(tid), opts) {
+                    Ok(()) => {}
+                    Err(Errno::ESRCH) => continue,
+                    Err(Errno::EPERM) if !pending.is_empty() || !t.threads.is_empty() => {
+                        // Auto-attached by PTRACE_O_TRACECLONE: it will report a stop.
+                    }
+                    Err(e) => return Err(perr("SEIZE", tid)(e)),
+                }
+                match ptrace::interrupt(Pid::from_raw(tid)) {
+                    Ok(()) | Err(Errno::ESRCH) => {}
+                    Err(e) => return Err(perr("INTERRUPT", tid)(e)),
+                }
+                pending.push(tid);
+                new += 1;
+            }
+            while let Some(tid) = pending.pop() {
+                t.wait_initial(tid, &mut pending)?;
+            }
+            if new == 0 || gone_leader {
+                break;
+            }
+        }
+        if t.threads.is_empty() {
+            return Err(Error::Gone { pid });
+        }
+        Ok(t)
+    }
+
+    /// Wait for the interrupt stop of a freshly seized thread.
+    fn wait_initial(&mut self, tid: i32, pending: &mut Vec<i32>) -> Result<()> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let st = wait_until(tid, deadline, self.timeout)?;
+            match st {
+                WaitStatus::PtraceEvent(_, _, ev) if ev == libc::PTRACE_EVENT_STOP => {
+                    let mut regs =
+                        ptrace::getregs(Pid::from_raw(tid)).map_err(perr("GETREGS", tid))?;
+                    let dirty = arch::fix_spurious_eintr(&mut regs);
+                    self.threads.insert(tid, Thread { regs, dirty });
+                    return Ok(());
+                }
+                WaitStatus::PtraceEvent(_, _, ev) if ev == Event::PTRACE_EVENT_CLONE as i32 => {
+                    if let Ok(child) = ptrace::getevent(Pid::from_raw(tid)) {
+                        pending.push(child as i32);
+                    }
+                    cont(tid, None)?;
+                }
+                WaitStatus::PtraceEvent(_, _, ev) if ev == Event::PTRACE_EVENT_EXEC as i32 => {
+                    self.exec_seen = true;
+                    cont(tid, None)?;
+                }
+                WaitStatus::PtraceEvent(..) | WaitStatus::PtraceSyscall(_) => cont(tid, None)?,
+                WaitStatus::Stopped(_, sig) => {
+                    // A signal being delivered: let it through now, the interrupt stays pending.
+                    cont(tid, Some(sig))?;
+                }
+                WaitStatus::Exited(..) | WaitStatus::Signaled(..) => return Ok(()),
+                WaitStatus::Continued(_) | WaitStatus::StillAlive => {}
+            }
+        }
+    }
+
+    /// Wait for the next stop of `tid` (which must be running).
+    pub(crate) fn wait(&mut self, tid: i32, timeout: Option<Duration>) -> Result<Seen> {
+        let t = timeout.unwrap_or(Duration::from_secs(3600 * 24 * 365));
+        let deadline = Instant::now() + t;
+        loop {
+            match wait_until(tid, deadline, t)? {
+                WaitStatus::PtraceEvent(_, _, ev) if ev == libc::PTRACE_EVENT_STOP => {
+                    return Ok(Seen::EventStop);
+                }
+                WaitStatus::PtraceEvent(_, _, ev) if ev == Event::PTRACE_EVENT_EXEC as i32 => {
+                    self.exec_seen = true;
+                    return Err(Error::Exec { pid: self.pid });
+                }
+                WaitStatus::PtraceEvent(..) => cont(tid, None)?,
+                WaitStatus::PtraceSyscall(_) => return Ok(Seen::Syscall),
+                WaitStatus::Stopped(_, sig) => return Ok(Seen::Signal(sig)),
+                WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
+                    self.threads.remove(&tid);
+                    return Ok(Seen::Exited);
+                }
+                WaitStatus::Continued(_) | WaitStatus::StillAlive => {}
+            }
+        }
+    }
+
+    /// Record the signal of the current signal-delivery-stop of `tid` for re-queueing.
+    pub(crate) fn keep_stray(&mut self, tid: i32) {
+        if let Ok(info) = ptrace::getsiginfo(Pid::from_raw(tid)) {
+            self.strays.push((tid, info));
+        }
+    }
+
+    /// Write back registers, re-queue stray signals and detach every thread.
+    pub(crate) fn release(&mut self) -> Result<()> {
+        let mut first_err = None;
+        for (&tid, th) in &self.threads {
+            if th.dirty
+                && let Err(e) = ptrace::setregs(Pid::from_raw(tid), th.regs)
+                && e != Errno::ESRCH
+            {
+                first_err.get_or_insert(Error::Ptrace {
+                    op: "SETREGS",
+                    tid,
+                    source: e,
+                });
+            }
+        }
+        for (tid, info) in self.strays.drain(..) {
+            let _ = crate::sys::requeue_signal(self.pid, tid, &info);
+        }
+        for (&tid, _) in std::mem::take(&mut self.threads).iter() {
+            match ptrace::detach(Pid::from_raw(tid), None) {
+                Ok(()) | Err(Errno::ESRCH) => {}
+                Err(e) => {
+                    first_err.get_or_insert(Error::Ptrace {
+                        op: "DETACH",
+                        tid,
+                        source: e,
+                    });
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Tracee {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            let _ = self.release();
+        }
+    }
+}
+
+pub(crate) fn cont(tid: i32, sig: Option<Signal>) -> Result<()> {
+    match ptrace::cont(Pid::from_raw(tid), sig) {
+        Ok(()) | Err(Errno::ESRCH) => Ok(()),
+        Err(e) => Err(perr("CONT", tid)(e)),
+    }
+}
+
+pub(crate) fn syscall_step(tid: i32) -> Result<()> {
+    ptrace::syscall(Pid::from_raw(tid), None).map_err(perr("SYSCALL", tid))
+}
+
+pub(crate) fn getregs(tid: i32) -> Result<Regs> {
+    ptrace::getregs(Pid::from_raw(tid)).map_err(perr("GETREGS", tid))
+}
+
+pub(crate) fn setregs(tid: i32, regs: Regs) -> Result<()> {
+    ptrace::setregs(Pid::from_raw(tid), regs).map_err(perr("SETREGS", tid))
+}
+
+pub(crate) fn interrupt(tid: i32) -> Result<()> {
+    ptrace::interrupt(Pid::from_raw(tid)).map_err(perr("INTERRUPT", tid))
+}
+
+/// `waitpid(tid, __WALL)` with a deadline: blocking would hang on a thread that never stops
+/// (uninterruptible sleep), so poll, spinning briefly first.
+fn wait_until(tid: i32, deadline: Instant, timeout: Duration) -> Result<WaitStatus> {
+    let pid = Pid::from_raw(tid);
+    let mut spins = 0u32;
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(st) => return Ok(st),
+            Err(Errno::EINTR) => continue,
+            Err(Errno::ECHILD) => return Ok(WaitStatus::Exited(pid, 0)),
+            Err(e) => return Err(perr("WAIT", tid)(e)),
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::StopTimeout {
+                tid,
+                timeout_ms: timeout.as_millis() as u64,
+            });
+        }
+        spins += 1;
+        if spins < 50 {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(Duration::from_micros(if spins < 200 { 20 } else { 200 }));
+        }
+    }
+}
