@@ -43,12 +43,24 @@ pub fn mount_over(path: &Path, rules: rules::RuleSet, cfg: Config) -> Result<Mou
     let mut cfg = cfg;
     cfg.connection = connection;
     match Server::start(backing, fuse, rules, cfg) {
-        Ok(server) => Ok(Mounted {
-            path,
-            server: Some(server),
-            connection,
-            grace: Duration::from_secs(2),
-        }),
+        Ok(server) => {
+            // Fallback: the mount's device number names its connection (the server answers
+            // the stat now).
+            let connection = connection.or_else(|| {
+                std::fs::metadata(&path)
+                    .ok()
+                    .map(|m| Connection::from_dev(std::os::unix::fs::MetadataExt::dev(&m)))
+            });
+            if let Some(c) = connection {
+                server.set_connection(c);
+            }
+            Ok(Mounted {
+                path,
+                server: Some(server),
+                connection,
+                grace: Duration::from_secs(2),
+            })
+        }
         Err(e) => {
             let _ = mount::detach(&path);
             if let Some(c) = connection {
@@ -100,6 +112,13 @@ impl Mounted {
         if !server.wait_timeout(self.grace) {
             if let Some(c) = self.connection {
                 c.abort()?;
+            }
+            if !server.wait_timeout(Duration::from_secs(10)) {
+                // Never hang here: leave the threads to end when the kernel lets go.
+                return Err(Error::sys(
+                    format!("stop serving {}", self.path.display()),
+                    std::io::Error::from_raw_os_error(libc::EBUSY),
+                ));
             }
         }
         let joined = server.wait();
