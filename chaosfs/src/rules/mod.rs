@@ -39,7 +39,7 @@
 //! | `latency` | `"200ms"` or `{"delay": "200ms", "jitter": "50ms"}`: uniform in delay ± jitter, never negative | all |
 //! | `attr` | `{"perm": "0644" or 420, "uid", "gid", "size", "atime", "mtime", "ctime" (seconds or RFC 3339), "nlink", "kind": "file\|dir\|symlink\|fifo\|socket\|char\|block"}` | lookup, getattr, setattr, create, mkdir, mknod, symlink, link (only these allowed) |
 //! | `corrupt` | `"zeros"`, `"random"`, `"bitflip"` or `{"mode": ..., "max_bytes": N}`; `max_bytes` defaults to 1 for bitflip and to the whole buffer otherwise | read, write (only these allowed) |
-//! | `short` | `{"bytes": N}` (at most N bytes) or `{"fraction": 0.5}`; always fewer than asked | read, write (only these allowed) |
+//! | `short` | `{"bytes": N}` (at most N ≥ 1 bytes) or `{"fraction": 0.5}` (0 < f < 1); always at least 1 byte and fewer than asked (a 1-byte request is served whole) | read, write (only these allowed) |
 //! | `full` | `true`: ENOSPC on write, create, mknod, mkdir, symlink, link, fallocate, setxattr; statfs reports no free space | those + statfs (only these allowed) |
 //!
 //! # Deciding one request
@@ -198,9 +198,9 @@ impl Verdict {
         }
     }
 
-    /// For `data == Some(Short(_))`: how many of the `asked` bytes to transfer — at most the
-    /// rule's `bytes` (or `floor(asked × fraction)`), and always fewer than `asked` (0 when
-    /// `asked` is 0 or 1). Without a short fault, `asked`.
+    /// For `data == Some(Short(_))`: how many of the `asked` bytes to transfer — the rule's
+    /// `bytes` (or `floor(asked × fraction)`), kept between 1 and `asked - 1`; a request for 0
+    /// or 1 byte is served whole. Without a short fault, `asked`.
     pub fn short_len(&self, asked: usize) -> usize {
         match &self.short {
             Some(s) => s.len(asked),

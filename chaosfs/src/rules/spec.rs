@@ -1051,8 +1051,9 @@ impl<'de> Deserialize<'de> for CorruptSpec {
 
 /// The `short` action: transfer fewer bytes than asked.
 ///
-/// `Bytes(n)`: at most `n` bytes, and always fewer than asked. `Fraction(f)`: `floor(asked × f)`
-/// bytes (`0 <= f < 1`), and always fewer than asked.
+/// `Bytes(n)` (`n >= 1`): at most `n` bytes. `Fraction(f)` (`0 < f < 1`): `floor(asked × f)`
+/// bytes. Either way at least 1 byte (0 would read as end of file) and fewer than asked; a
+/// request for 1 byte cannot be shortened and is served whole.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ShortSpec {
     Bytes(u64),
@@ -1062,11 +1063,14 @@ pub enum ShortSpec {
 impl ShortSpec {
     /// How many of `asked` bytes to transfer.
     pub fn len(&self, asked: usize) -> usize {
-        let cap = asked.saturating_sub(1);
-        match *self {
-            ShortSpec::Bytes(n) => usize::try_from(n).unwrap_or(usize::MAX).min(cap),
-            ShortSpec::Fraction(f) => ((asked as f64 * f).floor() as usize).min(cap),
+        if asked <= 1 {
+            return asked;
         }
+        let n = match *self {
+            ShortSpec::Bytes(n) => usize::try_from(n).unwrap_or(usize::MAX),
+            ShortSpec::Fraction(f) => (asked as f64 * f).floor() as usize,
+        };
+        n.clamp(1, asked - 1)
     }
 }
 
@@ -1099,17 +1103,17 @@ impl<'de> Deserialize<'de> for ShortSpec {
                 f.write_str("{\"bytes\": N} or {\"fraction\": 0.5}")
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<ShortSpec, E> {
-                Ok(ShortSpec::Bytes(v))
+                short_bytes(v)
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ShortSpec, A::Error> {
                 let m = ShortMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
                 match (m.bytes, m.fraction) {
-                    (Some(n), None) => Ok(ShortSpec::Bytes(n)),
-                    (None, Some(f)) if f.is_finite() && (0.0..1.0).contains(&f) => {
+                    (Some(n), None) => short_bytes(n),
+                    (None, Some(f)) if f.is_finite() && f > 0.0 && f < 1.0 => {
                         Ok(ShortSpec::Fraction(f))
                     }
                     (None, Some(f)) => Err(de::Error::custom(format!(
-                        "fraction must be at least 0 and less than 1, got {f}"
+                        "fraction must be more than 0 and less than 1, got {f}"
                     ))),
                     _ => Err(de::Error::custom("give exactly one of bytes or fraction")),
                 }
@@ -1117,4 +1121,13 @@ impl<'de> Deserialize<'de> for ShortSpec {
         }
         d.deserialize_any(V)
     }
+}
+
+fn short_bytes<E: de::Error>(n: u64) -> Result<ShortSpec, E> {
+    if n == 0 {
+        return Err(E::custom(
+            "bytes must be at least 1 (a 0-byte transfer reads as end of file)",
+        ));
+    }
+    Ok(ShortSpec::Bytes(n))
 }

@@ -265,7 +265,15 @@ fn validation_errors_name_the_rule_and_field() {
         ),
         (
             r#"{"short": {"fraction": 1.5}}"#,
-            "rule 1: short: fraction must be at least 0 and less than 1",
+            "rule 1: short: fraction must be more than 0 and less than 1",
+        ),
+        (
+            r#"{"short": {"fraction": 0}}"#,
+            "rule 1: short: fraction must be more than 0",
+        ),
+        (
+            r#"{"short": {"bytes": 0}}"#,
+            "rule 1: short: bytes must be at least 1",
         ),
         (
             r#"{"short": {}}"#,
@@ -668,7 +676,12 @@ fn short_transfers() {
     assert_eq!(v.data, Some(DataFault::Short(100)));
     assert_eq!(v.short_len(4096), 100);
     assert_eq!(v.short_len(100), 99, "always fewer than asked");
-    assert_eq!(v.short_len(1), 0);
+    assert_eq!(v.short_len(2), 1);
+    assert_eq!(
+        v.short_len(1),
+        1,
+        "one byte cannot be shortened (0 would be EOF)"
+    );
     assert_eq!(v.short_len(0), 0);
     assert!(set.evaluate(&call(Op::Write, "")).is_pass());
 
@@ -677,8 +690,12 @@ fn short_transfers() {
     assert_eq!(v.data, Some(DataFault::Short(usize::MAX)));
     assert_eq!(v.short_len(4096), 2048);
     assert_eq!(v.short_len(3), 1);
-    let set = rules(r#"{"rules": [{"short": {"bytes": 0}}]}"#);
-    assert_eq!(set.evaluate(&call(Op::Read, "")).short_len(10), 0);
+    let set = rules(r#"{"rules": [{"short": {"fraction": 0.01}}]}"#);
+    assert_eq!(
+        set.evaluate(&call(Op::Read, "")).short_len(10),
+        1,
+        "at least one byte"
+    );
     assert_eq!(Verdict::default().short_len(10), 10);
 }
 
