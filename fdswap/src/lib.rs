@@ -14,4 +14,4 @@ pub use plan::{
     CwdItem, FdItem, Item, MapItem, Plan, PosixLock, ProcessPlan, ScanOptions, SkipReason, Skipped,
 };
 pub use swap::{ProcessReport, Report, SwapOptions, Swapped, swap, swap_plan};
-pub use sys::FileId;
+pub use sys::{FileId, statx};

@@ -291,6 +291,42 @@ fn target_view(text: &str, root: &str) -> String {
     text.to_owned()
 }
 
+/// How to turn link text into the target's view of a path.
+struct View<'a> {
+    root: String,
+    /// `from_mnt` is no longer attached (lazily unmounted for recover): the kernel prints paths
+    /// on it relative to its root, which was mounted at the swap path.
+    detached: Option<(u64, &'a Path)>,
+}
+
+impl View<'_> {
+    fn of(&self, text: &str, mnt: impl FnOnce() -> Option<u64>) -> String {
+        if let Some((m, p)) = self.detached
+            && text.starts_with('/')
+            && mnt() == Some(m)
+        {
+            let rel = text.trim_start_matches('/');
+            return if rel.is_empty() {
+                p.to_string_lossy().into_owned()
+            } else {
+                p.join(rel).to_string_lossy().into_owned()
+            };
+        }
+        target_view(text, &self.root)
+    }
+}
+
+/// Is mount `mnt_id` attached in `pid`'s mount namespace?
+fn attached(pid: i32, mnt_id: u64) -> bool {
+    let want = mnt_id.to_string();
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .map(|t| {
+            t.lines()
+                .any(|l| l.split(' ').next() == Some(want.as_str()))
+        })
+        .unwrap_or(true)
+}
+
 fn under(path: &Path, p: &Path) -> bool {
     path.starts_with(p)
 }
@@ -335,7 +371,13 @@ pub(crate) fn scan_unit(
     with_cwd: bool,
 ) -> Result<ProcessPlan> {
     let task = PathBuf::from(format!("/proc/{pid}/task/{tid}"));
-    let root = procfs::link(&task.join("root"))?;
+    let view = View {
+        root: procfs::link(&task.join("root"))?,
+        detached: options
+            .from_mnt
+            .filter(|&m| !attached(pid, m))
+            .map(|m| (m, options.path.as_path())),
+    };
     let mut plan = ProcessPlan {
         pid,
         tid,
@@ -367,7 +409,8 @@ pub(crate) fn scan_unit(
             skip(&mut plan, item, text, SkipReason::AnonInode);
             continue;
         }
-        let view = target_view(&text, &root);
+        let fd_path = task.join(format!("fd/{fd}"));
+        let view = view.of(&text, || sys::statx(&fd_path).ok().map(|f| f.mnt_id));
         let path = PathBuf::from(&view);
         if !under(&path, &options.path) {
             skip(&mut plan, item, view, SkipReason::OutsidePath);
@@ -442,10 +485,10 @@ pub(crate) fn scan_unit(
     carry_locks(pid, locks, &mut plan);
 
     if with_cwd {
-        scan_cwd(pid, tid, &task, &root, options, &mut plan);
+        scan_cwd(pid, tid, &task, &view, options, &mut plan);
     }
     if with_maps {
-        scan_maps(pid, &root, options, &mut plan)?;
+        scan_maps(pid, &view, options, &mut plan)?;
     }
     Ok(plan)
 }
@@ -556,14 +599,16 @@ fn scan_cwd(
     pid: i32,
     tid: i32,
     task: &Path,
-    root: &str,
+    v: &View<'_>,
     options: &ScanOptions,
     plan: &mut ProcessPlan,
 ) {
     let Ok(text) = procfs::link(&task.join("cwd")) else {
         return;
     };
-    let view = target_view(&text, root);
+    let view = v.of(&text, || {
+        sys::statx(&task.join("cwd")).ok().map(|f| f.mnt_id)
+    });
     let path = PathBuf::from(&view);
     if !under(&path, &options.path) {
         return;
@@ -604,12 +649,15 @@ fn scan_cwd(
     });
 }
 
-fn scan_maps(pid: i32, root: &str, options: &ScanOptions, plan: &mut ProcessPlan) -> Result<()> {
+fn scan_maps(pid: i32, v: &View<'_>, options: &ScanOptions, plan: &mut ProcessPlan) -> Result<()> {
     for m in procfs::maps(pid)? {
         if !m.path.starts_with('/') {
             continue;
         }
-        let view = target_view(&m.path, root);
+        let mf = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+        let view = v.of(&m.path, || {
+            sys::statx(Path::new(&mf)).ok().map(|f| f.mnt_id)
+        });
         let path = PathBuf::from(&view);
         if !under(&path, &options.path) {
             continue;

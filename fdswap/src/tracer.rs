@@ -127,8 +127,12 @@ impl Tracee {
                 WaitStatus::PtraceEvent(_, _, ev) if ev == libc::PTRACE_EVENT_STOP => {
                     let mut regs =
                         ptrace::getregs(Pid::from_raw(tid)).map_err(perr("GETREGS", tid))?;
-                    let dirty = arch::fix_spurious_eintr(&mut regs);
-                    self.threads.insert(tid, Thread { regs, dirty });
+                    // Write the EINTR fix now, not on release: if this tracer dies, the kernel
+                    // resumes the thread with what it has.
+                    if arch::fix_spurious_eintr(&mut regs) {
+                        ptrace::setregs(Pid::from_raw(tid), regs).map_err(perr("SETREGS", tid))?;
+                    }
+                    self.threads.insert(tid, Thread { regs, dirty: false });
                     return Ok(());
                 }
                 WaitStatus::PtraceEvent(_, _, ev) if ev == Event::PTRACE_EVENT_CLONE as i32 => {

@@ -116,6 +116,17 @@ fn serve(args: &[String]) {
         }
         i += 1;
     }
+    // Like many servers: use the hard limit of open files.
+    if let Ok((_, hard)) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    {
+        let want = hard.max(nfds as u64 + 1024);
+        if let Err(e) =
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, want, want)
+        {
+            eprintln!("setrlimit NOFILE {want}: {e}");
+        }
+    }
     let out = Arc::new(Mutex::new(()));
     let mut keep: Vec<RawFd> = Vec::new();
     let report_fd = |name: &str, fd: RawFd| say(&out, &format!("FD {name} {fd}"));

@@ -1,0 +1,539 @@
+//! End-to-end tests against real processes (see `common` and the `fdswap-testee` binary).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use fdswap::{Item, Plan, ScanOptions, SkipReason, SwapOptions, swap, swap_plan};
+
+const SWAPPED_FDS: &[&str] = &[
+    "append",
+    "append_dup",
+    "readonly_pos3",
+    "cloexec_nonblock",
+    "direct",
+    "locked",
+    "dir",
+];
+
+fn lock_line_for(pid: i32) -> Option<String> {
+    proc_locks()
+        .lines()
+        .find(|l| l.split_whitespace().nth(4) == Some(&pid.to_string()))
+        .map(str::to_owned)
+}
+
+#[test]
+fn swap_onto_upper_mount_and_back() {
+    require_root();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let lower = tmp.path().join("lower");
+    let upper = tmp.path().join("upper");
+    std::fs::create_dir_all(&lower).expect("mkdir");
+    std::fs::create_dir_all(&upper).expect("mkdir");
+    let mut t = Testee::spawn(&lower, &["--full", "--sleep-ms", "2000"]);
+    let started = Instant::now();
+    let pid = t.pid;
+
+    let before: HashMap<&str, Info> = SWAPPED_FDS
+        .iter()
+        .map(|n| (*n, fdinfo(pid, t.fd(n))))
+        .collect();
+    let lower_mnt = before["append"].mnt_id;
+    let deleted_before = fdinfo(pid, t.fd("deleted"));
+    assert!(
+        lock_line_for(pid)
+            .expect("lock held")
+            .contains(&format!(":{} ", ino(&lower.join("lock.db"))))
+    );
+
+    // The "upper" layer: same file names, different inodes, so we can tell where I/O lands.
+    copy_files(&lower, &upper);
+    t.mount(&[
+        "--bind",
+        upper.to_str().expect("utf8"),
+        lower.to_str().expect("utf8"),
+    ]);
+    let upper_mnt = t.top_mount(&lower);
+    assert_ne!(upper_mnt, lower_mnt);
+
+    let report = swap(&[pid], &ScanOptions::new(&lower), &SwapOptions::default()).expect("swap");
+    assert!(report.first_error().is_none(), "{:?}", report.first_error());
+    let pause = report.max_pause();
+    eprintln!("pause {pause:?}, total {:?}", report.total);
+
+    // fds: same flags and offsets, now on the upper mount and the upper files.
+    for n in SWAPPED_FDS {
+        let fd = t.fd(n);
+        let after = fdinfo(pid, fd);
+        let b = &before[n];
+        assert_eq!(after.mnt_id, upper_mnt, "{n}: mount");
+        assert_eq!(after.pos, b.pos, "{n}: offset");
+        assert_eq!(after.flags, b.flags, "{n}: flags");
+        assert!(
+            report.swapped().any(|s| s.item == Item::Fd(fd)),
+            "{n} reported"
+        );
+    }
+    assert_eq!(fdinfo(pid, t.fd("readonly_pos3")).pos, 3);
+    assert_ne!(before["append"].flags & libc::O_APPEND as u32, 0);
+    assert_ne!(before["direct"].flags & libc::O_DIRECT as u32, 0);
+    assert_ne!(before["cloexec_nonblock"].flags & libc::O_CLOEXEC as u32, 0);
+    assert_eq!(before["append_dup"].flags & libc::O_CLOEXEC as u32, 0);
+    // Left alone and reported: the deleted file, pipes, the socket, the private mapping.
+    assert_eq!(fdinfo(pid, t.fd("deleted")), deleted_before);
+    let reasons: Vec<(Item, SkipReason)> = report
+        .skipped()
+        .map(|s| (s.item, s.reason.clone()))
+        .collect();
+    assert!(reasons.contains(&(Item::Fd(t.fd("deleted")), SkipReason::Deleted)));
+    assert!(reasons.iter().any(|(_, r)| *r == SkipReason::Pipe));
+    assert!(reasons.iter().any(|(_, r)| *r == SkipReason::Socket));
+    assert!(reasons.iter().any(|(_, r)| *r == SkipReason::AnonInode));
+    let private = t.maps["private"];
+    assert!(reasons.contains(&(
+        Item::Map {
+            start: private,
+            end: private + 4096
+        },
+        SkipReason::PrivateMapping
+    )));
+    // The POSIX lock moved to the upper file.
+    let lock = lock_line_for(pid).expect("lock still held");
+    assert!(
+        lock.contains(&format!(":{} 0 99", ino(&upper.join("lock.db")))),
+        "{lock}"
+    );
+    // Mappings: the shared one now maps the upper file, the private one the lower file.
+    let m = maps(pid);
+    let shared = t.maps["shared"];
+    let line = m
+        .lines()
+        .find(|l| l.starts_with(&format!("{shared:x}-")))
+        .expect("shared map");
+    assert!(
+        line.contains(&format!(" {} ", ino(&upper.join("shared.map")))),
+        "{line}"
+    );
+    let line = m
+        .lines()
+        .find(|l| l.starts_with(&format!("{private:x}-")))
+        .expect("private map");
+    assert!(
+        line.contains(&format!(" {} ", ino(&lower.join("private.map")))) || line.contains("lower"),
+        "{line}"
+    );
+    // cwd.
+    assert_eq!(
+        fdswap::statx(Path::new(&format!("/proc/{pid}/cwd")))
+            .expect("cwd")
+            .mnt_id,
+        upper_mnt
+    );
+
+    // It keeps working, and its I/O lands on the upper files (the lower ones are untouched).
+    let w = t.ask("write", "OK write");
+    assert!(w.starts_with("OK write 1 1 cwd_a_len=6"), "{w}");
+    assert_eq!(std::fs::read(upper.join("a.txt")).expect("read"), b"helloW");
+    assert_eq!(std::fs::read(lower.join("a.txt")).expect("read"), b"hello");
+    assert_eq!(std::fs::read(upper.join("lock.db")).expect("read")[0], b'L');
+    assert_eq!(
+        std::fs::read(upper.join("shared.map")).expect("read")[100],
+        b'M'
+    );
+    assert_eq!(
+        std::fs::read(lower.join("shared.map")).expect("read")[100],
+        0
+    );
+    // A shared description stays shared: the dup sees the append's offset.
+    assert_eq!(fdinfo(pid, t.fd("append")).pos, 6);
+    assert_eq!(fdinfo(pid, t.fd("append_dup")).pos, 6);
+
+    // Blocked threads: no EINTR, sleeps not cut short.
+    assert!(
+        started.elapsed() < Duration::from_millis(1800),
+        "swap took too long for the sleep check"
+    );
+    t.ask("wake", "WOKE");
+    let results = t.thread_reports(6);
+    assert_eq!(results["read"], "ok 1");
+    assert_eq!(results["futex"], "0 0");
+    assert_eq!(results["epoll"], "1 0");
+    assert_eq!(results["accept"], "ok");
+    let nano: Vec<u64> = results["nanosleep"]
+        .split(' ')
+        .map(|x| x.parse().expect("n"))
+        .collect();
+    assert_eq!(
+        &nano[..2],
+        &[0, 0],
+        "nanosleep returned early or with an error"
+    );
+    assert!(nano[2] >= 2000, "nanosleep cut short: {nano:?}");
+    let ft: Vec<i64> = results["futex_timed"]
+        .split(' ')
+        .map(|x| x.parse().expect("n"))
+        .collect();
+    assert_eq!(
+        &ft[..2],
+        &[-1, libc::ETIMEDOUT as i64],
+        "timed futex: {ft:?}"
+    );
+    assert!(ft[2] >= 2000, "timed futex cut short: {ft:?}");
+
+    // Recover: detach the upper mount lazily, swap back onto the original mount.
+    t.umount_lazy(&lower);
+    assert_eq!(t.top_mount(&lower), lower_mnt);
+    let opts = ScanOptions {
+        from_mnt: Some(upper_mnt),
+        ..ScanOptions::new(&lower)
+    };
+    let report = swap(&[pid], &opts, &SwapOptions::default()).expect("swap back");
+    assert!(report.first_error().is_none(), "{:?}", report.first_error());
+    for n in SWAPPED_FDS {
+        let after = fdinfo(pid, t.fd(n));
+        assert_eq!(after.mnt_id, lower_mnt, "{n}: back on the original mount");
+        assert_eq!(after.flags, before[n].flags, "{n}: flags");
+    }
+    assert_eq!(fdinfo(pid, t.fd("append")).pos, 6);
+    assert_eq!(
+        fdswap::statx(Path::new(&format!("/proc/{pid}/cwd")))
+            .expect("cwd")
+            .mnt_id,
+        lower_mnt
+    );
+    let lock = lock_line_for(pid).expect("lock still held");
+    assert!(
+        lock.contains(&format!(":{} 0 99", ino(&lower.join("lock.db")))),
+        "{lock}"
+    );
+    let w = t.ask("write", "OK write");
+    assert!(w.starts_with("OK write 1 1 cwd_a_len=6"), "{w}");
+    assert_eq!(std::fs::read(lower.join("a.txt")).expect("read"), b"helloW");
+    assert_eq!(std::fs::read(upper.join("a.txt")).expect("read"), b"helloW");
+    assert!(t.alive());
+}
+
+#[test]
+fn dry_run_lists_without_stopping() {
+    require_root();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let lower = tmp.path().join("lower");
+    std::fs::create_dir_all(&lower).expect("mkdir");
+    let t = Testee::spawn(&lower, &["--full", "--sleep-ms", "100"]);
+    t.mount(&[
+        "--bind",
+        lower.to_str().expect("utf8"),
+        lower.to_str().expect("utf8"),
+    ]);
+    let plan = Plan::scan(&[t.pid], &ScanOptions::new(&lower)).expect("scan");
+    let p = &plan.processes[0];
+    let mut fds: Vec<i32> = p.fds.iter().map(|f| f.fd).collect();
+    fds.sort();
+    let mut want: Vec<i32> = SWAPPED_FDS.iter().map(|n| t.fd(n)).collect();
+    want.sort();
+    assert_eq!(fds, want);
+    assert_eq!(p.maps.len(), 1);
+    assert_eq!(p.maps[0].start, t.maps["shared"]);
+    assert!(p.cwd.is_some());
+    assert_eq!(p.locks.len(), 1);
+    assert!(p.locks[0].write && p.locks[0].start == 0 && p.locks[0].end == Some(99));
+    let a = p
+        .fds
+        .iter()
+        .find(|f| f.fd == t.fd("append"))
+        .expect("append");
+    let d = p
+        .fds
+        .iter()
+        .find(|f| f.fd == t.fd("append_dup"))
+        .expect("dup");
+    assert_eq!(a.description, d.description, "dup shares the description");
+    let b = p
+        .fds
+        .iter()
+        .find(|f| f.fd == t.fd("readonly_pos3"))
+        .expect("b");
+    assert_ne!(a.description, b.description);
+    let skip: HashMap<Item, SkipReason> = p
+        .skipped
+        .iter()
+        .map(|s| (s.item, s.reason.clone()))
+        .collect();
+    assert_eq!(skip[&Item::Fd(t.fd("deleted"))], SkipReason::Deleted);
+    assert_eq!(skip[&Item::Fd(0)], SkipReason::Pipe);
+    assert_eq!(
+        skip[&Item::Map {
+            start: t.maps["private"],
+            end: t.maps["private"] + 4096
+        }],
+        SkipReason::PrivateMapping
+    );
+    // Nothing was stopped or attached.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", t.pid)).expect("status");
+    assert!(status.contains("TracerPid:\t0"));
+}
+
+#[test]
+fn many_fds_and_threads() {
+    require_root();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let lower = tmp.path().join("lower");
+    std::fs::create_dir_all(&lower).expect("mkdir");
+    let mut t = Testee::spawn(&lower, &["--fds", "2000", "--threads", "32"]);
+    t.mount(&[
+        "--bind",
+        lower.to_str().expect("utf8"),
+        lower.to_str().expect("utf8"),
+    ]);
+    let top = t.top_mount(&lower);
+    let report = swap(&[t.pid], &ScanOptions::new(&lower), &SwapOptions::default()).expect("swap");
+    assert!(report.first_error().is_none(), "{:?}", report.first_error());
+    assert_eq!(report.swapped().count(), 2000);
+    assert!(report.processes[0].threads >= 33);
+    let many = many_fds(t.pid);
+    assert_eq!(many.len(), 2000);
+    for fd in many {
+        assert_eq!(fdinfo(t.pid, fd).mnt_id, top);
+    }
+    assert_eq!(t.ask("ping", "PONG"), "PONG");
+    eprintln!("2000 fds, 33 threads: pause {:?}", report.max_pause());
+}
+
+#[test]
+fn failure_half_way_rolls_back() {
+    require_root();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let lower = tmp.path().join("lower");
+    let upper = tmp.path().join("upper");
+    std::fs::create_dir_all(&lower).expect("mkdir");
+    std::fs::create_dir_all(upper.join("many")).expect("mkdir");
+    let mut t = Testee::spawn(&lower, &["--fds", "50"]);
+    for k in 0..50 {
+        std::fs::write(upper.join(format!("many/f{k}")), b"").expect("write");
+    }
+    let lower_many = lower.join("many");
+    t.mount(&[
+        "--bind",
+        upper.join("many").to_str().expect("utf8"),
+        lower_many.to_str().expect("utf8"),
+    ]);
+    let plan = Plan::scan(&[t.pid], &ScanOptions::new(&lower)).expect("scan");
+    assert_eq!(plan.len(), 50);
+    // The 40th file vanishes between the scan and the swap: its openat fails in the stub.
+    std::fs::remove_file(upper.join("many/f39")).expect("rm");
+    let many = many_fds(t.pid);
+    assert_eq!(many.len(), 50);
+    let before: Vec<Info> = many.iter().map(|&fd| fdinfo(t.pid, fd)).collect();
+    let report = swap_plan(&plan, &SwapOptions::default()).expect("swap");
+    let err = report.first_error().expect("must fail").to_string();
+    assert!(
+        err.contains("openat") && err.contains("f39") && err.contains("ENOENT"),
+        "{err}"
+    );
+    assert!(err.contains("rolled back"), "{err}");
+    assert_eq!(report.swapped().count(), 0);
+    let after: Vec<Info> = many.iter().map(|&fd| fdinfo(t.pid, fd)).collect();
+    assert_eq!(before, after, "every fd back on the original file");
+    let n = std::fs::read_dir(format!("/proc/{}/fd", t.pid))
+        .expect("fd dir")
+        .count();
+    assert_eq!(t.ask("ping", "PONG"), "PONG");
+    // No temporaries left open, no stub memory left mapped.
+    assert_eq!(
+        n,
+        std::fs::read_dir(format!("/proc/{}/fd", t.pid))
+            .expect("fd dir")
+            .count()
+    );
+    assert!(!maps(t.pid).contains("rwxp"), "stub mapping left behind");
+}
+
+/// Start a swapper process that stops at the stub's trap, SIGKILL it there.
+fn kill_swapper_at_trap(int3: bool) -> (Testee, tempfile::TempDir, Option<i32>) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let lower = tmp.path().join("lower");
+    std::fs::create_dir_all(&lower).expect("mkdir");
+    let t = Testee::spawn(&lower, &["--full", "--sleep-ms", "100"]);
+    t.mount(&[
+        "--bind",
+        lower.to_str().expect("utf8"),
+        lower.to_str().expect("utf8"),
+    ]);
+    let mut cmd = Command::new(TESTEE);
+    cmd.args([
+        "swap",
+        &t.pid.to_string(),
+        lower.to_str().expect("utf8"),
+        "--pause-at-trap",
+        "10000",
+    ]);
+    if int3 {
+        cmd.arg("--int3");
+    }
+    let mut swapper = cmd.spawn().expect("spawn swapper");
+    // The stub has run when the main thread sits stopped in the trap with the mapping present.
+    let pid = t.pid;
+    wait_for("the stub trap", Duration::from_secs(10), || {
+        let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = st
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or("");
+        maps(pid).contains("rwxp")
+            && state == "t"
+            && std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+                .map(|s| !s.starts_with("running"))
+                .unwrap_or(false)
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    swapper.kill().expect("SIGKILL the swapper");
+    let _ = swapper.wait();
+    let mut t = t;
+    let code = {
+        let t0 = Instant::now();
+        loop {
+            if let Ok(Some(st)) = t.child.try_wait() {
+                use std::os::unix::process::ExitStatusExt;
+                break st.signal();
+            }
+            if t0.elapsed() > Duration::from_millis(500) {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    (t, tmp, code)
+}
+
+#[test]
+fn sigkill_of_the_swapper_at_the_trap_leaves_the_target_alive() {
+    require_root();
+    let (mut t, tmp, died) = kill_swapper_at_trap(false);
+    assert_eq!(died, None, "target died");
+    assert!(t.alive());
+    assert_eq!(t.ask("ping", "PONG"), "PONG");
+    // The stub had finished: the fds are on the new mount, and the process carries on.
+    let lower = tmp.path().join("lower");
+    assert_eq!(fdinfo(t.pid, t.fd("append")).mnt_id, t.top_mount(&lower));
+    let w = t.ask("write", "OK write");
+    assert!(w.starts_with("OK write 1 1"), "{w}");
+    t.ask("wake", "WOKE");
+    for (k, r) in t.thread_reports(6) {
+        let f: Vec<&str> = r.split(' ').collect();
+        assert!(
+            f.get(1) != Some(&"4") && !r.contains("err"),
+            "{k}: EINTR or error: {r}"
+        );
+    }
+    // Status is consistent: no tracer any more.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", t.pid)).expect("status");
+    assert!(status.contains("TracerPid:\t0"));
+}
+
+#[test]
+fn int3_trap_would_kill_the_target_control() {
+    // Negative control for the tracer-death tests: with a plain `int3` at the end of the stub, a
+    // swapper killed while the stub runs leaves the target to hit the int3 untraced, and SIGTRAP
+    // kills it. This is why fdswap traps with a signal whose default action is to ignore it.
+    require_root();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let lower = tmp.path().join("lower");
+    std::fs::create_dir_all(&lower).expect("mkdir");
+    let mut t = Testee::spawn(&lower, &["--fds", "20000"]);
+    t.mount(&[
+        "--bind",
+        lower.to_str().expect("utf8"),
+        lower.to_str().expect("utf8"),
+    ]);
+    let mut swapper = Command::new(TESTEE)
+        .args([
+            "swap",
+            &t.pid.to_string(),
+            lower.to_str().expect("utf8"),
+            "--int3",
+        ])
+        .spawn()
+        .expect("spawn swapper");
+    let pid = t.pid;
+    wait_for("the stub mapping", Duration::from_secs(30), || {
+        maps(pid).contains("rwxp")
+    });
+    swapper.kill().expect("kill");
+    let _ = swapper.wait();
+    use std::os::unix::process::ExitStatusExt;
+    let st = t.child.wait().expect("wait testee");
+    assert_eq!(st.signal(), Some(libc::SIGTRAP), "{st:?}");
+}
+
+#[test]
+fn sigkill_of_the_swapper_mid_stub_leaves_the_target_alive() {
+    require_root();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let lower = tmp.path().join("lower");
+    std::fs::create_dir_all(&lower).expect("mkdir");
+    let mut t = Testee::spawn(&lower, &["--fds", "20000", "--threads", "4"]);
+    t.mount(&[
+        "--bind",
+        lower.to_str().expect("utf8"),
+        lower.to_str().expect("utf8"),
+    ]);
+    let mut top = t.top_mount(&lower);
+    let many = many_fds(t.pid);
+    let first = many[0];
+    let orig = fdinfo(t.pid, first).mnt_id;
+    for round in 0..5 {
+        let mut swapper = Command::new(TESTEE)
+            .args(["swap", &t.pid.to_string(), lower.to_str().expect("utf8")])
+            .spawn()
+            .expect("spawn swapper");
+        let pid = t.pid;
+        // Kill as soon as the stub memory exists (the stub is running or about to).
+        wait_for("the stub mapping", Duration::from_secs(30), || {
+            maps(pid).contains("rwxp") || matches!(swapper.try_wait(), Ok(Some(_)))
+        });
+        std::thread::sleep(Duration::from_micros(2000 * round));
+        swapper.kill().expect("kill");
+        let _ = swapper.wait();
+        assert_eq!(
+            t.ask("ping", "PONG"),
+            "PONG",
+            "round {round}: target not alive"
+        );
+        // All or nothing: every fd is on the same mount.
+        let m0 = fdinfo(t.pid, first).mnt_id;
+        assert!(m0 == top || m0 == orig);
+        for &fd in many.iter().step_by(997) {
+            assert_eq!(fdinfo(t.pid, fd).mnt_id, m0, "round {round}: fd {fd} split");
+        }
+        eprintln!(
+            "round {round}: fds on {}",
+            if m0 == top { "new mount" } else { "old mount" }
+        );
+        // Put them back on the old mount for the next round.
+        if m0 == top {
+            t.umount_lazy(&lower);
+            let r = swap(
+                &[t.pid],
+                &ScanOptions {
+                    from_mnt: Some(top),
+                    ..ScanOptions::new(&lower)
+                },
+                &SwapOptions::default(),
+            )
+            .expect("swap back");
+            assert!(r.first_error().is_none(), "{:?}", r.first_error());
+            t.mount(&[
+                "--bind",
+                lower.to_str().expect("utf8"),
+                lower.to_str().expect("utf8"),
+            ]);
+            top = t.top_mount(&lower);
+        }
+    }
+}
