@@ -160,12 +160,12 @@ impl Connection {
             if !fstype.starts_with("fuse") || unescape_mountinfo(mnt) != want {
                 continue;
             }
-            if let Some((ma, mi)) = devno.split_once(':') {
-                if let (Ok(ma), Ok(mi)) = (ma.parse::<u32>(), mi.parse::<u32>()) {
-                    found = Some(Connection {
-                        id: (ma << 20) | mi,
-                    });
-                }
+            if let Some((ma, mi)) = devno.split_once(':')
+                && let (Ok(ma), Ok(mi)) = (ma.parse::<u32>(), mi.parse::<u32>())
+            {
+                found = Some(Connection {
+                    id: (ma << 20) | mi,
+                });
             }
         }
         found.ok_or_else(|| {

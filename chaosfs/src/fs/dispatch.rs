@@ -45,6 +45,9 @@ macro_rules! serve {
     }};
 }
 
+// `serve!` calls use `&*name` so one expression fits both the borrowed argument (served now)
+// and its owned copy (served after a delay); on the borrowed path that reborrow is a no-op.
+#[allow(clippy::explicit_auto_deref, clippy::borrow_deref_ref)]
 impl Filesystem for ChaosFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         self.0.init(config);

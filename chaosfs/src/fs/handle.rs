@@ -42,8 +42,10 @@ pub(crate) struct Handle {
     pub path: Option<Box<std::path::Path>>,
 }
 
+type Shard = RwLock<IdMap<u64, Arc<Handle>>>;
+
 pub(crate) struct HandleTable {
-    shards: Box<[RwLock<IdMap<u64, Arc<Handle>>>]>,
+    shards: Box<[Shard]>,
     next: AtomicU64,
 }
 
@@ -55,7 +57,7 @@ impl HandleTable {
         }
     }
 
-    fn shard(&self, fh: u64) -> &RwLock<IdMap<u64, Arc<Handle>>> {
+    fn shard(&self, fh: u64) -> &Shard {
         &self.shards[(fh as usize) % SHARDS]
     }
 

@@ -224,10 +224,10 @@ impl InodeTable {
         if inode.nlookup.load(Ordering::Acquire) != 0 {
             return; // looked up again meanwhile
         }
-        if let Some(cur) = kshard.get(&(inode.dev, inode.ino)) {
-            if Arc::ptr_eq(cur, &inode) {
-                kshard.remove(&(inode.dev, inode.ino));
-            }
+        if let Some(cur) = kshard.get(&(inode.dev, inode.ino))
+            && Arc::ptr_eq(cur, &inode)
+        {
+            kshard.remove(&(inode.dev, inode.ino));
         }
         if let Ok(mut nshard) = self.by_node[shard_of(nodeid)].write() {
             nshard.remove(&nodeid);
@@ -241,12 +241,11 @@ impl InodeTable {
         if inode.nodeid == ROOT {
             return;
         }
-        if let Ok(mut kshard) = self.by_key[shard_of(inode.ino)].write() {
-            if let Some(cur) = kshard.get(&(inode.dev, inode.ino)) {
-                if Arc::ptr_eq(cur, inode) {
-                    kshard.remove(&(inode.dev, inode.ino));
-                }
-            }
+        if let Ok(mut kshard) = self.by_key[shard_of(inode.ino)].write()
+            && let Some(cur) = kshard.get(&(inode.dev, inode.ino))
+            && Arc::ptr_eq(cur, inode)
+        {
+            kshard.remove(&(inode.dev, inode.ino));
         }
         inode.detached.store(true, Ordering::Release);
     }

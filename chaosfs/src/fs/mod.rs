@@ -360,15 +360,15 @@ impl FsInner {
     /// up by (differs from [`FsInner::path_of`] for hard links), if that name still leads to it.
     fn open_path(&self, inode: &Inode) -> PathBuf {
         let remembered = inode.name.lock().ok().and_then(|n| n.clone());
-        if let Some((parent, name)) = remembered {
-            if let Some(p) = self.inodes.get(parent) {
-                let same = sys::with_cstr(&name, |c| {
-                    sys::file::fstatat(p.fd.as_fd(), c, libc::AT_SYMLINK_NOFOLLOW)
-                })
-                .is_ok_and(|st| st.st_dev == inode.dev && st.st_ino == inode.ino);
-                if same {
-                    return self.target_path(Target::Child(parent, &name));
-                }
+        if let Some((parent, name)) = remembered
+            && let Some(p) = self.inodes.get(parent)
+        {
+            let same = sys::with_cstr(&name, |c| {
+                sys::file::fstatat(p.fd.as_fd(), c, libc::AT_SYMLINK_NOFOLLOW)
+            })
+            .is_ok_and(|st| st.st_dev == inode.dev && st.st_ino == inode.ino);
+            if same {
+                return self.target_path(Target::Child(parent, &name));
             }
         }
         self.path_of(inode)
@@ -498,10 +498,10 @@ impl FsInner {
         let mut entries = Vec::new();
         for inode in all {
             let _ = n.inval_inode(INodeNo(inode.nodeid), -1, 0);
-            if let Ok(name) = inode.name.lock() {
-                if let Some((parent, name)) = &*name {
-                    entries.push((*parent, name.clone()));
-                }
+            if let Ok(name) = inode.name.lock()
+                && let Some((parent, name)) = &*name
+            {
+                entries.push((*parent, name.clone()));
             }
         }
         if entries.is_empty() {

@@ -736,22 +736,22 @@ impl FsInner {
 
     pub(crate) fn release(&self, fh: FileHandle, v: &Verdict, reply: ReplyEmpty) {
         // The handle is released whatever the rules say: the kernel forgets it anyway.
-        if let Some(h) = self.handles.remove(fh.0) {
-            if let HandleKind::File { mode, .. } = h.kind {
-                let c = &self.counters;
-                if let Ok(mut st) = h.inode.open.lock() {
-                    match mode {
-                        OpenMode::Passthrough => {
-                            st.passthrough = st.passthrough.saturating_sub(1);
-                            c.passthrough_now.fetch_sub(1, Ordering::Relaxed);
-                            if st.passthrough == 0 {
-                                st.backing = None;
-                            }
+        if let Some(h) = self.handles.remove(fh.0)
+            && let HandleKind::File { mode, .. } = h.kind
+        {
+            let c = &self.counters;
+            if let Ok(mut st) = h.inode.open.lock() {
+                match mode {
+                    OpenMode::Passthrough => {
+                        st.passthrough = st.passthrough.saturating_sub(1);
+                        c.passthrough_now.fetch_sub(1, Ordering::Relaxed);
+                        if st.passthrough == 0 {
+                            st.backing = None;
                         }
-                        OpenMode::Direct => {
-                            st.direct = st.direct.saturating_sub(1);
-                            c.direct_now.fetch_sub(1, Ordering::Relaxed);
-                        }
+                    }
+                    OpenMode::Direct => {
+                        st.direct = st.direct.saturating_sub(1);
+                        c.direct_now.fetch_sub(1, Ordering::Relaxed);
                     }
                 }
             }

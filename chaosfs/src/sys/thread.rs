@@ -59,13 +59,13 @@ pub(crate) fn ensure_private_fs(proc_fd_dir: BorrowedFd<'_>) -> bool {
 
 /// Set this thread's umask (only after [`ensure_private_fs`] returned true).
 pub(crate) fn set_thread_umask(mask: u32) {
-    if let FsState::Private { umask } = FS_STATE.with(Cell::get) {
-        if umask != mask {
-            // SAFETY: umask cannot fail; the thread has a private fs_struct, so only its own
-            // umask changes.
-            unsafe { libc::umask(mask as libc::mode_t) };
-            FS_STATE.with(|s| s.set(FsState::Private { umask: mask }));
-        }
+    if let FsState::Private { umask } = FS_STATE.with(Cell::get)
+        && umask != mask
+    {
+        // SAFETY: umask cannot fail; the thread has a private fs_struct, so only its own
+        // umask changes.
+        unsafe { libc::umask(mask as libc::mode_t) };
+        FS_STATE.with(|s| s.set(FsState::Private { umask: mask }));
     }
 }
 
