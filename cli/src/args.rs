@@ -31,6 +31,17 @@ USAGE:
     iochaos run --path DIR RULE... -- CMD [ARGS...]
         Start CMD in a private mount namespace with ChaosFS over DIR: faults from its
         first syscall, CMD's exit status is returned, the mount disappears with it.
+    iochaos inject (--pid PID | CONTAINER [--namespace NS]) --path PATH RULE... [--duration D]
+                   [--json] [--allow-shared] [--containerd-state DIR]
+        Inject faults into a running process (every process of its mount namespace) or a
+        containerd container, at PATH as it sees it. Prints the injection id once faults are
+        live. `--pid` always names the target here (the rule selector needs --spec).
+    iochaos recover (ID | --pid PID | CONTAINER [--namespace NS] | --all)
+        Remove injections: detach, move every fd back, stop the server, clear the journal.
+    iochaos status [ID] [--json]
+        Live injections: target, path, pids, server, rules with counters, swapped/skipped fds.
+    iochaos update ID (--spec FILE|- | RULE...)
+        Replace the rules of a live injection.
     iochaos demo
         Show faults appearing and disappearing under a small workload (no container runtime).
     iochaos help
@@ -61,6 +72,42 @@ pub enum SpecSource {
     Flags(Vec<String>),
 }
 
+/// Which process or container to inject into (or recover).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetArg {
+    Pid(u32),
+    Container {
+        id: String,
+        namespace: String,
+        /// containerd's state directory (`--containerd-state`, default `/run/containerd`).
+        state_dir: PathBuf,
+    },
+}
+
+/// `iochaos inject` arguments.
+#[derive(Debug)]
+pub struct InjectArgs {
+    pub target: TargetArg,
+    /// From `--path`, or the spec's `path`.
+    pub path: Option<PathBuf>,
+    pub spec: SpecSource,
+    pub duration: Option<String>,
+    pub json: bool,
+    pub allow_shared: bool,
+}
+
+/// What `iochaos recover` recovers.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RecoverWhat {
+    /// An injection id, or a container name (whichever the journal knows).
+    IdOrContainer {
+        name: String,
+        namespace: String,
+    },
+    Pid(u32),
+    All,
+}
+
 /// A parsed command line.
 #[derive(Debug)]
 pub enum Command {
@@ -69,7 +116,23 @@ pub enum Command {
     Demo,
     /// Internal: the demo's workload process.
     DemoWorkload(PathBuf),
+    Inject(InjectArgs),
+    Recover(RecoverWhat),
+    Status {
+        id: Option<String>,
+        json: bool,
+    },
+    Update {
+        id: String,
+        spec: SpecSource,
+    },
+    /// Internal: the injection server (a JSON request; see `inject::ServeRequest`).
+    Serve(String),
 }
+
+/// containerd's default namespace and state directory.
+pub const DEFAULT_NAMESPACE: &str = "default";
+pub const DEFAULT_CONTAINERD_STATE: &str = "/run/containerd";
 
 /// Parse `args` (without the program name).
 pub fn parse(args: Vec<OsString>) -> Result<Command, Usage> {
@@ -91,14 +154,226 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, Usage> {
             (Some(dir), None) => Ok(Command::DemoWorkload(dir.into())),
             _ => Err(usage("__demo-workload takes one directory")),
         },
-        Some(other @ ("inject" | "recover" | "status" | "update")) => Err(usage(format!(
-            "`iochaos {other}` is not available in this build yet; see `iochaos help`"
-        ))),
+        Some("inject") => parse_inject(strings(it)?).map(Command::Inject),
+        Some("recover") => parse_recover(strings(it)?).map(Command::Recover),
+        Some("status") => parse_status(strings(it)?),
+        Some("update") => parse_update(strings(it)?),
+        Some("__serve") => match (it.next().map(|s| s.into_string()), it.next()) {
+            (Some(Ok(req)), None) => Ok(Command::Serve(req)),
+            _ => Err(usage("__serve takes one JSON request")),
+        },
         _ => Err(usage(format!(
             "unknown subcommand {:?} (try `iochaos help`)",
             sub.to_string_lossy()
         ))),
     }
+}
+
+fn strings(it: impl Iterator<Item = OsString>) -> Result<Vec<String>, Usage> {
+    it.map(|a| {
+        a.into_string().map_err(|a| {
+            usage(format!(
+                "argument {:?} is not valid UTF-8",
+                a.to_string_lossy()
+            ))
+        })
+    })
+    .collect()
+}
+
+/// Own flags that take a value, and flags that do not.
+struct Flags<'a> {
+    valued: &'a [&'a str],
+    switches: &'a [&'a str],
+}
+
+/// Split `args` into own flags (name → value), rule shorthand flags (in order), positionals.
+#[allow(clippy::type_complexity)]
+fn split(
+    args: Vec<String>,
+    own: &Flags<'_>,
+) -> Result<(Vec<(String, Option<String>)>, Vec<String>, Vec<String>), Usage> {
+    let mut mine = Vec::new();
+    let mut rules = Vec::new();
+    let mut positional = Vec::new();
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        if own.valued.contains(&name.as_str()) {
+            let v = match inline {
+                Some(v) => v,
+                None => it
+                    .next()
+                    .ok_or_else(|| usage(format!("{name} needs a value")))?,
+            };
+            if mine.iter().any(|(n, _)| *n == name) {
+                return Err(usage(format!("{name} given twice")));
+            }
+            mine.push((name, Some(v)));
+        } else if own.switches.contains(&name.as_str()) {
+            mine.push((name, None));
+        } else if chaosfs::rules::is_shorthand_flag(&arg) {
+            rules.push(arg);
+            if inline.is_none() && name != "--full" {
+                rules.push(
+                    it.next()
+                        .ok_or_else(|| usage(format!("{name} needs a value")))?,
+                );
+            }
+        } else if arg.starts_with('-') && arg.len() > 1 {
+            return Err(usage(format!("unknown flag {arg}")));
+        } else {
+            positional.push(arg);
+        }
+    }
+    Ok((mine, rules, positional))
+}
+
+fn get(mine: &[(String, Option<String>)], name: &str) -> Option<String> {
+    mine.iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, v)| v.clone())
+}
+
+fn has(mine: &[(String, Option<String>)], name: &str) -> bool {
+    mine.iter().any(|(n, _)| n == name)
+}
+
+fn spec_source(spec: Option<String>, rules: Vec<String>, cmd: &str) -> Result<SpecSource, Usage> {
+    match spec {
+        Some(file) if rules.is_empty() => Ok(SpecSource::File(PathBuf::from(file))),
+        Some(_) => Err(usage(format!(
+            "--spec cannot be combined with rule flags ({})",
+            rules.join(" ")
+        ))),
+        None if rules.is_empty() => Err(usage(format!(
+            "{cmd} needs at least one rule (e.g. --errno EIO) or --spec FILE"
+        ))),
+        None => Ok(SpecSource::Flags(rules)),
+    }
+}
+
+fn parse_pid(v: &str) -> Result<u32, Usage> {
+    v.parse::<u32>()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| usage(format!("--pid {v:?} is not a process id")))
+}
+
+fn parse_inject(args: Vec<String>) -> Result<InjectArgs, Usage> {
+    let own = Flags {
+        valued: &[
+            "--pid",
+            "--namespace",
+            "--containerd-state",
+            "--path",
+            "--spec",
+            "--duration",
+        ],
+        switches: &["--json", "--allow-shared"],
+    };
+    let (mine, rules, positional) = split(args, &own)?;
+    let target = match (get(&mine, "--pid"), positional.as_slice()) {
+        (Some(pid), []) => {
+            if has(&mine, "--namespace") || has(&mine, "--containerd-state") {
+                return Err(usage(
+                    "--namespace and --containerd-state go with a CONTAINER, not --pid",
+                ));
+            }
+            TargetArg::Pid(parse_pid(&pid)?)
+        }
+        (None, [id]) => TargetArg::Container {
+            id: id.clone(),
+            namespace: get(&mine, "--namespace").unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
+            state_dir: get(&mine, "--containerd-state")
+                .unwrap_or_else(|| DEFAULT_CONTAINERD_STATE.into())
+                .into(),
+        },
+        (None, []) => return Err(usage("inject needs a target: --pid PID or CONTAINER")),
+        (Some(_), [_, ..]) => {
+            return Err(usage("inject takes --pid PID or CONTAINER, not both"));
+        }
+        (None, [_, extra, ..]) => return Err(usage(format!("unexpected argument {extra:?}"))),
+    };
+    Ok(InjectArgs {
+        target,
+        path: get(&mine, "--path").map(PathBuf::from),
+        spec: spec_source(get(&mine, "--spec"), rules, "inject")?,
+        duration: get(&mine, "--duration"),
+        json: has(&mine, "--json"),
+        allow_shared: has(&mine, "--allow-shared"),
+    })
+}
+
+fn parse_recover(args: Vec<String>) -> Result<RecoverWhat, Usage> {
+    let own = Flags {
+        valued: &["--pid", "--namespace"],
+        switches: &["--all"],
+    };
+    let (mine, rules, positional) = split(args, &own)?;
+    if let Some(r) = rules.first() {
+        return Err(usage(format!("recover takes no rule flags ({r})")));
+    }
+    let what = match (
+        has(&mine, "--all"),
+        get(&mine, "--pid"),
+        positional.as_slice(),
+    ) {
+        (true, None, []) => RecoverWhat::All,
+        (false, Some(pid), []) => RecoverWhat::Pid(parse_pid(&pid)?),
+        (false, None, [name]) => RecoverWhat::IdOrContainer {
+            name: name.clone(),
+            namespace: get(&mine, "--namespace").unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
+        },
+        (false, None, []) => return Err(usage("recover needs ID, --pid PID, CONTAINER or --all")),
+        _ => {
+            return Err(usage(
+                "recover takes one of ID, --pid PID, CONTAINER, --all",
+            ));
+        }
+    };
+    if has(&mine, "--namespace") && !matches!(what, RecoverWhat::IdOrContainer { .. }) {
+        return Err(usage("--namespace goes with a CONTAINER"));
+    }
+    Ok(what)
+}
+
+fn parse_status(args: Vec<String>) -> Result<Command, Usage> {
+    let own = Flags {
+        valued: &[],
+        switches: &["--json"],
+    };
+    let (mine, rules, positional) = split(args, &own)?;
+    if let Some(r) = rules.first() {
+        return Err(usage(format!("status takes no rule flags ({r})")));
+    }
+    match positional.as_slice() {
+        [] | [_] => Ok(Command::Status {
+            id: positional.first().cloned(),
+            json: has(&mine, "--json"),
+        }),
+        [_, extra, ..] => Err(usage(format!("unexpected argument {extra:?}"))),
+    }
+}
+
+fn parse_update(args: Vec<String>) -> Result<Command, Usage> {
+    let own = Flags {
+        valued: &["--spec"],
+        switches: &[],
+    };
+    let (mine, rules, positional) = split(args, &own)?;
+    let id = match positional.as_slice() {
+        [id] => id.clone(),
+        [] => return Err(usage("update needs an injection ID")),
+        [_, extra, ..] => return Err(usage(format!("unexpected argument {extra:?}"))),
+    };
+    Ok(Command::Update {
+        id,
+        spec: spec_source(get(&mine, "--spec"), rules, "update")?,
+    })
 }
 
 fn parse_run(args: Vec<OsString>) -> Result<RunArgs, Usage> {
@@ -221,11 +496,81 @@ mod tests {
     }
 
     #[test]
+    fn inject_targets_rules_and_flags() {
+        let Ok(Command::Inject(a)) = parse(args(&[
+            "inject",
+            "--pid",
+            "42",
+            "--path",
+            "/vol",
+            "--errno",
+            "EIO",
+            "--ops=write",
+            "--full",
+            "--duration",
+            "5s",
+            "--json",
+        ])) else {
+            panic!("did not parse")
+        };
+        assert_eq!(a.target, TargetArg::Pid(42));
+        assert_eq!(a.path, Some(PathBuf::from("/vol")));
+        assert_eq!(a.duration.as_deref(), Some("5s"));
+        assert!(a.json && !a.allow_shared);
+        assert!(
+            matches!(a.spec, SpecSource::Flags(f) if f == ["--errno", "EIO", "--ops=write", "--full"])
+        );
+        let Ok(Command::Inject(a)) = parse(args(&[
+            "inject",
+            "web",
+            "--namespace",
+            "k8s.io",
+            "--path",
+            "/d",
+            "--spec",
+            "-",
+        ])) else {
+            panic!("did not parse")
+        };
+        assert_eq!(
+            a.target,
+            TargetArg::Container {
+                id: "web".into(),
+                namespace: "k8s.io".into(),
+                state_dir: DEFAULT_CONTAINERD_STATE.into()
+            }
+        );
+    }
+
+    #[test]
+    fn inject_recover_status_update_usage_errors() {
+        let err = |a: &[&str]| match parse(args(a)) {
+            Err(Usage(m)) => m,
+            Ok(c) => panic!("{a:?} parsed as {c:?}"),
+        };
+        assert!(err(&["inject", "--path", "/d", "--errno", "EIO"]).contains("target"));
+        assert!(err(&["inject", "--pid", "1", "c", "--errno", "EIO"]).contains("not both"));
+        assert!(err(&["inject", "--pid", "x", "--errno", "EIO"]).contains("process id"));
+        assert!(err(&["inject", "--pid", "1", "--path", "/d"]).contains("rule"));
+        assert!(err(&["inject", "--pid", "1", "--bogus"]).contains("unknown flag"));
+        assert!(err(&["recover"]).contains("needs"));
+        assert!(err(&["recover", "--all", "x"]).contains("one of"));
+        assert!(err(&["status", "a", "b"]).contains("unexpected"));
+        assert!(err(&["update", "--spec", "f"]).contains("ID"));
+        assert_eq!(
+            parse(args(&["recover", "--all"]))
+                .ok()
+                .map(|c| format!("{c:?}")),
+            Some("Recover(All)".into())
+        );
+    }
+
+    #[test]
     fn spec_file_source() {
         let Ok(Command::Run(run)) = parse(args(&["run", "--path", "/d", "--spec", "-", "--", "x"]))
         else {
             panic!("did not parse")
         };
-        assert!(matches!(run.spec, SpecSource::File(p) if p == PathBuf::from("-")));
+        assert!(matches!(run.spec, SpecSource::File(p) if p == std::path::Path::new("-")));
     }
 }

@@ -3,7 +3,10 @@
 
 mod args;
 mod demo;
+mod inject;
+mod recover;
 mod run;
+mod status;
 mod sys;
 
 use std::process::ExitCode;
@@ -28,6 +31,11 @@ fn main() -> ExitCode {
         Ok(Command::Run(run_args)) => run::run(run_args),
         Ok(Command::Demo) => demo::demo().map(|()| 0),
         Ok(Command::DemoWorkload(dir)) => demo::workload(&dir).map(|()| 0),
+        Ok(Command::Inject(a)) => inject::inject(a),
+        Ok(Command::Serve(req)) => inject::serve(&req),
+        Ok(Command::Recover(what)) => recover::recover(what),
+        Ok(Command::Status { id, json }) => status::status(id, json),
+        Ok(Command::Update { id, spec }) => status::update(&id, &spec),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),

@@ -18,3 +18,16 @@ pub fn unblock_in_child(command: &mut Command, signals: SigSet) {
         });
     }
 }
+
+/// Start the child in a new session (`setsid`) before it execs: the injection server outlives
+/// the CLI and must not get its terminal's signals.
+pub fn new_session_in_child(command: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
+    // functions may be called; setsid(2) is async-signal-safe and nothing is allocated.
+    unsafe {
+        command.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+}

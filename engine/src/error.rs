@@ -132,6 +132,14 @@ pub enum Error {
     #[error("swapping fds: {0}")]
     Swap(#[source] Box<dyn std::error::Error + Send + Sync>),
 
+    /// One process of the target could not be moved onto ChaosFS (fdswap rolled it back).
+    #[error("swapping the fds of pid {pid}: {source}")]
+    SwapProcess {
+        pid: u32,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// The injection was already recovered.
     #[error("injection {id} is recovered already")]
     Recovered { id: String },

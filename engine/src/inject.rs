@@ -18,6 +18,7 @@ use std::sync::Mutex;
 use serde_json::Value;
 
 use crate::api::{ChaosService, FdEntry, RecoverReport, RuleStatus, Status, TargetStatus};
+use crate::chaos::EscapedFile;
 use crate::error::{Error, Result};
 use crate::fusectl::FuseCtl;
 use crate::journal::{
@@ -59,7 +60,9 @@ pub trait FsLauncher {
 /// A running filesystem server (wiring: `chaosfs::server::Server`).
 pub trait FsServer: Send + Sync + 'static {
     /// Replace the rules with those of `spec` (already valid JSON; the rule engine validates).
-    fn update_rules(&self, spec: &Value) -> Result<()>;
+    /// Returns the files open in a mode the new rules cannot reach (ChaosFS: kernel
+    /// passthrough) until they are reopened.
+    fn update_rules(&self, spec: &Value) -> Result<Vec<EscapedFile>>;
     /// `(matched, injected)` per rule, in spec order.
     fn rule_counters(&self) -> Vec<(u64, u64)>;
     /// Stop serving (the mount is already detached and the fds swapped back).
@@ -130,7 +133,11 @@ pub struct Injection<F: FsServer, S: Swapper> {
 struct State<F> {
     entry: Entry,
     skipped: Vec<FdEntry>,
+    /// Files the current rules cannot reach until reopened (see [`FsServer::update_rules`]).
+    escaped: Vec<FdEntry>,
     guard: Option<MountGuard>,
+    /// Set once the mount is detached (mount id, namespace), until the swap back succeeded.
+    detached: Option<(u64, NsId)>,
     server: Option<F>,
 }
 
@@ -220,8 +227,15 @@ pub fn inject<L: FsLauncher, S: Swapper>(
     let outcome = match swapper.swap_in(&pids, &canonical, guard.mnt_id()) {
         Ok(o) => o,
         Err(e) => {
-            // fdswap rolls back the process it failed in; nothing is left on the mount.
-            drop(guard);
+            // fdswap rolled back the process it failed in; the others may have moved: detach,
+            // then move them back before the server stops.
+            let mnt_id = guard.mnt_id();
+            if let Err(d) = guard.detach() {
+                tracing::warn!(error = %d, "could not detach the mount");
+            }
+            if let Err(s) = swapper.swap_out(&pids, &canonical, mnt_id) {
+                tracing::warn!(error = %s, "could not swap back after a failed injection");
+            }
             if let Err(s) = server.stop() {
                 tracing::warn!(error = %s, "could not stop the filesystem server");
             }
@@ -238,7 +252,9 @@ pub fn inject<L: FsLauncher, S: Swapper>(
         state: Mutex::new(State {
             entry,
             skipped: outcome.skipped,
+            escaped: Vec::new(),
             guard: Some(guard),
+            detached: None,
             server: Some(server),
         }),
     })
@@ -248,6 +264,15 @@ impl<F: FsServer, S: Swapper> Injection<F, S> {
     /// The injection id.
     pub fn id(&self) -> InjectionId {
         self.id.clone()
+    }
+
+    /// The target's mount namespace, until the injection is recovered.
+    pub fn mnt_ns(&self) -> Option<NsId> {
+        let st = self.lock().ok()?;
+        st.guard
+            .as_ref()
+            .map(|g| g.ns().id)
+            .or(st.detached.map(|(_, ns)| ns))
     }
 
     /// The journal entry as it stands.
@@ -277,6 +302,7 @@ fn status_of<F: FsServer>(st: &State<F>) -> Status {
         rule.injected = injected;
     }
     status.skipped = st.skipped.clone();
+    status.skipped.extend(st.escaped.iter().cloned());
     status
 }
 
@@ -349,9 +375,14 @@ impl<F: FsServer, S: Swapper> ChaosService for Injection<F, S> {
                 .into(),
             ));
         }
-        if let Some(server) = st.server.as_ref() {
-            server.update_rules(&spec)?;
-        }
+        let escaped = match st.server.as_ref() {
+            Some(server) => server.update_rules(&spec)?,
+            None => Vec::new(),
+        };
+        st.escaped = match &st.guard {
+            Some(g) if !escaped.is_empty() => escaped_fds(g, &st.entry.path, &escaped),
+            _ => Vec::new(),
+        };
         st.entry.spec = spec;
         let entry = st.entry.clone();
         self.journal.update(&entry)?;
@@ -360,19 +391,26 @@ impl<F: FsServer, S: Swapper> ChaosService for Injection<F, S> {
 
     fn recover(&self) -> Result<RecoverReport> {
         let mut st = self.lock()?;
-        let Some(guard) = st.guard.take() else {
+        if let Some(guard) = st.guard.take() {
+            let ids = (guard.mnt_id(), guard.ns().id);
+            // New opens reach the original at once; what is open through ChaosFS keeps working.
+            if let Err(e) = guard.detach() {
+                // The guard is gone; its drop retried the detach once more.
+                tracing::warn!(error = %e, "detaching the ChaosFS mount");
+            }
+            st.detached = Some(ids);
+        }
+        let Some((mnt_id, ns_id)) = st.detached else {
             return Err(Error::Recovered {
                 id: st.entry.id.to_string(),
             });
         };
         let path = PathBuf::from(&st.entry.path);
-        let mnt_id = guard.mnt_id();
-        let ns_id = guard.ns().id;
-        // New opens reach the original at once; what is open through ChaosFS keeps working.
-        guard.detach()?;
-        // Everyone in the namespace now, including processes started after the injection.
+        // Everyone in the namespace now, including processes started after the injection. On
+        // an error the server keeps serving, so a retry can swap back what is left.
         let pids: Vec<u32> = processes_in_mnt_ns(ns_id)?.iter().map(|p| p.pid).collect();
         let outcome = self.swapper.swap_out(&pids, &path, mnt_id)?;
+        st.detached = None;
         if let Some(server) = st.server.take() {
             server.stop()?;
         }
@@ -463,4 +501,47 @@ fn find_ns_by_inode(ino: u64) -> Result<Option<MountNs>> {
         }
     }
     Ok(None)
+}
+
+/// The fds of the namespace's processes that hold one of `escaped` (files in a mode the current
+/// rules cannot reach), for status.
+fn escaped_fds(guard: &MountGuard, path: &str, escaped: &[EscapedFile]) -> Vec<FdEntry> {
+    let Ok(procs) = processes_in_mnt_ns(guard.ns().id) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for p in procs {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{}/fd", p.pid)) else {
+            continue;
+        };
+        for d in dir.flatten() {
+            let Some(fd) = d.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            if crate::swap::fdinfo(p.pid, fd).is_none_or(|(_, _, m)| m != guard.mnt_id()) {
+                continue;
+            }
+            let Ok(st) = rustix::fs::statx(
+                rustix::fs::CWD,
+                d.path(),
+                rustix::fs::AtFlags::STATX_DONT_SYNC,
+                rustix::fs::StatxFlags::INO,
+            ) else {
+                continue;
+            };
+            if let Some(e) = escaped.iter().find(|e| e.ino == st.stx_ino) {
+                out.push(FdEntry {
+                    pid: p.pid,
+                    fd,
+                    path: Path::new(path).join(&e.path).display().to_string(),
+                    reason: Some(
+                        "open in kernel passthrough mode before the rules changed: the new rules \
+                         reach it once it is reopened"
+                            .into(),
+                    ),
+                });
+            }
+        }
+    }
+    out
 }

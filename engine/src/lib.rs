@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 
 pub mod api;
+pub mod chaos;
+pub mod daemon;
 pub mod error;
 pub mod fusectl;
 pub mod inject;
@@ -8,6 +10,7 @@ pub mod journal;
 pub mod mountinfo;
 pub mod ns;
 pub mod resolve;
+pub mod swap;
 mod sys;
 pub mod target;
 

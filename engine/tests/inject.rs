@@ -58,9 +58,9 @@ impl FsLauncher for TmpfsLauncher {
 }
 
 impl FsServer for TmpfsServer {
-    fn update_rules(&self, spec: &Value) -> engine::Result<()> {
+    fn update_rules(&self, spec: &Value) -> engine::Result<Vec<engine::chaos::EscapedFile>> {
         self.0.push(format!("update {spec}"));
-        Ok(())
+        Ok(Vec::new())
     }
     fn rule_counters(&self) -> Vec<(u64, u64)> {
         vec![(10, 4)]

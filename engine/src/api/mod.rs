@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use proto::chaos as pb;
 
 pub use client::ChaosClient;
-pub use server::{ApiServer, ChaosService};
+pub use server::{ApiServer, ChaosService, RecoveredNotifier};
 
 /// What an injection was aimed at.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

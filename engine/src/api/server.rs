@@ -160,6 +160,12 @@ impl ApiServer {
         true
     }
 
+    /// A handle that wakes [`ApiServer::wait_recovered`] when the injection was recovered some
+    /// other way (a signal, the target's exit).
+    pub fn notifier(&self) -> RecoveredNotifier {
+        RecoveredNotifier(self.recovered.clone())
+    }
+
     /// Stop accepting, close connections, remove the socket file.
     pub fn shutdown(mut self) {
         self.stop();
@@ -175,6 +181,30 @@ impl ApiServer {
         {
             tracing::warn!(socket = %self.socket.display(), error = %e, "could not remove socket");
         }
+    }
+}
+
+/// Wakes [`ApiServer::wait_recovered`] (see [`ApiServer::notifier`]).
+#[derive(Clone)]
+pub struct RecoveredNotifier(Arc<(Mutex<RecoverState>, Condvar)>);
+
+impl std::fmt::Debug for RecoveredNotifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecoveredNotifier")
+    }
+}
+
+impl RecoveredNotifier {
+    /// The injection is recovered: `wait_recovered` returns true (without waiting for a caller
+    /// to close its connection).
+    pub fn notify(&self) {
+        let (lock, cv) = &*self.0;
+        if let Ok(mut st) = lock.lock()
+            && st.done.is_none()
+        {
+            st.done = Some(None);
+        }
+        cv.notify_all();
     }
 }
 

@@ -1,0 +1,211 @@
+//! `iochaos inject`, and the injection server it starts (`iochaos __serve`, hidden).
+//!
+//! `inject` validates everything it can, then starts the server as a new session (it outlives
+//! the CLI) with the request as its one argument and a pipe as its stdout. The server injects
+//! (journal first), serves the Chaos API, and writes one line on that pipe: `ok ID` once faults
+//! are live and the API answers, or `err REASON` after undoing everything. `inject` waits for
+//! that line, never for a fixed time.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use engine::api::ChaosClient;
+use engine::inject::{InjectRequest, TargetSpec};
+use engine::journal::Journal;
+use engine::mountinfo::SharedPolicy;
+use serde_json::Value;
+
+use crate::args::{InjectArgs, SpecSource, TargetArg};
+use crate::run::{check_privileges, load_spec};
+
+/// The journal and socket directory: `/run/iochaos`, or `$IOCHAOS_RUN_DIR` (tests).
+pub fn journal() -> anyhow::Result<Journal> {
+    let dir = std::env::var_os("IOCHAOS_RUN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(engine::journal::DEFAULT_DIR));
+    Journal::open(&dir).with_context(|| format!("opening the journal {}", dir.display()))
+}
+
+/// The spec of `source` as JSON, validated. A bad spec is a failure (exit 1), not a usage error.
+pub fn spec_json(source: &SpecSource) -> anyhow::Result<Value> {
+    let spec = load_spec(source).map_err(|u| anyhow!(u.0))?;
+    serde_json::to_value(&spec).context("encoding the spec")
+}
+
+/// What `inject` hands to the server.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeRequest {
+    pub pid: Option<u32>,
+    pub container: Option<(String, String, PathBuf)>,
+    pub path: PathBuf,
+    pub spec: Value,
+    pub duration_ms: Option<u64>,
+    pub allow_shared: bool,
+    pub run_dir: PathBuf,
+}
+
+pub fn inject(args: InjectArgs) -> anyhow::Result<i32> {
+    let mut spec = spec_json(&args.spec)?;
+    let spec_path = spec.get("path").and_then(Value::as_str).map(PathBuf::from);
+    let path = match (&args.path, spec_path) {
+        (Some(p), Some(s)) if *p != s => {
+            bail!(
+                "--path {} and the spec's path {} differ",
+                p.display(),
+                s.display()
+            )
+        }
+        (Some(p), _) => p.clone(),
+        (None, Some(s)) => s,
+        (None, None) => bail!("inject needs --path PATH (or a spec with \"path\")"),
+    };
+    if !path.is_absolute() {
+        bail!(
+            "--path {} must be absolute (as seen inside the target)",
+            path.display()
+        );
+    }
+    let duration_text = args.duration.clone().or_else(|| {
+        spec.get("duration")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    });
+    let duration = duration_text
+        .as_deref()
+        .map(|d| humantime::parse_duration(d).map_err(|e| anyhow!("invalid duration {d:?}: {e}")))
+        .transpose()?;
+    if let (Some(d), Some(obj)) = (&duration_text, spec.as_object_mut()) {
+        obj.insert("duration".into(), Value::String(d.clone()));
+    }
+    check_privileges()?;
+    let journal = journal()?;
+    let req = ServeRequest {
+        pid: match &args.target {
+            TargetArg::Pid(p) => Some(*p),
+            TargetArg::Container { .. } => None,
+        },
+        container: match &args.target {
+            TargetArg::Pid(_) => None,
+            TargetArg::Container {
+                id,
+                namespace,
+                state_dir,
+            } => Some((id.clone(), namespace.clone(), state_dir.clone())),
+        },
+        path,
+        spec,
+        duration_ms: duration.map(|d| d.as_millis() as u64),
+        allow_shared: args.allow_shared,
+        run_dir: journal.dir().to_owned(),
+    };
+    let id = start_server(&req)?;
+    if args.json {
+        let status = ChaosClient::connect(&journal.socket_path(&id))
+            .and_then(|c| c.status())
+            .with_context(|| format!("status of injection {id}"))?;
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).context("encoding the status")?
+        );
+    } else {
+        println!("{id}");
+    }
+    Ok(0)
+}
+
+/// Start the injection server and wait for its one line. Returns the injection id.
+fn start_server(req: &ServeRequest) -> anyhow::Result<engine::journal::InjectionId> {
+    let exe = std::env::current_exe().context("finding the iochaos executable")?;
+    let stderr = match std::env::var_os("IOCHAOS_SERVER_LOG") {
+        Some(p) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&p)
+                .with_context(|| format!("opening {}", PathBuf::from(&p).display()))?,
+        ),
+        None => Stdio::null(),
+    };
+    let mut command = Command::new(exe);
+    command
+        .arg("__serve")
+        .arg(serde_json::to_string(req).context("encoding the request")?)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr);
+    crate::sys::new_session_in_child(&mut command);
+    let mut child = command.spawn().context("starting the injection server")?;
+    let out = child
+        .stdout
+        .take()
+        .context("the injection server's readiness pipe")?;
+    let mut line = String::new();
+    BufReader::new(out)
+        .read_line(&mut line)
+        .context("reading from the injection server")?;
+    let line = line.trim_end();
+    if let Some(id) = line.strip_prefix("ok ") {
+        return engine::journal::InjectionId::parse(id).context("the injection server's answer");
+    }
+    // The server exits right after reporting an error (or has died): reap it.
+    let status = child.wait().context("waiting for the injection server")?;
+    match line.strip_prefix("err ") {
+        Some(reason) => bail!("{reason}"),
+        None => bail!("the injection server exited ({status}) before faults were live"),
+    }
+}
+
+/// `iochaos __serve REQUEST`: the injection server.
+pub fn serve(request: &str) -> anyhow::Result<i32> {
+    let req: ServeRequest = serde_json::from_str(request).context("the server request")?;
+    let journal = Journal::open(&req.run_dir).context("opening the journal")?;
+    let target = match (req.pid, req.container) {
+        (Some(pid), None) => TargetSpec::Pid(pid),
+        (None, Some((id, namespace, state_dir))) => TargetSpec::Container {
+            id,
+            namespace,
+            state_dir,
+        },
+        _ => bail!("the server request needs exactly one of pid and container"),
+    };
+    let inject = InjectRequest {
+        target,
+        path: req.path,
+        spec: req.spec,
+        shared: if req.allow_shared {
+            SharedPolicy::Allow
+        } else {
+            SharedPolicy::Refuse
+        },
+    };
+    let duration = req.duration_ms.map(Duration::from_millis);
+    engine::daemon::serve(&journal, &inject, duration, |r| {
+        let line = match r {
+            Ok(status) => format!("ok {}\n", status.id),
+            Err(e) => format!("err {}\n", one_line(e)),
+        };
+        let mut out = std::io::stdout().lock();
+        // Nobody to tell if the CLI is gone.
+        let _ = out.write_all(line.as_bytes()).and_then(|()| out.flush());
+    })?;
+    Ok(0)
+}
+
+/// An error and its causes on one line (what `iochaos: …` prints).
+pub fn one_line(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cause = c.source();
+    }
+    s.replace('\n', " ")
+}

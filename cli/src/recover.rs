@@ -1,0 +1,155 @@
+//! `iochaos recover`: through the injection server's Chaos API when it answers, from the journal
+//! and `/proc` alone when it does not (killed, crashed, hung).
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use engine::api::{ChaosClient, RecoverReport};
+use engine::inject::recover_from_journal;
+use engine::journal::{Entry, InjectionId, Journal};
+use engine::swap::FdSwapper;
+use engine::target::NsId;
+
+use crate::args::RecoverWhat;
+use crate::inject::{journal, one_line};
+use crate::run::check_privileges;
+
+/// How long a server has to answer `Recover` (it swaps every fd back).
+const RECOVER_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long to wait for a recovered server to exit.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn recover(what: RecoverWhat) -> anyhow::Result<i32> {
+    check_privileges()?;
+    let journal = journal()?;
+    let entries = journal.list().context("reading the journal")?;
+    let selected: Vec<Entry> = match &what {
+        RecoverWhat::All => entries,
+        RecoverWhat::Pid(pid) => {
+            let ns = NsId::of(*pid, "mnt").ok();
+            let v: Vec<Entry> = entries
+                .into_iter()
+                .filter(|e| {
+                    e.target.pid == *pid
+                        || e.pids.iter().any(|p| p.pid == *pid)
+                        || ns.is_some_and(|n| n.ino == e.target.mnt_ns)
+                })
+                .collect();
+            if v.is_empty() {
+                bail!("no injection targets pid {pid}");
+            }
+            v
+        }
+        RecoverWhat::IdOrContainer { name, namespace } => {
+            let by_id: Vec<Entry> = entries
+                .iter()
+                .filter(|e| e.id.as_str() == name)
+                .cloned()
+                .collect();
+            if !by_id.is_empty() {
+                by_id
+            } else {
+                let v: Vec<Entry> = entries
+                    .into_iter()
+                    .filter(|e| {
+                        e.target
+                            .container
+                            .as_ref()
+                            .is_some_and(|c| c.id == *name && c.namespace == *namespace)
+                    })
+                    .collect();
+                if v.is_empty() {
+                    if InjectionId::parse(name).is_ok() {
+                        bail!("no injection {name}");
+                    }
+                    bail!(
+                        "no injection {name:?}: neither an injection id nor an injected container \
+                         in containerd namespace {namespace:?}"
+                    );
+                }
+                v
+            }
+        }
+    };
+    let mut failed = Vec::new();
+    for e in &selected {
+        match recover_one(&journal, e) {
+            Ok(report) => {
+                for f in &report.failed {
+                    eprintln!(
+                        "iochaos: {}: pid {} fd {} {} left on the old mount: {}",
+                        e.id,
+                        f.pid,
+                        f.fd,
+                        f.path,
+                        f.reason.as_deref().unwrap_or("?")
+                    );
+                }
+                println!("{}", e.id);
+            }
+            Err(err) => failed.push(format!("{}: {}", e.id, one_line(err.as_ref()))),
+        }
+    }
+    match failed.as_slice() {
+        [] => Ok(0),
+        [one] => bail!("recovering {one}"),
+        many => bail!("recovering {}", many.join("; ")),
+    }
+}
+
+/// Is `pid` the injection server of this journal (and not a process that reused its pid)?
+fn is_server(pid: u32) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let mut args = cmdline.split(|b| *b == 0);
+    args.next();
+    args.next() == Some(b"__serve".as_slice())
+}
+
+fn recover_one(
+    journal: &Journal,
+    e: &Entry,
+) -> Result<RecoverReport, Box<dyn std::error::Error + Send + Sync>> {
+    let server = e.server_pid.filter(|p| is_server(*p));
+    let socket = journal.socket_path(&e.id);
+    if server.is_some() {
+        let answer = ChaosClient::connect(&socket)
+            .map(|c| c.with_timeout(RECOVER_TIMEOUT))
+            .and_then(|c| c.recover());
+        match answer {
+            Ok(report) => {
+                if let Some(pid) = server
+                    && !engine::daemon::wait_exit(pid, EXIT_TIMEOUT)
+                {
+                    tracing::warn!(pid, "the injection server did not exit after recovering");
+                }
+                return Ok(report);
+            }
+            // The server answered: its error stands (for "recovered already", it is on its
+            // way out and removes the entry itself).
+            Err(err @ engine::Error::Remote { .. }) => {
+                if let Some(pid) = server {
+                    engine::daemon::wait_exit(pid, EXIT_TIMEOUT);
+                }
+                if !journal.entry_path(&e.id).exists() {
+                    return Ok(RecoverReport::default());
+                }
+                return Err(Box::new(err));
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "the injection server does not answer: killing it");
+            }
+        }
+    }
+    if let Some(pid) = server.filter(|p| is_server(*p)) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        engine::daemon::wait_exit(pid, EXIT_TIMEOUT);
+    }
+    let report = recover_from_journal(journal, &e.id, &FdSwapper::default())?;
+    let _ = std::fs::remove_file(&socket);
+    Ok(report)
+}

@@ -1,0 +1,147 @@
+//! `iochaos status` and `iochaos update`.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use engine::api::{ChaosClient, Status};
+use engine::inject::status_from_entry;
+use engine::journal::{Entry, InjectionId, Journal};
+use serde_json::Value;
+
+use crate::args::SpecSource;
+use crate::inject::{journal, spec_json};
+use crate::run::check_privileges;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn entry(journal: &Journal, id: &str) -> anyhow::Result<Entry> {
+    let id = InjectionId::parse(id)?;
+    Ok(journal.read(&id)?)
+}
+
+/// The live status from the server, or the journal's when the server does not answer.
+fn status_of(journal: &Journal, e: &Entry) -> (Status, bool) {
+    match ChaosClient::connect(&journal.socket_path(&e.id))
+        .map(|c| c.with_timeout(TIMEOUT))
+        .and_then(|c| c.status())
+    {
+        Ok(s) => (s, true),
+        Err(err) => {
+            tracing::debug!(id = %e.id, error = %err, "server not answering");
+            (status_from_entry(e), false)
+        }
+    }
+}
+
+pub fn status(id: Option<String>, json: bool) -> anyhow::Result<i32> {
+    check_privileges()?;
+    let journal = journal()?;
+    let entries = match id {
+        Some(id) => vec![entry(&journal, &id)?],
+        None => journal.list().context("reading the journal")?,
+    };
+    let all: Vec<(Status, bool)> = entries.iter().map(|e| status_of(&journal, e)).collect();
+    if json {
+        let mut out = Vec::new();
+        for (s, answering) in &all {
+            let mut v = serde_json::to_value(s).context("encoding the status")?;
+            if let Some(o) = v.as_object_mut() {
+                o.insert(
+                    "server".into(),
+                    Value::String(
+                        if *answering {
+                            "running"
+                        } else {
+                            "not answering"
+                        }
+                        .into(),
+                    ),
+                );
+            }
+            out.push(v);
+        }
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).context("encoding the status")?
+        );
+        return Ok(0);
+    }
+    if all.is_empty() {
+        println!("no injections");
+    }
+    for (s, answering) in &all {
+        let target = match (&s.target.container, &s.target.namespace) {
+            (Some(c), Some(ns)) => format!("container {ns}/{c} (pid {})", s.target.pid),
+            _ => format!("pid {}", s.target.pid),
+        };
+        println!(
+            "{}  {}  {}  server {} ({})",
+            s.id,
+            target,
+            s.path,
+            s.server_pid,
+            if *answering {
+                "running"
+            } else {
+                "not answering: `iochaos recover` cleans up from the journal"
+            }
+        );
+        println!(
+            "  pids: {}",
+            s.pids
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        for (i, r) in s.rules.iter().enumerate() {
+            println!(
+                "  rule {}: {}  matched {}  injected {}",
+                i + 1,
+                r.spec,
+                r.matched,
+                r.injected
+            );
+        }
+        println!("  swapped: {} fds", s.swapped.len());
+        for k in &s.skipped {
+            println!(
+                "  skipped: pid {} fd {} {}: {}",
+                k.pid,
+                k.fd,
+                k.path,
+                k.reason.as_deref().unwrap_or("?")
+            );
+        }
+    }
+    Ok(0)
+}
+
+pub fn update(id: &str, spec: &SpecSource) -> anyhow::Result<i32> {
+    let spec = spec_json(spec)?;
+    if spec.get("duration").is_some() {
+        bail!("update cannot change the duration of a live injection (remove \"duration\")");
+    }
+    check_privileges()?;
+    let journal = journal()?;
+    let e = entry(&journal, id)?;
+    let client = ChaosClient::connect(&journal.socket_path(&e.id))
+        .with_context(|| format!("injection {id}: its server does not answer"))?
+        .with_timeout(TIMEOUT);
+    let text = serde_json::to_string(&spec).context("encoding the spec")?;
+    let status = client
+        .update_rules(&text)
+        .with_context(|| format!("updating injection {id}"))?;
+    if status.skipped.iter().any(|k| {
+        k.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("passthrough"))
+    }) {
+        eprintln!(
+            "iochaos: some files were open in passthrough mode and escape the new rules until \
+             reopened (see `iochaos status {id}`)"
+        );
+    }
+    println!("{id}");
+    Ok(0)
+}

@@ -1,0 +1,147 @@
+//! ChaosFS behind [`FsLauncher`] / [`FsServer`]: the filesystem every injection serves.
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chaosfs::rules::{RuleSet, Spec};
+use chaosfs::server::{Config, Server};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::inject::{Device, FsLauncher, FsServer};
+
+/// A file open in kernel passthrough mode that rules given later may touch: its reads and
+/// writes bypass the rules until the process holding it reopens it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EscapedFile {
+    /// `st_ino` as seen through the mount.
+    pub ino: u64,
+    /// Path relative to the mount root.
+    pub path: PathBuf,
+}
+
+/// Starts a ChaosFS server on the mounted FUSE device.
+#[derive(Debug, Clone)]
+pub struct ChaosLauncher {
+    /// Server settings (the connection is filled in by [`FsLauncher::start`]).
+    pub config: Config,
+    /// How long [`FsServer::stop`] waits for the kernel to let go of the connection (files
+    /// still open on the detached mount) before it aborts it.
+    pub grace: Duration,
+}
+
+impl Default for ChaosLauncher {
+    fn default() -> Self {
+        ChaosLauncher {
+            config: Config::default(),
+            grace: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A running ChaosFS server.
+#[derive(Debug)]
+pub struct ChaosServer {
+    server: Server,
+    grace: Duration,
+}
+
+impl ChaosServer {
+    /// The ChaosFS server itself.
+    pub fn server(&self) -> &Server {
+        &self.server
+    }
+}
+
+/// Validate a JSON spec with the rule engine and compile it.
+pub fn rule_set(spec: &Value) -> Result<RuleSet> {
+    let spec = Spec::from_json(&spec.to_string()).map_err(spec_err)?;
+    RuleSet::new(spec).map_err(spec_err)
+}
+
+fn spec_err(e: chaosfs::Error) -> Error {
+    match e {
+        chaosfs::Error::Sys { .. } => Error::Filesystem(Box::new(e)),
+        _ => Error::InvalidSpec(Box::new(e)),
+    }
+}
+
+fn fs_err(e: chaosfs::Error) -> Error {
+    Error::Filesystem(Box::new(e))
+}
+
+/// The connection directory `N` of `/sys/fs/fuse/connections/N` is the kernel's dev_t
+/// `(major << 20) | minor` of the mount.
+fn connection(id: u32) -> chaosfs::Connection {
+    chaosfs::Connection::from_dev(libc::makedev(id >> 20, id & 0xf_ffff))
+}
+
+impl FsLauncher for ChaosLauncher {
+    type Server = ChaosServer;
+
+    fn device(&self) -> Result<Device> {
+        Ok(Device::Fuse(
+            chaosfs::mount::open_fuse_device().map_err(fs_err)?,
+        ))
+    }
+
+    fn start(
+        &self,
+        backing: OwnedFd,
+        device: Device,
+        spec: &Value,
+        conn: Option<u32>,
+    ) -> Result<ChaosServer> {
+        let Device::Fuse(fuse) = device else {
+            return Err(Error::Filesystem(
+                "ChaosFS serves a FUSE device, not a tmpfs".into(),
+            ));
+        };
+        let rules = rule_set(spec)?;
+        let mut cfg = self.config.clone();
+        cfg.connection = conn.map(connection);
+        let server = Server::start(backing, fuse, rules, cfg).map_err(fs_err)?;
+        Ok(ChaosServer {
+            server,
+            grace: self.grace,
+        })
+    }
+}
+
+impl FsServer for ChaosServer {
+    fn update_rules(&self, spec: &Value) -> Result<Vec<EscapedFile>> {
+        let report = self.server.update_rules(rule_set(spec)?);
+        Ok(report
+            .escaped
+            .into_iter()
+            .map(|e| EscapedFile {
+                ino: e.ino,
+                path: e.path,
+            })
+            .collect())
+    }
+
+    fn rule_counters(&self) -> Vec<(u64, u64)> {
+        self.server
+            .stats()
+            .into_iter()
+            .map(|s| (s.matched, s.injected))
+            .collect()
+    }
+
+    fn stop(self) -> Result<()> {
+        // No faults for whatever is still open on the detached mount, nothing left parked.
+        self.server.update_rules(RuleSet::empty());
+        self.server.cancel_delays();
+        // Once nothing holds the detached mount the kernel ends the connection by itself;
+        // abort only what is still held after the grace period.
+        if !self.server.wait_timeout(self.grace) {
+            tracing::warn!(
+                "files still open on the detached ChaosFS mount after {:?}: aborting the connection",
+                self.grace
+            );
+        }
+        self.server.stop().map_err(fs_err)
+    }
+}

@@ -1,0 +1,340 @@
+//! fdswap behind [`Swapper`]: the target's fds, cwds and shared mappings move onto ChaosFS at
+//! inject and back at recover.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fdswap::{FdItem, FileId, Item, Plan, Report, ScanOptions, SkipReason, SwapOptions};
+use rustix::fs::{AtFlags, CWD, StatxFlags};
+
+use crate::api::FdEntry;
+use crate::error::{Error, Result};
+use crate::inject::{SwapOutcome, Swapper};
+use crate::journal::SwappedFd;
+
+/// The fd swap of the `fdswap` crate. Each call runs on the calling thread from start to end
+/// (ptrace belongs to the thread that attached).
+#[derive(Debug, Clone)]
+pub struct FdSwapper {
+    pub options: SwapOptions,
+}
+
+impl Default for FdSwapper {
+    fn default() -> Self {
+        FdSwapper {
+            options: SwapOptions {
+                stop_timeout: Duration::from_secs(5),
+                ..SwapOptions::default()
+            },
+        }
+    }
+}
+
+fn swap_err(e: fdswap::Error) -> Error {
+    Error::Swap(Box::new(e))
+}
+
+/// fds the user wants to hear about: under the path but left alone. Items outside the path and
+/// items with nothing to do (already where they belong) are not news.
+fn reportable(r: &SkipReason) -> bool {
+    !matches!(
+        r,
+        SkipReason::OutsidePath
+            | SkipReason::AlreadyOnTarget
+            | SkipReason::NotOnSourceMount(_)
+            | SkipReason::Socket
+            | SkipReason::Pipe
+            | SkipReason::AnonInode
+    )
+}
+
+fn item_fd(item: &Item) -> (i32, Option<u64>) {
+    match item {
+        Item::Fd(fd) => (*fd, None),
+        Item::Cwd { .. } => (-1, None),
+        Item::Map { start, .. } => (-2, Some(*start)),
+    }
+}
+
+/// A process ended or replaced its program during the swap: nothing of it is left to move.
+fn gone(e: &fdswap::Error) -> bool {
+    matches!(e, fdswap::Error::Gone { .. } | fdswap::Error::Exec { .. })
+}
+
+/// The stub's final close of an old description on a dead FUSE connection reports the failed
+/// flush (ENOTCONN, EIO); close(2) has released the fd all the same, and the swap is complete.
+fn closed_anyway(e: &fdswap::Error) -> bool {
+    matches!(e, fdswap::Error::StubFinal { step, errno, .. }
+        if step.starts_with("close")
+            && matches!(*errno, nix::errno::Errno::ENOTCONN | nix::errno::Errno::EIO))
+}
+
+fn outcome(plan: &Plan, report: &Report) -> SwapOutcome {
+    let mut scanned: HashMap<(i32, i32), (u32, u64)> = HashMap::new();
+    for p in &plan.processes {
+        for f in &p.fds {
+            scanned.insert((p.pid, f.fd), (f.flags as u32, f.pos));
+        }
+    }
+    let swapped = report
+        .swapped()
+        .map(|s| {
+            let (fd, addr) = item_fd(&s.item);
+            let (flags, offset) = scanned.get(&(s.pid, fd)).copied().unwrap_or_default();
+            SwappedFd {
+                pid: s.pid as u32,
+                fd,
+                path: s.path.display().to_string(),
+                flags,
+                offset,
+                orig_mnt_id: s.from_mnt,
+                addr,
+            }
+        })
+        .collect();
+    let mut skipped: Vec<FdEntry> = report
+        .skipped()
+        .filter(|k| reportable(&k.reason))
+        .map(|k| FdEntry {
+            pid: k.pid as u32,
+            fd: item_fd(&k.item).0,
+            path: k.path.clone(),
+            reason: Some(k.reason.to_string()),
+        })
+        .collect();
+    for p in &report.processes {
+        if let Some(e) = &p.error
+            && !gone(e)
+            && !closed_anyway(e)
+        {
+            skipped.push(FdEntry {
+                pid: p.pid as u32,
+                fd: -3,
+                path: String::new(),
+                reason: Some(format!("process not swapped: {e}")),
+            });
+        }
+    }
+    SwapOutcome { swapped, skipped }
+}
+
+/// fds on `mnt` that the scan passed over: `statx` through a FUSE connection whose server died
+/// fails (ENOTCONN) once the cached attributes expire, and a dentry ChaosFS invalidated (it drops
+/// cached entries when its rules change) reads as "(deleted)" in `/proc/PID/fd` although the
+/// file still has links. The cached attributes (`AT_STATX_DONT_SYNC`) still identify such files,
+/// which is all the swap's checks compare, so they are added to the plan here.
+fn add_unscanned(plan: &mut Plan, path: &Path, mnt: u64) {
+    for p in &mut plan.processes {
+        let known: HashSet<i32> = p
+            .fds
+            .iter()
+            .map(|f| f.fd)
+            .chain(p.skipped.iter().filter_map(|k| match k.item {
+                Item::Fd(_)
+                    if matches!(k.reason, SkipReason::Deleted | SkipReason::OutsidePath) =>
+                {
+                    None
+                }
+                Item::Fd(fd) => Some(fd),
+                _ => None,
+            }))
+            .collect();
+        let mut next_description = p.fds.iter().map(|f| f.description + 1).max().unwrap_or(0);
+        // Detached (recover), the kernel prints paths on the mount relative to its root, which
+        // was mounted at `path`.
+        let detached = !attached(p.pid, mnt);
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{}/fd", p.pid)) else {
+            continue;
+        };
+        let root = std::fs::read_link(format!("/proc/{}/root", p.pid)).unwrap_or_default();
+        for d in dir.flatten() {
+            let Some(fd) = d.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            if known.contains(&fd) {
+                continue;
+            }
+            let Some((flags, pos, mnt_id)) = fdinfo(p.pid as u32, fd) else {
+                continue;
+            };
+            if mnt_id != mnt {
+                continue;
+            }
+            let Ok(link) = std::fs::read_link(d.path()) else {
+                continue;
+            };
+            let view = match link.strip_prefix(&root) {
+                _ if detached => path.join(link.strip_prefix("/").unwrap_or(&link)),
+                Ok(rest) if root != Path::new("/") => Path::new("/").join(rest),
+                _ => link,
+            };
+            // A dentry the filesystem invalidated (ChaosFS drops cached entries when its rules
+            // change) reads as "(deleted)" although the file still has links.
+            let view = match view.to_str().and_then(|v| v.strip_suffix(" (deleted)")) {
+                Some(v) => PathBuf::from(v),
+                None => view,
+            };
+            if !view.starts_with(path) {
+                continue;
+            }
+            let fd_path = d.path();
+            let Some(from) = file_id(&fd_path, AtFlags::STATX_DONT_SYNC) else {
+                tracing::debug!(pid = p.pid, fd, "statx of a candidate failed");
+                continue;
+            };
+            let to_path = Path::new(&format!("/proc/{}/root", p.pid))
+                .join(view.strip_prefix("/").unwrap_or(&view));
+            let Some(to) = file_id(&to_path, AtFlags::empty()) else {
+                tracing::debug!(pid = p.pid, fd, path = %to_path.display(), "statx of the original failed");
+                continue;
+            };
+            tracing::debug!(pid = p.pid, fd, ?from, ?to, "candidate");
+            if from.nlink == 0
+                || to.mnt_id == mnt
+                || to.mode & libc::S_IFMT != from.mode & libc::S_IFMT
+            {
+                continue;
+            }
+            p.skipped.retain(|k| k.item != Item::Fd(fd));
+            tracing::info!(pid = p.pid, fd, path = %view.display(), "swapping back an fd of a dead connection");
+            p.fds.push(FdItem {
+                fd,
+                path: view,
+                flags,
+                pos,
+                from: FileId { mnt_id, ..from },
+                to,
+                description: next_description,
+            });
+            next_description += 1;
+        }
+    }
+}
+
+/// Is mount `mnt_id` attached in `pid`'s mount namespace?
+fn attached(pid: i32, mnt_id: u64) -> bool {
+    let want = mnt_id.to_string();
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .map(|t| {
+            t.lines()
+                .any(|l| l.split(' ').next() == Some(want.as_str()))
+        })
+        .unwrap_or(true)
+}
+
+fn file_id(path: &Path, flags: AtFlags) -> Option<FileId> {
+    let st = rustix::fs::statx(
+        CWD,
+        path,
+        flags,
+        StatxFlags::BASIC_STATS | StatxFlags::MNT_ID,
+    )
+    .ok()?;
+    Some(FileId {
+        dev: (st.stx_dev_major, st.stx_dev_minor),
+        ino: st.stx_ino,
+        mnt_id: st.stx_mnt_id,
+        nlink: st.stx_nlink,
+        mode: u32::from(st.stx_mode),
+    })
+}
+
+/// `(flags, pos, mnt_id)` of `/proc/PID/fdinfo/FD`.
+pub(crate) fn fdinfo(pid: u32, fd: i32) -> Option<(i32, u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
+    let (mut flags, mut pos, mut mnt) = (None, None, None);
+    for line in text.lines() {
+        if let Some((k, v)) = line.split_once(':') {
+            let v = v.trim();
+            match k {
+                "pos" => pos = v.parse().ok(),
+                "flags" => flags = i32::from_str_radix(v, 8).ok(),
+                "mnt_id" => mnt = v.parse().ok(),
+                _ => {}
+            }
+        }
+    }
+    Some((flags?, pos?, mnt?))
+}
+
+impl FdSwapper {
+    fn run(&self, pids: &[u32], options: ScanOptions, rescue: bool) -> Result<(Plan, Report)> {
+        let pids: Vec<i32> = pids.iter().map(|&p| p as i32).collect();
+        // Scanned one by one: a process that exits during the scan (short-lived children come
+        // and go all the time) is left out rather than failing the whole scan.
+        let mut plan = Plan {
+            options: options.clone(),
+            processes: Vec::new(),
+        };
+        for pid in pids {
+            match Plan::scan(&[pid], &options) {
+                Ok(p) => plan.processes.extend(p.processes),
+                Err(e) if !std::path::Path::new(&format!("/proc/{pid}")).exists() => {
+                    tracing::debug!(pid, error = %e, "process exited during the scan");
+                }
+                Err(fdswap::Error::Proc { source, .. })
+                    if source.raw_os_error() == Some(libc::ENOENT)
+                        || source.raw_os_error() == Some(libc::ESRCH) =>
+                {
+                    tracing::debug!(pid, "process exited during the scan");
+                }
+                Err(e) => return Err(swap_err(e)),
+            }
+        }
+        if rescue && let Some(m) = options.from_mnt {
+            add_unscanned(&mut plan, &options.path, m);
+        }
+        let report = fdswap::swap_plan(&plan, &self.options).map_err(swap_err)?;
+        tracing::debug!(
+            total = ?report.total,
+            max_pause = ?report.max_pause(),
+            swapped = report.swapped().count(),
+            "swap"
+        );
+        Ok((plan, report))
+    }
+}
+
+impl Swapper for FdSwapper {
+    fn swap_in(&self, pids: &[u32], path: &Path, to_mnt: u64) -> Result<SwapOutcome> {
+        if pids.is_empty() {
+            return Ok(SwapOutcome::default());
+        }
+        let options = ScanOptions {
+            path: PathBuf::from(path),
+            from_mnt: None,
+            to_mnt: Some(to_mnt),
+        };
+        let (plan, mut report) = self.run(pids, options, false)?;
+        // A process that could not be moved would keep bypassing the faults: fail the injection
+        // (the caller swaps back whatever did move).
+        if let Some(i) = report
+            .processes
+            .iter()
+            .position(|p| p.error.as_ref().is_some_and(|e| !gone(e)))
+        {
+            let p = report.processes.swap_remove(i);
+            if let Some(e) = p.error {
+                return Err(Error::SwapProcess {
+                    pid: p.pid as u32,
+                    source: Box::new(e),
+                });
+            }
+        }
+        Ok(outcome(&plan, &report))
+    }
+
+    fn swap_out(&self, pids: &[u32], path: &Path, from_mnt: u64) -> Result<SwapOutcome> {
+        if pids.is_empty() {
+            return Ok(SwapOutcome::default());
+        }
+        let options = ScanOptions {
+            path: PathBuf::from(path),
+            from_mnt: Some(from_mnt),
+            to_mnt: None,
+        };
+        let (plan, report) = self.run(pids, options, true)?;
+        Ok(outcome(&plan, &report))
+    }
+}
