@@ -189,6 +189,7 @@ fn unlink_and_rename_while_open() {
     fs::create_dir(m.join("dir")).expect("mkdir");
     let mut f = fs::OpenOptions::new()
         .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
         .open(m.join("dir/file"))
@@ -260,6 +261,7 @@ fn o_direct_and_o_append() {
     let m = mount();
     let mut f = fs::OpenOptions::new()
         .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
         .custom_flags(libc::O_DIRECT)
@@ -300,6 +302,7 @@ fn shared_mmap_write_lands_in_backing_file() {
     let m = mount();
     let f = fs::OpenOptions::new()
         .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
         .open(m.join("map"))
@@ -448,6 +451,7 @@ fn fallocate_punch_hole_and_seek_hole() {
     let m = mount();
     let f = fs::OpenOptions::new()
         .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
         .open(m.join("sparse"))

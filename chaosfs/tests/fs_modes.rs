@@ -48,6 +48,7 @@ fn without_passthrough_every_file_uses_direct_io() {
     let m = mount_with(RuleSet::empty(), cfg, |_| {});
     let mut f = fs::OpenOptions::new()
         .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
         .open(m.join("d"))
