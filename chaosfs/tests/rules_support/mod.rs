@@ -119,12 +119,12 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        if let Some(m) = self.mounted.take() {
-            if let Err(e) = m.unmount() {
-                eprintln!("unmounting {}: {e}", self.dir.path().display());
-                // Best effort: detach lazily so the temp dir can go.
-                let _ = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH);
-            }
+        if let Some(m) = self.mounted.take()
+            && let Err(e) = m.unmount()
+        {
+            eprintln!("unmounting {}: {e}", self.dir.path().display());
+            // Best effort: detach lazily so the temp dir can go.
+            let _ = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH);
         }
     }
 }
