@@ -160,9 +160,20 @@ pub fn inject<L: FsLauncher, S: Swapper>(
 ) -> Result<Injection<L::Server, S>> {
     let target = find_target(&req.target)?;
     let mns = MountNs::of_target(&target)?;
-    // Errors about the path come before anything changes.
+    // Errors about the path come before anything changes. An injected path is refused before
+    // it is resolved: resolving it goes through the faults.
+    let injected = journal.list()?;
+    let lexical: PathBuf = req.path.components().collect();
+    for e in &injected {
+        if e.target.mnt_ns == target.mnt_ns.ino && Path::new(&e.path) == lexical {
+            return Err(Error::AlreadyInjected {
+                id: e.id.to_string(),
+                path: lexical,
+            });
+        }
+    }
     let canonical = resolve_dir_in_root(target.root_fd(), &req.path)?.path;
-    for e in journal.list()? {
+    for e in injected {
         if e.target.mnt_ns == target.mnt_ns.ino && Path::new(&e.path) == canonical {
             return Err(Error::AlreadyInjected {
                 id: e.id.to_string(),

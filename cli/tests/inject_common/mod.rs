@@ -1,0 +1,312 @@
+//! Helpers of the `iochaos inject` end-to-end tests: the CLI with a private journal directory,
+//! a shell workload that writes and reads continuously and logs every result, its log, and the
+//! inject → update → recover scenario every target kind goes through.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// These tests mount, trace and run containers: they need root and fail (never skip) without it.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (it mounts FUSE, uses ptrace and runs containers)"
+    );
+}
+
+/// Poll `f` until it returns Some, failing after `secs` seconds.
+pub fn poll<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A test's own journal directory (`IOCHAOS_RUN_DIR`) and scratch space. Dropping it recovers
+/// every injection left (so a failing test leaves no mount, server or journal entry behind).
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub run: PathBuf,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        require_root();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let run = dir.path().join("run");
+        Env { dir, run }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        std::fs::canonicalize(self.dir.path()).expect("canonical tempdir")
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_iochaos"));
+        c.args(args)
+            .env("IOCHAOS_RUN_DIR", &self.run)
+            .env("IOCHAOS_SERVER_LOG", self.dir.path().join("server.log"))
+            .env("IOCHAOS_LOG", "info")
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("running iochaos")
+    }
+
+    /// Run, expect success, return stdout (trimmed).
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "iochaos {args:?} failed ({}): {}\nserver log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.server_log()
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Run, expect failure; returns (exit code, stderr).
+    pub fn fails(&self, args: &[&str]) -> (i32, String) {
+        let out = self.run(args);
+        assert!(!out.status.success(), "iochaos {args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code().unwrap_or(-1), err)
+    }
+
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// `status --json`.
+    pub fn status(&self) -> Vec<Value> {
+        let out = self.ok(&["status", "--json"]);
+        match serde_json::from_str(&out).expect("status --json is JSON") {
+            Value::Array(a) => a,
+            other => panic!("status --json is not an array: {other}"),
+        }
+    }
+
+    /// Files in the journal directory.
+    pub fn run_dir_entries(&self) -> Vec<String> {
+        match std::fs::read_dir(&self.run) {
+            Ok(d) => d
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Nothing of iochaos is left: no journal entry or socket, no server process, no ChaosFS
+    /// mount in the target's mount table.
+    pub fn assert_clean(&self, server_pids: &[u32], target_pid: Option<u32>) {
+        assert_eq!(self.run_dir_entries(), Vec::<String>::new(), "journal dir");
+        for &p in server_pids {
+            poll(&format!("server {p} to exit"), 10, || {
+                let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok();
+                // Gone, or a zombie waiting for its (test) reaper.
+                stat.is_none_or(|s| s.contains(") Z ")).then_some(())
+            });
+        }
+        if let Some(pid) = target_pid {
+            let mi = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo");
+            assert!(!mi.contains("fuse.chaosfs"), "ChaosFS still mounted:\n{mi}");
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if self.run_dir_entries().iter().any(|e| e.ends_with(".json")) {
+            let _ = self.run(&["recover", "--all"]);
+        }
+    }
+}
+
+/// The workload: appends `w<i>` to VOL/data, `h<i>` through an fd held open since the start
+/// (VOL/held, fd 3), reads VOL/data back, and logs `W|H|R <i> ok|err` for each to LOG; `PAUSE` is
+/// the pause between rounds (a shell command).
+pub fn workload_script(vol: &str, log: &str, pause: &str) -> String {
+    format!(
+        "exec 3>>{vol}/held; i=0; while :; do i=$((i+1)); \
+         if echo w$i >> {vol}/data; then echo W $i ok; else echo W $i err; fi; \
+         if echo h$i >&3; then echo H $i ok; else echo H $i err; fi; \
+         if cat {vol}/data > /dev/null; then echo R $i ok; else echo R $i err; fi; \
+         {pause}; done >> {log} 2>/dev/null"
+    )
+}
+
+/// The workload's log.
+pub struct Log(pub PathBuf);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Line {
+    pub kind: char,
+    pub round: u64,
+    pub ok: bool,
+}
+
+impl Log {
+    pub fn lines(&self) -> Vec<Line> {
+        let text = std::fs::read_to_string(&self.0).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                let mut f = l.split(' ');
+                let kind = f.next()?.chars().next()?;
+                let round = f.next()?.parse().ok()?;
+                let ok = match f.next()? {
+                    "ok" => true,
+                    "err" => false,
+                    _ => return None,
+                };
+                Some(Line { kind, round, ok })
+            })
+            .collect()
+    }
+
+    pub fn last_round(&self) -> u64 {
+        self.lines().iter().map(|l| l.round).max().unwrap_or(0)
+    }
+
+    /// Wait until a round after `after` logged `kind` with outcome `ok`; returns that round.
+    pub fn wait_for(&self, kind: char, ok: bool, after: u64) -> u64 {
+        poll(
+            &format!(
+                "a {kind} {} after round {after}",
+                if ok { "ok" } else { "err" }
+            ),
+            30,
+            || {
+                self.lines()
+                    .into_iter()
+                    .find(|l| l.round > after && l.kind == kind && l.ok == ok)
+                    .map(|l| l.round)
+            },
+        )
+    }
+
+    /// Wait until round `n` is complete (its R line is logged).
+    pub fn wait_round(&self, n: u64) {
+        poll(&format!("round {n}"), 30, || {
+            self.lines()
+                .iter()
+                .any(|l| l.kind == 'R' && l.round >= n)
+                .then_some(())
+        });
+    }
+}
+
+/// Every write the workload saw succeed is in the volume, and none it saw fail.
+pub fn check_data(vol: &Path, log: &Log) {
+    let data = std::fs::read_to_string(vol.join("data")).expect("data");
+    let held = std::fs::read_to_string(vol.join("held")).expect("held");
+    let data: std::collections::HashSet<&str> = data.lines().collect();
+    let held: std::collections::HashSet<&str> = held.lines().collect();
+    let lines = log.lines();
+    let (mut ok, mut err) = (0, 0);
+    for l in &lines {
+        let (set, word) = match l.kind {
+            'W' => (&data, format!("w{}", l.round)),
+            'H' => (&held, format!("h{}", l.round)),
+            _ => continue,
+        };
+        if l.ok {
+            ok += 1;
+            assert!(
+                set.contains(word.as_str()),
+                "{word} succeeded but is missing"
+            );
+        } else {
+            err += 1;
+            assert!(!set.contains(word.as_str()), "{word} failed but is there");
+        }
+    }
+    assert!(ok > 0 && err > 0, "{ok} writes succeeded, {err} failed");
+}
+
+/// Inject EIO on write, see the workload's errors (through new opens and the held fd), update to
+/// latency and see the delay, recover and see success; returns the injection id. `target` is
+/// the CLI's target arguments, `vol` the volume as the target sees it.
+pub fn inject_update_recover(env: &Env, target: &[&str], vol: &str, log: &Log) -> String {
+    let start = log.last_round();
+    log.wait_round(start + 2);
+    let mut args = vec!["inject"];
+    args.extend_from_slice(target);
+    args.extend_from_slice(&["--path", vol, "--errno", "EIO", "--ops", "write"]);
+    let t0 = Instant::now();
+    let id = env.ok(&args);
+    eprintln!("inject took {:?}", t0.elapsed());
+    let injected_at = log.last_round();
+    // Faults are live when inject returns: the next round fails both ways.
+    log.wait_for('W', false, injected_at);
+    log.wait_for('H', false, injected_at);
+    let w_after = log
+        .lines()
+        .into_iter()
+        .find(|l| l.round > injected_at + 1 && l.kind == 'W');
+    if let Some(l) = w_after {
+        assert!(!l.ok, "a write succeeded after inject returned: {l:?}");
+    }
+
+    let st = env.status();
+    assert_eq!(st.len(), 1, "{st:?}");
+    let s = &st[0];
+    assert_eq!(s["id"], id.as_str());
+    assert_eq!(s["path"], vol);
+    assert!(!s["pids"].as_array().expect("pids").is_empty());
+    assert!(s["server_pid"].as_u64().expect("server_pid") > 0);
+    assert_eq!(s["rules"][0]["spec"]["errno"], "EIO");
+    assert!(s["rules"][0]["injected"].as_u64().expect("injected") > 0);
+    assert!(s["rules"][0]["matched"].as_u64().expect("matched") > 0);
+    let swapped = s["swapped"].as_array().expect("swapped");
+    assert!(
+        swapped
+            .iter()
+            .any(|f| f["fd"] == 3 && f["path"].as_str().is_some_and(|p| p.ends_with("/held"))),
+        "the held fd was not swapped: {swapped:?}"
+    );
+    assert!(s["skipped"].is_array());
+    let server = s["server_pid"].as_u64().expect("server pid") as u32;
+
+    // Latency instead of errors.
+    let spec = env.path().join("latency.json");
+    std::fs::write(&spec, r#"{"rules":[{"ops":["write"],"latency":"150ms"}]}"#).expect("spec");
+    env.ok(&["update", &id, "--spec", spec.to_str().expect("utf-8")]);
+    let first = log.wait_for('W', true, log.last_round());
+    let t = Instant::now();
+    log.wait_round(first + 3);
+    let took = t.elapsed();
+    // Three rounds of two delayed writes each.
+    assert!(
+        took >= Duration::from_millis(800),
+        "3 rounds took {took:?} under 150ms latency"
+    );
+    let st = env.status();
+    assert_eq!(st[0]["rules"][0]["spec"]["latency"], "150ms");
+
+    let t0 = Instant::now();
+    env.ok(&["recover", &id]);
+    eprintln!("recover took {:?}", t0.elapsed());
+    let recovered_at = log.last_round();
+    log.wait_for('H', true, recovered_at);
+    let r = log.wait_for('W', true, recovered_at);
+    // Fast again.
+    let t = Instant::now();
+    log.wait_round(r + 3);
+    assert!(
+        t.elapsed() < Duration::from_millis(800),
+        "still slow after recover"
+    );
+    env.assert_clean(&[server], None);
+    id
+}

@@ -1,0 +1,505 @@
+//! `iochaos inject / status / update / recover` against plain processes (`--pid`) in their own
+//! mount namespaces, with the real ChaosFS, fdswap and injection server (privileged: root, FUSE,
+//! ptrace; fails without them).
+
+mod inject_common;
+
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use inject_common::{Env, Log, check_data, inject_update_recover, poll, workload_script};
+
+/// The shell workload in a private mount namespace (its own process group, killed on drop).
+struct Workload {
+    child: Child,
+    vol: PathBuf,
+    log: Log,
+}
+
+impl Workload {
+    fn start(env: &Env, name: &str) -> Workload {
+        let dir = env.path().join(name);
+        let vol = dir.join("vol");
+        std::fs::create_dir_all(&vol).expect("mkdir vol");
+        let log = dir.join("log");
+        let script = workload_script(
+            vol.to_str().expect("utf-8"),
+            log.to_str().expect("utf-8"),
+            "sleep 0.02",
+        );
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("unshare");
+        let w = Workload {
+            child,
+            vol,
+            log: Log(log),
+        };
+        w.log.wait_round(1);
+        w
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn pid_arg(&self) -> String {
+        self.pid().to_string()
+    }
+
+    fn vol_str(&self) -> &str {
+        self.vol.to_str().expect("utf-8")
+    }
+
+    fn stop(&mut self) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn server_pid(env: &Env) -> u32 {
+    env.status()[0]["server_pid"].as_u64().expect("server pid") as u32
+}
+
+#[test]
+fn pid_inject_update_recover() {
+    let env = Env::new();
+    let mut w = Workload::start(&env, "w");
+    inject_update_recover(&env, &["--pid", &w.pid_arg()], w.vol_str(), &w.log);
+    env.assert_clean(&[], Some(w.pid()));
+    w.stop();
+    check_data(&w.vol, &w.log);
+}
+
+#[test]
+fn pid_errors_are_one_line_and_change_nothing() {
+    let env = Env::new();
+    let w = Workload::start(&env, "w");
+    let pid = w.pid_arg();
+    let one_line = |(code, err): (i32, String), want_code: i32, needle: &str| {
+        assert_eq!(code, want_code, "exit code for: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err:?}");
+        assert!(err.contains(needle), "{err:?} does not mention {needle:?}");
+        assert!(
+            env.run_dir_entries().is_empty(),
+            "journal not empty after {err}"
+        );
+        let mi = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo");
+        assert!(!mi.contains("chaosfs"), "mounted after {err}");
+    };
+    let mut dead = Command::new("true").spawn().expect("true");
+    let dead_pid = dead.id().to_string();
+    dead.wait().expect("wait");
+    one_line(
+        env.fails(&[
+            "inject", "--pid", &dead_pid, "--path", "/tmp", "--errno", "EIO",
+        ]),
+        1,
+        "no process",
+    );
+    let missing = format!("{}/missing", w.vol_str());
+    one_line(
+        env.fails(&[
+            "inject", "--pid", &pid, "--path", &missing, "--errno", "EIO",
+        ]),
+        1,
+        "missing",
+    );
+    let file = format!("{}/data", w.vol_str());
+    one_line(
+        env.fails(&["inject", "--pid", &pid, "--path", &file, "--errno", "EIO"]),
+        1,
+        "not a directory",
+    );
+    let bad = env.path().join("bad.json");
+    std::fs::write(&bad, r#"{"rules":[{"errno":"EFOO"}]}"#).expect("write");
+    let bad = bad.to_str().expect("utf-8");
+    one_line(
+        env.fails(&[
+            "inject",
+            "--pid",
+            &pid,
+            "--path",
+            w.vol_str(),
+            "--spec",
+            bad,
+        ]),
+        1,
+        "EFOO",
+    );
+    let unknown = r#"{"rules":[{"errno":"EIO","colour":"red"}]}"#;
+    let unknown_file = env.path().join("unknown.json");
+    std::fs::write(&unknown_file, unknown).expect("write");
+    one_line(
+        env.fails(&[
+            "inject",
+            "--pid",
+            &pid,
+            "--path",
+            w.vol_str(),
+            "--spec",
+            unknown_file.to_str().expect("utf-8"),
+        ]),
+        1,
+        "colour",
+    );
+    one_line(
+        env.fails(&[
+            "inject",
+            "nosuchcontainer",
+            "--path",
+            "/vol",
+            "--errno",
+            "EIO",
+        ]),
+        1,
+        "unknown container",
+    );
+    one_line(
+        env.fails(&[
+            "inject", "--pid", &pid, "--path", "relative", "--errno", "EIO",
+        ]),
+        1,
+        "absolute",
+    );
+    // Usage errors: exit 2.
+    one_line(
+        env.fails(&["inject", "--pid", &pid, "--path", w.vol_str()]),
+        2,
+        "rule",
+    );
+    one_line(env.fails(&["recover"]), 2, "recover");
+    one_line(env.fails(&["inject", "--pid", &pid, "--frob"]), 2, "--frob");
+    one_line(env.fails(&["recover", "0000000000zz"]), 1, "no injection");
+    one_line(env.fails(&["status", "0000000000zz"]), 1, "no injection");
+
+    // A second injection on the same path is refused, naming the first.
+    let id = env.ok(&[
+        "inject",
+        "--pid",
+        &pid,
+        "--path",
+        w.vol_str(),
+        "--errno",
+        "EIO",
+    ]);
+    let (code, err) = env.fails(&[
+        "inject",
+        "--pid",
+        &pid,
+        "--path",
+        w.vol_str(),
+        "--latency",
+        "1s",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("already injected") && err.contains(&id),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1);
+    assert_eq!(env.status().len(), 1);
+    env.ok(&["recover", "--pid", &pid]);
+    env.assert_clean(&[], Some(w.pid()));
+}
+
+#[test]
+fn pid_server_sigkill_then_recover() {
+    let env = Env::new();
+    let mut w = Workload::start(&env, "w");
+    let pid = w.pid_arg();
+    let id = env.ok(&[
+        "inject",
+        "--pid",
+        &pid,
+        "--path",
+        w.vol_str(),
+        "--errno",
+        "EIO",
+        "--ops",
+        "write",
+    ]);
+    let at = w.log.last_round();
+    w.log.wait_for('H', false, at);
+    let server = server_pid(&env);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill server");
+    // The connection is dead: reads fail too (ENOTCONN) until recover.
+    let at = w.log.last_round();
+    w.log.wait_for('R', false, at);
+    let st = env.status();
+    assert_eq!(st[0]["server"], "not answering");
+    assert_eq!(st[0]["id"], id.as_str());
+    env.ok(&["recover", &id]);
+    let at = w.log.last_round();
+    w.log.wait_for('H', true, at);
+    w.log.wait_for('R', true, at);
+    let r = w.log.wait_for('W', true, at);
+    w.log.wait_round(r + 2);
+    assert!(
+        w.log.lines().iter().filter(|l| l.round > r).all(|l| l.ok),
+        "errors after recover"
+    );
+    env.assert_clean(&[server], Some(w.pid()));
+    w.stop();
+    check_data(&w.vol, &w.log);
+}
+
+#[test]
+fn pid_target_exit_server_cleans_up_and_recover_after_exit() {
+    let env = Env::new();
+    // The server notices that every process of the target is gone and recovers by itself.
+    let mut w = Workload::start(&env, "a");
+    env.ok(&[
+        "inject",
+        "--pid",
+        &w.pid_arg(),
+        "--path",
+        w.vol_str(),
+        "--errno",
+        "EIO",
+    ]);
+    let server = server_pid(&env);
+    w.stop();
+    poll("the server to clean up", 10, || {
+        env.run_dir_entries().is_empty().then_some(())
+    });
+    env.assert_clean(&[server], None);
+
+    // Server killed, then target exited: recover from the journal alone.
+    let mut w = Workload::start(&env, "b");
+    let id = env.ok(&[
+        "inject",
+        "--pid",
+        &w.pid_arg(),
+        "--path",
+        w.vol_str(),
+        "--errno",
+        "EIO",
+    ]);
+    let server = server_pid(&env);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill server");
+    w.stop();
+    env.ok(&["recover", &id]);
+    env.assert_clean(&[server], None);
+}
+
+#[test]
+fn pid_duration_recovers_by_itself() {
+    let env = Env::new();
+    let w = Workload::start(&env, "w");
+    env.ok(&[
+        "inject",
+        "--pid",
+        &w.pid_arg(),
+        "--path",
+        w.vol_str(),
+        "--errno",
+        "EIO",
+        "--ops",
+        "write",
+        "--duration",
+        "1500ms",
+    ]);
+    let server = server_pid(&env);
+    let at = w.log.last_round();
+    let failed = w.log.wait_for('W', false, at);
+    w.log.wait_for('W', true, failed);
+    w.log.wait_for('H', true, failed);
+    poll("the server to clean up", 10, || {
+        env.run_dir_entries().is_empty().then_some(())
+    });
+    env.assert_clean(&[server], Some(w.pid()));
+}
+
+#[test]
+fn pid_recover_all_and_status_text() {
+    let env = Env::new();
+    let a = Workload::start(&env, "a");
+    let b = Workload::start(&env, "b");
+    let ia = env.ok(&[
+        "inject",
+        "--pid",
+        &a.pid_arg(),
+        "--path",
+        a.vol_str(),
+        "--errno",
+        "EIO",
+    ]);
+    let ib = env.ok(&[
+        "inject",
+        "--pid",
+        &b.pid_arg(),
+        "--path",
+        b.vol_str(),
+        "--latency",
+        "10ms",
+    ]);
+    let st = env.status();
+    assert_eq!(st.len(), 2);
+    let servers: Vec<u32> = st
+        .iter()
+        .map(|s| s["server_pid"].as_u64().expect("pid") as u32)
+        .collect();
+    let text = env.ok(&["status"]);
+    assert!(text.contains(&ia) && text.contains(&ib), "{text}");
+    let one = env.ok(&["status", &ia]);
+    assert!(one.contains(&ia) && !one.contains(&ib), "{one}");
+    let out = env.ok(&["recover", "--all"]);
+    assert!(out.contains(&ia) && out.contains(&ib), "{out}");
+    env.assert_clean(&servers, Some(a.pid()));
+    env.assert_clean(&[], Some(b.pid()));
+    for w in [&a, &b] {
+        let at = w.log.last_round();
+        w.log.wait_for('W', true, at);
+    }
+}
+
+/// Not a test on its own: the body of the process that holds 1,000 files open in 16 threads
+/// (run by `thousand_files_in_16_threads` as a child, selected by the environment).
+#[test]
+fn holder_process() {
+    let Some(dir) = std::env::var_os("IOCHAOS_TEST_HOLDER") else {
+        return;
+    };
+    hold_files(Path::new(&dir), 1000, 16);
+}
+
+/// Open `n` files under DIR/vol in `threads` threads, write to each of them continuously, and
+/// keep DIR/counts up to date with "OK ERR" totals.
+pub fn hold_files(dir: &Path, n: usize, threads: usize) -> ! {
+    let ok = Arc::new(AtomicU64::new(0));
+    let err = Arc::new(AtomicU64::new(0));
+    let ready = Arc::new(AtomicU64::new(0));
+    for t in 0..threads {
+        let (ok, err, ready) = (ok.clone(), err.clone(), ready.clone());
+        let dir = dir.to_owned();
+        std::thread::spawn(move || {
+            let mut files: Vec<std::fs::File> = (0..n)
+                .filter(|i| i % threads == t)
+                .map(|i| {
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(dir.join("vol").join(format!("f{i}")))
+                        .expect("open")
+                })
+                .collect();
+            ready.fetch_add(1, Ordering::SeqCst);
+            loop {
+                for f in &mut files {
+                    match f.write_all(b"x\n") {
+                        Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => err.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+    }
+    loop {
+        if ready.load(Ordering::SeqCst) == threads as u64 {
+            let tmp = dir.join("counts.tmp");
+            let _ = std::fs::write(
+                &tmp,
+                format!(
+                    "{} {}\n",
+                    ok.load(Ordering::Relaxed),
+                    err.load(Ordering::Relaxed)
+                ),
+            );
+            let _ = std::fs::rename(&tmp, dir.join("counts"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn counts(dir: &Path) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(dir.join("counts")).ok()?;
+    let mut f = s.split_whitespace();
+    Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+}
+
+#[test]
+fn thousand_files_in_16_threads() {
+    let env = Env::new();
+    let dir = env.path().join("holder");
+    std::fs::create_dir_all(dir.join("vol")).expect("mkdir");
+    let mut child = Command::new("unshare")
+        .args(["--mount", "--propagation", "private"])
+        .arg(std::env::current_exe().expect("test exe"))
+        .args([
+            "--exact",
+            "holder_process",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("IOCHAOS_TEST_HOLDER", &dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("holder");
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let pid = child.id().to_string();
+    let _kill = Kill(&mut child);
+    poll("the holder to open its files", 30, || {
+        counts(&dir).filter(|c| c.0 > 0)
+    });
+    let vol = dir.join("vol");
+    let vol = vol.to_str().expect("utf-8");
+    let t0 = Instant::now();
+    env.ok(&[
+        "inject", "--pid", &pid, "--path", vol, "--errno", "EIO", "--ops", "write",
+    ]);
+    eprintln!("inject with 1,000 open files: {:?}", t0.elapsed());
+    let st = env.status();
+    let swapped = st[0]["swapped"].as_array().expect("swapped").len();
+    assert!(swapped >= 1000, "only {swapped} fds swapped");
+    let server = st[0]["server_pid"].as_u64().expect("pid") as u32;
+    let (_, e0) = counts(&dir).expect("counts");
+    poll("errors from all files", 30, || {
+        counts(&dir).filter(|c| c.1 >= e0 + 2000)
+    });
+    let t0 = Instant::now();
+    env.ok(&["recover", "--pid", &pid]);
+    eprintln!("recover with 1,000 open files: {:?}", t0.elapsed());
+    let (o1, e1) = poll("counts", 5, || counts(&dir));
+    poll("writes succeeding again", 30, || {
+        counts(&dir).filter(|c| c.0 >= o1 + 2000)
+    });
+    let (_, e2) = counts(&dir).expect("counts");
+    // A round in flight at recover time may still fail once per file.
+    assert!(e2 <= e1 + 1000, "errors after recover: {e1} -> {e2}");
+    env.assert_clean(&[server], None);
+}
