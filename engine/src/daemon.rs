@@ -13,12 +13,12 @@ use rustix::process::{Pid, PidfdFlags, pidfd_open};
 use crate::api::{ApiServer, ChaosService, Status};
 use crate::chaos::{ChaosLauncher, ChaosServer};
 use crate::error::{Error, Result};
-use crate::inject::{InjectRequest, Injection, inject};
+use crate::inject::{InjectRequest, Injection, Swapper, inject};
 use crate::journal::Journal;
 use crate::swap::FdSwapper;
 use crate::target::{NsId, processes_in_mnt_ns};
 
-type Live = Injection<ChaosServer, FdSwapper>;
+type Live<S> = Injection<ChaosServer, S>;
 
 /// How long the server waits, after a `Recover` answer, for the caller to read it.
 const ANSWER_GRACE: Duration = Duration::from_secs(1);
@@ -33,6 +33,17 @@ pub fn serve(
     duration: Option<Duration>,
     ready: impl FnOnce(std::result::Result<&Status, &Error>),
 ) -> Result<()> {
+    serve_with(journal, req, duration, FdSwapper::default(), ready)
+}
+
+/// [`serve`] with another [`Swapper`] (start-time injection: [`crate::starttime::StartSwapper`]).
+pub fn serve_with<S: Swapper>(
+    journal: &Journal,
+    req: &InjectRequest,
+    duration: Option<Duration>,
+    swapper: S,
+    ready: impl FnOnce(std::result::Result<&Status, &Error>),
+) -> Result<()> {
     let mut signals = SigSet::empty();
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
         signals.add(s);
@@ -41,12 +52,7 @@ pub fn serve(
         .thread_block()
         .map_err(|e| Error::sys("blocking signals", std::io::Error::from(e)))?;
 
-    let inj: Arc<Live> = match inject(
-        journal,
-        &ChaosLauncher::default(),
-        FdSwapper::default(),
-        req,
-    ) {
+    let inj: Arc<Live<S>> = match inject(journal, &ChaosLauncher::default(), swapper, req) {
         Ok(i) => Arc::new(i),
         Err(e) => {
             ready(Err(&e));
@@ -102,7 +108,7 @@ pub fn serve(
     Ok(())
 }
 
-fn recover_quietly(inj: &Live, why: &str) {
+fn recover_quietly<S: Swapper>(inj: &Live<S>, why: &str) {
     match inj.recover() {
         Ok(r) => tracing::info!(
             id = %inj.id(),

@@ -97,6 +97,15 @@ pub enum TargetSpec {
         /// containerd's state directory (default `/run/containerd`).
         state_dir: PathBuf,
     },
+    /// An OCI container being created (runtime hook at `createRuntime`/`prestart`): its init
+    /// process, which may not have pivoted into the container's root yet, and that root as a
+    /// path in the init's mount namespace (the bundle's `root.path`, absolute). See
+    /// [`crate::starttime`].
+    OciCreate {
+        pid: u32,
+        rootfs: PathBuf,
+        id: String,
+    },
 }
 
 /// An injection request (the CLI's `inject`, or the Chaos API's caller).
@@ -119,6 +128,7 @@ pub fn find_target(spec: &TargetSpec) -> Result<Target> {
             namespace,
             state_dir,
         } => Target::from_container(&ContainerdTask::find_in(state_dir, namespace, id)?),
+        TargetSpec::OciCreate { pid, rootfs, id } => crate::starttime::oci_target(*pid, rootfs, id),
     }
 }
 

@@ -204,6 +204,14 @@ impl Target {
         Ok(t)
     }
 
+    /// The same target with another root directory (an `O_PATH` directory fd in its mount
+    /// namespace): an OCI container at `createRuntime`, whose init has not pivoted into the
+    /// container's root yet (see [`crate::starttime`]).
+    pub fn with_root(mut self, root: OwnedFd) -> Target {
+        self.root_fd = root;
+        self
+    }
+
     /// `/proc/PID/ns/mnt`, opened when the target was found.
     pub fn mnt_ns_fd(&self) -> BorrowedFd<'_> {
         self.mnt_ns_fd.as_fd()
