@@ -1,0 +1,259 @@
+//! The stages: inject at `createRuntime` (or `prestart`), clean up at `poststop`, nothing
+//! elsewhere.
+
+use std::io::Read;
+use std::path::{Component, PathBuf};
+use std::time::Duration;
+
+use engine::api::ChaosClient;
+use engine::inject::recover_from_journal;
+use engine::journal::{Entry, Journal};
+use engine::starttime::{OCI_NAMESPACE, StartSwapper};
+use engine::target::ProcStat;
+use serde_json::Value;
+
+use crate::config::HookConfig;
+use crate::error::{Error, Result, one_line};
+use crate::oci::{Action, Container, Stage, State};
+use crate::server::{self, ServeRequest};
+
+/// Where the hook finds its files. Runtimes run hooks with the environment of the hook's
+/// registration only (config.json `hooks.*.env`, hooks.d `hook.env`), so that is where tests
+/// set these.
+#[derive(Debug, Clone)]
+pub struct Env {
+    /// `$IOCHAOS_HOOK_CONFIG`, default `/etc/iochaos/hook.toml`.
+    pub config: PathBuf,
+    /// `$IOCHAOS_RUN_DIR`, default `/run/iochaos` (the journal and sockets, as for `iochaos`).
+    pub run_dir: PathBuf,
+    /// `$IOCHAOS_SERVER_LOG`: the injection server's stderr (overrides `server_log`).
+    pub server_log: Option<PathBuf>,
+}
+
+impl Env {
+    pub fn from_env() -> Env {
+        let var = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        Env {
+            config: var("IOCHAOS_HOOK_CONFIG")
+                .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_PATH)),
+            run_dir: var("IOCHAOS_RUN_DIR")
+                .unwrap_or_else(|| PathBuf::from(engine::journal::DEFAULT_DIR)),
+            server_log: var("IOCHAOS_SERVER_LOG"),
+        }
+    }
+}
+
+/// What the hook did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing: a stage without work, or a container without the annotation.
+    Nothing,
+    /// Faults are live; the injection id.
+    Injected(String),
+    /// Already injected by an earlier stage of the same creation.
+    AlreadyInjected(String),
+    /// Injections removed at poststop.
+    Removed(usize),
+}
+
+/// Run the hook for `stage`. Stages without work return before `stdin` is read.
+pub fn run(stage: Stage, stdin: impl Read, env: &Env) -> Result<Outcome> {
+    match stage.action() {
+        Action::Nothing => Ok(Outcome::Nothing),
+        Action::Inject => {
+            let mut c = Container::new(State::read(stdin)?);
+            let Some(spec) = c.annotation(crate::ANNOTATION)? else {
+                return Ok(Outcome::Nothing);
+            };
+            inject(stage, &mut c, &spec, env)
+        }
+        Action::Cleanup => {
+            let mut c = Container::new(State::read(stdin)?);
+            if c.annotation(crate::ANNOTATION)?.is_none() {
+                return Ok(Outcome::Nothing);
+            }
+            cleanup(&c.state, env)
+        }
+    }
+}
+
+/// The annotation's spec, validated: JSON, rules the engine accepts, an absolute path.
+pub struct ParsedSpec {
+    pub spec: Value,
+    pub path: PathBuf,
+    pub duration: Option<Duration>,
+}
+
+pub fn parse_spec(text: &str) -> Result<ParsedSpec> {
+    let invalid = |source: Box<dyn std::error::Error + Send + Sync>| Error::InvalidSpec { source };
+    let spec: Value = serde_json::from_str(text).map_err(|e| invalid(e.into()))?;
+    engine::chaos::rule_set(&spec).map_err(|e| invalid(e.into()))?;
+    let path = match spec.get("path") {
+        Some(Value::String(p)) => PathBuf::from(p),
+        Some(_) => return Err(invalid("\"path\" must be a string".into())),
+        None => return Err(invalid("the spec needs a \"path\"".into())),
+    };
+    if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
+        return Err(invalid(
+            format!(
+                "path {:?} must be absolute, without .. (as the container sees it)",
+                path.display()
+            )
+            .into(),
+        ));
+    }
+    let duration = match spec.get("duration") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(d)) => Some(
+            humantime::parse_duration(d)
+                .map_err(|e| invalid(format!("duration {d:?}: {e}").into()))?,
+        ),
+        Some(_) => return Err(invalid("\"duration\" must be a string like \"60s\"".into())),
+    };
+    Ok(ParsedSpec {
+        spec,
+        path,
+        duration,
+    })
+}
+
+fn inject(stage: Stage, c: &mut Container, spec: &str, env: &Env) -> Result<Outcome> {
+    let cfg = HookConfig::load(&env.config)?;
+    let annotations = c.annotations()?;
+    cfg.check_container(&c.state.id, &annotations)?;
+    let parsed = parse_spec(spec)?;
+    cfg.check_path(&parsed.path)?;
+    let pid = match c.state.pid {
+        Some(p) if p > 0 => p,
+        _ => {
+            return Err(Error::NoPid {
+                stage: stage.name(),
+            });
+        }
+    };
+    let journal = Journal::open(&env.run_dir)?;
+    // Registered on both createRuntime and prestart: the first one injects.
+    let start_time = ProcStat::read(pid)?.start_time;
+    if let Some(e) = journal.list()?.into_iter().find(|e| {
+        is_ours(e, &c.state.id) && e.target.pid == pid && e.target.start_time == start_time
+    }) {
+        return Ok(Outcome::AlreadyInjected(e.id.to_string()));
+    }
+    let bundle = c.state.bundle.clone();
+    let rootfs = c.config()?.rootfs(&bundle);
+    let req = ServeRequest {
+        container_id: c.state.id.clone(),
+        pid,
+        rootfs,
+        path: parsed.path,
+        spec: parsed.spec,
+        duration_ms: parsed
+            .duration
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        allow_shared: cfg.allow_shared_mounts,
+        allowed_paths: cfg.allowed_paths.clone(),
+        config: cfg.source.clone(),
+        run_dir: journal.dir().to_owned(),
+    };
+    let log = env.server_log.as_ref().or(cfg.server_log.as_ref());
+    let id = server::start(&req, log)?;
+    tracing::info!(container = %c.state.id, %id, "injected");
+    Ok(Outcome::Injected(id.to_string()))
+}
+
+/// An entry a hook made for container `id`.
+fn is_ours(e: &Entry, id: &str) -> bool {
+    e.target
+        .container
+        .as_ref()
+        .is_some_and(|c| c.id == id && c.namespace == OCI_NAMESPACE)
+}
+
+/// True while some process the entry names still runs (same pid and start time).
+fn target_alive(e: &Entry) -> bool {
+    std::iter::once((e.target.pid, e.target.start_time))
+        .chain(e.pids.iter().map(|p| (p.pid, p.start_time)))
+        .any(|(pid, st)| ProcStat::read(pid).is_ok_and(|s| s.start_time == st && s.state != 'Z'))
+}
+
+/// How long a server has to answer `Recover`.
+const RECOVER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a recovered server has to exit.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn cleanup(state: &State, env: &Env) -> Result<Outcome> {
+    if !env.run_dir.exists() {
+        return Ok(Outcome::Removed(0));
+    }
+    let journal = Journal::open(&env.run_dir)?;
+    let mut removed = 0;
+    let mut failed = Vec::new();
+    for e in journal
+        .list()?
+        .into_iter()
+        .filter(|e| is_ours(e, &state.id))
+    {
+        if target_alive(&e) {
+            // Another container with the same id (another runtime root) that still runs.
+            tracing::info!(id = %e.id, "target still running, left alone");
+            continue;
+        }
+        match remove(&journal, &e) {
+            Ok(()) => removed += 1,
+            Err(err) => failed.push(format!("{}: {}", e.id, one_line(&err))),
+        }
+    }
+    if let Some(first) = failed.first() {
+        return Err(Error::Cleanup {
+            id: state.id.clone(),
+            failed: failed.len(),
+            first: first.clone(),
+        });
+    }
+    Ok(Outcome::Removed(removed))
+}
+
+/// Recover one injection whose container is gone: through its server when it answers (it may
+/// be recovering by itself already, having seen the container exit), then from the journal if
+/// anything is left; wait for the server to exit.
+fn remove(journal: &Journal, e: &Entry) -> Result<()> {
+    let server = e.server_pid.filter(|p| *p > 0 && server_alive(*p));
+    if let Some(pid) = server {
+        if let Ok(client) = ChaosClient::connect(&journal.socket_path(&e.id))
+            && let Err(err) = client.recover()
+        {
+            tracing::debug!(id = %e.id, error = %err, "recover over the API");
+        }
+        if !engine::daemon::wait_exit(pid, RECOVER_TIMEOUT + EXIT_TIMEOUT) {
+            tracing::warn!(id = %e.id, pid, "server did not exit: SIGTERM");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            engine::daemon::wait_exit(pid, EXIT_TIMEOUT);
+        }
+    }
+    match journal.read(&e.id) {
+        Ok(_) => {
+            recover_from_journal(journal, &e.id, &StartSwapper::default())?;
+        }
+        Err(engine::Error::NoSuchInjection { .. }) => {}
+        Err(err) => return Err(err.into()),
+    }
+    // A socket left by a killed server.
+    let _ = std::fs::remove_file(journal.socket_path(&e.id));
+    Ok(())
+}
+
+/// Is `pid` an iochaos-hook injection server (not a process that reused its pid)?
+fn server_alive(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+        c.split(|b| *b == 0)
+            .nth(1)
+            .is_some_and(|a| a == server::SERVE_ARG.as_bytes())
+    })
+}
