@@ -114,3 +114,42 @@ pub fn one_line(e: &dyn std::error::Error) -> String {
     }
     s.replace('\n', " ")
 }
+
+/// Print the hook's one-line reason where the user of the runtime sees it: our stderr, which
+/// runc and podman show when a hook fails. crun sends a hook's stderr to /dev/null (unless the
+/// `run.oci.hooks.stderr` annotation names a file) and reports only the exit code, so when our
+/// stderr is /dev/null the line also goes to the runtime's own stderr: the parent's fd 2,
+/// duplicated with `pidfd_getfd` so the write shares its file offset.
+pub fn report(line: &str) {
+    use std::io::Write;
+    eprintln!("{line}");
+    if !is_dev_null(std::path::Path::new("/proc/self/fd/2")) {
+        return;
+    }
+    let Some(ppid) = rustix::process::Pid::from_raw(std::os::unix::process::parent_id() as i32)
+    else {
+        return;
+    };
+    let Ok(pidfd) = rustix::process::pidfd_open(ppid, rustix::process::PidfdFlags::empty()) else {
+        return;
+    };
+    let Ok(fd) = rustix::process::pidfd_getfd(&pidfd, 2, rustix::process::PidfdGetfdFlags::empty())
+    else {
+        return;
+    };
+    let mut f = std::fs::File::from(fd);
+    if is_dev_null(std::path::Path::new(&format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&f)
+    ))) {
+        return;
+    }
+    // Nothing else to tell if this fails too.
+    let _ = f.write_all(format!("{line}\n").as_bytes());
+}
+
+fn is_dev_null(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    std::fs::metadata(path)
+        .is_ok_and(|m| m.file_type().is_char_device() && m.rdev() == nix::sys::stat::makedev(1, 3))
+}

@@ -91,7 +91,11 @@ pub struct ParsedSpec {
 pub fn parse_spec(text: &str) -> Result<ParsedSpec> {
     let invalid = |source: Box<dyn std::error::Error + Send + Sync>| Error::InvalidSpec { source };
     let spec: Value = serde_json::from_str(text).map_err(|e| invalid(e.into()))?;
-    engine::chaos::rule_set(&spec).map_err(|e| invalid(e.into()))?;
+    engine::chaos::rule_set(&spec).map_err(|e| match e {
+        // The rule engine's own error, without the engine's "invalid spec" wrapper.
+        engine::Error::InvalidSpec(inner) => invalid(inner),
+        e => invalid(e.into()),
+    })?;
     let path = match spec.get("path") {
         Some(Value::String(p)) => PathBuf::from(p),
         Some(_) => return Err(invalid("\"path\" must be a string".into())),

@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use iochaos_hook::error::one_line;
+use iochaos_hook::error::{one_line, report};
 use iochaos_hook::hook::{self, Env};
 use iochaos_hook::oci::Stage;
 use iochaos_hook::server;
@@ -36,7 +36,7 @@ fn main() -> ExitCode {
     match hook::run(stage, std::io::stdin().lock(), &Env::from_env()) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("iochaos-hook: {}: {}", stage.name(), one_line(&e));
+            report(&format!("iochaos-hook: {}: {}", stage.name(), one_line(&e)));
             ExitCode::from(1)
         }
     }
