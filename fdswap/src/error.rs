@@ -60,8 +60,13 @@ pub enum Error {
         /// The returned error.
         errno: Errno,
     },
-    /// One step of the stub failed; the process was rolled back to its original files.
-    #[error("process {pid}: {step} failed with {errno}; rolled back")]
+    /// One step of the stub failed; the process was rolled back to its original files (all of
+    /// them, unless the swap had to be split into batches for lack of spare fds: then `kept`
+    /// lists the fds of the batches committed before).
+    #[error(
+        "process {pid}: {step} failed with {errno}; rolled back{}",
+        kept_note(kept)
+    )]
     StubStep {
         /// The process.
         pid: i32,
@@ -69,6 +74,8 @@ pub enum Error {
         step: String,
         /// The errno it returned (`ESTALE`: a checked value did not match the scan).
         errno: Errno,
+        /// Fds that stay swapped (committed batches).
+        kept: Vec<i32>,
     },
     /// The stub failed in its rollback-free final part (closing temporaries, re-taking locks).
     #[error("process {pid}: swapped, but {step} failed with {errno}")]
@@ -126,6 +133,14 @@ pub enum Error {
         #[source]
         source: Errno,
     },
+}
+
+fn kept_note(kept: &[i32]) -> String {
+    if kept.is_empty() {
+        String::new()
+    } else {
+        format!(" except {} fds of batches committed before", kept.len())
+    }
 }
 
 /// Result with this crate's [`Error`].

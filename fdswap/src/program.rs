@@ -39,6 +39,8 @@ pub(crate) enum Kind {
     /// `arg0 == arg1`, else `-ESTALE`.
     Compare,
     Nothing,
+    /// Everything before is committed: a later rollback stops here.
+    Commit,
 }
 
 #[derive(Debug, Clone)]
@@ -68,6 +70,12 @@ impl Call {
                 Arg::Imm(0),
                 Arg::Imm(0),
             ],
+        }
+    }
+    pub(crate) fn commit() -> Call {
+        Call {
+            kind: Kind::Commit,
+            args: [Arg::Imm(0); 6],
         }
     }
     pub(crate) fn nothing() -> Call {
@@ -126,9 +134,14 @@ impl Program {
         self.data.len() - 1
     }
 
-    /// From now on, ops are after the point of no return.
+    /// From now on, ops are after the point of no return (failures are counted, not undone).
     pub(crate) fn begin_final(&mut self) {
         self.final_part = true;
+    }
+
+    /// Back to undoable ops.
+    pub(crate) fn end_final(&mut self) {
+        self.final_part = false;
     }
 
     /// Add an op; returns its index.
@@ -198,6 +211,7 @@ impl Program {
                 Kind::Syscall(nr) => (0u32, nr as u64),
                 Kind::Compare => (1, 0),
                 Kind::Nothing => (2, 0),
+                Kind::Commit => (3, 0),
             };
             put(out, off + op::NR as usize, nr);
             let mut mask = 0u32;
@@ -273,6 +287,7 @@ pub(crate) struct Outcome {
     pub final_errors: u64,
     pub final_index: u64,
     pub final_result: i64,
+    pub floor: u64,
 }
 
 impl Outcome {
@@ -288,6 +303,7 @@ impl Outcome {
             final_errors: w(hdr::FINAL_ERRORS),
             final_index: w(hdr::FINAL_INDEX),
             final_result: w(hdr::FINAL_RESULT) as i64,
+            floor: w(hdr::FLOOR),
         }
     }
 }

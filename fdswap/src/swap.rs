@@ -341,9 +341,20 @@ const STATX_INO_OFF: u64 = 32;
 const STATX_DEV_OFF: u64 = 136;
 const STATX_MNT_OFF: u64 = 144;
 
-/// Build the op table for one unit (see `program.rs` for the rules and the module docs of
-/// `lib.rs` for the order and why).
-fn build(unit: &ProcessPlan, trapsig: i32) -> Program {
+/// The op table of one unit, and which fds each batch commits.
+struct Built {
+    program: Program,
+    /// Per batch: the index of its commit op (`usize::MAX` for the last batch, which commits
+    /// when the stub ends) and the fds it moves.
+    batches: Vec<(usize, Vec<i32>)>,
+}
+
+/// Build the op table for one unit (see `program.rs` for how ops run and roll back, and
+/// docs/fdswap.md for the order). `batch` bounds the descriptions per transaction: each keeps a
+/// duplicate of its old description open until its batch commits, so a target near its hard
+/// RLIMIT_NOFILE (which cannot be raised without CAP_SYS_RESOURCE) is done in several
+/// transactions within the same stop.
+fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
     use libc::*;
     let mut pr = Program::default();
     let empty = pr.data(b"\0".to_vec());
@@ -382,15 +393,34 @@ fn build(unit: &ProcessPlan, trapsig: i32) -> Program {
         )),
     );
 
-    // Descriptions.
+    // Description groups, a file's groups kept together (a batch never splits a file's fds:
+    // closing one drops the process's POSIX locks on the whole file).
     let mut groups: HashMap<usize, Vec<usize>> = HashMap::new();
     for (i, f) in unit.fds.iter().enumerate() {
         groups.entry(f.description).or_default().push(i);
     }
     let mut gl: Vec<Vec<usize>> = groups.into_values().collect();
-    gl.sort();
+    gl.sort_by_key(|m| {
+        let f = &unit.fds[m[0]];
+        (f.from.dev, f.from.ino, f.fd)
+    });
+    let file_of = |g: &Vec<usize>| {
+        let f = &unit.fds[g[0]];
+        (f.from.dev, f.from.ino)
+    };
+    let mut batches_g: Vec<Vec<usize>> = vec![Vec::new()];
+    for g in 0..gl.len() {
+        let cur = batches_g.last().map_or(0, Vec::len);
+        let same_file = g > 0 && file_of(&gl[g]) == file_of(&gl[g - 1]);
+        if cur >= batch.max(1) && !same_file {
+            batches_g.push(Vec::new());
+        }
+        if let Some(b) = batches_g.last_mut() {
+            b.push(g);
+        }
+    }
 
-    // Locks: which fd carries each, and its data.
+    // Locks: which fd (and group) carries each.
     struct L {
         fd: i32,
         group: usize,
@@ -421,18 +451,6 @@ fn build(unit: &ProcessPlan, trapsig: i32) -> Program {
                 probe,
             });
         }
-    }
-    // On any rollback, re-take the original locks last (a close of the file dropped them).
-    for l in &locks {
-        pr.push(
-            format!("re-take lock on fd {}", l.fd),
-            Call::nothing(),
-            Check::None,
-            Some(Call::sys(
-                SYS_fcntl,
-                &[imm(l.fd as i64), imm(F_SETLK as i64), Arg::Data(l.take)],
-            )),
-        );
     }
 
     let check_file = |pr: &mut Program, fd: Arg, id: &sys::FileId, what: &str| {
@@ -465,384 +483,385 @@ fn build(unit: &ProcessPlan, trapsig: i32) -> Program {
         }
     };
 
-    // Prepare: check the old description, open the new one, set its offset.
-    let mut new_fd = Vec::with_capacity(gl.len());
-    for members in &gl {
-        let f0 = &unit.fds[members[0]];
-        let what = format!("fd {} ({})", f0.fd, f0.path.display());
-        check_file(&mut pr, imm(f0.fd as i64), &f0.from, &what);
-        pr.push(
-            format!("F_GETFL of {what}"),
-            Call::sys(SYS_fcntl, &[imm(f0.fd as i64), imm(F_GETFL as i64)]),
-            Check::Eq((f0.flags & !O_CLOEXEC) as u64),
-            None,
-        );
-        for &i in members {
-            let f = &unit.fds[i];
+    let nb = batches_g.len();
+    let mut batches = Vec::with_capacity(nb);
+    for (b, members_b) in batches_g.iter().enumerate() {
+        let last = b + 1 == nb;
+        let in_batch = |g: usize| members_b.contains(&g);
+        // On rollback, re-take the original locks last (closing the file dropped them).
+        for l in locks.iter().filter(|l| in_batch(l.group)) {
             pr.push(
-                format!("F_GETFD of fd {}", f.fd),
-                Call::sys(SYS_fcntl, &[imm(f.fd as i64), imm(F_GETFD as i64)]),
-                Check::Eq(u64::from(f.flags & O_CLOEXEC != 0)),
-                None,
-            );
-        }
-        let seekable = f0.flags & O_PATH == 0 && !f0.is_dir();
-        let pos = seekable.then(|| {
-            pr.push(
-                format!("lseek of {what}"),
-                Call::sys(
-                    SYS_lseek,
-                    &[imm(f0.fd as i64), imm(0), imm(SEEK_CUR as i64)],
-                ),
-                Check::NonNeg,
-                None,
-            )
-        });
-        let path = pr.data(cstr(&f0.path));
-        let oflags = (f0.flags & !(O_CLOEXEC | O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY)) | O_CLOEXEC;
-        let n = pr.push(
-            format!("openat {} for fd {}", f0.path.display(), f0.fd),
-            Call::sys(
-                SYS_openat,
-                &[
-                    imm(AT_FDCWD as i64),
-                    Arg::Data(path),
-                    imm(oflags as i64),
-                    imm(0),
-                ],
-            ),
-            Check::NonNeg,
-            None,
-        );
-        pr.ops[n].set_undo(Call::sys(SYS_close, &[Arg::Result(n)]));
-        check_file(
-            &mut pr,
-            Arg::Result(n),
-            &f0.to,
-            &format!("new file for {what}"),
-        );
-        if let Some(pos) = pos {
-            pr.push(
-                format!("lseek new file for {what}"),
-                Call::sys(
-                    SYS_lseek,
-                    &[Arg::Result(n), Arg::Result(pos), imm(SEEK_SET as i64)],
-                ),
-                Check::EqResult(pos),
-                None,
-            );
-        }
-        new_fd.push(n);
-    }
-    // Prepare: nobody else holds a conflicting lock on the new files.
-    for l in &locks {
-        pr.push(
-            format!("F_GETLK on the new file of fd {}", l.fd),
-            Call::sys(
-                SYS_fcntl,
-                &[
-                    Arg::Result(new_fd[l.group]),
-                    imm(F_GETLK as i64),
-                    Arg::Data(l.probe),
-                ],
-            ),
-            Check::NonNeg,
-            None,
-        );
-        pr.push(
-            format!("lock on the new file of fd {} is free", l.fd),
-            Call::compare_data(l.probe, 0, F_UNLCK as u64),
-            Check::NonNeg,
-            None,
-        );
-    }
-    // Prepare: map the new file of each shared mapping somewhere, reserve a parking place.
-    struct M {
-        fd: usize,
-        trial: usize,
-        park: usize,
-        start: u64,
-        len: u64,
-    }
-    let mut maps = Vec::new();
-    for m in &unit.maps {
-        let what = format!("mapping {:x}-{:x} ({})", m.start, m.end, m.path.display());
-        let b = m.perms.as_bytes();
-        let writable = b.get(1) == Some(&b'w');
-        let mut prot = 0;
-        if b.first() == Some(&b'r') {
-            prot |= PROT_READ;
-        }
-        if writable {
-            prot |= PROT_WRITE;
-        }
-        if b.get(2) == Some(&b'x') {
-            prot |= PROT_EXEC;
-        }
-        let path = pr.data(cstr(&m.path));
-        let acc = if writable { O_RDWR } else { O_RDONLY };
-        let fd = pr.push(
-            format!("openat {} for {what}", m.path.display()),
-            Call::sys(
-                SYS_openat,
-                &[
-                    imm(AT_FDCWD as i64),
-                    Arg::Data(path),
-                    imm((acc | O_CLOEXEC) as i64),
-                    imm(0),
-                ],
-            ),
-            Check::NonNeg,
-            None,
-        );
-        pr.ops[fd].set_undo(Call::sys(SYS_close, &[Arg::Result(fd)]));
-        check_file(
-            &mut pr,
-            Arg::Result(fd),
-            &m.to,
-            &format!("new file for {what}"),
-        );
-        let len = m.end - m.start;
-        let trial = pr.push(
-            format!("mmap new file for {what}"),
-            Call::sys(
-                SYS_mmap,
-                &[
-                    imm(0),
-                    Arg::Imm(len),
-                    imm(prot as i64),
-                    imm(MAP_SHARED as i64),
-                    Arg::Result(fd),
-                    Arg::Imm(m.offset),
-                ],
-            ),
-            Check::NonNeg,
-            None,
-        );
-        pr.ops[trial].set_undo(Call::sys(SYS_munmap, &[Arg::Result(trial), Arg::Imm(len)]));
-        let park = pr.push(
-            format!("reserve space to park {what}"),
-            Call::sys(
-                SYS_mmap,
-                &[
-                    imm(0),
-                    Arg::Imm(len),
-                    imm(PROT_NONE as i64),
-                    imm((MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE) as i64),
-                    imm(-1),
-                    imm(0),
-                ],
-            ),
-            Check::NonNeg,
-            None,
-        );
-        pr.ops[park].set_undo(Call::sys(SYS_munmap, &[Arg::Result(park), Arg::Imm(len)]));
-        maps.push(M {
-            fd,
-            trial,
-            park,
-            start: m.start,
-            len,
-        });
-    }
-    // Prepare: cwd.
-    let cwd = unit.cwd.as_ref().map(|c| {
-        let dot = pr.data(b".\0".to_vec());
-        let dflags = (O_PATH | O_DIRECTORY | O_CLOEXEC) as i64;
-        let saved = pr.push(
-            "open the current cwd",
-            Call::sys(
-                SYS_openat,
-                &[imm(AT_FDCWD as i64), Arg::Data(dot), imm(dflags), imm(0)],
-            ),
-            Check::NonNeg,
-            None,
-        );
-        pr.ops[saved].set_undo(Call::sys(SYS_close, &[Arg::Result(saved)]));
-        check_file(&mut pr, Arg::Result(saved), &c.from, "cwd");
-        let path = pr.data(cstr(&c.path));
-        let new = pr.push(
-            format!("openat {} for the cwd", c.path.display()),
-            Call::sys(
-                SYS_openat,
-                &[imm(AT_FDCWD as i64), Arg::Data(path), imm(dflags), imm(0)],
-            ),
-            Check::NonNeg,
-            None,
-        );
-        pr.ops[new].set_undo(Call::sys(SYS_close, &[Arg::Result(new)]));
-        check_file(&mut pr, Arg::Result(new), &c.to, "new cwd");
-        (saved, new)
-    });
-    // Prepare: keep each old description until commit.
-    let mut saved = Vec::with_capacity(gl.len());
-    for members in &gl {
-        let f0 = unit.fds[members[0]].fd;
-        let s = pr.push(
-            format!("F_DUPFD_CLOEXEC of fd {f0}"),
-            Call::sys(
-                SYS_fcntl,
-                &[imm(f0 as i64), imm(F_DUPFD_CLOEXEC as i64), imm(0)],
-            ),
-            Check::NonNeg,
-            None,
-        );
-        pr.ops[s].set_undo(Call::sys(SYS_close, &[Arg::Result(s)]));
-        saved.push(s);
-    }
-    // Commit: every step can still be undone.
-    for (g, members) in gl.iter().enumerate() {
-        for &i in members {
-            let f = &unit.fds[i];
-            let cl = if f.flags & O_CLOEXEC != 0 {
-                O_CLOEXEC
-            } else {
-                0
-            };
-            pr.push(
-                format!("dup3 onto fd {}", f.fd),
-                Call::sys(
-                    SYS_dup3,
-                    &[Arg::Result(new_fd[g]), imm(f.fd as i64), imm(cl as i64)],
-                ),
-                Check::Eq(f.fd as u64),
+                format!("re-take lock on fd {}", l.fd),
+                Call::nothing(),
+                Check::None,
                 Some(Call::sys(
-                    SYS_dup3,
-                    &[Arg::Result(saved[g]), imm(f.fd as i64), imm(cl as i64)],
+                    SYS_fcntl,
+                    &[imm(l.fd as i64), imm(F_SETLK as i64), Arg::Data(l.take)],
                 )),
             );
         }
+        let mut saved = Vec::new();
+        let mut moved = Vec::new();
+        for &g in members_b {
+            let members = &gl[g];
+            let f0 = &unit.fds[members[0]];
+            let what = format!("fd {} ({})", f0.fd, f0.path.display());
+            // The old description is still what the scan saw.
+            check_file(&mut pr, imm(f0.fd as i64), &f0.from, &what);
+            pr.push(
+                format!("F_GETFL of {what}"),
+                Call::sys(SYS_fcntl, &[imm(f0.fd as i64), imm(F_GETFL as i64)]),
+                Check::Eq((f0.flags & !O_CLOEXEC) as u64),
+                None,
+            );
+            for &i in members {
+                let f = &unit.fds[i];
+                pr.push(
+                    format!("F_GETFD of fd {}", f.fd),
+                    Call::sys(SYS_fcntl, &[imm(f.fd as i64), imm(F_GETFD as i64)]),
+                    Check::Eq(u64::from(f.flags & O_CLOEXEC != 0)),
+                    None,
+                );
+            }
+            let seekable = f0.flags & O_PATH == 0 && !f0.is_dir();
+            let pos = seekable.then(|| {
+                pr.push(
+                    format!("lseek of {what}"),
+                    Call::sys(
+                        SYS_lseek,
+                        &[imm(f0.fd as i64), imm(0), imm(SEEK_CUR as i64)],
+                    ),
+                    Check::NonNeg,
+                    None,
+                )
+            });
+            // Open the new one: same flags, through the mount now on top.
+            let path = pr.data(cstr(&f0.path));
+            let oflags =
+                (f0.flags & !(O_CLOEXEC | O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY)) | O_CLOEXEC;
+            let n = pr.push(
+                format!("openat {} for fd {}", f0.path.display(), f0.fd),
+                Call::sys(
+                    SYS_openat,
+                    &[
+                        imm(AT_FDCWD as i64),
+                        Arg::Data(path),
+                        imm(oflags as i64),
+                        imm(0),
+                    ],
+                ),
+                Check::NonNeg,
+                None,
+            );
+            pr.ops[n].set_undo(Call::sys(SYS_close, &[Arg::Result(n)]));
+            check_file(
+                &mut pr,
+                Arg::Result(n),
+                &f0.to,
+                &format!("new file for {what}"),
+            );
+            if let Some(pos) = pos {
+                pr.push(
+                    format!("lseek new file for {what}"),
+                    Call::sys(
+                        SYS_lseek,
+                        &[Arg::Result(n), Arg::Result(pos), imm(SEEK_SET as i64)],
+                    ),
+                    Check::EqResult(pos),
+                    None,
+                );
+            }
+            // Nobody else holds a conflicting lock on the new file.
+            for l in locks.iter().filter(|l| l.group == g) {
+                pr.push(
+                    format!("F_GETLK on the new file of fd {}", l.fd),
+                    Call::sys(
+                        SYS_fcntl,
+                        &[Arg::Result(n), imm(F_GETLK as i64), Arg::Data(l.probe)],
+                    ),
+                    Check::NonNeg,
+                    None,
+                );
+                pr.push(
+                    format!("lock on the new file of fd {} is free", l.fd),
+                    Call::compare_data(l.probe, 0, F_UNLCK as u64),
+                    Check::NonNeg,
+                    None,
+                );
+            }
+            // Keep the old description until the batch commits, then replace the fds.
+            let s = pr.push(
+                format!("F_DUPFD_CLOEXEC of fd {}", f0.fd),
+                Call::sys(
+                    SYS_fcntl,
+                    &[imm(f0.fd as i64), imm(F_DUPFD_CLOEXEC as i64), imm(0)],
+                ),
+                Check::NonNeg,
+                None,
+            );
+            pr.ops[s].set_undo(Call::sys(SYS_close, &[Arg::Result(s)]));
+            for &i in members {
+                let f = &unit.fds[i];
+                let cl = if f.flags & O_CLOEXEC != 0 {
+                    O_CLOEXEC
+                } else {
+                    0
+                };
+                pr.push(
+                    format!("dup3 onto fd {}", f.fd),
+                    Call::sys(
+                        SYS_dup3,
+                        &[Arg::Result(n), imm(f.fd as i64), imm(cl as i64)],
+                    ),
+                    Check::Eq(f.fd as u64),
+                    Some(Call::sys(
+                        SYS_dup3,
+                        &[Arg::Result(s), imm(f.fd as i64), imm(cl as i64)],
+                    )),
+                );
+                moved.push(f.fd);
+            }
+            // The temporary goes now (one spare fd at a time); its undo puts it back at its
+            // number, so that the openat's undo closes the right fd.
+            pr.push(
+                format!("close the temporary fd for {what}"),
+                Call::sys(SYS_close, &[Arg::Result(n)]),
+                Check::NonNeg,
+                Some(Call::sys(
+                    SYS_dup3,
+                    &[imm(f0.fd as i64), Arg::Result(n), imm(O_CLOEXEC as i64)],
+                )),
+            );
+            saved.push(s);
+        }
+        let mut parks = Vec::new();
+        let mut temps = Vec::new();
+        if last {
+            let mv = (MREMAP_MAYMOVE | MREMAP_FIXED) as i64;
+            for m in &unit.maps {
+                let what = format!("mapping {:x}-{:x} ({})", m.start, m.end, m.path.display());
+                let p = m.perms.as_bytes();
+                let writable = p.get(1) == Some(&b'w');
+                let mut prot = 0;
+                if p.first() == Some(&b'r') {
+                    prot |= PROT_READ;
+                }
+                if writable {
+                    prot |= PROT_WRITE;
+                }
+                if p.get(2) == Some(&b'x') {
+                    prot |= PROT_EXEC;
+                }
+                let path = pr.data(cstr(&m.path));
+                // A read-only mapping is never reopened for writing.
+                let acc = if writable { O_RDWR } else { O_RDONLY };
+                let fd = pr.push(
+                    format!("openat {} for {what}", m.path.display()),
+                    Call::sys(
+                        SYS_openat,
+                        &[
+                            imm(AT_FDCWD as i64),
+                            Arg::Data(path),
+                            imm((acc | O_CLOEXEC) as i64),
+                            imm(0),
+                        ],
+                    ),
+                    Check::NonNeg,
+                    None,
+                );
+                pr.ops[fd].set_undo(Call::sys(SYS_close, &[Arg::Result(fd)]));
+                check_file(
+                    &mut pr,
+                    Arg::Result(fd),
+                    &m.to,
+                    &format!("new file for {what}"),
+                );
+                let len = m.end - m.start;
+                let trial = pr.push(
+                    format!("mmap the new file for {what}"),
+                    Call::sys(
+                        SYS_mmap,
+                        &[
+                            imm(0),
+                            Arg::Imm(len),
+                            imm(prot as i64),
+                            imm(MAP_SHARED as i64),
+                            Arg::Result(fd),
+                            Arg::Imm(m.offset),
+                        ],
+                    ),
+                    Check::NonNeg,
+                    None,
+                );
+                pr.ops[trial].set_undo(Call::sys(SYS_munmap, &[Arg::Result(trial), Arg::Imm(len)]));
+                let park = pr.push(
+                    format!("reserve space to park {what}"),
+                    Call::sys(
+                        SYS_mmap,
+                        &[
+                            imm(0),
+                            Arg::Imm(len),
+                            imm(PROT_NONE as i64),
+                            imm((MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE) as i64),
+                            imm(-1),
+                            imm(0),
+                        ],
+                    ),
+                    Check::NonNeg,
+                    None,
+                );
+                pr.ops[park].set_undo(Call::sys(SYS_munmap, &[Arg::Result(park), Arg::Imm(len)]));
+                pr.push(
+                    format!("park {what}"),
+                    Call::sys(
+                        SYS_mremap,
+                        &[
+                            Arg::Imm(m.start),
+                            Arg::Imm(len),
+                            Arg::Imm(len),
+                            imm(mv),
+                            Arg::Result(park),
+                        ],
+                    ),
+                    Check::EqResult(park),
+                    Some(Call::sys(
+                        SYS_mremap,
+                        &[
+                            Arg::Result(park),
+                            Arg::Imm(len),
+                            Arg::Imm(len),
+                            imm(mv),
+                            Arg::Imm(m.start),
+                        ],
+                    )),
+                );
+                pr.push(
+                    format!("move the new mapping to {:x}", m.start),
+                    Call::sys(
+                        SYS_mremap,
+                        &[
+                            Arg::Result(trial),
+                            Arg::Imm(len),
+                            Arg::Imm(len),
+                            imm(mv),
+                            Arg::Imm(m.start),
+                        ],
+                    ),
+                    Check::Eq(m.start),
+                    Some(Call::sys(
+                        SYS_mremap,
+                        &[
+                            Arg::Imm(m.start),
+                            Arg::Imm(len),
+                            Arg::Imm(len),
+                            imm(mv),
+                            Arg::Result(trial),
+                        ],
+                    )),
+                );
+                parks.push((park, len));
+                temps.push(fd);
+            }
+            if let Some(c) = &unit.cwd {
+                let dot = pr.data(b".\0".to_vec());
+                let dflags = (O_PATH | O_DIRECTORY | O_CLOEXEC) as i64;
+                let saved_cwd = pr.push(
+                    "open the current cwd",
+                    Call::sys(
+                        SYS_openat,
+                        &[imm(AT_FDCWD as i64), Arg::Data(dot), imm(dflags), imm(0)],
+                    ),
+                    Check::NonNeg,
+                    None,
+                );
+                pr.ops[saved_cwd].set_undo(Call::sys(SYS_close, &[Arg::Result(saved_cwd)]));
+                check_file(&mut pr, Arg::Result(saved_cwd), &c.from, "cwd");
+                let path = pr.data(cstr(&c.path));
+                let new_cwd = pr.push(
+                    format!("openat {} for the cwd", c.path.display()),
+                    Call::sys(
+                        SYS_openat,
+                        &[imm(AT_FDCWD as i64), Arg::Data(path), imm(dflags), imm(0)],
+                    ),
+                    Check::NonNeg,
+                    None,
+                );
+                pr.ops[new_cwd].set_undo(Call::sys(SYS_close, &[Arg::Result(new_cwd)]));
+                check_file(&mut pr, Arg::Result(new_cwd), &c.to, "new cwd");
+                pr.push(
+                    "fchdir to the new cwd",
+                    Call::sys(SYS_fchdir, &[Arg::Result(new_cwd)]),
+                    Check::NonNeg,
+                    Some(Call::sys(SYS_fchdir, &[Arg::Result(saved_cwd)])),
+                );
+                temps.push(saved_cwd);
+                temps.push(new_cwd);
+            }
+        }
+        // Point of no return for this batch: drop the old descriptions and temporaries, then
+        // re-take the locks (closing any fd of a file drops the process's POSIX locks on it).
+        pr.begin_final();
+        for s in saved {
+            pr.push(
+                "close a kept old description",
+                Call::sys(SYS_close, &[Arg::Result(s)]),
+                Check::NonNeg,
+                None,
+            );
+        }
+        for fd in temps {
+            pr.push(
+                "close a temporary fd",
+                Call::sys(SYS_close, &[Arg::Result(fd)]),
+                Check::NonNeg,
+                None,
+            );
+        }
+        for (park, len) in parks {
+            pr.push(
+                "unmap a parked old mapping",
+                Call::sys(SYS_munmap, &[Arg::Result(park), Arg::Imm(len)]),
+                Check::NonNeg,
+                None,
+            );
+        }
+        for l in locks.iter().filter(|l| in_batch(l.group)) {
+            pr.push(
+                format!("take the POSIX lock again on fd {}", l.fd),
+                Call::sys(
+                    SYS_fcntl,
+                    &[imm(l.fd as i64), imm(F_SETLK as i64), Arg::Data(l.take)],
+                ),
+                Check::NonNeg,
+                None,
+            );
+        }
+        if last {
+            pr.push(
+                "restore the signal mask",
+                Call::sys(
+                    SYS_rt_sigprocmask,
+                    &[
+                        imm(SIG_SETMASK as i64),
+                        Arg::Data(orig_mask),
+                        imm(0),
+                        imm(8),
+                    ],
+                ),
+                Check::NonNeg,
+                None,
+            );
+            batches.push((usize::MAX, moved));
+        } else {
+            pr.end_final();
+            let c = pr.push("commit a batch", Call::commit(), Check::None, None);
+            batches.push((c, moved));
+        }
     }
-    let mv = (MREMAP_MAYMOVE | MREMAP_FIXED) as i64;
-    for m in &maps {
-        pr.push(
-            format!("park mapping {:x}", m.start),
-            Call::sys(
-                SYS_mremap,
-                &[
-                    Arg::Imm(m.start),
-                    Arg::Imm(m.len),
-                    Arg::Imm(m.len),
-                    imm(mv),
-                    Arg::Result(m.park),
-                ],
-            ),
-            Check::EqResult(m.park),
-            Some(Call::sys(
-                SYS_mremap,
-                &[
-                    Arg::Result(m.park),
-                    Arg::Imm(m.len),
-                    Arg::Imm(m.len),
-                    imm(mv),
-                    Arg::Imm(m.start),
-                ],
-            )),
-        );
-        pr.push(
-            format!("move new mapping to {:x}", m.start),
-            Call::sys(
-                SYS_mremap,
-                &[
-                    Arg::Result(m.trial),
-                    Arg::Imm(m.len),
-                    Arg::Imm(m.len),
-                    imm(mv),
-                    Arg::Imm(m.start),
-                ],
-            ),
-            Check::Eq(m.start),
-            Some(Call::sys(
-                SYS_mremap,
-                &[
-                    Arg::Imm(m.start),
-                    Arg::Imm(m.len),
-                    Arg::Imm(m.len),
-                    imm(mv),
-                    Arg::Result(m.trial),
-                ],
-            )),
-        );
+    Built {
+        program: pr,
+        batches,
     }
-    if let Some((saved_cwd, new_cwd)) = cwd {
-        pr.push(
-            "fchdir to the new cwd",
-            Call::sys(SYS_fchdir, &[Arg::Result(new_cwd)]),
-            Check::NonNeg,
-            Some(Call::sys(SYS_fchdir, &[Arg::Result(saved_cwd)])),
-        );
-    }
-    // Point of no return: drop temporaries, then re-take locks (closing any fd of a file drops
-    // the process's POSIX locks on it, so locks come after every close).
-    pr.begin_final();
-    for (g, _) in gl.iter().enumerate() {
-        pr.push(
-            "close temporary new fd",
-            Call::sys(SYS_close, &[Arg::Result(new_fd[g])]),
-            Check::NonNeg,
-            None,
-        );
-        pr.push(
-            "close saved old fd",
-            Call::sys(SYS_close, &[Arg::Result(saved[g])]),
-            Check::NonNeg,
-            None,
-        );
-    }
-    for m in &maps {
-        pr.push(
-            "close mapping fd",
-            Call::sys(SYS_close, &[Arg::Result(m.fd)]),
-            Check::NonNeg,
-            None,
-        );
-        pr.push(
-            "unmap the parked old mapping",
-            Call::sys(SYS_munmap, &[Arg::Result(m.park), Arg::Imm(m.len)]),
-            Check::NonNeg,
-            None,
-        );
-    }
-    if let Some((saved_cwd, new_cwd)) = cwd {
-        pr.push(
-            "close saved cwd",
-            Call::sys(SYS_close, &[Arg::Result(saved_cwd)]),
-            Check::NonNeg,
-            None,
-        );
-        pr.push(
-            "close new cwd fd",
-            Call::sys(SYS_close, &[Arg::Result(new_cwd)]),
-            Check::NonNeg,
-            None,
-        );
-    }
-    for l in &locks {
-        pr.push(
-            format!("take POSIX lock on fd {}", l.fd),
-            Call::sys(
-                SYS_fcntl,
-                &[imm(l.fd as i64), imm(F_SETLK as i64), Arg::Data(l.take)],
-            ),
-            Check::NonNeg,
-            None,
-        );
-    }
-    pr.push(
-        "restore the signal mask",
-        Call::sys(
-            SYS_rt_sigprocmask,
-            &[
-                imm(SIG_SETMASK as i64),
-                Arg::Data(orig_mask),
-                imm(0),
-                imm(8),
-            ],
-        ),
-        Check::NonNeg,
-        None,
-    );
-    pr
 }
 
 /// Pick a trap signal the target neither catches nor blocks and whose default is to ignore it:
@@ -856,6 +875,62 @@ fn trap_signal(pid: i32, tid: i32) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// Where the trampoline goes: the zero padding at the end of the vDSO (after its section
+/// headers; never executed or read by anyone). Written through `/proc/PID/mem`, which
+/// copies the page on write for this process only.
+struct Trampoline {
+    mem: std::fs::File,
+    at: u64,
+    original: Vec<u8>,
+}
+
+impl Trampoline {
+    fn place(pid: i32, tid: i32) -> Result<Option<Trampoline>> {
+        let maps = procfs::maps(pid)?;
+        let Some(v) = maps.iter().find(|m| m.path == "[vdso]") else {
+            return Ok(None);
+        };
+        let at = v.end - arch::TRAMPOLINE_LEN as u64;
+        let mut original = vec![0u8; arch::TRAMPOLINE_LEN];
+        read_mem(tid, at, &mut original)?;
+        // Free: zeros, or a trampoline an earlier (killed) swap left behind.
+        let ours = original.starts_with(&arch::SYSCALL_INSN);
+        if !ours && original.iter().any(|&b| b != 0) {
+            return Ok(None);
+        }
+        let path = format!("/proc/{pid}/mem");
+        let mem = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(crate::error::proc_err(&path))?;
+        Ok(Some(Trampoline {
+            mem,
+            at,
+            original: if ours {
+                vec![0; arch::TRAMPOLINE_LEN]
+            } else {
+                original
+            },
+        }))
+    }
+
+    fn write(&self, code: &[u8]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.mem
+            .write_all_at(code, self.at)
+            .map_err(|e| Error::RemoteMemory {
+                tid: 0,
+                addr: self.at,
+                source: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+            })
+    }
+
+    fn restore(&self) -> Result<()> {
+        self.write(&self.original)
+    }
 }
 
 /// Find a `syscall` instruction in the vDSO (or any executable mapping).
@@ -989,18 +1064,32 @@ struct NofileGuard {
 }
 
 impl NofileGuard {
-    fn raise(pid: i32, needed: u64) -> Result<Self> {
+    /// Raise the soft limit to `needed` (and the hard one, if allowed); returns the guard and
+    /// the soft limit in force.
+    fn raise(pid: i32, needed: u64) -> Result<(Self, u64)> {
         let (cur, max) =
             sys::prlimit_nofile(pid, None).map_err(|source| Error::Rlimit { pid, source })?;
         if cur >= needed {
-            return Ok(Self { pid, old: None });
+            return Ok((Self { pid, old: None }, cur));
         }
-        sys::prlimit_nofile(pid, Some((needed, max.max(needed))))
-            .map_err(|source| Error::Rlimit { pid, source })?;
-        Ok(Self {
-            pid,
-            old: Some((cur, max)),
-        })
+        let got = match sys::prlimit_nofile(pid, Some((needed, max.max(needed)))) {
+            Ok(_) => needed,
+            // No CAP_SYS_RESOURCE: the hard limit is as far as we go.
+            Err(Errno::EPERM) if cur < max => {
+                sys::prlimit_nofile(pid, Some((max, max)))
+                    .map_err(|source| Error::Rlimit { pid, source })?;
+                max
+            }
+            Err(Errno::EPERM) => return Ok((Self { pid, old: None }, cur)),
+            Err(source) => return Err(Error::Rlimit { pid, source }),
+        };
+        Ok((
+            Self {
+                pid,
+                old: Some((cur, max)),
+            },
+            got,
+        ))
     }
 }
 
@@ -1024,35 +1113,48 @@ fn run_unit(t: &mut Tracee, unit: &ProcessPlan, stub: &Stub, so: &SwapOptions) -
     } else {
         trap_signal(pid, tid)?
     };
-    let program = build(unit, trapsig);
-    let layout = program.layout(stub.code.len());
-    let at = find_syscall_insn(pid, tid)?;
-
-    let groups = unit
+    let ngroups = unit
         .fds
         .iter()
         .map(|f| f.description)
         .collect::<std::collections::HashSet<_>>()
-        .len();
-    let max_fd = unit.fds.iter().map(|f| f.fd).max().unwrap_or(0).max(
-        unit.skipped
-            .iter()
-            .filter_map(|s| match s.item {
-                Item::Fd(fd) => Some(fd),
-                _ => None,
-            })
-            .max()
-            .unwrap_or(0),
-    ) as u64;
-    let _nofile = NofileGuard::raise(
-        pid,
-        max_fd + 1 + 2 * groups as u64 + 2 * unit.maps.len() as u64 + 16,
-    )?;
+        .len() as u64;
+    let max_fd = unit
+        .fds
+        .iter()
+        .map(|f| f.fd)
+        .chain(unit.skipped.iter().filter_map(|s| match s.item {
+            Item::Fd(fd) => Some(fd),
+            _ => None,
+        }))
+        .max()
+        .unwrap_or(0) as u64;
+    // Spare fds: one kept old description per group, one temporary, maps and cwd.
+    let base = max_fd + 1 + 2 * unit.maps.len() as u64 + 24;
+    let (nofile, limit) = NofileGuard::raise(pid, base + ngroups)?;
+    let batch = if limit >= base + ngroups {
+        usize::MAX
+    } else {
+        limit.saturating_sub(base).max(1) as usize
+    };
+    let built = build(unit, trapsig, batch);
+    let program = &built.program;
+    let layout = program.layout(stub.code.len());
+    // The injected syscalls run in a trampoline that, should this process die, returns the
+    // thread to where it was; without a place for one, any syscall instruction will do.
+    let tramp = Trampoline::place(pid, tid)?;
+    let at = match &tramp {
+        Some(t) => {
+            t.write(&arch::trampoline(&orig)?)?;
+            t.at
+        }
+        None => find_syscall_insn(pid, tid)?,
+    };
 
     let prot = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
     let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
     let total = layout.total as u64;
-    let addr = remote_syscall(
+    let mapped = remote_syscall(
         t,
         tid,
         &orig,
@@ -1060,28 +1162,27 @@ fn run_unit(t: &mut Tracee, unit: &ProcessPlan, stub: &Stub, so: &SwapOptions) -
         libc::SYS_mmap,
         "mmap",
         [0, total, prot, flags, u64::MAX, 0],
-    )? as u64;
-    // From here on the mapping must go and the registers come back, whatever happens.
-    let result = run_stub(t, unit, stub, so, &program, &layout, addr, trapsig, &orig);
-    let cleanup = (|| -> Result<()> {
-        let now = tracer::getregs(tid)?;
-        remote_syscall(
+    );
+    // From here on the mapping must go and the registers come back, whatever happens. The
+    // munmap runs on the original registers, so that the trampoline would restore all of them.
+    let result = mapped.and_then(|addr| {
+        let addr = addr as u64;
+        let ran = run_stub(t, unit, stub, so, &built, &layout, addr, trapsig, &orig);
+        let unmapped = remote_syscall(
             t,
             tid,
-            &now,
+            &orig,
             at,
             libc::SYS_munmap,
             "munmap",
             [addr, total, 0, 0, 0, 0],
-        )?;
-        back_to_event_stop(t, tid)?;
-        tracer::setregs(tid, orig)?;
-        if let Some(th) = t.threads.get_mut(&tid) {
-            th.dirty = false;
-        }
-        Ok(())
-    })();
-    result.and(cleanup)
+        );
+        ran.and(unmapped.map(|_| ()))
+    });
+    let back = back_to_event_stop(t, tid).and_then(|()| tracer::setregs(tid, orig));
+    drop(nofile);
+    let untrampoline = tramp.as_ref().map_or(Ok(()), Trampoline::restore);
+    result.and(back).and(untrampoline)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1090,7 +1191,7 @@ fn run_stub(
     unit: &ProcessPlan,
     stub: &Stub,
     so: &SwapOptions,
-    program: &Program,
+    built: &Built,
     layout: &crate::program::Layout,
     addr: u64,
     trapsig: i32,
@@ -1098,6 +1199,7 @@ fn run_stub(
 ) -> Result<()> {
     let pid = t.pid;
     let tid = unit.tid;
+    let program = &built.program;
     let (regs_block, ret_rip) = arch::return_block(orig);
     let mut code = stub.code.clone();
     code[stub.rip_slot..stub.rip_slot + 8].copy_from_slice(&ret_rip.to_le_bytes());
@@ -1171,6 +1273,12 @@ fn run_stub(
             pid,
             step: op_what(out.fail_index),
             errno: errno(out.fail_result),
+            kept: built
+                .batches
+                .iter()
+                .filter(|(commit, _)| *commit < out.floor as usize)
+                .flat_map(|(_, fds)| fds.iter().copied())
+                .collect(),
         }),
         s => Err(Error::UnexpectedStop {
             tid,

@@ -445,7 +445,7 @@ fn int3_trap_would_kill_the_target_control() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let lower = tmp.path().join("lower");
     std::fs::create_dir_all(&lower).expect("mkdir");
-    let mut t = Testee::spawn(&lower, &["--fds", "20000"]);
+    let mut t = Testee::spawn(&lower, &["--fds", "12000"]);
     t.mount(&[
         "--bind",
         lower.to_str().expect("utf8"),
@@ -461,13 +461,12 @@ fn int3_trap_would_kill_the_target_control() {
         .spawn()
         .expect("spawn swapper");
     let pid = t.pid;
-    wait_for("the stub mapping", Duration::from_secs(30), || {
-        maps(pid).contains("rwxp")
-    });
+    wait_for("the stub to run", Duration::from_secs(30), || in_stub(pid));
     swapper.kill().expect("kill");
     let _ = swapper.wait();
     use std::os::unix::process::ExitStatusExt;
-    let st = t.child.wait().expect("wait testee");
+    let st = wait_exit(&mut t.child, Duration::from_secs(10))
+        .expect("the target survived an untraced int3?");
     assert_eq!(st.signal(), Some(libc::SIGTRAP), "{st:?}");
 }
 
@@ -477,7 +476,7 @@ fn sigkill_of_the_swapper_mid_stub_leaves_the_target_alive() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let lower = tmp.path().join("lower");
     std::fs::create_dir_all(&lower).expect("mkdir");
-    let mut t = Testee::spawn(&lower, &["--fds", "20000", "--threads", "4"]);
+    let mut t = Testee::spawn(&lower, &["--fds", "12000", "--threads", "4"]);
     t.mount(&[
         "--bind",
         lower.to_str().expect("utf8"),
@@ -487,17 +486,23 @@ fn sigkill_of_the_swapper_mid_stub_leaves_the_target_alive() {
     let many = many_fds(t.pid);
     let first = many[0];
     let orig = fdinfo(t.pid, first).mnt_id;
-    for round in 0..5 {
+    for round in 0..6 {
         let mut swapper = Command::new(TESTEE)
             .args(["swap", &t.pid.to_string(), lower.to_str().expect("utf8")])
             .spawn()
             .expect("spawn swapper");
         let pid = t.pid;
-        // Kill as soon as the stub memory exists (the stub is running or about to).
-        wait_for("the stub mapping", Duration::from_secs(30), || {
-            maps(pid).contains("rwxp") || matches!(swapper.try_wait(), Ok(Some(_)))
-        });
-        std::thread::sleep(Duration::from_micros(2000 * round));
+        // Kill early (injecting the mmap), or while the stub runs, at various points.
+        if round == 0 {
+            wait_for("the stub mapping", Duration::from_secs(30), || {
+                stub_range(pid).is_some() || matches!(swapper.try_wait(), Ok(Some(_)))
+            });
+        } else {
+            wait_for("the stub to run", Duration::from_secs(30), || {
+                in_stub(pid) || matches!(swapper.try_wait(), Ok(Some(_)))
+            });
+            std::thread::sleep(Duration::from_millis(3 * (round - 1)));
+        }
         swapper.kill().expect("kill");
         let _ = swapper.wait();
         assert_eq!(

@@ -36,6 +36,8 @@ pub(crate) mod hdr {
     pub const TGID: i32 = 64;
     pub const TID: i32 = 72;
     pub const TRAPSIG: i32 = 80;
+    /// Ops below this index are committed: a rollback stops here.
+    pub const FLOOR: i32 = 88;
     /// rax rbx rcx rdx rsi rdi rbp rsp r8 … r15 rflags, for the tracer-less return.
     pub const REGS: i32 = 96;
     pub const REGS_LEN: usize = 17;
@@ -137,8 +139,8 @@ pub(crate) fn assemble() -> Result<Stub> {
         ; mov [r15 + hdr::FAIL_INDEX], r12
         ; mov [r15 + hdr::FAIL_RESULT], rax
         ; ->undo_next:
-        ; test r12, r12
-        ; jz >undone
+        ; cmp r12, [r15 + hdr::FLOOR]
+        ; jbe >undone
         ; dec r12
         ; sub rbx, SIZE
         ; lea rbp, [rbx + UNDO]
@@ -146,6 +148,11 @@ pub(crate) fn assemble() -> Result<Stub> {
         ; mov [rbx + UNDO_RESULT], rax
         ; jmp ->undo_next
         ; undone:
+        // Op 0's undo restores the signal mask; a rollback that stopped at a commit point
+        // has not run it.
+        ; mov rbp, [r15 + hdr::OPS]
+        ; add rbp, UNDO
+        ; call ->exec
         ; mov QWORD [r15 + hdr::STATUS], status::ROLLED_BACK as i32
         ; jmp ->trap
         ; ->success:
@@ -237,6 +244,14 @@ pub(crate) fn assemble() -> Result<Stub> {
         ; syscall
         ; ret
         ; not_syscall:
+        ; cmp eax, 3
+        ; jne >not_commit
+        // Commit point: later failures roll back to here only.
+        ; lea rax, [r12 + 1]
+        ; mov [r15 + hdr::FLOOR], rax
+        ; xor eax, eax
+        ; ret
+        ; not_commit:
         ; cmp eax, 1
         ; jne >nothing
         ; cmp rdi, rsi
@@ -260,6 +275,38 @@ pub(crate) fn assemble() -> Result<Stub> {
         trap_ret,
         rip_slot,
     })
+}
+
+/// Space the trampoline needs.
+pub(crate) const TRAMPOLINE_LEN: usize = 128;
+
+/// A `syscall` followed by code that loads every register a syscall injection changes (and
+/// the syscall clobbers) from `r` with its restart applied, and jumps back to the interrupted
+/// code. The injected syscall runs at offset 0; a tracer that dies after setting it up leaves
+/// a thread that runs the syscall and then simply carries on where it was.
+pub(crate) fn trampoline(orig: &Regs) -> Result<Vec<u8>> {
+    let a = after_restart(orig);
+    let mut ops = dynasmrt::VecAssembler::<dynasmrt::x64::X64Relocation>::new(0);
+    dynasm!(ops
+        ; .arch x64
+        ; syscall
+        ; mov rax, QWORD a.rax as i64
+        ; mov rcx, QWORD a.rcx as i64
+        ; mov rdx, QWORD a.rdx as i64
+        ; mov rsi, QWORD a.rsi as i64
+        ; mov rdi, QWORD a.rdi as i64
+        ; mov r8, QWORD a.r8 as i64
+        ; mov r9, QWORD a.r9 as i64
+        ; mov r10, QWORD a.r10 as i64
+        ; mov r11, QWORD a.r11 as i64
+        ; .bytes [0xffu8, 0x25, 0, 0, 0, 0]
+        ; .u64 a.rip
+    );
+    let code = ops
+        .finalize()
+        .map_err(|e| Error::Assemble(format!("{e:?}")))?;
+    debug_assert!(code.len() <= TRAMPOLINE_LEN);
+    Ok(code)
 }
 
 /// Instruction pointer.
@@ -368,6 +415,16 @@ mod tests {
             &s.code[s.rip_slot - 6..s.rip_slot],
             &[0xff, 0x25, 0, 0, 0, 0]
         );
+    }
+
+    #[test]
+    fn trampoline_fits() {
+        let mut r = zero_regs();
+        r.rip = 0x1234;
+        let t = trampoline(&r).expect("assembles");
+        assert!(t.len() <= TRAMPOLINE_LEN);
+        assert_eq!(&t[..2], &SYSCALL_INSN);
+        assert_eq!(&t[t.len() - 8..], &0x1234u64.to_le_bytes());
     }
 
     #[test]

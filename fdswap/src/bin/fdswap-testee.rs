@@ -120,7 +120,7 @@ fn serve(args: &[String]) {
     if let Ok((_, hard)) =
         nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
     {
-        let want = hard.max(nfds as u64 + 1024);
+        let want = hard;
         if let Err(e) =
             nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, want, want)
         {

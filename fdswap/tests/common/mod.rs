@@ -243,3 +243,61 @@ pub fn many_fds(pid: i32) -> Vec<i32> {
     v.sort();
     v
 }
+
+/// The stub memory of `pid` (the anonymous rwx mapping fdswap makes), if present.
+pub fn stub_range(pid: i32) -> Option<(u64, u64)> {
+    maps(pid)
+        .lines()
+        .find(|l| l.contains(" rwxp "))
+        .and_then(|l| {
+            let (a, b) = l.split_whitespace().next()?.split_once('-')?;
+            Some((
+                u64::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b, 16).ok()?,
+            ))
+        })
+}
+
+/// Is `pid` executing the stub right now: the stub memory holds a header whose status is
+/// still 0 (running) while early ops already have results.
+pub fn in_stub(pid: i32) -> bool {
+    use std::os::unix::fs::FileExt;
+    let Some((a, b)) = stub_range(pid) else {
+        return false;
+    };
+    let Ok(mem) = std::fs::File::open(format!("/proc/{pid}/mem")) else {
+        return false;
+    };
+    let len = ((b - a) as usize).min(64 * 1024);
+    let mut buf = vec![0u8; len];
+    if mem.read_exact_at(&mut buf, a).is_err() {
+        return false;
+    }
+    let word = |o: usize| u64::from_le_bytes(buf[o..o + 8].try_into().unwrap_or([0; 8]));
+    for off in (0..4096).step_by(64) {
+        if word(off + 8) == a + off as u64 + 256 {
+            let status = word(off + 16);
+            let ops = off + 256;
+            let started = (0..40).any(|k| {
+                let r = ops + k * 160 + 144;
+                r + 8 <= len && word(r) != 0
+            });
+            return status == 0 && started;
+        }
+    }
+    false
+}
+
+/// Wait for the child to exit, at most `timeout`; its terminating signal, if it exited.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let t0 = Instant::now();
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        if t0.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
