@@ -10,6 +10,7 @@ pub mod journal;
 pub mod mountinfo;
 pub mod ns;
 pub mod resolve;
+pub mod shim;
 pub mod starttime;
 pub mod swap;
 mod sys;

@@ -1,0 +1,89 @@
+//! The shim's errors.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Usage(String),
+    #[error("malformed task API message: {0}")]
+    Wire(String),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("spawning {what}: {source}")]
+    Spawn {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{binary} {action} exited with {status}: {output}")]
+    RuncShim {
+        binary: String,
+        action: &'static str,
+        status: std::process::ExitStatus,
+        output: String,
+    },
+    #[error("ttrpc {address}: {source}")]
+    Rpc {
+        address: String,
+        #[source]
+        source: ttrpc::Error,
+    },
+    #[error("annotation {}: {reason}", engine::shim::ANNOTATION)]
+    Annotation { reason: String },
+    #[error(transparent)]
+    Engine(#[from] engine::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// The ttrpc status code containerd sees.
+    pub fn code(&self) -> ttrpc::Code {
+        match self {
+            Error::Usage(_) | Error::Wire(_) | Error::Annotation { .. } => {
+                ttrpc::Code::INVALID_ARGUMENT
+            }
+            Error::Engine(e) => e.code(),
+            _ => ttrpc::Code::INTERNAL,
+        }
+    }
+}
+
+/// The error and its causes on one line.
+pub fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cause = c.source();
+    }
+    s
+}
+
+impl From<Error> for ttrpc::Error {
+    fn from(e: Error) -> Self {
+        ttrpc::Error::RpcStatus(ttrpc::get_status(e.code(), one_line(&e)))
+    }
+}

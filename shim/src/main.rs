@@ -1,0 +1,88 @@
+//! `containerd-shim-iochaos-v2`: containerd's runtime `io.containerd.iochaos.v2`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use iochaos_shim::args::{self, Action};
+use iochaos_shim::error::one_line;
+
+/// Log to containerd: the `log` fifo containerd reads in the bundle (the daemon), else stderr
+/// (which containerd reports for `start` and `delete`).
+fn init_logging(debug: bool, to_fifo: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("IOCHAOS_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if debug { "debug" } else { "info" })
+    });
+    let fifo = to_fifo.then(open_log_fifo).flatten();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false);
+    match fifo {
+        Some(f) => builder.with_writer(std::sync::Mutex::new(f)).init(),
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+}
+
+fn open_log_fifo() -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking open: no reader (containerd gone) must not hang us; then blocking writes.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("log")
+        .ok()?;
+    let flags = nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_GETFL).ok()?;
+    let mut flags = nix::fcntl::OFlag::from_bits_truncate(flags);
+    flags.remove(nix::fcntl::OFlag::O_NONBLOCK);
+    nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_SETFL(flags)).ok()?;
+    Some(f)
+}
+
+fn main() -> ExitCode {
+    let args = match args::parse(std::env::args_os().skip(1).collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{}: {e}", engine::shim::BINARY);
+            return ExitCode::from(2);
+        }
+    };
+    let action = args.action();
+    init_logging(args.debug, action == Action::Serve);
+    let result = match action {
+        Action::Version => {
+            println!(
+                "{}:\n  Version: {}\n  Runtime: {}",
+                engine::shim::BINARY,
+                env!("CARGO_PKG_VERSION"),
+                engine::shim::RUNTIME
+            );
+            Ok(())
+        }
+        Action::Start => iochaos_shim::start::start(&args).map(|address| {
+            print!("{address}");
+            let _ = std::io::stdout().flush();
+        }),
+        Action::Delete => iochaos_shim::delete::delete(&args).map(|response| {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(&response).and_then(|()| out.flush());
+        }),
+        Action::Serve => match (&args.runc_address, &args.socket) {
+            (Some(runc), Some(socket)) => iochaos_shim::daemon::serve(
+                &args.namespace,
+                runc,
+                PathBuf::from(socket.trim_start_matches("unix://")),
+            ),
+            _ => Err(iochaos_shim::Error::Usage(
+                "containerd runs this shim with `start` or `delete`".into(),
+            )),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %one_line(&e), "{action:?} failed");
+            eprintln!("{}: {}", engine::shim::BINARY, one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}

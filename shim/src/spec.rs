@@ -1,0 +1,93 @@
+//! The annotation `dev.iochaos.spec` of a bundle's config.json.
+
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// A validated spec: JSON the rule engine accepts, an absolute path without `..`.
+#[derive(Debug, Clone)]
+pub struct Parsed {
+    pub spec: Value,
+    pub path: PathBuf,
+    pub duration: Option<Duration>,
+}
+
+/// The annotations of `<bundle>/config.json`.
+pub fn annotations(bundle: &Path) -> Result<serde_json::Map<String, Value>> {
+    let path = bundle.join("config.json");
+    let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let v: Value = serde_json::from_slice(&text).map_err(|source| Error::Json {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(match v.get("annotations") {
+        Some(Value::Object(m)) => m.clone(),
+        _ => serde_json::Map::new(),
+    })
+}
+
+/// The spec the bundle asks for, if any.
+pub fn of_bundle(bundle: &Path) -> Result<Option<Parsed>> {
+    match annotations(bundle)?.get(engine::shim::ANNOTATION) {
+        None => Ok(None),
+        Some(Value::String(s)) => parse(s).map(Some),
+        Some(_) => Err(Error::Annotation {
+            reason: "not a string".into(),
+        }),
+    }
+}
+
+pub fn parse(text: &str) -> Result<Parsed> {
+    let bad = |reason: String| Error::Annotation { reason };
+    let spec: Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+    engine::chaos::rule_set(&spec).map_err(|e| bad(crate::error::one_line(&e)))?;
+    let path = match spec.get("path") {
+        Some(Value::String(p)) => PathBuf::from(p),
+        Some(_) => return Err(bad("\"path\" must be a string".into())),
+        None => return Err(bad("the spec needs a \"path\"".into())),
+    };
+    if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
+        return Err(bad(format!(
+            "path {:?} must be absolute, without .. (as the container sees it)",
+            path.display()
+        )));
+    }
+    let duration = match spec.get("duration") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(d)) => {
+            Some(humantime::parse_duration(d).map_err(|e| bad(format!("duration {d:?}: {e}")))?)
+        }
+        Some(_) => return Err(bad("\"duration\" must be a string like \"60s\"".into())),
+    };
+    Ok(Parsed {
+        spec,
+        path,
+        duration,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs() {
+        let p = parse(r#"{"path":"/data","duration":"2s","rules":[{"ops":["write"],"errno":"EIO"}]}"#)
+            .expect("valid");
+        assert_eq!(p.path, PathBuf::from("/data"));
+        assert_eq!(p.duration, Some(Duration::from_secs(2)));
+        for bad in [
+            "nope",
+            r#"{"rules":[]}"#,
+            r#"{"path":"data","rules":[]}"#,
+            r#"{"path":"/a/../b","rules":[]}"#,
+            r#"{"path":"/a","rules":[{"ops":["write"],"errno":"ENOPE"}]}"#,
+            r#"{"path":"/a","duration":5,"rules":[]}"#,
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+}
