@@ -496,7 +496,9 @@ pub(crate) fn scan_unit(
 /// Number the open file descriptions: fds with equal file, flags and offset are compared with
 /// `kcmp(KCMP_FILE)`.
 fn group_descriptions(pid: i32, fds: &mut [FdItem]) {
-    let mut by_key: HashMap<(u64, (u32, u32), i32, u64), Vec<usize>> = HashMap::new();
+    // (inode, device, flags without O_CLOEXEC, offset)
+    type Key = (u64, (u32, u32), i32, u64);
+    let mut by_key: HashMap<Key, Vec<usize>> = HashMap::new();
     for (i, f) in fds.iter().enumerate() {
         by_key
             .entry((f.from.ino, f.from.dev, f.flags & !libc::O_CLOEXEC, f.pos))

@@ -228,7 +228,7 @@ fn swap_process(
             unit.cwd = None;
         }
         if !first {
-            report.skipped.extend(unit.skipped.drain(..));
+            report.skipped.append(&mut unit.skipped);
         }
         if new_files {
             seen_tables.push((t.pid, tid));
