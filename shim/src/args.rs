@@ -126,8 +126,16 @@ mod tests {
     #[test]
     fn containerd_start_and_delete_lines() {
         let a = p(&[
-            "-namespace", "default", "-address", "/run/containerd/containerd.sock",
-            "-publish-binary", "/usr/bin/containerd", "-id", "c1", "-debug", "start",
+            "-namespace",
+            "default",
+            "-address",
+            "/run/containerd/containerd.sock",
+            "-publish-binary",
+            "/usr/bin/containerd",
+            "-id",
+            "c1",
+            "-debug",
+            "start",
         ])
         .expect("start");
         assert_eq!(a.action(), Action::Start);

@@ -83,7 +83,10 @@ pub struct Shim {
 pub fn journal() -> Result<Journal> {
     let dir = std::env::var_os("IOCHAOS_RUN_DIR")
         .filter(|v| !v.is_empty())
-        .map_or_else(|| PathBuf::from(engine::journal::DEFAULT_DIR), PathBuf::from);
+        .map_or_else(
+            || PathBuf::from(engine::journal::DEFAULT_DIR),
+            PathBuf::from,
+        );
     Ok(Journal::open(dir)?)
 }
 
@@ -129,7 +132,9 @@ pub fn serve(namespace: &str, runc_address: &str, socket: PathBuf) -> Result<()>
             );
         }
     }
-    methods.extend(chaos_ttrpc::create_chaos(Arc::new(Chaos { shim: shim.clone() })));
+    methods.extend(chaos_ttrpc::create_chaos(Arc::new(Chaos {
+        shim: shim.clone(),
+    })));
     let mut server = ttrpc::Server::new()
         .add_listener(crate::sys::LISTENER_FD)
         .map_err(|source| Error::Rpc {
@@ -195,7 +200,8 @@ impl Shim {
     }
 
     fn create(self: &Arc<Self>, req: Request) -> Response {
-        let fields = wire::string(&req.payload, 1).and_then(|id| Ok((id, wire::string(&req.payload, 2)?)));
+        let fields =
+            wire::string(&req.payload, 1).and_then(|id| Ok((id, wire::string(&req.payload, 2)?)));
         let (id, bundle) = match fields {
             Ok(f) => f,
             Err(e) => return status_response(Code::INVALID_ARGUMENT, e),
@@ -242,8 +248,11 @@ impl Shim {
         spec: crate::spec::Parsed,
     ) -> Result<InjectionId> {
         // containerd's task directory is <state>/io.containerd.runtime.v2.task/<ns>/<id>.
-        let state_dir = bundle
-            .strip_suffix_path(&Path::new("io.containerd.runtime.v2.task").join(&self.namespace).join(id));
+        let state_dir = bundle.strip_suffix_path(
+            &Path::new("io.containerd.runtime.v2.task")
+                .join(&self.namespace)
+                .join(id),
+        );
         let target = match state_dir {
             Some(state_dir) => TargetSpec::Container {
                 id: id.to_owned(),
@@ -302,7 +311,8 @@ impl Shim {
     }
 
     fn delete(&self, req: Request) -> Response {
-        let ids = wire::string(&req.payload, 1).and_then(|id| Ok((id, wire::string(&req.payload, 2)?)));
+        let ids =
+            wire::string(&req.payload, 1).and_then(|id| Ok((id, wire::string(&req.payload, 2)?)));
         let res = self.forward(req);
         let Ok((id, exec_id)) = ids else {
             return res;
@@ -322,9 +332,13 @@ impl Shim {
     }
 
     fn shutdown(self: &Arc<Self>, req: Request) -> Response {
-        let res = self.forward(req);
-        if self.lock().containers.is_empty() {
+        // runc's shim exits on this call when it serves no container, as we do.
+        let last = self.lock().containers.is_empty();
+        if last {
             self.exiting.store(true, Ordering::SeqCst);
+        }
+        let res = self.forward(req);
+        if last {
             let shim = self.clone();
             // Answer first (containerd takes a closed connection as done, too).
             let _ = std::thread::Builder::new().spawn(move || {
@@ -484,7 +498,10 @@ mod tests {
     fn state_dir_from_bundle() {
         let b = Path::new("/run/containerd/io.containerd.runtime.v2.task/default/c1");
         let s = Path::new("io.containerd.runtime.v2.task/default/c1");
-        assert_eq!(b.strip_suffix_path(s), Some(PathBuf::from("/run/containerd")));
+        assert_eq!(
+            b.strip_suffix_path(s),
+            Some(PathBuf::from("/run/containerd"))
+        );
         assert_eq!(Path::new("/x/default/c1").strip_suffix_path(s), None);
         assert_eq!(Path::new("c1").strip_suffix_path(s), None);
     }

@@ -53,7 +53,10 @@ pub fn delete(args: &Args) -> Result<Vec<u8>> {
             .container
             .as_ref()
             .is_some_and(|c| c.id == args.id && c.namespace == args.namespace);
-        if !ours || e.server_pid.is_some_and(|p| p > 0 && engine::shim::is_shim(p)) {
+        if !ours
+            || e.server_pid
+                .is_some_and(|p| p > 0 && engine::shim::is_shim(p))
+        {
             continue;
         }
         match recover_from_journal(&journal, &e.id, &StartSwapper::default()) {

@@ -75,8 +75,9 @@ mod tests {
 
     #[test]
     fn specs() {
-        let p = parse(r#"{"path":"/data","duration":"2s","rules":[{"ops":["write"],"errno":"EIO"}]}"#)
-            .expect("valid");
+        let p =
+            parse(r#"{"path":"/data","duration":"2s","rules":[{"ops":["write"],"errno":"EIO"}]}"#)
+                .expect("valid");
         assert_eq!(p.path, PathBuf::from("/data"));
         assert_eq!(p.duration, Some(Duration::from_secs(2)));
         for bad in [

@@ -21,7 +21,10 @@ pub const RUNC_ADDRESS_FILE: &str = "iochaos-runc-address";
 /// Where shim sockets live (as for runc's shim: containerd 1.6 `shim.SocketAddress`).
 pub const SOCKET_DIR: &str = "/run/containerd/s";
 /// Annotations that put containers in one shim, in runc's order.
-const GROUP_LABELS: [&str; 2] = ["io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id"];
+const GROUP_LABELS: [&str; 2] = [
+    "io.containerd.runc.v2.group",
+    "io.kubernetes.cri.sandbox-id",
+];
 
 /// The wrapped runc shim: `$IOCHAOS_RUNC_SHIM`, default `containerd-shim-runc-v2` on `PATH`.
 pub fn runc_shim() -> String {
@@ -107,13 +110,25 @@ pub fn start(args: &Args) -> Result<String> {
     let listener = UnixListener::bind(&path).map_err(|e| Error::io(&path, e))?;
     let exe = std::env::current_exe().map_err(|e| Error::io("/proc/self/exe", e))?;
     let mut cmd = Command::new(&exe);
-    cmd.args(["-namespace", &args.namespace, "-id", &args.id, "-address", &args.address])
-        .args(["-publish-binary", &args.publish_binary, "-runc-address", &runc_address])
-        .args(["-socket", &ours])
-        .current_dir(&bundle)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.args([
+        "-namespace",
+        &args.namespace,
+        "-id",
+        &args.id,
+        "-address",
+        &args.address,
+    ])
+    .args([
+        "-publish-binary",
+        &args.publish_binary,
+        "-runc-address",
+        &runc_address,
+    ])
+    .args(["-socket", &ours])
+    .current_dir(&bundle)
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
     if args.debug {
         cmd.arg("-debug");
     }

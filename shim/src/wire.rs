@@ -26,7 +26,9 @@ pub fn fields(payload: &[u8]) -> Result<Vec<(u32, Value)>> {
     while let Some(tag) = is.read_raw_tag_or_eof().map_err(bad)? {
         let (field, wt) = (tag >> 3, tag & 7);
         match WireType::new(wt) {
-            Some(WireType::Varint) => out.push((field, Value::Varint(is.read_raw_varint64().map_err(bad)?))),
+            Some(WireType::Varint) => {
+                out.push((field, Value::Varint(is.read_raw_varint64().map_err(bad)?)))
+            }
             Some(WireType::LengthDelimited) => {
                 out.push((field, Value::Bytes(is.read_bytes().map_err(bad)?)))
             }
