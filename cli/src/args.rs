@@ -38,10 +38,12 @@ USAGE:
         live. `--pid` always names the target here (the rule selector needs --spec).
     iochaos recover (ID | --pid PID | CONTAINER [--namespace NS] | --all)
         Remove injections: detach, move every fd back, stop the server, clear the journal.
-    iochaos status [ID] [--json]
+    iochaos status [ID | CONTAINER [--namespace NS]] [--json]
         Live injections: target, path, pids, server, rules with counters, swapped/skipped fds.
-    iochaos update ID (--spec FILE|- | RULE...)
+    iochaos update (ID | CONTAINER [--namespace NS]) (--spec FILE|- | RULE...)
         Replace the rules of a live injection.
+    A CONTAINER run by containerd-shim-iochaos-v2 is reached through its shim (the task
+    directory's `address` under --containerd-state DIR, default /run/containerd).
     iochaos demo
         Show faults appearing and disappearing under a small workload (no container runtime).
     iochaos help
@@ -103,6 +105,8 @@ pub enum RecoverWhat {
     IdOrContainer {
         name: String,
         namespace: String,
+        /// containerd's state directory, where a container's task dir names its shim.
+        state_dir: PathBuf,
     },
     Pid(u32),
     All,
@@ -118,13 +122,18 @@ pub enum Command {
     DemoWorkload(PathBuf),
     Inject(InjectArgs),
     Recover(RecoverWhat),
+    /// `id`: an injection id, or a container (through its iochaos shim, or the journal).
     Status {
         id: Option<String>,
         json: bool,
+        namespace: String,
+        state_dir: PathBuf,
     },
     Update {
         id: String,
         spec: SpecSource,
+        namespace: String,
+        state_dir: PathBuf,
     },
     /// Internal: the injection server (a JSON request; see `inject::ServeRequest`).
     Serve(String),
@@ -308,9 +317,16 @@ fn parse_inject(args: Vec<String>) -> Result<InjectArgs, Usage> {
     })
 }
 
+/// `--containerd-state`, default `/run/containerd`.
+fn containerd_state(mine: &[(String, Option<String>)]) -> PathBuf {
+    get(mine, "--containerd-state")
+        .unwrap_or_else(|| DEFAULT_CONTAINERD_STATE.into())
+        .into()
+}
+
 fn parse_recover(args: Vec<String>) -> Result<RecoverWhat, Usage> {
     let own = Flags {
-        valued: &["--pid", "--namespace"],
+        valued: &["--pid", "--namespace", "--containerd-state"],
         switches: &["--all"],
     };
     let (mine, rules, positional) = split(args, &own)?;
@@ -327,6 +343,7 @@ fn parse_recover(args: Vec<String>) -> Result<RecoverWhat, Usage> {
         (false, None, [name]) => RecoverWhat::IdOrContainer {
             name: name.clone(),
             namespace: get(&mine, "--namespace").unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
+            state_dir: containerd_state(&mine),
         },
         (false, None, []) => return Err(usage("recover needs ID, --pid PID, CONTAINER or --all")),
         _ => {
@@ -335,15 +352,19 @@ fn parse_recover(args: Vec<String>) -> Result<RecoverWhat, Usage> {
             ));
         }
     };
-    if has(&mine, "--namespace") && !matches!(what, RecoverWhat::IdOrContainer { .. }) {
-        return Err(usage("--namespace goes with a CONTAINER"));
+    if (has(&mine, "--namespace") || has(&mine, "--containerd-state"))
+        && !matches!(what, RecoverWhat::IdOrContainer { .. })
+    {
+        return Err(usage(
+            "--namespace and --containerd-state go with a CONTAINER",
+        ));
     }
     Ok(what)
 }
 
 fn parse_status(args: Vec<String>) -> Result<Command, Usage> {
     let own = Flags {
-        valued: &[],
+        valued: &["--namespace", "--containerd-state"],
         switches: &["--json"],
     };
     let (mine, rules, positional) = split(args, &own)?;
@@ -354,6 +375,8 @@ fn parse_status(args: Vec<String>) -> Result<Command, Usage> {
         [] | [_] => Ok(Command::Status {
             id: positional.first().cloned(),
             json: has(&mine, "--json"),
+            namespace: get(&mine, "--namespace").unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
+            state_dir: containerd_state(&mine),
         }),
         [_, extra, ..] => Err(usage(format!("unexpected argument {extra:?}"))),
     }
@@ -361,7 +384,7 @@ fn parse_status(args: Vec<String>) -> Result<Command, Usage> {
 
 fn parse_update(args: Vec<String>) -> Result<Command, Usage> {
     let own = Flags {
-        valued: &["--spec"],
+        valued: &["--spec", "--namespace", "--containerd-state"],
         switches: &[],
     };
     let (mine, rules, positional) = split(args, &own)?;
@@ -373,6 +396,8 @@ fn parse_update(args: Vec<String>) -> Result<Command, Usage> {
     Ok(Command::Update {
         id,
         spec: spec_source(get(&mine, "--spec"), rules, "update")?,
+        namespace: get(&mine, "--namespace").unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
+        state_dir: containerd_state(&mine),
     })
 }
 

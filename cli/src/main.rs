@@ -34,8 +34,18 @@ fn main() -> ExitCode {
         Ok(Command::Inject(a)) => inject::inject(a),
         Ok(Command::Serve(req)) => inject::serve(&req),
         Ok(Command::Recover(what)) => recover::recover(what),
-        Ok(Command::Status { id, json }) => status::status(id, json),
-        Ok(Command::Update { id, spec }) => status::update(&id, &spec),
+        Ok(Command::Status {
+            id,
+            json,
+            namespace,
+            state_dir,
+        }) => status::status(id, json, &namespace, &state_dir),
+        Ok(Command::Update {
+            id,
+            spec,
+            namespace,
+            state_dir,
+        }) => status::update(&id, &spec, &namespace, &state_dir),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),

@@ -40,7 +40,11 @@ pub fn recover(what: RecoverWhat) -> anyhow::Result<i32> {
             }
             v
         }
-        RecoverWhat::IdOrContainer { name, namespace } => {
+        RecoverWhat::IdOrContainer {
+            name,
+            namespace,
+            state_dir,
+        } => {
             let by_id: Vec<Entry> = entries
                 .iter()
                 .filter(|e| e.id.as_str() == name)
@@ -48,6 +52,25 @@ pub fn recover(what: RecoverWhat) -> anyhow::Result<i32> {
                 .collect();
             if !by_id.is_empty() {
                 by_id
+            } else if let Some(shim) = crate::status::shim_for(name, namespace, state_dir)? {
+                // The container's own shim made the injection: it recovers it and keeps
+                // running the container.
+                let shim = shim.with_timeout(RECOVER_TIMEOUT);
+                let id = shim.status()?.id;
+                let report = shim.recover().with_context(|| {
+                    format!("recovering container {namespace}/{name} through its shim")
+                })?;
+                for f in &report.failed {
+                    eprintln!(
+                        "iochaos: {id}: pid {} fd {} {} left on the old mount: {}",
+                        f.pid,
+                        f.fd,
+                        f.path,
+                        f.reason.as_deref().unwrap_or("?")
+                    );
+                }
+                println!("{id}");
+                return Ok(0);
             } else {
                 let v: Vec<Entry> = entries
                     .into_iter()
@@ -97,8 +120,12 @@ pub fn recover(what: RecoverWhat) -> anyhow::Result<i32> {
     }
 }
 
-/// Is `pid` the injection server of this journal (and not a process that reused its pid)?
+/// Is `pid` the injection server of this journal (and not a process that reused its pid)? An
+/// iochaos containerd shim serves the injections it made.
 fn is_server(pid: u32) -> bool {
+    if engine::shim::is_shim(pid) {
+        return true;
+    }
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
@@ -119,7 +146,8 @@ fn recover_one(
             .and_then(|c| c.recover());
         match answer {
             Ok(report) => {
-                if let Some(pid) = server
+                // A shim serves on after recovering (it runs the container).
+                if let Some(pid) = server.filter(|p| !engine::shim::is_shim(*p))
                     && !engine::daemon::wait_exit(pid, EXIT_TIMEOUT)
                 {
                     tracing::warn!(pid, "the injection server did not exit after recovering");
@@ -129,7 +157,7 @@ fn recover_one(
             // The server answered: its error stands (for "recovered already", it is on its
             // way out and removes the entry itself).
             Err(err @ engine::Error::Remote { .. }) => {
-                if let Some(pid) = server {
+                if let Some(pid) = server.filter(|p| !engine::shim::is_shim(*p)) {
                     engine::daemon::wait_exit(pid, EXIT_TIMEOUT);
                 }
                 if !journal.entry_path(&e.id).exists() {
@@ -142,7 +170,7 @@ fn recover_one(
             }
         }
     }
-    if let Some(pid) = server.filter(|p| is_server(*p)) {
+    if let Some(pid) = server.filter(|p| is_server(*p) && !engine::shim::is_shim(*p)) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
             nix::sys::signal::Signal::SIGKILL,

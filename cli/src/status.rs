@@ -1,11 +1,13 @@
 //! `iochaos status` and `iochaos update`.
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use engine::api::{ChaosClient, Status};
 use engine::inject::status_from_entry;
 use engine::journal::{Entry, InjectionId, Journal};
+use engine::shim::ShimClient;
 use serde_json::Value;
 
 use crate::args::SpecSource;
@@ -33,14 +35,74 @@ fn status_of(journal: &Journal, e: &Entry) -> (Status, bool) {
     }
 }
 
-pub fn status(id: Option<String>, json: bool) -> anyhow::Result<i32> {
+/// The iochaos shim of container `name` (`containerd-shim-iochaos-v2`, found through the task
+/// directory's `address`), when `name` is not an injection id and such a shim injected into it.
+pub fn shim_for(
+    name: &str,
+    namespace: &str,
+    state_dir: &Path,
+) -> anyhow::Result<Option<ShimClient>> {
+    if InjectionId::parse(name).is_ok() {
+        return Ok(None);
+    }
+    match ShimClient::find(state_dir, namespace, name) {
+        Ok(c) => Ok(c),
+        Err(engine::Error::UnknownContainer { .. } | engine::Error::ContainerNotRunning { .. }) => {
+            Ok(None)
+        }
+        Err(e) => Err(e).with_context(|| format!("container {namespace}/{name}: its shim")),
+    }
+}
+
+/// The journal entries of injections into containerd container `namespace/name`.
+fn container_entries(journal: &Journal, name: &str, namespace: &str) -> anyhow::Result<Vec<Entry>> {
+    let v: Vec<Entry> = journal
+        .list()
+        .context("reading the journal")?
+        .into_iter()
+        .filter(|e| {
+            e.target
+                .container
+                .as_ref()
+                .is_some_and(|c| c.id == name && c.namespace == namespace)
+        })
+        .collect();
+    if v.is_empty() {
+        bail!(
+            "no injection {name:?}: neither an injection id nor an injected container in containerd namespace {namespace:?}"
+        );
+    }
+    Ok(v)
+}
+
+pub fn status(
+    id: Option<String>,
+    json: bool,
+    namespace: &str,
+    state_dir: &Path,
+) -> anyhow::Result<i32> {
     check_privileges()?;
     let journal = journal()?;
-    let entries = match id {
-        Some(id) => vec![entry(&journal, &id)?],
-        None => journal.list().context("reading the journal")?,
+    let shim = match &id {
+        Some(name) => shim_for(name, namespace, state_dir)?,
+        None => None,
     };
-    let all: Vec<(Status, bool)> = entries.iter().map(|e| status_of(&journal, e)).collect();
+    let all: Vec<(Status, bool)> = match (shim, id) {
+        (Some(shim), _) => vec![(shim.status()?, true)],
+        (None, Some(id)) if InjectionId::parse(&id).is_err() => {
+            container_entries(&journal, &id, namespace)?
+                .iter()
+                .map(|e| status_of(&journal, e))
+                .collect()
+        }
+        (None, Some(id)) => vec![status_of(&journal, &entry(&journal, &id)?)],
+        (None, None) => journal
+            .list()
+            .context("reading the journal")?
+            .iter()
+            .map(|e| status_of(&journal, e))
+            .collect(),
+    };
     if json {
         let mut out = Vec::new();
         for (s, answering) in &all {
@@ -117,21 +179,40 @@ pub fn status(id: Option<String>, json: bool) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-pub fn update(id: &str, spec: &SpecSource) -> anyhow::Result<i32> {
+pub fn update(
+    id: &str,
+    spec: &SpecSource,
+    namespace: &str,
+    state_dir: &Path,
+) -> anyhow::Result<i32> {
     let spec = spec_json(spec)?;
     if spec.get("duration").is_some() {
         bail!("update cannot change the duration of a live injection (remove \"duration\")");
     }
     check_privileges()?;
     let journal = journal()?;
-    let e = entry(&journal, id)?;
-    let client = ChaosClient::connect(&journal.socket_path(&e.id))
-        .with_context(|| format!("injection {id}: its server does not answer"))?
-        .with_timeout(TIMEOUT);
     let text = serde_json::to_string(&spec).context("encoding the spec")?;
-    let status = client
-        .update_rules(&text)
-        .with_context(|| format!("updating injection {id}"))?;
+    let status = if let Some(shim) = shim_for(id, namespace, state_dir)? {
+        shim.with_timeout(TIMEOUT)
+            .update_rules(&text)
+            .with_context(|| format!("updating container {namespace}/{id} through its shim"))?
+    } else {
+        let e = if InjectionId::parse(id).is_err() {
+            match container_entries(&journal, id, namespace)?.as_slice() {
+                [one] => one.clone(),
+                _ => bail!("container {namespace}/{id} has several injections: name one by ID"),
+            }
+        } else {
+            entry(&journal, id)?
+        };
+        let client = ChaosClient::connect(&journal.socket_path(&e.id))
+            .with_context(|| format!("injection {}: its server does not answer", e.id))?
+            .with_timeout(TIMEOUT);
+        client
+            .update_rules(&text)
+            .with_context(|| format!("updating injection {}", e.id))?
+    };
+    let id = status.id.as_str();
     if status.skipped.iter().any(|k| {
         k.reason
             .as_deref()
