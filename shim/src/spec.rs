@@ -29,9 +29,17 @@ pub fn annotations(bundle: &Path) -> Result<serde_json::Map<String, Value>> {
     })
 }
 
-/// The spec the bundle asks for, if any.
+/// CRI's annotation telling a pod's sandbox (pause) container from its workloads.
+pub const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+
+/// The spec the bundle asks for, if any. A Kubernetes pod's sandbox container gets the pod's
+/// annotations too (`pod_annotations`), but faults are for the workloads: it gets none.
 pub fn of_bundle(bundle: &Path) -> Result<Option<Parsed>> {
-    match annotations(bundle)?.get(engine::shim::ANNOTATION) {
+    let annotations = annotations(bundle)?;
+    if annotations.get(CRI_CONTAINER_TYPE).and_then(Value::as_str) == Some("sandbox") {
+        return Ok(None);
+    }
+    match annotations.get(engine::shim::ANNOTATION) {
         None => Ok(None),
         Some(Value::String(s)) => parse(s).map(Some),
         Some(_) => Err(Error::Annotation {
@@ -72,6 +80,29 @@ pub fn parse(text: &str) -> Result<Parsed> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sandboxes_get_no_faults() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let write = |annotations: &str| {
+            std::fs::write(
+                d.path().join("config.json"),
+                format!(r#"{{"ociVersion":"1.0.2","annotations":{annotations}}}"#),
+            )
+            .expect("write")
+        };
+        let spec = r#""dev.iochaos.spec":"{\"path\":\"/d\",\"rules\":[]}""#;
+        write(&format!(
+            r#"{{{spec},"io.kubernetes.cri.container-type":"sandbox"}}"#
+        ));
+        assert!(of_bundle(d.path()).expect("sandbox").is_none());
+        write(&format!(
+            r#"{{{spec},"io.kubernetes.cri.container-type":"container"}}"#
+        ));
+        assert!(of_bundle(d.path()).expect("container").is_some());
+        write("{}");
+        assert!(of_bundle(d.path()).expect("none").is_none());
+    }
 
     #[test]
     fn specs() {
