@@ -4,15 +4,12 @@
 
 mod inject_common;
 
-use std::io::Write;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use inject_common::{Env, Log, check_data, inject_update_recover, poll, workload_script};
+use inject_common::{Env, Log, check_data, counts, inject_update_recover, poll, workload_script};
 
 /// The shell workload in a private mount namespace (its own process group, killed on drop).
 struct Workload {
@@ -383,65 +380,7 @@ fn pid_recover_all_and_status_text() {
 /// (run by `thousand_files_in_16_threads` as a child, selected by the environment).
 #[test]
 fn holder_process() {
-    let Some(dir) = std::env::var_os("IOCHAOS_TEST_HOLDER") else {
-        return;
-    };
-    hold_files(Path::new(&dir), 1000, 16);
-}
-
-/// Open `n` files under DIR/vol in `threads` threads, write to each of them continuously, and
-/// keep DIR/counts up to date with "OK ERR" totals.
-pub fn hold_files(dir: &Path, n: usize, threads: usize) -> ! {
-    let ok = Arc::new(AtomicU64::new(0));
-    let err = Arc::new(AtomicU64::new(0));
-    let ready = Arc::new(AtomicU64::new(0));
-    for t in 0..threads {
-        let (ok, err, ready) = (ok.clone(), err.clone(), ready.clone());
-        let dir = dir.to_owned();
-        std::thread::spawn(move || {
-            let mut files: Vec<std::fs::File> = (0..n)
-                .filter(|i| i % threads == t)
-                .map(|i| {
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(dir.join("vol").join(format!("f{i}")))
-                        .expect("open")
-                })
-                .collect();
-            ready.fetch_add(1, Ordering::SeqCst);
-            loop {
-                for f in &mut files {
-                    match f.write_all(b"x\n") {
-                        Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
-                        Err(_) => err.fetch_add(1, Ordering::Relaxed),
-                    };
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        });
-    }
-    loop {
-        if ready.load(Ordering::SeqCst) == threads as u64 {
-            let tmp = dir.join("counts.tmp");
-            let _ = std::fs::write(
-                &tmp,
-                format!(
-                    "{} {}\n",
-                    ok.load(Ordering::Relaxed),
-                    err.load(Ordering::Relaxed)
-                ),
-            );
-            let _ = std::fs::rename(&tmp, dir.join("counts"));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn counts(dir: &Path) -> Option<(u64, u64)> {
-    let s = std::fs::read_to_string(dir.join("counts")).ok()?;
-    let mut f = s.split_whitespace();
-    Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+    inject_common::holder_main();
 }
 
 #[test]

@@ -212,6 +212,19 @@ fn add_unscanned(plan: &mut Plan, path: &Path, mnt: u64) {
     }
 }
 
+/// Is `pid` in another pid namespace than ours?
+fn other_pid_ns(pid: i32) -> bool {
+    let ours = std::fs::metadata("/proc/self/ns/pid");
+    let theirs = std::fs::metadata(format!("/proc/{pid}/ns/pid"));
+    match (ours, theirs) {
+        (Ok(a), Ok(b)) => {
+            use std::os::unix::fs::MetadataExt;
+            (a.dev(), a.ino()) != (b.dev(), b.ino())
+        }
+        _ => false,
+    }
+}
+
 /// Is mount `mnt_id` attached in `pid`'s mount namespace?
 fn attached(pid: i32, mnt_id: u64) -> bool {
     let want = mnt_id.to_string();
@@ -285,7 +298,14 @@ impl FdSwapper {
         if rescue && let Some(m) = options.from_mnt {
             add_unscanned(&mut plan, &options.path, m);
         }
-        let report = fdswap::swap_plan(&plan, &self.options).map_err(swap_err)?;
+        let mut so = self.options.clone();
+        // fdswap's stub signals its own end with `tgkill(pid, tid)` using the pids as *we* see
+        // them; inside another pid namespace (every container) those name other processes or
+        // none, and the stub's end is never seen. The `int3` ending does not depend on pids.
+        if plan.processes.iter().any(|p| other_pid_ns(p.pid)) {
+            so.force_int3 = true;
+        }
+        let report = fdswap::swap_plan(&plan, &so).map_err(swap_err)?;
         tracing::debug!(
             total = ?report.total,
             max_pause = ?report.max_pause(),

@@ -3,8 +3,11 @@
 //! inject → update → recover scenario every target kind goes through.
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -309,4 +312,211 @@ pub fn inject_update_recover(env: &Env, target: &[&str], vol: &str, log: &Log) -
     );
     env.assert_clean(&[server], None);
     id
+}
+
+/// A minimal busybox root filesystem at DIR/rootfs (static busybox, a few applets, mount
+/// points); returns its path.
+pub fn busybox_rootfs(dir: &Path) -> PathBuf {
+    let rootfs = dir.join("rootfs");
+    for d in [
+        "bin", "proc", "dev", "sys", "tmp", "vol", "log", "data", "hold", "usr",
+    ] {
+        std::fs::create_dir_all(rootfs.join(d)).expect("mkdir rootfs");
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
+        .expect("busybox-static must be installed (/bin/busybox)");
+    for applet in ["sh", "cat", "echo", "sleep", "usleep", "ls", "true"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("symlink");
+    }
+    // For the holder test binary: the host's /usr is bind-mounted (read-only) at /usr.
+    std::os::unix::fs::symlink("usr/lib", rootfs.join("lib")).expect("symlink");
+    std::os::unix::fs::symlink("usr/lib64", rootfs.join("lib64")).expect("symlink");
+    rootfs
+}
+
+/// A bind mount for a runc bundle: (host source, destination, read-only).
+pub type Bind<'a> = (&'a Path, &'a str, bool);
+
+/// runc containers with their own state directory, deleted on drop.
+pub struct Runc {
+    pub state: PathBuf,
+    ids: Vec<String>,
+}
+
+impl Runc {
+    pub fn new(env: &Env) -> Runc {
+        Runc {
+            state: env.path().join("runc-state"),
+            ids: Vec::new(),
+        }
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("runc");
+        c.arg("--root").arg(&self.state).stdin(Stdio::null());
+        c
+    }
+
+    /// Write BUNDLE/config.json (from `runc spec`) and `runc run -d` it.
+    pub fn run(
+        &mut self,
+        id: &str,
+        bundle: &Path,
+        args: &[&str],
+        readonly: bool,
+        binds: &[Bind<'_>],
+        env: &[String],
+    ) -> u32 {
+        let out = Command::new("runc")
+            .args(["spec", "--bundle"])
+            .arg(bundle)
+            .output()
+            .expect("runc must be installed");
+        assert!(
+            out.status.success(),
+            "runc spec: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = bundle.join("config.json");
+        let mut c: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("config")).expect("json");
+        c["process"]["terminal"] = Value::Bool(false);
+        c["process"]["args"] = args.iter().map(|a| Value::from(*a)).collect();
+        if let Some(e) = c["process"]["env"].as_array_mut() {
+            e.extend(env.iter().map(|v| Value::from(v.as_str())));
+        }
+        c["root"]["readonly"] = Value::Bool(readonly);
+        if let Some(m) = c["mounts"].as_array_mut() {
+            for (src, dst, ro) in binds {
+                m.push(serde_json::json!({
+                    "destination": dst,
+                    "type": "bind",
+                    "source": src,
+                    "options": ["rbind", if *ro { "ro" } else { "rw" }],
+                }));
+            }
+        }
+        std::fs::write(&path, serde_json::to_vec_pretty(&c).expect("json")).expect("write");
+        // Detached, runc hands its stdio to the container: a pipe would never see EOF.
+        let err_path = bundle.join("runc.err");
+        let err = std::fs::File::create(&err_path).expect("runc.err");
+        let status = self
+            .cmd()
+            .args(["run", "-d", "--bundle"])
+            .arg(bundle)
+            .arg(id)
+            .stdout(Stdio::null())
+            .stderr(err)
+            .status()
+            .expect("runc run");
+        assert!(
+            status.success(),
+            "runc run: {}",
+            std::fs::read_to_string(&err_path).unwrap_or_default()
+        );
+        self.ids.push(id.to_owned());
+        self.pid(id)
+    }
+
+    pub fn pid(&self, id: &str) -> u32 {
+        let out = self.cmd().args(["state", id]).output().expect("runc state");
+        let v: Value = serde_json::from_slice(&out.stdout).expect("runc state JSON");
+        v["pid"].as_u64().expect("pid") as u32
+    }
+
+    pub fn delete(&mut self, id: &str) {
+        let _ = self.cmd().args(["delete", "-f", id]).output();
+        self.ids.retain(|i| i != id);
+    }
+}
+
+impl Drop for Runc {
+    fn drop(&mut self) {
+        for id in std::mem::take(&mut self.ids) {
+            let _ = self.cmd().args(["delete", "-f", &id]).output();
+        }
+    }
+}
+
+/// The test binary, to run its `holder_process` inside a container.
+pub fn test_exe() -> PathBuf {
+    std::env::current_exe().expect("test exe")
+}
+
+/// "OK ERR" counts the holder writes to DIR/counts.
+pub fn counts(dir: &Path) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(dir.join("counts")).ok()?;
+    let mut f = s.split_whitespace();
+    Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+}
+
+/// `link -> mnt_id` of fd `fd` of `pid`.
+pub fn fd_state(pid: u32, fd: i32) -> (String, String) {
+    let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+    let mnt = info
+        .lines()
+        .find(|l| l.starts_with("mnt_id:"))
+        .unwrap_or_default()
+        .to_owned();
+    (link, mnt)
+}
+
+/// The holder's entry point: when `IOCHAOS_TEST_HOLDER` names a directory, hold 1,000 files
+/// open under DIR/vol in 16 threads (never returns); otherwise return at once.
+pub fn holder_main() {
+    if let Some(dir) = std::env::var_os("IOCHAOS_TEST_HOLDER") {
+        hold_files(Path::new(&dir), 1000, 16);
+    }
+}
+
+/// Open `n` files under DIR/vol in `threads` threads, write to each of them continuously, and
+/// keep DIR/counts up to date with "OK ERR" totals.
+pub fn hold_files(dir: &Path, n: usize, threads: usize) -> ! {
+    let ok = Arc::new(AtomicU64::new(0));
+    let err = Arc::new(AtomicU64::new(0));
+    let ready = Arc::new(AtomicU64::new(0));
+    for t in 0..threads {
+        let (ok, err, ready) = (ok.clone(), err.clone(), ready.clone());
+        let dir = dir.to_owned();
+        std::thread::spawn(move || {
+            let mut files: Vec<std::fs::File> = (0..n)
+                .filter(|i| i % threads == t)
+                .map(|i| {
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(dir.join("vol").join(format!("f{i}")))
+                        .expect("open")
+                })
+                .collect();
+            ready.fetch_add(1, Ordering::SeqCst);
+            loop {
+                for f in &mut files {
+                    match f.write_all(b"x\n") {
+                        Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => err.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+    }
+    loop {
+        if ready.load(Ordering::SeqCst) == threads as u64 {
+            let tmp = dir.join("counts.tmp");
+            let _ = std::fs::write(
+                &tmp,
+                format!(
+                    "{} {}\n",
+                    ok.load(Ordering::Relaxed),
+                    err.load(Ordering::Relaxed)
+                ),
+            );
+            let _ = std::fs::rename(&tmp, dir.join("counts"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

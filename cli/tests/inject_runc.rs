@@ -1,0 +1,306 @@
+//! `iochaos inject` into real runc containers (`runc run -d` of a busybox bundle built here,
+//! with bind-mounted volumes): a whole container, a plain directory of a read-only rootfs, a
+//! killed server, two containers at once, 1,000 open files in 16 threads (privileged: root,
+//! FUSE, runc, busybox-static; fails without them).
+
+mod inject_common;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use inject_common::{
+    Env, Log, Runc, busybox_rootfs, check_data, counts, fd_state, inject_update_recover, poll,
+    test_exe, workload_script,
+};
+
+/// Not a test on its own: the holder process of `runc_thousand_files_in_16_threads`.
+#[test]
+fn holder_process() {
+    inject_common::holder_main();
+}
+
+struct Dirs {
+    bundle: PathBuf,
+    vol: PathBuf,
+    log: PathBuf,
+}
+
+fn dirs(env: &Env, name: &str) -> Dirs {
+    let bundle = env.path().join(name);
+    busybox_rootfs(&bundle);
+    let vol = bundle.join("vol");
+    let log = bundle.join("log");
+    std::fs::create_dir_all(vol.join("b")).expect("mkdir");
+    std::fs::create_dir_all(&log).expect("mkdir");
+    Dirs { bundle, vol, log }
+}
+
+/// Two workload processes in the container: both write through new opens and a held fd.
+fn two_workloads() -> String {
+    format!(
+        "{} & {}",
+        workload_script("/vol/b", "/log/b", "usleep 20000"),
+        workload_script("/vol", "/log/log", "usleep 20000")
+    )
+}
+
+fn start(env: &Env, runc: &mut Runc, id: &str) -> (Dirs, u32) {
+    let d = dirs(env, id);
+    let script = two_workloads();
+    let pid = runc.run(
+        id,
+        &d.bundle,
+        &["/bin/sh", "-c", &script],
+        true,
+        &[(&d.vol, "/vol", false), (&d.log, "/log", false)],
+        &[],
+    );
+    Log(d.log.join("log")).wait_round(1);
+    Log(d.log.join("b")).wait_round(1);
+    (d, pid)
+}
+
+fn mountinfo(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo")
+}
+
+#[test]
+fn runc_volume_inject_update_recover() {
+    let env = Env::new();
+    let mut runc = Runc::new(&env);
+    let (d, pid) = start(&env, &mut runc, "vol1");
+    let log = Log(d.log.join("log"));
+    let other = Log(d.log.join("b"));
+    let mi_before = mountinfo(pid);
+    let fd3_before = fd_state(pid, 3);
+    // The second workload process (not init) is injected too.
+    let other_at = other.last_round();
+    let id = inject_update_recover(&env, &["--pid", &pid.to_string()], "/vol", &log);
+    assert_eq!(id.len(), 12);
+    let lines = other.lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.round > other_at && l.kind == 'H' && !l.ok),
+        "the container's other process did not see the faults"
+    );
+    let at = other.last_round();
+    other.wait_for('H', true, at);
+    // As before: the same mounts and the held fd back on the original mount.
+    assert_eq!(mountinfo(pid), mi_before);
+    assert_eq!(fd_state(pid, 3), fd3_before);
+    runc.delete("vol1");
+    check_data(&d.vol, &log);
+    check_data(&d.vol.join("b"), &other);
+}
+
+#[test]
+fn runc_plain_directory_of_a_read_only_rootfs() {
+    let env = Env::new();
+    let mut runc = Runc::new(&env);
+    let d = dirs(&env, "ro1");
+    let data = d.bundle.join("rootfs/data");
+    std::fs::write(data.join("f"), "hello\n").expect("write");
+    let script = "i=0; while :; do i=$((i+1)); \
+                  if cat /data/f > /dev/null; then echo R $i ok; else echo R $i err; fi; \
+                  usleep 20000; done >> /log/log 2>/dev/null";
+    let pid = runc.run(
+        "ro1",
+        &d.bundle,
+        &["/bin/sh", "-c", script],
+        true,
+        &[(&d.log, "/log", false)],
+        &[],
+    );
+    let log = Log(d.log.join("log"));
+    log.wait_round(2);
+    let mi_before = mountinfo(pid);
+    assert!(
+        mi_before
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some("/") && l.contains(" ro,")),
+        "the rootfs is not read-only:\n{mi_before}"
+    );
+    assert!(
+        !mi_before
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some("/data"))
+    );
+    let id = env.ok(&[
+        "inject",
+        "--pid",
+        &pid.to_string(),
+        "--path",
+        "/data",
+        "--errno",
+        "EIO",
+        "--ops",
+        "read",
+    ]);
+    let at = log.last_round();
+    let r = log.wait_for('R', false, at);
+    // Nothing was created or moved in the container: the rootfs directory is untouched.
+    assert_eq!(std::fs::read_dir(&data).expect("ls").count(), 1);
+    env.ok(&["recover", &id]);
+    log.wait_for('R', true, r);
+    env.assert_clean(&[], Some(pid));
+    assert_eq!(mountinfo(pid), mi_before);
+}
+
+#[test]
+fn runc_server_sigkill_then_recover() {
+    let env = Env::new();
+    let mut runc = Runc::new(&env);
+    let (d, pid) = start(&env, &mut runc, "kill1");
+    let log = Log(d.log.join("log"));
+    let id = env.ok(&[
+        "inject",
+        "--pid",
+        &pid.to_string(),
+        "--path",
+        "/vol",
+        "--latency",
+        "50ms",
+    ]);
+    let st = env.status();
+    let server = st[0]["server_pid"].as_u64().expect("pid") as u32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    let at = log.last_round();
+    log.wait_for('R', false, at);
+    env.ok(&["recover", &id]);
+    let at = log.last_round();
+    log.wait_for('H', true, at);
+    let r = log.wait_for('W', true, at);
+    log.wait_round(r + 2);
+    assert!(
+        log.lines().iter().filter(|l| l.round > r).all(|l| l.ok),
+        "errors after recover"
+    );
+    env.assert_clean(&[server], Some(pid));
+    runc.delete("kill1");
+    check_data(&d.vol, &log);
+}
+
+#[test]
+fn runc_two_containers_at_once() {
+    let env = Env::new();
+    let mut runc = Runc::new(&env);
+    let (da, pa) = start(&env, &mut runc, "two-a");
+    let (db, pb) = start(&env, &mut runc, "two-b");
+    let (la, lb) = (Log(da.log.join("log")), Log(db.log.join("log")));
+    let ia = env.ok(&[
+        "inject",
+        "--pid",
+        &pa.to_string(),
+        "--path",
+        "/vol",
+        "--errno",
+        "EIO",
+        "--ops",
+        "write",
+    ]);
+    let ib = env.ok(&[
+        "inject",
+        "--pid",
+        &pb.to_string(),
+        "--path",
+        "/vol",
+        "--errno",
+        "EIO",
+        "--ops",
+        "write",
+    ]);
+    assert_ne!(ia, ib);
+    for l in [&la, &lb] {
+        let at = l.last_round();
+        l.wait_for('W', false, at);
+        l.wait_for('H', false, at);
+    }
+    assert_eq!(env.status().len(), 2);
+    let servers: Vec<u32> = env
+        .status()
+        .iter()
+        .map(|s| s["server_pid"].as_u64().expect("pid") as u32)
+        .collect();
+    env.ok(&["recover", "--all"]);
+    for l in [&la, &lb] {
+        let at = l.last_round();
+        l.wait_for('W', true, at);
+        l.wait_for('H', true, at);
+    }
+    env.assert_clean(&servers, Some(pa));
+    env.assert_clean(&[], Some(pb));
+    runc.delete("two-a");
+    runc.delete("two-b");
+    check_data(&da.vol, &la);
+    check_data(&db.vol, &lb);
+}
+
+#[test]
+fn runc_thousand_files_in_16_threads() {
+    let env = Env::new();
+    let mut runc = Runc::new(&env);
+    let d = dirs(&env, "holder");
+    let hold = d.bundle.join("hold");
+    std::fs::create_dir_all(hold.join("vol")).expect("mkdir");
+    let exe = test_exe();
+    let holder_bin = d.bundle.join("rootfs/holder");
+    std::fs::write(&holder_bin, b"").expect("mount point");
+    let pid = runc.run(
+        "holder",
+        &d.bundle,
+        &[
+            "/holder",
+            "--exact",
+            "holder_process",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ],
+        true,
+        &[
+            (&hold, "/hold", false),
+            (Path::new("/usr"), "/usr", true),
+            (&exe, "/holder", true),
+        ],
+        &["IOCHAOS_TEST_HOLDER=/hold".into()],
+    );
+    poll("the holder to open its files", 30, || {
+        counts(&hold).filter(|c| c.0 > 0)
+    });
+    let t0 = Instant::now();
+    env.ok(&[
+        "inject",
+        "--pid",
+        &pid.to_string(),
+        "--path",
+        "/hold/vol",
+        "--errno",
+        "EIO",
+        "--ops",
+        "write",
+    ]);
+    eprintln!("inject with 1,000 open files: {:?}", t0.elapsed());
+    let st = env.status();
+    let swapped = st[0]["swapped"].as_array().expect("swapped").len();
+    assert!(swapped >= 1000, "only {swapped} fds swapped");
+    let server = st[0]["server_pid"].as_u64().expect("pid") as u32;
+    let (_, e0) = counts(&hold).expect("counts");
+    poll("errors from all files", 30, || {
+        counts(&hold).filter(|c| c.1 >= e0 + 2000)
+    });
+    let t0 = Instant::now();
+    env.ok(&["recover", "--pid", &pid.to_string()]);
+    eprintln!("recover with 1,000 open files: {:?}", t0.elapsed());
+    let (o1, e1) = poll("counts", 5, || counts(&hold));
+    poll("writes succeeding again", 30, || {
+        counts(&hold).filter(|c| c.0 >= o1 + 2000)
+    });
+    let (_, e2) = counts(&hold).expect("counts");
+    assert!(e2 <= e1 + 1000, "errors after recover: {e1} -> {e2}");
+    env.assert_clean(&[server], Some(pid));
+}
