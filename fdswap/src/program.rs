@@ -1,13 +1,20 @@
 //! The op table the stub interprets, and its memory layout.
 //!
-//! Each op is a syscall (or a compare, or nothing) with six arguments, each either a value or the
-//! address of a value to load (the result of an earlier op, a word the scan wrote), a check of
-//! its result, and an undo call. The stub runs the ops in order; when a check fails it runs the
-//! undo calls of every earlier op in reverse order (the process is back to its original files)
-//! and stops. Ops marked *final* come after the point of no return: their failures are counted,
-//! not undone.
+//! Each op is a syscall (or a compare, a commit point, or nothing) with six arguments, each a
+//! value, an offset from the header (an address in the remote mapping), or a value loaded from
+//! there (the result of an earlier op, a word the scan wrote); a check of its result; and
+//! optionally an undo call. The stub runs the ops in order; when a check fails it runs the undo
+//! calls of the earlier ops in reverse order, down to the last commit point (the process is back
+//! to its original files), and traps. Ops marked *final* come after the point of no return of
+//! their batch: their failures are counted, not undone.
+//!
+//! Everything is addressed relative to the header (`r15` in the stub), so a program is built
+//! and serialised before the target is stopped; only the header words are patched in after.
 
-use crate::arch::{self, hdr, op};
+use std::path::Path;
+
+use crate::arch::{hdr, op};
+use crate::plan::ProcessPlan;
 
 /// An argument.
 #[derive(Debug, Clone, Copy)]
@@ -34,15 +41,26 @@ pub(crate) enum Check {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Kind {
+enum Kind {
     Syscall(i64),
-    /// `arg0 == arg1`, else `-ESTALE`.
-    Compare,
+    /// `*(data + off) == value`, else `-ESTALE`.
+    Compare {
+        data: usize,
+        off: u64,
+        value: u64,
+    },
+    /// A `statx` buffer's inode, device and mount id equal these, else `-ESTALE`.
+    CompareFile {
+        data: usize,
+        ino: u64,
+        dev: u64,
+        mnt: u64,
+    },
     Nothing,
-    /// Everything before is committed: a later rollback stops here.
     Commit,
 }
 
+/// A call (main or undo).
 #[derive(Debug, Clone)]
 pub(crate) struct Call {
     kind: Kind,
@@ -58,18 +76,23 @@ impl Call {
             args: a,
         }
     }
-    /// Compare the u64 at data item `data` + `offset` with `value`.
-    pub(crate) fn compare_data(data: usize, offset: u64, value: u64) -> Call {
+    /// Compare the u64 at data item `data` + `off` with `value`.
+    pub(crate) fn compare_data(data: usize, off: u64, value: u64) -> Call {
         Call {
-            kind: Kind::Compare,
-            args: [
-                Arg::Data(data),
-                Arg::Imm(value),
-                Arg::Imm(offset),
-                Arg::Imm(0),
-                Arg::Imm(0),
-                Arg::Imm(0),
-            ],
+            kind: Kind::Compare { data, off, value },
+            args: [Arg::Imm(0); 6],
+        }
+    }
+    /// Compare a `struct statx` in data item `data` with a file id.
+    pub(crate) fn compare_file(data: usize, id: &crate::sys::FileId) -> Call {
+        Call {
+            kind: Kind::CompareFile {
+                data,
+                ino: id.ino,
+                dev: id.dev_word(),
+                mnt: id.mnt_id,
+            },
+            args: [Arg::Imm(0); 6],
         }
     }
     pub(crate) fn commit() -> Call {
@@ -86,14 +109,46 @@ impl Call {
     }
 }
 
+/// What an op does, for error messages (rendered only when one fails).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Desc {
+    step: &'static str,
+    fd: i32,
+    addr: u64,
+}
+
+/// A step of the whole process.
+pub(crate) fn step(step: &'static str) -> Desc {
+    Desc {
+        step,
+        fd: -1,
+        addr: 0,
+    }
+}
+
+/// A step for an fd.
+pub(crate) fn on_fd(step: &'static str, fd: i32) -> Desc {
+    Desc { step, fd, addr: 0 }
+}
+
+/// A step for a mapping.
+pub(crate) fn on_map(step: &'static str, addr: u64) -> Desc {
+    Desc { step, fd: -1, addr }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Op {
     main: Call,
     undo: Option<Call>,
     check: Check,
     last: bool,
-    /// What this op does, for errors (`openat /data/x for fd 7`).
-    pub what: String,
+    what: Desc,
+}
+
+impl Op {
+    pub(crate) fn set_undo(&mut self, undo: Call) {
+        self.undo = Some(undo);
+    }
 }
 
 /// A program under construction: ops plus data items (strings, buffers).
@@ -104,13 +159,12 @@ pub(crate) struct Program {
     final_part: bool,
 }
 
-/// Where a laid-out program lives in the remote mapping.
+/// Where a laid-out program lives in the remote mapping (offsets from the mapping's start).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Layout {
+    /// Code length, rounded; the header follows.
     pub code_len: usize,
-    pub ops_off: usize,
-    pub data_off: usize,
-    pub stack_off: usize,
+    /// Size of the mapping.
     pub total: usize,
 }
 
@@ -119,12 +173,6 @@ const STACK: usize = 64 * 1024;
 
 fn round_up(n: usize, to: usize) -> usize {
     n.div_ceil(to) * to
-}
-
-impl Op {
-    pub(crate) fn set_undo(&mut self, undo: Call) {
-        self.undo = Some(undo);
-    }
 }
 
 impl Program {
@@ -147,7 +195,7 @@ impl Program {
     /// Add an op; returns its index.
     pub(crate) fn push(
         &mut self,
-        what: impl Into<String>,
+        what: Desc,
         main: Call,
         check: Check,
         undo: Option<Call>,
@@ -157,119 +205,168 @@ impl Program {
             undo,
             check,
             last: self.final_part,
-            what: what.into(),
+            what,
         });
         self.ops.len() - 1
+    }
+
+    /// Describe op `i` for an error message.
+    pub(crate) fn describe(&self, i: u64, unit: &ProcessPlan) -> String {
+        let Some(o) = self.ops.get(i as usize) else {
+            return format!("op {i}");
+        };
+        let d = o.what;
+        let path = |p: &Path| p.display().to_string();
+        if d.fd >= 0 {
+            let p = unit
+                .fds
+                .iter()
+                .find(|f| f.fd == d.fd)
+                .map(|f| path(&f.path))
+                .unwrap_or_default();
+            format!("{} fd {} ({p})", d.step, d.fd)
+        } else if d.addr != 0 {
+            let p = unit
+                .maps
+                .iter()
+                .find(|m| m.start == d.addr)
+                .map(|m| path(&m.path))
+                .unwrap_or_default();
+            format!("{} mapping {:x} ({p})", d.step, d.addr)
+        } else {
+            d.step.to_owned()
+        }
+    }
+
+    fn undo_count(&self) -> usize {
+        self.ops.iter().filter(|o| o.undo.is_some()).count()
     }
 
     /// Offsets of the parts, for a code of `code_len` bytes.
     pub(crate) fn layout(&self, code_len: usize) -> Layout {
         let code = round_up(code_len, 64);
-        let hdr_off = code;
-        let ops_off = hdr_off + hdr::SIZE;
-        let data_off = ops_off + self.ops.len() * op::SIZE as usize;
-        let data_len: usize = self.data.iter().map(|d| round_up(d.len().max(1), 8)).sum();
-        let stack_off = round_up(data_off + data_len, PAGE);
+        let body = self.body_len();
+        let stack_off = round_up(code + body, PAGE);
         Layout {
             code_len: code,
-            ops_off,
-            data_off,
-            stack_off,
             total: stack_off + STACK,
         }
     }
 
-    /// Serialise header, ops and data (everything after the code) for a mapping at `base`.
-    pub(crate) fn serialize(&self, layout: &Layout, base: u64, header_words: &Header) -> Vec<u8> {
-        let hdr_base = base + layout.code_len as u64;
-        let mut data_addr = Vec::with_capacity(self.data.len());
-        let mut at = base + layout.data_off as u64;
+    fn ops_off() -> usize {
+        hdr::SIZE
+    }
+    fn undos_off(&self) -> usize {
+        Self::ops_off() + self.ops.len() * op::SIZE as usize
+    }
+    fn data_off(&self) -> usize {
+        self.undos_off() + self.undo_count() * op::CALL_SIZE as usize
+    }
+    fn body_len(&self) -> usize {
+        self.data_off()
+            + self
+                .data
+                .iter()
+                .map(|d| round_up(d.len().max(1), 8))
+                .sum::<usize>()
+    }
+
+    /// Serialise header, ops, undo calls and data: everything the stub reads, relative to the
+    /// header. The per-stop header words are filled in by [`patch_header`].
+    pub(crate) fn serialize(&self) -> Vec<u8> {
+        let mut data_off = Vec::with_capacity(self.data.len());
+        let mut at = self.data_off();
         for d in &self.data {
-            data_addr.push(at);
-            at += round_up(d.len().max(1), 8) as u64;
+            data_off.push(at as u64);
+            at += round_up(d.len().max(1), 8);
         }
-        let op_addr = |n: usize| base + (layout.ops_off + n * op::SIZE as usize) as u64;
-        let mut out = vec![0u8; layout.stack_off - layout.code_len];
-        let put = |out: &mut Vec<u8>, off: usize, v: u64| {
+        let op_off = |n: usize| (Self::ops_off() + n * op::SIZE as usize) as u64;
+        let mut out = vec![0u8; self.body_len()];
+        fn put(out: &mut [u8], off: usize, v: u64) {
             out[off..off + 8].copy_from_slice(&v.to_le_bytes());
-        };
-        let put32 = |out: &mut Vec<u8>, off: usize, v: u32| {
-            out[off..off + 4].copy_from_slice(&v.to_le_bytes());
-        };
-        // Header.
-        put(&mut out, hdr::N_OPS as usize, self.ops.len() as u64);
-        put(&mut out, hdr::OPS as usize, op_addr(0));
-        put(&mut out, hdr::TGID as usize, header_words.tgid as u64);
-        put(&mut out, hdr::TID as usize, header_words.tid as u64);
-        put(&mut out, hdr::TRAPSIG as usize, header_words.trapsig as u64);
-        for (i, w) in header_words.regs.iter().enumerate() {
-            put(&mut out, hdr::REGS as usize + 8 * i, *w);
         }
-        // Ops.
-        let call = |out: &mut Vec<u8>, off: usize, c: &Call| {
-            let (kind, nr) = match c.kind {
-                Kind::Syscall(nr) => (0u32, nr as u64),
-                Kind::Compare => (1, 0),
-                Kind::Nothing => (2, 0),
-                Kind::Commit => (3, 0),
-            };
-            put(out, off + op::NR as usize, nr);
+        fn put32(out: &mut [u8], off: usize, v: u32) {
+            out[off..off + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        put(&mut out, hdr::N_OPS as usize, self.ops.len() as u64);
+        put(&mut out, hdr::OPS as usize, Self::ops_off() as u64);
+        put(&mut out, hdr::UNDOS as usize, self.undos_off() as u64);
+        let call = |out: &mut [u8], off: usize, c: &Call| {
+            let mut args = [0u64; 6];
             let mut mask = 0u32;
             for (i, a) in c.args.iter().enumerate() {
-                let v = match *a {
+                args[i] = match *a {
                     Arg::Imm(v) => v,
-                    Arg::Data(n) => data_addr[n],
+                    Arg::Data(n) => {
+                        mask |= op::REL << i;
+                        data_off[n]
+                    }
                     Arg::Result(n) => {
-                        mask |= 1 << i;
-                        op_addr(n) + op::RESULT as u64
+                        mask |= (op::REL | op::LOAD) << i;
+                        op_off(n) + op::RESULT as u64
                     }
                 };
-                put(out, off + op::ARGS as usize + 8 * i, v);
             }
-            if let Kind::Compare = c.kind {
-                // arg0 is loaded: the address of the data item plus the offset in arg2.
-                let a0 = off + op::ARGS as usize;
-                let base0 = u64::from_le_bytes(out[a0..a0 + 8].try_into().unwrap_or([0; 8]));
-                let extra = match c.args[2] {
-                    Arg::Imm(v) => v,
-                    _ => 0,
-                };
-                put(out, a0, base0 + extra);
-                mask |= 1;
+            let (kind, nr) = match c.kind {
+                Kind::Syscall(nr) => (op::KIND_SYSCALL, nr as u64),
+                Kind::Compare { data, off, value } => {
+                    args[0] = data_off[data] + off;
+                    args[1] = value;
+                    mask = op::REL | op::LOAD;
+                    (op::KIND_COMPARE, 0)
+                }
+                Kind::CompareFile {
+                    data,
+                    ino,
+                    dev,
+                    mnt,
+                } => {
+                    args[0] = data_off[data] + op::STATX_INO;
+                    args[1] = ino;
+                    args[2] = dev;
+                    args[3] = mnt;
+                    mask = op::REL;
+                    (op::KIND_COMPARE_FILE, 0)
+                }
+                Kind::Nothing => (op::KIND_NOTHING, 0),
+                Kind::Commit => (op::KIND_COMMIT, 0),
+            };
+            put(out, off + op::NR as usize, nr);
+            for (i, v) in args.iter().enumerate() {
+                put(out, off + op::ARGS as usize + 8 * i, *v);
             }
             put32(out, off + op::MASK as usize, mask);
             put32(out, off + op::KIND as usize, kind);
         };
+        let mut undo_n = 0u32;
         for (n, o) in self.ops.iter().enumerate() {
-            let off = hdr::SIZE + n * op::SIZE as usize;
-            call(&mut out, off + op::MAIN as usize, &o.main);
-            call(
-                &mut out,
-                off + op::UNDO as usize,
-                o.undo.as_ref().unwrap_or(&Call::nothing()),
-            );
+            let off = op_off(n) as usize;
+            call(&mut out, off, &o.main);
+            if let Some(u) = &o.undo {
+                let uoff = self.undos_off() + undo_n as usize * op::CALL_SIZE as usize;
+                call(&mut out, uoff, u);
+                undo_n += 1;
+                put32(&mut out, off + op::UNDO as usize, undo_n);
+            }
             let (check, expect) = match o.check {
                 Check::None => (0u32, 0u64),
                 Check::NonNeg => (1, 0),
                 Check::Eq(v) => (2, v),
-                Check::EqResult(k) => (3, op_addr(k) + op::RESULT as u64),
+                Check::EqResult(k) => (3, op_off(k) + op::RESULT as u64),
             };
             put32(&mut out, off + op::CHECK as usize, check);
             put32(&mut out, off + op::FINAL as usize, u32::from(o.last));
             put(&mut out, off + op::EXPECT as usize, expect);
         }
-        // Data.
-        let mut at = layout.data_off - layout.code_len;
-        for d in &self.data {
-            out[at..at + d.len()].copy_from_slice(d);
-            at += round_up(d.len().max(1), 8);
+        for (d, off) in self.data.iter().zip(&data_off) {
+            let o = *off as usize;
+            out[o..o + d.len()].copy_from_slice(d);
         }
-        let _ = hdr_base;
         out
     }
 }
 
-/// Per-process header values.
+/// Per-stop header values.
 #[derive(Debug, Clone)]
 pub(crate) struct Header {
     pub tgid: i32,
@@ -278,7 +375,21 @@ pub(crate) struct Header {
     pub regs: [u64; hdr::REGS_LEN],
 }
 
-/// Results read back from the header and ops.
+/// Fill the per-stop words into a serialised program.
+pub(crate) fn patch_header(body: &mut [u8], h: &Header) {
+    let mut put = |off: i32, v: u64| {
+        let o = off as usize;
+        body[o..o + 8].copy_from_slice(&v.to_le_bytes());
+    };
+    put(hdr::TGID, h.tgid as u64);
+    put(hdr::TID, h.tid as u64);
+    put(hdr::TRAPSIG, h.trapsig as u64);
+    for (i, w) in h.regs.iter().enumerate() {
+        put(hdr::REGS + 8 * i as i32, *w);
+    }
+}
+
+/// Results read back from the header.
 #[derive(Debug, Clone)]
 pub(crate) struct Outcome {
     pub status: u64,
@@ -309,4 +420,4 @@ impl Outcome {
 }
 
 /// `arch::Stub` re-exported for the swapper.
-pub(crate) type Stub = arch::Stub;
+pub(crate) type Stub = crate::arch::Stub;

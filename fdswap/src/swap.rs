@@ -16,7 +16,9 @@ use crate::arch::{self, Regs, hdr, status};
 use crate::error::{Error, Result};
 use crate::plan::{Item, Plan, ProcessPlan, ScanOptions, SkipReason, Skipped, scan_unit};
 use crate::procfs;
-use crate::program::{Arg, Call, Check, Header, Outcome, Program, Stub};
+use crate::program::{
+    Arg, Call, Check, Desc, Header, Outcome, Program, Stub, on_fd, on_map, patch_header, step,
+};
 use crate::sys::{self, Kcmp};
 use crate::tracer::{self, Seen, Tracee};
 
@@ -123,6 +125,15 @@ pub fn swap(pids: &[i32], options: &ScanOptions, swap_options: &SwapOptions) -> 
 pub fn swap_plan(plan: &Plan, swap_options: &SwapOptions) -> Result<Report> {
     let started = Instant::now();
     let stub = arch::assemble()?;
+    // Build every program before anything is stopped: the pause is what targets feel.
+    let mut prepared: Vec<Option<Prepared>> = plan
+        .processes
+        .iter()
+        .map(|p| {
+            let work = !p.fds.is_empty() || !p.maps.is_empty() || p.cwd.is_some();
+            work.then(|| prepare(p, &stub, swap_options).ok()).flatten()
+        })
+        .collect();
     let mut tracees: Vec<(usize, Result<Tracee>)> = Vec::new();
     for (i, p) in plan.processes.iter().enumerate() {
         tracees.push((i, Tracee::seize(p.pid, swap_options.stop_timeout)));
@@ -149,6 +160,7 @@ pub fn swap_plan(plan: &Plan, swap_options: &SwapOptions) -> Result<Report> {
                 if let Err(e) = swap_process(
                     &mut t,
                     p,
+                    prepared[i].take(),
                     &plan.options,
                     &stub,
                     swap_options,
@@ -178,9 +190,11 @@ pub fn swap_plan(plan: &Plan, swap_options: &SwapOptions) -> Result<Report> {
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn swap_process(
     t: &mut Tracee,
     p: &ProcessPlan,
+    mut prepared: Option<Prepared>,
     options: &ScanOptions,
     stub: &Stub,
     so: &SwapOptions,
@@ -192,7 +206,9 @@ fn swap_process(
     }
     // Units: one per fd table (and per fs_struct for cwd). The scanned thread's table first.
     let tids: Vec<i32> = t.threads.keys().copied().collect();
-    let locks = procfs::locks()?;
+    // Reading /proc/locks costs an RCU grace period (it write-locks the file lock rwsem):
+    // only for fd tables the scan did not see, which is rare.
+    let mut locks: Option<Vec<procfs::LockLine>> = None;
     let mut units: Vec<ProcessPlan> = Vec::new();
     let mut fs_reps: Vec<i32> = Vec::new();
     let main_tid = if tids.contains(&p.tid) {
@@ -215,7 +231,17 @@ fn swap_process(
         let mut unit = if first && tid == p.tid {
             p.clone()
         } else {
-            let mut u = scan_unit(t.pid, tid, options, &locks, first, new_fs)?;
+            if locks.is_none() {
+                locks = Some(procfs::locks()?);
+            }
+            let mut u = scan_unit(
+                t.pid,
+                tid,
+                options,
+                locks.as_deref().unwrap_or_default(),
+                first,
+                new_fs,
+            )?;
             u.skipped
                 .retain(|s| !matches!(s.item, Item::Fd(_)) || new_files);
             u
@@ -240,14 +266,19 @@ fn swap_process(
         units.push(unit);
     }
     // Mappings may have changed since the scan: keep those still there.
-    if let Some(u) = units.first_mut() {
-        revalidate_maps(t.pid, u, report)?;
+    if let Some(u) = units.first_mut()
+        && revalidate_maps(t.pid, u, report)?
+    {
+        prepared = None;
+    }
+    if units.first().is_none_or(|u| u.tid != p.tid) {
+        prepared = None;
     }
     for unit in &units {
         if unit.fds.is_empty() && unit.maps.is_empty() && unit.cwd.is_none() {
             continue;
         }
-        run_unit(t, unit, stub, so)?;
+        run_unit(t, unit, stub, so, prepared.take())?;
         for f in &unit.fds {
             report.swapped.push(Swapped {
                 pid: t.pid,
@@ -282,10 +313,12 @@ fn swap_process(
     Ok(())
 }
 
-fn revalidate_maps(pid: i32, unit: &mut ProcessPlan, report: &mut ProcessReport) -> Result<()> {
+/// Drop mappings that changed since the scan; true if any did.
+fn revalidate_maps(pid: i32, unit: &mut ProcessPlan, report: &mut ProcessReport) -> Result<bool> {
     if unit.maps.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
+    let before = unit.maps.len();
     let now = procfs::maps(pid)?;
     unit.maps.retain(|m| {
         let ok = now.iter().any(|l| {
@@ -308,7 +341,7 @@ fn revalidate_maps(pid: i32, unit: &mut ProcessPlan, report: &mut ProcessReport)
         }
         ok
     });
-    Ok(())
+    Ok(unit.maps.len() != before)
 }
 
 fn cstr(p: &Path) -> Vec<u8> {
@@ -336,10 +369,6 @@ fn flock_bytes(write: bool, unlock_probe: bool, start: u64, end: Option<u64>) ->
     b[16..24].copy_from_slice(&len.to_le_bytes());
     b
 }
-
-const STATX_INO_OFF: u64 = 32;
-const STATX_DEV_OFF: u64 = 136;
-const STATX_MNT_OFF: u64 = 144;
 
 /// The op table of one unit, and which fds each batch commits.
 struct Built {
@@ -371,7 +400,7 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
     let imm = |v: i64| Arg::Imm(v as u64);
 
     pr.push(
-        "block signals",
+        step("block signals"),
         Call::sys(
             SYS_rt_sigprocmask,
             &[
@@ -453,9 +482,9 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
         }
     }
 
-    let check_file = |pr: &mut Program, fd: Arg, id: &sys::FileId, what: &str| {
+    let check_file = |pr: &mut Program, fd: Arg, id: &sys::FileId, what: Desc| {
         pr.push(
-            format!("statx {what}"),
+            what,
             Call::sys(
                 SYS_statx,
                 &[
@@ -469,18 +498,7 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
             Check::NonNeg,
             None,
         );
-        for (off, v, name) in [
-            (STATX_INO_OFF, id.ino, "inode"),
-            (STATX_DEV_OFF, id.dev_word(), "device"),
-            (STATX_MNT_OFF, id.mnt_id, "mount"),
-        ] {
-            pr.push(
-                format!("compare {name} of {what}"),
-                Call::compare_data(stx, off, v),
-                Check::NonNeg,
-                None,
-            );
-        }
+        pr.push(what, Call::compare_file(stx, id), Check::NonNeg, None);
     };
 
     let nb = batches_g.len();
@@ -491,7 +509,7 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
         // On rollback, re-take the original locks last (closing the file dropped them).
         for l in locks.iter().filter(|l| in_batch(l.group)) {
             pr.push(
-                format!("re-take lock on fd {}", l.fd),
+                on_fd("re-take the original lock on", l.fd),
                 Call::nothing(),
                 Check::None,
                 Some(Call::sys(
@@ -505,11 +523,15 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
         for &g in members_b {
             let members = &gl[g];
             let f0 = &unit.fds[members[0]];
-            let what = format!("fd {} ({})", f0.fd, f0.path.display());
             // The old description is still what the scan saw.
-            check_file(&mut pr, imm(f0.fd as i64), &f0.from, &what);
+            check_file(
+                &mut pr,
+                imm(f0.fd as i64),
+                &f0.from,
+                on_fd("check (changed since the scan?) of", f0.fd),
+            );
             pr.push(
-                format!("F_GETFL of {what}"),
+                on_fd("F_GETFL (flags changed since the scan?) of", f0.fd),
                 Call::sys(SYS_fcntl, &[imm(f0.fd as i64), imm(F_GETFL as i64)]),
                 Check::Eq((f0.flags & !O_CLOEXEC) as u64),
                 None,
@@ -517,7 +539,7 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
             for &i in members {
                 let f = &unit.fds[i];
                 pr.push(
-                    format!("F_GETFD of fd {}", f.fd),
+                    on_fd("F_GETFD (close-on-exec changed since the scan?) of", f.fd),
                     Call::sys(SYS_fcntl, &[imm(f.fd as i64), imm(F_GETFD as i64)]),
                     Check::Eq(u64::from(f.flags & O_CLOEXEC != 0)),
                     None,
@@ -526,7 +548,7 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
             let seekable = f0.flags & O_PATH == 0 && !f0.is_dir();
             let pos = seekable.then(|| {
                 pr.push(
-                    format!("lseek of {what}"),
+                    on_fd("lseek of", f0.fd),
                     Call::sys(
                         SYS_lseek,
                         &[imm(f0.fd as i64), imm(0), imm(SEEK_CUR as i64)],
@@ -540,7 +562,7 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
             let oflags =
                 (f0.flags & !(O_CLOEXEC | O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY)) | O_CLOEXEC;
             let n = pr.push(
-                format!("openat {} for fd {}", f0.path.display(), f0.fd),
+                on_fd("openat through the new mount for", f0.fd),
                 Call::sys(
                     SYS_openat,
                     &[
@@ -558,11 +580,11 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
                 &mut pr,
                 Arg::Result(n),
                 &f0.to,
-                &format!("new file for {what}"),
+                on_fd("check of the new file for", f0.fd),
             );
             if let Some(pos) = pos {
                 pr.push(
-                    format!("lseek new file for {what}"),
+                    on_fd("lseek of the new file for", f0.fd),
                     Call::sys(
                         SYS_lseek,
                         &[Arg::Result(n), Arg::Result(pos), imm(SEEK_SET as i64)],
@@ -574,7 +596,7 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
             // Nobody else holds a conflicting lock on the new file.
             for l in locks.iter().filter(|l| l.group == g) {
                 pr.push(
-                    format!("F_GETLK on the new file of fd {}", l.fd),
+                    on_fd("F_GETLK on the new file for", l.fd),
                     Call::sys(
                         SYS_fcntl,
                         &[Arg::Result(n), imm(F_GETLK as i64), Arg::Data(l.probe)],
@@ -583,7 +605,7 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
                     None,
                 );
                 pr.push(
-                    format!("lock on the new file of fd {} is free", l.fd),
+                    on_fd("a conflicting lock on the new file for", l.fd),
                     Call::compare_data(l.probe, 0, F_UNLCK as u64),
                     Check::NonNeg,
                     None,
@@ -591,7 +613,7 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
             }
             // Keep the old description until the batch commits, then replace the fds.
             let s = pr.push(
-                format!("F_DUPFD_CLOEXEC of fd {}", f0.fd),
+                on_fd("F_DUPFD_CLOEXEC of", f0.fd),
                 Call::sys(
                     SYS_fcntl,
                     &[imm(f0.fd as i64), imm(F_DUPFD_CLOEXEC as i64), imm(0)],
@@ -608,7 +630,7 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
                     0
                 };
                 pr.push(
-                    format!("dup3 onto fd {}", f.fd),
+                    on_fd("dup3 onto", f.fd),
                     Call::sys(
                         SYS_dup3,
                         &[Arg::Result(n), imm(f.fd as i64), imm(cl as i64)],
@@ -624,7 +646,7 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
             // The temporary goes now (one spare fd at a time); its undo puts it back at its
             // number, so that the openat's undo closes the right fd.
             pr.push(
-                format!("close the temporary fd for {what}"),
+                on_fd("close of the temporary for", f0.fd),
                 Call::sys(SYS_close, &[Arg::Result(n)]),
                 Check::NonNeg,
                 Some(Call::sys(
@@ -639,7 +661,6 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
         if last {
             let mv = (MREMAP_MAYMOVE | MREMAP_FIXED) as i64;
             for m in &unit.maps {
-                let what = format!("mapping {:x}-{:x} ({})", m.start, m.end, m.path.display());
                 let p = m.perms.as_bytes();
                 let writable = p.get(1) == Some(&b'w');
                 let mut prot = 0;
@@ -656,7 +677,7 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
                 // A read-only mapping is never reopened for writing.
                 let acc = if writable { O_RDWR } else { O_RDONLY };
                 let fd = pr.push(
-                    format!("openat {} for {what}", m.path.display()),
+                    on_map("openat through the new mount for", m.start),
                     Call::sys(
                         SYS_openat,
                         &[
@@ -674,11 +695,11 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
                     &mut pr,
                     Arg::Result(fd),
                     &m.to,
-                    &format!("new file for {what}"),
+                    on_map("check of the new file for", m.start),
                 );
                 let len = m.end - m.start;
                 let trial = pr.push(
-                    format!("mmap the new file for {what}"),
+                    on_map("mmap of the new file for", m.start),
                     Call::sys(
                         SYS_mmap,
                         &[
@@ -695,7 +716,7 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
                 );
                 pr.ops[trial].set_undo(Call::sys(SYS_munmap, &[Arg::Result(trial), Arg::Imm(len)]));
                 let park = pr.push(
-                    format!("reserve space to park {what}"),
+                    on_map("reserving space to park", m.start),
                     Call::sys(
                         SYS_mmap,
                         &[
@@ -712,7 +733,7 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
                 );
                 pr.ops[park].set_undo(Call::sys(SYS_munmap, &[Arg::Result(park), Arg::Imm(len)]));
                 pr.push(
-                    format!("park {what}"),
+                    on_map("parking", m.start),
                     Call::sys(
                         SYS_mremap,
                         &[
@@ -736,7 +757,7 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
                     )),
                 );
                 pr.push(
-                    format!("move the new mapping to {:x}", m.start),
+                    on_map("moving the new mapping to", m.start),
                     Call::sys(
                         SYS_mremap,
                         &[
@@ -766,7 +787,7 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
                 let dot = pr.data(b".\0".to_vec());
                 let dflags = (O_PATH | O_DIRECTORY | O_CLOEXEC) as i64;
                 let saved_cwd = pr.push(
-                    "open the current cwd",
+                    step("open the current cwd"),
                     Call::sys(
                         SYS_openat,
                         &[imm(AT_FDCWD as i64), Arg::Data(dot), imm(dflags), imm(0)],
@@ -775,10 +796,15 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
                     None,
                 );
                 pr.ops[saved_cwd].set_undo(Call::sys(SYS_close, &[Arg::Result(saved_cwd)]));
-                check_file(&mut pr, Arg::Result(saved_cwd), &c.from, "cwd");
+                check_file(
+                    &mut pr,
+                    Arg::Result(saved_cwd),
+                    &c.from,
+                    step("check of the cwd (changed since the scan?)"),
+                );
                 let path = pr.data(cstr(&c.path));
                 let new_cwd = pr.push(
-                    format!("openat {} for the cwd", c.path.display()),
+                    step("openat through the new mount for the cwd"),
                     Call::sys(
                         SYS_openat,
                         &[imm(AT_FDCWD as i64), Arg::Data(path), imm(dflags), imm(0)],
@@ -787,9 +813,14 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
                     None,
                 );
                 pr.ops[new_cwd].set_undo(Call::sys(SYS_close, &[Arg::Result(new_cwd)]));
-                check_file(&mut pr, Arg::Result(new_cwd), &c.to, "new cwd");
+                check_file(
+                    &mut pr,
+                    Arg::Result(new_cwd),
+                    &c.to,
+                    step("check of the new cwd"),
+                );
                 pr.push(
-                    "fchdir to the new cwd",
+                    step("fchdir to the new cwd"),
                     Call::sys(SYS_fchdir, &[Arg::Result(new_cwd)]),
                     Check::NonNeg,
                     Some(Call::sys(SYS_fchdir, &[Arg::Result(saved_cwd)])),
@@ -803,7 +834,7 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
         pr.begin_final();
         for s in saved {
             pr.push(
-                "close a kept old description",
+                step("close a kept old description"),
                 Call::sys(SYS_close, &[Arg::Result(s)]),
                 Check::NonNeg,
                 None,
@@ -811,7 +842,7 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
         }
         for fd in temps {
             pr.push(
-                "close a temporary fd",
+                step("close a temporary fd"),
                 Call::sys(SYS_close, &[Arg::Result(fd)]),
                 Check::NonNeg,
                 None,
@@ -819,7 +850,7 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
         }
         for (park, len) in parks {
             pr.push(
-                "unmap a parked old mapping",
+                step("unmap a parked old mapping"),
                 Call::sys(SYS_munmap, &[Arg::Result(park), Arg::Imm(len)]),
                 Check::NonNeg,
                 None,
@@ -827,7 +858,7 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
         }
         for l in locks.iter().filter(|l| in_batch(l.group)) {
             pr.push(
-                format!("take the POSIX lock again on fd {}", l.fd),
+                on_fd("take the POSIX lock again on", l.fd),
                 Call::sys(
                     SYS_fcntl,
                     &[imm(l.fd as i64), imm(F_SETLK as i64), Arg::Data(l.take)],
@@ -838,7 +869,7 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
         }
         if last {
             pr.push(
-                "restore the signal mask",
+                step("restore the signal mask"),
                 Call::sys(
                     SYS_rt_sigprocmask,
                     &[
@@ -854,7 +885,7 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
             batches.push((usize::MAX, moved));
         } else {
             pr.end_final();
-            let c = pr.push("commit a batch", Call::commit(), Check::None, None);
+            let c = pr.push(step("commit a batch"), Call::commit(), Check::None, None);
             batches.push((c, moved));
         }
     }
@@ -1101,17 +1132,22 @@ impl Drop for NofileGuard {
     }
 }
 
-fn run_unit(t: &mut Tracee, unit: &ProcessPlan, stub: &Stub, so: &SwapOptions) -> Result<()> {
-    let pid = t.pid;
-    let tid = unit.tid;
-    let Some(th) = t.threads.get(&tid) else {
-        return Err(Error::Gone { pid });
-    };
-    let orig = th.regs;
+/// A unit's program, built and serialised before its process is stopped.
+pub(crate) struct Prepared {
+    built: Built,
+    body: Vec<u8>,
+    layout: crate::program::Layout,
+    trapsig: i32,
+    _nofile: NofileGuard,
+}
+
+/// Choose the trap signal, make room for the spare fds, build and serialise the program.
+pub(crate) fn prepare(unit: &ProcessPlan, stub: &Stub, so: &SwapOptions) -> Result<Prepared> {
+    let pid = unit.pid;
     let trapsig = if so.force_int3 {
         0
     } else {
-        trap_signal(pid, tid)?
+        trap_signal(pid, unit.tid)?
     };
     let ngroups = unit
         .fds
@@ -1138,8 +1174,45 @@ fn run_unit(t: &mut Tracee, unit: &ProcessPlan, stub: &Stub, so: &SwapOptions) -
         limit.saturating_sub(base).max(1) as usize
     };
     let built = build(unit, trapsig, batch);
-    let program = &built.program;
-    let layout = program.layout(stub.code.len());
+    let body = built.program.serialize();
+    let layout = built.program.layout(stub.code.len());
+    Ok(Prepared {
+        built,
+        body,
+        layout,
+        trapsig,
+        _nofile: nofile,
+    })
+}
+
+fn run_unit(
+    t: &mut Tracee,
+    unit: &ProcessPlan,
+    stub: &Stub,
+    so: &SwapOptions,
+    prepared: Option<Prepared>,
+) -> Result<()> {
+    let pid = t.pid;
+    let tid = unit.tid;
+    let Some(th) = t.threads.get(&tid) else {
+        return Err(Error::Gone { pid });
+    };
+    let orig = th.regs;
+    // A program prepared before the stop is good if its trap signal still is.
+    let still_good = |p: &Prepared| -> Result<bool> {
+        if p.trapsig == 0 {
+            return Ok(so.force_int3);
+        }
+        let m = procfs::sig_masks(Path::new(&format!("/proc/{pid}/task/{tid}")))?;
+        let bit = 1u64 << (p.trapsig - 1);
+        Ok(m.caught & bit == 0 && m.blocked & bit == 0)
+    };
+    let mut prepared = match prepared {
+        Some(p) if still_good(&p)? => p,
+        _ => prepare(unit, stub, so)?,
+    };
+    let trapsig = prepared.trapsig;
+    let layout = prepared.layout;
     // The injected syscalls run in a trampoline that, should this process die, returns the
     // thread to where it was; without a place for one, any syscall instruction will do.
     let tramp = Trampoline::place(pid, tid)?;
@@ -1167,7 +1240,7 @@ fn run_unit(t: &mut Tracee, unit: &ProcessPlan, stub: &Stub, so: &SwapOptions) -
     // munmap runs on the original registers, so that the trampoline would restore all of them.
     let result = mapped.and_then(|addr| {
         let addr = addr as u64;
-        let ran = run_stub(t, unit, stub, so, &built, &layout, addr, trapsig, &orig);
+        let ran = run_stub(t, unit, stub, so, &mut prepared, addr, trapsig, &orig);
         let unmapped = remote_syscall(
             t,
             tid,
@@ -1180,7 +1253,7 @@ fn run_unit(t: &mut Tracee, unit: &ProcessPlan, stub: &Stub, so: &SwapOptions) -
         ran.and(unmapped.map(|_| ()))
     });
     let back = back_to_event_stop(t, tid).and_then(|()| tracer::setregs(tid, orig));
-    drop(nofile);
+    drop(prepared);
     let untrampoline = tramp.as_ref().map_or(Ok(()), Trampoline::restore);
     result.and(back).and(untrampoline)
 }
@@ -1191,27 +1264,28 @@ fn run_stub(
     unit: &ProcessPlan,
     stub: &Stub,
     so: &SwapOptions,
-    built: &Built,
-    layout: &crate::program::Layout,
+    prepared: &mut Prepared,
     addr: u64,
     trapsig: i32,
     orig: &Regs,
 ) -> Result<()> {
     let pid = t.pid;
     let tid = unit.tid;
-    let program = &built.program;
+    let layout = prepared.layout;
     let (regs_block, ret_rip) = arch::return_block(orig);
     let mut code = stub.code.clone();
     code[stub.rip_slot..stub.rip_slot + 8].copy_from_slice(&ret_rip.to_le_bytes());
-    let header = Header {
-        tgid: pid,
-        tid,
-        trapsig,
-        regs: regs_block,
-    };
-    let rest = program.serialize(layout, addr, &header);
+    patch_header(
+        &mut prepared.body,
+        &Header {
+            tgid: pid,
+            tid,
+            trapsig,
+            regs: regs_block,
+        },
+    );
     write_mem(tid, addr, &code)?;
-    write_mem(tid, addr + layout.code_len as u64, &rest)?;
+    write_mem(tid, addr + layout.code_len as u64, &prepared.body)?;
     let stack_top = addr + layout.total as u64 - 64;
     tracer::setregs(
         tid,
@@ -1255,12 +1329,8 @@ fn run_stub(
     let mut h = vec![0u8; hdr::SIZE];
     read_mem(tid, addr + layout.code_len as u64, &mut h)?;
     let out = Outcome::parse(&h);
-    let op_what = |i: u64| {
-        program
-            .ops
-            .get(i as usize)
-            .map_or_else(|| format!("op {i}"), |o| o.what.clone())
-    };
+    let built = &prepared.built;
+    let op_what = |i: u64| built.program.describe(i, unit);
     let errno = |r: i64| Errno::from_raw((-r) as i32);
     match out.status {
         status::DONE if out.final_errors == 0 => Ok(()),

@@ -158,10 +158,22 @@ impl Tracee {
 
     /// Wait for the next stop of `tid` (which must be running).
     pub(crate) fn wait(&mut self, tid: i32, timeout: Option<Duration>) -> Result<Seen> {
-        let t = timeout.unwrap_or(Duration::from_secs(3600 * 24 * 365));
-        let deadline = Instant::now() + t;
+        let t = timeout.unwrap_or(Duration::MAX);
+        let deadline = timeout.map(|t| Instant::now() + t);
         loop {
-            match wait_until(tid, deadline, t)? {
+            let st = match deadline {
+                Some(d) => wait_until(tid, d, t)?,
+                // Block in the kernel: polling would steal the CPU from the target.
+                None => loop {
+                    match waitpid(Pid::from_raw(tid), Some(WaitPidFlag::__WALL)) {
+                        Ok(st) => break st,
+                        Err(Errno::EINTR) => continue,
+                        Err(Errno::ECHILD) => break WaitStatus::Exited(Pid::from_raw(tid), 0),
+                        Err(e) => return Err(perr("WAIT", tid)(e)),
+                    }
+                },
+            };
+            match st {
                 WaitStatus::PtraceEvent(_, _, ev) if ev == libc::PTRACE_EVENT_STOP => {
                     return Ok(Seen::EventStop);
                 }
@@ -273,10 +285,10 @@ fn wait_until(tid: i32, deadline: Instant, timeout: Duration) -> Result<WaitStat
             });
         }
         spins += 1;
-        if spins < 50 {
+        if spins < 2000 {
             std::thread::yield_now();
         } else {
-            std::thread::sleep(Duration::from_micros(if spins < 200 { 20 } else { 200 }));
+            std::thread::sleep(Duration::from_micros(if spins < 2200 { 20 } else { 200 }));
         }
     }
 }

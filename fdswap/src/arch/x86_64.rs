@@ -23,9 +23,11 @@ const ERESTARTNOINTR: i64 = 513;
 const ERESTARTNOHAND: i64 = 514;
 const ERESTART_RESTARTBLOCK: i64 = 516;
 
-/// Offsets in the data header (r15) the code uses. Must match `program.rs`.
+/// Offsets in the header (`r15`) the code uses. All addresses the stub follows are offsets
+/// from the header, so a program can be serialised before the remote mapping exists.
 pub(crate) mod hdr {
     pub const N_OPS: i32 = 0;
+    /// Offset of the op table.
     pub const OPS: i32 = 8;
     pub const STATUS: i32 = 16;
     pub const FAIL_INDEX: i32 = 24;
@@ -38,27 +40,41 @@ pub(crate) mod hdr {
     pub const TRAPSIG: i32 = 80;
     /// Ops below this index are committed: a rollback stops here.
     pub const FLOOR: i32 = 88;
+    /// Offset of the undo call table.
+    pub const UNDOS: i32 = 96;
     /// rax rbx rcx rdx rsi rdi rbp rsp r8 … r15 rflags, for the tracer-less return.
-    pub const REGS: i32 = 96;
+    pub const REGS: i32 = 104;
     pub const REGS_LEN: usize = 17;
     pub const SIZE: usize = 256;
 }
 
-/// Offsets in one op. Must match `program.rs`.
+/// Layout of an op and of a call. Must match `program.rs`.
 pub(crate) mod op {
-    pub const MAIN: i32 = 0;
-    pub const UNDO: i32 = 64;
-    pub const CHECK: i32 = 128;
-    pub const FINAL: i32 = 132;
-    pub const EXPECT: i32 = 136;
-    pub const RESULT: i32 = 144;
-    pub const UNDO_RESULT: i32 = 152;
-    pub const SIZE: i32 = 160;
     /// Within a call: nr, args[6], mask (u32), kind (u32).
     pub const NR: i32 = 0;
     pub const ARGS: i32 = 8;
     pub const MASK: i32 = 56;
     pub const KIND: i32 = 60;
+    pub const CALL_SIZE: i32 = 64;
+    /// An op: its call, then these.
+    pub const CHECK: i32 = 64;
+    pub const FINAL: i32 = 68;
+    pub const EXPECT: i32 = 72;
+    pub const RESULT: i32 = 80;
+    /// 0: no undo; n: undo call n - 1.
+    pub const UNDO: i32 = 88;
+    pub const SIZE: i32 = 96;
+    /// Mask bits, shifted by the argument index: load the argument from the address...
+    pub const LOAD: u32 = 1;
+    /// ...which is an offset from the header.
+    pub const REL: u32 = 1 << 8;
+    pub const KIND_SYSCALL: u32 = 0;
+    pub const KIND_COMPARE: u32 = 1;
+    pub const KIND_NOTHING: u32 = 2;
+    pub const KIND_COMMIT: u32 = 3;
+    pub const KIND_COMPARE_FILE: u32 = 4;
+    /// `stx_ino` in `struct statx`; `stx_dev_major`/`minor` are 104 bytes later, `stx_mnt_id` 112.
+    pub const STATX_INO: u64 = 32;
 }
 
 /// Status words the stub leaves in the header.
@@ -93,11 +109,12 @@ pub(crate) fn assemble() -> Result<Stub> {
         ; .arch x64
         ; mov r13, [r15 + hdr::N_OPS]
         ; mov rbx, [r15 + hdr::OPS]
+        ; add rbx, r15
         ; xor r12d, r12d
         ; ->next:
         ; cmp r12, r13
         ; jae ->success
-        ; lea rbp, [rbx + MAIN]
+        ; mov rbp, rbx
         ; call ->exec
         ; mov [rbx + RESULT], rax
         ; mov ecx, [rbx + CHECK]
@@ -118,7 +135,7 @@ pub(crate) fn assemble() -> Result<Stub> {
         ; jmp >ok
         ; eq_load:
         ; mov rdx, [rbx + EXPECT]
-        ; cmp rax, [rdx]
+        ; cmp rax, [r15 + rdx]
         ; jne >bad
         ; ok:
         ; inc r12
@@ -143,16 +160,14 @@ pub(crate) fn assemble() -> Result<Stub> {
         ; jbe >undone
         ; dec r12
         ; sub rbx, SIZE
-        ; lea rbp, [rbx + UNDO]
-        ; call ->exec
-        ; mov [rbx + UNDO_RESULT], rax
+        ; call ->undo_of
         ; jmp ->undo_next
         ; undone:
         // Op 0's undo restores the signal mask; a rollback that stopped at a commit point
         // has not run it.
-        ; mov rbp, [r15 + hdr::OPS]
-        ; add rbp, UNDO
-        ; call ->exec
+        ; mov rbx, [r15 + hdr::OPS]
+        ; add rbx, r15
+        ; call ->undo_of
         ; mov QWORD [r15 + hdr::STATUS], status::ROLLED_BACK as i32
         ; jmp ->trap
         ; ->success:
@@ -204,35 +219,72 @@ pub(crate) fn assemble() -> Result<Stub> {
     dynasm!(ops
         ; .arch x64
         ; .u64 0
-        // exec: run the call at rbp (kind 0 syscall, 1 compare, 2 nothing); result in rax.
+        // undo_of: run the undo call of the op at rbx, if it has one.
+        ; ->undo_of:
+        ; mov eax, [rbx + UNDO]
+        ; test eax, eax
+        ; jz >no_undo
+        ; dec eax
+        ; shl rax, 6
+        ; mov rbp, [r15 + hdr::UNDOS]
+        ; add rbp, r15
+        ; add rbp, rax
+        ; call ->exec
+        ; no_undo:
+        ; ret
+        // exec: run the call at rbp; result in rax.
         ; ->exec:
         ; mov r14d, [rbp + MASK]
         ; mov rdi, [rbp + ARGS]
+        ; test r14d, 0x100
+        ; jz >r0
+        ; add rdi, r15
+        ; r0:
         ; test r14d, 1
         ; jz >a1
         ; mov rdi, [rdi]
         ; a1:
         ; mov rsi, [rbp + ARGS + 8]
+        ; test r14d, 0x200
+        ; jz >r1
+        ; add rsi, r15
+        ; r1:
         ; test r14d, 2
         ; jz >a2
         ; mov rsi, [rsi]
         ; a2:
         ; mov rdx, [rbp + ARGS + 16]
+        ; test r14d, 0x400
+        ; jz >r2
+        ; add rdx, r15
+        ; r2:
         ; test r14d, 4
         ; jz >a3
         ; mov rdx, [rdx]
         ; a3:
         ; mov r10, [rbp + ARGS + 24]
+        ; test r14d, 0x800
+        ; jz >r3
+        ; add r10, r15
+        ; r3:
         ; test r14d, 8
         ; jz >a4
         ; mov r10, [r10]
         ; a4:
         ; mov r8, [rbp + ARGS + 32]
+        ; test r14d, 0x1000
+        ; jz >r4
+        ; add r8, r15
+        ; r4:
         ; test r14d, 16
         ; jz >a5
         ; mov r8, [r8]
         ; a5:
         ; mov r9, [rbp + ARGS + 40]
+        ; test r14d, 0x2000
+        ; jz >r5
+        ; add r9, r15
+        ; r5:
         ; test r14d, 32
         ; jz >a6
         ; mov r9, [r9]
@@ -252,6 +304,18 @@ pub(crate) fn assemble() -> Result<Stub> {
         ; xor eax, eax
         ; ret
         ; not_commit:
+        ; cmp eax, 4
+        ; jne >not_file
+        // statx buffer at rdi (its stx_ino): inode, device, mount.
+        ; cmp [rdi], rsi
+        ; jne >differ
+        ; cmp [rdi + 104], rdx
+        ; jne >differ
+        ; cmp [rdi + 112], r10
+        ; jne >differ
+        ; xor eax, eax
+        ; ret
+        ; not_file:
         ; cmp eax, 1
         ; jne >nothing
         ; cmp rdi, rsi

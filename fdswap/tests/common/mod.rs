@@ -274,12 +274,13 @@ pub fn in_stub(pid: i32) -> bool {
         return false;
     }
     let word = |o: usize| u64::from_le_bytes(buf[o..o + 8].try_into().unwrap_or([0; 8]));
+    // The header follows the code, 64-byte aligned: op table at offset 256, undo table after.
     for off in (0..4096).step_by(64) {
-        if word(off + 8) == a + off as u64 + 256 {
+        if word(off + 8) == 256 && word(off + 96) > 256 && word(off) > 0 {
             let status = word(off + 16);
             let ops = off + 256;
             let started = (0..40).any(|k| {
-                let r = ops + k * 160 + 144;
+                let r = ops + k * 96 + 80;
                 r + 8 <= len && word(r) != 0
             });
             return status == 0 && started;
