@@ -1,0 +1,317 @@
+//! The hook under real runtimes: runc and crun with the hook in config.json, podman with
+//! `--annotation` and `--hooks-dir`. Root, /dev/fuse, runc, crun and podman are required.
+//!
+//! Each runtime: the workload's first write under the path fails as the spec says; a
+//! container without the annotation is untouched; a bad annotation fails creation with the
+//! reason; after the container is deleted nothing remains (journal entries, sockets, servers,
+//! the FUSE connection). runc also: the admin config, and `status`/`update`/`recover` over the
+//! Chaos API on a hook-started injection.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use engine::api::ChaosClient;
+use engine::journal::Journal;
+
+/// Faults from the first write; nothing left after the runtime deleted the container.
+fn faults_from_first_write(rt: Runtime, name: &str) {
+    let scene = Scene::new(rt);
+    let id = &scene.id(name);
+    scene.write_config(WORKLOAD, Some(ENOSPC_SPEC), &[]);
+    let out = scene.run(id);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "run failed");
+    assert!(stdout.contains("fuse.chaosfs"), "no ChaosFS at /data");
+    assert!(stdout.contains("WRITE-FAILED"), "the write did not fail");
+    assert!(
+        stderr.contains("No space left on device"),
+        "not the spec's errno"
+    );
+    // `run` deleted the container (poststop ran).
+    assert!(scene.state(id).is_none());
+    scene.assert_clean(chaosfs_connection(&stdout));
+}
+
+/// No annotation: the hook does nothing (not even create the journal directory).
+fn untouched_without_annotation(rt: Runtime, name: &str) {
+    let scene = Scene::new(rt);
+    let id = &scene.id(name);
+    scene.write_config(
+        WORKLOAD,
+        None,
+        &["prestart", "createContainer", "poststart"],
+    );
+    let out = scene.run(id);
+    let (stdout, _) = text(&out);
+    assert!(out.status.success(), "run failed");
+    assert!(!stdout.contains("fuse.chaosfs"));
+    assert!(stdout.contains("WRITE-OK"));
+    assert_eq!(
+        std::fs::read_to_string(scene.rootfs().join("data/f")).expect("written"),
+        "hi\n"
+    );
+    assert!(!scene.run_dir().exists(), "the hook touched the run dir");
+    scene.assert_clean(None);
+}
+
+/// A bad annotation fails the creation with the hook's one-line reason.
+fn bad_annotation_fails(rt: Runtime, name: &str) {
+    let scene = Scene::new(rt);
+    let id = &scene.id(name);
+    for (spec, reason) in [
+        (
+            r#"{"path":"/data","rules":[{"ops":["write"],"errno":"EBOGUS"}]}"#,
+            "unknown errno",
+        ),
+        (
+            r#"{"path":"/data","rules":"#,
+            "invalid dev.iochaos.spec annotation",
+        ),
+        (
+            r#"{"path":"/nonexistent","rules":[{"errno":"EIO"}]}"#,
+            "/nonexistent",
+        ),
+    ] {
+        scene.write_config(WORKLOAD, Some(spec), &[]);
+        let out = scene.run(id);
+        let (stdout, stderr) = text(&out);
+        assert!(!out.status.success(), "{spec}: created anyway");
+        assert!(
+            stderr.contains("iochaos-hook: ") && stderr.contains(reason),
+            "{spec}: reason {reason:?} not shown"
+        );
+        assert!(!stdout.contains("WRITE-"), "{spec}: the workload ran");
+        assert!(scene.state(id).is_none(), "{spec}: container left");
+        scene.assert_clean(None);
+    }
+}
+
+#[test]
+fn runc_faults_from_first_write() {
+    require(&["runc"]);
+    faults_from_first_write(Runtime::Runc, "faults");
+}
+
+#[test]
+fn runc_untouched_without_annotation() {
+    require(&["runc"]);
+    untouched_without_annotation(Runtime::Runc, "plain");
+}
+
+#[test]
+fn runc_bad_annotation_fails_creation() {
+    require(&["runc"]);
+    bad_annotation_fails(Runtime::Runc, "bad");
+}
+
+#[test]
+fn crun_faults_from_first_write() {
+    require(&["crun", "unshare"]);
+    faults_from_first_write(Runtime::Crun, "faults");
+}
+
+#[test]
+fn crun_untouched_without_annotation() {
+    require(&["crun", "unshare"]);
+    untouched_without_annotation(Runtime::Crun, "plain");
+}
+
+#[test]
+fn crun_bad_annotation_fails_creation() {
+    require(&["crun", "unshare"]);
+    bad_annotation_fails(Runtime::Crun, "bad");
+}
+
+/// Registered on prestart and createRuntime both (runc runs prestart first): one injection.
+#[test]
+fn runc_prestart_and_create_runtime_inject_once() {
+    require(&["runc"]);
+    let scene = Scene::new(Runtime::Runc);
+    let script = format!("{WORKLOAD}; grep -c fuse.chaosfs /proc/self/mountinfo");
+    scene.write_config(&script, Some(ENOSPC_SPEC), &["prestart"]);
+    let out = scene.run(&scene.id("twice"));
+    let (stdout, _) = text(&out);
+    assert!(stdout.contains("WRITE-FAILED"));
+    assert_eq!(stdout.lines().last(), Some("1"), "one ChaosFS mount");
+    scene.assert_clean(chaosfs_connection(&stdout));
+}
+
+/// The admin config: switched off, paths outside the allowed prefixes (also through a
+/// symlink), containers outside the allowed ids or without the required annotation.
+#[test]
+fn runc_admin_config_refuses() {
+    require(&["runc"]);
+    let scene = Scene::new(Runtime::Runc);
+    std::os::unix::fs::symlink("/tmp", scene.rootfs().join("data/link")).expect("symlink");
+    let cases = [
+        ("enabled = false", ENOSPC_SPEC, "switched off"),
+        (
+            r#"allowed_paths = ["/srv"]"#,
+            ENOSPC_SPEC,
+            "path /data may not be faulted: allowed are /srv and below",
+        ),
+        (
+            r#"allowed_paths = ["/data"]"#,
+            r#"{"path":"/data/link","rules":[{"errno":"EIO"}]}"#,
+            "resolved to /tmp",
+        ),
+        (
+            r#"allowed_containers = ["db-*"]"#,
+            ENOSPC_SPEC,
+            "matches none of allowed_containers [db-*]",
+        ),
+        (
+            "[required_annotations]\n\"test.iochaos/other\" = \"y*\"",
+            ENOSPC_SPEC,
+            "does not match",
+        ),
+        ("enabeld = true", ENOSPC_SPEC, "hook.toml: "),
+    ];
+    for (config, spec, reason) in cases {
+        std::fs::write(scene.config_path(), config).expect("hook.toml");
+        scene.write_config(WORKLOAD, Some(spec), &[]);
+        let out = scene.run(&scene.id("admin"));
+        let (stdout, stderr) = text(&out);
+        assert!(!out.status.success(), "{config}: created anyway");
+        assert!(
+            stderr.contains(reason),
+            "{config}: reason {reason:?} not shown"
+        );
+        assert!(!stdout.contains("WRITE-"), "{config}: the workload ran");
+        scene.assert_clean(None);
+    }
+    // Allowed: the same container runs with faults.
+    std::fs::write(
+        scene.config_path(),
+        "allowed_paths = [\"/data\"]\nallowed_containers = [\"hook-runc-*\"]\n\
+         [required_annotations]\n\"test.iochaos/other\" = \"x\"\n",
+    )
+    .expect("hook.toml");
+    scene.write_config(WORKLOAD, Some(ENOSPC_SPEC), &[]);
+    let out = scene.run(&scene.id("admin"));
+    let (stdout, _) = text(&out);
+    assert!(stdout.contains("WRITE-FAILED"));
+    scene.assert_clean(chaosfs_connection(&stdout));
+}
+
+/// `status`, `update` and `recover` over the Chaos API (what `iochaos` uses) on hook-started
+/// injections, between `create` and `start`.
+#[test]
+fn runc_status_update_recover() {
+    require(&["runc"]);
+    let scene = Scene::new(Runtime::Runc);
+    scene.write_config(WORKLOAD, Some(ENOSPC_SPEC), &[]);
+    let journal = Journal::open(scene.run_dir()).expect("journal");
+
+    // Update: the rules change before the workload starts.
+    let id1 = &scene.id("api1");
+    let out_file = scene.dir.path().join("out1");
+    let (status, _) = scene.create(id1, &out_file);
+    assert!(status.success(), "create failed");
+    let entries = journal.list().expect("journal entries");
+    assert_eq!(entries.len(), 1);
+    let e = &entries[0];
+    let server = e.server_pid.expect("server pid");
+    let conn = e.mount.as_ref().and_then(|m| m.fuse_connection);
+    let client = ChaosClient::connect(&journal.socket_path(&e.id)).expect("connect");
+    let st = client.status().expect("status");
+    assert_eq!(st.path, "/data");
+    assert_eq!(st.target.container.as_deref(), Some(id1.as_str()));
+    assert_eq!(st.target.namespace.as_deref(), Some("oci"));
+    assert_eq!(st.rules.len(), 1);
+    client
+        .update_rules(r#"{"path":"/data","rules":[{"ops":["write"],"errno":"EACCES"}]}"#)
+        .expect("update");
+    let pid = scene.state(id1).expect("state")["pid"]
+        .as_u64()
+        .expect("pid") as u32;
+    scene.start(id1);
+    assert!(engine::daemon::wait_exit(pid, Duration::from_secs(60)));
+    let st = client.status().expect("status after the workload");
+    assert_eq!(st.rules[0].injected, 1, "{st:?}");
+    let stdout = std::fs::read_to_string(&out_file).expect("output");
+    assert!(stdout.contains("WRITE-FAILED"), "{stdout}");
+    assert!(scene.delete(id1).status.success());
+    assert!(!std::path::Path::new(&format!("/proc/{server}")).exists());
+    scene.assert_clean(conn);
+
+    // Recover: faults gone before the workload starts; the server exits; poststop finds
+    // nothing to do.
+    let id2 = &scene.id("api2");
+    let out_file = scene.dir.path().join("out2");
+    let (status, _) = scene.create(id2, &out_file);
+    assert!(status.success(), "create failed");
+    let e = journal.list().expect("journal").remove(0);
+    let server = e.server_pid.expect("server pid");
+    ChaosClient::connect(&journal.socket_path(&e.id))
+        .expect("connect")
+        .recover()
+        .expect("recover");
+    assert!(engine::daemon::wait_exit(server, Duration::from_secs(20)));
+    assert_eq!(scene.run_dir_entries(), Vec::<String>::new());
+    let pid = scene.state(id2).expect("state")["pid"]
+        .as_u64()
+        .expect("pid") as u32;
+    scene.start(id2);
+    assert!(engine::daemon::wait_exit(pid, Duration::from_secs(60)));
+    let stdout = std::fs::read_to_string(&out_file).expect("output");
+    assert!(stdout.contains("WRITE-OK"), "{stdout}");
+    assert!(scene.delete(id2).status.success());
+    scene.assert_clean(None);
+}
+
+/// Deleted before it ever started: poststop (and the server, seeing the init gone) remove
+/// everything.
+#[test]
+fn runc_delete_without_start() {
+    require(&["runc"]);
+    let scene = Scene::new(Runtime::Runc);
+    scene.write_config(WORKLOAD, Some(ENOSPC_SPEC), &[]);
+    let id = &scene.id("nostart");
+    let (status, _) = scene.create(id, &scene.dir.path().join("out"));
+    assert!(status.success(), "create failed");
+    assert_eq!(scene.servers().len(), 1);
+    let out = scene
+        .runtime()
+        .args(["delete", "--force", id])
+        .output()
+        .expect("delete");
+    show(&out);
+    assert!(out.status.success());
+    scene.assert_clean(None);
+}
+
+#[test]
+fn podman_faults_untouched_bad() {
+    require(&["podman", "runc"]);
+    let scene = Scene::new(Runtime::Runc);
+    let out = scene.podman_run(&scene.id("pfaults"), Some(ENOSPC_SPEC), WORKLOAD);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "podman run failed");
+    assert!(stdout.contains("WRITE-FAILED"));
+    assert!(stderr.contains("No space left on device"));
+    scene.assert_clean(chaosfs_connection(&stdout));
+
+    let out = scene.podman_run(&scene.id("pplain"), None, WORKLOAD);
+    let (stdout, _) = text(&out);
+    assert!(out.status.success(), "podman run failed");
+    assert!(stdout.contains("WRITE-OK"));
+    assert!(!stdout.contains("fuse.chaosfs"));
+    assert!(
+        !scene.run_dir().exists(),
+        "the hook ran without the annotation"
+    );
+
+    let out = scene.podman_run(
+        &scene.id("pbad"),
+        Some(r#"{"path":"/data","rules":[{"ops":["write"],"errno":"EBOGUS"}]}"#),
+        WORKLOAD,
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "created anyway");
+    assert!(stderr.contains(r#"iochaos-hook: createRuntime: invalid dev.iochaos.spec annotation"#));
+    assert!(!stdout.contains("WRITE-"));
+    scene.assert_clean(None);
+}
