@@ -122,6 +122,11 @@ impl FsServer for ChaosServer {
             .collect())
     }
 
+    fn quiesce(&self) {
+        self.server.update_rules(RuleSet::empty());
+        self.server.cancel_delays();
+    }
+
     fn rule_counters(&self) -> Vec<(u64, u64)> {
         self.server
             .stats()
@@ -136,12 +141,56 @@ impl FsServer for ChaosServer {
         self.server.cancel_delays();
         // Once nothing holds the detached mount the kernel ends the connection by itself;
         // abort only what is still held after the grace period.
-        if !self.server.wait_timeout(self.grace) {
+        let released = self.server.wait_timeout(self.grace);
+        if !released {
+            let dev = self.server.connection().map(|c| c.id());
             tracing::warn!(
-                "files still open on the detached ChaosFS mount after {:?}: aborting the connection",
-                self.grace
+                grace = ?self.grace,
+                holders = ?dev.map(holders).unwrap_or_default(),
+                "files still open on the detached ChaosFS mount: aborting the connection"
             );
         }
-        self.server.stop().map_err(fs_err)
+        match self.server.stop() {
+            // Aborted by us: the session reports the abort.
+            Err(chaosfs::Error::Sys { source, .. })
+                if !released && source.raw_os_error() == Some(libc::ECONNABORTED) =>
+            {
+                Ok(())
+            }
+            r => r.map_err(fs_err),
+        }
     }
+}
+
+/// `(pid, fd)` of every open file on the FUSE connection `conn` (diagnostics; cached attributes
+/// only, so it never waits for the server).
+fn holders(conn: u32) -> Vec<(u32, i32)> {
+    let (major, minor) = (conn >> 20, conn & 0xf_ffff);
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for f in fds.flatten() {
+            let Some(fd) = f.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            if let Ok(st) = rustix::fs::statx(
+                rustix::fs::CWD,
+                f.path(),
+                rustix::fs::AtFlags::STATX_DONT_SYNC,
+                rustix::fs::StatxFlags::empty(),
+            ) && (st.stx_dev_major, st.stx_dev_minor) == (major, minor)
+            {
+                out.push((pid, fd));
+            }
+        }
+    }
+    out
 }

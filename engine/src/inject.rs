@@ -63,6 +63,9 @@ pub trait FsServer: Send + Sync + 'static {
     /// Returns the files open in a mode the new rules cannot reach (ChaosFS: kernel
     /// passthrough) until they are reopened.
     fn update_rules(&self, spec: &Value) -> Result<Vec<EscapedFile>>;
+    /// Recover begins: stop injecting and release requests held in latency faults, so that no
+    /// thread of the target is still waiting on a fault when it is swapped back.
+    fn quiesce(&self) {}
     /// `(matched, injected)` per rule, in spec order.
     fn rule_counters(&self) -> Vec<(u64, u64)>;
     /// Stop serving (the mount is already detached and the fds swapped back).
@@ -412,6 +415,9 @@ impl<F: FsServer, S: Swapper> ChaosService for Injection<F, S> {
 
     fn recover(&self) -> Result<RecoverReport> {
         let mut st = self.lock()?;
+        if let Some(server) = st.server.as_ref() {
+            server.quiesce();
+        }
         if let Some(guard) = st.guard.take() {
             let ids = (guard.mnt_id(), guard.ns().id);
             // New opens reach the original at once; what is open through ChaosFS keeps working.
@@ -432,8 +438,11 @@ impl<F: FsServer, S: Swapper> ChaosService for Injection<F, S> {
         let pids: Vec<u32> = processes_in_mnt_ns(ns_id)?.iter().map(|p| p.pid).collect();
         let outcome = self.swapper.swap_out(&pids, &path, mnt_id)?;
         st.detached = None;
-        if let Some(server) = st.server.take() {
-            server.stop()?;
+        if let Some(server) = st.server.take()
+            && let Err(e) = server.stop()
+        {
+            // Detached and swapped back: nothing is left to undo.
+            tracing::warn!(error = %e, "stopping the filesystem server");
         }
         self.journal.remove(&st.entry.id)?;
         tracing::info!(id = %st.entry.id, "recovered");
