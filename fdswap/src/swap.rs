@@ -84,7 +84,7 @@ pub struct ProcessReport {
 pub struct Report {
     /// One per process.
     pub processes: Vec<ProcessReport>,
-    /// Wall time of the whole swap, scan included.
+    /// Wall time of the whole swap ([`swap`]: scan included).
     pub total: Duration,
 }
 
@@ -115,8 +115,11 @@ impl Report {
 /// now on top of it (see [`ScanOptions`] for the filters). Must be called from one thread
 /// (ptrace belongs to the calling thread).
 pub fn swap(pids: &[i32], options: &ScanOptions, swap_options: &SwapOptions) -> Result<Report> {
+    let started = Instant::now();
     let plan = Plan::scan(pids, options)?;
-    swap_plan(&plan, swap_options)
+    let mut report = swap_plan(&plan, swap_options)?;
+    report.total = started.elapsed();
+    Ok(report)
 }
 
 /// Swap what a [`Plan`] found. Items that changed since the scan are detected in the stopped
@@ -134,6 +137,10 @@ pub fn swap_plan(plan: &Plan, swap_options: &SwapOptions) -> Result<Report> {
             work.then(|| prepare(p, &stub, swap_options).ok()).flatten()
         })
         .collect();
+    // Hold a reference to every old description: the target's closes then never release the
+    // last one, and the release (fput: flushing, notifying, freeing) happens here, after the
+    // target is running again.
+    let keepalive = hold_old_files(plan);
     let mut tracees: Vec<(usize, Result<Tracee>)> = Vec::new();
     for (i, p) in plan.processes.iter().enumerate() {
         tracees.push((i, Tracee::seize(p.pid, swap_options.stop_timeout)));
@@ -184,10 +191,45 @@ pub fn swap_plan(plan: &Plan, swap_options: &SwapOptions) -> Result<Report> {
         }
         reports[r].pause = t.stopped_at.elapsed();
     }
+    let total = started.elapsed();
+    drop(keepalive);
     Ok(Report {
         processes: reports,
-        total: started.elapsed(),
+        total,
     })
+}
+
+/// Duplicates (pidfd_getfd) of the descriptions a plan replaces, as many as our own fd limit
+/// allows (raised to its hard limit).
+fn hold_old_files(plan: &Plan) -> Vec<std::os::fd::OwnedFd> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let wanted: usize = plan.processes.iter().map(|p| p.fds.len()).sum();
+    if wanted == 0 {
+        return Vec::new();
+    }
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+    let mut held = Vec::with_capacity(wanted);
+    for p in &plan.processes {
+        let Ok(pidfd) = sys::pidfd_open(p.pid) else {
+            continue;
+        };
+        let mut seen = std::collections::HashSet::new();
+        for f in &p.fds {
+            if !seen.insert(f.description) {
+                continue;
+            }
+            match sys::pidfd_getfd(&pidfd, f.fd) {
+                Ok(fd) => held.push(fd),
+                Err(Errno::EMFILE | Errno::ENFILE) => return held,
+                Err(_) => {}
+            }
+        }
+    }
+    held
 }
 
 #[allow(clippy::too_many_arguments)]
