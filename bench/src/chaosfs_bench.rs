@@ -3,10 +3,16 @@
 //! Three directories on the same filesystem: one used natively, one under ChaosFS with a rule
 //! that touches no benchmark file (so files are opened in kernel passthrough mode), one under
 //! ChaosFS with a rule that touches every op on every file but fires with percent 0 (so every
-//! request goes through the daemon and the rule engine). Each workload runs on each directory
-//! `--rounds` times; the best round counts. Prints absolute figures and ratios to native.
+//! request goes through the daemon and the rule engine). Rounds are interleaved (native,
+//! untouched, touched, native, ...) so load from elsewhere hits all three alike; each figure is
+//! the median of its `--rounds` rounds. Prints absolute figures and ratios to native.
 //!
-//! Usage: chaosfs-bench [--size-mib N] [--files N] [--rounds N]   (root, /dev/fuse)
+//! With `--requests 1`, one more (untimed) round per ChaosFS directory counts the FUSE requests
+//! each workload sends, by opcode, from the kernel's `fuse:fuse_request_send` tracepoint
+//! (tracefs at /sys/kernel/tracing; FORGETs are not requests and are not counted).
+//!
+//! Usage: chaosfs-bench [--size-mib N] [--files N] [--rounds N] [--requests 0|1] [--threads N]
+//! (root, /dev/fuse)
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -23,13 +29,18 @@ struct Opts {
     size_mib: usize,
     files: usize,
     rounds: usize,
+    requests: bool,
+    /// FUSE serving threads (0: the server's default).
+    threads: usize,
 }
 
 fn parse_opts() -> anyhow::Result<Opts> {
     let mut opts = Opts {
         size_mib: 256,
         files: 4000,
-        rounds: 3,
+        rounds: 5,
+        requests: false,
+        threads: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -42,7 +53,11 @@ fn parse_opts() -> anyhow::Result<Opts> {
             "--size-mib" => opts.size_mib = value.max(1),
             "--files" => opts.files = value.max(1),
             "--rounds" => opts.rounds = value.max(1),
-            _ => bail!("unknown flag {flag} (use --size-mib, --files, --rounds)"),
+            "--requests" => opts.requests = value != 0,
+            "--threads" => opts.threads = value,
+            _ => bail!(
+                "unknown flag {flag} (use --size-mib, --files, --rounds, --requests, --threads)"
+            ),
         }
     }
     Ok(opts)
@@ -65,11 +80,15 @@ fn rate(count: f64, start: Instant) -> f64 {
     count / start.elapsed().as_secs_f64()
 }
 
-fn run_round(dir: &Path, opts: &Opts) -> anyhow::Result<Figures> {
+/// Called with `Some(i)` when workload `i` starts and `None` when it ends.
+type PhaseHook<'a> = &'a mut dyn FnMut(Option<usize>) -> anyhow::Result<()>;
+
+fn run_round(dir: &Path, opts: &Opts, hook: PhaseHook<'_>) -> anyhow::Result<Figures> {
     let mut f = Figures::default();
     let data = vec![0xa5u8; BLOCK];
     let big = dir.join("big.dat");
 
+    hook(Some(0))?;
     let start = Instant::now();
     let mut file = File::create(&big).context("create big.dat")?;
     for _ in 0..opts.size_mib {
@@ -78,6 +97,7 @@ fn run_round(dir: &Path, opts: &Opts) -> anyhow::Result<Figures> {
     file.sync_all()?;
     f.0[0] = rate(opts.size_mib as f64, start);
     drop(file);
+    hook(None)?;
 
     let mut buf = vec![0u8; BLOCK];
     let read_all = |buf: &mut [u8]| -> anyhow::Result<usize> {
@@ -92,14 +112,17 @@ fn run_round(dir: &Path, opts: &Opts) -> anyhow::Result<Figures> {
         }
     };
     read_all(&mut buf)?; // warm
+    hook(Some(1))?;
     let start = Instant::now();
     let total = read_all(&mut buf)?;
     f.0[1] = rate(total as f64 / BLOCK as f64, start);
+    hook(None)?;
 
     let file = File::open(&big)?;
     let blocks = (opts.size_mib * BLOCK / 4096) as u64;
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let reads = 50_000;
+    hook(Some(2))?;
     let start = Instant::now();
     for _ in 0..reads {
         x ^= x << 13;
@@ -108,6 +131,7 @@ fn run_round(dir: &Path, opts: &Opts) -> anyhow::Result<Figures> {
         file.read_exact_at(&mut buf[..4096], (x % blocks) * 4096)?;
     }
     f.0[2] = rate(reads as f64, start);
+    hook(None)?;
     drop(file);
 
     let small = dir.join("small");
@@ -115,41 +139,145 @@ fn run_round(dir: &Path, opts: &Opts) -> anyhow::Result<Figures> {
     let names: Vec<PathBuf> = (0..opts.files)
         .map(|i| small.join(format!("f{i}")))
         .collect();
+    hook(Some(4))?;
     let start = Instant::now();
     for name in &names {
         let mut file = OpenOptions::new().write(true).create_new(true).open(name)?;
         file.write_all(&data[..4096])?;
     }
     f.0[4] = rate(names.len() as f64, start);
+    hook(None)?;
 
     let stats = 100_000;
+    hook(Some(3))?;
     let start = Instant::now();
     for i in 0..stats {
         fs::metadata(&names[i % names.len()])?;
     }
     f.0[3] = rate(stats as f64, start);
+    hook(None)?;
 
+    hook(Some(5))?;
     let start = Instant::now();
     for name in &names {
         fs::remove_file(name)?;
     }
     f.0[5] = rate(names.len() as f64, start);
+    hook(None)?;
 
     fs::remove_dir(&small)?;
     fs::remove_file(&big)?;
     Ok(f)
 }
 
-fn best_of(dir: &Path, opts: &Opts) -> anyhow::Result<Figures> {
-    let mut best = Figures::default();
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Run the rounds interleaved over `dirs`; per directory and workload, the median round.
+fn medians(dirs: &[PathBuf], opts: &Opts) -> anyhow::Result<Vec<Figures>> {
+    let mut all: Vec<Vec<Figures>> = vec![Vec::new(); dirs.len()];
     for _ in 0..opts.rounds {
-        let round =
-            run_round(dir, opts).with_context(|| format!("workload in {}", dir.display()))?;
-        for (b, r) in best.0.iter_mut().zip(round.0) {
-            *b = b.max(r);
+        for (d, rounds) in dirs.iter().zip(all.iter_mut()) {
+            let round = run_round(d, opts, &mut |_| Ok(()))
+                .with_context(|| format!("workload in {}", d.display()))?;
+            rounds.push(round);
         }
     }
-    Ok(best)
+    Ok(all
+        .into_iter()
+        .map(|rounds| {
+            let mut m = Figures::default();
+            for (i, slot) in m.0.iter_mut().enumerate() {
+                *slot = median(rounds.iter().map(|r| r.0[i]).collect());
+            }
+            m
+        })
+        .collect())
+}
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+fn trace_write(file: &str, value: &str) -> anyhow::Result<()> {
+    fs::write(Path::new(TRACEFS).join(file), value).with_context(|| format!("write {file}"))
+}
+
+/// FUSE requests per workload and opcode on one connection, from the `fuse_request_send`
+/// tracepoint.
+fn count_requests(dir: &Path, opts: &Opts) -> anyhow::Result<Vec<Vec<(String, u64)>>> {
+    let conn = chaosfs::mount::Connection::of_mount(dir)?.id();
+    let needle = format!("connection {conn} ");
+    let mut counts: Vec<Vec<(String, u64)>> = vec![Vec::new(); NAMES.len()];
+    let mut current = None;
+    let mut hook = |phase: Option<usize>| -> anyhow::Result<()> {
+        match phase {
+            Some(i) => {
+                trace_write("tracing_on", "0")?;
+                trace_write("buffer_size_kb", "65536")?;
+                trace_write("trace", "")?;
+                trace_write("events/fuse/fuse_request_send/enable", "1")?;
+                trace_write("tracing_on", "1")?;
+                current = Some(i);
+            }
+            None => {
+                trace_write("tracing_on", "0")?;
+                let text = fs::read_to_string(Path::new(TRACEFS).join("trace"))?;
+                let mut by_op: Vec<(String, u64)> = Vec::new();
+                for line in text.lines().filter(|l| l.contains(&needle)) {
+                    let Some(op) = line
+                        .split_once('(')
+                        .and_then(|(_, r)| r.split_once(')'))
+                        .map(|(op, _)| op.trim_start_matches("FUSE_").to_ascii_lowercase())
+                    else {
+                        continue;
+                    };
+                    match by_op.iter_mut().find(|(o, _)| *o == op) {
+                        Some((_, n)) => *n += 1,
+                        None => by_op.push((op, 1)),
+                    }
+                }
+                by_op.sort_by_key(|b| std::cmp::Reverse(b.1));
+                if let Some(i) = current.take() {
+                    counts[i] = by_op;
+                }
+            }
+        }
+        Ok(())
+    };
+    run_round(dir, opts, &mut hook)?;
+    trace_write("events/fuse/fuse_request_send/enable", "0")?;
+    Ok(counts)
+}
+
+fn print_requests(label: &str, counts: &[Vec<(String, u64)>], opts: &Opts) {
+    println!("\nFUSE requests per workload, {label} (per op: per file or per 1 MiB block)");
+    let per = [
+        opts.size_mib as f64,
+        opts.size_mib as f64,
+        50_000.0,
+        100_000.0,
+        opts.files as f64,
+        opts.files as f64,
+    ];
+    for (i, (name, _)) in NAMES.iter().enumerate() {
+        let total: u64 = counts[i].iter().map(|(_, n)| n).sum();
+        let detail: Vec<String> = counts[i]
+            .iter()
+            .map(|(op, n)| format!("{op} {n}"))
+            .collect();
+        println!(
+            "  {:<40} {:>7} ({:.2}/op): {}",
+            name,
+            total,
+            total as f64 / per[i],
+            detail.join(", ")
+        );
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -181,27 +309,30 @@ fn bench_in(base: &Path, opts: &Opts) -> anyhow::Result<()> {
     }
     let untouched = Spec::from_json(r#"{"rules":[{"glob":"*.never","errno":"EIO"}]}"#)?;
     let touched = Spec::from_json(r#"{"rules":[{"percent":0,"errno":"EIO"}]}"#)?;
-    let m1 = chaosfs::mount_over(
-        &dirs[1],
-        RuleSet::new(untouched)?,
-        chaosfs::server::Config::default(),
-    )?;
-    let m2 = chaosfs::mount_over(
-        &dirs[2],
-        RuleSet::new(touched)?,
-        chaosfs::server::Config::default(),
-    )?;
+    let mut cfg = chaosfs::server::Config::default();
+    if opts.threads > 0 {
+        cfg.n_threads = opts.threads;
+    }
+    let m1 = chaosfs::mount_over(&dirs[1], RuleSet::new(untouched)?, cfg.clone())?;
+    let m2 = chaosfs::mount_over(&dirs[2], RuleSet::new(touched)?, cfg)?;
 
     println!(
-        "chaosfs-bench: {} MiB file, {} small files, best of {} rounds, backing {}",
+        "chaosfs-bench: {} MiB file, {} small files, median of {} interleaved rounds, backing {}",
         opts.size_mib,
         opts.files,
         opts.rounds,
         base.display()
     );
-    let native = best_of(&dirs[0], opts)?;
-    let fast = best_of(&dirs[1], opts)?;
-    let slow = best_of(&dirs[2], opts)?;
+    let figures = medians(&dirs, opts)?;
+    let (native, fast, slow) = (figures[0], figures[1], figures[2]);
+    let requests = if opts.requests {
+        Some((
+            count_requests(&dirs[1], opts)?,
+            count_requests(&dirs[2], opts)?,
+        ))
+    } else {
+        None
+    };
     m1.unmount()?;
     m2.unmount()?;
 
@@ -219,6 +350,10 @@ fn bench_in(base: &Path, opts: &Opts) -> anyhow::Result<()> {
             format!("{:.0}", slow.0[i]),
             slow.0[i] / native.0[i],
         );
+    }
+    if let Some((fast, slow)) = requests {
+        print_requests("untouched", &fast, opts);
+        print_requests("rule(0%)", &slow, opts);
     }
     Ok(())
 }
