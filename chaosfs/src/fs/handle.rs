@@ -40,6 +40,8 @@ pub(crate) struct Handle {
     /// The path the file was opened by (kept only while rules select by path), so requests on
     /// the handle of a hard-linked file meet the rules of the name it was opened by.
     pub path: Option<Box<std::path::Path>>,
+    /// `path` is the whole relative path (else only the file name).
+    pub path_full: bool,
 }
 
 type Shard = RwLock<IdMap<u64, Arc<Handle>>>;

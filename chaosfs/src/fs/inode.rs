@@ -140,6 +140,15 @@ impl InodeTable {
             .cloned()
     }
 
+    /// The entry of the backing inode `(dev, ino)`, if the kernel knows it (no lookup counted).
+    pub(crate) fn find(&self, dev: u64, ino: u64) -> Option<Arc<Inode>> {
+        self.by_key[shard_of(ino)]
+            .read()
+            .ok()?
+            .get(&(dev, ino))
+            .cloned()
+    }
+
     /// Find the entry of the backing inode `(dev, ino)` and count one more kernel lookup on it.
     pub(crate) fn lookup_existing(&self, dev: u64, ino: u64) -> Option<Arc<Inode>> {
         let shard = self.by_key[shard_of(ino)].read().ok()?;

@@ -14,6 +14,7 @@ mod handle;
 mod inode;
 mod ops;
 
+use std::borrow::Cow;
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -107,10 +108,90 @@ pub struct UpdateReport {
     pub escaped: Vec<Escaped>,
 }
 
+/// The rules in force plus what the file system derives from them once per update (so no
+/// request has to work it out again).
+pub(crate) struct Loaded {
+    pub set: Arc<RuleSet>,
+    /// Some rule selects by glob ([`RuleSet::uses_paths`]).
+    pub uses_paths: bool,
+    /// Some glob has a `/` and matches whole relative paths. When false, every glob matches
+    /// only a file's own name, so [`Call::path`] can be that name: no path is rebuilt from the
+    /// kernel's view of an fd (a `readlink` of `/proc/self/fd/N`) on the request path.
+    pub full_paths: bool,
+    /// Which files a rule could select FLUSH on (passthrough opens of other files are answered
+    /// with `FOPEN_NOFLUSH`, sparing a round trip per close).
+    flush: Selector,
+}
+
+/// A conservative "could some rule select this op on this path" check for one op.
+enum Selector {
+    Never,
+    Always,
+    /// Globs of the rules whose ops include the op: (matches whole paths, matcher).
+    Globs(Vec<(bool, globset::GlobMatcher)>),
+}
+
+impl Selector {
+    fn for_op(set: &RuleSet, op: Op) -> Selector {
+        let mut globs = Vec::new();
+        for r in &set.spec().rules {
+            let Ok(ops) = r.action_kind().and_then(|k| r.op_set(k)) else {
+                return Selector::Always;
+            };
+            if !ops.contains(op) {
+                continue;
+            }
+            match &r.glob {
+                None => return Selector::Always,
+                Some(g) => match g.matcher() {
+                    Some(m) => globs.push((g.is_path_glob(), m)),
+                    None => return Selector::Always,
+                },
+            }
+        }
+        if globs.is_empty() {
+            Selector::Never
+        } else {
+            Selector::Globs(globs)
+        }
+    }
+
+    /// `path` is a whole relative path, or only the name when no glob needs more.
+    fn may_match(&self, path: &Path) -> bool {
+        match self {
+            Selector::Never => false,
+            Selector::Always => true,
+            Selector::Globs(g) => g.iter().any(|(whole, m)| {
+                if *whole {
+                    m.is_match(path)
+                } else {
+                    path.file_name().is_some_and(|n| m.is_match(n))
+                }
+            }),
+        }
+    }
+}
+
+impl Loaded {
+    fn new(set: Arc<RuleSet>) -> Loaded {
+        let full_paths = set
+            .spec()
+            .rules
+            .iter()
+            .any(|r| r.glob.as_ref().is_some_and(|g| g.is_path_glob()));
+        Loaded {
+            uses_paths: set.uses_paths(),
+            full_paths,
+            flush: Selector::for_op(&set, Op::Flush),
+            set,
+        }
+    }
+}
+
 pub(crate) struct FsInner {
     inodes: InodeTable,
     handles: HandleTable,
-    rules: ArcSwap<RuleSet>,
+    rules: ArcSwap<Loaded>,
     /// `/proc/self/fd` of this process, opened at construction (`O_PATH | O_DIRECTORY`).
     proc_fd: OwnedFd,
     /// The backing root as `readlink(/proc/self/fd/N)` shows it, for paths given to the rules.
@@ -119,8 +200,6 @@ pub(crate) struct FsInner {
     cfg: FsConfig,
     /// The kernel accepted FUSE_PASSTHROUGH.
     passthrough_ok: AtomicBool,
-    /// No rules at all: passthrough opens also skip FLUSH requests.
-    no_rules: AtomicBool,
     counters: Counters,
     sched: Scheduler,
 }
@@ -261,17 +340,15 @@ impl FsInner {
             sys::FdName::new(backing.as_raw_fd()).as_cstr(),
         )
         .map_err(|e| crate::Error::sys("readlink backing fd", e))?;
-        let no_rules = rules.is_empty();
         Ok(FsInner {
             inodes: InodeTable::new(backing, &st),
             handles: HandleTable::new(),
-            rules: ArcSwap::from_pointee(rules),
+            rules: ArcSwap::from_pointee(Loaded::new(Arc::new(rules))),
             proc_fd,
             root_path,
             notifier: OnceLock::new(),
             cfg,
             passthrough_ok: AtomicBool::new(false),
-            no_rules: AtomicBool::new(no_rules),
             counters: Counters::default(),
             sched: Scheduler::new(),
         })
@@ -286,7 +363,7 @@ impl FsInner {
     }
 
     pub(crate) fn rules(&self) -> Arc<RuleSet> {
-        self.rules.load_full()
+        self.rules.load().set.clone()
     }
 
     pub(crate) fn open_stats(&self) -> OpenStats {
@@ -358,7 +435,7 @@ impl FsInner {
 
     /// The path an open of `inode` most likely came through: the name the kernel last looked it
     /// up by (differs from [`FsInner::path_of`] for hard links), if that name still leads to it.
-    fn open_path(&self, inode: &Inode) -> PathBuf {
+    fn open_path(&self, inode: &Inode, full: bool) -> PathBuf {
         let remembered = inode.name.lock().ok().and_then(|n| n.clone());
         if let Some((parent, name)) = remembered
             && let Some(p) = self.inodes.get(parent)
@@ -368,45 +445,71 @@ impl FsInner {
             })
             .is_ok_and(|st| st.st_dev == inode.dev && st.st_ino == inode.ino);
             if same {
-                return self.target_path(Target::Child(parent, &name));
+                return self
+                    .rule_path(Target::Child(parent, &name), full)
+                    .into_owned();
             }
         }
-        self.path_of(inode)
+        if full {
+            self.path_of(inode)
+        } else {
+            self.name_of(inode)
+        }
     }
 
-    fn target_path(&self, t: Target<'_>) -> PathBuf {
+    /// The path the rules see for `t`: the whole relative path when `full`, else only the
+    /// file name (enough while every glob matches names, see [`Loaded::full_paths`]).
+    fn rule_path<'a>(&self, t: Target<'a>, full: bool) -> Cow<'a, Path> {
         match t {
-            Target::File(fh, n) => match self.handles.get(fh).and_then(|h| h.path.clone()) {
-                Some(p) => p.into(),
-                None => self.target_path(Target::Node(n)),
+            Target::File(fh, n) => match self.handles.get(fh) {
+                Some(h) if h.path.is_some() && (h.path_full || !full) => {
+                    Cow::Owned(h.path.as_deref().map(Path::to_path_buf).unwrap_or_default())
+                }
+                _ => self.rule_path(Target::Node(n), full),
             },
             Target::Node(n) => match self.inodes.get(n) {
-                Some(i) => self.path_of(&i),
-                None => PathBuf::new(),
+                Some(i) if full => Cow::Owned(self.path_of(&i)),
+                Some(i) => Cow::Owned(self.name_of(&i)),
+                None => Cow::Owned(PathBuf::new()),
             },
+            Target::Child(_, name) if !full => Cow::Borrowed(Path::new(name)),
             Target::Child(parent, name) => {
                 let base = match self.inodes.get(parent) {
                     Some(i) => self.path_of(&i),
                     None => PathBuf::new(),
                 };
-                if base.as_os_str().is_empty() {
+                Cow::Owned(if base.as_os_str().is_empty() {
                     PathBuf::from(name)
                 } else {
                     base.join(name)
-                }
+                })
             }
         }
+    }
+
+    /// The name the kernel last looked `inode` up by (kept current across renames), or the
+    /// last component of its path if it has none.
+    fn name_of(&self, inode: &Inode) -> PathBuf {
+        if inode.nodeid == ROOT {
+            return PathBuf::new();
+        }
+        if let Ok(n) = inode.name.lock()
+            && let Some((_, name)) = &*n
+        {
+            return PathBuf::from(&**name);
+        }
+        self.path_of(inode)
     }
 
     /// Evaluate the rules for one request (the only place they are evaluated).
     pub(crate) fn verdict(&self, op: Op, caller: Caller, target: Target<'_>) -> Verdict {
         let rules = self.rules.load();
-        let path = if rules.uses_paths() {
-            self.target_path(target)
+        let path = if rules.uses_paths {
+            self.rule_path(target, rules.full_paths)
         } else {
-            PathBuf::new()
+            Cow::Borrowed(Path::new(""))
         };
-        rules.evaluate(&Call {
+        rules.set.evaluate(&Call {
             op,
             path: &path,
             pid: caller.pid,
@@ -418,10 +521,12 @@ impl FsInner {
     /// Cache time for entries/attributes of `target`.
     fn ttl(&self, target: Target<'_>) -> Duration {
         let rules = self.rules.load();
-        let touched = if rules.uses_paths() {
-            rules.may_touch_meta(&self.target_path(target))
+        let touched = if rules.uses_paths {
+            rules
+                .set
+                .may_touch_meta(&self.rule_path(target, rules.full_paths))
         } else {
-            rules.may_touch_meta(Path::new(""))
+            rules.set.may_touch_meta(Path::new(""))
         };
         if touched {
             Duration::ZERO
@@ -438,30 +543,44 @@ impl FsInner {
         }
         self.rules
             .load()
+            .set
             .may_touch_data(path.unwrap_or(Path::new("")))
     }
 
-    /// The path to keep with a new handle of `inode` (only while rules select by path).
-    fn handle_path(&self, inode: &Inode, child: Option<(u64, &OsStr)>) -> Option<Box<Path>> {
-        if !self.rules.load().uses_paths() {
-            return None;
+    /// May a rule select FLUSH on a file opened by `path` (see [`FsInner::wants_direct`])?
+    fn may_touch_flush(&self, path: Option<&Path>) -> bool {
+        self.rules
+            .load()
+            .flush
+            .may_match(path.unwrap_or(Path::new("")))
+    }
+
+    /// The path to keep with a new handle of `inode` (only while rules select by path), and
+    /// whether it is the whole relative path.
+    fn handle_path(
+        &self,
+        inode: &Inode,
+        child: Option<(u64, &OsStr)>,
+    ) -> (Option<Box<Path>>, bool) {
+        let rules = self.rules.load();
+        if !rules.uses_paths {
+            return (None, false);
         }
-        Some(
-            match child {
-                Some((parent, name)) => self.target_path(Target::Child(parent, name)),
-                None => self.open_path(inode),
-            }
-            .into_boxed_path(),
-        )
+        let full = rules.full_paths;
+        let p = match child {
+            Some((parent, name)) => self
+                .rule_path(Target::Child(parent, name), full)
+                .into_owned(),
+            None => self.open_path(inode, full),
+        };
+        (Some(p.into_boxed_path()), full)
     }
 
     // ----- rule updates -----
 
     pub(crate) fn update_rules(&self, new: RuleSet) -> UpdateReport {
-        let no_rules = new.is_empty();
         let new = Arc::new(new);
-        self.rules.store(new.clone());
-        self.no_rules.store(no_rules, Ordering::Relaxed);
+        self.rules.store(Arc::new(Loaded::new(new.clone())));
         let mut report = UpdateReport::default();
         let all = self.inodes.all();
         for inode in &all {

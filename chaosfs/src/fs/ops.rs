@@ -226,7 +226,7 @@ impl FsInner {
     fn must_relookup(&self, st: &libc::stat) -> bool {
         st.st_nlink > 1
             && st.st_mode & libc::S_IFMT != libc::S_IFDIR
-            && self.rules.load().uses_paths()
+            && self.rules.load().uses_paths
     }
 
     fn handle(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
@@ -449,7 +449,24 @@ impl FsInner {
             })
         });
         tri!(r, reply);
+        // Keep the names the rules see current (the kernel moves its dentry, no lookup follows).
+        self.renamed(&np, newname);
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            self.renamed(&p, name);
+        }
         reply.ok();
+    }
+
+    /// `name` in `dir` now leads to an inode the kernel may know: remember it under that name.
+    fn renamed(&self, dir: &Inode, name: &OsStr) {
+        let st = sys::with_cstr(name, |c| {
+            sys::file::fstatat(dir.fd.as_fd(), c, libc::AT_SYMLINK_NOFOLLOW)
+        });
+        if let Ok(st) = st
+            && let Some(inode) = self.inodes.find(st.st_dev, st.st_ino)
+        {
+            inode.remember_name(dir.nodeid, name);
+        }
     }
 
     pub(crate) fn link(
@@ -514,11 +531,13 @@ impl FsInner {
         FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
     }
 
-    fn passthrough_flags(&self) -> FopenFlags {
-        if self.no_rules.load(Ordering::Relaxed) {
-            FopenFlags::FOPEN_NOFLUSH
-        } else {
+    /// No rule can select FLUSH on a passthrough file opened by `path`: the kernel need not
+    /// send it (one round trip less per close).
+    fn passthrough_flags(&self, path: Option<&Path>) -> FopenFlags {
+        if self.may_touch_flush(path) {
             FopenFlags::empty()
+        } else {
+            FopenFlags::FOPEN_NOFLUSH
         }
     }
 
@@ -527,7 +546,7 @@ impl FsInner {
         let inode = tri!(self.inode(ino), reply);
         let fd = tri!(self.reopen(&inode, flags).map_err(errno), reply);
         let o_direct = flags & libc::O_DIRECT != 0;
-        let path = self.handle_path(&inode, None);
+        let (path, path_full) = self.handle_path(&inode, None);
         let Ok(mut st) = inode.open.lock() else {
             return reply.error(Errno::EIO);
         };
@@ -545,15 +564,17 @@ impl FsInner {
             }
         }
         self.count_open(mode, &mut st);
+        let pflags = self.passthrough_flags(path.as_deref());
         let fh = self.handles.insert(Handle {
             fd,
             inode: inode.clone(),
             kind: HandleKind::File { mode, o_direct },
             path,
+            path_full,
         });
         match (mode, &st.backing) {
             (OpenMode::Passthrough, Some(id)) => {
-                reply.opened_passthrough(FileHandle(fh), self.passthrough_flags(), id)
+                reply.opened_passthrough(FileHandle(fh), pflags, id)
             }
             _ => reply.opened(FileHandle(fh), Self::direct_flags()),
         }
@@ -600,7 +621,7 @@ impl FsInner {
             apply_override(&mut attr, o);
         }
         let o_direct = flags & libc::O_DIRECT != 0;
-        let path = self.handle_path(&inode, Some((parent.0, name)));
+        let (path, path_full) = self.handle_path(&inode, Some((parent.0, name)));
         let Ok(mut ost) = inode.open.lock() else {
             return reply.error(Errno::EIO);
         };
@@ -618,21 +639,18 @@ impl FsInner {
             }
         }
         self.count_open(mode, &mut ost);
+        let pflags = self.passthrough_flags(path.as_deref());
         let fh = self.handles.insert(Handle {
             fd,
             inode: inode.clone(),
             kind: HandleKind::File { mode, o_direct },
             path,
+            path_full,
         });
         match (mode, &ost.backing) {
-            (OpenMode::Passthrough, Some(id)) => reply.created_passthrough(
-                &ttl,
-                &attr,
-                GEN,
-                FileHandle(fh),
-                self.passthrough_flags(),
-                id,
-            ),
+            (OpenMode::Passthrough, Some(id)) => {
+                reply.created_passthrough(&ttl, &attr, GEN, FileHandle(fh), pflags, id)
+            }
             _ => reply.created(&ttl, &attr, GEN, FileHandle(fh), Self::direct_flags()),
         }
     }
@@ -789,6 +807,7 @@ impl FsInner {
             fd,
             inode,
             path: None,
+            path_full: false,
             kind: HandleKind::Dir(std::sync::Mutex::new(DirStream {
                 buf: Vec::new(),
                 start: 0,
