@@ -77,8 +77,14 @@ fn main() {
         "fdswap benchmark: median of {reps} runs; pause = target threads stopped, total = scan + swap"
     );
     println!(
-        "{:>7} {:>7} | {:>12} {:>12} | {:>12} {:>12}",
-        "fds", "threads", "inject pause", "inject total", "recover pause", "recover total"
+        "{:>7} {:>7} | {:>12} {:>12} {:>12} | {:>12} {:>12}",
+        "fds",
+        "threads",
+        "inject pause",
+        "(in stub)",
+        "inject total",
+        "recover pause",
+        "recover total"
     );
     for &threads in &[1usize, 64] {
         for &fds in &[1usize, 100, 1000, 10000] {
@@ -87,7 +93,7 @@ fn main() {
             std::fs::create_dir_all(&dir).expect("mkdir");
             let mut t = spawn(&dir, fds, threads);
             let d = dir.to_str().expect("utf8");
-            let (mut ip, mut it, mut rp, mut rt) = (vec![], vec![], vec![], vec![]);
+            let (mut ip, mut is, mut it, mut rp, mut rt) = (vec![], vec![], vec![], vec![], vec![]);
             for _ in 0..reps {
                 nsenter(t.pid, &["mount", "--bind", d, d]);
                 let r =
@@ -96,6 +102,7 @@ fn main() {
                 assert_eq!(r.swapped().count(), fds);
                 assert!(r.processes[0].threads >= threads);
                 ip.push(ms(r.max_pause()));
+                is.push(ms(r.processes[0].stub_time));
                 it.push(ms(r.total));
                 let upper = r.swapped().next().map(|s| s.to_mnt);
                 nsenter(t.pid, &["umount", "-l", d]);
@@ -110,8 +117,9 @@ fn main() {
                 rt.push(ms(r.total));
             }
             println!(
-                "{fds:>7} {threads:>7} | {:>9.2} ms {:>9.2} ms | {:>9.2} ms {:>10.2} ms",
+                "{fds:>7} {threads:>7} | {:>9.2} ms {:>9.2} ms {:>9.2} ms | {:>10.2} ms {:>10.2} ms",
                 median(ip),
+                median(is),
                 median(it),
                 median(rp),
                 median(rt)

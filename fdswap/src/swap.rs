@@ -562,6 +562,34 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
         }
         let mut saved = Vec::new();
         let mut moved = Vec::new();
+        // Directories holding two or more of this batch's files are opened once (O_PATH), and
+        // the files relative to them: one path component to walk instead of all.
+        let mut dir_count: HashMap<&Path, usize> = HashMap::new();
+        for &g in members_b {
+            if let Some(d) = unit.fds[gl[g][0]].path.parent() {
+                *dir_count.entry(d).or_default() += 1;
+            }
+        }
+        let mut dir_ops: HashMap<&Path, usize> = HashMap::new();
+        for (d, _) in dir_count.iter().filter(|(_, n)| **n >= 2) {
+            let dp = pr.data(cstr(d));
+            let o = pr.push(
+                step("open a parent directory"),
+                Call::sys(
+                    SYS_openat,
+                    &[
+                        imm(AT_FDCWD as i64),
+                        Arg::Data(dp),
+                        imm((O_PATH | O_DIRECTORY | O_CLOEXEC) as i64),
+                        imm(0),
+                    ],
+                ),
+                Check::NonNeg,
+                None,
+            );
+            pr.ops[o].set_undo(Call::sys(SYS_close, &[Arg::Result(o)]));
+            dir_ops.insert(d, o);
+        }
         for &g in members_b {
             let members = &gl[g];
             let f0 = &unit.fds[members[0]];
@@ -600,19 +628,19 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
                 )
             });
             // Open the new one: same flags, through the mount now on top.
-            let path = pr.data(cstr(&f0.path));
+            let (dirfd, path) = match (f0.path.parent(), f0.path.file_name()) {
+                (Some(d), Some(name)) if dir_ops.contains_key(d) => {
+                    (Arg::Result(dir_ops[d]), pr.data(cstr(Path::new(name))))
+                }
+                _ => (imm(AT_FDCWD as i64), pr.data(cstr(&f0.path))),
+            };
             let oflags =
                 (f0.flags & !(O_CLOEXEC | O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY)) | O_CLOEXEC;
             let n = pr.push(
                 on_fd("openat through the new mount for", f0.fd),
                 Call::sys(
                     SYS_openat,
-                    &[
-                        imm(AT_FDCWD as i64),
-                        Arg::Data(path),
-                        imm(oflags as i64),
-                        imm(0),
-                    ],
+                    &[dirfd, Arg::Data(path), imm(oflags as i64), imm(0)],
                 ),
                 Check::NonNeg,
                 None,
@@ -882,7 +910,7 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
                 None,
             );
         }
-        for fd in temps {
+        for fd in temps.into_iter().chain(dir_ops.into_values()) {
             pr.push(
                 step("close a temporary fd"),
                 Call::sys(SYS_close, &[Arg::Result(fd)]),
@@ -1208,7 +1236,13 @@ pub(crate) fn prepare(unit: &ProcessPlan, stub: &Stub, so: &SwapOptions) -> Resu
         .max()
         .unwrap_or(0) as u64;
     // Spare fds: one kept old description per group, one temporary, maps and cwd.
-    let base = max_fd + 1 + 2 * unit.maps.len() as u64 + 24;
+    let dirs = unit
+        .fds
+        .iter()
+        .filter_map(|f| f.path.parent())
+        .collect::<std::collections::HashSet<_>>()
+        .len() as u64;
+    let base = max_fd + 1 + 2 * unit.maps.len() as u64 + dirs + 24;
     let (nofile, limit) = NofileGuard::raise(pid, base + ngroups)?;
     let batch = if limit >= base + ngroups {
         usize::MAX
