@@ -60,7 +60,8 @@ pub enum Outcome {
     Removed(usize),
 }
 
-/// Run the hook for `stage`. Stages without work return before `stdin` is read.
+/// Run the hook for `stage`. Stages without work return at once (the binary drains stdin
+/// for them first: crun fails when a hook leaves its state unread).
 pub fn run(stage: Stage, stdin: impl Read, env: &Env) -> Result<Outcome> {
     match stage.action() {
         Action::Nothing => Ok(Outcome::Nothing),
@@ -211,6 +212,15 @@ fn cleanup(state: &State, env: &Env) -> Result<Outcome> {
             Err(err) => failed.push(format!("{}: {}", e.id, one_line(&err))),
         }
     }
+    // Servers that recovered by themselves (they saw the container exit and removed their
+    // journal entry) may still be shutting down: wait for them, so nothing is left once the
+    // runtime has deleted the container.
+    for pid in servers_of(&state.id, journal.dir()) {
+        if !engine::daemon::wait_exit(pid, EXIT_TIMEOUT) {
+            tracing::warn!(pid, "server did not exit: SIGTERM");
+            terminate(pid);
+        }
+    }
     if let Some(first) = failed.first() {
         return Err(Error::Cleanup {
             id: state.id.clone(),
@@ -234,11 +244,7 @@ fn remove(journal: &Journal, e: &Entry) -> Result<()> {
         }
         if !engine::daemon::wait_exit(pid, RECOVER_TIMEOUT + EXIT_TIMEOUT) {
             tracing::warn!(id = %e.id, pid, "server did not exit: SIGTERM");
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            engine::daemon::wait_exit(pid, EXIT_TIMEOUT);
+            terminate(pid);
         }
     }
     match journal.read(&e.id) {
@@ -253,11 +259,46 @@ fn remove(journal: &Journal, e: &Entry) -> Result<()> {
     Ok(())
 }
 
-/// Is `pid` an iochaos-hook injection server (not a process that reused its pid)?
+/// SIGTERM makes a server recover and exit; wait for it.
+fn terminate(pid: u32) {
+    let Ok(raw) = i32::try_from(pid) else {
+        return;
+    };
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(raw),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    engine::daemon::wait_exit(pid, EXIT_TIMEOUT);
+}
+
+/// The request of the injection server `pid`, if it is one (not a process that reused the
+/// pid): `iochaos-hook __serve REQUEST`.
+fn server_request(pid: u32) -> Option<ServeRequest> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let mut args = cmdline.split(|b| *b == 0);
+    if args.nth(1)? != server::SERVE_ARG.as_bytes() {
+        return None;
+    }
+    serde_json::from_slice(args.next()?).ok()
+}
+
 fn server_alive(pid: u32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-        c.split(|b| *b == 0)
-            .nth(1)
-            .is_some_and(|a| a == server::SERVE_ARG.as_bytes())
-    })
+    server_request(pid).is_some()
+}
+
+/// Injection servers of container `id` with journal `run_dir` whose container init is gone.
+fn servers_of(id: &str, run_dir: &std::path::Path) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|d| d.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            server_request(*pid).is_some_and(|r| {
+                r.container_id == id
+                    && r.run_dir == run_dir
+                    && !ProcStat::read(r.pid).is_ok_and(|s| s.state != 'Z')
+            })
+        })
+        .collect()
 }

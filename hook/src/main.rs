@@ -30,6 +30,9 @@ fn main() -> ExitCode {
         }
     };
     if stage.action() == iochaos_hook::oci::Action::Nothing {
+        // Drain the state: crun fails the container ("writing to pipe: Broken pipe") when a
+        // hook exits before it has written it.
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
         return ExitCode::SUCCESS;
     }
     init_logging();

@@ -202,7 +202,8 @@ fn runc_admin_config_refuses() {
 fn runc_status_update_recover() {
     require(&["runc"]);
     let scene = Scene::new(Runtime::Runc);
-    scene.write_config(WORKLOAD, Some(ENOSPC_SPEC), &[]);
+    let script = format!("{WORKLOAD}; while [ ! -e /data/done ]; do sleep 0.1; done");
+    scene.write_config(&script, Some(ENOSPC_SPEC), &[]);
     let journal = Journal::open(scene.run_dir()).expect("journal");
 
     // Update: the rules change before the workload starts.
@@ -228,13 +229,35 @@ fn runc_status_update_recover() {
         .as_u64()
         .expect("pid") as u32;
     scene.start(id1);
-    assert!(engine::daemon::wait_exit(pid, Duration::from_secs(60)));
-    let st = client.status().expect("status after the workload");
+    // The workload wrote and now waits for /data/done: read the counters while it lives.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&out_file)
+        .unwrap_or_default()
+        .contains("WRITE-")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the workload never wrote"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let st = client.status().expect("status while the workload runs");
     assert_eq!(st.rules[0].injected, 1, "{st:?}");
+    std::fs::write(scene.rootfs().join("data/done"), "").expect("done");
+    assert!(engine::daemon::wait_exit(pid, Duration::from_secs(60)));
     let stdout = std::fs::read_to_string(&out_file).expect("output");
     assert!(stdout.contains("WRITE-FAILED"), "{stdout}");
+    let stderr = std::fs::read_to_string(out_file.with_extension("err")).expect("stderr");
+    assert!(
+        stderr.contains("Permission denied"),
+        "not the updated errno"
+    );
     assert!(scene.delete(id1).status.success());
-    assert!(!std::path::Path::new(&format!("/proc/{server}")).exists());
+    // poststop waited for the server to exit (init reaps it).
+    assert!(
+        engine::daemon::wait_exit(server, Duration::ZERO),
+        "server {server} runs"
+    );
     scene.assert_clean(conn);
 
     // Recover: faults gone before the workload starts; the server exits; poststop finds
@@ -294,13 +317,14 @@ fn podman_faults_untouched_bad() {
     assert!(stderr.contains("No space left on device"));
     scene.assert_clean(chaosfs_connection(&stdout));
 
-    let out = scene.podman_run(&scene.id("pplain"), None, WORKLOAD);
+    let plain = Scene::new(Runtime::Runc);
+    let out = plain.podman_run(&plain.id("pplain"), None, WORKLOAD);
     let (stdout, _) = text(&out);
     assert!(out.status.success(), "podman run failed");
     assert!(stdout.contains("WRITE-OK"));
     assert!(!stdout.contains("fuse.chaosfs"));
     assert!(
-        !scene.run_dir().exists(),
+        !plain.run_dir().exists(),
         "the hook ran without the annotation"
     );
 
