@@ -93,7 +93,7 @@ impl Tracee {
                 match ptrace::seize(Pid::from_raw(tid), opts) {
                     Ok(()) => {}
                     Err(Errno::ESRCH) => continue,
-                    Err(Errno::EPERM) if !pending.is_empty() || !t.threads.is_empty() => {
+                    Err(Errno::EPERM) if traced_by_us(pid, tid) => {
                         // Auto-attached by PTRACE_O_TRACECLONE: it will report a stop.
                     }
                     Err(e) => return Err(perr("SEIZE", tid)(e)),
@@ -240,6 +240,17 @@ impl Drop for Tracee {
             let _ = self.release();
         }
     }
+}
+
+/// Is `tid` traced by this process (auto-attached clone), rather than by someone else?
+fn traced_by_us(pid: i32, tid: i32) -> bool {
+    let me = std::process::id().to_string();
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+        .map(|s| {
+            s.lines()
+                .any(|l| l.strip_prefix("TracerPid:").map(str::trim) == Some(me.as_str()))
+        })
+        .unwrap_or(false)
 }
 
 pub(crate) fn cont(tid: i32, sig: Option<Signal>) -> Result<()> {

@@ -542,3 +542,56 @@ fn sigkill_of_the_swapper_mid_stub_leaves_the_target_alive() {
         }
     }
 }
+
+#[test]
+fn threads_and_forks_coming_and_going() {
+    require_root();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let lower = tmp.path().join("lower");
+    std::fs::create_dir_all(&lower).expect("mkdir");
+    let mut t = Testee::spawn(&lower, &["--fds", "200", "--churn", "--threads", "8"]);
+    let d = lower.to_str().expect("utf8");
+    let orig = fdinfo(t.pid, many_fds(t.pid)[0]).mnt_id;
+    for round in 0..5 {
+        t.mount(&["--bind", d, d]);
+        let top = t.top_mount(&lower);
+        let r = swap(&[t.pid], &ScanOptions::new(&lower), &SwapOptions::default()).expect("swap");
+        assert!(
+            r.first_error().is_none(),
+            "round {round}: {:?}",
+            r.first_error()
+        );
+        assert!(
+            many_fds(t.pid)
+                .iter()
+                .all(|&fd| fdinfo(t.pid, fd).mnt_id == top)
+        );
+        t.umount_lazy(&lower);
+        let back = ScanOptions {
+            from_mnt: Some(top),
+            ..ScanOptions::new(&lower)
+        };
+        let r = swap(&[t.pid], &back, &SwapOptions::default()).expect("swap back");
+        assert!(
+            r.first_error().is_none(),
+            "round {round}: {:?}",
+            r.first_error()
+        );
+        assert!(
+            many_fds(t.pid)
+                .iter()
+                .all(|&fd| fdinfo(t.pid, fd).mnt_id == orig)
+        );
+        assert_eq!(t.ask("ping", "PONG"), "PONG");
+    }
+    // Nothing left stopped or traced.
+    for e in std::fs::read_dir(format!("/proc/{}/task", t.pid)).expect("tasks") {
+        let p = e.expect("task").path();
+        let status = std::fs::read_to_string(p.join("status")).unwrap_or_default();
+        assert!(
+            status.is_empty() || status.contains("TracerPid:\t0"),
+            "{}: {status}",
+            p.display()
+        );
+    }
+}

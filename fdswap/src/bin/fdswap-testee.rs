@@ -82,6 +82,7 @@ fn open(path: &Path, flags: i32, mode: u32) -> File {
 fn serve(args: &[String]) {
     let dir = PathBuf::from(&args[0]);
     let mut full = false;
+    let mut churn = false;
     let mut nfds = 0usize;
     let mut nthreads = 0usize;
     let mut sleep_ms = 1500u64;
@@ -89,6 +90,7 @@ fn serve(args: &[String]) {
     while i < args.len() {
         match args[i].as_str() {
             "--full" => full = true,
+            "--churn" => churn = true,
             "--fds" => {
                 i += 1;
                 nfds = args[i].parse().expect("--fds N");
@@ -317,6 +319,33 @@ fn serve(args: &[String]) {
             let _ = UnixStream::connect(&sock);
             let _ = fs::remove_file(&sock);
         }));
+    }
+    if churn {
+        // Threads come and go, and the process forks, all the time.
+        std::thread::spawn(|| {
+            loop {
+                let h = std::thread::spawn(|| {
+                    let f = File::open("/dev/null");
+                    std::thread::sleep(Duration::from_micros(500));
+                    drop(f);
+                });
+                let _ = h.join();
+            }
+        });
+        std::thread::spawn(|| {
+            loop {
+                // SAFETY: the child only calls _exit, which is async-signal-safe.
+                let child = unsafe { libc::fork() };
+                if child == 0 {
+                    // SAFETY: async-signal-safe exit in the forked child.
+                    unsafe { libc::_exit(0) };
+                }
+                if child > 0 {
+                    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
     }
     for _ in 0..nthreads {
         std::thread::spawn(|| {
