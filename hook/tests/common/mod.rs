@@ -297,16 +297,11 @@ impl Scene {
             .expect("hook json");
         }
         let mut c = self.podman();
-        c.args([
-            "run",
-            "--rm",
-            "--name",
-            name,
-            "--network",
-            "none",
-            "--runtime",
-            "runc",
-        ])
+        c.args(["run", "--rm", "--name", name, "--network", "none"]);
+        match self.runtime {
+            Runtime::Runc => c.args(["--runtime", "runc"]),
+            Runtime::Crun => c.args(["--runtime", "crun", "--cgroups", "disabled"]),
+        }
         // The sandbox's hard RLIMIT_NOFILE/NPROC are below podman's defaults.
         .args([
             "--ulimit",
@@ -329,9 +324,24 @@ impl Scene {
         out
     }
 
+    /// podman with this scene's storage. For crun, in a private mount namespace with cgroup2
+    /// on /sys/fs/cgroup (see [`Runtime::Crun`]).
     fn podman(&self) -> Command {
         let mut c = Command::new("timeout");
-        c.args([TIMEOUT, "podman", "--root"])
+        c.arg(TIMEOUT);
+        if self.runtime == Runtime::Crun {
+            c.args([
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                "mount -t cgroup2 none /sys/fs/cgroup && exec \"$@\"",
+                "sh",
+            ]);
+        }
+        c.args(["podman", "--root"])
             .arg(self.dir.path().join("storage"))
             .arg("--runroot")
             .arg(self.dir.path().join("podman-run"))
