@@ -356,3 +356,61 @@ fn podman_crun_faults_untouched_bad() {
     require(&["podman", "crun", "unshare"]);
     podman_faults_untouched_bad(Runtime::Crun);
 }
+
+/// A user-namespaced container (root mapped to 100000): the hook mounts from the initial user
+/// namespace, files are created with the container's (host) ids.
+#[test]
+fn runc_user_namespace() {
+    require(&["runc"]);
+    let scene = Scene::new(Runtime::Runc);
+    let script = format!("{WORKLOAD}; echo ok > /data/g; ls -ln /data/g");
+    let spec = r#"{"path":"/data","rules":[{"ops":["write"],"glob":"f","errno":"ENOSPC"}]}"#;
+    scene.write_config(&script, Some(spec), &[]);
+    scene.edit_config(|c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .expect("namespaces")
+            .push(serde_json::json!({ "type": "user" }));
+        let map = serde_json::json!([{ "containerID": 0, "hostID": 100000, "size": 65536 }]);
+        c["linux"]["uidMappings"] = map.clone();
+        c["linux"]["gidMappings"] = map;
+    });
+    // The mapped root must reach and own the rootfs.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(scene.dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    let status = std::process::Command::new("chown")
+        .args(["-R", "100000:100000"])
+        .arg(scene.bundle())
+        .status()
+        .expect("chown");
+    assert!(status.success());
+    let out = scene.run(&scene.id("userns"));
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "run failed");
+    assert!(stdout.contains("fuse.chaosfs") && stdout.contains("WRITE-FAILED"));
+    assert!(stderr.contains("No space left on device"));
+    // ls -ln inside shows the container's ids (0), the host sees the mapped ones.
+    assert!(stdout.contains(" 0        0 "), "{stdout}");
+    let md = std::fs::metadata(scene.rootfs().join("data/g")).expect("g");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((md.uid(), md.gid()), (100000, 100000));
+    scene.assert_clean(chaosfs_connection(&stdout));
+}
+
+/// A read-only rootfs: runc remounts the root read-only after pivot_root, and the ChaosFS
+/// mount (made before) still answers like the native filesystem: EROFS from the backing.
+#[test]
+fn runc_readonly_rootfs() {
+    require(&["runc"]);
+    let scene = Scene::new(Runtime::Runc);
+    let spec = r#"{"path":"/data","rules":[{"ops":["fsync"],"latency":"1ms"}]}"#;
+    scene.write_config(WORKLOAD, Some(spec), &[]);
+    scene.edit_config(|c| c["root"]["readonly"] = serde_json::json!(true));
+    let out = scene.run(&scene.id("ro"));
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "run failed");
+    assert!(stdout.contains("fuse.chaosfs") && stdout.contains("WRITE-FAILED"));
+    assert!(stderr.contains("Read-only file system"), "not EROFS");
+    scene.assert_clean(chaosfs_connection(&stdout));
+}

@@ -166,6 +166,15 @@ impl Scene {
         .expect("config.json");
     }
 
+    /// Change the config.json written by [`Scene::write_config`].
+    pub fn edit_config(&self, edit: impl FnOnce(&mut Value)) {
+        let path = self.bundle().join("config.json");
+        let mut c: Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("config.json")).expect("json");
+        edit(&mut c);
+        std::fs::write(&path, serde_json::to_vec_pretty(&c).expect("json")).expect("config.json");
+    }
+
     /// The runtime command, with its state root.
     pub fn runtime(&self) -> Command {
         let root = self.state_root();
