@@ -187,6 +187,37 @@ fn pid_errors_are_one_line_and_change_nothing() {
     one_line(env.fails(&["recover", "0000000000zz"]), 1, "no injection");
     one_line(env.fails(&["status", "0000000000zz"]), 1, "no injection");
 
+    // A path in a shared mount (a mount there would propagate to its peers) is refused.
+    let shared = env.path().join("shared");
+    std::fs::create_dir_all(&shared).expect("mkdir");
+    let shared_s = shared.to_str().expect("utf-8");
+    let mut sh = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount --bind {shared_s} {shared_s} && mount --make-shared {shared_s} && exec sleep 1000"
+        ))
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("unshare");
+    let sh_pid = sh.id();
+    poll("the shared mount", 10, || {
+        let mi = std::fs::read_to_string(format!("/proc/{sh_pid}/mountinfo")).ok()?;
+        let comm = std::fs::read_to_string(format!("/proc/{sh_pid}/comm")).ok()?;
+        (comm.trim() == "sleep" && mi.contains("shared:")).then_some(())
+    });
+    let (code, err) = env.fails(&[
+        "inject",
+        "--pid",
+        &sh_pid.to_string(),
+        "--path",
+        shared_s,
+        "--errno",
+        "EIO",
+    ]);
+    let _ = sh.kill();
+    let _ = sh.wait();
+    one_line((code, err), 1, "shared");
+
     // A second injection on the same path is refused, naming the first.
     let id = env.ok(&[
         "inject",
@@ -441,4 +472,70 @@ fn thousand_files_in_16_threads() {
     // A round in flight at recover time may still fail once per file.
     assert!(e2 <= e1 + 1000, "errors after recover: {e1} -> {e2}");
     env.assert_clean(&[server], None);
+}
+
+#[test]
+fn pid_update_reports_files_escaping_the_new_rules() {
+    let env = Env::new();
+    let w = Workload::start(&env, "w");
+    // fd 4: a file no rule touches at first (kernel passthrough once swapped), held open.
+    std::fs::write(w.vol.join("notes.txt"), "n\n").expect("write");
+    let dir = env.path().join("p");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let mut holder = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!("exec 4<{}/notes.txt; exec sleep 1000", w.vol_str()))
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("holder");
+    let hp = holder.id();
+    poll("the holder", 10, || {
+        let c = std::fs::read_to_string(format!("/proc/{hp}/comm")).ok()?;
+        (c.trim() == "sleep" && std::fs::read_link(format!("/proc/{hp}/fd/4")).is_ok())
+            .then_some(())
+    });
+    let out = env.ok(&[
+        "inject",
+        "--pid",
+        &hp.to_string(),
+        "--path",
+        w.vol_str(),
+        "--errno",
+        "EIO",
+        "--glob",
+        "*.db",
+        "--json",
+    ]);
+    let st: serde_json::Value = serde_json::from_str(&out).expect("inject --json is JSON");
+    let id = st["id"].as_str().expect("id").to_owned();
+    assert!(
+        st["swapped"]
+            .as_array()
+            .expect("swapped")
+            .iter()
+            .any(|f| f["fd"] == 4),
+        "{st}"
+    );
+    let spec = env.path().join("all.json");
+    std::fs::write(&spec, r#"{"rules":[{"errno":"EIO","ops":["read"]}]}"#).expect("spec");
+    let out = env
+        .command(&["update", &id, "--spec", spec.to_str().expect("utf-8")])
+        .output()
+        .expect("update");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("passthrough"));
+    let st = env.status();
+    let skipped = st[0]["skipped"].as_array().expect("skipped");
+    assert!(
+        skipped.iter().any(|f| f["fd"] == 4
+            && f["pid"] == hp
+            && f["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("passthrough"))),
+        "{skipped:?}"
+    );
+    env.ok(&["recover", &id]);
+    env.assert_clean(&[], Some(hp));
+    let _ = holder.kill();
+    let _ = holder.wait();
 }

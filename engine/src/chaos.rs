@@ -123,7 +123,8 @@ impl FsServer for ChaosServer {
     }
 
     fn quiesce(&self) {
-        self.server.update_rules(RuleSet::empty());
+        // Only release what is parked: replacing the rules now would invalidate every cached
+        // entry, and the swap back would then wait on the server for each file.
         self.server.cancel_delays();
     }
 

@@ -171,6 +171,7 @@ pub fn inject<L: FsLauncher, S: Swapper>(
     swapper: S,
     req: &InjectRequest,
 ) -> Result<Injection<L::Server, S>> {
+    let t0 = std::time::Instant::now();
     let target = find_target(&req.target)?;
     let mns = MountNs::of_target(&target)?;
     // Errors about the path come before anything changes. An injected path is refused before
@@ -195,6 +196,7 @@ pub fn inject<L: FsLauncher, S: Swapper>(
         }
     }
     let procs = target.processes()?;
+    tracing::debug!(elapsed = ?t0.elapsed(), "target, path and processes found");
     let mut entry = Entry::new(
         InjectionId::generate(),
         TargetRecord {
@@ -233,6 +235,7 @@ pub fn inject<L: FsLauncher, S: Swapper>(
         Device::Tmpfs => MountSource::Tmpfs,
     };
     let guard = ns::mount_over(&mns, &canonical, source, req.shared).map_err(undo_journal)?;
+    tracing::debug!(elapsed = ?t0.elapsed(), "mounted");
     entry.mount = Some(MountRecord {
         mnt_id: guard.mnt_id(),
         under_mnt_id: guard.under().mnt_id,
@@ -247,6 +250,7 @@ pub fn inject<L: FsLauncher, S: Swapper>(
     let server = launcher
         .start(backing, device, &req.spec, guard.fuse_connection())
         .map_err(undo_journal)?;
+    tracing::debug!(elapsed = ?t0.elapsed(), "serving");
     let pids: Vec<u32> = procs.iter().map(|p| p.pid).collect();
     let outcome = match swapper.swap_in(&pids, &canonical, guard.mnt_id()) {
         Ok(o) => o,
@@ -266,6 +270,7 @@ pub fn inject<L: FsLauncher, S: Swapper>(
             return Err(undo_journal(e));
         }
     };
+    tracing::debug!(elapsed = ?t0.elapsed(), "swapped");
     entry.swapped = outcome.swapped;
     journal.update(&entry)?;
     tracing::info!(id = %entry.id, path = %canonical.display(), pid = target.pid, "injected");

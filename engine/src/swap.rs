@@ -189,7 +189,6 @@ fn add_unscanned(plan: &mut Plan, path: &Path, mnt: u64) {
                 tracing::debug!(pid = p.pid, fd, path = %to_path.display(), "statx of the original failed");
                 continue;
             };
-            tracing::debug!(pid = p.pid, fd, ?from, ?to, "candidate");
             if from.nlink == 0
                 || to.mnt_id == mnt
                 || to.mode & libc::S_IFMT != from.mode & libc::S_IFMT
@@ -197,7 +196,7 @@ fn add_unscanned(plan: &mut Plan, path: &Path, mnt: u64) {
                 continue;
             }
             p.skipped.retain(|k| k.item != Item::Fd(fd));
-            tracing::info!(pid = p.pid, fd, path = %view.display(), "swapping back an fd of a dead connection");
+            tracing::debug!(pid = p.pid, fd, path = %view.display(), "fd added to the swap back");
             p.fds.push(FdItem {
                 fd,
                 path: view,
@@ -294,6 +293,13 @@ impl FdSwapper {
                 }
                 Err(e) => return Err(swap_err(e)),
             }
+        }
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let mut reasons: HashMap<String, usize> = HashMap::new();
+            for k in plan.processes.iter().flat_map(|p| &p.skipped) {
+                *reasons.entry(format!("{:?}", k.reason)).or_default() += 1;
+            }
+            tracing::debug!(items = plan.len(), ?reasons, "scanned");
         }
         if rescue && let Some(m) = options.from_mnt {
             add_unscanned(&mut plan, &options.path, m);
