@@ -46,7 +46,7 @@ pub fn oci_target(pid: u32, rootfs: &Path, id: &str) -> Result<Target> {
     let root = rustix::fs::fstat(target.root_fd())
         .map_err(|e| Error::sys(format!("fstat the root of pid {pid}"), e))?;
     if same(&root) {
-        // Already pivoted (or chrooted) into the rootfs.
+        tracing::debug!(pid, "the init's root is the rootfs already");
         return Ok(target);
     }
     let inner =
@@ -72,6 +72,7 @@ pub fn oci_target(pid: u32, rootfs: &Path, id: &str) -> Result<Target> {
     if !target.is_alive() {
         return Err(Error::NoSuchProcess { pid });
     }
+    tracing::debug!(pid, rootfs = %rootfs.display(), "the rootfs, through the init's root");
     Ok(target.with_root(fd))
 }
 

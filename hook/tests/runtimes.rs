@@ -414,3 +414,70 @@ fn runc_readonly_rootfs() {
     assert!(stderr.contains("Read-only file system"), "not EROFS");
     scene.assert_clean(chaosfs_connection(&stdout));
 }
+
+/// A bind-mounted volume at the path: the runtime mounts it before createRuntime, ChaosFS goes
+/// on top of it, the host directory gets the files. A volume with shared propagation is
+/// refused (the mount would propagate to the host's directory) unless the admin allows it.
+fn volume(rt: Runtime) {
+    let scene = Scene::new(rt);
+    let vol = scene.dir.path().join("volume");
+    std::fs::create_dir(&vol).expect("volume dir");
+    let script = format!("{WORKLOAD}; echo ok > /data/g");
+    let spec = r#"{"path":"/data","rules":[{"ops":["write"],"glob":"f","errno":"ENOSPC"}]}"#;
+    let with_volume = |propagation: &str| {
+        scene.write_config(&script, Some(spec), &[]);
+        let vol = vol.display().to_string();
+        scene.edit_config(|c| {
+            c["mounts"]
+                .as_array_mut()
+                .expect("mounts")
+                .push(serde_json::json!({
+                    "destination": "/data", "type": "bind", "source": vol,
+                    "options": ["rbind", "rw", propagation]
+                }));
+        });
+    };
+    with_volume("rprivate");
+    let out = scene.run(&scene.id("vol"));
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "run failed");
+    let lines: Vec<&str> = stdout.lines().filter(|l| l.contains(" /data ")).collect();
+    assert_eq!(lines.len(), 2, "volume and ChaosFS on /data");
+    assert!(lines[1].contains("fuse.chaosfs"), "ChaosFS is not on top");
+    assert!(stderr.contains("No space left on device"));
+    assert_eq!(
+        std::fs::read_to_string(vol.join("g")).expect("through ChaosFS to the volume"),
+        "ok\n"
+    );
+    scene.assert_clean(chaosfs_connection(&stdout));
+
+    with_volume("rshared");
+    let out = scene.run(&scene.id("volshared"));
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "a shared volume was faulted");
+    assert!(!stdout.contains("WRITE-"));
+    assert!(
+        stderr.contains("shared with peer group"),
+        "reason not shown"
+    );
+    scene.assert_clean(None);
+
+    std::fs::write(scene.config_path(), "allow_shared_mounts = true\n").expect("hook.toml");
+    let out = scene.run(&scene.id("volshared2"));
+    let (stdout, _) = text(&out);
+    assert!(out.status.success(), "run failed");
+    assert!(stdout.contains("WRITE-FAILED"));
+    scene.assert_clean(chaosfs_connection(&stdout));
+}
+
+#[test]
+fn runc_volume() {
+    require(&["runc"]);
+    volume(Runtime::Runc);
+}
+
+#[test]
+fn crun_volume() {
+    require(&["crun", "unshare"]);
+    volume(Runtime::Crun);
+}
