@@ -481,3 +481,24 @@ fn crun_volume() {
     require(&["crun", "unshare"]);
     volume(Runtime::Crun);
 }
+
+/// The spec's `duration`: faults end while the container runs, and the server is gone.
+#[test]
+fn runc_duration() {
+    require(&["runc"]);
+    let scene = Scene::new(Runtime::Runc);
+    let spec = r#"{"path":"/data","duration":"200ms","rules":[{"ops":["write"],"errno":"EIO"}]}"#;
+    let script = "echo x > /data/f && echo OK1 || echo FAIL1; sleep 2; \
+                  echo y > /data/g && echo OK2 || echo FAIL2; grep -c fuse.chaosfs /proc/self/mountinfo; true";
+    scene.write_config(script, Some(spec), &[]);
+    let out = scene.run(&scene.id("duration"));
+    let (stdout, _) = text(&out);
+    assert!(out.status.success(), "run failed");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        ["FAIL1", "OK2", "0"],
+        "faults did not end after 200ms"
+    );
+    scene.assert_clean(None);
+}
