@@ -437,20 +437,23 @@ impl<F: FsServer, S: Swapper> ChaosService for Injection<F, S> {
                 id: st.entry.id.to_string(),
             });
         };
+        let t0 = std::time::Instant::now();
         let path = PathBuf::from(&st.entry.path);
         // Everyone in the namespace now, including processes started after the injection. On
         // an error the server keeps serving, so a retry can swap back what is left.
         let pids: Vec<u32> = processes_in_mnt_ns(ns_id)?.iter().map(|p| p.pid).collect();
         let outcome = self.swapper.swap_out(&pids, &path, mnt_id)?;
         st.detached = None;
+        tracing::debug!(elapsed = ?t0.elapsed(), "swapped back");
         if let Some(server) = st.server.take()
             && let Err(e) = server.stop()
         {
             // Detached and swapped back: nothing is left to undo.
             tracing::warn!(error = %e, "stopping the filesystem server");
         }
+        tracing::debug!(elapsed = ?t0.elapsed(), "server stopped");
         self.journal.remove(&st.entry.id)?;
-        tracing::info!(id = %st.entry.id, "recovered");
+        tracing::info!(id = %st.entry.id, elapsed = ?t0.elapsed(), "recovered");
         Ok(RecoverReport {
             restored: outcome
                 .swapped

@@ -5,7 +5,10 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fdswap::{FdItem, FileId, Item, Plan, Report, ScanOptions, SkipReason, SwapOptions};
+use fdswap::{
+    FdItem, FileId, Item, Plan, ProcessPlan, ProcessReport, Report, ScanOptions, SkipReason,
+    SwapOptions,
+};
 use rustix::fs::{AtFlags, CWD, StatxFlags};
 
 use crate::api::FdEntry;
@@ -272,6 +275,7 @@ pub(crate) fn fdinfo(pid: u32, fd: i32) -> Option<(i32, u64, u64)> {
 
 impl FdSwapper {
     fn run(&self, pids: &[u32], options: ScanOptions, rescue: bool) -> Result<(Plan, Report)> {
+        let t0 = std::time::Instant::now();
         let pids: Vec<i32> = pids.iter().map(|&p| p as i32).collect();
         // Scanned one by one: a process that exits during the scan (short-lived children come
         // and go all the time) is left out rather than failing the whole scan.
@@ -299,7 +303,7 @@ impl FdSwapper {
             for k in plan.processes.iter().flat_map(|p| &p.skipped) {
                 *reasons.entry(format!("{:?}", k.reason)).or_default() += 1;
             }
-            tracing::debug!(items = plan.len(), ?reasons, "scanned");
+            tracing::debug!(items = plan.len(), ?reasons, elapsed = ?t0.elapsed(), "scanned");
         }
         if rescue && let Some(m) = options.from_mnt {
             add_unscanned(&mut plan, &options.path, m);
@@ -311,7 +315,35 @@ impl FdSwapper {
         if plan.processes.iter().any(|p| other_pid_ns(p.pid)) {
             so.force_int3 = true;
         }
-        let report = fdswap::swap_plan(&plan, &so).map_err(swap_err)?;
+        // Processes with nothing to move are not stopped at all.
+        let (active, idle): (Vec<ProcessPlan>, Vec<ProcessPlan>) = plan
+            .processes
+            .iter()
+            .cloned()
+            .partition(|p| !(p.fds.is_empty() && p.maps.is_empty() && p.cwd.is_none()));
+        let mut report = if active.is_empty() {
+            Report {
+                processes: Vec::new(),
+                total: Duration::ZERO,
+            }
+        } else {
+            let active = Plan {
+                options: plan.options.clone(),
+                processes: active,
+            };
+            fdswap::swap_plan(&active, &so).map_err(swap_err)?
+        };
+        report
+            .processes
+            .extend(idle.into_iter().map(|p| ProcessReport {
+                pid: p.pid,
+                swapped: Vec::new(),
+                skipped: p.skipped,
+                pause: Duration::ZERO,
+                stub_time: Duration::ZERO,
+                threads: 0,
+                error: None,
+            }));
         tracing::debug!(
             total = ?report.total,
             max_pause = ?report.max_pause(),
