@@ -137,10 +137,6 @@ pub fn swap_plan(plan: &Plan, swap_options: &SwapOptions) -> Result<Report> {
             work.then(|| prepare(p, &stub, swap_options).ok()).flatten()
         })
         .collect();
-    // Hold a reference to every old description: the target's closes then never release the
-    // last one, and the release (fput: flushing, notifying, freeing) happens here, after the
-    // target is running again.
-    let keepalive = hold_old_files(plan);
     let mut tracees: Vec<(usize, Result<Tracee>)> = Vec::new();
     for (i, p) in plan.processes.iter().enumerate() {
         tracees.push((i, Tracee::seize(p.pid, swap_options.stop_timeout)));
@@ -191,45 +187,10 @@ pub fn swap_plan(plan: &Plan, swap_options: &SwapOptions) -> Result<Report> {
         }
         reports[r].pause = t.stopped_at.elapsed();
     }
-    let total = started.elapsed();
-    drop(keepalive);
     Ok(Report {
         processes: reports,
-        total,
+        total: started.elapsed(),
     })
-}
-
-/// Duplicates (pidfd_getfd) of the descriptions a plan replaces, as many as our own fd limit
-/// allows (raised to its hard limit).
-fn hold_old_files(plan: &Plan) -> Vec<std::os::fd::OwnedFd> {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let wanted: usize = plan.processes.iter().map(|p| p.fds.len()).sum();
-    if wanted == 0 {
-        return Vec::new();
-    }
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
-        && soft < hard
-    {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-    }
-    let mut held = Vec::with_capacity(wanted);
-    for p in &plan.processes {
-        let Ok(pidfd) = sys::pidfd_open(p.pid) else {
-            continue;
-        };
-        let mut seen = std::collections::HashSet::new();
-        for f in &p.fds {
-            if !seen.insert(f.description) {
-                continue;
-            }
-            match sys::pidfd_getfd(&pidfd, f.fd) {
-                Ok(fd) => held.push(fd),
-                Err(Errno::EMFILE | Errno::ENFILE) => return held,
-                Err(_) => {}
-            }
-        }
-    }
-    held
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -133,26 +133,3 @@ pub fn requeue_signal(tgid: i32, tid: i32, info: &libc::siginfo_t) -> Result<(),
     };
     if r < 0 { Err(Errno::last()) } else { Ok(()) }
 }
-
-/// `pidfd_open(pid, 0)`.
-pub fn pidfd_open(pid: i32) -> Result<std::os::fd::OwnedFd, Errno> {
-    // SAFETY: integer-only syscall.
-    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if r < 0 {
-        return Err(Errno::last());
-    }
-    // SAFETY: the kernel just returned this new fd, owned by nobody else.
-    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(r as i32) })
-}
-
-/// `pidfd_getfd(pidfd, fd, 0)`: a duplicate, in this process, of the target's fd.
-pub fn pidfd_getfd(pidfd: &std::os::fd::OwnedFd, fd: i32) -> Result<std::os::fd::OwnedFd, Errno> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: integer-only syscall; `pidfd` is a live pidfd.
-    let r = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
-    if r < 0 {
-        return Err(Errno::last());
-    }
-    // SAFETY: the kernel just returned this new fd, owned by nobody else.
-    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(r as i32) })
-}
