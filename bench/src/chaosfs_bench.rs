@@ -5,7 +5,8 @@
 //! ChaosFS with a rule that touches every op on every file but fires with percent 0 (so every
 //! request goes through the daemon and the rule engine). Rounds are interleaved (native,
 //! untouched, touched, native, ...) so load from elsewhere hits all three alike; each figure is
-//! the median of its `--rounds` rounds. Prints absolute figures and ratios to native.
+//! the median of its `--rounds` rounds. Prints absolute figures and ratios to native, then the
+//! ratio of each round to the native round just before it (median, min-max).
 //!
 //! With `--requests 1`, one more (untimed) round per ChaosFS directory counts the FUSE requests
 //! each workload sends, by opcode, from the kernel's `fuse:fuse_request_send` tracepoint
@@ -179,8 +180,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// Run the rounds interleaved over `dirs`; per directory and workload, the median round.
-fn medians(dirs: &[PathBuf], opts: &Opts) -> anyhow::Result<Vec<Figures>> {
+/// Run the rounds interleaved over `dirs`; every round of every directory.
+fn all_rounds(dirs: &[PathBuf], opts: &Opts) -> anyhow::Result<Vec<Vec<Figures>>> {
     let mut all: Vec<Vec<Figures>> = vec![Vec::new(); dirs.len()];
     for _ in 0..opts.rounds {
         for (d, rounds) in dirs.iter().zip(all.iter_mut()) {
@@ -189,16 +190,33 @@ fn medians(dirs: &[PathBuf], opts: &Opts) -> anyhow::Result<Vec<Figures>> {
             rounds.push(round);
         }
     }
-    Ok(all
-        .into_iter()
-        .map(|rounds| {
-            let mut m = Figures::default();
-            for (i, slot) in m.0.iter_mut().enumerate() {
-                *slot = median(rounds.iter().map(|r| r.0[i]).collect());
-            }
-            m
-        })
-        .collect())
+    Ok(all)
+}
+
+/// Per workload, the median of `rounds`.
+fn median_figures(rounds: &[Figures]) -> Figures {
+    let mut m = Figures::default();
+    for (i, slot) in m.0.iter_mut().enumerate() {
+        *slot = median(rounds.iter().map(|r| r.0[i]).collect());
+    }
+    m
+}
+
+/// Per workload, the ratios of each round to the native round run just before it:
+/// (median, min, max). Pairing rounds cancels much of the drift of a shared machine.
+fn paired_ratios(native: &[Figures], other: &[Figures]) -> [(f64, f64, f64); 6] {
+    let mut out = [(0.0, 0.0, 0.0); 6];
+    for (i, slot) in out.iter_mut().enumerate() {
+        let r: Vec<f64> = native
+            .iter()
+            .zip(other)
+            .map(|(n, o)| o.0[i] / n.0[i])
+            .collect();
+        let min = r.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = r.iter().copied().fold(0.0, f64::max);
+        *slot = (median(r), min, max);
+    }
+    out
 }
 
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -323,8 +341,14 @@ fn bench_in(base: &Path, opts: &Opts) -> anyhow::Result<()> {
         opts.rounds,
         base.display()
     );
-    let figures = medians(&dirs, opts)?;
-    let (native, fast, slow) = (figures[0], figures[1], figures[2]);
+    let rounds = all_rounds(&dirs, opts)?;
+    let (native, fast, slow) = (
+        median_figures(&rounds[0]),
+        median_figures(&rounds[1]),
+        median_figures(&rounds[2]),
+    );
+    let fast_r = paired_ratios(&rounds[0], &rounds[1]);
+    let slow_r = paired_ratios(&rounds[0], &rounds[2]);
     let requests = if opts.requests {
         Some((
             count_requests(&dirs[1], opts)?,
@@ -338,7 +362,7 @@ fn bench_in(base: &Path, opts: &Opts) -> anyhow::Result<()> {
 
     println!(
         "{:<42} {:>12} {:>12} {:>8} {:>12} {:>8}",
-        "workload", "native", "untouched", "ratio", "rule(0%)", "ratio"
+        "workload (medians)", "native", "untouched", "ratio", "rule(0%)", "ratio"
     );
     for (i, (name, unit)) in NAMES.iter().enumerate() {
         println!(
@@ -350,6 +374,14 @@ fn bench_in(base: &Path, opts: &Opts) -> anyhow::Result<()> {
             format!("{:.0}", slow.0[i]),
             slow.0[i] / native.0[i],
         );
+    }
+    println!(
+        "\nratio of each round to the native round before it: median (min-max)\n{:<42} {:>20} {:>20}",
+        "workload", "untouched", "rule(0%)"
+    );
+    for (i, (name, _)) in NAMES.iter().enumerate() {
+        let f = |(m, lo, hi): (f64, f64, f64)| format!("{m:.2}x ({lo:.2}-{hi:.2})");
+        println!("{:<42} {:>20} {:>20}", name, f(fast_r[i]), f(slow_r[i]));
     }
     if let Some((fast, slow)) = requests {
         print_requests("untouched", &fast, opts);
