@@ -51,6 +51,9 @@ pub(crate) struct Tracee {
     pub stopped_at: Instant,
     /// The process executed a new program while being stopped.
     pub exec_seen: bool,
+    /// Seized threads that did not stop in time (or were still pending when seizing failed):
+    /// they stop whenever they can, and must then be detached.
+    unstopped: Vec<i32>,
     timeout: Duration,
 }
 
@@ -67,6 +70,7 @@ impl Tracee {
             strays: Vec::new(),
             stopped_at: Instant::now(),
             exec_seen: false,
+            unstopped: Vec::new(),
             timeout,
         };
         let opts = Options::PTRACE_O_TRACECLONE
@@ -105,8 +109,17 @@ impl Tracee {
                 pending.push(tid);
                 new += 1;
             }
+            // Wait for every seized thread even after one fails to stop, so that all the
+            // others are in `threads` and get released at once.
+            let mut failed = None;
             while let Some(tid) = pending.pop() {
-                t.wait_initial(tid, &mut pending)?;
+                if let Err(e) = t.wait_initial(tid, &mut pending) {
+                    t.unstopped.push(tid);
+                    failed.get_or_insert(e);
+                }
+            }
+            if let Some(e) = failed {
+                return Err(e);
             }
             if new == 0 || gone_leader {
                 break;
@@ -230,13 +243,36 @@ impl Tracee {
                 }
             }
         }
+        // Stopped threads are running again; now wait for the ones that could not stop.
+        self.release_unstopped();
         first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl Tracee {
+    /// A seized thread stays traced until it is detached, and can only be detached once it
+    /// stops: wait for the ones that had not (blocking up to `UNSTOPPED_GRACE`), then detach.
+    fn release_unstopped(&mut self) {
+        const UNSTOPPED_GRACE: Duration = Duration::from_secs(30);
+        for tid in std::mem::take(&mut self.unstopped) {
+            let deadline = Instant::now() + UNSTOPPED_GRACE;
+            match wait_until(tid, deadline, UNSTOPPED_GRACE) {
+                Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(_) => {}
+                Ok(WaitStatus::Stopped(_, sig)) => {
+                    // A signal being delivered: hand it back on detach.
+                    let _ = ptrace::detach(Pid::from_raw(tid), Some(sig));
+                }
+                Ok(_) => {
+                    let _ = ptrace::detach(Pid::from_raw(tid), None);
+                }
+            }
+        }
     }
 }
 
 impl Drop for Tracee {
     fn drop(&mut self) {
-        if !self.threads.is_empty() {
+        if !self.threads.is_empty() || !self.unstopped.is_empty() {
             let _ = self.release();
         }
     }

@@ -595,3 +595,55 @@ fn threads_and_forks_coming_and_going() {
         );
     }
 }
+
+#[test]
+fn a_thread_that_cannot_stop_fails_its_process_cleanly() {
+    require_root();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let lower = tmp.path().join("lower");
+    std::fs::create_dir_all(&lower).expect("mkdir");
+    // One thread sits in vfork() for 3 s: PTRACE_INTERRUPT cannot stop it meanwhile.
+    let mut t = Testee::spawn(&lower, &["--fds", "10", "--vfork-ms", "3000"]);
+    let d = lower.to_str().expect("utf8");
+    t.mount(&["--bind", d, d]);
+    let orig = fdinfo(t.pid, many_fds(t.pid)[0]).mnt_id;
+    let so = SwapOptions {
+        stop_timeout: Duration::from_millis(300),
+        ..SwapOptions::default()
+    };
+    let opts = ScanOptions::new(&lower);
+    let pid = t.pid;
+    let swapper = std::thread::spawn(move || swap(&[pid], &opts, &so));
+    // While the swap still waits for the stuck thread, the others already run again.
+    std::thread::sleep(Duration::from_millis(800));
+    let t0 = Instant::now();
+    assert_eq!(t.ask("ping", "PONG"), "PONG");
+    assert!(
+        t0.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert!(
+        !swapper.is_finished(),
+        "the swap should still wait for the stuck thread"
+    );
+    let r = swapper.join().expect("join").expect("swap");
+    let err = r.first_error().expect("must time out").to_string();
+    assert!(err.contains("did not stop"), "{err}");
+    // Nothing changed, nothing stays traced once the stuck thread could stop.
+    assert!(
+        many_fds(t.pid)
+            .iter()
+            .all(|&fd| fdinfo(t.pid, fd).mnt_id == orig)
+    );
+    assert_eq!(t.ask("ping", "PONG"), "PONG");
+    for e in std::fs::read_dir(format!("/proc/{}/task", t.pid)).expect("tasks") {
+        let p = e.expect("task").path();
+        let status = std::fs::read_to_string(p.join("status")).unwrap_or_default();
+        assert!(
+            status.is_empty() || status.contains("TracerPid:\t0"),
+            "{}: {status}",
+            p.display()
+        );
+    }
+}

@@ -83,6 +83,7 @@ fn serve(args: &[String]) {
     let dir = PathBuf::from(&args[0]);
     let mut full = false;
     let mut churn = false;
+    let mut vfork_ms = 0u64;
     let mut nfds = 0usize;
     let mut nthreads = 0usize;
     let mut sleep_ms = 1500u64;
@@ -91,6 +92,10 @@ fn serve(args: &[String]) {
         match args[i].as_str() {
             "--full" => full = true,
             "--churn" => churn = true,
+            "--vfork-ms" => {
+                i += 1;
+                vfork_ms = args[i].parse().expect("--vfork-ms MS");
+            }
             "--fds" => {
                 i += 1;
                 nfds = args[i].parse().expect("--fds N");
@@ -319,6 +324,29 @@ fn serve(args: &[String]) {
             let _ = UnixStream::connect(&sock);
             let _ = fs::remove_file(&sock);
         }));
+    }
+    if vfork_ms > 0 {
+        // A thread stuck in vfork() until its child exits: it cannot stop meanwhile.
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            let ts = libc::timespec {
+                tv_sec: (vfork_ms / 1000) as libc::time_t,
+                tv_nsec: ((vfork_ms % 1000) * 1_000_000) as libc::c_long,
+            };
+            // SAFETY: the child only makes raw syscalls (nanosleep, _exit) on its own stack
+            // variables, which is what vfork permits in practice.
+            let child = unsafe { libc::vfork() };
+            if child == 0 {
+                // SAFETY: see above.
+                unsafe {
+                    libc::syscall(libc::SYS_nanosleep, &ts as *const libc::timespec, 0usize);
+                    libc::_exit(0);
+                }
+            }
+            if child > 0 {
+                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None);
+            }
+        });
     }
     if churn {
         // Threads come and go, and the process forks, all the time.
