@@ -333,6 +333,8 @@ fn serve(args: &[String]) {
                 tv_sec: (vfork_ms / 1000) as libc::time_t,
                 tv_nsec: ((vfork_ms % 1000) * 1_000_000) as libc::c_long,
             };
+            // vfork is the point: a parent thread that cannot stop.
+            #[allow(deprecated)]
             // SAFETY: the child only makes raw syscalls (nanosleep, _exit) on its own stack
             // variables, which is what vfork permits in practice.
             let child = unsafe { libc::vfork() };
