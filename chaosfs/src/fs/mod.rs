@@ -504,18 +504,31 @@ impl FsInner {
     /// Evaluate the rules for one request (the only place they are evaluated).
     pub(crate) fn verdict(&self, op: Op, caller: Caller, target: Target<'_>) -> Verdict {
         let rules = self.rules.load();
+        let eval = |path: &Path| {
+            rules.set.evaluate(&Call {
+                op,
+                path,
+                pid: caller.pid,
+                uid: caller.uid,
+                gid: caller.gid,
+            })
+        };
+        // Requests on an open file (every read and write of a direct-I/O file): borrow the
+        // path kept with the handle instead of copying it.
+        if rules.uses_paths
+            && let Target::File(fh, _) = target
+            && let Some(h) = self.handles.get(fh)
+            && let Some(p) = h.path.as_deref()
+            && (h.path_full || !rules.full_paths)
+        {
+            return eval(p);
+        }
         let path = if rules.uses_paths {
             self.rule_path(target, rules.full_paths)
         } else {
             Cow::Borrowed(Path::new(""))
         };
-        rules.set.evaluate(&Call {
-            op,
-            path: &path,
-            pid: caller.pid,
-            uid: caller.uid,
-            gid: caller.gid,
-        })
+        eval(&path)
     }
 
     /// Cache time for entries/attributes of `target`.
