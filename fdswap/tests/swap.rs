@@ -647,3 +647,39 @@ fn a_thread_that_cannot_stop_fails_its_process_cleanly() {
         );
     }
 }
+
+#[test]
+fn several_processes_in_one_swap() {
+    require_root();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let a = tmp.path().join("a");
+    let b = tmp.path().join("b");
+    std::fs::create_dir_all(&a).expect("mkdir");
+    std::fs::create_dir_all(&b).expect("mkdir");
+    let mut ta = Testee::spawn(&a, &["--fds", "50", "--threads", "3"]);
+    let mut tb = Testee::spawn(&b, &["--fds", "70"]);
+    // Each testee has its own mount namespace: mount the same way in both, swap the parent.
+    let p = tmp.path().to_str().expect("utf8");
+    for t in [&ta, &tb] {
+        t.mount(&["--bind", p, p]);
+    }
+    let r = swap(
+        &[ta.pid, tb.pid],
+        &ScanOptions::new(tmp.path()),
+        &SwapOptions::default(),
+    )
+    .expect("swap");
+    assert!(r.first_error().is_none(), "{:?}", r.first_error());
+    assert_eq!(r.processes.len(), 2);
+    assert_eq!(r.processes[0].swapped.len(), 50);
+    assert_eq!(r.processes[1].swapped.len(), 70);
+    for t in [&mut ta, &mut tb] {
+        let top = t.top_mount(tmp.path());
+        assert!(
+            many_fds(t.pid)
+                .iter()
+                .all(|&fd| fdinfo(t.pid, fd).mnt_id == top)
+        );
+        assert_eq!(t.ask("ping", "PONG"), "PONG");
+    }
+}
