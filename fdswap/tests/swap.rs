@@ -683,3 +683,46 @@ fn several_processes_in_one_swap() {
         assert_eq!(t.ask("ping", "PONG"), "PONG");
     }
 }
+
+#[test]
+fn a_thread_with_its_own_fd_table_and_cwd() {
+    require_root();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let lower = tmp.path().join("lower");
+    std::fs::create_dir_all(&lower).expect("mkdir");
+    let mut t = Testee::spawn(&lower, &["--fds", "20", "--own-tables", "--threads", "2"]);
+    let d = lower.to_str().expect("utf8");
+    t.mount(&["--bind", d, d]);
+    let top = t.top_mount(&lower);
+    let (tid, fd) = (t.fd("own_tid"), t.fd("own_fd"));
+    let task_fdinfo = |fd: i32| {
+        let s = std::fs::read_to_string(format!("/proc/{}/task/{tid}/fdinfo/{fd}", t.pid))
+            .expect("fdinfo");
+        s.lines()
+            .find_map(|l| l.strip_prefix("mnt_id:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .expect("mnt_id")
+    };
+    assert_ne!(task_fdinfo(fd), top);
+    let r = swap(&[t.pid], &ScanOptions::new(&lower), &SwapOptions::default()).expect("swap");
+    assert!(r.first_error().is_none(), "{:?}", r.first_error());
+    // The main table and the thread's own table both moved, and both cwds.
+    assert!(
+        many_fds(t.pid)
+            .iter()
+            .all(|&fd| fdinfo(t.pid, fd).mnt_id == top)
+    );
+    assert_eq!(task_fdinfo(fd), top);
+    let cwd = |task: i32| {
+        fdswap::statx(Path::new(&format!("/proc/{}/task/{task}/cwd", t.pid)))
+            .expect("cwd")
+            .mnt_id
+    };
+    assert_eq!(cwd(tid), top);
+    assert!(r.swapped().any(|s| s.item == Item::Cwd { tid }));
+    assert!(
+        r.swapped()
+            .any(|s| s.item == Item::Fd(fd) && s.path.ends_with("own/own.txt"))
+    );
+    assert_eq!(t.ask("ping", "PONG"), "PONG");
+}

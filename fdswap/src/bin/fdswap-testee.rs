@@ -84,6 +84,7 @@ fn serve(args: &[String]) {
     let mut full = false;
     let mut churn = false;
     let mut vfork_ms = 0u64;
+    let mut own_tables = false;
     let mut nfds = 0usize;
     let mut nthreads = 0usize;
     let mut sleep_ms = 1500u64;
@@ -92,6 +93,7 @@ fn serve(args: &[String]) {
         match args[i].as_str() {
             "--full" => full = true,
             "--churn" => churn = true,
+            "--own-tables" => own_tables = true,
             "--vfork-ms" => {
                 i += 1;
                 vfork_ms = args[i].parse().expect("--vfork-ms MS");
@@ -324,6 +326,29 @@ fn serve(args: &[String]) {
             let _ = UnixStream::connect(&sock);
             let _ = fs::remove_file(&sock);
         }));
+    }
+    if own_tables {
+        // A thread with its own fd table and cwd (unshare CLONE_FILES|CLONE_FS), holding a file.
+        let d = dir.clone();
+        let o = out.clone();
+        std::thread::spawn(move || {
+            nix::sched::unshare(
+                nix::sched::CloneFlags::CLONE_FILES | nix::sched::CloneFlags::CLONE_FS,
+            )
+            .expect("unshare files+fs");
+            let sub = d.join("own");
+            fs::create_dir_all(&sub).expect("mkdir own");
+            let f = open(&sub.join("own.txt"), libc::O_RDWR, 0o644);
+            std::env::set_current_dir(&sub).expect("chdir own");
+            // SAFETY: gettid has no arguments.
+            let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+            say(&o, &format!("OWN {tid} {}", f.as_raw_fd()));
+            loop {
+                let _ = futex_wait(&FUTEX_TIMED, None);
+                let _ = &f;
+            }
+        });
+        std::thread::sleep(Duration::from_millis(20));
     }
     if vfork_ms > 0 {
         // A thread stuck in vfork() until its child exits: it cannot stop meanwhile.

@@ -74,6 +74,11 @@ impl Testee {
                         u64::from_str_radix(f[2], 16).expect("addr"),
                     );
                 }
+                Some("OWN") => {
+                    t.fds
+                        .insert("own_tid".to_owned(), f[1].parse().expect("tid"));
+                    t.fds.insert("own_fd".to_owned(), f[2].parse().expect("fd"));
+                }
                 Some("READY") => break,
                 _ => {}
             }
