@@ -65,7 +65,8 @@ pub struct Swapped {
 pub struct ProcessReport {
     /// Process.
     pub pid: i32,
-    /// Moved items (empty if `error` is set: the process was rolled back).
+    /// Moved items. When `error` is set, the failing fd table was rolled back (except batches
+    /// committed before, listed here) and tables swapped before it stay swapped (listed here).
     pub swapped: Vec<Swapped>,
     /// Left alone.
     pub skipped: Vec<Skipped>,
@@ -170,7 +171,6 @@ pub fn swap_plan(plan: &Plan, swap_options: &SwapOptions) -> Result<Report> {
                     &mut seen_tables,
                     &mut report,
                 ) {
-                    report.swapped.clear();
                     report.error = Some(e);
                 }
                 report.stub_time = t0.elapsed();
@@ -281,7 +281,21 @@ fn swap_process(
         if unit.fds.is_empty() && unit.maps.is_empty() && unit.cwd.is_none() {
             continue;
         }
-        run_unit(t, unit, stub, so, prepared.take())?;
+        if let Err(e) = run_unit(t, unit, stub, so, prepared.take()) {
+            // Batches committed before a failure stay swapped: report them as such.
+            if let Error::StubStep { kept, .. } = &e {
+                for f in unit.fds.iter().filter(|f| kept.contains(&f.fd)) {
+                    report.swapped.push(Swapped {
+                        pid: t.pid,
+                        item: Item::Fd(f.fd),
+                        path: f.path.clone(),
+                        from_mnt: f.from.mnt_id,
+                        to_mnt: f.to.mnt_id,
+                    });
+                }
+            }
+            return Err(e);
+        }
         for f in &unit.fds {
             report.swapped.push(Swapped {
                 pid: t.pid,
