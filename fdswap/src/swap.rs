@@ -33,6 +33,9 @@ pub struct SwapOptions {
     /// Test hook: sleep this long while the stub thread sits at its trap, before reading the
     /// results (to kill the swapper there).
     pub pause_at_trap: Option<Duration>,
+    /// At most this many open file descriptions per transaction (batch). Batches are otherwise
+    /// only used when the target's fd limit leaves no room for one spare fd per description.
+    pub max_batch: Option<usize>,
 }
 
 impl Default for SwapOptions {
@@ -41,6 +44,7 @@ impl Default for SwapOptions {
             stop_timeout: Duration::from_secs(5),
             force_int3: false,
             pause_at_trap: None,
+            max_batch: None,
         }
     }
 }
@@ -1224,6 +1228,7 @@ pub(crate) fn prepare(unit: &ProcessPlan, stub: &Stub, so: &SwapOptions) -> Resu
     } else {
         limit.saturating_sub(base).max(1) as usize
     };
+    let batch = so.max_batch.map_or(batch, |m| batch.min(m.max(1)));
     let built = build(unit, trapsig, batch);
     let body = built.program.serialize();
     let layout = built.program.layout(stub.code.len());

@@ -726,3 +726,51 @@ fn a_thread_with_its_own_fd_table_and_cwd() {
     );
     assert_eq!(t.ask("ping", "PONG"), "PONG");
 }
+
+#[test]
+fn a_failing_batch_rolls_back_alone() {
+    require_root();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let lower = tmp.path().join("lower");
+    let upper = tmp.path().join("upper");
+    std::fs::create_dir_all(&lower).expect("mkdir");
+    std::fs::create_dir_all(upper.join("many")).expect("mkdir");
+    let mut t = Testee::spawn(&lower, &["--fds", "300"]);
+    for k in 0..300 {
+        std::fs::write(upper.join(format!("many/f{k}")), b"").expect("write");
+    }
+    let lower_many = lower.join("many");
+    let orig = fdinfo(t.pid, many_fds(t.pid)[0]).mnt_id;
+    t.mount(&[
+        "--bind",
+        upper.join("many").to_str().expect("utf8"),
+        lower_many.to_str().expect("utf8"),
+    ]);
+    let top = t.top_mount(&lower_many);
+    let plan = Plan::scan(&[t.pid], &ScanOptions::new(&lower)).expect("scan");
+    // Batches go in inode order: make the file with the highest inode vanish.
+    let last = (0..300)
+        .max_by_key(|k| ino(&lower.join(format!("many/f{k}"))))
+        .expect("a file");
+    std::fs::remove_file(upper.join(format!("many/f{last}"))).expect("rm");
+    let so = SwapOptions {
+        max_batch: Some(100),
+        ..SwapOptions::default()
+    };
+    let report = swap_plan(&plan, &so).expect("swap");
+    let err = report.first_error().expect("must fail");
+    let fdswap::Error::StubStep { kept, .. } = err else {
+        panic!("{err}");
+    };
+    assert_eq!(kept.len(), 200, "{err}");
+    assert!(err.to_string().contains("except 200 fds"), "{err}");
+    assert_eq!(report.swapped().count(), 200);
+    let mut on_top = 0;
+    for fd in many_fds(t.pid) {
+        let m = fdinfo(t.pid, fd).mnt_id;
+        assert!(m == top || m == orig);
+        on_top += usize::from(m == top);
+    }
+    assert_eq!(on_top, 200);
+    assert_eq!(t.ask("ping", "PONG"), "PONG");
+}
