@@ -34,6 +34,9 @@ impl Default for FdSwapper {
     }
 }
 
+/// How many times a process whose swap was rolled back is tried.
+const ATTEMPTS: usize = 3;
+
 fn swap_err(e: fdswap::Error) -> Error {
     Error::Swap(Box::new(e))
 }
@@ -119,6 +122,9 @@ fn outcome(plan: &Plan, report: &Report) -> SwapOutcome {
             });
         }
     }
+    // A process tried again reports what it left alone again.
+    let mut seen = HashSet::new();
+    skipped.retain(|k| seen.insert((k.pid, k.fd, k.path.clone(), k.reason.clone())));
     SwapOutcome { swapped, skipped }
 }
 
@@ -274,7 +280,47 @@ pub(crate) fn fdinfo(pid: u32, fd: i32) -> Option<(i32, u64, u64)> {
 }
 
 impl FdSwapper {
+    /// Scan and swap; a process whose stub failed and was rolled back (typically: an fd it
+    /// opened or closed between the scan and the stop, like a shell's redirection) is scanned
+    /// and swapped again, up to [`ATTEMPTS`] times.
     fn run(&self, pids: &[u32], options: ScanOptions, rescue: bool) -> Result<(Plan, Report)> {
+        let mut todo = pids.to_vec();
+        let mut plan = Plan {
+            options: options.clone(),
+            processes: Vec::new(),
+        };
+        let mut report = Report {
+            processes: Vec::new(),
+            total: Duration::ZERO,
+        };
+        for attempt in 1..=ATTEMPTS {
+            let (p, r) = self.run_once(&todo, options.clone(), rescue)?;
+            plan.processes.extend(p.processes);
+            report.total += r.total;
+            todo.clear();
+            for mut pr in r.processes {
+                let again = attempt < ATTEMPTS;
+                if again && matches!(pr.error, Some(fdswap::Error::StubStep { .. })) {
+                    tracing::debug!(pid = pr.pid, error = ?pr.error, "rolled back: again");
+                    todo.push(pr.pid as u32);
+                } else if again && pr.skipped.iter().any(|k| k.reason == SkipReason::Changed) {
+                    // What moved stays moved; what changed under the stop is tried again.
+                    tracing::debug!(pid = pr.pid, "items changed during the swap: again");
+                    pr.skipped.retain(|k| k.reason != SkipReason::Changed);
+                    todo.push(pr.pid as u32);
+                    report.processes.push(pr);
+                } else {
+                    report.processes.push(pr);
+                }
+            }
+            if todo.is_empty() {
+                break;
+            }
+        }
+        Ok((plan, report))
+    }
+
+    fn run_once(&self, pids: &[u32], options: ScanOptions, rescue: bool) -> Result<(Plan, Report)> {
         let t0 = std::time::Instant::now();
         let pids: Vec<i32> = pids.iter().map(|&p| p as i32).collect();
         // Scanned one by one: a process that exits during the scan (short-lived children come

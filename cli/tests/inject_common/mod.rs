@@ -56,7 +56,10 @@ impl Env {
         c.args(args)
             .env("IOCHAOS_RUN_DIR", &self.run)
             .env("IOCHAOS_SERVER_LOG", self.dir.path().join("server.log"))
-            .env("IOCHAOS_LOG", "info")
+            .env(
+                "IOCHAOS_LOG",
+                std::env::var("IOCHAOS_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null());
         c
     }
@@ -130,6 +133,9 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- injection server log ---\n{}", self.server_log());
+        }
         if self.run_dir_entries().iter().any(|e| e.ends_with(".json")) {
             let _ = self.run(&["recover", "--all"]);
         }
