@@ -774,3 +774,31 @@ fn a_failing_batch_rolls_back_alone() {
     assert_eq!(on_top, 200);
     assert_eq!(t.ask("ping", "PONG"), "PONG");
 }
+
+#[test]
+fn a_target_in_its_own_pid_namespace() {
+    // Like a container's init: pid 1 in its pid namespace, so the ids the tracer knows are not
+    // the ones the target uses. The stub's trap must still reach the tracer.
+    require_root();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let lower = tmp.path().join("lower");
+    std::fs::create_dir_all(&lower).expect("mkdir");
+    let mut t = Testee::spawn_in_pid_ns(&lower, &["--fds", "20", "--threads", "2"]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", t.pid)).expect("status");
+    let nspid = status
+        .lines()
+        .find(|l| l.starts_with("NSpid:"))
+        .expect("NSpid");
+    assert!(nspid.trim_end().ends_with("\t1"), "{nspid}");
+    let d = lower.to_str().expect("utf8");
+    t.mount(&["--bind", d, d]);
+    let top = t.top_mount(&lower);
+    let r = swap(&[t.pid], &ScanOptions::new(&lower), &SwapOptions::default()).expect("swap");
+    assert!(r.first_error().is_none(), "{:?}", r.first_error());
+    assert!(
+        many_fds(t.pid)
+            .iter()
+            .all(|&fd| fdinfo(t.pid, fd).mnt_id == top)
+    );
+    assert_eq!(t.ask("ping", "PONG"), "PONG");
+}

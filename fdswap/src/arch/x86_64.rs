@@ -3,7 +3,7 @@
 //! The stub is position independent. The tracer enters it with `r15` = the data header and `rsp`
 //! = the top of a stack inside the remote mapping (the target's own stack and red zone are never
 //! touched). It interprets the op table (see `program.rs`), then traps with
-//! `tgkill(tgid, tid, trapsig)` (or `int3` when no harmless signal exists). If no tracer is left
+//! `tgkill(getpid(), gettid(), trapsig)` (or `int3` when no harmless signal exists). If no tracer is left
 //! to catch that trap, the signal is ignored by default and the code after it restores every
 //! register from the header and jumps back to the interrupted code, with the syscall restart the
 //! kernel would have done.
@@ -104,6 +104,8 @@ pub(crate) fn assemble() -> Result<Stub> {
     let mut ops = dynasmrt::VecAssembler::<dynasmrt::x64::X64Relocation>::new(0);
     let estale = -i32::from(libc::ESTALE as i16);
     let tgkill = libc::SYS_tgkill as i32;
+    let getpid = libc::SYS_getpid as i32;
+    let gettid = libc::SYS_gettid as i32;
     let entry = ops.offset().0;
     dynasm!(ops
         ; .arch x64
@@ -173,12 +175,19 @@ pub(crate) fn assemble() -> Result<Stub> {
         ; ->success:
         ; mov QWORD [r15 + hdr::STATUS], status::DONE as i32
         ; ->trap:
+        ; cmp QWORD [r15 + hdr::TRAPSIG], 0
+        ; je >breakpoint
+        // tgkill(getpid(), gettid(), trapsig): the ids as the target sees them (its pid
+        // namespace), not as the tracer does.
+        ; mov eax, getpid
+        ; syscall
+        ; mov r12, rax
+        ; mov eax, gettid
+        ; syscall
+        ; mov rsi, rax
+        ; mov rdi, r12
         ; mov rdx, [r15 + hdr::TRAPSIG]
-        ; test rdx, rdx
-        ; jz >breakpoint
         ; mov eax, tgkill
-        ; mov rdi, [r15 + hdr::TGID]
-        ; mov rsi, [r15 + hdr::TID]
         ; syscall
     );
     let after_tgkill = ops.offset().0;

@@ -31,7 +31,18 @@ pub struct Testee {
 
 impl Testee {
     pub fn spawn(dir: &Path, args: &[&str]) -> Testee {
-        let mut child = Command::new(TESTEE)
+        Self::spawn_with(Command::new(TESTEE), dir, args, false)
+    }
+
+    /// The testee as pid 1 of a new pid namespace (like a container's init).
+    pub fn spawn_in_pid_ns(dir: &Path, args: &[&str]) -> Testee {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--pid", "--fork", "--kill-child", TESTEE]);
+        Self::spawn_with(cmd, dir, args, true)
+    }
+
+    fn spawn_with(mut cmd: Command, dir: &Path, args: &[&str], via_unshare: bool) -> Testee {
+        let mut child = cmd
             .arg("serve")
             .arg(dir)
             .arg("--unshare")
@@ -51,7 +62,23 @@ impl Testee {
                 }
             }
         });
-        let pid = child.id() as i32;
+        let mut pid = child.id() as i32;
+        if via_unshare {
+            // The testee is unshare's child.
+            let children = format!("/proc/{pid}/task/{pid}/children");
+            let t0 = Instant::now();
+            pid = loop {
+                let c = std::fs::read_to_string(&children).unwrap_or_default();
+                if let Some(p) = c.split_whitespace().next().and_then(|p| p.parse().ok()) {
+                    break p;
+                }
+                assert!(
+                    t0.elapsed() < Duration::from_secs(10),
+                    "no child of unshare"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            };
+        }
         let mut t = Testee {
             child,
             stdin,
