@@ -243,7 +243,7 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Scan `pids` without stopping them.
+    /// Scan `pids` without stopping them. Processes that exit during the scan are left out.
     pub fn scan(pids: &[i32], options: &ScanOptions) -> Result<Plan> {
         if !options.path.is_absolute() {
             return Err(Error::RelativePath(options.path.clone()));
@@ -251,7 +251,12 @@ impl Plan {
         let locks = procfs::locks()?;
         let mut processes = Vec::new();
         for &pid in pids {
-            processes.push(scan_unit(pid, pid, options, &locks, true, true)?);
+            match scan_unit(pid, pid, options, &locks, true, true) {
+                Ok(p) => processes.push(p),
+                // Exited meanwhile: nothing to move.
+                Err(Error::Proc { .. }) if !Path::new(&format!("/proc/{pid}")).exists() => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(Plan {
             options: options.clone(),
@@ -410,18 +415,19 @@ pub(crate) fn scan_unit(
             continue;
         }
         let fd_path = task.join(format!("fd/{fd}"));
-        let view = view.of(&text, || sys::statx(&fd_path).ok().map(|f| f.mnt_id));
+        // " (deleted)" is also printed for a dentry the filesystem invalidated (ChaosFS does
+        // when its rules change) while the file still has links: the link count decides.
+        let text = text.strip_suffix(" (deleted)").unwrap_or(&text);
+        let view = view.of(text, || sys::statx_cached(&fd_path).ok().map(|f| f.mnt_id));
         let path = PathBuf::from(&view);
         if !under(&path, &options.path) {
             skip(&mut plan, item, view, SkipReason::OutsidePath);
             continue;
         }
-        let Ok(from) = sys::statx(&task.join(format!("fd/{fd}"))) else {
+        let Ok(from) = sys::statx_cached(&fd_path) else {
             continue;
         };
-        if from.nlink == 0 && from.mode & libc::S_IFMT != libc::S_IFDIR
-            || view.ends_with(" (deleted)")
-        {
+        if from.nlink == 0 {
             skip(&mut plan, item, view, SkipReason::Deleted);
             continue;
         }
@@ -608,18 +614,19 @@ fn scan_cwd(
     let Ok(text) = procfs::link(&task.join("cwd")) else {
         return;
     };
-    let view = v.of(&text, || {
-        sys::statx(&task.join("cwd")).ok().map(|f| f.mnt_id)
+    let text = text.strip_suffix(" (deleted)").unwrap_or(&text);
+    let view = v.of(text, || {
+        sys::statx_cached(&task.join("cwd")).ok().map(|f| f.mnt_id)
     });
     let path = PathBuf::from(&view);
     if !under(&path, &options.path) {
         return;
     }
     let item = Item::Cwd { tid };
-    let Ok(from) = sys::statx(&task.join("cwd")) else {
+    let Ok(from) = sys::statx_cached(&task.join("cwd")) else {
         return;
     };
-    if view.ends_with(" (deleted)") {
+    if from.nlink == 0 {
         plan.skipped.push(Skipped {
             pid,
             item,
@@ -657,8 +664,9 @@ fn scan_maps(pid: i32, v: &View<'_>, options: &ScanOptions, plan: &mut ProcessPl
             continue;
         }
         let mf = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
-        let view = v.of(&m.path, || {
-            sys::statx(Path::new(&mf)).ok().map(|f| f.mnt_id)
+        let text = m.path.strip_suffix(" (deleted)").unwrap_or(&m.path);
+        let view = v.of(text, || {
+            sys::statx_cached(Path::new(&mf)).ok().map(|f| f.mnt_id)
         });
         let path = PathBuf::from(&view);
         if !under(&path, &options.path) {
@@ -676,15 +684,11 @@ fn scan_maps(pid: i32, v: &View<'_>, options: &ScanOptions, plan: &mut ProcessPl
                 reason,
             })
         };
-        if view.ends_with(" (deleted)") {
-            skip(plan, SkipReason::Deleted);
-            continue;
-        }
         if !m.shared() {
             skip(plan, SkipReason::PrivateMapping);
             continue;
         }
-        let Ok(from) = sys::statx(Path::new(&format!(
+        let Ok(from) = sys::statx_cached(Path::new(&format!(
             "/proc/{pid}/map_files/{:x}-{:x}",
             m.start, m.end
         ))) else {

@@ -32,6 +32,16 @@ impl FileId {
 
 /// `statx(AT_FDCWD, path, 0, BASIC|MNT_ID)`: follows symlinks and `/proc` magic links.
 pub fn statx(path: &Path) -> Result<FileId, Errno> {
+    statx_flags(path, 0)
+}
+
+/// Like [`statx`], with `AT_STATX_DONT_SYNC`: cached attributes are enough to identify a file,
+/// and they are there even when the filesystem cannot answer (a FUSE server that died).
+pub fn statx_cached(path: &Path) -> Result<FileId, Errno> {
+    statx_flags(path, libc::AT_STATX_DONT_SYNC)
+}
+
+fn statx_flags(path: &Path, flags: libc::c_int) -> Result<FileId, Errno> {
     let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
     let mut buf = MaybeUninit::<libc::statx>::zeroed();
     // SAFETY: `c` is a NUL-terminated string that outlives the call and `buf` is a writable
@@ -40,7 +50,7 @@ pub fn statx(path: &Path) -> Result<FileId, Errno> {
         libc::statx(
             libc::AT_FDCWD,
             c.as_ptr(),
-            0,
+            flags,
             libc::STATX_BASIC_STATS | libc::STATX_MNT_ID,
             buf.as_mut_ptr(),
         )
