@@ -176,6 +176,29 @@ fn pid_errors_are_one_line_and_change_nothing() {
         1,
         "absolute",
     );
+    // Not root.
+    let out = env
+        .command(&[
+            "inject",
+            "--pid",
+            &pid,
+            "--path",
+            w.vol_str(),
+            "--errno",
+            "EIO",
+        ])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("iochaos as nobody");
+    one_line(
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ),
+        1,
+        "root",
+    );
     // Usage errors: exit 2.
     one_line(
         env.fails(&["inject", "--pid", &pid, "--path", w.vol_str()]),

@@ -64,6 +64,16 @@ fn mountinfo(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo")
 }
 
+/// The mappings of `pid`, without the heap and stack (they move by themselves).
+fn maps(pid: u32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .expect("maps")
+        .lines()
+        .filter(|l| !l.ends_with("[heap]") && !l.ends_with("[stack]"))
+        .map(str::to_owned)
+        .collect()
+}
+
 #[test]
 fn runc_volume_inject_update_recover() {
     let env = Env::new();
@@ -73,6 +83,7 @@ fn runc_volume_inject_update_recover() {
     let other = Log(d.log.join("b"));
     let mi_before = mountinfo(pid);
     let fd3_before = fd_state(pid, 3);
+    let maps_before = maps(pid);
     // The second workload process (not init) is injected too.
     let other_at = other.last_round();
     let id = inject_update_recover(&env, &["--pid", &pid.to_string()], "/vol", &log);
@@ -89,6 +100,8 @@ fn runc_volume_inject_update_recover() {
     // As before: the same mounts and the held fd back on the original mount.
     assert_eq!(mountinfo(pid), mi_before);
     assert_eq!(fd_state(pid, 3), fd3_before);
+    // No stub memory or other mapping left behind.
+    assert_eq!(maps(pid), maps_before);
     runc.delete("vol1");
     check_data(&d.vol, &log);
     check_data(&d.vol.join("b"), &other);
