@@ -6,10 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fdswap::{
-    FdItem, FileId, Item, Plan, ProcessPlan, ProcessReport, Report, ScanOptions, SkipReason,
-    SwapOptions,
+    Item, Plan, ProcessPlan, ProcessReport, Report, ScanOptions, SkipReason, SwapOptions,
 };
-use rustix::fs::{AtFlags, CWD, StatxFlags};
 
 use crate::api::FdEntry;
 use crate::error::{Error, Result};
@@ -128,139 +126,6 @@ fn outcome(plan: &Plan, report: &Report) -> SwapOutcome {
     SwapOutcome { swapped, skipped }
 }
 
-/// fds on `mnt` that the scan passed over: `statx` through a FUSE connection whose server died
-/// fails (ENOTCONN) once the cached attributes expire, and a dentry ChaosFS invalidated (it drops
-/// cached entries when its rules change) reads as "(deleted)" in `/proc/PID/fd` although the
-/// file still has links. The cached attributes (`AT_STATX_DONT_SYNC`) still identify such files,
-/// which is all the swap's checks compare, so they are added to the plan here.
-fn add_unscanned(plan: &mut Plan, path: &Path, mnt: u64) {
-    for p in &mut plan.processes {
-        let known: HashSet<i32> = p
-            .fds
-            .iter()
-            .map(|f| f.fd)
-            .chain(p.skipped.iter().filter_map(|k| match k.item {
-                Item::Fd(_)
-                    if matches!(k.reason, SkipReason::Deleted | SkipReason::OutsidePath) =>
-                {
-                    None
-                }
-                Item::Fd(fd) => Some(fd),
-                _ => None,
-            }))
-            .collect();
-        let mut next_description = p.fds.iter().map(|f| f.description + 1).max().unwrap_or(0);
-        // Detached (recover), the kernel prints paths on the mount relative to its root, which
-        // was mounted at `path`.
-        let detached = !attached(p.pid, mnt);
-        let Ok(dir) = std::fs::read_dir(format!("/proc/{}/fd", p.pid)) else {
-            continue;
-        };
-        let root = std::fs::read_link(format!("/proc/{}/root", p.pid)).unwrap_or_default();
-        for d in dir.flatten() {
-            let Some(fd) = d.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                continue;
-            };
-            if known.contains(&fd) {
-                continue;
-            }
-            let Some((flags, pos, mnt_id)) = fdinfo(p.pid as u32, fd) else {
-                continue;
-            };
-            if mnt_id != mnt {
-                continue;
-            }
-            let Ok(link) = std::fs::read_link(d.path()) else {
-                continue;
-            };
-            let view = match link.strip_prefix(&root) {
-                _ if detached => path.join(link.strip_prefix("/").unwrap_or(&link)),
-                Ok(rest) if root != Path::new("/") => Path::new("/").join(rest),
-                _ => link,
-            };
-            // A dentry the filesystem invalidated (ChaosFS drops cached entries when its rules
-            // change) reads as "(deleted)" although the file still has links.
-            let view = match view.to_str().and_then(|v| v.strip_suffix(" (deleted)")) {
-                Some(v) => PathBuf::from(v),
-                None => view,
-            };
-            if !view.starts_with(path) {
-                continue;
-            }
-            let fd_path = d.path();
-            let Some(from) = file_id(&fd_path, AtFlags::STATX_DONT_SYNC) else {
-                tracing::debug!(pid = p.pid, fd, "statx of a candidate failed");
-                continue;
-            };
-            let to_path = Path::new(&format!("/proc/{}/root", p.pid))
-                .join(view.strip_prefix("/").unwrap_or(&view));
-            let Some(to) = file_id(&to_path, AtFlags::empty()) else {
-                tracing::debug!(pid = p.pid, fd, path = %to_path.display(), "statx of the original failed");
-                continue;
-            };
-            if from.nlink == 0
-                || to.mnt_id == mnt
-                || to.mode & libc::S_IFMT != from.mode & libc::S_IFMT
-            {
-                continue;
-            }
-            p.skipped.retain(|k| k.item != Item::Fd(fd));
-            tracing::debug!(pid = p.pid, fd, path = %view.display(), "fd added to the swap back");
-            p.fds.push(FdItem {
-                fd,
-                path: view,
-                flags,
-                pos,
-                from: FileId { mnt_id, ..from },
-                to,
-                description: next_description,
-            });
-            next_description += 1;
-        }
-    }
-}
-
-/// Is `pid` in another pid namespace than ours?
-fn other_pid_ns(pid: i32) -> bool {
-    let ours = std::fs::metadata("/proc/self/ns/pid");
-    let theirs = std::fs::metadata(format!("/proc/{pid}/ns/pid"));
-    match (ours, theirs) {
-        (Ok(a), Ok(b)) => {
-            use std::os::unix::fs::MetadataExt;
-            (a.dev(), a.ino()) != (b.dev(), b.ino())
-        }
-        _ => false,
-    }
-}
-
-/// Is mount `mnt_id` attached in `pid`'s mount namespace?
-fn attached(pid: i32, mnt_id: u64) -> bool {
-    let want = mnt_id.to_string();
-    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
-        .map(|t| {
-            t.lines()
-                .any(|l| l.split(' ').next() == Some(want.as_str()))
-        })
-        .unwrap_or(true)
-}
-
-fn file_id(path: &Path, flags: AtFlags) -> Option<FileId> {
-    let st = rustix::fs::statx(
-        CWD,
-        path,
-        flags,
-        StatxFlags::BASIC_STATS | StatxFlags::MNT_ID,
-    )
-    .ok()?;
-    Some(FileId {
-        dev: (st.stx_dev_major, st.stx_dev_minor),
-        ino: st.stx_ino,
-        mnt_id: st.stx_mnt_id,
-        nlink: st.stx_nlink,
-        mode: u32::from(st.stx_mode),
-    })
-}
-
 /// `(flags, pos, mnt_id)` of `/proc/PID/fdinfo/FD`.
 pub(crate) fn fdinfo(pid: u32, fd: i32) -> Option<(i32, u64, u64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
@@ -283,7 +148,7 @@ impl FdSwapper {
     /// Scan and swap; a process whose stub failed and was rolled back (typically: an fd it
     /// opened or closed between the scan and the stop, like a shell's redirection) is scanned
     /// and swapped again, up to [`ATTEMPTS`] times.
-    fn run(&self, pids: &[u32], options: ScanOptions, rescue: bool) -> Result<(Plan, Report)> {
+    fn run(&self, pids: &[u32], options: ScanOptions) -> Result<(Plan, Report)> {
         let mut todo = pids.to_vec();
         let mut plan = Plan {
             options: options.clone(),
@@ -294,7 +159,7 @@ impl FdSwapper {
             total: Duration::ZERO,
         };
         for attempt in 1..=ATTEMPTS {
-            let (p, r) = self.run_once(&todo, options.clone(), rescue)?;
+            let (p, r) = self.run_once(&todo, options.clone())?;
             plan.processes.extend(p.processes);
             report.total += r.total;
             todo.clear();
@@ -320,7 +185,7 @@ impl FdSwapper {
         Ok((plan, report))
     }
 
-    fn run_once(&self, pids: &[u32], options: ScanOptions, rescue: bool) -> Result<(Plan, Report)> {
+    fn run_once(&self, pids: &[u32], options: ScanOptions) -> Result<(Plan, Report)> {
         let t0 = std::time::Instant::now();
         let pids: Vec<i32> = pids.iter().map(|&p| p as i32).collect();
         // Scanned one by one: a process that exits during the scan (short-lived children come
@@ -351,16 +216,6 @@ impl FdSwapper {
             }
             tracing::debug!(items = plan.len(), ?reasons, elapsed = ?t0.elapsed(), "scanned");
         }
-        if rescue && let Some(m) = options.from_mnt {
-            add_unscanned(&mut plan, &options.path, m);
-        }
-        let mut so = self.options.clone();
-        // fdswap's stub signals its own end with `tgkill(pid, tid)` using the pids as *we* see
-        // them; inside another pid namespace (every container) those name other processes or
-        // none, and the stub's end is never seen. The `int3` ending does not depend on pids.
-        if plan.processes.iter().any(|p| other_pid_ns(p.pid)) {
-            so.force_int3 = true;
-        }
         // Processes with nothing to move are not stopped at all.
         let (active, idle): (Vec<ProcessPlan>, Vec<ProcessPlan>) = plan
             .processes
@@ -377,7 +232,7 @@ impl FdSwapper {
                 options: plan.options.clone(),
                 processes: active,
             };
-            fdswap::swap_plan(&active, &so).map_err(swap_err)?
+            fdswap::swap_plan(&active, &self.options).map_err(swap_err)?
         };
         report
             .processes
@@ -410,7 +265,7 @@ impl Swapper for FdSwapper {
             from_mnt: None,
             to_mnt: Some(to_mnt),
         };
-        let (plan, mut report) = self.run(pids, options, false)?;
+        let (plan, mut report) = self.run(pids, options)?;
         // A process that could not be moved would keep bypassing the faults: fail the injection
         // (the caller swaps back whatever did move).
         if let Some(i) = report
@@ -438,7 +293,7 @@ impl Swapper for FdSwapper {
             from_mnt: Some(from_mnt),
             to_mnt: None,
         };
-        let (plan, report) = self.run(pids, options, true)?;
+        let (plan, report) = self.run(pids, options)?;
         Ok(outcome(&plan, &report))
     }
 }
