@@ -62,8 +62,19 @@ fn item_fd(item: &Item) -> (i32, Option<u64>) {
 }
 
 /// A process ended or replaced its program during the swap: nothing of it is left to move.
-fn gone(e: &fdswap::Error) -> bool {
-    matches!(e, fdswap::Error::Gone { .. } | fdswap::Error::Exec { .. })
+/// A short-lived child (a shell's `sleep`) may also die between two ptrace requests, which then
+/// fail with ESRCH: what counts is that it is gone.
+fn gone(pid: i32, e: &fdswap::Error) -> bool {
+    matches!(e, fdswap::Error::Gone { .. } | fdswap::Error::Exec { .. }) || !alive(pid)
+}
+
+/// Does `pid` still run (exists and is not a zombie)?
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X')
+    })
 }
 
 /// The stub's final close of an old description on a dead FUSE connection reports the failed
@@ -109,7 +120,7 @@ fn outcome(plan: &Plan, report: &Report) -> SwapOutcome {
         .collect();
     for p in &report.processes {
         if let Some(e) = &p.error
-            && !gone(e)
+            && !gone(p.pid, e)
             && !closed_anyway(e)
         {
             skipped.push(FdEntry {
@@ -271,7 +282,7 @@ impl Swapper for FdSwapper {
         if let Some(i) = report
             .processes
             .iter()
-            .position(|p| p.error.as_ref().is_some_and(|e| !gone(e)))
+            .position(|p| p.error.as_ref().is_some_and(|e| !gone(p.pid, e)))
         {
             let p = report.processes.swap_remove(i);
             if let Some(e) = p.error {
