@@ -135,6 +135,11 @@ impl Drop for Env {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("--- injection server log ---\n{}", self.server_log());
+            let st = self.run(&["status", "--json"]);
+            eprintln!(
+                "--- status --json ---\n{}",
+                String::from_utf8_lossy(&st.stdout)
+            );
         }
         if self.run_dir_entries().iter().any(|e| e.ends_with(".json")) {
             let _ = self.run(&["recover", "--all"]);
