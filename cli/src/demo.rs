@@ -1,35 +1,63 @@
-//! `iochaos demo`: faults appearing and disappearing under a live workload, no runtime needed.
+//! `iochaos demo`: faults appearing in, and disappearing from, a process that is already running.
 //!
-//! The demo mounts ChaosFS over a fresh directory in a private mount namespace, starts a
-//! workload process (this binary, `__demo-workload DIR`) that appends a record to a journal
-//! every 200 ms and reports each result and how long it took, then changes the rules while the
-//! workload keeps running: writes fail with EIO, then slow down, then succeed again.
+//! The demo starts a workload (this binary, `__demo-workload DIR`, in a private mount namespace
+//! of its own so nothing propagates to the host) that opens a journal once and appends a record
+//! through that fd every 200 ms, reporting each result and how long it took. Then it drives the
+//! real CLI against the running workload, printing each command: `inject` (writes fail with EIO
+//! — the open fd is moved onto ChaosFS under the running process), `update` (writes take 300 ms),
+//! `status`, and `recover` (writes succeed again, the fd is back on the original filesystem).
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use chaosfs::rules::{RuleSet, Spec};
+use anyhow::{Context, bail};
 
-use crate::run::{check_privileges, enter_private_mount_namespace};
+use crate::run::check_privileges;
 
-const PHASE: Duration = Duration::from_secs(3);
+/// Kills and reaps the workload, and recovers the injection, whatever happens.
+struct Session {
+    exe: PathBuf,
+    workload: Child,
+    injection: Option<String>,
+}
 
-/// The phases: a title and a JSON spec.
-const PHASES: [(&str, &str); 3] = [
-    (
-        "writes fail with EIO",
-        r#"{"rules":[{"ops":["write"],"errno":"EIO"}]}"#,
-    ),
-    (
-        "writes slowed by 300 ms",
-        r#"{"rules":[{"ops":["write"],"latency":"300ms"}]}"#,
-    ),
-    ("no faults", r#"{"rules":[]}"#),
-];
+impl Session {
+    /// Run `iochaos ARGS`, echoing the command; returns its stdout.
+    fn iochaos(&self, args: &[&str]) -> anyhow::Result<String> {
+        println!("── iochaos {} ──", args.join(" "));
+        let start = Instant::now();
+        let out = Command::new(&self.exe)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running iochaos {}", args[0]))?;
+        if !out.status.success() {
+            bail!(
+                "iochaos {} failed: {}",
+                args[0],
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        println!("   (returned in {:.1} ms)", ms(start.elapsed()));
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(id) = self.injection.take() {
+            let _ = Command::new(&self.exe)
+                .args(["recover", &id])
+                .stdout(Stdio::null())
+                .status();
+        }
+        let _ = self.workload.kill();
+        let _ = self.workload.wait();
+    }
+}
 
 pub fn demo() -> anyhow::Result<()> {
     check_privileges()?;
@@ -41,65 +69,72 @@ pub fn demo() -> anyhow::Result<()> {
 }
 
 fn demo_in(dir: &Path) -> anyhow::Result<()> {
-    let phases = PHASES
-        .iter()
-        .map(|(title, json)| Ok((*title, Spec::from_json(json)?)))
-        .collect::<chaosfs::Result<Vec<_>>>()
-        .context("built-in demo rules")?;
-
-    enter_private_mount_namespace()?;
-    let mounted = chaosfs::mount_over(dir, RuleSet::empty(), chaosfs::server::Config::default())
-        .with_context(|| format!("mounting ChaosFS over {}", dir.display()))?;
-    println!("ChaosFS mounted over {}", dir.display());
-
     let exe = std::env::current_exe().context("locating the iochaos binary")?;
-    let mut workload = Command::new(exe)
+    let d = dir
+        .to_str()
+        .context("the temporary directory is not UTF-8")?;
+    // `unshare` execs the workload, so its pid is the workload's.
+    let workload = Command::new("unshare")
+        .args(["--mount", "--propagation", "private"])
+        .arg(&exe)
         .arg("__demo-workload")
         .arg(dir)
         .stdin(Stdio::null())
         .spawn()
-        .context("starting the workload")?;
-
-    let mut outcome = Ok(());
-    for (title, spec) in phases {
-        println!("── {title} ──");
-        let rules = RuleSet::new(spec).context("compiling demo rules")?;
-        let server = mounted.server();
-        server.update_rules(rules);
-        server.cancel_delays();
-        std::thread::sleep(PHASE);
-        for (i, stats) in server.stats().iter().enumerate() {
-            println!(
-                "   rule {i}: {} writes matched, {} faults injected",
-                stats.matched, stats.injected
-            );
-        }
-        if let Ok(Some(status)) = workload.try_wait() {
-            outcome = Err(anyhow::anyhow!("the workload exited early: {status}"));
-            break;
-        }
-    }
-    let _ = workload.kill();
-    let _ = workload.wait();
-    let journal = std::fs::read_to_string(dir.join("journal.log")).unwrap_or_default();
-    mounted.unmount().context("unmounting ChaosFS")?;
+        .context("starting the workload (needs `unshare` from util-linux)")?;
+    let pid = workload.id().to_string();
+    let mut session = Session {
+        exe,
+        workload,
+        injection: None,
+    };
     println!(
-        "ChaosFS unmounted; the journal holds {} records, one per write the workload saw succeed",
+        "workload pid {pid} keeps {d}/journal.log open and appends a record every 200 ms\n── no faults ──"
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+
+    let out = session.iochaos(&[
+        "inject", "--pid", &pid, "--path", d, "--errno", "EIO", "--ops", "write",
+    ])?;
+    let id = out.trim().to_owned();
+    session.injection = Some(id.clone());
+    std::thread::sleep(Duration::from_secs(3));
+
+    session.iochaos(&["update", &id, "--latency", "300ms", "--ops", "write"])?;
+    std::thread::sleep(Duration::from_secs(3));
+    print!("{}", indent(&session.iochaos(&["status", &id])?));
+
+    session.iochaos(&["recover", &id])?;
+    session.injection = None;
+    std::thread::sleep(Duration::from_secs(2));
+
+    if let Ok(Some(status)) = session.workload.try_wait() {
+        bail!("the workload exited early: {status}");
+    }
+    drop(session);
+    let journal = std::fs::read_to_string(dir.join("journal.log")).unwrap_or_default();
+    println!(
+        "workload stopped; the journal holds {} records, one per write the workload saw succeed",
         journal.lines().count()
     );
-    outcome
+    Ok(())
 }
 
-/// The workload: append a record every 200 ms and report what happened.
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("   {l}\n")).collect()
+}
+
+/// The workload: append a record every 200 ms through one open fd and report what happened.
 pub fn workload(dir: &Path) -> anyhow::Result<()> {
     let path = dir.join("journal.log");
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
     for n in 1.. {
         let start = Instant::now();
-        let result = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .and_then(|mut f| f.write_all(format!("record {n}\n").as_bytes()));
+        let result = file.write_all(format!("record {n}\n").as_bytes());
         let took = start.elapsed();
         match result {
             Ok(()) => println!("   write {n:3}: ok       {:7.1} ms", ms(took)),
