@@ -7,7 +7,6 @@ use anyhow::{Context, bail};
 use engine::api::{ChaosClient, Status};
 use engine::inject::status_from_entry;
 use engine::journal::{Entry, InjectionId, Journal};
-use engine::shim::ShimClient;
 use serde_json::Value;
 
 use crate::args::SpecSource;
@@ -41,11 +40,11 @@ pub fn shim_for(
     name: &str,
     namespace: &str,
     state_dir: &Path,
-) -> anyhow::Result<Option<ShimClient>> {
+) -> anyhow::Result<Option<ChaosClient>> {
     if InjectionId::parse(name).is_ok() {
         return Ok(None);
     }
-    match ShimClient::find(state_dir, namespace, name) {
+    match engine::shim::client(state_dir, namespace, name) {
         Ok(c) => Ok(c),
         Err(engine::Error::UnknownContainer { .. } | engine::Error::ContainerNotRunning { .. }) => {
             Ok(None)

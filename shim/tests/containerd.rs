@@ -7,7 +7,6 @@ mod common;
 use std::path::Path;
 
 use common::{Containerd, chaosfs_mounts, poll, require_root, stderr, stdout};
-use engine::shim::ShimClient;
 
 const SH: &str = "/bin/busybox";
 const EIO_WRITES: &str = r#"{"path":"/vol","rules":[{"ops":["write"],"errno":"EIO"}]}"#;
@@ -105,7 +104,7 @@ fn ctr_lifecycle_and_faults_through_the_shim() {
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     assert!(stdout(&out).contains("rc=1"), "{}", stdout(&out));
 
-    let shim = ShimClient::find(&c.state, "default", "live")
+    let shim = engine::shim::client(&c.state, "default", "live")
         .expect("find")
         .expect("the shim serves the Chaos API");
     let st = shim.status().expect("status");
@@ -162,7 +161,7 @@ fn ctr_lifecycle_and_faults_through_the_shim() {
         c.journal().is_empty().then_some(())
     });
     assert!(
-        ShimClient::find(&c.state, "default", "live")
+        engine::shim::client(&c.state, "default", "live")
             .expect("find")
             .is_none()
     );

@@ -6,7 +6,6 @@ mod common;
 use std::path::Path;
 
 use common::{Containerd, poll, require_root, stderr, stdout};
-use engine::shim::ShimClient;
 
 const SH: &str = "/bin/busybox";
 const EIO_WRITES: &str = r#"{"path":"/vol","rules":[{"ops":["write"],"errno":"EIO"}]}"#;
@@ -40,7 +39,7 @@ fn restarts_leave_no_enotconn_behind() {
         stdout(&out),
         stderr(&out)
     );
-    let st = ShimClient::find(&c.state, "default", "r1")
+    let st = engine::shim::client(&c.state, "default", "r1")
         .expect("find")
         .expect("shim")
         .status()

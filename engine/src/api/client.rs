@@ -10,18 +10,21 @@ use crate::error::{Error, Result};
 /// Default per-call timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A connection to one injection server.
+/// A connection to one injection server, or to the iochaos shim running a container (then
+/// every call names that container in the ttrpc metadata, see [`ChaosClient::for_container`]).
 #[derive(Clone)]
 pub struct ChaosClient {
     inner: chaos_ttrpc::ChaosClient,
     socket: PathBuf,
     timeout: Duration,
+    container: Option<String>,
 }
 
 impl std::fmt::Debug for ChaosClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChaosClient")
             .field("socket", &self.socket)
+            .field("container", &self.container)
             .finish()
     }
 }
@@ -38,7 +41,20 @@ impl ChaosClient {
             inner: chaos_ttrpc::ChaosClient::new(client),
             socket: socket.to_owned(),
             timeout: DEFAULT_TIMEOUT,
+            container: None,
         })
+    }
+
+    /// Name container `id` in every call (metadata key [`crate::shim::CONTAINER_KEY`]): one
+    /// iochaos shim may serve several containers.
+    pub fn for_container(mut self, id: &str) -> ChaosClient {
+        self.container = Some(id.to_owned());
+        self
+    }
+
+    /// The socket this client talks to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
     }
 
     /// Set the per-call timeout.
@@ -48,7 +64,13 @@ impl ChaosClient {
     }
 
     fn ctx(&self) -> ttrpc::context::Context {
-        ttrpc::context::with_timeout(i64::try_from(self.timeout.as_nanos()).unwrap_or(i64::MAX))
+        let mut ctx = ttrpc::context::with_timeout(
+            i64::try_from(self.timeout.as_nanos()).unwrap_or(i64::MAX),
+        );
+        if let Some(container) = &self.container {
+            ctx.add(crate::shim::CONTAINER_KEY.to_owned(), container.clone());
+        }
+        ctx
     }
 
     fn err(&self, e: ttrpc::Error) -> Error {
