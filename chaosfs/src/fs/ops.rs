@@ -545,14 +545,35 @@ impl FsInner {
         fail_if_errno!(v, reply);
         let inode = tri!(self.inode(ino), reply);
         let fd = tri!(self.reopen(&inode, flags).map_err(errno), reply);
-        let o_direct = flags & libc::O_DIRECT != 0;
-        let (path, path_full) = self.handle_path(&inode, None);
+        let path = self.handle_path(&inode, None);
         let Ok(mut st) = inode.open.lock() else {
             return reply.error(Errno::EIO);
         };
-        let mut mode = self.choose_mode(path.as_deref(), &mut st);
+        let (fh, mode, pflags) = self.register_open(&inode, &mut st, fd, flags, path, |fd| {
+            reply.open_backing(fd)
+        });
+        match (mode, &st.backing) {
+            (OpenMode::Passthrough, Some(id)) => reply.opened_passthrough(fh, pflags, id),
+            _ => reply.opened(fh, Self::direct_flags()),
+        }
+    }
+
+    /// Register a new handle on `inode` for `fd`: kernel passthrough when no rule can touch its
+    /// data and the inode has (or now gets, through `open_backing`) a backing id, direct I/O
+    /// otherwise. `st` is the inode's locked open state, held by the caller until it has replied
+    /// with the backing id. Returns the handle, its mode, and the passthrough open flags.
+    fn register_open(
+        &self,
+        inode: &Arc<Inode>,
+        st: &mut super::inode::OpenState,
+        fd: OwnedFd,
+        flags: i32,
+        (path, path_full): (Option<Box<Path>>, bool),
+        open_backing: impl FnOnce(BorrowedFd<'_>) -> io::Result<fuser::BackingId>,
+    ) -> (FileHandle, OpenMode, FopenFlags) {
+        let mut mode = self.choose_mode(path.as_deref(), st);
         if mode == OpenMode::Passthrough && st.backing.is_none() {
-            match reply.open_backing(fd.as_fd()) {
+            match open_backing(fd.as_fd()) {
                 Ok(id) => st.backing = Some(id),
                 Err(e) => {
                     tracing::debug!(
@@ -563,8 +584,9 @@ impl FsInner {
                 }
             }
         }
-        self.count_open(mode, &mut st);
+        self.count_open(mode, st);
         let pflags = self.passthrough_flags(path.as_deref());
+        let o_direct = flags & libc::O_DIRECT != 0;
         let fh = self.handles.insert(Handle {
             fd,
             inode: inode.clone(),
@@ -572,12 +594,7 @@ impl FsInner {
             path,
             path_full,
         });
-        match (mode, &st.backing) {
-            (OpenMode::Passthrough, Some(id)) => {
-                reply.opened_passthrough(FileHandle(fh), pflags, id)
-            }
-            _ => reply.opened(FileHandle(fh), Self::direct_flags()),
-        }
+        (FileHandle(fh), mode, pflags)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -620,38 +637,18 @@ impl FsInner {
         if let Some(o) = &v.attr {
             apply_override(&mut attr, o);
         }
-        let o_direct = flags & libc::O_DIRECT != 0;
-        let (path, path_full) = self.handle_path(&inode, Some((parent.0, name)));
+        let path = self.handle_path(&inode, Some((parent.0, name)));
         let Ok(mut ost) = inode.open.lock() else {
             return reply.error(Errno::EIO);
         };
-        let mut mode = self.choose_mode(path.as_deref(), &mut ost);
-        if mode == OpenMode::Passthrough && ost.backing.is_none() {
-            match reply.open_backing(fd.as_fd()) {
-                Ok(id) => ost.backing = Some(id),
-                Err(e) => {
-                    tracing::debug!(
-                        "passthrough backing for inode {}: {e}; using direct I/O",
-                        inode.nodeid
-                    );
-                    mode = OpenMode::Direct;
-                }
-            }
-        }
-        self.count_open(mode, &mut ost);
-        let pflags = self.passthrough_flags(path.as_deref());
-        let fh = self.handles.insert(Handle {
-            fd,
-            inode: inode.clone(),
-            kind: HandleKind::File { mode, o_direct },
-            path,
-            path_full,
+        let (fh, mode, pflags) = self.register_open(&inode, &mut ost, fd, flags, path, |fd| {
+            reply.open_backing(fd)
         });
         match (mode, &ost.backing) {
             (OpenMode::Passthrough, Some(id)) => {
-                reply.created_passthrough(&ttl, &attr, GEN, FileHandle(fh), pflags, id)
+                reply.created_passthrough(&ttl, &attr, GEN, fh, pflags, id)
             }
-            _ => reply.created(&ttl, &attr, GEN, FileHandle(fh), Self::direct_flags()),
+            _ => reply.created(&ttl, &attr, GEN, fh, Self::direct_flags()),
         }
     }
 
