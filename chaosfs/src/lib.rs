@@ -62,10 +62,11 @@ pub fn mount_over(path: &Path, rules: rules::RuleSet, cfg: Config) -> Result<Mou
             })
         }
         Err(e) => {
-            let _ = mount::detach(&path);
+            // Abort while the mount still holds the connection's number (see `Server::stop`).
             if let Some(c) = connection {
                 let _ = c.abort();
             }
+            let _ = mount::detach(&path);
             Err(e)
         }
     }

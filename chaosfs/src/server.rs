@@ -15,6 +15,9 @@ use crate::rules::{RuleSet, RuleStats};
 use crate::sys;
 use crate::{Error, Result};
 
+/// How long [`Server::stop`] lets the kernel end a connection by itself before aborting it.
+pub const STOP_SETTLE: Duration = Duration::from_millis(200);
+
 /// Server settings.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -219,12 +222,20 @@ impl Server {
         self.join()
     }
 
-    /// Stop serving: answer parked requests, abort the connection (if known; otherwise wait for
-    /// the kernel to disconnect), and join the threads. Detach the mount first
-    /// ([`crate::mount::detach`]), or accesses to it fail with ENOTCONN afterwards.
+    /// Stop serving: answer parked requests, give the kernel [`STOP_SETTLE`] to end the
+    /// connection by itself (a detached mount nobody uses any more is torn down at once), then
+    /// abort the connection (if known; otherwise wait for the kernel to disconnect) and join the
+    /// threads. Detach the mount first ([`crate::mount::detach`]), or accesses to it fail with
+    /// ENOTCONN afterwards.
+    ///
+    /// The abort is only sent while our threads still serve: a connection number is the
+    /// superblock's device minor, which the kernel gives to the next FUSE mount as soon as ours
+    /// is gone, so aborting by number after that could kill someone else's filesystem.
     pub fn stop(mut self) -> Result<()> {
         self.cancel_delays();
-        if let Some(c) = self.connection() {
+        if !self.wait_timeout(STOP_SETTLE)
+            && let Some(c) = self.connection()
+        {
             c.abort()?;
         }
         self.join()

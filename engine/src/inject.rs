@@ -24,7 +24,7 @@ use crate::fusectl::FuseCtl;
 use crate::journal::{
     Entry, InjectionId, Journal, MountRecord, ProcessRecord, SwappedFd, TargetRecord,
 };
-use crate::mountinfo::SharedPolicy;
+use crate::mountinfo::{Mount, SharedPolicy};
 use crate::ns::{self, CHAOSFS_SUBTYPE, MountGuard, MountNs, MountSource};
 use crate::resolve::resolve_dir_in_root;
 use crate::target::{ContainerdTask, NsId, ProcStat, Target, processes_in_mnt_ns};
@@ -471,8 +471,12 @@ impl<F: FsServer, S: Swapper> ChaosService for Injection<F, S> {
 }
 
 /// Recover an injection whose server is gone (killed, crashed), from its journal entry and
-/// `/proc` alone: detach the ChaosFS mount, swap back whatever is still on it, abort the FUSE
-/// connection so nothing can hang on it, remove the entry. Works when the target has exited.
+/// `/proc` alone: abort the FUSE connection so nothing can hang on it, detach the ChaosFS mount,
+/// swap back whatever is still on it, remove the entry. Works when the target has exited.
+///
+/// The connection is aborted only while the journaled mount is still there and still carries
+/// it: connection numbers are device minors that the kernel hands to the next FUSE mount as soon
+/// as ours is gone, so aborting by number afterwards could kill someone else's filesystem.
 pub fn recover_from_journal<S: Swapper>(
     journal: &Journal,
     id: &InjectionId,
@@ -502,6 +506,15 @@ pub fn recover_from_journal<S: Swapper>(
         };
         if let Some(ns) = ns {
             let path = PathBuf::from(&entry.path);
+            if let Some(conn) = m.fuse_connection {
+                let ours = ns
+                    .mountinfo_all()?
+                    .by_id(m.mnt_id)
+                    .and_then(Mount::fuse_connection);
+                if ours == Some(conn) {
+                    FuseCtl::open()?.abort(conn)?;
+                }
+            }
             ns::detach_at(&ns, &path, m.mnt_id)?;
             let pids: Vec<u32> = processes_in_mnt_ns(ns.id)?.iter().map(|p| p.pid).collect();
             let outcome = swapper.swap_out(&pids, &path, m.mnt_id)?;
@@ -516,9 +529,6 @@ pub fn recover_from_journal<S: Swapper>(
                 })
                 .collect();
             report.failed = outcome.skipped;
-        }
-        if let Some(conn) = m.fuse_connection {
-            FuseCtl::open()?.abort(conn)?;
         }
     }
     journal.remove(id)?;
