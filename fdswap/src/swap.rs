@@ -404,6 +404,22 @@ struct Built {
 /// duplicate of its old description open until its batch commits, so a target near its hard
 /// RLIMIT_NOFILE (which cannot be raised without CAP_SYS_RESOURCE) is done in several
 /// transactions within the same stop.
+/// Push an `openat(dirfd, path, flags)` step whose result must be an fd, closed again if a later
+/// step fails; returns the step's index (its result is the new fd).
+fn push_openat(pr: &mut Program, what: Desc, dirfd: Arg, path: usize, flags: i32) -> usize {
+    let o = pr.push(
+        what,
+        Call::sys(
+            libc::SYS_openat,
+            &[dirfd, Arg::Data(path), Arg::Imm(flags as u64), Arg::Imm(0)],
+        ),
+        Check::NonNeg,
+        None,
+    );
+    pr.ops[o].set_undo(Call::sys(libc::SYS_close, &[Arg::Result(o)]));
+    o
+}
+
 fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
     use libc::*;
     let mut pr = Program::default();
@@ -552,21 +568,13 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
         let mut dir_ops: HashMap<&Path, usize> = HashMap::new();
         for (d, _) in dir_count.iter().filter(|(_, n)| **n >= 2) {
             let dp = pr.data(cstr(d));
-            let o = pr.push(
+            let o = push_openat(
+                &mut pr,
                 step("open a parent directory"),
-                Call::sys(
-                    SYS_openat,
-                    &[
-                        imm(AT_FDCWD as i64),
-                        Arg::Data(dp),
-                        imm((O_PATH | O_DIRECTORY | O_CLOEXEC) as i64),
-                        imm(0),
-                    ],
-                ),
-                Check::NonNeg,
-                None,
+                imm(AT_FDCWD as i64),
+                dp,
+                O_PATH | O_DIRECTORY | O_CLOEXEC,
             );
-            pr.ops[o].set_undo(Call::sys(SYS_close, &[Arg::Result(o)]));
             dir_ops.insert(d, o);
         }
         for &g in members_b {
@@ -615,16 +623,13 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
             };
             let oflags =
                 (f0.flags & !(O_CLOEXEC | O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY)) | O_CLOEXEC;
-            let n = pr.push(
+            let n = push_openat(
+                &mut pr,
                 on_fd("openat through the new mount for", f0.fd),
-                Call::sys(
-                    SYS_openat,
-                    &[dirfd, Arg::Data(path), imm(oflags as i64), imm(0)],
-                ),
-                Check::NonNeg,
-                None,
+                dirfd,
+                path,
+                oflags,
             );
-            pr.ops[n].set_undo(Call::sys(SYS_close, &[Arg::Result(n)]));
             check_file(
                 &mut pr,
                 Arg::Result(n),
@@ -725,21 +730,13 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
                 let path = pr.data(cstr(&m.path));
                 // A read-only mapping is never reopened for writing.
                 let acc = if writable { O_RDWR } else { O_RDONLY };
-                let fd = pr.push(
+                let fd = push_openat(
+                    &mut pr,
                     on_map("openat through the new mount for", m.start),
-                    Call::sys(
-                        SYS_openat,
-                        &[
-                            imm(AT_FDCWD as i64),
-                            Arg::Data(path),
-                            imm((acc | O_CLOEXEC) as i64),
-                            imm(0),
-                        ],
-                    ),
-                    Check::NonNeg,
-                    None,
+                    imm(AT_FDCWD as i64),
+                    path,
+                    acc | O_CLOEXEC,
                 );
-                pr.ops[fd].set_undo(Call::sys(SYS_close, &[Arg::Result(fd)]));
                 check_file(
                     &mut pr,
                     Arg::Result(fd),
@@ -834,17 +831,14 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
             }
             if let Some(c) = &unit.cwd {
                 let dot = pr.data(b".\0".to_vec());
-                let dflags = (O_PATH | O_DIRECTORY | O_CLOEXEC) as i64;
-                let saved_cwd = pr.push(
+                let dflags = O_PATH | O_DIRECTORY | O_CLOEXEC;
+                let saved_cwd = push_openat(
+                    &mut pr,
                     step("open the current cwd"),
-                    Call::sys(
-                        SYS_openat,
-                        &[imm(AT_FDCWD as i64), Arg::Data(dot), imm(dflags), imm(0)],
-                    ),
-                    Check::NonNeg,
-                    None,
+                    imm(AT_FDCWD as i64),
+                    dot,
+                    dflags,
                 );
-                pr.ops[saved_cwd].set_undo(Call::sys(SYS_close, &[Arg::Result(saved_cwd)]));
                 check_file(
                     &mut pr,
                     Arg::Result(saved_cwd),
@@ -852,16 +846,13 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
                     step("check of the cwd (changed since the scan?)"),
                 );
                 let path = pr.data(cstr(&c.path));
-                let new_cwd = pr.push(
+                let new_cwd = push_openat(
+                    &mut pr,
                     step("openat through the new mount for the cwd"),
-                    Call::sys(
-                        SYS_openat,
-                        &[imm(AT_FDCWD as i64), Arg::Data(path), imm(dflags), imm(0)],
-                    ),
-                    Check::NonNeg,
-                    None,
+                    imm(AT_FDCWD as i64),
+                    path,
+                    dflags,
                 );
-                pr.ops[new_cwd].set_undo(Call::sys(SYS_close, &[Arg::Result(new_cwd)]));
                 check_file(
                     &mut pr,
                     Arg::Result(new_cwd),
