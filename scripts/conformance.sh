@@ -19,7 +19,7 @@ chmod 0755 "$work"
 mkdir -m 0777 "$work/native" "$work/chaosfs"
 echo '{"rules":[]}' > "$work/spec.json"
 
-failures() { grep -E '[[:space:]]failed$' "$1" | awk '{print $1}' | sort || true; }
+failures() { grep -E '[[:space:]](FAILED|failed)$' "$1" | grep -v '^Error:' | awk '{print $1}' | sort || true; }
 summary() { grep '^Summary:' "$1" || echo "no summary (suite crashed?)"; }
 
 echo "== pjdfstest, native"
@@ -46,7 +46,7 @@ if ! grep -q '^Summary:' "$work/pjd-chaosfs.txt"; then
     status=1
 elif ! diff -u "$work/fail-native" "$work/fail-chaosfs"; then
     echo "pjdfstest: ChaosFS fails differently from the native filesystem (diff above: - native, + ChaosFS)"
-    grep -A3 -E '[[:space:]]failed$' "$work/pjd-chaosfs.txt" | head -60
+    grep -A3 -E '[[:space:]]FAILED$' "$work/pjd-chaosfs.txt" | head -60
     status=1
 fi
 

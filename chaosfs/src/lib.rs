@@ -2,6 +2,7 @@
 
 pub mod error;
 pub mod fs;
+pub(crate) mod fuse;
 pub mod mount;
 pub mod rules;
 pub mod server;

@@ -7,9 +7,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use fuser::{Session, SessionACL};
-
 use crate::fs::{ChaosFs, FsConfig, FsInner, OpenMode, OpenStats, UpdateReport};
+use crate::fuse::Session;
 use crate::mount::Connection;
 use crate::rules::{RuleSet, RuleStats};
 use crate::sys;
@@ -102,13 +101,11 @@ impl Server {
             .scheduler()
             .start(cfg.delay_workers)
             .map_err(|e| Error::sys("start delay threads", e))?;
-        let mut fcfg = fuser::Config::default();
-        fcfg.n_threads = Some(cfg.n_threads.max(1));
-        fcfg.acl = SessionACL::All;
-        // fuser clones the connection by opening "/dev/fuse" when serving starts; where that
-        // path is missing (another mount namespace), the threads share one fd instead.
-        fcfg.clone_fd = sys::file::open(c"/dev/fuse", libc::O_RDWR).is_ok();
-        let session = Session::from_fd(ChaosFs(inner.clone()), fuse_fd, SessionACL::All, fcfg)
+        // Serving threads clone the connection by opening "/dev/fuse"; where that path is
+        // missing (another mount namespace), they share one fd instead.
+        let clone_fd = sys::file::open(c"/dev/fuse", libc::O_RDWR).is_ok();
+        let n_threads = cfg.n_threads.max(1);
+        let session = Session::handshake(ChaosFs(inner.clone()), fuse_fd)
             .map_err(|e| Error::sys("FUSE handshake", e))?;
         inner.set_notifier(session.notifier());
         let done = Arc::new(Done::default());
@@ -116,7 +113,7 @@ impl Server {
         let thread = std::thread::Builder::new()
             .name("chaosfs-session".into())
             .spawn(move || {
-                let r = session.run();
+                let r = session.run(n_threads, clone_fd);
                 if let Err(e) = &r {
                     tracing::warn!("FUSE session ended: {e}");
                 }

@@ -1,10 +1,12 @@
-//! Requests fuser 0.18 does not dispatch (FUSE_STATX, FUSE_SYNCFS, FUSE_TMPFILE) get ENOSYS and
-//! the mount keeps serving; teardown never leaves a stale mount behind.
+//! Requests beyond the everyday ones: O_TMPFILE (FUSE_TMPFILE), statx with birth time
+//! (FUSE_STATX), syncfs (FUSE_SYNCFS), and one the server does not implement (answered ENOSYS,
+//! the mount keeps serving); teardown never leaves a stale mount behind.
 
 mod fs_support;
 
 use std::fs;
-use std::os::fd::AsFd;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::time::Duration;
 
@@ -12,34 +14,106 @@ use chaosfs::Config;
 use chaosfs::rules::RuleSet;
 use fs_support::*;
 
+fn tmpfile_in(dir: &std::path::Path, extra: i32) -> std::io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .mode(0o640)
+        .custom_flags(libc::O_TMPFILE | extra)
+        .open(dir)
+}
+
 #[test]
-fn unknown_requests_keep_the_mount_serving() {
+fn o_tmpfile_works_and_can_be_linked() {
+    let m = mount();
+    fs::create_dir(m.join("d")).expect("mkdir");
+    let mut f = tmpfile_in(&m.join("d"), 0).expect("O_TMPFILE through ChaosFS");
+    f.write_all(b"unnamed data").expect("write");
+    let md = f.metadata().expect("fstat");
+    assert_eq!((md.nlink(), md.size()), (0, 12));
+    assert_eq!(md.mode() & 0o7777, 0o640);
+    // Nothing named appeared in the backing directory.
+    assert_eq!(fs::read_dir(m.backing("d")).expect("ls").count(), 0);
+    f.seek(SeekFrom::Start(0)).expect("seek");
+    let mut back = String::new();
+    f.read_to_string(&mut back).expect("read back");
+    assert_eq!(back, "unnamed data");
+    // Give it a name the way programs do: linkat through /proc/self/fd.
+    let proc_path = format!("/proc/self/fd/{}", f.as_raw_fd());
+    nix::unistd::linkat(
+        nix::fcntl::AT_FDCWD,
+        proc_path.as_str(),
+        nix::fcntl::AT_FDCWD,
+        &m.join("d/named"),
+        nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+    )
+    .expect("link the tmpfile");
+    assert_eq!(
+        fs::read(m.backing("d/named")).expect("backing"),
+        b"unnamed data"
+    );
+    assert_eq!(f.metadata().expect("fstat").nlink(), 1);
+    // O_EXCL makes it unlinkable, as on the backing file system.
+    let g = tmpfile_in(&m.join("d"), libc::O_EXCL).expect("O_TMPFILE|O_EXCL");
+    let r = nix::unistd::linkat(
+        nix::fcntl::AT_FDCWD,
+        format!("/proc/self/fd/{}", g.as_raw_fd()).as_str(),
+        nix::fcntl::AT_FDCWD,
+        &m.join("d/never"),
+        nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+    );
+    assert_eq!(r, Err(nix::errno::Errno::ENOENT));
+    // Without write access O_TMPFILE fails as natively (EISDIR-free: EINVAL needs O_WRONLY/RDWR).
+    let r = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_TMPFILE)
+        .open(m.join("d"));
+    assert_eq!(
+        r.map_err(|e| e.raw_os_error()).err(),
+        Some(Some(libc::EINVAL))
+    );
+}
+
+#[test]
+fn statx_birth_time_and_syncfs_are_served() {
     let m = mount();
     fs::write(m.join("f"), b"f").expect("write");
-    // std's metadata() uses statx(2): the kernel falls back to GETATTR after FUSE_STATX's ENOSYS.
+    // std's metadata() uses statx(2) asking for the birth time, which sends FUSE_STATX.
     let md = fs::metadata(m.join("f")).expect("statx");
+    let native = fs::metadata(m.backing("f")).expect("native statx");
     assert_eq!(md.size(), 1);
-    let created = md.created();
-    assert!(
-        created.is_ok() || created.is_err(),
-        "birth time is optional"
-    );
+    assert_eq!(md.ino(), native.ino());
+    match native.created() {
+        Ok(t) => assert_eq!(md.created().expect("birth time through ChaosFS"), t),
+        Err(_) => assert!(md.created().is_err()),
+    }
     // syncfs(2) sends FUSE_SYNCFS.
     let d = fs::File::open(m.path()).expect("open root");
     nix::unistd::syncfs(d.as_fd()).expect("syncfs");
-    // O_TMPFILE sends FUSE_TMPFILE, which fuser 0.18 cannot dispatch: EOPNOTSUPP, as on a
-    // file system without O_TMPFILE support.
-    let r = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_TMPFILE)
-        .open(m.path());
-    assert_eq!(
-        r.map_err(|e| e.raw_os_error()).err(),
-        Some(Some(libc::EOPNOTSUPP))
+}
+
+#[test]
+fn unknown_requests_keep_the_mount_serving() {
+    // A rule touching "f" makes its opens direct I/O; poll(2) on it sends FUSE_POLL, which the
+    // server does not implement: ENOSYS, after which the kernel reports the default mask.
+    let m = mount_with(
+        rules(r#"{"rules":[{"ops":["read"],"glob":"f","percent":0,"errno":"EIO"}]}"#),
+        Config::default(),
+        |_| {},
     );
+    fs::write(m.join("f"), b"f").expect("write");
+    let f = fs::File::open(m.join("f")).expect("open");
+    let mut p = [libc::pollfd {
+        fd: f.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // SAFETY: `p` is one valid pollfd for the duration of the call.
+    let n = unsafe { libc::poll(p.as_mut_ptr(), 1, 1000) };
+    assert_eq!(n, 1);
+    assert!(p[0].revents & libc::POLLIN != 0);
     // Still serving.
-    fs::write(m.join("g"), b"still").expect("write after unknown requests");
+    fs::write(m.join("g"), b"still").expect("write after an unknown request");
     assert_eq!(fs::read(m.join("g")).expect("read"), b"still");
     assert_eq!(fs::metadata(m.join("f")).expect("stat").size(), 1);
 }

@@ -14,7 +14,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use fuser::BackingId;
+use crate::fuse::BackingId;
 
 /// Node id of the root.
 pub(crate) const ROOT: u64 = 1;

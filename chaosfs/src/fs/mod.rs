@@ -24,8 +24,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::fuse::{Errno, FileAttr, FileType, INodeNo, Notifier};
 use arc_swap::ArcSwap;
-use fuser::{Errno, FileAttr, FileType, INodeNo, Notifier};
 
 pub(crate) use delay::Scheduler;
 use handle::HandleTable;
@@ -80,7 +80,7 @@ pub(crate) struct Caller {
 }
 
 impl Caller {
-    fn of(req: &fuser::Request) -> Caller {
+    fn of(req: &crate::fuse::Request) -> Caller {
         Caller {
             uid: req.uid(),
             gid: req.gid(),

@@ -11,10 +11,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, UNIX_EPOCH};
 
-use fuser::{
-    Errno, FileHandle, FileType, FopenFlags, Generation, INodeNo, KernelConfig, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl,
-    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, TimeOrNow,
+use crate::fuse::abi::init as F;
+use crate::fuse::{
+    BackingId, Errno, FileHandle, FileType, FopenFlags, Generation, INodeNo, KernelConfig,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyStatx, ReplyWrite, ReplyXattr,
+    SetattrArgs, TimeOrNow,
 };
 
 use super::handle::{DirStream, Handle, HandleKind, OpenMode};
@@ -108,38 +110,29 @@ impl FsInner {
     // ----- init -----
 
     pub(crate) fn init(&self, config: &mut KernelConfig) {
-        use fuser::InitFlags as F;
-        let caps = config.capabilities();
-        let wanted = [
-            F::FUSE_ATOMIC_O_TRUNC,
-            F::FUSE_DONT_MASK,
-            F::FUSE_POSIX_ACL,
-            F::FUSE_DO_READDIRPLUS,
-            F::FUSE_READDIRPLUS_AUTO,
-            F::FUSE_PARALLEL_DIROPS,
-            F::FUSE_HAS_IOCTL_DIR,
-            F::FUSE_AUTO_INVAL_DATA,
-            F::FUSE_ASYNC_DIO,
-            F::FUSE_DIRECT_IO_ALLOW_MMAP,
-        ];
-        for f in wanted {
-            if caps.contains(f) {
-                let _ = config.add_capabilities(f);
-            }
+        for f in [
+            F::ATOMIC_O_TRUNC,
+            F::DONT_MASK,
+            F::POSIX_ACL,
+            F::DO_READDIRPLUS,
+            F::READDIRPLUS_AUTO,
+            F::PARALLEL_DIROPS,
+            F::HAS_IOCTL_DIR,
+            F::AUTO_INVAL_DATA,
+            F::ASYNC_DIO,
+            F::DIRECT_IO_ALLOW_MMAP,
+        ] {
+            config.want(f);
         }
-        if self.cfg.passthrough
-            && caps.contains(F::FUSE_PASSTHROUGH)
-            && config.add_capabilities(F::FUSE_PASSTHROUGH).is_ok()
-            && config.set_max_stack_depth(1).is_ok()
-        {
+        if self.cfg.passthrough && config.want(F::PASSTHROUGH) {
+            config.max_stack_depth = 1;
             self.passthrough_ok.store(true, Ordering::Relaxed);
         } else if self.cfg.passthrough {
             tracing::warn!("kernel lacks FUSE passthrough; every file is served with direct I/O");
         }
-        let _ = config
-            .set_max_readahead(1 << 20)
-            .or_else(|max| config.set_max_readahead(max));
-        let _ = config.set_max_background(64);
+        config.max_readahead = config.max_readahead.min(1 << 20);
+        config.max_background = 64;
+        config.congestion_threshold = 48;
     }
 
     // ----- helpers -----
@@ -266,20 +259,29 @@ impl FsInner {
         reply.attr(&self.ttl(Target::Node(ino.0)), &attr);
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn setattr(
-        &self,
-        ino: INodeNo,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        atime: Option<TimeOrNow>,
-        mtime: Option<TimeOrNow>,
-        fh: Option<FileHandle>,
-        v: &Verdict,
-        reply: ReplyAttr,
-    ) {
+    /// FUSE_STATX (the kernel asks when a caller wants more than the basic stats: birth time).
+    pub(crate) fn statx(&self, ino: INodeNo, v: &Verdict, reply: ReplyStatx) {
+        fail_if_errno!(v, reply);
+        let inode = tri!(self.inode(ino), reply);
+        let st = tri!(sys::file::fstat(inode.fd.as_fd()).map_err(errno), reply);
+        let stx = tri!(sys::file::statx(inode.fd.as_fd()).map_err(errno), reply);
+        let mut attr = attr_of(reported_ino(&inode), &st);
+        if let Some(o) = &v.attr {
+            apply_override(&mut attr, o);
+        }
+        reply.statx(&self.ttl(Target::Node(ino.0)), &attr, &stx);
+    }
+
+    pub(crate) fn setattr(&self, ino: INodeNo, a: SetattrArgs, v: &Verdict, reply: ReplyAttr) {
+        let SetattrArgs {
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+            fh,
+        } = a;
         fail_if_errno!(v, reply);
         let inode = tri!(self.inode(ino), reply);
         let handle = fh.and_then(|fh| self.handles.get(fh.0));
@@ -569,7 +571,7 @@ impl FsInner {
         fd: OwnedFd,
         flags: i32,
         (path, path_full): (Option<Box<Path>>, bool),
-        open_backing: impl FnOnce(BorrowedFd<'_>) -> io::Result<fuser::BackingId>,
+        open_backing: impl FnOnce(BorrowedFd<'_>) -> io::Result<BackingId>,
     ) -> (FileHandle, OpenMode, FopenFlags) {
         let mut mode = self.choose_mode(path.as_deref(), st);
         if mode == OpenMode::Passthrough && st.backing.is_none() {
@@ -638,6 +640,60 @@ impl FsInner {
             apply_override(&mut attr, o);
         }
         let path = self.handle_path(&inode, Some((parent.0, name)));
+        let Ok(mut ost) = inode.open.lock() else {
+            return reply.error(Errno::EIO);
+        };
+        let (fh, mode, pflags) = self.register_open(&inode, &mut ost, fd, flags, path, |fd| {
+            reply.open_backing(fd)
+        });
+        match (mode, &ost.backing) {
+            (OpenMode::Passthrough, Some(id)) => {
+                reply.created_passthrough(&ttl, &attr, GEN, fh, pflags, id)
+            }
+            _ => reply.created(&ttl, &attr, GEN, fh, Self::direct_flags()),
+        }
+    }
+
+    /// FUSE_TMPFILE (`open(dir, O_TMPFILE)`): an unnamed file in `parent`, created as the
+    /// caller, opened like a create.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn tmpfile(
+        &self,
+        c: Caller,
+        parent: INodeNo,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        v: &Verdict,
+        reply: ReplyCreate,
+    ) {
+        fail_if_errno!(v, reply);
+        let p = tri!(self.inode(parent), reply);
+        let mode = self.prepare_umask(mode, umask);
+        // O_TMPFILE carries O_DIRECTORY; O_EXCL (never linkable) is kept.
+        let oflags = (flags & !(libc::O_CREAT | libc::O_NOCTTY | libc::O_TRUNC)) | libc::O_TMPFILE;
+        let r = sys::thread::CallerCreds::enter(c.uid, c.gid)
+            .and_then(|_creds| sys::file::openat(p.fd.as_fd(), c".", oflags, mode & 0o7777));
+        let fd = tri!(r.map_err(errno), reply);
+        let path_fd = tri!(
+            sys::file::openat(
+                self.proc_fd.as_fd(),
+                FdName::new(fd.as_raw_fd()).as_cstr(),
+                libc::O_PATH,
+                0
+            )
+            .map_err(errno),
+            reply
+        );
+        let st = tri!(sys::file::fstat(path_fd.as_fd()).map_err(errno), reply);
+        let inode = tri!(self.inodes.insert(path_fd, &st).ok_or(Errno::EIO), reply);
+        let ttl = self.ttl(Target::Node(parent.0));
+        let mut attr = attr_of(reported_ino(&inode), &st);
+        if let Some(o) = &v.attr {
+            apply_override(&mut attr, o);
+        }
+        // No name: rules see the path the kernel gives it ("DIR/#INO (deleted)").
+        let path = self.handle_path(&inode, None);
         let Ok(mut ost) = inode.open.lock() else {
             return reply.error(Errno::EIO);
         };
@@ -784,6 +840,17 @@ impl FsInner {
             sys::file::fsync(h.fd.as_fd(), datasync).map_err(errno),
             reply
         );
+        reply.ok();
+    }
+
+    /// FUSE_SYNCFS: `syncfs` of the backing file system.
+    pub(crate) fn syncfs(&self, v: &Verdict, reply: ReplyEmpty) {
+        fail_if_errno!(v, reply);
+        let root = self.inodes.root().clone();
+        // syncfs needs a real fd; the inode's is O_PATH.
+        let r = sys::file::openat(root.fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
+            .and_then(|d| sys::file::syncfs(d.as_fd()));
+        tri!(r.map_err(errno), reply);
         reply.ok();
     }
 

@@ -74,6 +74,29 @@ pub(crate) fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
     fstatat(fd, c"", libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)
 }
 
+/// `statx(2)` of what an fd refers to (basic stats plus birth time).
+pub(crate) fn statx(fd: BorrowedFd<'_>) -> io::Result<libc::statx> {
+    let mut st = MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: the empty path is NUL-terminated, `st` is writable memory for one `struct statx`,
+    // filled on success (and zeroed before, so fields the kernel skips are defined).
+    unsafe {
+        cvt(libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_BASIC_STATS | libc::STATX_BTIME,
+            st.as_mut_ptr(),
+        ))?;
+        Ok(st.assume_init())
+    }
+}
+
+/// `syncfs(2)`.
+pub(crate) fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: no memory is passed.
+    cvt(unsafe { libc::syncfs(fd.as_raw_fd()) }).map(drop)
+}
+
 /// `fstatfs(2)`.
 pub(crate) fn fstatfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
     let mut st = MaybeUninit::<libc::statvfs>::uninit();

@@ -2,6 +2,7 @@
 //! crate sees safe functions that return `io::Result` carrying the real errno.
 
 pub(crate) mod file;
+pub(crate) mod fuse_dev;
 pub(crate) mod mount;
 pub(crate) mod thread;
 

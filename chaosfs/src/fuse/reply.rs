@@ -1,0 +1,559 @@
+//! Replies. Each request gets exactly one: a typed reply object owns the request's [`Sender`],
+//! is consumed by answering, and answers EIO if dropped unanswered (a request the kernel never
+//! hears back about would hang its caller).
+
+use std::ffi::OsStr;
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use zerocopy::IntoBytes;
+
+use super::abi;
+use super::types::{Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, valid};
+use crate::sys::fuse_dev;
+
+/// Where and to which request a reply goes: the `/dev/fuse` fd the request was read from (the
+/// kernel looks the request up in that fd's queue) and the request's unique id.
+#[derive(Debug)]
+pub struct Sender {
+    ch: Arc<OwnedFd>,
+    unique: u64,
+}
+
+impl Sender {
+    pub(crate) fn new(ch: Arc<OwnedFd>, unique: u64) -> Sender {
+        Sender { ch, unique }
+    }
+
+    /// Answer with an error.
+    pub(crate) fn error(self, e: Errno) {
+        self.send(e.code(), &[]);
+    }
+
+    /// Answer with success and no payload.
+    pub(crate) fn ok(self) {
+        self.send(0, &[]);
+    }
+
+    /// Send a reply: `error` (0 or a positive errno) and the payload parts.
+    fn send(&self, error: i32, parts: &[&[u8]]) {
+        if error != 0 {
+            tracing::trace!(unique = self.unique, "reply errno {error}");
+        }
+        let len =
+            std::mem::size_of::<abi::OutHeader>() + parts.iter().map(|p| p.len()).sum::<usize>();
+        let h = abi::OutHeader {
+            len: len as u32,
+            error: -error,
+            unique: self.unique,
+        };
+        let mut iov = Vec::with_capacity(parts.len() + 1);
+        iov.push(IoSlice::new(h.as_bytes()));
+        iov.extend(
+            parts
+                .iter()
+                .filter(|p| !p.is_empty())
+                .map(|p| IoSlice::new(p)),
+        );
+        if let Err(e) = fuse_dev::writev(self.ch.as_fd(), &iov) {
+            // ENOENT: the request was interrupted and is gone; ENODEV: the connection ended.
+            if !matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENODEV)) {
+                tracing::warn!("FUSE reply to request {}: {e}", self.unique);
+            }
+        }
+    }
+}
+
+/// One backing file registered for kernel passthrough; unregistered when dropped.
+#[derive(Debug)]
+pub struct BackingId {
+    ch: Weak<OwnedFd>,
+    id: u32,
+}
+
+impl BackingId {
+    fn open(ch: &Arc<OwnedFd>, fd: impl AsFd) -> io::Result<BackingId> {
+        let id = fuse_dev::backing_open(ch.as_fd(), fd.as_fd())?;
+        Ok(BackingId {
+            ch: Arc::downgrade(ch),
+            id,
+        })
+    }
+}
+
+impl Drop for BackingId {
+    fn drop(&mut self) {
+        if let Some(ch) = self.ch.upgrade()
+            && let Err(e) = fuse_dev::backing_close(ch.as_fd(), self.id)
+            && e.raw_os_error() != Some(libc::ENODEV)
+        {
+            tracing::warn!("close FUSE backing id {}: {e}", self.id);
+        }
+    }
+}
+
+/// The common part: a sender used at most once.
+#[derive(Debug)]
+struct Once(Option<Sender>);
+
+impl Once {
+    fn send(&mut self, error: i32, parts: &[&[u8]]) {
+        if let Some(s) = self.0.take() {
+            s.send(error, parts);
+        }
+    }
+    fn error(&mut self, e: Errno) {
+        self.send(e.code(), &[]);
+    }
+    fn sender(&self) -> Option<&Sender> {
+        self.0.as_ref()
+    }
+}
+
+impl Drop for Once {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take() {
+            tracing::warn!(
+                "request {} dropped without a reply; answering EIO",
+                s.unique
+            );
+            s.send(libc::EIO, &[]);
+        }
+    }
+}
+
+macro_rules! reply_type {
+    ($(#[$m:meta])* $name:ident) => {
+        $(#[$m])*
+        #[derive(Debug)]
+        pub struct $name(Once);
+
+        impl $name {
+            pub(crate) fn new(s: Sender) -> Self {
+                $name(Once(Some(s)))
+            }
+            /// Answer with an error.
+            pub fn error(mut self, e: Errno) {
+                self.0.error(e);
+            }
+        }
+    };
+}
+
+reply_type!(
+    /// An answer with no payload.
+    ReplyEmpty
+);
+reply_type!(
+    /// Raw bytes (read, readlink).
+    ReplyData
+);
+reply_type!(
+    /// A directory entry (lookup, mknod, mkdir, symlink, link).
+    ReplyEntry
+);
+reply_type!(
+    /// Attributes (getattr, setattr).
+    ReplyAttr
+);
+reply_type!(
+    /// Extended attributes of a statx request.
+    ReplyStatx
+);
+reply_type!(
+    /// An open handle (open, opendir).
+    ReplyOpen
+);
+reply_type!(
+    /// Bytes written (write, copy_file_range).
+    ReplyWrite
+);
+reply_type!(
+    /// File system statistics.
+    ReplyStatfs
+);
+reply_type!(
+    /// A new entry and its open handle (create, tmpfile).
+    ReplyCreate
+);
+reply_type!(
+    /// An ioctl result.
+    ReplyIoctl
+);
+reply_type!(
+    /// An xattr value or list, or the size it needs.
+    ReplyXattr
+);
+reply_type!(
+    /// A file offset (lseek).
+    ReplyLseek
+);
+
+impl ReplyEmpty {
+    pub fn ok(mut self) {
+        self.0.send(0, &[]);
+    }
+}
+
+impl ReplyData {
+    pub fn data(mut self, data: &[u8]) {
+        self.0.send(0, &[data]);
+    }
+}
+
+fn entry_out(
+    attr_ttl: &Duration,
+    entry_ttl: &Duration,
+    attr: &FileAttr,
+    g: Generation,
+) -> abi::EntryOut {
+    let (entry_valid, entry_valid_nsec) = valid(entry_ttl);
+    let (attr_valid, attr_valid_nsec) = valid(attr_ttl);
+    abi::EntryOut {
+        nodeid: attr.ino.0,
+        generation: g.0,
+        entry_valid,
+        attr_valid,
+        entry_valid_nsec,
+        attr_valid_nsec,
+        attr: attr.to_abi(),
+    }
+}
+
+impl ReplyEntry {
+    pub fn entry(self, ttl: &Duration, attr: &FileAttr, g: Generation) {
+        self.entry_with_ttls(ttl, ttl, attr, g);
+    }
+
+    /// An entry whose attributes (`attr_ttl`) and name (`entry_ttl`) are cached for different
+    /// times. A node id of 0 with a non-zero `entry_ttl` caches a negative entry.
+    pub fn entry_with_ttls(
+        mut self,
+        attr_ttl: &Duration,
+        entry_ttl: &Duration,
+        attr: &FileAttr,
+        g: Generation,
+    ) {
+        let e = entry_out(attr_ttl, entry_ttl, attr, g);
+        self.0.send(0, &[e.as_bytes()]);
+    }
+}
+
+impl ReplyAttr {
+    pub fn attr(mut self, ttl: &Duration, attr: &FileAttr) {
+        let (attr_valid, attr_valid_nsec) = valid(ttl);
+        let a = abi::AttrOut {
+            attr_valid,
+            attr_valid_nsec,
+            dummy: 0,
+            attr: attr.to_abi(),
+        };
+        self.0.send(0, &[a.as_bytes()]);
+    }
+}
+
+impl ReplyStatx {
+    /// Answer a statx request from a `struct statx` of the backing file (with the node id as
+    /// `stx_ino` and the attribute overrides already applied to `attr`).
+    pub fn statx(mut self, ttl: &Duration, attr: &FileAttr, stx: &libc::statx) {
+        let (attr_valid, attr_valid_nsec) = valid(ttl);
+        let a = attr.to_abi();
+        let t = |secs: u64, nsec: u32| abi::SxTime {
+            tv_sec: secs as i64,
+            tv_nsec: nsec,
+            reserved: 0,
+        };
+        let rdev_major = (attr.rdev & 0xfff00) >> 8;
+        let rdev_minor = (attr.rdev & 0xff) | ((attr.rdev >> 12) & 0xfff00);
+        let out = abi::StatxOut {
+            attr_valid,
+            attr_valid_nsec,
+            flags: 0,
+            spare: [0; 2],
+            stat: abi::Statx {
+                mask: stx.stx_mask & (libc::STATX_BASIC_STATS | libc::STATX_BTIME),
+                blksize: a.blksize,
+                attributes: stx.stx_attributes,
+                nlink: a.nlink,
+                uid: a.uid,
+                gid: a.gid,
+                mode: a.mode as u16,
+                spare0: 0,
+                ino: a.ino,
+                size: a.size,
+                blocks: a.blocks,
+                attributes_mask: stx.stx_attributes_mask,
+                atime: t(a.atime, a.atimensec),
+                btime: t(stx.stx_btime.tv_sec as u64, stx.stx_btime.tv_nsec),
+                ctime: t(a.ctime, a.ctimensec),
+                mtime: t(a.mtime, a.mtimensec),
+                rdev_major,
+                rdev_minor,
+                dev_major: 0,
+                dev_minor: 0,
+                spare2: [0; 14],
+            },
+        };
+        self.0.send(0, &[out.as_bytes()]);
+    }
+}
+
+impl ReplyOpen {
+    pub fn opened(mut self, fh: FileHandle, flags: FopenFlags) {
+        let o = abi::OpenOut {
+            fh: fh.0,
+            open_flags: flags.bits(),
+            backing_id: 0,
+        };
+        self.0.send(0, &[o.as_bytes()]);
+    }
+
+    /// Register `fd` as a passthrough backing file on this request's connection.
+    pub fn open_backing(&self, fd: impl AsFd) -> io::Result<BackingId> {
+        let s = self
+            .0
+            .sender()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
+        BackingId::open(&s.ch, fd)
+    }
+
+    pub fn opened_passthrough(mut self, fh: FileHandle, flags: FopenFlags, id: &BackingId) {
+        let o = abi::OpenOut {
+            fh: fh.0,
+            open_flags: flags.bits() | abi::fopen::PASSTHROUGH,
+            backing_id: id.id as i32,
+        };
+        self.0.send(0, &[o.as_bytes()]);
+    }
+}
+
+impl ReplyCreate {
+    pub fn created(
+        mut self,
+        ttl: &Duration,
+        attr: &FileAttr,
+        g: Generation,
+        fh: FileHandle,
+        flags: FopenFlags,
+    ) {
+        let e = entry_out(ttl, ttl, attr, g);
+        let o = abi::OpenOut {
+            fh: fh.0,
+            open_flags: flags.bits(),
+            backing_id: 0,
+        };
+        self.0.send(0, &[e.as_bytes(), o.as_bytes()]);
+    }
+
+    /// Register `fd` as a passthrough backing file on this request's connection.
+    pub fn open_backing(&self, fd: impl AsFd) -> io::Result<BackingId> {
+        let s = self
+            .0
+            .sender()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
+        BackingId::open(&s.ch, fd)
+    }
+
+    pub fn created_passthrough(
+        mut self,
+        ttl: &Duration,
+        attr: &FileAttr,
+        g: Generation,
+        fh: FileHandle,
+        flags: FopenFlags,
+        id: &BackingId,
+    ) {
+        let e = entry_out(ttl, ttl, attr, g);
+        let o = abi::OpenOut {
+            fh: fh.0,
+            open_flags: flags.bits() | abi::fopen::PASSTHROUGH,
+            backing_id: id.id as i32,
+        };
+        self.0.send(0, &[e.as_bytes(), o.as_bytes()]);
+    }
+}
+
+impl ReplyWrite {
+    pub fn written(mut self, size: u32) {
+        let w = abi::WriteOut { size, padding: 0 };
+        self.0.send(0, &[w.as_bytes()]);
+    }
+}
+
+impl ReplyStatfs {
+    #[allow(clippy::too_many_arguments)]
+    pub fn statfs(
+        mut self,
+        blocks: u64,
+        bfree: u64,
+        bavail: u64,
+        files: u64,
+        ffree: u64,
+        bsize: u32,
+        namelen: u32,
+        frsize: u32,
+    ) {
+        let s = abi::Kstatfs {
+            blocks,
+            bfree,
+            bavail,
+            files,
+            ffree,
+            bsize,
+            namelen,
+            frsize,
+            padding: 0,
+            spare: [0; 6],
+        };
+        self.0.send(0, &[s.as_bytes()]);
+    }
+}
+
+impl ReplyIoctl {
+    pub fn ioctl(mut self, result: i32, data: &[u8]) {
+        let o = abi::IoctlOut {
+            result,
+            flags: 0,
+            in_iovs: 0,
+            out_iovs: 0,
+        };
+        self.0.send(0, &[o.as_bytes(), data]);
+    }
+}
+
+impl ReplyXattr {
+    /// The size a buffer needs (the caller asked with size 0).
+    pub fn size(mut self, size: u32) {
+        let o = abi::GetxattrOut { size, padding: 0 };
+        self.0.send(0, &[o.as_bytes()]);
+    }
+    pub fn data(mut self, data: &[u8]) {
+        self.0.send(0, &[data]);
+    }
+}
+
+impl ReplyLseek {
+    pub fn offset(mut self, offset: i64) {
+        let o = abi::LseekOut {
+            offset: offset as u64,
+        };
+        self.0.send(0, &[o.as_bytes()]);
+    }
+}
+
+/// Directory entries packed into the size the kernel asked for.
+#[derive(Debug)]
+struct DirBuf {
+    buf: Vec<u8>,
+    max: usize,
+}
+
+impl DirBuf {
+    fn new(max: usize) -> DirBuf {
+        DirBuf {
+            buf: Vec::with_capacity(max.min(1 << 17)),
+            max,
+        }
+    }
+
+    /// Append one record (parts, then the name, then padding to 8 bytes). True if it did not
+    /// fit (the buffer is full).
+    fn push(&mut self, parts: &[&[u8]], name: &[u8]) -> bool {
+        let fixed: usize = parts.iter().map(|p| p.len()).sum();
+        let len = (fixed + name.len()).next_multiple_of(8);
+        if self.buf.len() + len > self.max {
+            return true;
+        }
+        for p in parts {
+            self.buf.extend_from_slice(p);
+        }
+        self.buf.extend_from_slice(name);
+        self.buf
+            .resize(self.buf.len() + (len - fixed - name.len()), 0);
+        false
+    }
+}
+
+/// READDIR entries.
+#[derive(Debug)]
+pub struct ReplyDirectory(Once, DirBuf);
+
+impl ReplyDirectory {
+    pub(crate) fn new(s: Sender, size: u32) -> Self {
+        ReplyDirectory(Once(Some(s)), DirBuf::new(size as usize))
+    }
+
+    /// Add an entry; true if the reply is full (the entry was not added).
+    #[must_use]
+    pub fn add(
+        &mut self,
+        ino: INodeNo,
+        offset: u64,
+        kind: FileType,
+        name: impl AsRef<OsStr>,
+    ) -> bool {
+        let name = name.as_ref().as_bytes();
+        let d = abi::Dirent {
+            ino: ino.0,
+            off: offset,
+            namelen: name.len() as u32,
+            typ: kind.dtype(),
+        };
+        self.1.push(&[d.as_bytes()], name)
+    }
+
+    pub fn ok(mut self) {
+        let buf = std::mem::take(&mut self.1.buf);
+        self.0.send(0, &[&buf]);
+    }
+
+    pub fn error(mut self, e: Errno) {
+        self.0.error(e);
+    }
+}
+
+/// READDIRPLUS entries, each with its lookup result.
+#[derive(Debug)]
+pub struct ReplyDirectoryPlus(Once, DirBuf);
+
+impl ReplyDirectoryPlus {
+    pub(crate) fn new(s: Sender, size: u32) -> Self {
+        ReplyDirectoryPlus(Once(Some(s)), DirBuf::new(size as usize))
+    }
+
+    /// Add an entry; true if the reply is full (the entry was not added). A node id of 0 adds
+    /// a name without a lookup (the kernel counts no reference).
+    #[must_use]
+    pub fn add(
+        &mut self,
+        ino: INodeNo,
+        offset: u64,
+        name: impl AsRef<OsStr>,
+        ttl: &Duration,
+        attr: &FileAttr,
+        g: Generation,
+    ) -> bool {
+        let name = name.as_ref().as_bytes();
+        let mut e = entry_out(ttl, ttl, attr, g);
+        e.nodeid = ino.0;
+        let d = abi::Dirent {
+            ino: attr.ino.0,
+            off: offset,
+            namelen: name.len() as u32,
+            typ: attr.kind.dtype(),
+        };
+        self.1.push(&[e.as_bytes(), d.as_bytes()], name)
+    }
+
+    pub fn ok(mut self) {
+        let buf = std::mem::take(&mut self.1.buf);
+        self.0.send(0, &[&buf]);
+    }
+
+    pub fn error(mut self, e: Errno) {
+        self.0.error(e);
+    }
+}

@@ -1,0 +1,644 @@
+//! Parsing one request read from `/dev/fuse` into an [`Operation`] that borrows the buffer.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use zerocopy::FromBytes;
+
+use super::abi::{self, op};
+use super::types::{FileHandle, INodeNo, TimeOrNow};
+
+/// The header fields a file system needs: who asks, about which node.
+#[derive(Debug, Clone, Copy)]
+pub struct Request {
+    pub unique: u64,
+    pub nodeid: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+impl Request {
+    pub fn uid(&self) -> u32 {
+        self.uid
+    }
+    pub fn gid(&self) -> u32 {
+        self.gid
+    }
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+}
+
+/// `setattr` arguments, decoded from `fuse_setattr_in.valid`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetattrArgs {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeOrNow>,
+    pub mtime: Option<TimeOrNow>,
+    pub fh: Option<FileHandle>,
+}
+
+/// One request. Names and data borrow the read buffer.
+#[derive(Debug)]
+pub enum Operation<'a> {
+    Init {
+        major: u32,
+        minor: u32,
+        max_readahead: u32,
+        flags: u64,
+    },
+    Destroy,
+    Lookup {
+        name: &'a OsStr,
+    },
+    Forget {
+        nlookup: u64,
+    },
+    BatchForget {
+        nodes: Vec<(INodeNo, u64)>,
+    },
+    Getattr,
+    Statx,
+    Setattr(SetattrArgs),
+    Readlink,
+    Symlink {
+        name: &'a OsStr,
+        target: &'a Path,
+    },
+    Mknod {
+        name: &'a OsStr,
+        mode: u32,
+        rdev: u32,
+        umask: u32,
+    },
+    Mkdir {
+        name: &'a OsStr,
+        mode: u32,
+        umask: u32,
+    },
+    Unlink {
+        name: &'a OsStr,
+    },
+    Rmdir {
+        name: &'a OsStr,
+    },
+    Rename {
+        name: &'a OsStr,
+        newparent: INodeNo,
+        newname: &'a OsStr,
+        flags: u32,
+    },
+    Link {
+        oldnode: INodeNo,
+        newname: &'a OsStr,
+    },
+    Open {
+        flags: i32,
+    },
+    Read {
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+    },
+    Write {
+        fh: FileHandle,
+        offset: u64,
+        data: &'a [u8],
+    },
+    Statfs,
+    Release {
+        fh: FileHandle,
+    },
+    Fsync {
+        fh: FileHandle,
+        datasync: bool,
+    },
+    Setxattr {
+        name: &'a OsStr,
+        value: &'a [u8],
+        flags: i32,
+    },
+    Getxattr {
+        name: &'a OsStr,
+        size: u32,
+    },
+    Listxattr {
+        size: u32,
+    },
+    Removexattr {
+        name: &'a OsStr,
+    },
+    Flush {
+        fh: FileHandle,
+    },
+    Opendir,
+    Readdir {
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+    },
+    Readdirplus {
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+    },
+    Releasedir {
+        fh: FileHandle,
+    },
+    Fsyncdir {
+        fh: FileHandle,
+        datasync: bool,
+    },
+    Access {
+        mask: i32,
+    },
+    Create {
+        name: &'a OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+    },
+    Tmpfile {
+        mode: u32,
+        umask: u32,
+        flags: i32,
+    },
+    Interrupt,
+    NotifyReply,
+    Ioctl {
+        fh: FileHandle,
+        cmd: u32,
+        in_data: &'a [u8],
+        out_size: u32,
+    },
+    Fallocate {
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+    },
+    Lseek {
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+    },
+    CopyFileRange {
+        fh_in: FileHandle,
+        off_in: u64,
+        fh_out: FileHandle,
+        off_out: u64,
+        len: u64,
+        flags: u64,
+    },
+    Syncfs,
+    /// An opcode this server does not implement (answered with ENOSYS).
+    Unknown(u32),
+}
+
+/// Why a request could not be parsed (answered with EIO, the kernel's view of a garbled reply).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Malformed;
+
+/// Reads fixed structs and NUL-terminated strings off the argument bytes.
+struct Args<'a>(&'a [u8]);
+
+impl<'a> Args<'a> {
+    fn get<T: FromBytes>(&mut self) -> Result<T, Malformed> {
+        let (v, rest) = T::read_from_prefix(self.0).map_err(|_| Malformed)?;
+        self.0 = rest;
+        Ok(v)
+    }
+
+    fn name(&mut self) -> Result<&'a OsStr, Malformed> {
+        let end = self.0.iter().position(|&b| b == 0).ok_or(Malformed)?;
+        let (s, rest) = self.0.split_at(end);
+        self.0 = &rest[1..];
+        Ok(OsStr::from_bytes(s))
+    }
+
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], Malformed> {
+        if self.0.len() < n {
+            return Err(Malformed);
+        }
+        let (s, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(s)
+    }
+}
+
+fn time_or_now(secs: u64, nsecs: u32, now: bool) -> TimeOrNow {
+    if now {
+        TimeOrNow::Now
+    } else {
+        let (s, n) = (secs as i64, nsecs.min(999_999_999));
+        let t = if s >= 0 {
+            std::time::UNIX_EPOCH + std::time::Duration::new(s as u64, n)
+        } else {
+            std::time::UNIX_EPOCH - std::time::Duration::new(s.unsigned_abs(), 0)
+                + std::time::Duration::new(0, n)
+        };
+        TimeOrNow::SpecificTime(t)
+    }
+}
+
+/// Split `buf` (exactly what one `read` returned) into header and operation.
+pub fn parse(buf: &[u8]) -> Result<(Request, Operation<'_>), Malformed> {
+    let (h, _) = abi::InHeader::read_from_prefix(buf).map_err(|_| Malformed)?;
+    let len = (h.len as usize).min(buf.len());
+    let ext = usize::from(h.total_extlen) * 8;
+    let hdr = std::mem::size_of::<abi::InHeader>();
+    if len < hdr + ext {
+        return Err(Malformed);
+    }
+    let req = Request {
+        unique: h.unique,
+        nodeid: h.nodeid,
+        uid: h.uid,
+        gid: h.gid,
+        pid: h.pid,
+    };
+    let mut a = Args(&buf[hdr..len - ext]);
+    let fh = |f: u64| FileHandle(f);
+    let o = match h.opcode {
+        op::INIT => {
+            let i: abi::InitIn = a.get()?;
+            let flags2: u32 = if u64::from(i.flags) & abi::init::INIT_EXT != 0 {
+                a.get().unwrap_or(0)
+            } else {
+                0
+            };
+            Operation::Init {
+                major: i.major,
+                minor: i.minor,
+                max_readahead: i.max_readahead,
+                flags: u64::from(i.flags) | (u64::from(flags2) << 32),
+            }
+        }
+        op::DESTROY => Operation::Destroy,
+        op::LOOKUP => Operation::Lookup { name: a.name()? },
+        op::FORGET => Operation::Forget {
+            nlookup: a.get::<abi::ForgetIn>()?.nlookup,
+        },
+        op::BATCH_FORGET => {
+            let b: abi::BatchForgetIn = a.get()?;
+            let mut nodes = Vec::with_capacity(b.count as usize);
+            for _ in 0..b.count {
+                let f: abi::ForgetOne = a.get()?;
+                nodes.push((INodeNo(f.nodeid), f.nlookup));
+            }
+            Operation::BatchForget { nodes }
+        }
+        // The server stats the inode itself (its O_PATH fd outlives unlinks), so the file
+        // handle these may name is not needed.
+        op::GETATTR => {
+            a.get::<abi::GetattrIn>()?;
+            Operation::Getattr
+        }
+        op::STATX => {
+            a.get::<abi::StatxIn>()?;
+            Operation::Statx
+        }
+        op::SETATTR => {
+            use abi::fattr as F;
+            let s: abi::SetattrIn = a.get()?;
+            let v = s.valid;
+            let on = |bit: u32| v & bit != 0;
+            Operation::Setattr(SetattrArgs {
+                mode: on(F::MODE).then_some(s.mode),
+                uid: on(F::UID).then_some(s.uid),
+                gid: on(F::GID).then_some(s.gid),
+                size: on(F::SIZE).then_some(s.size),
+                atime: on(F::ATIME).then(|| time_or_now(s.atime, s.atimensec, on(F::ATIME_NOW))),
+                mtime: on(F::MTIME).then(|| time_or_now(s.mtime, s.mtimensec, on(F::MTIME_NOW))),
+                fh: on(F::FH).then_some(fh(s.fh)),
+            })
+        }
+        op::READLINK => Operation::Readlink,
+        op::SYMLINK => {
+            let name = a.name()?;
+            let target = Path::new(a.name()?);
+            Operation::Symlink { name, target }
+        }
+        op::MKNOD => {
+            let m: abi::MknodIn = a.get()?;
+            Operation::Mknod {
+                name: a.name()?,
+                mode: m.mode,
+                rdev: m.rdev,
+                umask: m.umask,
+            }
+        }
+        op::MKDIR => {
+            let m: abi::MkdirIn = a.get()?;
+            Operation::Mkdir {
+                name: a.name()?,
+                mode: m.mode,
+                umask: m.umask,
+            }
+        }
+        op::UNLINK => Operation::Unlink { name: a.name()? },
+        op::RMDIR => Operation::Rmdir { name: a.name()? },
+        op::RENAME => {
+            let r: abi::RenameIn = a.get()?;
+            Operation::Rename {
+                name: a.name()?,
+                newparent: INodeNo(r.newdir),
+                newname: a.name()?,
+                flags: 0,
+            }
+        }
+        op::RENAME2 => {
+            let r: abi::Rename2In = a.get()?;
+            Operation::Rename {
+                name: a.name()?,
+                newparent: INodeNo(r.newdir),
+                newname: a.name()?,
+                flags: r.flags,
+            }
+        }
+        op::LINK => {
+            let l: abi::LinkIn = a.get()?;
+            Operation::Link {
+                oldnode: INodeNo(l.oldnodeid),
+                newname: a.name()?,
+            }
+        }
+        op::OPEN => Operation::Open {
+            flags: a.get::<abi::OpenIn>()?.flags as i32,
+        },
+        op::OPENDIR => {
+            a.get::<abi::OpenIn>()?;
+            Operation::Opendir
+        }
+        op::READ | op::READDIR | op::READDIRPLUS => {
+            let r: abi::ReadIn = a.get()?;
+            let (f, offset, size) = (fh(r.fh), r.offset, r.size);
+            match h.opcode {
+                op::READ => Operation::Read {
+                    fh: f,
+                    offset,
+                    size,
+                },
+                op::READDIR => Operation::Readdir {
+                    fh: f,
+                    offset,
+                    size,
+                },
+                _ => Operation::Readdirplus {
+                    fh: f,
+                    offset,
+                    size,
+                },
+            }
+        }
+        op::WRITE => {
+            let w: abi::WriteIn = a.get()?;
+            Operation::Write {
+                fh: fh(w.fh),
+                offset: w.offset,
+                data: a.bytes(w.size as usize)?,
+            }
+        }
+        op::STATFS => Operation::Statfs,
+        op::RELEASE => Operation::Release {
+            fh: fh(a.get::<abi::ReleaseIn>()?.fh),
+        },
+        op::RELEASEDIR => Operation::Releasedir {
+            fh: fh(a.get::<abi::ReleaseIn>()?.fh),
+        },
+        op::FSYNC | op::FSYNCDIR => {
+            let f: abi::FsyncIn = a.get()?;
+            let datasync = f.fsync_flags & abi::FSYNC_FDATASYNC != 0;
+            if h.opcode == op::FSYNC {
+                Operation::Fsync {
+                    fh: fh(f.fh),
+                    datasync,
+                }
+            } else {
+                Operation::Fsyncdir {
+                    fh: fh(f.fh),
+                    datasync,
+                }
+            }
+        }
+        op::SETXATTR => {
+            let s: abi::SetxattrIn = a.get()?;
+            let name = a.name()?;
+            Operation::Setxattr {
+                name,
+                value: a.bytes(s.size as usize)?,
+                flags: s.flags as i32,
+            }
+        }
+        op::GETXATTR => {
+            let g: abi::GetxattrIn = a.get()?;
+            Operation::Getxattr {
+                name: a.name()?,
+                size: g.size,
+            }
+        }
+        op::LISTXATTR => Operation::Listxattr {
+            size: a.get::<abi::GetxattrIn>()?.size,
+        },
+        op::REMOVEXATTR => Operation::Removexattr { name: a.name()? },
+        op::FLUSH => Operation::Flush {
+            fh: fh(a.get::<abi::FlushIn>()?.fh),
+        },
+        op::ACCESS => Operation::Access {
+            mask: a.get::<abi::AccessIn>()?.mask as i32,
+        },
+        op::CREATE => {
+            let c: abi::CreateIn = a.get()?;
+            Operation::Create {
+                name: a.name()?,
+                mode: c.mode,
+                umask: c.umask,
+                flags: c.flags as i32,
+            }
+        }
+        op::TMPFILE => {
+            // Same arguments as CREATE; the name is the kernel's placeholder ("/").
+            let c: abi::CreateIn = a.get()?;
+            Operation::Tmpfile {
+                mode: c.mode,
+                umask: c.umask,
+                flags: c.flags as i32,
+            }
+        }
+        op::INTERRUPT => Operation::Interrupt,
+        op::NOTIFY_REPLY => Operation::NotifyReply,
+        op::IOCTL => {
+            let i: abi::IoctlIn = a.get()?;
+            Operation::Ioctl {
+                fh: fh(i.fh),
+                cmd: i.cmd,
+                in_data: a.bytes(i.in_size as usize)?,
+                out_size: i.out_size,
+            }
+        }
+        op::FALLOCATE => {
+            let f: abi::FallocateIn = a.get()?;
+            Operation::Fallocate {
+                fh: fh(f.fh),
+                offset: f.offset,
+                length: f.length,
+                mode: f.mode as i32,
+            }
+        }
+        op::LSEEK => {
+            let l: abi::LseekIn = a.get()?;
+            Operation::Lseek {
+                fh: fh(l.fh),
+                offset: l.offset as i64,
+                whence: l.whence as i32,
+            }
+        }
+        op::COPY_FILE_RANGE => {
+            let c: abi::CopyFileRangeIn = a.get()?;
+            Operation::CopyFileRange {
+                fh_in: fh(c.fh_in),
+                off_in: c.off_in,
+                fh_out: fh(c.fh_out),
+                off_out: c.off_out,
+                len: c.len,
+                flags: c.flags,
+            }
+        }
+        op::SYNCFS => Operation::Syncfs,
+        other => Operation::Unknown(other),
+    };
+    Ok((req, o))
+}
+
+#[cfg(test)]
+mod tests {
+    use zerocopy::IntoBytes;
+
+    use super::*;
+
+    fn request(opcode: u32, args: &[u8]) -> Vec<u8> {
+        let len = 40 + args.len();
+        let h = abi::InHeader {
+            len: len as u32,
+            opcode,
+            unique: 7,
+            nodeid: 9,
+            uid: 1000,
+            gid: 100,
+            pid: 42,
+            total_extlen: 0,
+            padding: 0,
+        };
+        let mut v = h.as_bytes().to_vec();
+        v.extend_from_slice(args);
+        v
+    }
+
+    #[test]
+    fn rename2_has_both_names_and_flags() {
+        let mut args = abi::Rename2In {
+            newdir: 5,
+            flags: libc::RENAME_NOREPLACE,
+            padding: 0,
+        }
+        .as_bytes()
+        .to_vec();
+        args.extend_from_slice(b"old\0new\0");
+        let buf = request(op::RENAME2, &args);
+        let (req, o) = parse(&buf).expect("parses");
+        assert_eq!((req.unique, req.nodeid, req.uid, req.pid), (7, 9, 1000, 42));
+        match o {
+            Operation::Rename {
+                name,
+                newparent,
+                newname,
+                flags,
+            } => {
+                assert_eq!(
+                    (name.as_bytes(), newname.as_bytes()),
+                    (&b"old"[..], &b"new"[..])
+                );
+                assert_eq!((newparent, flags), (INodeNo(5), libc::RENAME_NOREPLACE));
+            }
+            other => panic!("wrong op {other:?}"),
+        }
+    }
+
+    #[test]
+    fn write_data_is_the_declared_size() {
+        let mut args = abi::WriteIn {
+            fh: 3,
+            offset: 4096,
+            size: 5,
+            write_flags: 0,
+            lock_owner: 0,
+            flags: 0,
+            padding: 0,
+        }
+        .as_bytes()
+        .to_vec();
+        args.extend_from_slice(b"hello");
+        let buf = request(op::WRITE, &args);
+        match parse(&buf).expect("parses").1 {
+            Operation::Write { fh, offset, data } => {
+                assert_eq!((fh, offset, data), (FileHandle(3), 4096, &b"hello"[..]));
+            }
+            other => panic!("wrong op {other:?}"),
+        }
+    }
+
+    #[test]
+    fn truncated_and_unterminated_requests_are_malformed() {
+        let buf = request(op::LOOKUP, b"no-nul");
+        assert_eq!(parse(&buf).err(), Some(Malformed));
+        let buf = request(op::WRITE, &[0u8; 10]);
+        assert_eq!(parse(&buf).err(), Some(Malformed));
+        assert_eq!(parse(&[0u8; 12]).err(), Some(Malformed));
+    }
+
+    #[test]
+    fn unknown_opcodes_are_reported_not_rejected() {
+        let buf = request(4242, &[]);
+        assert!(matches!(
+            parse(&buf).expect("parses").1,
+            Operation::Unknown(4242)
+        ));
+    }
+
+    #[test]
+    fn setattr_decodes_only_valid_fields() {
+        let s = abi::SetattrIn {
+            valid: abi::fattr::MODE | abi::fattr::MTIME | abi::fattr::MTIME_NOW,
+            padding: 0,
+            fh: 0,
+            size: 99,
+            lock_owner: 0,
+            atime: 0,
+            mtime: 0,
+            ctime: 0,
+            atimensec: 0,
+            mtimensec: 0,
+            ctimensec: 0,
+            mode: 0o100600,
+            unused4: 0,
+            uid: 5,
+            gid: 6,
+            unused5: 0,
+        };
+        let buf = request(op::SETATTR, s.as_bytes());
+        match parse(&buf).expect("parses").1 {
+            Operation::Setattr(a) => {
+                assert_eq!(a.mode, Some(0o100600));
+                assert_eq!((a.uid, a.gid, a.size), (None, None, None));
+                assert_eq!(a.mtime, Some(TimeOrNow::Now));
+                assert!(a.atime.is_none());
+            }
+            other => panic!("wrong op {other:?}"),
+        }
+    }
+}

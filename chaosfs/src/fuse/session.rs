@@ -1,0 +1,245 @@
+//! Serving a FUSE connection: the INIT handshake, then a pool of threads, each reading requests
+//! from its own clone of the `/dev/fuse` fd and handing them to the file system.
+
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use zerocopy::IntoBytes;
+
+use super::abi::{self, init};
+use super::reply::Sender;
+use super::request::{Operation, Request, parse};
+use super::types::{Errno, INodeNo};
+use crate::sys::fuse_dev;
+
+/// Largest write (and read) the kernel is offered: 256 pages, its `max_pages_limit` default.
+pub const MAX_WRITE: u32 = 1 << 20;
+const BUFFER_SIZE: usize = MAX_WRITE as usize + 2 * abi::MIN_READ_BUFFER;
+
+/// What the file system negotiates at INIT.
+#[derive(Debug, Clone)]
+pub struct KernelConfig {
+    offered: u64,
+    wanted: u64,
+    kernel_max_readahead: u32,
+    pub max_readahead: u32,
+    pub max_background: u16,
+    pub congestion_threshold: u16,
+    /// Filesystem stacking depth under this one (passthrough needs 1).
+    pub max_stack_depth: u32,
+}
+
+impl KernelConfig {
+    /// Ask for `flag`; false (and nothing asked) if the kernel does not offer it.
+    pub fn want(&mut self, flag: u64) -> bool {
+        if self.offered & flag == flag {
+            self.wanted |= flag;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// A file system served by a [`Session`].
+pub trait Filesystem: Send + Sync + 'static {
+    /// Choose capabilities and limits at INIT.
+    fn init(&self, cfg: &mut KernelConfig);
+    /// The kernel dropped `nlookup` references to `ino` (no reply).
+    fn forget(&self, ino: INodeNo, nlookup: u64);
+    /// Serve one request; every request handed here must be answered through `reply`.
+    fn dispatch(&self, req: &Request, op: Operation<'_>, reply: Sender);
+}
+
+/// A connection whose INIT handshake is done.
+pub struct Session<FS: Filesystem> {
+    fs: Arc<FS>,
+    dev: Arc<OwnedFd>,
+}
+
+impl<FS: Filesystem> Session<FS> {
+    /// Do the INIT handshake on `dev` (a mounted connection's `/dev/fuse` fd): read the kernel's
+    /// INIT, let `fs` choose, reply. Returns once the kernel has the reply, so requests for the
+    /// file system may follow at once.
+    pub fn handshake(fs: FS, dev: OwnedFd) -> io::Result<Session<FS>> {
+        let dev = Arc::new(dev);
+        let mut buf = vec![0u8; BUFFER_SIZE];
+        loop {
+            let n = match fuse_dev::read(dev.as_fd(), &mut buf) {
+                Ok(n) => n,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::ENOENT)) => {
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let (req, op) =
+                parse(&buf[..n]).map_err(|_| io::Error::other("malformed FUSE INIT request"))?;
+            let Operation::Init {
+                major,
+                minor,
+                max_readahead,
+                flags,
+            } = op
+            else {
+                // Nothing else can come before INIT; answer so the caller does not hang.
+                Sender::new(dev.clone(), req.unique).error(Errno::EIO);
+                continue;
+            };
+            if major != abi::KERNEL_VERSION || minor < abi::MIN_KERNEL_MINOR_VERSION {
+                Sender::new(dev.clone(), req.unique).error(Errno::from_i32(libc::EPROTO));
+                return Err(io::Error::other(format!(
+                    "kernel FUSE protocol {major}.{minor} is not supported (need 7.{}+)",
+                    abi::MIN_KERNEL_MINOR_VERSION
+                )));
+            }
+            let mut cfg = KernelConfig {
+                offered: flags,
+                wanted: 0,
+                kernel_max_readahead: max_readahead,
+                max_readahead,
+                max_background: 16,
+                congestion_threshold: 12,
+                max_stack_depth: 0,
+            };
+            for f in [
+                init::ASYNC_READ,
+                init::BIG_WRITES,
+                init::MAX_PAGES,
+                init::INIT_EXT,
+            ] {
+                cfg.want(f);
+            }
+            fs.init(&mut cfg);
+            let wanted = cfg.wanted & cfg.offered;
+            let out = abi::InitOut {
+                major: abi::KERNEL_VERSION,
+                minor: minor.min(abi::KERNEL_MINOR_VERSION),
+                max_readahead: cfg.max_readahead.min(cfg.kernel_max_readahead),
+                flags: wanted as u32,
+                max_background: cfg.max_background,
+                congestion_threshold: cfg.congestion_threshold.min(cfg.max_background),
+                max_write: MAX_WRITE,
+                time_gran: 1,
+                max_pages: (MAX_WRITE / 4096) as u16,
+                map_alignment: 0,
+                flags2: (wanted >> 32) as u32,
+                max_stack_depth: cfg.max_stack_depth,
+                request_timeout: 0,
+                unused: [0; 11],
+            };
+            let h = abi::OutHeader {
+                len: (std::mem::size_of::<abi::OutHeader>() + std::mem::size_of::<abi::InitOut>())
+                    as u32,
+                error: 0,
+                unique: req.unique,
+            };
+            fuse_dev::writev(
+                dev.as_fd(),
+                &[IoSlice::new(h.as_bytes()), IoSlice::new(out.as_bytes())],
+            )?;
+            return Ok(Session {
+                fs: Arc::new(fs),
+                dev,
+            });
+        }
+    }
+
+    /// The fd notifications can be written to.
+    pub fn notifier(&self) -> super::Notifier {
+        super::Notifier::new(self.dev.clone())
+    }
+
+    /// Serve on `n_threads` threads until the kernel ends the connection (unmount or abort).
+    /// Threads after the first get their own clone of the fd when `/dev/fuse` can be opened
+    /// (`clone_fd`); otherwise all share one. Returns the first error that is not the
+    /// connection ending.
+    pub fn run(self, n_threads: usize, clone_fd: bool) -> io::Result<()> {
+        let mut handles: Vec<JoinHandle<io::Result<()>>> = Vec::new();
+        for i in 1..n_threads.max(1) {
+            let ch = if clone_fd {
+                match fuse_dev::clone(self.dev.as_fd()) {
+                    Ok(fd) => Arc::new(fd),
+                    Err(e) => {
+                        tracing::debug!("clone /dev/fuse: {e}; threads share one fd");
+                        self.dev.clone()
+                    }
+                }
+            } else {
+                self.dev.clone()
+            };
+            let fs = self.fs.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("chaosfs-fuse-{i}"))
+                .spawn(move || serve(&*fs, ch))?;
+            handles.push(h);
+        }
+        let mut result = serve(&*self.fs, self.dev.clone());
+        for h in handles {
+            let r = h
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("FUSE serving thread panicked")));
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    }
+}
+
+/// One serving thread's loop.
+fn serve<FS: Filesystem>(fs: &FS, ch: Arc<OwnedFd>) -> io::Result<()> {
+    let mut buf = vec![0u8; BUFFER_SIZE];
+    loop {
+        let n = match fuse_dev::read(ch.as_fd(), &mut buf) {
+            Ok(n) => n,
+            Err(e) => match e.raw_os_error() {
+                // Interrupted, or the request was aborted before we read it.
+                Some(libc::EINTR) | Some(libc::EAGAIN) | Some(libc::ENOENT) => continue,
+                // The connection ended (unmounted or aborted).
+                Some(libc::ENODEV) => return Ok(()),
+                _ => return Err(e),
+            },
+        };
+        let (req, op) = match parse(&buf[..n]) {
+            Ok(x) => x,
+            Err(_) => {
+                if let Ok((h, _)) =
+                    <abi::InHeader as zerocopy::FromBytes>::read_from_prefix(&buf[..n])
+                {
+                    tracing::warn!("malformed FUSE request (opcode {})", h.opcode);
+                    Sender::new(ch.clone(), h.unique).error(Errno::EIO);
+                }
+                continue;
+            }
+        };
+        tracing::trace!(
+            unique = req.unique,
+            node = req.nodeid,
+            uid = req.uid,
+            gid = req.gid,
+            "request {op:?}"
+        );
+        match op {
+            Operation::Forget { nlookup } => fs.forget(INodeNo(req.nodeid), nlookup),
+            Operation::BatchForget { nodes } => {
+                for (ino, n) in nodes {
+                    fs.forget(ino, n);
+                }
+            }
+            // No reply is expected for these.
+            Operation::Interrupt | Operation::NotifyReply => {}
+            Operation::Init { .. } => {
+                tracing::warn!("FUSE INIT after the handshake");
+                Sender::new(ch.clone(), req.unique).error(Errno::EIO);
+            }
+            Operation::Destroy => Sender::new(ch.clone(), req.unique).ok(),
+            Operation::Unknown(code) => {
+                tracing::debug!("FUSE opcode {code} not implemented");
+                Sender::new(ch.clone(), req.unique).error(Errno::ENOSYS);
+            }
+            op => fs.dispatch(&req, op, Sender::new(ch.clone(), req.unique)),
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! `/dev/fuse` system calls: reading requests, writing replies, cloning the connection and
+//! registering passthrough backing files.
+
+use std::io::{self, IoSlice};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+
+use super::{cvt, cvt_long};
+
+/// `FUSE_DEV_IOC_CLONE`: `_IOR(229, 0, uint32_t)`.
+const IOC_CLONE: libc::c_ulong = 0x8004_e500;
+/// `FUSE_DEV_IOC_BACKING_OPEN`: `_IOW(229, 1, struct fuse_backing_map)`.
+const IOC_BACKING_OPEN: libc::c_ulong = 0x4010_e501;
+/// `FUSE_DEV_IOC_BACKING_CLOSE`: `_IOW(229, 2, uint32_t)`.
+const IOC_BACKING_CLOSE: libc::c_ulong = 0x4004_e502;
+
+/// Read one request into `buf` (the kernel hands over whole requests only).
+pub(crate) fn read(dev: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a valid, writable buffer of `buf.len()` bytes for the whole call.
+    let n = cvt_long(unsafe {
+        libc::read(dev.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) as i64
+    })?;
+    Ok(n as usize)
+}
+
+/// Write one reply or notification, all parts in a single `writev` (the kernel takes a message
+/// only whole).
+pub(crate) fn writev(dev: BorrowedFd<'_>, parts: &[IoSlice<'_>]) -> io::Result<usize> {
+    let n = parts.len().min(libc::c_int::MAX as usize) as libc::c_int;
+    // SAFETY: `IoSlice` is ABI-compatible with `struct iovec`; each points to a live slice
+    // borrowed for the whole call, and `n` does not exceed the slice count.
+    let w = cvt_long(unsafe { libc::writev(dev.as_raw_fd(), parts.as_ptr().cast(), n) as i64 })?;
+    Ok(w as usize)
+}
+
+/// A new `/dev/fuse` fd attached to the same connection as `dev` (`FUSE_DEV_IOC_CLONE`): a
+/// serving thread with its own fd gets its own processing queue. Replies must be written to the
+/// fd the request was read from.
+pub(crate) fn clone(dev: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let fd = super::file::open(c"/dev/fuse", libc::O_RDWR | libc::O_CLOEXEC)?;
+    let src = dev.as_raw_fd() as u32;
+    // SAFETY: FUSE_DEV_IOC_CLONE reads one u32 (the source fd) from the pointer, which points
+    // to a live local; `fd` is an open /dev/fuse fd we own.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), IOC_CLONE, &src as *const u32) })?;
+    Ok(fd)
+}
+
+/// Register `file` as a passthrough backing file of the connection; returns the backing id.
+pub(crate) fn backing_open(dev: BorrowedFd<'_>, file: BorrowedFd<'_>) -> io::Result<u32> {
+    let map = crate::fuse::abi::BackingMap {
+        fd: file.as_raw_fd(),
+        flags: 0,
+        padding: 0,
+    };
+    // SAFETY: FUSE_DEV_IOC_BACKING_OPEN reads a `struct fuse_backing_map` (16 bytes, the layout
+    // of `BackingMap`) from the pointer, which points to a live local.
+    let id = cvt(unsafe {
+        libc::ioctl(
+            dev.as_raw_fd(),
+            IOC_BACKING_OPEN,
+            &map as *const crate::fuse::abi::BackingMap,
+        )
+    })?;
+    Ok(id as u32)
+}
+
+/// Drop a backing id registered with [`backing_open`].
+pub(crate) fn backing_close(dev: BorrowedFd<'_>, id: u32) -> io::Result<()> {
+    // SAFETY: FUSE_DEV_IOC_BACKING_CLOSE reads one u32 from the pointer, a live local.
+    cvt(unsafe { libc::ioctl(dev.as_raw_fd(), IOC_BACKING_CLOSE, &id as *const u32) }).map(drop)
+}
