@@ -75,6 +75,23 @@ fn o_tmpfile_works_and_can_be_linked() {
 }
 
 #[test]
+fn o_tmpfile_meets_create_rules() {
+    // O_TMPFILE creates a file: a rule on "create" applies to it like to open(O_CREAT).
+    let m = mount_with(
+        rules(r#"{"rules":[{"ops":["create"],"errno":"EDQUOT"}]}"#),
+        Config::default(),
+        |d| fs::create_dir(d.join("d")).expect("mkdir"),
+    );
+    let r = tmpfile_in(&m.join("d"), 0);
+    assert_eq!(
+        r.map_err(|e| e.raw_os_error()).err(),
+        Some(Some(libc::EDQUOT))
+    );
+    assert_eq!(fs::read_dir(m.backing("d")).expect("ls").count(), 0);
+    assert_eq!(m.server().stats()[0].injected, 1);
+}
+
+#[test]
 fn statx_birth_time_and_syncfs_are_served() {
     let m = mount();
     fs::write(m.join("f"), b"f").expect("write");

@@ -234,14 +234,22 @@ impl fuse::Filesystem for ChaosFs {
             } => {
                 let v = verdict(Op::Create, Target::Child(ino, name));
                 let r = ReplyCreate::new(s);
-                serve!(self, v, [name], |fs| fs
-                    .create(c, node, &*name, mode, umask, flags, &v, r))
+                serve!(self, v, [name], |fs| fs.create(
+                    c,
+                    node,
+                    Some(&*name),
+                    mode,
+                    umask,
+                    flags,
+                    &v,
+                    r
+                ))
             }
             Operation::Tmpfile { mode, umask, flags } => {
                 let v = verdict(Op::Create, Target::Node(ino));
                 let r = ReplyCreate::new(s);
                 serve!(self, v, [], |fs| fs
-                    .tmpfile(c, node, mode, umask, flags, &v, r))
+                    .create(c, node, None, mode, umask, flags, &v, r))
             }
             Operation::Ioctl {
                 fh,

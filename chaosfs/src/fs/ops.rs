@@ -599,12 +599,14 @@ impl FsInner {
         (FileHandle(fh), mode, pflags)
     }
 
+    /// FUSE_CREATE of `name` in `parent`, or with no name FUSE_TMPFILE (`open(dir, O_TMPFILE)`:
+    /// an unnamed file, linkable later unless `O_EXCL`). Created as the caller, then opened.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn create(
         &self,
         c: Caller,
         parent: INodeNo,
-        name: &OsStr,
+        name: Option<&OsStr>,
         mode: u32,
         umask: u32,
         flags: i32,
@@ -613,67 +615,19 @@ impl FsInner {
     ) {
         fail_if_errno!(v, reply);
         let p = tri!(self.inode(parent), reply);
-        let mode = self.prepare_umask(mode, umask);
-        let oflags = (flags & !libc::O_NOCTTY) | libc::O_CREAT;
-        let r = sys::thread::CallerCreds::enter(c.uid, c.gid).and_then(|_creds| {
-            sys::with_cstr(name, |n| {
-                sys::file::openat(p.fd.as_fd(), n, oflags, mode & 0o7777)
-            })
-        });
-        let fd = tri!(r.map_err(errno), reply);
-        let path_fd = tri!(
-            sys::file::openat(
-                self.proc_fd.as_fd(),
-                FdName::new(fd.as_raw_fd()).as_cstr(),
-                libc::O_PATH,
-                0
-            )
-            .map_err(errno),
-            reply
-        );
-        let st = tri!(sys::file::fstat(path_fd.as_fd()).map_err(errno), reply);
-        let inode = tri!(self.inodes.insert(path_fd, &st).ok_or(Errno::EIO), reply);
-        inode.remember_name(p.nodeid, name);
-        let ttl = self.ttl(Target::Child(parent.0, name));
-        let mut attr = attr_of(reported_ino(&inode), &st);
-        if let Some(o) = &v.attr {
-            apply_override(&mut attr, o);
-        }
-        let path = self.handle_path(&inode, Some((parent.0, name)));
-        let Ok(mut ost) = inode.open.lock() else {
-            return reply.error(Errno::EIO);
-        };
-        let (fh, mode, pflags) = self.register_open(&inode, &mut ost, fd, flags, path, |fd| {
-            reply.open_backing(fd)
-        });
-        match (mode, &ost.backing) {
-            (OpenMode::Passthrough, Some(id)) => {
-                reply.created_passthrough(&ttl, &attr, GEN, fh, pflags, id)
+        let mode = self.prepare_umask(mode, umask) & 0o7777;
+        let r = sys::thread::CallerCreds::enter(c.uid, c.gid).and_then(|_creds| match name {
+            Some(name) => sys::with_cstr(name, |n| {
+                let oflags = (flags & !libc::O_NOCTTY) | libc::O_CREAT;
+                sys::file::openat(p.fd.as_fd(), n, oflags, mode)
+            }),
+            None => {
+                // O_TMPFILE carries O_DIRECTORY; O_EXCL (never linkable) is kept.
+                let drop = libc::O_CREAT | libc::O_NOCTTY | libc::O_TRUNC;
+                let oflags = (flags & !drop) | libc::O_TMPFILE;
+                sys::file::openat(p.fd.as_fd(), c".", oflags, mode)
             }
-            _ => reply.created(&ttl, &attr, GEN, fh, Self::direct_flags()),
-        }
-    }
-
-    /// FUSE_TMPFILE (`open(dir, O_TMPFILE)`): an unnamed file in `parent`, created as the
-    /// caller, opened like a create.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn tmpfile(
-        &self,
-        c: Caller,
-        parent: INodeNo,
-        mode: u32,
-        umask: u32,
-        flags: i32,
-        v: &Verdict,
-        reply: ReplyCreate,
-    ) {
-        fail_if_errno!(v, reply);
-        let p = tri!(self.inode(parent), reply);
-        let mode = self.prepare_umask(mode, umask);
-        // O_TMPFILE carries O_DIRECTORY; O_EXCL (never linkable) is kept.
-        let oflags = (flags & !(libc::O_CREAT | libc::O_NOCTTY | libc::O_TRUNC)) | libc::O_TMPFILE;
-        let r = sys::thread::CallerCreds::enter(c.uid, c.gid)
-            .and_then(|_creds| sys::file::openat(p.fd.as_fd(), c".", oflags, mode & 0o7777));
+        });
         let fd = tri!(r.map_err(errno), reply);
         let path_fd = tri!(
             sys::file::openat(
@@ -687,13 +641,22 @@ impl FsInner {
         );
         let st = tri!(sys::file::fstat(path_fd.as_fd()).map_err(errno), reply);
         let inode = tri!(self.inodes.insert(path_fd, &st).ok_or(Errno::EIO), reply);
-        let ttl = self.ttl(Target::Node(parent.0));
+        let (ttl, path) = match name {
+            Some(name) => {
+                inode.remember_name(p.nodeid, name);
+                let path = self.handle_path(&inode, Some((parent.0, name)));
+                (self.ttl(Target::Child(parent.0, name)), path)
+            }
+            // No name: rules see the path the kernel gives it ("DIR/#INO (deleted)").
+            None => (
+                self.ttl(Target::Node(parent.0)),
+                self.handle_path(&inode, None),
+            ),
+        };
         let mut attr = attr_of(reported_ino(&inode), &st);
         if let Some(o) = &v.attr {
             apply_override(&mut attr, o);
         }
-        // No name: rules see the path the kernel gives it ("DIR/#INO (deleted)").
-        let path = self.handle_path(&inode, None);
         let Ok(mut ost) = inode.open.lock() else {
             return reply.error(Errno::EIO);
         };
