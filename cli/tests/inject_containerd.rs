@@ -7,115 +7,29 @@
 mod inject_common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 
-use inject_common::{
-    Env, Log, busybox_rootfs, check_data, inject_update_recover, poll, workload_script,
-};
+use iochaos_testsupport::Containerd;
 
-struct Containerd {
-    daemon: Child,
-    sock: PathBuf,
-    state: PathBuf,
-    containers: Vec<String>,
-}
+use inject_common::{Env, Log, busybox_rootfs, check_data, inject_update_recover, workload_script};
 
-impl Containerd {
-    fn start(dir: &Path) -> Containerd {
-        nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
-        let sock = dir.join("containerd.sock");
-        let state = dir.join("state");
-        let daemon = Command::new("containerd")
-            .arg("--root")
-            .arg(dir.join("root"))
-            .arg("--state")
-            .arg(&state)
-            .arg("--address")
-            .arg(&sock)
-            .args(["--config", "/dev/null"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("containerd.log")).expect("log"))
-            .spawn()
-            .expect("containerd must be installed (Debian package containerd)");
-        let c = Containerd {
-            daemon,
-            sock,
-            state,
-            containers: Vec::new(),
-        };
-        poll("containerd's socket", 20, || c.sock.exists().then_some(()));
-        c
-    }
-
-    fn ctr(&self, args: &[&str]) -> std::process::Output {
-        Command::new("ctr")
-            .arg("--address")
-            .arg(&self.sock)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("ctr must be installed")
-    }
-
-    /// `ctr run -d` a busybox container with /vol and /log bind-mounted; returns its init pid.
-    fn run(&mut self, id: &str, dir: &Path, script: &str) -> u32 {
-        let rootfs = dir.join("rootfs");
-        let vol = format!(
-            "type=bind,src={},dst=/vol,options=rbind:rw",
-            dir.join("vol").display()
-        );
-        let log = format!(
-            "type=bind,src={},dst=/log,options=rbind:rw",
-            dir.join("log").display()
-        );
-        let rootfs = rootfs.display().to_string();
-        let out = self.ctr(&[
-            "run", "-d", "--mount", &vol, "--mount", &log, "--rootfs", &rootfs, id, "/bin/sh",
-            "-c", script,
-        ]);
-        assert!(
-            out.status.success(),
-            "ctr run: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        self.containers.push(id.to_owned());
-        let pid_file = self
-            .state
-            .join("io.containerd.runtime.v2.task/default")
-            .join(id)
-            .join("init.pid");
-        poll("init.pid", 20, || {
-            std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok()
-        })
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        for id in std::mem::take(&mut self.containers) {
-            let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", &id]);
-            for _ in 0..500 {
-                if self.ctr(&["task", "rm", &id]).status.success() {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            let _ = self.ctr(&["container", "rm", &id]);
-        }
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while std::time::Instant::now() < deadline {
-            use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) => {
-                    std::thread::sleep(std::time::Duration::from_millis(5))
-                }
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-    }
+/// `ctr run -d` a busybox container of `dir/rootfs` with `dir/vol` at /vol and `dir/log` at
+/// /log; returns its init pid.
+fn run(c: &mut Containerd, id: &str, dir: &Path, script: &str) -> u32 {
+    let vol = format!(
+        "type=bind,src={},dst=/vol,options=rbind:rw",
+        dir.join("vol").display()
+    );
+    let log = format!(
+        "type=bind,src={},dst=/log,options=rbind:rw",
+        dir.join("log").display()
+    );
+    let rootfs = dir.join("rootfs").display().to_string();
+    c.track(id);
+    c.ctr_ok(&[
+        "run", "-d", "--mount", &vol, "--mount", &log, "--rootfs", &rootfs, id, "/bin/sh", "-c",
+        script,
+    ]);
+    c.init_pid("default", id)
 }
 
 fn container_dir(env: &Env, name: &str) -> PathBuf {
@@ -135,7 +49,7 @@ fn containerd_containers_by_name() {
 
     // A container found by name through containerd's task directory.
     let da = container_dir(&env, "a");
-    let pa = c.run("iochaos-a", &da, &script);
+    let pa = run(&mut c, "iochaos-a", &da, &script);
     let la = Log(da.join("log/log"));
     la.wait_round(1);
     inject_update_recover(
@@ -184,7 +98,7 @@ fn containerd_containers_by_name() {
 
     // Two containers at once; recover one by container name, the other by --all.
     let db = container_dir(&env, "b");
-    let pb = c.run("iochaos-b", &db, &script);
+    let pb = run(&mut c, "iochaos-b", &db, &script);
     let lb = Log(db.join("log/log"));
     lb.wait_round(1);
     let target = |id: &'static str| -> Vec<String> {

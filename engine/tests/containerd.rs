@@ -6,106 +6,25 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 
 use common::{poll, require_root};
 use engine::Error;
 use engine::mountinfo::{MountInfo, SharedPolicy};
 use engine::ns::{MountNs, MountSource, mount_over};
 use engine::target::{ContainerdTask, Target};
+use iochaos_testsupport::Containerd;
 
-struct Containerd {
-    daemon: Child,
-    sock: PathBuf,
-    state: PathBuf,
-    containers: Vec<String>,
-}
-
-impl Containerd {
-    fn start(dir: &Path) -> Containerd {
-        // The shims daemonize; as our orphans they are ours to reap (this machine's pid 1 may not
-        // reap them). This test binary runs one test, so reaping any child is safe.
-        nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
-        let sock = dir.join("containerd.sock");
-        let state = dir.join("state");
-        let daemon = Command::new("containerd")
-            .arg("--root")
-            .arg(dir.join("root"))
-            .arg("--state")
-            .arg(&state)
-            .arg("--address")
-            .arg(&sock)
-            .args(["--config", "/dev/null"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("containerd.log")).expect("log"))
-            .spawn()
-            .expect("containerd must be installed (Debian package containerd)");
-        let c = Containerd {
-            daemon,
-            sock,
-            state,
-            containers: Vec::new(),
-        };
-        poll("containerd's socket", || c.sock.exists().then_some(()));
-        c
-    }
-
-    fn ctr(&self, args: &[&str]) -> std::process::Output {
-        Command::new("ctr")
-            .arg("--address")
-            .arg(&self.sock)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("ctr must be installed")
-    }
-
-    fn run(&mut self, id: &str, rootfs: &Path, volume: &Path, cmd: &[&str]) {
-        let mount = format!(
-            "type=bind,src={},dst=/vol,options=rbind:rw",
-            volume.display()
-        );
-        let rootfs = rootfs.display().to_string();
-        let mut args = vec!["run", "-d", "--mount", &mount, "--rootfs", &rootfs, id];
-        args.extend_from_slice(cmd);
-        let out = self.ctr(&args);
-        assert!(
-            out.status.success(),
-            "ctr run: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        self.containers.push(id.to_owned());
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        for id in std::mem::take(&mut self.containers) {
-            let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", &id]);
-            // `task rm` waits for nothing: poll until the task is gone (or give up quietly).
-            for _ in 0..500 {
-                if self.ctr(&["task", "rm", &id]).status.success() {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            let _ = self.ctr(&["container", "rm", &id]);
-        }
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
-        // Reap the exiting shims (bounded: 5 s).
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while std::time::Instant::now() < deadline {
-            use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) => {
-                    std::thread::sleep(std::time::Duration::from_millis(5))
-                }
-                Ok(_) => {}
-                Err(_) => break, // ECHILD: none left
-            }
-        }
-    }
+/// `ctr run -d` a container of `rootfs` with `volume` bind-mounted at /vol.
+fn run(c: &mut Containerd, id: &str, rootfs: &Path, volume: &Path, cmd: &[&str]) {
+    let mount = format!(
+        "type=bind,src={},dst=/vol,options=rbind:rw",
+        volume.display()
+    );
+    let rootfs = rootfs.display().to_string();
+    let mut args = vec!["run", "-d", "--mount", &mount, "--rootfs", &rootfs, id];
+    args.extend_from_slice(cmd);
+    c.track(id);
+    c.ctr_ok(&args);
 }
 
 #[test]
@@ -124,7 +43,8 @@ fn container_found_through_its_task_dir_with_every_process() {
 
     let mut c = Containerd::start(&dir);
     // init and one child: the whole container, not only init.
-    c.run(
+    run(
+        &mut c,
         "engine-test",
         &rootfs,
         &volume,

@@ -21,15 +21,8 @@ pub fn require_root() {
 }
 
 /// Poll `f` until it returns Some, failing after `secs` seconds.
-pub fn poll<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+pub fn poll<T>(what: &str, secs: u64, f: impl FnMut() -> Option<T>) -> T {
+    iochaos_testsupport::poll(what, Duration::from_secs(secs), f)
 }
 
 /// A test's own journal directory (`IOCHAOS_RUN_DIR`) and scratch space. Dropping it recovers

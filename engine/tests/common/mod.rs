@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// These tests mount and enter namespaces: they need root and fail (never skip) without it.
 pub fn require_root() {
@@ -14,15 +14,8 @@ pub fn require_root() {
 }
 
 /// Poll `f` until it returns Some, failing after 10 s.
-pub fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+pub fn poll<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    iochaos_testsupport::poll(what, Duration::from_secs(10), f)
 }
 
 /// A helper process, killed and reaped on drop.
