@@ -107,6 +107,73 @@ fn runc_volume_inject_update_recover() {
     check_data(&d.vol.join("b"), &other);
 }
 
+/// A container with its own user namespace (its root is host uid 100000): inject from the
+/// initial user namespace, the workload (a mapped uid) sees the faults, files it creates through
+/// ChaosFS belong to its host ids, and recover leaves its mounts and fds as they were.
+#[test]
+fn runc_user_namespace_inject_update_recover() {
+    let env = Env::new();
+    let mut runc = Runc::new(&env);
+    let d = dirs(&env, "userns");
+    // The mapped root must reach and own its bundle and volumes.
+    let mut p = d.bundle.clone();
+    while p.starts_with(env.path()) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        if !p.pop() {
+            break;
+        }
+    }
+    let status = std::process::Command::new("chown")
+        .args(["-R", "100000:100000"])
+        .arg(&d.bundle)
+        .status()
+        .expect("chown");
+    assert!(status.success());
+    let script = workload_script("/vol", "/log/log", "usleep 20000");
+    let pid = runc.run_edited(
+        "userns",
+        &d.bundle,
+        &["/bin/sh", "-c", &script],
+        false,
+        &[(&d.vol, "/vol", false), (&d.log, "/log", false)],
+        &[],
+        |c| {
+            c["linux"]["namespaces"]
+                .as_array_mut()
+                .expect("namespaces")
+                .push(serde_json::json!({ "type": "user" }));
+            let map = serde_json::json!([{ "containerID": 0, "hostID": 100000, "size": 65536 }]);
+            c["linux"]["uidMappings"] = map.clone();
+            c["linux"]["gidMappings"] = map;
+        },
+    );
+    let log = Log(d.log.join("log"));
+    log.wait_round(1);
+    // Really in its own user namespace, as the mapped uid.
+    let own = std::fs::read_link(format!("/proc/{pid}/ns/user")).expect("userns");
+    let host = std::fs::read_link("/proc/self/ns/user").expect("own userns");
+    assert_ne!(own, host, "the container has no user namespace of its own");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    assert!(
+        status.lines().any(|l| l.starts_with("Uid:\t100000")),
+        "{status}"
+    );
+    let mi_before = mountinfo(pid);
+    let fd3_before = fd_state(pid, 3);
+    inject_update_recover(&env, &["--pid", &pid.to_string()], "/vol", &log);
+    assert_eq!(mountinfo(pid), mi_before);
+    assert_eq!(fd_state(pid, 3), fd3_before);
+    runc.delete("userns");
+    check_data(&d.vol, &log);
+    // Everything the workload created (through ChaosFS or not) has its host ids.
+    use std::os::unix::fs::MetadataExt;
+    for e in std::fs::read_dir(&d.vol).expect("ls vol").flatten() {
+        let md = e.metadata().expect("stat");
+        assert_eq!((md.uid(), md.gid()), (100000, 100000), "{:?}", e.path());
+    }
+}
+
 #[test]
 fn runc_plain_directory_of_a_read_only_rootfs() {
     let env = Env::new();

@@ -371,6 +371,21 @@ impl Runc {
         binds: &[Bind<'_>],
         env: &[String],
     ) -> u32 {
+        self.run_edited(id, bundle, args, readonly, binds, env, |_| {})
+    }
+
+    /// [`Runc::run`] with a last edit of the config (e.g. a user namespace).
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_edited(
+        &mut self,
+        id: &str,
+        bundle: &Path,
+        args: &[&str],
+        readonly: bool,
+        binds: &[Bind<'_>],
+        env: &[String],
+        edit: impl FnOnce(&mut Value),
+    ) -> u32 {
         let out = Command::new("runc")
             .args(["spec", "--bundle"])
             .arg(bundle)
@@ -400,6 +415,7 @@ impl Runc {
                 }));
             }
         }
+        edit(&mut c);
         std::fs::write(&path, serde_json::to_vec_pretty(&c).expect("json")).expect("write");
         // Detached, runc hands its stdio to the container: a pipe would never see EOF.
         let err_path = bundle.join("runc.err");
