@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fdswap::{
-    Item, Plan, ProcessPlan, ProcessReport, Report, ScanOptions, SkipReason, SwapOptions,
+    Item, Plan, ProcessPlan, ProcessReport, ReadAhead, Report, ScanOptions, SkipReason,
+    SwapOptions,
 };
 
 use crate::api::FdEntry;
@@ -275,6 +276,7 @@ impl Swapper for FdSwapper {
             path: PathBuf::from(path),
             from_mnt: None,
             to_mnt: Some(to_mnt),
+            read_ahead: ReadAhead::never(),
         };
         let (plan, mut report) = self.run(pids, options)?;
         // A process that could not be moved would keep bypassing the faults: fail the injection
@@ -303,6 +305,7 @@ impl Swapper for FdSwapper {
             path: PathBuf::from(path),
             from_mnt: Some(from_mnt),
             to_mnt: None,
+            read_ahead: ReadAhead::never(),
         };
         let (plan, report) = self.run(pids, options)?;
         Ok(outcome(&plan, &report))

@@ -2,6 +2,7 @@
 
 mod arch;
 mod error;
+mod latency;
 mod plan;
 mod procfs;
 mod program;
@@ -10,8 +11,10 @@ mod sys;
 mod tracer;
 
 pub use error::{Error, Result};
+pub use latency::CpuLatency;
 pub use plan::{
-    CwdItem, FdItem, Item, MapItem, Plan, PosixLock, ProcessPlan, ScanOptions, SkipReason, Skipped,
+    CwdItem, FdItem, Item, MapItem, Plan, PosixLock, ProcessPlan, ReadAhead, ScanOptions,
+    SkipReason, Skipped,
 };
 pub use swap::{ProcessReport, Report, SwapOptions, Swapped, swap, swap_plan};
 pub use sys::{FileId, statx};

@@ -1,9 +1,16 @@
 //! Parsers for the `/proc` files fdswap reads.
 
 use std::fs;
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, openat, readlinkat};
+use nix::sys::stat::Mode;
+
 use crate::error::{Error, Result, proc_err};
+use crate::sys::{self, FileId};
 
 /// Thread ids of a process (`/proc/PID/task`).
 pub fn tasks(pid: i32) -> Result<Vec<i32>> {
@@ -44,6 +51,9 @@ pub struct FdInfo {
     pub mnt_id: u64,
     /// Kinds of locks listed on the description (`POSIX`, `FLOCK`, `OFDLCK`, `LEASE`, …).
     pub lock_kinds: Vec<String>,
+    /// The locks themselves: the POSIX locks this fd table holds that were taken through this
+    /// description, and the description's own `flock`/OFD locks and leases.
+    pub locks: Vec<LockLine>,
 }
 
 /// Parse `fdinfo` text.
@@ -69,10 +79,11 @@ pub fn parse_fdinfo(text: &str) -> Option<FdInfo> {
                 have |= 4;
             }
             "lock" => {
-                // "lock:\t1: FLOCK  ADVISORY  WRITE 123 08:01:99 0 EOF"
+                // "lock:\t1: FLOCK  ADVISORY  WRITE 123 08:01:99 0 EOF": /proc/locks' format.
                 if let Some(kind) = v.split_whitespace().nth(1) {
                     info.lock_kinds.push(kind.to_owned());
                 }
+                info.locks.extend(parse_locks(v));
             }
             _ => {}
         }
@@ -80,14 +91,98 @@ pub fn parse_fdinfo(text: &str) -> Option<FdInfo> {
     (have == 7).then_some(info)
 }
 
-/// Read `<task>/fdinfo/N`.
-pub fn fdinfo(task_dir: &Path, fd: i32) -> Result<FdInfo> {
-    let path = task_dir.join(format!("fdinfo/{fd}"));
-    let text = fs::read_to_string(&path).map_err(proc_err(&path))?;
-    parse_fdinfo(&text).ok_or_else(|| Error::ProcFormat {
-        path,
-        line: text.lines().next().unwrap_or_default().to_owned(),
-    })
+/// A task's `fd/` and `fdinfo/` directories, opened once. Reaching `/proc/PID/task/TID/fd/N`
+/// by its full path walks (and revalidates, with a ptrace access check) every component each
+/// time; relative to these fds it is one component.
+#[derive(Debug)]
+pub struct TaskFds {
+    task: PathBuf,
+    fd_dir: OwnedFd,
+    fdinfo_dir: OwnedFd,
+    buf: Vec<u8>,
+}
+
+impl TaskFds {
+    /// Open `<task>/fd` and `<task>/fdinfo`.
+    pub fn open(task: &Path) -> Result<TaskFds> {
+        let dir = |name: &str| {
+            let p = task.join(name);
+            openat(
+                nix::fcntl::AT_FDCWD,
+                &p,
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| Error::Proc {
+                path: p,
+                source: e.into(),
+            })
+        };
+        Ok(TaskFds {
+            task: task.to_owned(),
+            fd_dir: dir("fd")?,
+            fdinfo_dir: dir("fdinfo")?,
+            buf: vec![0; 4096],
+        })
+    }
+
+    /// Open fd numbers, sorted.
+    pub fn list(&self) -> Result<Vec<i32>> {
+        fds(&self.task)
+    }
+
+    /// The link text of fd `fd` (`/path`, `socket:[…]`, `anon_inode:…`).
+    pub fn link(&self, fd: i32) -> std::result::Result<String, Errno> {
+        let t = readlinkat(self.fd_dir.as_fd(), fd.to_string().as_str())?;
+        Ok(t.to_string_lossy().into_owned())
+    }
+
+    /// `statx` of the file behind fd `fd` with `AT_STATX_DONT_SYNC` (cached attributes).
+    pub fn stat(&self, fd: i32) -> std::result::Result<FileId, Errno> {
+        sys::statx_at(
+            self.fd_dir.as_fd(),
+            Path::new(&fd.to_string()),
+            libc::AT_STATX_DONT_SYNC,
+        )
+    }
+
+    /// `fdinfo/N`.
+    pub fn info(&mut self, fd: i32) -> Result<FdInfo> {
+        let name = fd.to_string();
+        let path = || self.task.join("fdinfo").join(&name);
+        let file = openat(
+            self.fdinfo_dir.as_fd(),
+            name.as_str(),
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::Proc {
+            path: path(),
+            source: e.into(),
+        })?;
+        let mut file = fs::File::from(file);
+        // fdinfo is a single_open seq_file: its whole text comes in the first read when the
+        // buffer is larger, so a short read is the end.
+        let mut len = 0;
+        loop {
+            if len == self.buf.len() {
+                self.buf.resize(2 * len, 0);
+            }
+            let n = file.read(&mut self.buf[len..]).map_err(|e| Error::Proc {
+                path: path(),
+                source: e,
+            })?;
+            len += n;
+            if n == 0 || len < self.buf.len() {
+                break;
+            }
+        }
+        let text = String::from_utf8_lossy(&self.buf[..len]);
+        parse_fdinfo(&text).ok_or_else(|| Error::ProcFormat {
+            path: path(),
+            line: text.lines().next().unwrap_or_default().to_owned(),
+        })
+    }
 }
 
 /// One line of `/proc/PID/maps`.
@@ -174,7 +269,7 @@ pub struct LockLine {
     pub end: Option<u64>,
 }
 
-/// Parse `/proc/locks` text (lines of blocked waiters, `->`, are skipped).
+/// Parse lock lines in `/proc/locks`' format (lines of blocked waiters, `->`, are skipped).
 pub fn parse_locks(text: &str) -> Vec<LockLine> {
     let mut out = Vec::new();
     for line in text.lines() {
@@ -206,12 +301,6 @@ pub fn parse_locks(text: &str) -> Vec<LockLine> {
         }
     }
     out
-}
-
-/// Read `/proc/locks`.
-pub fn locks() -> Result<Vec<LockLine>> {
-    let text = fs::read_to_string("/proc/locks").map_err(proc_err("/proc/locks"))?;
-    Ok(parse_locks(&text))
 }
 
 /// Signal masks of a task (`SigBlk`, `SigIgn`, `SigCgt` of `<task>/status`).
@@ -263,6 +352,8 @@ mod tests {
         assert_eq!(i.flags, 0o2102002);
         assert_eq!(i.mnt_id, 31);
         assert_eq!(i.lock_kinds, vec!["FLOCK".to_owned()]);
+        assert_eq!(i.locks.len(), 1);
+        assert_eq!((i.locks[0].pid, i.locks[0].ino), (9, 7));
     }
 
     #[test]

@@ -49,6 +49,11 @@ enum Kind {
         off: u64,
         value: u64,
     },
+    /// The result of op `op` `== value`, else `-ESTALE`.
+    CompareResult {
+        op: usize,
+        value: u64,
+    },
     /// A `statx` buffer's inode, device and mount id equal these, else `-ESTALE`.
     CompareFile {
         data: usize,
@@ -80,6 +85,14 @@ impl Call {
     pub(crate) fn compare_data(data: usize, off: u64, value: u64) -> Call {
         Call {
             kind: Kind::Compare { data, off, value },
+            args: [Arg::Imm(0); 6],
+        }
+    }
+    /// Compare the result of op `op` with `value` (a separate op, so that a failing check
+    /// still runs `op`'s undo).
+    pub(crate) fn compare_result(op: usize, value: u64) -> Call {
+        Call {
+            kind: Kind::CompareResult { op, value },
             args: [Arg::Imm(0); 6],
         }
     }
@@ -311,6 +324,12 @@ impl Program {
                 Kind::Syscall(nr) => (op::KIND_SYSCALL, nr as u64),
                 Kind::Compare { data, off, value } => {
                     args[0] = data_off[data] + off;
+                    args[1] = value;
+                    mask = op::REL | op::LOAD;
+                    (op::KIND_COMPARE, 0)
+                }
+                Kind::CompareResult { op: n, value } => {
+                    args[0] = op_off(n) + op::RESULT as u64;
                     args[1] = value;
                     mask = op::REL | op::LOAD;
                     (op::KIND_COMPARE, 0)

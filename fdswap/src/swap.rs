@@ -12,6 +12,7 @@ use nix::sys::signal::Signal;
 use nix::sys::uio::{RemoteIoVec, process_vm_readv, process_vm_writev};
 use nix::unistd::Pid;
 
+use crate::CpuLatency;
 use crate::arch::{self, Regs, hdr, status};
 use crate::error::{Error, Result};
 use crate::plan::{Item, Plan, ProcessPlan, ScanOptions, SkipReason, Skipped, scan_unit};
@@ -36,6 +37,8 @@ pub struct SwapOptions {
     /// At most this many open file descriptions per transaction (batch). Batches are otherwise
     /// only used when the target's fd limit leaves no room for one spare fd per description.
     pub max_batch: Option<usize>,
+    /// Hold a [`crate::CpuLatency`] request for the time of the swap (default: yes).
+    pub low_latency: bool,
 }
 
 impl Default for SwapOptions {
@@ -45,6 +48,7 @@ impl Default for SwapOptions {
             force_int3: false,
             pause_at_trap: None,
             max_batch: None,
+            low_latency: true,
         }
     }
 }
@@ -121,6 +125,7 @@ impl Report {
 /// (ptrace belongs to the calling thread).
 pub fn swap(pids: &[i32], options: &ScanOptions, swap_options: &SwapOptions) -> Result<Report> {
     let started = Instant::now();
+    let _latency = swap_options.low_latency.then(CpuLatency::hold);
     let plan = Plan::scan(pids, options)?;
     let mut report = swap_plan(&plan, swap_options)?;
     report.total = started.elapsed();
@@ -132,6 +137,7 @@ pub fn swap(pids: &[i32], options: &ScanOptions, swap_options: &SwapOptions) -> 
 /// tables of threads that do not share the scanned one are scanned while stopped.
 pub fn swap_plan(plan: &Plan, swap_options: &SwapOptions) -> Result<Report> {
     let started = Instant::now();
+    let _latency = swap_options.low_latency.then(CpuLatency::hold);
     let stub = arch::assemble()?;
     // Build every program before anything is stopped: the pause is what targets feel.
     let mut prepared: Vec<Option<Prepared>> = plan
@@ -139,9 +145,11 @@ pub fn swap_plan(plan: &Plan, swap_options: &SwapOptions) -> Result<Report> {
         .iter()
         .map(|p| {
             let work = !p.fds.is_empty() || !p.maps.is_empty() || p.cwd.is_some();
-            work.then(|| prepare(p, &stub, swap_options).ok()).flatten()
+            work.then(|| prepare(p, &stub, swap_options, false).ok())
+                .flatten()
         })
         .collect();
+    tracing::debug!(elapsed = ?started.elapsed(), "programs prepared");
     let mut tracees: Vec<(usize, Result<Tracee>)> = Vec::new();
     for (i, p) in plan.processes.iter().enumerate() {
         tracees.push((i, Tracee::seize(p.pid, swap_options.stop_timeout)));
@@ -213,9 +221,6 @@ fn swap_process(
     }
     // Units: one per fd table (and per fs_struct for cwd). The scanned thread's table first.
     let tids: Vec<i32> = t.threads.keys().copied().collect();
-    // Reading /proc/locks costs an RCU grace period (it write-locks the file lock rwsem):
-    // only for fd tables the scan did not see, which is rare.
-    let mut locks: Option<Vec<procfs::LockLine>> = None;
     let mut units: Vec<ProcessPlan> = Vec::new();
     let mut fs_reps: Vec<i32> = Vec::new();
     let main_tid = if tids.contains(&p.tid) {
@@ -238,17 +243,7 @@ fn swap_process(
         let mut unit = if first && tid == p.tid {
             p.clone()
         } else {
-            if locks.is_none() {
-                locks = Some(procfs::locks()?);
-            }
-            let mut u = scan_unit(
-                t.pid,
-                tid,
-                options,
-                locks.as_deref().unwrap_or_default(),
-                first,
-                new_fs,
-            )?;
+            let mut u = scan_unit(t.pid, tid, options, first, new_fs)?;
             u.skipped
                 .retain(|s| !matches!(s.item, Item::Fd(_)) || new_files);
             u
@@ -392,6 +387,14 @@ fn flock_bytes(write: bool, unlock_probe: bool, start: u64, end: Option<u64>) ->
 }
 
 /// The op table of one unit, and which fds each batch commits.
+/// What a group leaves for after the point of no return.
+enum Opened<'a> {
+    /// The new file is open in a spare fd: put it on these fds, then close the spare.
+    Spare { new: usize, members: &'a Vec<usize> },
+    /// The new file is on the fds already; the old description is kept open here.
+    InPlace { saved: usize },
+}
+
 struct Built {
     program: Program,
     /// Per batch: the index of its commit op (`usize::MAX` for the last batch, which commits
@@ -400,8 +403,8 @@ struct Built {
 }
 
 /// Build the op table for one unit (see `program.rs` for how ops run and roll back, and
-/// docs/fdswap.md for the order). `batch` bounds the descriptions per transaction: each keeps a
-/// duplicate of its old description open until its batch commits, so a target near its hard
+/// docs/fdswap.md for the order). `batch` bounds the descriptions per transaction: each keeps
+/// its new file open in a spare fd until its batch commits, so a target near its hard
 /// RLIMIT_NOFILE (which cannot be raised without CAP_SYS_RESOURCE) is done in several
 /// transactions within the same stop.
 /// Push an `openat(dirfd, path, flags)` step whose result must be an fd, closed again if a later
@@ -420,7 +423,9 @@ fn push_openat(pr: &mut Program, what: Desc, dirfd: Arg, path: usize, flags: i32
     o
 }
 
-fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
+/// `gaps`: the free fd numbers below the highest fd to reopen in place (see [`in_place_top`]),
+/// as they are when the program runs; `None`: reopen nothing in place.
+fn build(unit: &ProcessPlan, trapsig: i32, batch: usize, gaps: Option<&[i32]>) -> Built {
     use libc::*;
     let mut pr = Program::default();
     let empty = pr.data(b"\0".to_vec());
@@ -555,8 +560,53 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
                 )),
             );
         }
-        let mut saved = Vec::new();
+        // What each group leaves for after the point of no return: a spare new file to put on
+        // its fds, or (reopened in place) the old description kept for a rollback.
+        let mut opened: Vec<Opened<'_>> = Vec::new();
         let mut moved = Vec::new();
+        // Reopening in place needs the fd being reopened to be the lowest free number when the
+        // openat runs: fill the gaps below it first (O_PATH placeholders, whose close costs
+        // nothing), so that every other fd the stub opens lands above.
+        let in_place = |g: usize| gaps.is_some() && !unit.fds[gl[g][0]].old_close_costs;
+        let mut placeholders = Vec::new();
+        if let Some(gaps) = gaps.filter(|g| !g.is_empty())
+            && members_b.iter().any(|&g| in_place(g))
+        {
+            let root = pr.data(b"/\0".to_vec());
+            let src = push_openat(
+                &mut pr,
+                step("open a placeholder for the fd gaps"),
+                imm(AT_FDCWD as i64),
+                root,
+                O_PATH | O_CLOEXEC,
+            );
+            pr.push(
+                step("the placeholder in the first fd gap (fds changed since the scan?)"),
+                Call::compare_result(src, gaps[0] as u64),
+                Check::NonNeg,
+                None,
+            );
+            placeholders.push(src);
+            for &h in &gaps[1..] {
+                let o = pr.push(
+                    step("fill an fd gap"),
+                    Call::sys(
+                        SYS_fcntl,
+                        &[Arg::Result(src), imm(F_DUPFD_CLOEXEC as i64), imm(h as i64)],
+                    ),
+                    Check::NonNeg,
+                    None,
+                );
+                pr.ops[o].set_undo(Call::sys(SYS_close, &[Arg::Result(o)]));
+                pr.push(
+                    step("a placeholder in an fd gap (fds changed since the scan?)"),
+                    Call::compare_result(o, h as u64),
+                    Check::NonNeg,
+                    None,
+                );
+                placeholders.push(o);
+            }
+        }
         // Directories holding two or more of this batch's files are opened once (O_PATH), and
         // the files relative to them: one path component to walk instead of all.
         let mut dir_count: HashMap<&Path, usize> = HashMap::new();
@@ -621,8 +671,36 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
                 }
                 _ => (imm(AT_FDCWD as i64), pr.data(cstr(&f0.path))),
             };
-            let oflags =
-                (f0.flags & !(O_CLOEXEC | O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY)) | O_CLOEXEC;
+            let base = f0.flags & !(O_CLOEXEC | O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY);
+            let cl0 = f0.flags & O_CLOEXEC;
+            let saved = in_place(g).then(|| {
+                // Keep the old description, free the fd's number; the openat takes it.
+                let s = pr.push(
+                    on_fd("F_DUPFD_CLOEXEC of", f0.fd),
+                    Call::sys(
+                        SYS_fcntl,
+                        &[imm(f0.fd as i64), imm(F_DUPFD_CLOEXEC as i64), imm(0)],
+                    ),
+                    Check::NonNeg,
+                    None,
+                );
+                pr.ops[s].set_undo(Call::sys(SYS_close, &[Arg::Result(s)]));
+                pr.push(
+                    on_fd("close of", f0.fd),
+                    Call::sys(SYS_close, &[imm(f0.fd as i64)]),
+                    Check::None,
+                    Some(Call::sys(
+                        SYS_dup3,
+                        &[Arg::Result(s), imm(f0.fd as i64), imm(cl0 as i64)],
+                    )),
+                );
+                s
+            });
+            let oflags = if saved.is_some() {
+                base | cl0
+            } else {
+                base | O_CLOEXEC
+            };
             let n = push_openat(
                 &mut pr,
                 on_fd("openat through the new mount for", f0.fd),
@@ -630,6 +708,17 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
                 path,
                 oflags,
             );
+            if saved.is_some() {
+                pr.push(
+                    on_fd(
+                        "the new file at the number of (fds changed since the scan?)",
+                        f0.fd,
+                    ),
+                    Call::compare_result(n, f0.fd as u64),
+                    Check::NonNeg,
+                    None,
+                );
+            }
             check_file(
                 &mut pr,
                 Arg::Result(n),
@@ -665,50 +754,30 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
                     None,
                 );
             }
-            // Keep the old description until the batch commits, then replace the fds.
-            let s = pr.push(
-                on_fd("F_DUPFD_CLOEXEC of", f0.fd),
-                Call::sys(
-                    SYS_fcntl,
-                    &[imm(f0.fd as i64), imm(F_DUPFD_CLOEXEC as i64), imm(0)],
-                ),
-                Check::NonNeg,
-                None,
-            );
-            pr.ops[s].set_undo(Call::sys(SYS_close, &[Arg::Result(s)]));
-            for &i in members {
-                let f = &unit.fds[i];
-                let cl = if f.flags & O_CLOEXEC != 0 {
-                    O_CLOEXEC
-                } else {
-                    0
-                };
-                pr.push(
-                    on_fd("dup3 onto", f.fd),
-                    Call::sys(
-                        SYS_dup3,
-                        &[Arg::Result(n), imm(f.fd as i64), imm(cl as i64)],
-                    ),
-                    Check::Eq(f.fd as u64),
-                    Some(Call::sys(
-                        SYS_dup3,
-                        &[Arg::Result(s), imm(f.fd as i64), imm(cl as i64)],
-                    )),
-                );
-                moved.push(f.fd);
+            match saved {
+                Some(s) => {
+                    // The other fds of the description: onto the new file now (undoable).
+                    for &i in &members[1..] {
+                        let f = &unit.fds[i];
+                        let cl = f.flags & O_CLOEXEC;
+                        pr.push(
+                            on_fd("dup3 onto", f.fd),
+                            Call::sys(
+                                SYS_dup3,
+                                &[Arg::Result(n), imm(f.fd as i64), imm(cl as i64)],
+                            ),
+                            Check::Eq(f.fd as u64),
+                            Some(Call::sys(
+                                SYS_dup3,
+                                &[Arg::Result(s), imm(f.fd as i64), imm(cl as i64)],
+                            )),
+                        );
+                    }
+                    opened.push(Opened::InPlace { saved: s });
+                }
+                None => opened.push(Opened::Spare { new: n, members }),
             }
-            // The temporary goes now (one spare fd at a time); its undo puts it back at its
-            // number, so that the openat's undo closes the right fd.
-            pr.push(
-                on_fd("close of the temporary for", f0.fd),
-                Call::sys(SYS_close, &[Arg::Result(n)]),
-                Check::NonNeg,
-                Some(Call::sys(
-                    SYS_dup3,
-                    &[imm(f0.fd as i64), Arg::Result(n), imm(O_CLOEXEC as i64)],
-                )),
-            );
-            saved.push(s);
+            moved.extend(members.iter().map(|&i| unit.fds[i].fd));
         }
         let mut parks = Vec::new();
         let mut temps = Vec::new();
@@ -869,18 +938,51 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize) -> Built {
                 temps.push(new_cwd);
             }
         }
-        // Point of no return for this batch: drop the old descriptions and temporaries, then
-        // re-take the locks (closing any fd of a file drops the process's POSIX locks on it).
+        // Point of no return for this batch: every new file is open and checked. Put each on
+        // its fds (dup3 closes the old description: one close per fd, and on FUSE one FLUSH
+        // round trip each, the fewest possible) and close the spare, drop the temporaries,
+        // then re-take the locks (closing any fd of a file drops the process's POSIX locks on
+        // it). dup3 onto an open fd from an fd we opened cannot fail while every thread
+        // sharing the table is stopped (EBUSY needs an open racing in another thread).
         pr.begin_final();
-        for s in saved {
-            pr.push(
-                step("close a kept old description"),
-                Call::sys(SYS_close, &[Arg::Result(s)]),
-                Check::None,
-                None,
-            );
+        for o in opened {
+            match o {
+                Opened::Spare { new, members } => {
+                    for &i in members {
+                        let f = &unit.fds[i];
+                        let cl = f.flags & O_CLOEXEC;
+                        pr.push(
+                            on_fd("dup3 onto", f.fd),
+                            Call::sys(
+                                SYS_dup3,
+                                &[Arg::Result(new), imm(f.fd as i64), imm(cl as i64)],
+                            ),
+                            Check::Eq(f.fd as u64),
+                            None,
+                        );
+                    }
+                    pr.push(
+                        on_fd("close of the spare new file for", unit.fds[members[0]].fd),
+                        Call::sys(SYS_close, &[Arg::Result(new)]),
+                        Check::None,
+                        None,
+                    );
+                }
+                Opened::InPlace { saved } => {
+                    pr.push(
+                        step("close a kept old description"),
+                        Call::sys(SYS_close, &[Arg::Result(saved)]),
+                        Check::None,
+                        None,
+                    );
+                }
+            }
         }
-        for fd in temps.into_iter().chain(dir_ops.into_values()) {
+        for fd in temps
+            .into_iter()
+            .chain(dir_ops.into_values())
+            .chain(placeholders)
+        {
             pr.push(
                 step("close a temporary fd"),
                 Call::sys(SYS_close, &[Arg::Result(fd)]),
@@ -1178,11 +1280,62 @@ pub(crate) struct Prepared {
     body: Vec<u8>,
     layout: crate::program::Layout,
     trapsig: i32,
+    /// The fd gaps the program fills (see [`build`]).
+    gaps: Option<Vec<i32>>,
     _nofile: NofileGuard,
 }
 
+/// At most this many fd gaps are filled to reopen files in place; a sparser table has its
+/// files reopened through spare fds.
+const MAX_GAPS: usize = 4096;
+
+/// The highest fd to reopen in place: the lowest fd of each description whose old file is on
+/// a filesystem with a quiet close ([`crate::FdItem::old_close_costs`] false).
+fn in_place_top(unit: &ProcessPlan) -> Option<i32> {
+    let mut first: HashMap<usize, (i32, bool)> = HashMap::new();
+    for f in &unit.fds {
+        let e = first
+            .entry(f.description)
+            .or_insert((f.fd, f.old_close_costs));
+        if f.fd < e.0 {
+            *e = (f.fd, f.old_close_costs);
+        }
+    }
+    first
+        .values()
+        .filter(|(_, costs)| !costs)
+        .map(|(fd, _)| *fd)
+        .max()
+}
+
+/// The free fd numbers below the highest fd to reopen in place, if not too many: as the fd
+/// table is now (`live`), or as the scan saw it (every fd it listed is in the plan, moving or
+/// skipped).
+fn fd_gaps(unit: &ProcessPlan, live: bool) -> Option<Vec<i32>> {
+    let top = in_place_top(unit)?;
+    let open: std::collections::HashSet<i32> = if live {
+        let task = PathBuf::from(format!("/proc/{}/task/{}", unit.pid, unit.tid));
+        procfs::fds(&task).ok()?.into_iter().collect()
+    } else {
+        let skipped = unit.skipped.iter().filter_map(|k| match k.item {
+            Item::Fd(fd) => Some(fd),
+            _ => None,
+        });
+        unit.fds.iter().map(|f| f.fd).chain(skipped).collect()
+    };
+    let gaps: Vec<i32> = (0..top).filter(|fd| !open.contains(fd)).collect();
+    (gaps.len() <= MAX_GAPS).then_some(gaps)
+}
+
 /// Choose the trap signal, make room for the spare fds, build and serialise the program.
-pub(crate) fn prepare(unit: &ProcessPlan, stub: &Stub, so: &SwapOptions) -> Result<Prepared> {
+/// `stopped`: the process is stopped now (its fd table is read as it is, not taken from the
+/// scan).
+pub(crate) fn prepare(
+    unit: &ProcessPlan,
+    stub: &Stub,
+    so: &SwapOptions,
+    stopped: bool,
+) -> Result<Prepared> {
     let pid = unit.pid;
     let trapsig = if so.force_int3 {
         0
@@ -1205,13 +1358,15 @@ pub(crate) fn prepare(unit: &ProcessPlan, stub: &Stub, so: &SwapOptions) -> Resu
         }))
         .max()
         .unwrap_or(0) as u64;
-    // Spare fds: one kept old description per group, one temporary, maps and cwd.
+    // Spare fds: the new file of each group until its batch commits, maps and cwd.
     let dirs = unit
         .fds
         .iter()
         .filter_map(|f| f.path.parent())
         .collect::<std::collections::HashSet<_>>()
         .len() as u64;
+    // (The placeholders in fd gaps take numbers below `max_fd`: no room needed for them.)
+    let gaps = fd_gaps(unit, stopped);
     let base = max_fd + 1 + 2 * unit.maps.len() as u64 + dirs + 24;
     let (nofile, limit) = NofileGuard::raise(pid, base + ngroups)?;
     let batch = if limit >= base + ngroups {
@@ -1220,7 +1375,7 @@ pub(crate) fn prepare(unit: &ProcessPlan, stub: &Stub, so: &SwapOptions) -> Resu
         limit.saturating_sub(base).max(1) as usize
     };
     let batch = so.max_batch.map_or(batch, |m| batch.min(m.max(1)));
-    let built = build(unit, trapsig, batch);
+    let built = build(unit, trapsig, batch, gaps.as_deref());
     let body = built.program.serialize();
     let layout = built.program.layout(stub.code.len());
     Ok(Prepared {
@@ -1228,6 +1383,7 @@ pub(crate) fn prepare(unit: &ProcessPlan, stub: &Stub, so: &SwapOptions) -> Resu
         body,
         layout,
         trapsig,
+        gaps,
         _nofile: nofile,
     })
 }
@@ -1254,9 +1410,13 @@ fn run_unit(
         let bit = 1u64 << (p.trapsig - 1);
         Ok(m.caught & bit == 0 && m.blocked & bit == 0)
     };
+    // ... and if the fd gaps it fills are still the gaps (the table is stopped now).
     let mut prepared = match prepared {
-        Some(p) if still_good(&p)? => p,
-        _ => prepare(unit, stub, so)?,
+        Some(p) if still_good(&p)? && p.gaps == fd_gaps(unit, true) => p,
+        _ => {
+            tracing::debug!(pid, tid, "program prepared again while stopped");
+            prepare(unit, stub, so, true)?
+        }
     };
     let trapsig = prepared.trapsig;
     let layout = prepared.layout;

@@ -306,6 +306,16 @@ fn many_fds_and_threads() {
 
 #[test]
 fn failure_half_way_rolls_back() {
+    failure_half_way(false);
+}
+
+/// The same, with every file reopened through a spare fd (as when the old files are on FUSE).
+#[test]
+fn failure_half_way_rolls_back_spare_fds() {
+    failure_half_way(true);
+}
+
+fn failure_half_way(spare: bool) {
     require_root();
     let tmp = tempfile::tempdir().expect("tempdir");
     let lower = tmp.path().join("lower");
@@ -322,8 +332,12 @@ fn failure_half_way_rolls_back() {
         upper.join("many").to_str().expect("utf8"),
         lower_many.to_str().expect("utf8"),
     ]);
-    let plan = Plan::scan(&[t.pid], &ScanOptions::new(&lower)).expect("scan");
+    let mut plan = Plan::scan(&[t.pid], &ScanOptions::new(&lower)).expect("scan");
     assert_eq!(plan.len(), 50);
+    for f in plan.processes.iter_mut().flat_map(|p| p.fds.iter_mut()) {
+        assert!(!f.old_close_costs, "ext4 closes quietly");
+        f.old_close_costs = spare;
+    }
     // The 40th file vanishes between the scan and the swap: its openat fails in the stub.
     std::fs::remove_file(upper.join("many/f39")).expect("rm");
     let many = many_fds(t.pid);
@@ -801,4 +815,153 @@ fn a_target_in_its_own_pid_namespace() {
             .all(|&fd| fdinfo(t.pid, fd).mnt_id == top)
     );
     assert_eq!(t.ask("ping", "PONG"), "PONG");
+}
+
+/// Files are reopened at their own fd numbers, the gaps below them filled for the time of the
+/// stub; fds opened and closed between the scan and the stop change the gaps, and the swap
+/// still moves everything, leaving no placeholder behind.
+#[test]
+fn fd_gaps_changing_between_scan_and_swap() {
+    require_root();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let lower = tmp.path().join("lower");
+    let upper = tmp.path().join("upper");
+    std::fs::create_dir_all(&lower).expect("mkdir");
+    std::fs::create_dir_all(upper.join("many")).expect("mkdir");
+    let mut t = Testee::spawn(&lower, &["--fds", "50"]);
+    for k in 0..50 {
+        std::fs::write(upper.join(format!("many/f{k}")), b"").expect("write");
+    }
+    let many = many_fds(t.pid);
+    assert_eq!(many.len(), 50);
+    // Gaps among the files (fds 10th and 20th closed), then the upper layer.
+    for fd in [many[10], many[20]] {
+        assert_eq!(t.ask(&format!("close {fd}"), "CLOSED"), "CLOSED 0");
+    }
+    let lower_many = lower.join("many");
+    t.mount(&[
+        "--bind",
+        upper.join("many").to_str().expect("utf8"),
+        lower_many.to_str().expect("utf8"),
+    ]);
+    let mut upper_mnt = t.top_mount(&lower_many);
+    let mut opened = -1;
+    for round in 0..2 {
+        let plan = Plan::scan(&[t.pid], &ScanOptions::new(&lower_many)).expect("scan");
+        let moving: Vec<i32> = plan.processes[0].fds.iter().map(|f| f.fd).collect();
+        assert_eq!(moving.len(), 48, "round {round}");
+        // Between the scan and the stop: a gap filled (round 0), the same gap made again
+        // (round 1).
+        if round == 0 {
+            let l = t.ask("open-null", "OPENED");
+            opened = l["OPENED ".len()..].parse().expect("fd");
+        } else {
+            assert_eq!(t.ask(&format!("close {opened}"), "CLOSED"), "CLOSED 0");
+        }
+        let before: Vec<Info> = moving.iter().map(|&fd| fdinfo(t.pid, fd)).collect();
+        let n_before = std::fs::read_dir(format!("/proc/{}/fd", t.pid))
+            .expect("fd dir")
+            .count();
+        let report = swap_plan(&plan, &SwapOptions::default()).expect("swap");
+        assert!(report.first_error().is_none(), "{:?}", report.first_error());
+        assert_eq!(report.swapped().count(), 48, "round {round}");
+        for (fd, b) in moving.iter().zip(&before) {
+            let a = fdinfo(t.pid, *fd);
+            assert_eq!(a.mnt_id, upper_mnt, "fd {fd} moved");
+            assert_eq!(
+                (a.pos, a.flags),
+                (b.pos, b.flags),
+                "fd {fd} flags and offset"
+            );
+        }
+        assert_eq!(
+            n_before,
+            std::fs::read_dir(format!("/proc/{}/fd", t.pid))
+                .expect("fd dir")
+                .count(),
+            "no placeholder or spare fd left"
+        );
+        if round == 0 {
+            assert_eq!(
+                std::fs::read_link(format!("/proc/{}/fd/{opened}", t.pid)).expect("link"),
+                Path::new("/dev/null"),
+                "the fd opened meanwhile is untouched"
+            );
+        }
+        assert_eq!(t.ask("ping", "PONG"), "PONG");
+        // Back to the lower files for the next round (P is where the upper one was mounted).
+        t.umount_lazy(&lower_many);
+        let back = ScanOptions {
+            from_mnt: Some(upper_mnt),
+            ..ScanOptions::new(&lower_many)
+        };
+        let r = swap(&[t.pid], &back, &SwapOptions::default()).expect("swap back");
+        assert!(r.first_error().is_none(), "{:?}", r.first_error());
+        assert_eq!(r.swapped().count(), 48, "{:?}", r.processes[0].skipped);
+        t.mount(&[
+            "--bind",
+            upper.join("many").to_str().expect("utf8"),
+            lower_many.to_str().expect("utf8"),
+        ]);
+        upper_mnt = t.top_mount(&lower_many);
+    }
+}
+
+/// A thread that opens and closes an fd all the time: the fd gaps change between the scan and
+/// the stop, and the swap (which fills the gaps as they are once the process is stopped) moves
+/// everything every time.
+#[test]
+fn fd_gaps_churning_in_another_thread() {
+    require_root();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let lower = tmp.path().join("lower");
+    let upper = tmp.path().join("upper");
+    std::fs::create_dir_all(&lower).expect("mkdir");
+    std::fs::create_dir_all(upper.join("many")).expect("mkdir");
+    let mut t = Testee::spawn(&lower, &["--fds", "200", "--fd-churn"]);
+    for k in 0..200 {
+        std::fs::write(upper.join(format!("many/f{k}")), b"").expect("write");
+    }
+    let many = many_fds(t.pid);
+    for fd in [many[0], many[50], many[150]] {
+        assert_eq!(t.ask(&format!("close {fd}"), "CLOSED"), "CLOSED 0");
+    }
+    let lower_many = lower.join("many");
+    for _ in 0..10 {
+        t.mount(&[
+            "--bind",
+            upper.join("many").to_str().expect("utf8"),
+            lower_many.to_str().expect("utf8"),
+        ]);
+        let upper_mnt = t.top_mount(&lower_many);
+        let r = swap(
+            &[t.pid],
+            &ScanOptions::new(&lower_many),
+            &SwapOptions::default(),
+        )
+        .expect("swap");
+        assert!(r.first_error().is_none(), "{:?}", r.first_error());
+        assert_eq!(r.swapped().count(), 197);
+        assert!(
+            many_fds(t.pid)
+                .iter()
+                .all(|&fd| fdinfo(t.pid, fd).mnt_id == upper_mnt)
+        );
+        t.umount_lazy(&lower_many);
+        let back = ScanOptions {
+            from_mnt: Some(upper_mnt),
+            ..ScanOptions::new(&lower_many)
+        };
+        let r = swap(&[t.pid], &back, &SwapOptions::default()).expect("swap back");
+        assert!(r.first_error().is_none(), "{:?}", r.first_error());
+        assert_eq!(r.swapped().count(), 197);
+    }
+    assert_eq!(t.ask("ping", "PONG"), "PONG");
+    assert_eq!(many_fds(t.pid).len(), 197, "no spare fd left");
+    let placeholders = std::fs::read_dir(format!("/proc/{}/fd", t.pid))
+        .expect("fd dir")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| l == Path::new("/"))
+        .count();
+    assert_eq!(placeholders, 0, "no placeholder left");
 }

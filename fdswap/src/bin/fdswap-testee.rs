@@ -4,7 +4,9 @@
 //!
 //! ```text
 //! fdswap-testee serve DIR [--full] [--fds N] [--threads T] [--sleep-ms MS] [--unshare]
-//!     prints "FD name n" lines then "READY"; stdin commands: write, wake, ping, quit
+//!     [--churn] [--fd-churn] [--own-tables] [--vfork-ms MS]
+//!     prints "FD name n" lines then "READY"; stdin commands: write, wake, ping, quit,
+//!     open-null (opens /dev/null at the lowest free fd), close FD
 //! fdswap-testee swap PID PATH [--from-mnt M] [--pause-at-trap MS] [--int3]
 //! ```
 
@@ -83,6 +85,7 @@ fn serve(args: &[String]) {
     let dir = PathBuf::from(&args[0]);
     let mut full = false;
     let mut churn = false;
+    let mut fd_churn = false;
     let mut vfork_ms = 0u64;
     let mut own_tables = false;
     let mut nfds = 0usize;
@@ -93,6 +96,7 @@ fn serve(args: &[String]) {
         match args[i].as_str() {
             "--full" => full = true,
             "--churn" => churn = true,
+            "--fd-churn" => fd_churn = true,
             "--own-tables" => own_tables = true,
             "--vfork-ms" => {
                 i += 1;
@@ -412,6 +416,17 @@ fn serve(args: &[String]) {
             }
         });
     }
+    if fd_churn {
+        // Opens and closes an fd all the time: the lowest free fd number comes and goes.
+        std::thread::spawn(|| {
+            loop {
+                let f = File::open("/dev/null").expect("/dev/null");
+                std::thread::sleep(Duration::from_millis(1));
+                drop(f);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+    }
     std::thread::sleep(Duration::from_millis(50)); // let the threads block
     say(&out, "READY");
     let stdin = std::io::stdin();
@@ -451,6 +466,18 @@ fn serve(args: &[String]) {
                 say(&out, "WOKE");
             }
             "quit" => break,
+            "open-null" => {
+                // Takes the lowest free fd number (fills a gap in the table).
+                let fd = File::open("/dev/null").expect("/dev/null").into_raw_fd();
+                say(&out, &format!("OPENED {fd}"));
+            }
+            l if l.starts_with("close ") => {
+                let fd: RawFd = l["close ".len()..].parse().expect("close FD");
+                // SAFETY: the test asks to close an fd of ours it no longer needs (it leaves a
+                // gap in the table); nothing here uses that fd afterwards.
+                let r = unsafe { libc::close(fd) };
+                say(&out, &format!("CLOSED {r}"));
+            }
             _ => say(&out, "?"),
         }
     }

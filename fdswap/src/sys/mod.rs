@@ -1,8 +1,9 @@
 //! Raw system calls that have no safe wrapper in `nix`. All `unsafe` of the crate lives here
 //! (and in the architecture module's register plumbing, which has none).
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -41,14 +42,30 @@ pub fn statx_cached(path: &Path) -> Result<FileId, Errno> {
     statx_flags(path, libc::AT_STATX_DONT_SYNC)
 }
 
+/// `statx(dirfd, name, flags, BASIC|MNT_ID)`; an empty `name` is `dirfd` itself.
+pub fn statx_at(dirfd: BorrowedFd<'_>, name: &Path, flags: libc::c_int) -> Result<FileId, Errno> {
+    let c = CString::new(name.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+    let flags = if c.as_bytes().is_empty() {
+        flags | libc::AT_EMPTY_PATH
+    } else {
+        flags
+    };
+    statx_raw(dirfd.as_raw_fd(), &c, flags)
+}
+
 fn statx_flags(path: &Path, flags: libc::c_int) -> Result<FileId, Errno> {
     let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+    statx_raw(libc::AT_FDCWD, &c, flags)
+}
+
+fn statx_raw(dirfd: RawFd, c: &CStr, flags: libc::c_int) -> Result<FileId, Errno> {
     let mut buf = MaybeUninit::<libc::statx>::zeroed();
-    // SAFETY: `c` is a NUL-terminated string that outlives the call and `buf` is a writable
-    // `struct statx` the kernel fills; statx(2) writes nothing else.
+    // SAFETY: `dirfd` is AT_FDCWD or an fd the caller borrows for the duration of the call, `c`
+    // is a NUL-terminated string that outlives the call and `buf` is a writable `struct statx`
+    // the kernel fills; statx(2) writes nothing else.
     let r = unsafe {
         libc::statx(
-            libc::AT_FDCWD,
+            dirfd,
             c.as_ptr(),
             flags,
             libc::STATX_BASIC_STATS | libc::STATX_MNT_ID,
@@ -66,6 +83,44 @@ fn statx_flags(path: &Path, flags: libc::c_int) -> Result<FileId, Errno> {
         mnt_id: s.stx_mnt_id,
         nlink: s.stx_nlink,
         mode: u32::from(s.stx_mode),
+    })
+}
+
+/// `getdents64(fd, buf)`: fills `buf` with `linux_dirent64` records; returns the bytes used
+/// (0 at the end of the directory). The request size a FUSE filesystem sees is `buf.len()`.
+pub fn getdents64(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize, Errno> {
+    // SAFETY: `fd` is borrowed for the call and `buf` is writable for `buf.len()` bytes;
+    // getdents64(2) writes at most that many bytes into it and nothing else.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_getdents64,
+            fd.as_raw_fd(),
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    };
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// The names in `getdents64` output (`.` and `..` included).
+pub fn dirent_names(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
+    // struct linux_dirent64 { u64 d_ino; i64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
+    const NAME: usize = 19;
+    let mut at = 0usize;
+    std::iter::from_fn(move || {
+        let rec = buf.get(at..)?;
+        let reclen = usize::from(u16::from_ne_bytes([*rec.get(16)?, *rec.get(17)?]));
+        if reclen < NAME || reclen > rec.len() {
+            return None;
+        }
+        at += reclen;
+        let name = &rec[NAME..reclen];
+        let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+        Some(&name[..end])
     })
 }
 
