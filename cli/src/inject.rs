@@ -82,6 +82,8 @@ pub fn inject(args: InjectArgs) -> anyhow::Result<i32> {
         obj.insert("duration".into(), Value::String(d.clone()));
     }
     check_privileges()?;
+    // Until faults are live: every step wakes another thread or process (see CpuLatency).
+    let _latency = engine::swap::CpuLatency::hold();
     let journal = journal()?;
     let req = ServeRequest {
         pid: match &args.target {

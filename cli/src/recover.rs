@@ -21,6 +21,8 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn recover(what: RecoverWhat) -> anyhow::Result<i32> {
     check_privileges()?;
+    // Until everything is gone: every step wakes another thread or process (see CpuLatency).
+    let _latency = engine::swap::CpuLatency::hold();
     let journal = journal()?;
     let entries = journal.list().context("reading the journal")?;
     let selected: Vec<Entry> = match &what {

@@ -122,6 +122,13 @@ impl FsServer for ChaosServer {
             .collect())
     }
 
+    fn read_ahead(&self) -> fdswap::ReadAhead {
+        // Worth it, and harmless, only where no rule can touch metadata: there no readdir is
+        // faulted or delayed and the kernel may cache the entries it returns.
+        let rules = self.server.rules();
+        fdswap::ReadAhead::when(move |dir| !rules.may_touch_meta(dir))
+    }
+
     fn quiesce(&self) {
         // Only release what is parked: replacing the rules now would invalidate every cached
         // entry, and the swap back would then wait on the server for each file.

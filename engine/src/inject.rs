@@ -66,6 +66,11 @@ pub trait FsServer: Send + Sync + 'static {
     /// Recover begins: stop injecting and release requests held in latency faults, so that no
     /// thread of the target is still waiting on a fault when it is swapped back.
     fn quiesce(&self) {}
+    /// Which directories under the mount the swap may read before resolving the files in them
+    /// ([`fdswap::ReadAhead`]): those no rule can touch the metadata of. Default: none.
+    fn read_ahead(&self) -> fdswap::ReadAhead {
+        fdswap::ReadAhead::never()
+    }
     /// `(matched, injected)` per rule, in spec order.
     fn rule_counters(&self) -> Vec<(u64, u64)>;
     /// Stop serving (the mount is already detached and the fds swapped back).
@@ -83,8 +88,14 @@ pub struct SwapOutcome {
 /// (wiring: `fdswap::swap` with `fdswap::ScanOptions { path, to_mnt, from_mnt }`).
 pub trait Swapper: Send + Sync + 'static {
     /// Make `pids` reopen what they hold under `path` (canonical, as they see it) through the
-    /// mount `to_mnt` now on top of it.
-    fn swap_in(&self, pids: &[u32], path: &Path, to_mnt: u64) -> Result<SwapOutcome>;
+    /// mount `to_mnt` now on top of it, reading ahead the directories `read_ahead` allows.
+    fn swap_in(
+        &self,
+        pids: &[u32],
+        path: &Path,
+        to_mnt: u64,
+        read_ahead: fdswap::ReadAhead,
+    ) -> Result<SwapOutcome>;
     /// Make `pids` reopen what they hold on mount `from_mnt` under `path` through whatever
     /// `path` resolves to now (the original, once the ChaosFS mount is detached).
     fn swap_out(&self, pids: &[u32], path: &Path, from_mnt: u64) -> Result<SwapOutcome>;
@@ -172,6 +183,9 @@ pub fn inject<L: FsLauncher, S: Swapper>(
     req: &InjectRequest,
 ) -> Result<Injection<L::Server, S>> {
     let t0 = std::time::Instant::now();
+    // Mount, FUSE handshake, scan and swap are chains of wake-ups: keep idle CPUs out of deep
+    // idle states until the injection is done (see `fdswap::CpuLatency`).
+    let _latency = fdswap::CpuLatency::hold();
     let target = find_target(&req.target)?;
     let mns = MountNs::of_target(&target)?;
     // Errors about the path come before anything changes. An injected path is refused before
@@ -196,6 +210,9 @@ pub fn inject<L: FsLauncher, S: Swapper>(
         }
     }
     let procs = target.processes()?;
+    let pids: Vec<u32> = procs.iter().map(|p| p.pid).collect();
+    // Before the namespace thread of the mount: see there.
+    reserve_fd_slots(&pids, target.root_fd());
     tracing::debug!(elapsed = ?t0.elapsed(), "target, path and processes found");
     let mut entry = Entry::new(
         InjectionId::generate(),
@@ -217,7 +234,8 @@ pub fn inject<L: FsLauncher, S: Swapper>(
         })
         .collect();
     entry.server_pid = Some(std::process::id());
-    journal.create(&entry)?;
+    // Durable with the last update below (see `Journal::create_pending`).
+    journal.create_pending(&entry)?;
 
     let id = entry.id.clone();
     let undo_journal = |e: Error| {
@@ -242,7 +260,7 @@ pub fn inject<L: FsLauncher, S: Swapper>(
         fuse_connection: guard.fuse_connection(),
     });
     // From here on, dropping `guard` on an error detaches the mount.
-    journal.update(&entry).map_err(undo_journal)?;
+    journal.update_pending(&entry).map_err(undo_journal)?;
     let backing = guard
         .backing()
         .try_clone_to_owned()
@@ -251,8 +269,7 @@ pub fn inject<L: FsLauncher, S: Swapper>(
         .start(backing, device, &req.spec, guard.fuse_connection())
         .map_err(undo_journal)?;
     tracing::debug!(elapsed = ?t0.elapsed(), "serving");
-    let pids: Vec<u32> = procs.iter().map(|p| p.pid).collect();
-    let outcome = match swapper.swap_in(&pids, &canonical, guard.mnt_id()) {
+    let outcome = match swapper.swap_in(&pids, &canonical, guard.mnt_id(), server.read_ahead()) {
         Ok(o) => o,
         Err(e) => {
             // fdswap rolled back the process it failed in; the others may have moved: detach,
@@ -419,6 +436,7 @@ impl<F: FsServer, S: Swapper> ChaosService for Injection<F, S> {
     }
 
     fn recover(&self) -> Result<RecoverReport> {
+        let _latency = fdswap::CpuLatency::hold();
         let mut st = self.lock()?;
         if let Some(server) = st.server.as_ref() {
             server.quiesce();
@@ -482,6 +500,7 @@ pub fn recover_from_journal<S: Swapper>(
     id: &InjectionId,
     swapper: &S,
 ) -> Result<RecoverReport> {
+    let _latency = fdswap::CpuLatency::hold();
     let entry = journal.read(id)?;
     let mut report = RecoverReport::default();
     if let Some(m) = &entry.mount {
@@ -533,6 +552,51 @@ pub fn recover_from_journal<S: Swapper>(
     }
     journal.remove(id)?;
     Ok(report)
+}
+
+/// Grow this process's fd table now to what the filesystem server will hold: ChaosFS keeps an
+/// `O_PATH` fd per file the kernel looked up and one per open handle, about two per file the
+/// target holds. Left to itself the kernel doubles the table as fds are opened (64, 128, …),
+/// and once threads exist each doubling waits for an RCU grace period (5–17 ms on a 2-CPU VM,
+/// several of them inside the scan and the target's pause). Called while this process has no
+/// other thread (the injection server, before any: not even a joined thread that may not have
+/// released the table yet), the growth costs nothing; the table never shrinks. Best effort.
+fn reserve_fd_slots(pids: &[u32], any_fd: std::os::fd::BorrowedFd<'_>) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let held: usize = pids
+        .iter()
+        .filter_map(|p| std::fs::read_dir(format!("/proc/{p}/fd")).ok())
+        .map(Iterator::count)
+        .sum();
+    let lim = getrlimit(Resource::Nofile);
+    let (soft, hard) = (
+        lim.current.unwrap_or(u64::MAX),
+        lim.maximum.unwrap_or(u64::MAX),
+    );
+    // ChaosFS raises the soft limit to the hard one when it starts: do it first.
+    let soft = if soft < hard
+        && setrlimit(
+            Resource::Nofile,
+            rustix::process::Rlimit {
+                current: lim.maximum,
+                maximum: lim.maximum,
+            },
+        )
+        .is_ok()
+    {
+        hard
+    } else {
+        soft
+    };
+    let want = (2 * held + 256) as u64;
+    let cap = soft.min(1 << 20);
+    let slot = want.min(cap.saturating_sub(1));
+    if let Ok(slot) = i32::try_from(slot)
+        && slot > 64
+    {
+        // The fd lands at `slot` (or above): the table now covers it. Dropped at once.
+        let _ = rustix::io::fcntl_dupfd_cloexec(any_fd, slot);
+    }
 }
 
 fn find_ns_by_inode(ino: u64) -> Result<Option<MountNs>> {

@@ -83,7 +83,13 @@ pub fn oci_target(pid: u32, rootfs: &Path, id: &str) -> Result<Target> {
 pub struct StartSwapper(pub FdSwapper);
 
 impl Swapper for StartSwapper {
-    fn swap_in(&self, _pids: &[u32], _path: &Path, _to_mnt: u64) -> Result<SwapOutcome> {
+    fn swap_in(
+        &self,
+        _pids: &[u32],
+        _path: &Path,
+        _to_mnt: u64,
+        _read_ahead: fdswap::ReadAhead,
+    ) -> Result<SwapOutcome> {
         Ok(SwapOutcome::default())
     }
 

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fdswap::{
-    Item, Plan, ProcessPlan, ProcessReport, ReadAhead, Report, ScanOptions, SkipReason,
-    SwapOptions,
+    Item, Plan, ProcessPlan, ProcessReport, ReadAhead, Report, ScanOptions, SkipReason, SwapOptions,
 };
+
+pub use fdswap::CpuLatency;
 
 use crate::api::FdEntry;
 use crate::error::{Error, Result};
@@ -268,7 +269,13 @@ impl FdSwapper {
 }
 
 impl Swapper for FdSwapper {
-    fn swap_in(&self, pids: &[u32], path: &Path, to_mnt: u64) -> Result<SwapOutcome> {
+    fn swap_in(
+        &self,
+        pids: &[u32],
+        path: &Path,
+        to_mnt: u64,
+        read_ahead: ReadAhead,
+    ) -> Result<SwapOutcome> {
         if pids.is_empty() {
             return Ok(SwapOutcome::default());
         }
@@ -276,7 +283,7 @@ impl Swapper for FdSwapper {
             path: PathBuf::from(path),
             from_mnt: None,
             to_mnt: Some(to_mnt),
-            read_ahead: ReadAhead::never(),
+            read_ahead,
         };
         let (plan, mut report) = self.run(pids, options)?;
         // A process that could not be moved would keep bypassing the faults: fail the injection
@@ -301,6 +308,7 @@ impl Swapper for FdSwapper {
         if pids.is_empty() {
             return Ok(SwapOutcome::default());
         }
+        // Back onto the original filesystem: nothing to read ahead there.
         let options = ScanOptions {
             path: PathBuf::from(path),
             from_mnt: Some(from_mnt),

@@ -74,7 +74,13 @@ impl FsServer for TmpfsServer {
 struct RecordingSwapper(Calls);
 
 impl Swapper for RecordingSwapper {
-    fn swap_in(&self, pids: &[u32], path: &Path, to_mnt: u64) -> engine::Result<SwapOutcome> {
+    fn swap_in(
+        &self,
+        pids: &[u32],
+        path: &Path,
+        to_mnt: u64,
+        _read_ahead: fdswap::ReadAhead,
+    ) -> engine::Result<SwapOutcome> {
         self.0
             .push(format!("in {pids:?} {} {to_mnt}", path.display()));
         Ok(SwapOutcome {

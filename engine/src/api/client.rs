@@ -1,6 +1,10 @@
 //! Talking to an injection server's Chaos API.
 
+use std::net::Shutdown;
+use std::os::fd::IntoRawFd;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::proto::{chaos as pb, chaos_ttrpc};
@@ -18,6 +22,19 @@ pub struct ChaosClient {
     socket: PathBuf,
     timeout: Duration,
     container: Option<String>,
+    _hangup: Arc<Hangup>,
+}
+
+/// Ends the connection when the last clone of a client goes. ttrpc's own client closes its
+/// socket only when its reader thread next wakes up, up to 10 ms later (it polls with that
+/// timeout), and an injection server that was asked to recover waits for its caller to hang up
+/// before it exits.
+struct Hangup(UnixStream);
+
+impl Drop for Hangup {
+    fn drop(&mut self) {
+        let _ = self.0.shutdown(Shutdown::Both);
+    }
 }
 
 impl std::fmt::Debug for ChaosClient {
@@ -32,16 +49,23 @@ impl std::fmt::Debug for ChaosClient {
 impl ChaosClient {
     /// Connect to the server listening on `socket` (e.g. `/run/iochaos/<id>.sock`).
     pub fn connect(socket: &Path) -> Result<ChaosClient> {
-        let addr = format!("unix://{}", socket.display());
-        let client = ttrpc::Client::connect(&addr).map_err(|source| Error::Rpc {
+        let rpc_err = |source| Error::Rpc {
             socket: socket.to_owned(),
             source,
-        })?;
+        };
+        let io_err = |what: &'static str| {
+            move |e: std::io::Error| rpc_err(ttrpc::Error::Socket(format!("{what}: {e}")))
+        };
+        let stream = UnixStream::connect(socket).map_err(io_err("connect"))?;
+        let hangup = Hangup(stream.try_clone().map_err(io_err("dup"))?);
+        // ttrpc owns (and closes) the connected fd from here on.
+        let client = ttrpc::Client::new(stream.into_raw_fd()).map_err(rpc_err)?;
         Ok(ChaosClient {
             inner: chaos_ttrpc::ChaosClient::new(client),
             socket: socket.to_owned(),
             timeout: DEFAULT_TIMEOUT,
             container: None,
+            _hangup: Arc::new(hangup),
         })
     }
 
