@@ -1,7 +1,7 @@
 //! ChaosFS behind [`FsLauncher`] / [`FsServer`]: the filesystem every injection serves.
 
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chaosfs::rules::{RuleSet, Spec};
@@ -124,9 +124,10 @@ impl FsServer for ChaosServer {
 
     fn read_ahead(&self) -> fdswap::ReadAhead {
         // Worth it, and harmless, only where no rule can touch metadata: there no readdir is
-        // faulted or delayed and the kernel may cache the entries it returns.
+        // faulted or delayed and the kernel may cache the entries it returns. Globs match the
+        // path relative to the mount or, without a '/', the name alone: ask for both.
         let rules = self.server.rules();
-        fdswap::ReadAhead::when(move |dir| !rules.may_touch_meta(dir))
+        fdswap::ReadAhead::when(move |dir| may_read_ahead(&rules, dir))
     }
 
     fn quiesce(&self) {
@@ -170,6 +171,14 @@ impl FsServer for ChaosServer {
     }
 }
 
+/// May the swap read directory `dir` (relative to the mount) ahead under `rules`? Only if no
+/// rule can touch its metadata. Globs match the path relative to the mount or, without a '/',
+/// the name alone: both are asked.
+fn may_read_ahead(rules: &RuleSet, dir: &Path) -> bool {
+    let name = dir.file_name().map_or(Path::new(""), Path::new);
+    !rules.may_touch_meta(dir) && !rules.may_touch_meta(name)
+}
+
 /// `(pid, fd)` of every open file on the FUSE connection `conn` (diagnostics; cached attributes
 /// only, so it never waits for the server).
 fn holders(conn: u32) -> Vec<(u32, i32)> {
@@ -201,4 +210,26 @@ fn holders(conn: u32) -> Vec<(u32, i32)> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(json: &str) -> RuleSet {
+        rule_set(&serde_json::from_str(json).expect("json")).expect("rules")
+    }
+
+    #[test]
+    fn read_ahead_only_where_no_rule_touches_metadata() {
+        let data_only = rules(r#"{"rules": [{"ops": ["write"], "errno": "EIO"}]}"#);
+        assert!(may_read_ahead(&data_only, Path::new("")));
+        assert!(may_read_ahead(&data_only, Path::new("a/b")));
+        let readdir = rules(r#"{"rules": [{"ops": ["readdir"], "latency": "1s"}]}"#);
+        assert!(!may_read_ahead(&readdir, Path::new("")));
+        assert!(!may_read_ahead(&readdir, Path::new("a")));
+        let named = rules(r#"{"rules": [{"ops": ["readdir"], "glob": "b*", "errno": "EIO"}]}"#);
+        assert!(!may_read_ahead(&named, Path::new("sub/backup")));
+        assert!(may_read_ahead(&named, Path::new("sub/data")));
+    }
 }
