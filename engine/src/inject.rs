@@ -234,7 +234,7 @@ pub fn inject<L: FsLauncher, S: Swapper>(
         })
         .collect();
     entry.server_pid = Some(std::process::id());
-    // Durable with the last update below (see `Journal::create_pending`).
+    // Durable after the last update below (see `Journal::create_pending`).
     journal.create_pending(&entry)?;
 
     let id = entry.id.clone();
@@ -289,7 +289,9 @@ pub fn inject<L: FsLauncher, S: Swapper>(
     };
     tracing::debug!(elapsed = ?t0.elapsed(), "swapped");
     entry.swapped = outcome.swapped;
-    journal.update(&entry)?;
+    // Faults are live: the fsyncs need not delay telling the caller.
+    journal.update_pending(&entry)?;
+    journal.sync_in_background(&entry.id);
     tracing::info!(id = %entry.id, path = %canonical.display(), pid = target.pid, "injected");
     Ok(Injection {
         id: entry.id.clone(),

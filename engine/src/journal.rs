@@ -256,7 +256,8 @@ impl Journal {
     /// only a power loss before the next durable write could lose it, and a power loss ends the
     /// mounts and processes the entry is about anyway. Each durable write costs two fsyncs
     /// (file and directory, milliseconds where the journal is not on a tmpfs): an injection
-    /// writes its entry three times and makes only the last one durable.
+    /// writes its entry three times this way, then makes it durable in the background
+    /// ([`Journal::sync_in_background`]).
     pub fn create_pending(&self, e: &Entry) -> Result<()> {
         self.write_atomically(e, true, false)
     }
@@ -264,6 +265,23 @@ impl Journal {
     /// [`Journal::update`] without waiting for the disk (see [`Journal::create_pending`]).
     pub fn update_pending(&self, e: &Entry) -> Result<()> {
         self.write_atomically(e, false, false)
+    }
+
+    /// Make entry `id` durable (fsync it and the directory) on a thread of its own, for a
+    /// write whose durability nobody needs to wait for: the entry is complete for every reader
+    /// already, and only a power loss in the next milliseconds could tear it. An entry removed
+    /// meanwhile is fine.
+    pub fn sync_in_background(&self, id: &InjectionId) {
+        let (path, dir) = (self.entry_path(id), self.dir.clone());
+        let spawned = std::thread::Builder::new()
+            .name("journal-sync".into())
+            .spawn({
+                let (path, dir) = (path.clone(), dir.clone());
+                move || sync_entry(&path, &dir)
+            });
+        if spawned.is_err() {
+            sync_entry(&path, &dir);
+        }
     }
 
     fn write_atomically(&self, e: &Entry, exclusive: bool, durable: bool) -> Result<()> {
@@ -372,6 +390,19 @@ impl Journal {
     }
 }
 
+/// fsync an entry and its directory (see [`Journal::sync_in_background`]).
+fn sync_entry(path: &Path, dir: &Path) {
+    let r = fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .and_then(|()| fs::File::open(dir)?.sync_all());
+    match r {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            tracing::warn!(path = %path.display(), error = %e, "journal entry not synced");
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,6 +444,26 @@ mod tests {
             addr: None,
         }];
         e
+    }
+
+    #[test]
+    fn pending_writes_are_whole_entries_and_a_background_sync_tolerates_removal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let j = Journal::open(dir.path()).expect("open");
+        let e = entry(InjectionId::generate());
+        j.create_pending(&e).expect("create");
+        assert!(matches!(
+            j.create_pending(&e),
+            Err(Error::InjectionExists { .. })
+        ));
+        let mut e2 = e.clone();
+        e2.swapped.clear();
+        j.update_pending(&e2).expect("update");
+        assert_eq!(j.read(&e.id).expect("read"), e2);
+        j.sync_in_background(&e.id);
+        j.remove(&e.id).expect("remove");
+        j.sync_in_background(&e.id);
+        assert!(j.list().expect("list").is_empty());
     }
 
     #[test]
