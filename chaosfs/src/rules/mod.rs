@@ -102,6 +102,13 @@ pub struct Spec {
     /// Seed for every random choice; same seed + same request sequence = same faults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// Hold a 0 µs CPU wake-up latency request (`/dev/cpu_dma_latency`) while the faults are
+    /// live: idle CPUs poll instead of sleeping, so each FUSE round trip wakes a running CPU
+    /// (about twice as fast on a VM whose idle vCPUs halt), at the price of CPUs that never
+    /// idle. Applied by whoever serves the spec (`iochaos run`, the injection server); the
+    /// request ends when they stop. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub low_latency: bool,
     /// The rules, evaluated in order.
     #[serde(default)]
     pub rules: Vec<RuleSpec>,

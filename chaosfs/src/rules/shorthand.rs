@@ -8,7 +8,7 @@
 //! --corrupt zeros|random|bitflip[:MAX_BYTES]     --short BYTES | 0.5 | 50%     --full
 //! selectors: --ops read,write  --glob '*.db'  --percent P  --pid 1,2  --comm NAME,NAME
 //!            --uid 0,1000  --after N  --every N  --times N
-//! global:    --seed N
+//! global:    --seed N  --low-latency
 //! ```
 //!
 //! `--flag=value` works as well as `--flag value`. Each rule is turned into the JSON a spec would
@@ -26,6 +26,8 @@ pub struct Shorthand {
     pub rules: Vec<RuleSpec>,
     /// `--seed N`.
     pub seed: Option<u64>,
+    /// `--low-latency` (the spec's `low_latency`).
+    pub low_latency: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +35,7 @@ enum Flag {
     Action(&'static str),
     Selector(&'static str),
     Seed,
+    LowLatency,
 }
 
 const ACTIONS: &[&str] = &["errno", "latency", "attr", "corrupt", "short", "full"];
@@ -43,6 +46,9 @@ const SELECTORS: &[&str] = &[
 fn flag(name: &str) -> Option<Flag> {
     if name == "seed" {
         return Some(Flag::Seed);
+    }
+    if name == "low-latency" {
+        return Some(Flag::LowLatency);
     }
     if let Some(a) = ACTIONS.iter().find(|a| **a == name) {
         return Some(Flag::Action(a));
@@ -89,7 +95,7 @@ pub fn parse_shorthand(args: &[String]) -> Result<Shorthand> {
         let Some(kind) = flag(name) else {
             return Err(err(format!("unknown rule flag --{name}")));
         };
-        let takes_value = kind != Flag::Action("full");
+        let takes_value = !matches!(kind, Flag::Action("full") | Flag::LowLatency);
         let value = if takes_value {
             match inline {
                 Some(v) => v,
@@ -100,11 +106,12 @@ pub fn parse_shorthand(args: &[String]) -> Result<Shorthand> {
             }
         } else {
             if inline.is_some() {
-                return Err(err("--full takes no value"));
+                return Err(err(format!("--{name} takes no value")));
             }
             String::new()
         };
         match kind {
+            Flag::LowLatency => out.low_latency = true,
             Flag::Seed => {
                 let seed = value
                     .parse::<u64>()

@@ -870,6 +870,27 @@ fn shorthand_several_rules_and_seed() {
 }
 
 #[test]
+fn low_latency_from_flags_and_json() {
+    let s = parse_shorthand(&args("--errno EIO --low-latency")).expect("parse");
+    assert!(s.low_latency);
+    assert_eq!(s.rules.len(), 1);
+    assert!(
+        !parse_shorthand(&args("--errno EIO"))
+            .expect("parse")
+            .low_latency
+    );
+    let j = spec(r#"{"low_latency": true, "rules": [{"errno": "EIO"}]}"#);
+    assert!(j.low_latency);
+    // Off is the default and is not written back out.
+    let off = spec(r#"{"rules": [{"errno": "EIO"}]}"#);
+    assert!(!off.low_latency);
+    let text = serde_json::to_string(&off).expect("serialize");
+    assert!(!text.contains("low_latency"), "{text}");
+    let text = serde_json::to_string(&j).expect("serialize");
+    assert_eq!(spec(&text), j);
+}
+
+#[test]
 fn shorthand_errors() {
     let cases: &[(&str, &str)] = &[
         (
@@ -880,6 +901,7 @@ fn shorthand_errors() {
         ("--errno EIO stray", "unexpected argument \"stray\""),
         ("--errno", "--errno needs a value"),
         ("--full=yes", "--full takes no value"),
+        ("--low-latency=1", "--low-latency takes no value"),
         ("--errno EIOO", "--errno EIOO: unknown errno \"EIOO\""),
         (
             "--errno EIO --percent 150",
@@ -953,6 +975,7 @@ fn shorthand_flag_recognition() {
     assert!(is_shorthand_flag("--percent=5"));
     assert!(is_shorthand_flag("--seed"));
     assert!(is_shorthand_flag("--full"));
+    assert!(is_shorthand_flag("--low-latency"));
     assert!(!is_shorthand_flag("--path"));
     assert!(!is_shorthand_flag("errno"));
 }
