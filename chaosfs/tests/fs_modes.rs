@@ -198,6 +198,36 @@ fn update_rules_reports_escaped_passthrough_files() {
     assert_eq!(m.server().rules().stats().len(), 1);
 }
 
+/// Needs the rule engine: a file open without FLUSH (no flush rule could select it, whatever
+/// its mode) is reported when new rules select flush on it, and a reopen meets the new rule.
+#[test]
+fn update_rules_reports_files_opened_without_flush() {
+    let m = mount_with(
+        rules(r#"{"rules":[{"ops":["read"],"glob":"d*","percent":0,"errno":"EIO"}]}"#),
+        Config::default(),
+        |d| {
+            fs::write(d.join("direct"), b"x").expect("prepare");
+            fs::write(d.join("plain"), b"x").expect("prepare");
+        },
+    );
+    let held_direct = fs::File::open(m.join("direct")).expect("open");
+    let held_plain = fs::File::open(m.join("plain")).expect("open");
+    assert_eq!(
+        m.server().open_mode(ino(&m.join("direct"))),
+        Some(OpenMode::Direct)
+    );
+    let report = m.server().update_rules(rules(
+        r#"{"rules":[{"ops":["flush"],"glob":"direct","errno":"EIO"}]}"#,
+    ));
+    let paths: Vec<_> = report.escaped.iter().map(|e| e.path.clone()).collect();
+    assert_eq!(paths, [std::path::PathBuf::from("direct")], "{report:?}");
+    let again = fs::File::open(m.join("direct")).expect("reopen");
+    let e = nix::unistd::close(nix::unistd::dup(&again).expect("dup"))
+        .expect_err("a close of the reopened file meets the flush rule");
+    assert_eq!(e as i32, libc::EIO);
+    drop((held_direct, held_plain, again));
+}
+
 /// Needs the rule engine: after an update, cached attributes are dropped at once.
 #[test]
 fn update_rules_invalidates_cached_attributes() {

@@ -29,7 +29,12 @@ pub(crate) struct DirStream {
 }
 
 pub(crate) enum HandleKind {
-    File { mode: OpenMode, o_direct: bool },
+    File {
+        mode: OpenMode,
+        o_direct: bool,
+        /// Opened with `FOPEN_NOFLUSH`: its closes send no FLUSH.
+        noflush: bool,
+    },
     Dir(Mutex<DirStream>),
 }
 

@@ -50,6 +50,8 @@ pub(crate) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 pub(crate) struct OpenState {
     pub passthrough: u32,
     pub direct: u32,
+    /// Open handles (either mode) the kernel closes without FLUSH (`FOPEN_NOFLUSH`).
+    pub noflush: u32,
     /// The one backing id of this inode, while it has passthrough opens.
     pub backing: Option<BackingId>,
 }

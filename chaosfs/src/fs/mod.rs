@@ -89,8 +89,9 @@ impl Caller {
     }
 }
 
-/// A file currently open in passthrough mode that new rules could touch: its reads and writes
-/// escape the rules until it is reopened.
+/// A file currently open in a way new rules cannot fully see until it is reopened: in
+/// passthrough mode while the new rules may touch its data (its reads and writes bypass them), or
+/// without FLUSH while they may select flush on it (its closes send none).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Escaped {
     /// The node id (= `st_ino` as seen through the mount) of the file.
@@ -102,9 +103,10 @@ pub struct Escaped {
 /// What [`crate::server::Server::update_rules`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UpdateReport {
-    /// Files open in passthrough mode that the new rules may touch. Until the processes holding
-    /// them reopen them, their reads and writes bypass the rules; a reopen (by path) reaches a
-    /// fresh inode that is opened with direct I/O.
+    /// Files open in passthrough mode that the new rules may touch, or opened without FLUSH that
+    /// the new rules may select flush on. Until the processes holding them reopen them, their
+    /// reads and writes (or closes) bypass the rules; a reopen (by path) gets the mode and
+    /// flags the new rules call for.
     pub escaped: Vec<Escaped>,
 }
 
@@ -593,27 +595,33 @@ impl FsInner {
 
     pub(crate) fn update_rules(&self, new: RuleSet) -> UpdateReport {
         let new = Arc::new(new);
-        self.rules.store(Arc::new(Loaded::new(new.clone())));
+        let loaded = Arc::new(Loaded::new(new.clone()));
+        self.rules.store(loaded.clone());
         let mut report = UpdateReport::default();
         let all = self.inodes.all();
         for inode in &all {
-            let passthrough = inode
+            let (passthrough, noflush) = inode
                 .open
                 .lock()
-                .map(|s| s.passthrough > 0)
-                .unwrap_or(false);
-            if !passthrough {
+                .map(|s| (s.passthrough > 0, s.noflush > 0))
+                .unwrap_or((false, false));
+            if !passthrough && !noflush {
                 continue;
             }
             let path = self.path_of(inode);
-            let touched = if new.uses_paths() {
-                new.may_touch_data(&path)
+            let rule_path = if new.uses_paths() {
+                path.as_path()
             } else {
-                new.may_touch_data(Path::new(""))
+                Path::new("")
             };
-            if touched {
+            let data = passthrough && new.may_touch_data(rule_path);
+            // Handles opened without FLUSH would hide their closes from a new flush rule.
+            let flush = noflush && loaded.flush.may_match(rule_path);
+            if data {
                 // New opens by path must reach a kernel inode without a passthrough backing.
                 self.inodes.detach(inode);
+            }
+            if data || flush {
                 report.escaped.push(Escaped {
                     ino: reported_ino(inode),
                     path,

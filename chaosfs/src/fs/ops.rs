@@ -529,13 +529,14 @@ impl FsInner {
         }
     }
 
-    fn direct_flags() -> FopenFlags {
-        FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
-    }
+    /// Direct I/O: every read and write reaches the rules.
+    const DIRECT: FopenFlags =
+        FopenFlags::FOPEN_DIRECT_IO.union(FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES);
 
-    /// No rule can select FLUSH on a passthrough file opened by `path`: the kernel need not
-    /// send it (one round trip less per close).
-    fn passthrough_flags(&self, path: Option<&Path>) -> FopenFlags {
+    /// No rule can select FLUSH on a file opened by `path`: the kernel need not send it (one
+    /// round trip less per close). Nothing else needs it here: there is no writeback cache to
+    /// flush, and POSIX locks are the kernel's own, released by `close` itself.
+    fn noflush_flag(&self, path: Option<&Path>) -> FopenFlags {
         if self.may_touch_flush(path) {
             FopenFlags::empty()
         } else {
@@ -556,14 +557,15 @@ impl FsInner {
         });
         match (mode, &st.backing) {
             (OpenMode::Passthrough, Some(id)) => reply.opened_passthrough(fh, pflags, id),
-            _ => reply.opened(fh, Self::direct_flags()),
+            _ => reply.opened(fh, Self::DIRECT | pflags),
         }
     }
 
     /// Register a new handle on `inode` for `fd`: kernel passthrough when no rule can touch its
     /// data and the inode has (or now gets, through `open_backing`) a backing id, direct I/O
     /// otherwise. `st` is the inode's locked open state, held by the caller until it has replied
-    /// with the backing id. Returns the handle, its mode, and the passthrough open flags.
+    /// with the backing id. Returns the handle, its mode, and the open flags both modes share
+    /// (`FOPEN_NOFLUSH` where no rule can select flush).
     fn register_open(
         &self,
         inode: &Arc<Inode>,
@@ -587,12 +589,20 @@ impl FsInner {
             }
         }
         self.count_open(mode, st);
-        let pflags = self.passthrough_flags(path.as_deref());
+        let pflags = self.noflush_flag(path.as_deref());
+        let noflush = pflags == FopenFlags::FOPEN_NOFLUSH;
+        if noflush {
+            st.noflush += 1;
+        }
         let o_direct = flags & libc::O_DIRECT != 0;
         let fh = self.handles.insert(Handle {
             fd,
             inode: inode.clone(),
-            kind: HandleKind::File { mode, o_direct },
+            kind: HandleKind::File {
+                mode,
+                o_direct,
+                noflush,
+            },
             path,
             path_full,
         });
@@ -667,7 +677,7 @@ impl FsInner {
             (OpenMode::Passthrough, Some(id)) => {
                 reply.created_passthrough(&ttl, &attr, GEN, fh, pflags, id)
             }
-            _ => reply.created(&ttl, &attr, GEN, fh, Self::direct_flags()),
+            _ => reply.created(&ttl, &attr, GEN, fh, Self::DIRECT | pflags),
         }
     }
 
@@ -771,10 +781,13 @@ impl FsInner {
     pub(crate) fn release(&self, fh: FileHandle, v: &Verdict, reply: ReplyEmpty) {
         // The handle is released whatever the rules say: the kernel forgets it anyway.
         if let Some(h) = self.handles.remove(fh.0)
-            && let HandleKind::File { mode, .. } = h.kind
+            && let HandleKind::File { mode, noflush, .. } = h.kind
         {
             let c = &self.counters;
             if let Ok(mut st) = h.inode.open.lock() {
+                if noflush {
+                    st.noflush = st.noflush.saturating_sub(1);
+                }
                 match mode {
                     OpenMode::Passthrough => {
                         st.passthrough = st.passthrough.saturating_sub(1);

@@ -181,6 +181,10 @@ impl FopenFlags {
     pub fn bits(self) -> u32 {
         self.0
     }
+
+    pub const fn union(self, o: FopenFlags) -> FopenFlags {
+        FopenFlags(self.0 | o.0)
+    }
 }
 
 impl std::ops::BitOr for FopenFlags {
