@@ -12,7 +12,11 @@
 //! each workload sends, by opcode, from the kernel's `fuse:fuse_request_send` tracepoint
 //! (tracefs at /sys/kernel/tracing; FORGETs are not requests and are not counted).
 //!
+//! With `--low-latency 1`, a 0 µs CPU wake-up latency request is held for the whole run (what the
+//! spec's `low_latency` does during an injection), native rounds included.
+//!
 //! Usage: chaosfs-bench [--size-mib N] [--files N] [--rounds N] [--requests 0|1] [--threads N]
+//!                      [--low-latency 0|1]
 //! (root, /dev/fuse)
 
 use std::fs::{self, File, OpenOptions};
@@ -33,6 +37,9 @@ struct Opts {
     requests: bool,
     /// FUSE serving threads (0: the server's default).
     threads: usize,
+    /// Hold a 0 us CPU wake-up latency request during the whole run (the spec's
+    /// `low_latency`, as an injection would).
+    low_latency: bool,
 }
 
 fn parse_opts() -> anyhow::Result<Opts> {
@@ -42,6 +49,7 @@ fn parse_opts() -> anyhow::Result<Opts> {
         rounds: 5,
         requests: false,
         threads: 0,
+        low_latency: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -56,8 +64,10 @@ fn parse_opts() -> anyhow::Result<Opts> {
             "--rounds" => opts.rounds = value.max(1),
             "--requests" => opts.requests = value != 0,
             "--threads" => opts.threads = value,
+            "--low-latency" => opts.low_latency = value != 0,
             _ => bail!(
-                "unknown flag {flag} (use --size-mib, --files, --rounds, --requests, --threads)"
+                "unknown flag {flag} (use --size-mib, --files, --rounds, --requests, --threads, \
+                 --low-latency)"
             ),
         }
     }
@@ -306,6 +316,7 @@ fn main() -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("chaosfs-bench must run as root (it mounts FUSE)");
     }
+    let _low_latency = opts.low_latency.then(fdswap::CpuLatency::hold);
     // Our own mount namespace: the mounts vanish with this process whatever happens.
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).context("unshare")?;
     nix::mount::mount(

@@ -54,7 +54,8 @@ RULES (shorthand; each action flag starts a rule, selector flags refine the rule
                 --short BYTES  --full
     selectors:  --ops read,write  --glob '*.db'  --percent P  --pid PID  --comm NAME
                 --uid UID  --after N  --every N  --times N
-    global:     --seed N   --spec FILE|-   (the JSON spec of docs/rules.md instead of flags)
+    global:     --seed N   --low-latency (idle CPUs poll while faults are live)
+                --spec FILE|-   (the JSON spec of docs/rules.md instead of flags)
 ";
 
 /// `iochaos run` arguments.
@@ -226,7 +227,7 @@ fn split(
             mine.push((name, None));
         } else if chaosfs::rules::is_shorthand_flag(&arg) {
             rules.push(arg);
-            if inline.is_none() && name != "--full" {
+            if inline.is_none() && chaosfs::rules::shorthand_takes_value(&name) {
                 rules.push(
                     it.next()
                         .ok_or_else(|| usage(format!("{name} needs a value")))?,

@@ -33,6 +33,7 @@ pub fn load_spec(source: &SpecSource) -> Result<Spec, Usage> {
             let parsed = parse_shorthand(flags).map_err(|e| Usage(e.to_string()))?;
             let spec = Spec {
                 seed: parsed.seed,
+                low_latency: parsed.low_latency,
                 rules: parsed.rules,
                 ..Spec::default()
             };
@@ -91,6 +92,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         .as_deref()
         .map(humantime_duration)
         .transpose()?;
+    // Held until the command is done and ChaosFS is gone (spec `low_latency`).
+    let _low_latency = spec.low_latency.then(engine::swap::CpuLatency::hold);
     let rules = RuleSet::new(spec).context("compiling rules")?;
 
     // SIGINT/SIGQUIT from the terminal reach the whole process group, so the command gets them

@@ -387,6 +387,43 @@ fn pid_duration_recovers_by_itself() {
     env.assert_clean(&[server], Some(w.pid()));
 }
 
+/// `--low-latency`: the injection server holds a CPU wake-up latency request (an open
+/// /dev/cpu_dma_latency) while the faults are live; without it, it holds none.
+#[test]
+fn pid_low_latency_is_held_by_the_server() {
+    let env = Env::new();
+    let w = Workload::start(&env, "w");
+    let holds = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("server fds")
+            .flatten()
+            .any(|e| {
+                std::fs::read_link(e.path())
+                    .is_ok_and(|t| t == std::path::Path::new("/dev/cpu_dma_latency"))
+            })
+    };
+    let pid_arg = w.pid_arg();
+    for (flag, expected) in [(Some("--low-latency"), true), (None, false)] {
+        let mut args = vec![
+            "inject",
+            "--pid",
+            &pid_arg,
+            "--path",
+            w.vol_str(),
+            "--errno",
+            "EIO",
+            "--ops",
+            "write",
+        ];
+        args.extend(flag);
+        let id = env.ok(&args);
+        let server = server_pid(&env);
+        assert_eq!(holds(server), expected, "flag {flag:?}");
+        env.ok(&["recover", &id]);
+        env.assert_clean(&[server], Some(w.pid()));
+    }
+}
+
 #[test]
 fn pid_recover_all_and_status_text() {
     let env = Env::new();

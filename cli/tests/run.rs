@@ -229,3 +229,43 @@ fn duration_removes_the_faults_while_the_command_goes_on() {
         "x\n"
     );
 }
+
+/// `--low-latency`: `iochaos run` holds a CPU wake-up latency request (an open
+/// /dev/cpu_dma_latency) while the command runs, and only then.
+#[test]
+fn low_latency_holds_a_cpu_latency_request_while_the_command_runs() {
+    require_privileges();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_str().expect("utf-8 path");
+    // The command's parent is `iochaos run` itself.
+    let script = "ls -l /proc/$PPID/fd";
+    let with = iochaos(&[
+        "run",
+        "--path",
+        d,
+        "--errno",
+        "EIO",
+        "--ops",
+        "fsync",
+        "--low-latency",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert!(with.status.success(), "{}", text(&with.stderr));
+    assert!(
+        text(&with.stdout).contains("/dev/cpu_dma_latency"),
+        "no latency request held: {}",
+        text(&with.stdout)
+    );
+    let without = iochaos(&[
+        "run", "--path", d, "--errno", "EIO", "--ops", "fsync", "--", "sh", "-c", script,
+    ]);
+    assert!(without.status.success(), "{}", text(&without.stderr));
+    assert!(
+        !text(&without.stdout).contains("/dev/cpu_dma_latency"),
+        "a latency request held without --low-latency: {}",
+        text(&without.stdout)
+    );
+}

@@ -59,6 +59,13 @@ pub fn serve_with<S: Swapper>(
             return Err(e);
         }
     };
+    // Spec `low_latency`: idle CPUs poll while the faults are live (until this returns).
+    let _low_latency = req
+        .spec
+        .get("low_latency")
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false)
+        .then(crate::swap::CpuLatency::hold);
     let api = match ApiServer::serve(&journal.socket_path(&inj.id()), inj.clone()) {
         Ok(a) => a,
         Err(e) => {

@@ -82,7 +82,7 @@ mod tests;
 pub use caller::prepare_proc;
 pub use errno::Errno;
 pub use op::{Op, OpSet};
-pub use shorthand::{Shorthand, is_shorthand_flag, parse_shorthand};
+pub use shorthand::{Shorthand, is_shorthand_flag, parse_shorthand, shorthand_takes_value};
 pub use spec::{
     AttrSpec, Comm, CorruptSpec, ErrnoSpec, FileKind, GlobPattern, LatencySpec, OneOrMany, OpName,
     Percent, Perm, RuleSpec, ShortSpec, Timestamp,

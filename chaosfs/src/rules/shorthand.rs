@@ -67,6 +67,20 @@ pub fn is_shorthand_flag(arg: &str) -> bool {
         .is_some()
 }
 
+/// True if the shorthand flag `arg` (`--errno`, not `--errno=EIO`) is followed by a value
+/// (`--full` and `--low-latency` are not).
+pub fn shorthand_takes_value(arg: &str) -> bool {
+    arg.strip_prefix("--")
+        .and_then(flag)
+        .is_none_or(Flag::takes_value)
+}
+
+impl Flag {
+    fn takes_value(self) -> bool {
+        !matches!(self, Flag::Action("full") | Flag::LowLatency)
+    }
+}
+
 struct Pending {
     /// How the rule was started, for messages: `--errno EIO`.
     label: String,
@@ -95,7 +109,7 @@ pub fn parse_shorthand(args: &[String]) -> Result<Shorthand> {
         let Some(kind) = flag(name) else {
             return Err(err(format!("unknown rule flag --{name}")));
         };
-        let takes_value = !matches!(kind, Flag::Action("full") | Flag::LowLatency);
+        let takes_value = kind.takes_value();
         let value = if takes_value {
             match inline {
                 Some(v) => v,
