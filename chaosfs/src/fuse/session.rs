@@ -188,6 +188,32 @@ impl<FS: Filesystem> Session<FS> {
     }
 }
 
+/// An operation for the trace log: data payloads by length only.
+fn brief(op: &Operation<'_>) -> String {
+    match op {
+        Operation::Write { fh, offset, data } => {
+            format!(
+                "Write {{ fh: {fh:?}, offset: {offset}, len: {} }}",
+                data.len()
+            )
+        }
+        Operation::Setxattr { name, value, flags } => format!(
+            "Setxattr {{ name: {name:?}, len: {}, flags: {flags} }}",
+            value.len()
+        ),
+        Operation::Ioctl {
+            fh,
+            cmd,
+            in_data,
+            out_size,
+        } => format!(
+            "Ioctl {{ fh: {fh:?}, cmd: {cmd:#x}, in: {}, out: {out_size} }}",
+            in_data.len()
+        ),
+        other => format!("{other:?}"),
+    }
+}
+
 /// One serving thread's loop.
 fn serve<FS: Filesystem>(fs: &FS, ch: Arc<OwnedFd>) -> io::Result<()> {
     let mut buf = vec![0u8; BUFFER_SIZE];
@@ -219,7 +245,8 @@ fn serve<FS: Filesystem>(fs: &FS, ch: Arc<OwnedFd>) -> io::Result<()> {
             node = req.nodeid,
             uid = req.uid,
             gid = req.gid,
-            "request {op:?}"
+            "request {}",
+            brief(&op)
         );
         match op {
             Operation::Forget { nlookup } => fs.forget(INodeNo(req.nodeid), nlookup),
