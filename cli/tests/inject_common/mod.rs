@@ -494,6 +494,24 @@ pub fn holder_main() {
 
 /// Open `n` files under DIR/vol in `threads` threads, write to each of them continuously, and
 /// keep DIR/counts up to date with "OK ERR" totals.
+/// After a recover: the holder's writes succeed again and, once they have for a few rounds, none
+/// fails any more. (A write in flight when the fds moved back may fail; that is before.) An
+/// error count compared with one read at recover time would also count failures that happened
+/// before recover but reached the counts file after it.
+pub fn assert_holder_recovered(dir: &Path) {
+    let (o1, _) = poll("counts", 5, || counts(dir));
+    let (o2, e2) = poll("writes succeeding again", 30, || {
+        counts(dir).filter(|c| c.0 >= o1 + 4000)
+    });
+    let (_, e3) = poll("more writes succeeding", 30, || {
+        counts(dir).filter(|c| c.0 >= o2 + 2000)
+    });
+    assert_eq!(
+        e3, e2,
+        "writes still failing after recover: {e2} -> {e3} errors"
+    );
+}
+
 pub fn hold_files(dir: &Path, n: usize, threads: usize) -> ! {
     let ok = Arc::new(AtomicU64::new(0));
     let err = Arc::new(AtomicU64::new(0));
