@@ -398,7 +398,16 @@ impl Scene {
             "left in {}",
             self.run_dir().display()
         );
-        assert_eq!(self.servers(), Vec::<u32>::new(), "injection servers left");
+        let servers = self.servers();
+        assert!(
+            servers.is_empty(),
+            "injection servers left: {servers:?}\n--- where their threads wait ---\n{}\n--- server log ---\n{}",
+            servers
+                .iter()
+                .map(|p| thread_stacks(*p))
+                .collect::<String>(),
+            std::fs::read_to_string(self.server_log()).unwrap_or_default()
+        );
         if let Some(n) = conn
             && fusectl_mounted()
         {
@@ -466,4 +475,25 @@ pub fn chaosfs_connection(output: &str) -> Option<u32> {
 pub fn fusectl_mounted() -> bool {
     std::fs::read_to_string("/proc/self/mountinfo")
         .is_ok_and(|m| m.lines().any(|l| l.contains(" - fusectl ")))
+}
+
+/// Each thread of `pid` with its name and kernel stack (root can read them): where a process
+/// that should have exited is stuck.
+fn thread_stacks(pid: u32) -> String {
+    let mut out = String::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return format!("{pid}: gone\n");
+    };
+    for t in tasks.flatten() {
+        let p = t.path();
+        let name = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+        let stack = std::fs::read_to_string(p.join("stack")).unwrap_or_default();
+        out.push_str(&format!(
+            "{pid}/{} {}{}\n",
+            t.file_name().to_string_lossy(),
+            name,
+            stack
+        ));
+    }
+    out
 }
