@@ -173,7 +173,7 @@ impl ApiServer {
 
     fn stop(&mut self) {
         if let Some(server) = self.server.take() {
-            server.shutdown();
+            shutdown_bounded(server);
         }
         self.listener = None;
         if let Err(e) = std::fs::remove_file(&self.socket)
@@ -181,6 +181,35 @@ impl ApiServer {
         {
             tracing::warn!(socket = %self.socket.display(), error = %e, "could not remove socket");
         }
+    }
+}
+
+/// How long [`ApiServer::shutdown`] waits for ttrpc's own shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Shut the ttrpc server down, waiting at most [`SHUTDOWN_GRACE`]. ttrpc 0.10's sync server can
+/// deadlock here: a request that arrives as the server shuts down (seen: a client sent one and
+/// hung up) leaves its connection threads waiting on each other while `shutdown` joins them, and
+/// an injection server stuck there never exits (found by the hook tests, 2026-11-26). Past the
+/// grace period its threads are left to the process's exit.
+fn shutdown_bounded(server: ttrpc::Server) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("api-shutdown".into())
+        .spawn(move || {
+            server.shutdown();
+            let _ = tx.send(());
+        });
+    match spawned {
+        Ok(_) => {
+            if rx.recv_timeout(SHUTDOWN_GRACE).is_err() {
+                tracing::warn!(
+                    grace = ?SHUTDOWN_GRACE,
+                    "the API server's connections did not shut down; leaving them to exit"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot shut the API server down"),
     }
 }
 
