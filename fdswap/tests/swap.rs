@@ -161,7 +161,14 @@ fn swap_onto_upper_mount_and_back() {
     t.ask("wake", "WOKE");
     let results = t.thread_reports(6);
     assert_eq!(results["read"], "ok 1");
-    assert_eq!(results["futex"], "0 0");
+    // Woken by the waker, never EINTR: 0, or EAGAIN when the restarted wait re-entered the
+    // kernel only after the waker had changed the word (a loaded machine can delay a resumed
+    // thread that long; futex callers loop on EAGAIN as on a wake-up).
+    assert!(
+        results["futex"] == "0 0" || results["futex"] == format!("-1 {}", libc::EAGAIN),
+        "futex wait ended with {}",
+        results["futex"]
+    );
     assert_eq!(results["epoll"], "1 0");
     assert_eq!(results["accept"], "ok");
     let nano: Vec<u64> = results["nanosleep"]
