@@ -52,8 +52,11 @@ pub fn open_fuse_device() -> Result<OwnedFd> {
     sys::file::open(c"/dev/fuse", libc::O_RDWR).map_err(|e| Error::sys("open /dev/fuse", e))
 }
 
+/// The `max_read` mount option ChaosFS mounts use (see [`crate::fuse`]'s spliced replies).
+pub const MAX_READ: u32 = crate::fuse::MAX_READ;
+
 /// Mount a FUSE file system served through `fuse_fd` on `target` (mount(2) directly, as root):
-/// type `fuse.<subtype>`, `allow_other,default_permissions`, owned by uid/gid 0. The root's file
+/// type `fuse.<subtype>`, `allow_other,default_permissions,max_read`, owned by uid/gid 0. The root's file
 /// type (`rootmode`) is taken from what `target` is now. The kernel queues the INIT request at
 /// once; start serving `fuse_fd` (e.g. [`crate::server::Server::start`]) before touching the
 /// mount.
@@ -64,9 +67,10 @@ pub fn mount_fuse(fuse_fd: BorrowedFd<'_>, target: &Path, opts: &MountOptions) -
     let mut data = String::new();
     let _ = write!(
         data,
-        "fd={},rootmode={:o},user_id=0,group_id=0,allow_other,default_permissions",
+        "fd={},rootmode={:o},user_id=0,group_id=0,allow_other,default_permissions,max_read={}",
         fuse_fd.as_raw_fd(),
-        st.st_mode & libc::S_IFMT
+        st.st_mode & libc::S_IFMT,
+        MAX_READ
     );
     let mut flags = 0u64;
     if opts.nosuid {

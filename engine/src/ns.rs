@@ -333,6 +333,7 @@ pub fn mount_over(
             MountSource::Fuse { dev_fuse, subtype } => {
                 let fs = fsopen("fuse", FsOpenFlags::FSOPEN_CLOEXEC).map_err(err("fsopen fuse"))?;
                 let fd = dev_fuse.as_raw_fd().to_string();
+                let max_read = chaosfs::mount::MAX_READ.to_string();
                 for (k, v) in [
                     ("source", subtype),
                     ("subtype", subtype),
@@ -340,6 +341,7 @@ pub fn mount_over(
                     ("rootmode", "40000"),
                     ("user_id", "0"),
                     ("group_id", "0"),
+                    ("max_read", max_read.as_str()),
                 ] {
                     fsconfig_set_string(&fs, k, v).map_err(err(&format!("fsconfig {k}={v}")))?;
                 }

@@ -24,7 +24,7 @@ pub use reply::{
     Sender,
 };
 pub use request::{Operation, Request, SetattrArgs};
-pub use session::{Filesystem, KernelConfig, Session};
+pub use session::{Filesystem, KernelConfig, MAX_READ, Session};
 pub use types::{
     Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, TimeOrNow,
 };

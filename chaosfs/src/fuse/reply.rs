@@ -4,7 +4,7 @@
 
 use std::ffi::OsStr;
 use std::io::{self, IoSlice};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -202,6 +202,120 @@ impl ReplyData {
     pub fn data(mut self, data: &[u8]) {
         self.0.send(0, &[data]);
     }
+
+    /// Reply with `len` bytes of `file` from `offset`, moved through a pipe with `splice` (the
+    /// kernel copies them once, into the reader's pages, instead of a `pread` into a buffer and
+    /// a copy out of it). Gives the reply back when nothing was sent (the data is not exactly
+    /// `len` bytes any more, the file cannot be spliced, no pipe): the caller replies another
+    /// way.
+    pub fn splice(mut self, file: BorrowedFd<'_>, offset: u64, len: usize) -> Result<(), Self> {
+        let Some(sender) = self.0.0.as_ref() else {
+            return Err(self);
+        };
+        match splice_reply(sender, file, offset, len) {
+            SpliceOutcome::Sent => {
+                self.0.0 = None;
+                Ok(())
+            }
+            SpliceOutcome::NotSent => Err(self),
+        }
+    }
+}
+
+enum SpliceOutcome {
+    /// The reply went to the kernel (or the kernel no longer wanted it).
+    Sent,
+    /// Nothing was written to the device.
+    NotSent,
+}
+
+thread_local! {
+    /// This thread's pipe for spliced replies: (read end, write end).
+    static SPLICE_PIPE: std::cell::RefCell<Option<(OwnedFd, OwnedFd)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// A header plus the largest read (`MAX_READ`, one page under this) fit.
+const SPLICE_PIPE_SIZE: usize = super::session::MAX_WRITE as usize;
+const PAGE: usize = 4096;
+
+fn splice_reply(sender: &Sender, file: BorrowedFd<'_>, offset: u64, len: usize) -> SpliceOutcome {
+    SPLICE_PIPE.with(|cell| {
+        let Ok(mut slot) = cell.try_borrow_mut() else {
+            return SpliceOutcome::NotSent;
+        };
+        if slot.is_none() {
+            let made = fuse_dev::pipe().and_then(|(r, w)| {
+                fuse_dev::set_pipe_size(w.as_fd(), SPLICE_PIPE_SIZE).map(|_| (r, w))
+            });
+            match made {
+                Ok(p) => *slot = Some(p),
+                Err(e) => {
+                    tracing::debug!("no pipe for spliced replies: {e}");
+                    return SpliceOutcome::NotSent;
+                }
+            }
+        }
+        let Some((r, w)) = slot.as_ref() else {
+            return SpliceOutcome::NotSent;
+        };
+        // Pipe slots: one for the header, one per file page the data touches.
+        let pages = (offset as usize % PAGE + len).div_ceil(PAGE);
+        if (1 + pages) * PAGE > SPLICE_PIPE_SIZE {
+            return SpliceOutcome::NotSent;
+        }
+        let total = std::mem::size_of::<abi::OutHeader>() + len;
+        let h = abi::OutHeader {
+            len: total as u32,
+            error: 0,
+            unique: sender.unique,
+        };
+        // Header, then exactly `len` bytes of the file; anything else and the pipe is dropped
+        // (it may hold part of a message) and nothing is sent.
+        let mut off = offset as i64;
+        let filled = fuse_dev::write(w.as_fd(), h.as_bytes())
+            .is_ok_and(|n| n == std::mem::size_of::<abi::OutHeader>())
+            && {
+                let mut moved = 0;
+                while moved < len {
+                    match fuse_dev::splice(
+                        file,
+                        Some(&mut off),
+                        w.as_fd(),
+                        len - moved,
+                        libc::SPLICE_F_NONBLOCK,
+                    ) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => moved += n,
+                    }
+                }
+                moved == len
+            };
+        if !filled {
+            *slot = None;
+            return SpliceOutcome::NotSent;
+        }
+        match fuse_dev::splice(
+            r.as_fd(),
+            None,
+            sender.ch.as_fd(),
+            total,
+            libc::SPLICE_F_NONBLOCK,
+        ) {
+            Ok(n) if n == total => {}
+            r => {
+                // ENOENT: the request was interrupted; anything else leaves the pipe in an
+                // unknown state. The reply is spent either way.
+                if let Err(e) = r
+                    && !matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENODEV))
+                {
+                    tracing::warn!("spliced FUSE reply to request {}: {e}", sender.unique);
+                }
+                *slot = None;
+            }
+        }
+        SpliceOutcome::Sent
+    })
 }
 
 fn entry_out(

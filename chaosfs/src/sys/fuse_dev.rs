@@ -68,3 +68,58 @@ pub(crate) fn backing_close(dev: BorrowedFd<'_>, id: u32) -> io::Result<()> {
     // SAFETY: FUSE_DEV_IOC_BACKING_CLOSE reads one u32 from the pointer, a live local.
     cvt(unsafe { libc::ioctl(dev.as_raw_fd(), IOC_BACKING_CLOSE, &id as *const u32) }).map(drop)
 }
+
+/// A pipe pair for splicing: `(read end, write end)`, both close-on-exec and non-blocking (a
+/// full pipe must fail, not wait for a reader: the one reader is the caller).
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` is a writable array of two ints, filled on success.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) })?;
+    // SAFETY: pipe2 succeeded, so both are fresh fds this process owns and nothing else does.
+    Ok(unsafe {
+        use std::os::fd::FromRawFd;
+        (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))
+    })
+}
+
+/// Set a pipe's capacity (`F_SETPIPE_SZ`); returns the capacity granted.
+pub(crate) fn set_pipe_size(pipe: BorrowedFd<'_>, bytes: usize) -> io::Result<usize> {
+    let n = libc::c_int::try_from(bytes).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: integer arguments only.
+    cvt(unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, n) }).map(|n| n as usize)
+}
+
+/// `splice(2)` of up to `len` bytes from `from` (at `*off` if given, advancing it) to `to`.
+pub(crate) fn splice(
+    from: BorrowedFd<'_>,
+    off: Option<&mut i64>,
+    to: BorrowedFd<'_>,
+    len: usize,
+    flags: u32,
+) -> io::Result<usize> {
+    let off_ptr = match off {
+        Some(o) => o as *mut i64,
+        None => std::ptr::null_mut(),
+    };
+    // SAFETY: `off_ptr` is null or points to a live i64 for the whole call; no other memory is
+    // passed.
+    let n = cvt_long(unsafe {
+        libc::splice(
+            from.as_raw_fd(),
+            off_ptr,
+            to.as_raw_fd(),
+            std::ptr::null_mut(),
+            len,
+            flags,
+        ) as i64
+    })?;
+    Ok(n as usize)
+}
+
+/// `write(2)` of `buf` to a pipe (a header small enough to be written whole).
+pub(crate) fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a live slice of `buf.len()` bytes for the whole call.
+    let n =
+        cvt_long(unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) as i64 })?;
+    Ok(n as usize)
+}
