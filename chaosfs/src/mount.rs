@@ -124,6 +124,15 @@ pub struct Connection {
 
 const CONNECTIONS: &str = "/sys/fs/fuse/connections";
 
+/// Whether fusectl is mounted at `/sys/fs/fuse/connections`: without it no connection can be
+/// aborted ([`Connection::abort`]), so a server whose mount is still in use cannot be stopped.
+pub fn fusectl_mounted() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(CONNECTIONS))
+}
+
 impl Connection {
     /// The connection of a FUSE mount whose `st_dev` is `dev` (as `stat` reports it).
     pub fn from_dev(dev: u64) -> Connection {

@@ -197,17 +197,4 @@ pub fn serve(request: &str) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// An error and its causes on one line (what `iochaos: …` prints).
-pub fn one_line(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cause = c.source();
-    }
-    s.replace('\n', " ")
-}
+pub use engine::error::one_line;

@@ -56,6 +56,14 @@ impl Workload {
         self.vol.to_str().expect("utf-8")
     }
 
+    /// `iochaos inject --pid PID --path VOL RULES...`, which must succeed; the injection id.
+    fn inject(&self, env: &Env, rules: &[&str]) -> String {
+        let pid = self.pid_arg();
+        let mut args = vec!["inject", "--pid", &pid, "--path", self.vol_str()];
+        args.extend_from_slice(rules);
+        env.ok(&args)
+    }
+
     fn stop(&mut self) {
         let _ = nix::sys::signal::killpg(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
@@ -321,15 +329,7 @@ fn pid_target_exit_server_cleans_up_and_recover_after_exit() {
     let env = Env::new();
     // The server notices that every process of the target is gone and recovers by itself.
     let mut w = Workload::start(&env, "a");
-    env.ok(&[
-        "inject",
-        "--pid",
-        &w.pid_arg(),
-        "--path",
-        w.vol_str(),
-        "--errno",
-        "EIO",
-    ]);
+    w.inject(&env, &["--errno", "EIO"]);
     let server = server_pid(&env);
     w.stop();
     poll("the server to clean up", 10, || {
@@ -339,15 +339,7 @@ fn pid_target_exit_server_cleans_up_and_recover_after_exit() {
 
     // Server killed, then target exited: recover from the journal alone.
     let mut w = Workload::start(&env, "b");
-    let id = env.ok(&[
-        "inject",
-        "--pid",
-        &w.pid_arg(),
-        "--path",
-        w.vol_str(),
-        "--errno",
-        "EIO",
-    ]);
+    let id = w.inject(&env, &["--errno", "EIO"]);
     let server = server_pid(&env);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(server as i32),
@@ -363,19 +355,10 @@ fn pid_target_exit_server_cleans_up_and_recover_after_exit() {
 fn pid_duration_recovers_by_itself() {
     let env = Env::new();
     let w = Workload::start(&env, "w");
-    env.ok(&[
-        "inject",
-        "--pid",
-        &w.pid_arg(),
-        "--path",
-        w.vol_str(),
-        "--errno",
-        "EIO",
-        "--ops",
-        "write",
-        "--duration",
-        "1500ms",
-    ]);
+    w.inject(
+        &env,
+        &["--errno", "EIO", "--ops", "write", "--duration", "1500ms"],
+    );
     let server = server_pid(&env);
     let at = w.log.last_round();
     let failed = w.log.wait_for('W', false, at);
@@ -402,21 +385,10 @@ fn pid_low_latency_is_held_by_the_server() {
                     .is_ok_and(|t| t == std::path::Path::new("/dev/cpu_dma_latency"))
             })
     };
-    let pid_arg = w.pid_arg();
     for (flag, expected) in [(Some("--low-latency"), true), (None, false)] {
-        let mut args = vec![
-            "inject",
-            "--pid",
-            &pid_arg,
-            "--path",
-            w.vol_str(),
-            "--errno",
-            "EIO",
-            "--ops",
-            "write",
-        ];
-        args.extend(flag);
-        let id = env.ok(&args);
+        let mut rules = vec!["--errno", "EIO", "--ops", "write"];
+        rules.extend(flag);
+        let id = w.inject(&env, &rules);
         let server = server_pid(&env);
         assert_eq!(holds(server), expected, "flag {flag:?}");
         env.ok(&["recover", &id]);
@@ -429,24 +401,8 @@ fn pid_recover_all_and_status_text() {
     let env = Env::new();
     let a = Workload::start(&env, "a");
     let b = Workload::start(&env, "b");
-    let ia = env.ok(&[
-        "inject",
-        "--pid",
-        &a.pid_arg(),
-        "--path",
-        a.vol_str(),
-        "--errno",
-        "EIO",
-    ]);
-    let ib = env.ok(&[
-        "inject",
-        "--pid",
-        &b.pid_arg(),
-        "--path",
-        b.vol_str(),
-        "--latency",
-        "10ms",
-    ]);
+    let ia = a.inject(&env, &["--errno", "EIO"]);
+    let ib = b.inject(&env, &["--latency", "10ms"]);
     let st = env.status();
     assert_eq!(st.len(), 2);
     let servers: Vec<u32> = st

@@ -221,3 +221,18 @@ impl From<Error> for ttrpc::Error {
         ttrpc::Error::RpcStatus(ttrpc::get_status(e.code(), message))
     }
 }
+
+/// An error and its causes on one line (what the CLI, the hook and the shim print).
+pub fn one_line(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cause = c.source();
+    }
+    s.replace('\n', " ")
+}

@@ -423,6 +423,24 @@ fn push_openat(pr: &mut Program, what: Desc, dirfd: Arg, path: usize, flags: i32
     o
 }
 
+/// Push "dup3 the file opened by step `from` onto `f`'s number, with its close-on-exec"; with
+/// `undo_from`, undone by dup3 of that step's file (the saved old description) back onto it.
+fn push_dup3_onto(pr: &mut Program, from: usize, f: &crate::FdItem, undo_from: Option<usize>) {
+    let dup3 = |src: usize| {
+        let cl = f.flags & libc::O_CLOEXEC;
+        Call::sys(
+            libc::SYS_dup3,
+            &[Arg::Result(src), Arg::Imm(f.fd as u64), Arg::Imm(cl as u64)],
+        )
+    };
+    pr.push(
+        on_fd("dup3 onto", f.fd),
+        dup3(from),
+        Check::Eq(f.fd as u64),
+        undo_from.map(dup3),
+    );
+}
+
 /// `gaps`: the free fd numbers below the highest fd to reopen in place (see [`in_place_top`]),
 /// as they are when the program runs; `None`: reopen nothing in place.
 fn build(unit: &ProcessPlan, trapsig: i32, batch: usize, gaps: Option<&[i32]>) -> Built {
@@ -758,20 +776,7 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize, gaps: Option<&[i32]>) -
                 Some(s) => {
                     // The other fds of the description: onto the new file now (undoable).
                     for &i in &members[1..] {
-                        let f = &unit.fds[i];
-                        let cl = f.flags & O_CLOEXEC;
-                        pr.push(
-                            on_fd("dup3 onto", f.fd),
-                            Call::sys(
-                                SYS_dup3,
-                                &[Arg::Result(n), imm(f.fd as i64), imm(cl as i64)],
-                            ),
-                            Check::Eq(f.fd as u64),
-                            Some(Call::sys(
-                                SYS_dup3,
-                                &[Arg::Result(s), imm(f.fd as i64), imm(cl as i64)],
-                            )),
-                        );
+                        push_dup3_onto(&mut pr, n, &unit.fds[i], Some(s));
                     }
                     opened.push(Opened::InPlace { saved: s });
                 }
@@ -949,17 +954,7 @@ fn build(unit: &ProcessPlan, trapsig: i32, batch: usize, gaps: Option<&[i32]>) -
             match o {
                 Opened::Spare { new, members } => {
                     for &i in members {
-                        let f = &unit.fds[i];
-                        let cl = f.flags & O_CLOEXEC;
-                        pr.push(
-                            on_fd("dup3 onto", f.fd),
-                            Call::sys(
-                                SYS_dup3,
-                                &[Arg::Result(new), imm(f.fd as i64), imm(cl as i64)],
-                            ),
-                            Check::Eq(f.fd as u64),
-                            None,
-                        );
+                        push_dup3_onto(&mut pr, new, &unit.fds[i], None);
                     }
                     pr.push(
                         on_fd("close of the spare new file for", unit.fds[members[0]].fd),

@@ -100,20 +100,7 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// An error and its causes on one line.
-pub fn one_line(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cause = c.source();
-    }
-    s.replace('\n', " ")
-}
+pub use engine::error::one_line;
 
 /// Print the hook's one-line reason where the user of the runtime sees it: our stderr, which
 /// runc and podman show when a hook fails. crun sends a hook's stderr to /dev/null (unless the

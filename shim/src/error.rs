@@ -67,20 +67,7 @@ impl Error {
     }
 }
 
-/// The error and its causes on one line.
-pub fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cause = c.source();
-    }
-    s
-}
+pub use engine::error::one_line;
 
 impl From<Error> for ttrpc::Error {
     fn from(e: Error) -> Self {

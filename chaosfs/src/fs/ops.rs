@@ -70,6 +70,30 @@ macro_rules! tri {
     };
 }
 
+/// Answer a read of up to `want` bytes at `offset` of `fd` by splicing it into the reply, if
+/// `fd` is a regular file (whose size says how many bytes the read returns). The reply back
+/// when nothing was sent: the caller reads and copies instead.
+fn splice_read(
+    fd: BorrowedFd<'_>,
+    offset: u64,
+    want: usize,
+    reply: ReplyData,
+) -> Option<ReplyData> {
+    let Ok(st) = sys::file::fstat(fd) else {
+        return Some(reply);
+    };
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Some(reply);
+    }
+    let left = (st.st_size.max(0) as u64).saturating_sub(offset);
+    let n = want.min(usize::try_from(left).unwrap_or(usize::MAX));
+    if n == 0 {
+        reply.data(&[]);
+        return None;
+    }
+    reply.splice(fd, offset, n).err()
+}
+
 fn name_cstr<T>(
     name: &OsStr,
     f: impl FnOnce(&std::ffi::CStr) -> io::Result<T>,
@@ -710,22 +734,11 @@ impl FsInner {
             v.apply_data(&mut b[..n]);
             return reply.data(&b[..n]);
         }
+        // No data fault: let the kernel move the bytes (one copy instead of two).
         let reply = if v.data.is_none() && want >= SPLICE_MIN {
-            // No data fault: let the kernel move the bytes (one copy instead of two).
-            // Regular files only: the size says how many bytes the read returns.
-            let st = tri!(sys::file::fstat(h.fd.as_fd()).map_err(errno), reply);
-            if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-                reply
-            } else {
-                let left = (st.st_size.max(0) as u64).saturating_sub(offset);
-                let n = want.min(usize::try_from(left).unwrap_or(usize::MAX));
-                if n == 0 {
-                    return reply.data(&[]);
-                }
-                match reply.splice(h.fd.as_fd(), offset, n) {
-                    Ok(()) => return,
-                    Err(r) => r,
-                }
+            match splice_read(h.fd.as_fd(), offset, want, reply) {
+                Some(r) => r,
+                None => return,
             }
         } else {
             reply

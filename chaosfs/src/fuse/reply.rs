@@ -591,15 +591,32 @@ impl DirBuf {
     }
 }
 
-/// READDIR entries.
+/// Directory entries for READDIR (`PLUS = false`) or READDIRPLUS (`PLUS = true`, each entry
+/// with its lookup result).
 #[derive(Debug)]
-pub struct ReplyDirectory(Once, DirBuf);
+pub struct DirReply<const PLUS: bool>(Once, DirBuf);
 
-impl ReplyDirectory {
+/// READDIR entries.
+pub type ReplyDirectory = DirReply<false>;
+/// READDIRPLUS entries.
+pub type ReplyDirectoryPlus = DirReply<true>;
+
+impl<const PLUS: bool> DirReply<PLUS> {
     pub(crate) fn new(s: Sender, size: u32) -> Self {
-        ReplyDirectory(Once(Some(s)), DirBuf::new(size as usize))
+        DirReply(Once(Some(s)), DirBuf::new(size as usize))
     }
 
+    pub fn ok(mut self) {
+        let buf = std::mem::take(&mut self.1.buf);
+        self.0.send(0, &[&buf]);
+    }
+
+    pub fn error(mut self, e: Errno) {
+        self.0.error(e);
+    }
+}
+
+impl DirReply<false> {
     /// Add an entry; true if the reply is full (the entry was not added).
     #[must_use]
     pub fn add(
@@ -618,26 +635,9 @@ impl ReplyDirectory {
         };
         self.1.push(&[d.as_bytes()], name)
     }
-
-    pub fn ok(mut self) {
-        let buf = std::mem::take(&mut self.1.buf);
-        self.0.send(0, &[&buf]);
-    }
-
-    pub fn error(mut self, e: Errno) {
-        self.0.error(e);
-    }
 }
 
-/// READDIRPLUS entries, each with its lookup result.
-#[derive(Debug)]
-pub struct ReplyDirectoryPlus(Once, DirBuf);
-
-impl ReplyDirectoryPlus {
-    pub(crate) fn new(s: Sender, size: u32) -> Self {
-        ReplyDirectoryPlus(Once(Some(s)), DirBuf::new(size as usize))
-    }
-
+impl DirReply<true> {
     /// Add an entry; true if the reply is full (the entry was not added). A node id of 0 adds
     /// a name without a lookup (the kernel counts no reference).
     #[must_use]
@@ -660,14 +660,5 @@ impl ReplyDirectoryPlus {
             typ: attr.kind.dtype(),
         };
         self.1.push(&[e.as_bytes(), d.as_bytes()], name)
-    }
-
-    pub fn ok(mut self) {
-        let buf = std::mem::take(&mut self.1.buf);
-        self.0.send(0, &[&buf]);
-    }
-
-    pub fn error(mut self, e: Errno) {
-        self.0.error(e);
     }
 }

@@ -23,6 +23,13 @@ pub fn require_root_and_fuse() {
         Path::new("/dev/fuse").exists(),
         "the fs_* tests need /dev/fuse (modprobe fuse)"
     );
+    // Teardown aborts connections through fusectl; without it a failing test can leave a
+    // mount behind. Checked before anything is mounted.
+    assert!(
+        chaosfs::mount::fusectl_mounted(),
+        "the fs_* tests need fusectl mounted: mount -t fusectl none /sys/fs/fuse/connections \
+         (.ci/run does)"
+    );
 }
 
 /// A ChaosFS mount over a temporary directory. Field order matters: the mount is dropped

@@ -22,6 +22,11 @@ pub fn require_privileges() {
         Path::new("/dev/fuse").exists(),
         "the rules_* tests need /dev/fuse (modprobe fuse)"
     );
+    assert!(
+        chaosfs::mount::fusectl_mounted(),
+        "the rules_* tests need fusectl mounted: mount -t fusectl none /sys/fs/fuse/connections \
+         (.ci/run does)"
+    );
 }
 
 pub fn ruleset(json: &str) -> RuleSet {
