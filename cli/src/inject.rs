@@ -6,7 +6,7 @@
 //! are live and the API answers, or `err REASON` after undoing everything. `inject` waits for
 //! that line, never for a fixed time.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -145,19 +145,114 @@ fn start_server(req: &ServeRequest) -> anyhow::Result<engine::journal::Injection
         .stdout
         .take()
         .context("the injection server's readiness pipe")?;
-    let mut line = String::new();
-    BufReader::new(out)
-        .read_line(&mut line)
-        .context("reading from the injection server")?;
-    let line = line.trim_end();
+    let line = read_ready_line(&out, child.id());
+    let line = match line {
+        Ok(Some(l)) => l,
+        Ok(None) => return Err(server_died(&mut child, &req.run_dir)),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+    };
     if let Some(id) = line.strip_prefix("ok ") {
         return engine::journal::InjectionId::parse(id).context("the injection server's answer");
     }
-    // The server exits right after reporting an error (or has died): reap it.
+    // The server exits right after reporting an error: reap it.
     let status = child.wait().context("waiting for the injection server")?;
     match line.strip_prefix("err ") {
         Some(reason) => bail!("{reason}"),
         None => bail!("the injection server exited ({status}) before faults were live"),
+    }
+}
+
+/// Wait for the server's one line on `pipe`, watching the server itself (a pidfd) at the same
+/// time: `None` when it died (or closed the pipe) without a whole line.
+fn read_ready_line(pipe: &std::process::ChildStdout, pid: u32) -> anyhow::Result<Option<String>> {
+    use rustix::event::{PollFd, PollFlags, poll};
+    let pidfd = rustix::process::Pid::from_raw(pid as i32)
+        .context("the injection server's pid")
+        .and_then(|p| {
+            rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
+                .context("watching the injection server (pidfd_open)")
+        })?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 512];
+    loop {
+        let mut fds = [
+            PollFd::new(pipe, PollFlags::IN),
+            PollFd::new(&pidfd, PollFlags::IN),
+        ];
+        match poll(&mut fds, None) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => {
+                return Err(std::io::Error::from(e)).context("waiting for the injection server");
+            }
+        }
+        let pipe_ready = !fds[0].revents().is_empty();
+        let exited = !fds[1].revents().is_empty();
+        if pipe_ready {
+            let n = rustix::io::read(pipe, &mut chunk)
+                .map_err(std::io::Error::from)
+                .context("reading from the injection server")?;
+            if n == 0 {
+                return Ok(None);
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = buf.iter().position(|&b| b == b'\n') {
+                return Ok(Some(String::from_utf8_lossy(&buf[..end]).into_owned()));
+            }
+        } else if exited {
+            return Ok(None);
+        }
+    }
+}
+
+/// The server died before it said whether faults are live: undo what it left (its journal
+/// entry, a mount it made), then say so.
+fn server_died(child: &mut std::process::Child, run_dir: &std::path::Path) -> anyhow::Error {
+    let pid = child.id();
+    let how = match child.wait() {
+        Ok(st) => match std::os::unix::process::ExitStatusExt::signal(&st) {
+            Some(sig) => format!(
+                "was killed by {}",
+                nix::sys::signal::Signal::try_from(sig)
+                    .map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_owned())
+            ),
+            None => format!("exited ({st})"),
+        },
+        Err(e) => format!("could not be waited for ({e})"),
+    };
+    let cleanup = Journal::open(run_dir)
+        .map_err(anyhow::Error::from)
+        .and_then(|j| {
+            let mine: Vec<_> = j
+                .list()?
+                .into_iter()
+                .filter(|e| e.server_pid == Some(pid))
+                .collect();
+            for e in &mine {
+                engine::inject::recover_from_journal(
+                    &j,
+                    &e.id,
+                    &engine::swap::FdSwapper::default(),
+                )
+                .with_context(|| format!("undoing injection {}", e.id))?;
+            }
+            Ok(mine.len())
+        });
+    match cleanup {
+        Ok(0) => anyhow!(
+            "the injection server (pid {pid}) {how} before faults were live; it had changed nothing"
+        ),
+        Ok(_) => anyhow!(
+            "the injection server (pid {pid}) {how} before faults were live; what it had done is undone"
+        ),
+        Err(e) => anyhow!(
+            "the injection server (pid {pid}) {how} before faults were live, and undoing what it left failed: {}; run `iochaos recover --all`",
+            one_line(e.as_ref())
+        ),
     }
 }
 

@@ -189,7 +189,9 @@ pub fn inject<L: FsLauncher, S: Swapper>(
     let target = find_target(&req.target)?;
     let mns = MountNs::of_target(&target)?;
     // Errors about the path come before anything changes. An injected path is refused before
-    // it is resolved: resolving it goes through the faults.
+    // it is resolved: resolving it goes through the faults. From the check until the entry is
+    // written, no other injection may check: two at once would both find the path free.
+    let lock = journal.lock()?;
     let injected = journal.list()?;
     let lexical: PathBuf = req.path.components().collect();
     for e in &injected {
@@ -234,8 +236,14 @@ pub fn inject<L: FsLauncher, S: Swapper>(
         })
         .collect();
     entry.server_pid = Some(std::process::id());
+    // The intent to mount: recovery finds the mount by its source even if this process dies
+    // before the mount is journaled.
+    let mount_source = ns::mount_source_of(entry.id.as_str());
+    entry.mount_source = Some(mount_source.clone());
+    crate::failpoint::hit("checked");
     // Durable after the last update below (see `Journal::create_pending`).
     journal.create_pending(&entry)?;
+    drop(lock);
 
     let id = entry.id.clone();
     let undo_journal = |e: Error| {
@@ -249,11 +257,13 @@ pub fn inject<L: FsLauncher, S: Swapper>(
         Device::Fuse(fd) => MountSource::Fuse {
             dev_fuse: fd.as_fd(),
             subtype: CHAOSFS_SUBTYPE,
+            source: &mount_source,
         },
         Device::Tmpfs => MountSource::Tmpfs,
     };
     let guard = ns::mount_over(&mns, &canonical, source, req.shared).map_err(undo_journal)?;
     tracing::debug!(elapsed = ?t0.elapsed(), "mounted");
+    crate::failpoint::hit("mounted");
     entry.mount = Some(MountRecord {
         mnt_id: guard.mnt_id(),
         under_mnt_id: guard.under().mnt_id,
@@ -269,6 +279,7 @@ pub fn inject<L: FsLauncher, S: Swapper>(
         .start(backing, device, &req.spec, guard.fuse_connection())
         .map_err(undo_journal)?;
     tracing::debug!(elapsed = ?t0.elapsed(), "serving");
+    crate::failpoint::hit("swapping");
     let outcome = match swapper.swap_in(&pids, &canonical, guard.mnt_id(), server.read_ahead()) {
         Ok(o) => o,
         Err(e) => {
@@ -505,40 +516,54 @@ pub fn recover_from_journal<S: Swapper>(
     let _latency = fdswap::CpuLatency::hold();
     let entry = journal.read(id)?;
     let mut report = RecoverReport::default();
-    if let Some(m) = &entry.mount {
-        // Any live process of the injection's mount namespace lets us in.
-        let ns = entry
-            .pids
-            .iter()
-            .chain(std::iter::once(&ProcessRecord {
-                pid: entry.target.pid,
-                start_time: entry.target.start_time,
-            }))
-            .filter(|p| ProcStat::read(p.pid).is_ok_and(|s| s.start_time == p.start_time))
-            .find_map(|p| {
-                MountNs::of_pid(p.pid)
-                    .ok()
-                    .filter(|n| n.id.ino == entry.target.mnt_ns)
-            });
-        let ns = match ns {
-            Some(ns) => Some(ns),
-            // Processes started after the injection: scan for the namespace.
-            None => find_ns_by_inode(entry.target.mnt_ns)?,
+    if entry.mount.is_none() && entry.mount_source.is_none() {
+        // Nothing was mounted yet (the server died before it got that far).
+        journal.remove(id)?;
+        return Ok(report);
+    }
+    // Any live process of the injection's mount namespace lets us in.
+    let ns = entry
+        .pids
+        .iter()
+        .chain(std::iter::once(&ProcessRecord {
+            pid: entry.target.pid,
+            start_time: entry.target.start_time,
+        }))
+        .filter(|p| ProcStat::read(p.pid).is_ok_and(|s| s.start_time == p.start_time))
+        .find_map(|p| {
+            MountNs::of_pid(p.pid)
+                .ok()
+                .filter(|n| n.id.ino == entry.target.mnt_ns)
+        });
+    let ns = match ns {
+        Some(ns) => Some(ns),
+        // Processes started after the injection: scan for the namespace.
+        None => find_ns_by_inode(entry.target.mnt_ns)?,
+    };
+    if let Some(ns) = ns {
+        let path = PathBuf::from(&entry.path);
+        // The journaled mount, or (the server died between mounting and journaling it) the
+        // ChaosFS mount on the path that carries this injection's source.
+        let mount = match (&entry.mount, &entry.mount_source) {
+            (Some(m), _) => Some((m.mnt_id, m.fuse_connection)),
+            (None, Some(source)) => {
+                ns::find_tagged(&ns, &path, source)?.map(|m| (m.mnt_id, m.fuse_connection()))
+            }
+            (None, None) => None,
         };
-        if let Some(ns) = ns {
-            let path = PathBuf::from(&entry.path);
-            if let Some(conn) = m.fuse_connection {
+        if let Some((mnt_id, connection)) = mount {
+            if let Some(conn) = connection {
                 let ours = ns
                     .mountinfo_all()?
-                    .by_id(m.mnt_id)
+                    .by_id(mnt_id)
                     .and_then(Mount::fuse_connection);
                 if ours == Some(conn) {
                     FuseCtl::open()?.abort(conn)?;
                 }
             }
-            ns::detach_at(&ns, &path, m.mnt_id)?;
+            ns::detach_at(&ns, &path, mnt_id)?;
             let pids: Vec<u32> = processes_in_mnt_ns(ns.id)?.iter().map(|p| p.pid).collect();
-            let outcome = swapper.swap_out(&pids, &path, m.mnt_id)?;
+            let outcome = swapper.swap_out(&pids, &path, mnt_id)?;
             report.restored = outcome
                 .swapped
                 .iter()

@@ -164,6 +164,11 @@ pub struct Entry {
     /// Processes of the target's mount namespace at injection time.
     #[serde(default)]
     pub pids: Vec<ProcessRecord>,
+    /// The source the ChaosFS mount carries (`iochaos:<id>`, mountinfo's source field),
+    /// journaled before mounting: the intent to mount. Recovery finds the mount by it when the
+    /// server died before `mount` was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_source: Option<String>,
     /// Set once the mount exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mount: Option<MountRecord>,
@@ -193,6 +198,7 @@ impl Entry {
             target,
             path,
             pids: Vec::new(),
+            mount_source: None,
             mount: None,
             server_pid: None,
             spec,
@@ -239,6 +245,17 @@ impl Journal {
     /// `<dir>/<id>.sock`: the injection server's Chaos API socket.
     pub fn socket_path(&self, id: &InjectionId) -> PathBuf {
         self.dir.join(format!("{id}.sock"))
+    }
+
+    /// Take the journal's lock (`flock` exclusive on the directory, so no lock file is left
+    /// behind), waiting for it: held from checking that a path is free until its entry is
+    /// written, so that two injections started at once cannot both find the path free.
+    /// Released when the guard is dropped (or the process dies).
+    pub fn lock(&self) -> Result<JournalLock> {
+        let d = fs::File::open(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        let d = nix::fcntl::Flock::lock(d, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| Error::io(&self.dir, e.into()))?;
+        Ok(JournalLock(d))
     }
 
     /// Write a new entry; fails with [`Error::InjectionExists`] if its id is taken.
@@ -389,6 +406,10 @@ impl Journal {
         }
     }
 }
+
+/// The journal's lock, held until dropped ([`Journal::lock`]).
+#[derive(Debug)]
+pub struct JournalLock(#[allow(dead_code)] nix::fcntl::Flock<fs::File>);
 
 /// fsync an entry and its directory (see [`Journal::sync_in_background`]).
 fn sync_entry(path: &Path, dir: &Path) {

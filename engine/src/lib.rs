@@ -4,6 +4,7 @@ pub mod api;
 pub mod chaos;
 pub mod daemon;
 pub mod error;
+pub mod failpoint;
 pub mod fusectl;
 pub mod inject;
 pub mod journal;

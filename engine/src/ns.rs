@@ -176,9 +176,13 @@ fn read_thread_mountinfo(proc: BorrowedFd<'_>) -> Result<MountInfo> {
 pub enum MountSource<'a> {
     /// A FUSE filesystem served on `dev_fuse` (an open `/dev/fuse`), mounted as
     /// `fuse.<subtype>` with `fd=N,rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions`.
+    /// `source` is what mountinfo shows as the mount's source: [`mount_source_of`] the
+    /// injection id, so that a mount whose server died before the journal recorded it can
+    /// still be found and told from every other mount ([`find_tagged`]).
     Fuse {
         dev_fuse: BorrowedFd<'a>,
         subtype: &'a str,
+        source: &'a str,
     },
     /// An empty tmpfs (tests, and a stand-in where no FUSE server is wanted).
     Tmpfs,
@@ -186,6 +190,23 @@ pub enum MountSource<'a> {
 
 /// The ChaosFS subtype: mountinfo shows `fuse.chaosfs`.
 pub const CHAOSFS_SUBTYPE: &str = "chaosfs";
+
+/// The mount source an injection's ChaosFS mount carries: `iochaos:<id>`.
+pub fn mount_source_of(id: &str) -> String {
+    format!("iochaos:{id}")
+}
+
+/// The ChaosFS mount on `path` (canonical, in-target) whose source is `source`, if the
+/// namespace has one: how recovery finds a mount the journal does not record (the server died
+/// between mounting and journaling it).
+pub fn find_tagged(ns: &MountNs, path: &Path, source: &str) -> Result<Option<Mount>> {
+    let fs_type = format!("fuse.{CHAOSFS_SUBTYPE}");
+    Ok(ns
+        .mountinfo()?
+        .mounts
+        .into_iter()
+        .find(|m| m.mount_point == path && m.fs_type == fs_type && m.source == source))
+}
 
 /// A mount made over a directory inside a target. Detach it with [`MountGuard::detach`]; if it
 /// is dropped, it is detached on a best-effort basis. [`MountGuard::leak`] keeps it mounted
@@ -330,12 +351,16 @@ pub fn mount_over(
             move |e: rustix::io::Errno| Error::sys(w, io::Error::from(e))
         };
         let fs = match source {
-            MountSource::Fuse { dev_fuse, subtype } => {
+            MountSource::Fuse {
+                dev_fuse,
+                subtype,
+                source,
+            } => {
                 let fs = fsopen("fuse", FsOpenFlags::FSOPEN_CLOEXEC).map_err(err("fsopen fuse"))?;
                 let fd = dev_fuse.as_raw_fd().to_string();
                 let max_read = chaosfs::mount::MAX_READ.to_string();
                 for (k, v) in [
-                    ("source", subtype),
+                    ("source", source),
                     ("subtype", subtype),
                     ("fd", fd.as_str()),
                     ("rootmode", "40000"),

@@ -16,8 +16,10 @@ use crate::error::{Error, Result};
 use crate::inject::{SwapOutcome, Swapper};
 use crate::journal::SwappedFd;
 
-/// The fd swap of the `fdswap` crate. Each call runs on the calling thread from start to end
-/// (ptrace belongs to the thread that attached).
+/// The fd swap of the `fdswap` crate. Each call runs on one thread from start to end (ptrace
+/// belongs to the thread that attached): a fresh one with a file table of its own that holds
+/// neither `/dev/fuse` nor the starter's pipe
+/// ([`crate::sys::on_private_fd_table`]: why).
 #[derive(Debug, Clone)]
 pub struct FdSwapper {
     pub options: SwapOptions,
@@ -285,7 +287,7 @@ impl Swapper for FdSwapper {
             to_mnt: Some(to_mnt),
             read_ahead,
         };
-        let (plan, mut report) = self.run(pids, options)?;
+        let (plan, mut report) = crate::sys::on_private_fd_table(|| self.run(pids, options))?;
         // A process that could not be moved would keep bypassing the faults: fail the injection
         // (the caller swaps back whatever did move).
         if let Some(i) = report
@@ -315,7 +317,7 @@ impl Swapper for FdSwapper {
             to_mnt: None,
             read_ahead: ReadAhead::never(),
         };
-        let (plan, report) = self.run(pids, options)?;
+        let (plan, report) = crate::sys::on_private_fd_table(|| self.run(pids, options))?;
         Ok(outcome(&plan, &report))
     }
 }

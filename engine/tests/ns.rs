@@ -302,6 +302,7 @@ fn fuse_mount_over_a_directory_then_abort_and_detach() {
         MountSource::Fuse {
             dev_fuse: dev_fuse.as_fd(),
             subtype: CHAOSFS_SUBTYPE,
+            source: "iochaos:test",
         },
         SharedPolicy::Refuse,
     )

@@ -1,4 +1,5 @@
-//! The engine's only unsafe code: raw file descriptors handed to us by ttrpc.
+//! The engine's only unsafe code: raw file descriptors handed to us by ttrpc, and a private
+//! file table for the threads that do I/O on their own process's FUSE mount.
 
 use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 
@@ -12,4 +13,78 @@ pub(crate) unsafe fn dup_raw(fd: RawFd) -> std::io::Result<OwnedFd> {
     // this call (we duplicate it into a new, owned descriptor).
     let fd = unsafe { BorrowedFd::borrow_raw(fd) };
     fd.try_clone_to_owned()
+}
+
+/// Give the calling thread a file table of its own holding only `/dev/null` as fds 0 and 1 and
+/// the process's fd 2 (its log): the process's other descriptors are closed in the copy
+/// (`close_range(3, ~0, CLOSE_RANGE_UNSHARE)`; the kernel copies just the three it keeps). The
+/// process's own table, and every fd in it, is untouched: other threads go on using it; this
+/// thread no longer can.
+///
+/// # Safety
+/// No fd opened before the call may be used (or dropped) on this thread afterwards: its number
+/// is closed here and may be reused by this thread's own opens. The caller must be a thread
+/// that owns no such fd and runs only code that opens every fd it uses itself.
+unsafe fn unshare_fd_table_closing_from_3() -> std::io::Result<()> {
+    // SAFETY: close_range takes no pointers; CLOSE_RANGE_UNSHARE makes it act on a private copy
+    // of the table, so no `OwnedFd` anywhere in the process is invalidated. The caller
+    // guarantees this thread holds no fd from before (see above).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_UNSHARE,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // stdin and stdout may be pipes a starter waits on (the CLI's readiness pipe): not in here.
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    for fd in [0, 1] {
+        // SAFETY: dup2 onto 0 and 1 of this thread's private table; nothing on this thread
+        // owns those numbers (the caller's guarantee), `null` stays open across the call.
+        if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Run `f` on a new thread whose file table is its own copy without the process's
+/// descriptors ([`unshare_fd_table_closing_from_3`]). `f` must open every fd it uses itself
+/// and hand none back (fds from before are not open on that thread; their numbers may name
+/// `f`'s own files). Used for the fd swap.
+///
+/// The scan resolves the target's files through the ChaosFS mount this very process serves
+/// (lookups, the read-ahead's `READDIRPLUS`). Were this process SIGKILLed while such a request
+/// sits unanswered in ChaosFS, the thread waiting on it could never wake: FUSE waits out a
+/// request userspace has read, and that thread, sharing the file table, would keep `/dev/fuse`
+/// (and the starter's readiness pipe) open, so the kernel would never abort the connection and
+/// the starter would wait forever. With a table of its own, the process's death closes
+/// `/dev/fuse`, the kernel aborts the connection, the request ends with ECONNABORTED and the
+/// thread exits.
+pub(crate) fn on_private_fd_table<T: Send>(
+    f: impl FnOnce() -> crate::Result<T> + Send,
+) -> crate::Result<T> {
+    std::thread::scope(|s| {
+        let h = std::thread::Builder::new()
+            .name("iochaos-swap".into())
+            .spawn_scoped(s, || {
+                // SAFETY: a new thread that owns no fd; `f` opens every fd it uses itself and
+                // hands back none (this function's contract).
+                unsafe { unshare_fd_table_closing_from_3() }
+                    .map_err(|e| crate::Error::sys("a private file table for the swap", e))?;
+                f()
+            })
+            .map_err(|e| crate::Error::sys("spawning the swap thread", e))?;
+        match h.join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
 }

@@ -1,0 +1,331 @@
+//! The injection server killed at chosen points of `inject` (kill points set with
+//! `IOCHAOS_FAILPOINT`, where the server stops itself so the test kills it exactly there), and
+//! two injects of one path started together: nothing may be left mounted, nothing may hang, and
+//! exactly one inject may win. Plain processes in private mount namespaces (root, FUSE, ptrace).
+
+mod inject_common;
+
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use inject_common::{Env, Log, poll, workload_script};
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+
+/// The shell workload in a private mount namespace (its own process group, killed on drop).
+struct Workload {
+    child: Child,
+    vol: PathBuf,
+    log: Log,
+}
+
+impl Workload {
+    fn start(env: &Env) -> Workload {
+        let dir = env.path().join("w");
+        let vol = dir.join("vol");
+        std::fs::create_dir_all(&vol).expect("mkdir vol");
+        let log = dir.join("log");
+        let script = workload_script(
+            vol.to_str().expect("utf-8"),
+            log.to_str().expect("utf-8"),
+            "sleep 0.02",
+        );
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("unshare");
+        let w = Workload {
+            child,
+            vol,
+            log: Log(log),
+        };
+        w.log.wait_round(1);
+        w
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn vol_str(&self) -> &str {
+        self.vol.to_str().expect("utf-8")
+    }
+
+    /// ChaosFS mounts in the workload's mount table.
+    fn chaosfs_mounts(&self) -> usize {
+        std::fs::read_to_string(format!("/proc/{}/mountinfo", self.pid()))
+            .expect("mountinfo")
+            .lines()
+            .filter(|l| l.contains(" - fuse.chaosfs "))
+            .count()
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `iochaos` command, killed and reaped on drop.
+struct Cli(Child);
+
+impl Cli {
+    fn start(env: &Env, args: &[&str], failpoint: Option<&str>) -> Cli {
+        let mut c = env.command(args);
+        if let Some(f) = failpoint {
+            c.env("IOCHAOS_FAILPOINT", f);
+        }
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        Cli(c.spawn().expect("iochaos"))
+    }
+
+    /// Wait (bounded, as a hang detector) for the command to end: (exit code, stderr).
+    fn finish(mut self, secs: u64) -> (i32, String, String) {
+        let status = poll("the iochaos command to end", secs, || {
+            self.0.try_wait().expect("try_wait")
+        });
+        let mut out = String::new();
+        let mut err = String::new();
+        if let Some(mut s) = self.0.stdout.take() {
+            let _ = std::io::Read::read_to_string(&mut s, &mut out);
+        }
+        if let Some(mut s) = self.0.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut s, &mut err);
+        }
+        (status.code().unwrap_or(-1), out, err)
+    }
+}
+
+impl Drop for Cli {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The injection servers of this test's journal (`iochaos __serve` with the test's run dir in
+/// its request).
+fn servers(env: &Env) -> Vec<u32> {
+    let run = env.run.to_str().expect("utf-8").to_owned();
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|d| d.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.contains("\0__serve\0") && c.contains(&run)
+            })
+        })
+        .collect()
+}
+
+fn state(pid: u32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rsplit_once(") ")?.1.chars().next()
+}
+
+/// Wait for the one server of this test to stop itself at its failpoint; its pid.
+fn server_stopped_at_failpoint(env: &Env) -> u32 {
+    poll("the injection server to stop at its failpoint", 30, || {
+        servers(env).into_iter().find(|&p| state(p) == Some('T'))
+    })
+}
+
+fn sigkill_and_reap(pid: u32) {
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).expect("kill the server");
+    poll(&format!("server {pid} to be gone"), 20, || {
+        matches!(state(pid), None | Some('Z') | Some('X')).then_some(())
+    });
+}
+
+fn inject_args(w: &Workload) -> Vec<String> {
+    [
+        "inject",
+        "--pid",
+        &w.pid().to_string(),
+        "--path",
+        w.vol_str(),
+        "--errno",
+        "EIO",
+        "--ops",
+        "write",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// The workload's writes succeed again after round `after`, through new opens and its held fd.
+fn workload_writes(w: &Workload) {
+    let at = w.log.last_round();
+    let r = w.log.wait_for('W', true, at);
+    w.log.wait_for('H', true, at);
+    w.log.wait_round(r + 2);
+    assert!(
+        w.log.lines().iter().filter(|l| l.round > r).all(|l| l.ok),
+        "errors on the workload's volume: {:?}",
+        w.log.lines().iter().rev().take(6).collect::<Vec<_>>()
+    );
+}
+
+/// The server dies after mounting ChaosFS and before the journal records the mount, and the
+/// CLI that started it dies too: `recover --pid` must still find the mount (by its source,
+/// `iochaos:<id>`, journaled before mounting) and detach it; before, it deleted the entry,
+/// said success and left a dead `fuse.chaosfs` (ENOTCONN) on the volume.
+#[test]
+fn server_killed_between_mount_and_journal_then_recover_pid() {
+    let env = Env::new();
+    let w = Workload::start(&env);
+    let args = inject_args(&w);
+    let mut cli = Cli::start(&env, &strs(&args), Some("mounted"));
+    let server = server_stopped_at_failpoint(&env);
+    assert_eq!(
+        w.chaosfs_mounts(),
+        1,
+        "ChaosFS is mounted at the kill point"
+    );
+    let _ = cli.0.kill();
+    let _ = cli.0.wait();
+    sigkill_and_reap(server);
+    // The connection died with its server: the workload's writes fail now.
+    let at = w.log.last_round();
+    w.log.wait_for('W', false, at);
+
+    env.ok(&["recover", "--pid", &w.pid().to_string()]);
+    assert_eq!(w.chaosfs_mounts(), 0, "the dead mount was left");
+    workload_writes(&w);
+    env.assert_clean(&[server], Some(w.pid()));
+    // And the path can be injected again.
+    let id = env.ok(&strs(&args));
+    env.ok(&["recover", &id]);
+    env.assert_clean(&[], Some(w.pid()));
+}
+
+/// The server dies at the same point while its CLI waits: the CLI reports the death at once
+/// (it watches the server with a pidfd) and undoes what the server left.
+#[test]
+fn server_killed_after_mount_inject_reports_and_undoes() {
+    let env = Env::new();
+    let w = Workload::start(&env);
+    let args = inject_args(&w);
+    let cli = Cli::start(&env, &strs(&args), Some("mounted"));
+    let server = server_stopped_at_failpoint(&env);
+    sigkill_and_reap(server);
+    let (code, out, err) = cli.finish(30);
+    assert_eq!(code, 1, "stdout {out:?} stderr {err:?}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err:?}");
+    assert!(
+        err.contains(&format!("(pid {server}) was killed by SIGKILL")),
+        "{err:?}"
+    );
+    assert!(err.contains("undone"), "{err:?}");
+    assert_eq!(w.chaosfs_mounts(), 0, "the mount was left");
+    workload_writes(&w);
+    env.assert_clean(&[server], Some(w.pid()));
+}
+
+/// The server dies while one of its own threads waits for its own ChaosFS: the swap's lookup of
+/// the workload's held file is parked in a 30 s latency fault when the server is SIGKILLed.
+/// Before, that thread shared the file table that held `/dev/fuse` and the CLI's pipe, so the
+/// kernel never aborted the connection, the thread stayed in the wait, and `inject` hung for
+/// ever. Now the swap runs with a file table of its own: the process dies, the connection is
+/// aborted, and `inject` reports the death and cleans up.
+#[test]
+fn server_killed_while_its_own_request_is_parked_inject_does_not_hang() {
+    let env = Env::new();
+    let w = Workload::start(&env);
+    let pid = w.pid().to_string();
+    let cli = Cli::start(
+        &env,
+        &[
+            "inject",
+            "--pid",
+            &pid,
+            "--path",
+            w.vol_str(),
+            "--latency",
+            "30s",
+            "--ops",
+            "lookup",
+        ],
+        None,
+    );
+    let (server, tid) = poll("a server thread waiting on FUSE", 30, || {
+        let server = servers(&env).into_iter().next()?;
+        let tasks = std::fs::read_dir(format!("/proc/{server}/task")).ok()?;
+        tasks
+            .flatten()
+            .filter_map(|t| t.file_name().to_str()?.parse::<u32>().ok())
+            .find(|tid| {
+                // Its kernel stack: waiting for an answer of a FUSE request it sent.
+                std::fs::read_to_string(format!("/proc/{server}/task/{tid}/stack"))
+                    .is_ok_and(|s| s.contains("request_wait_answer"))
+            })
+            .map(|tid| (server, tid))
+    });
+    eprintln!("server {server}: thread {tid} waits on FUSE");
+    sigkill_and_reap(server);
+    let (code, _, err) = cli.finish(20);
+    assert_eq!(code, 1, "{err:?}");
+    assert!(err.contains("was killed by SIGKILL"), "{err:?}");
+    assert_eq!(w.chaosfs_mounts(), 0, "the mount was left");
+    workload_writes(&w);
+    env.assert_clean(&[server], Some(w.pid()));
+}
+
+/// Two injects of one path at once: the first is held (stopped) right after it found the path
+/// free, the second runs meanwhile. Before, the second found the path free too and both
+/// succeeded (two stacked ChaosFS mounts); now the check and the journal entry are one step
+/// under the journal's lock: one wins, the other is refused naming it.
+#[test]
+fn two_injects_of_one_path_at_once_one_wins() {
+    let env = Env::new();
+    let w = Workload::start(&env);
+    let args = inject_args(&w);
+    let first = Cli::start(&env, &strs(&args), Some("checked"));
+    let held = server_stopped_at_failpoint(&env);
+    let mut second = Cli::start(&env, &strs(&args), None);
+    // Let the second run as far as it can while the first is held: to its end without the lock
+    // (the race), or until it waits for the lock.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline && second.0.try_wait().expect("try_wait").is_none() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill(Pid::from_raw(held as i32), Signal::SIGCONT).expect("continue the first server");
+    let (c1, out1, err1) = first.finish(30);
+    let (c2, out2, err2) = second.finish(30);
+    let outcomes = [(c1, &out1, &err1), (c2, &out2, &err2)];
+    let won: Vec<_> = outcomes.iter().filter(|o| o.0 == 0).collect();
+    let lost: Vec<_> = outcomes.iter().filter(|o| o.0 != 0).collect();
+    assert_eq!(won.len(), 1, "{outcomes:?}");
+    assert_eq!(lost.len(), 1, "{outcomes:?}");
+    let id = won[0].1.trim();
+    assert_eq!(lost[0].0, 1, "{outcomes:?}");
+    assert!(
+        lost[0].2.contains("already injected") && lost[0].2.contains(id),
+        "{outcomes:?}"
+    );
+    assert_eq!(w.chaosfs_mounts(), 1, "stacked mounts");
+    assert_eq!(
+        env.run_dir_entries()
+            .iter()
+            .filter(|e| e.ends_with(".json"))
+            .count(),
+        1,
+        "{:?}",
+        env.run_dir_entries()
+    );
+    env.ok(&["recover", id]);
+    workload_writes(&w);
+    env.assert_clean(&[], Some(w.pid()));
+}
