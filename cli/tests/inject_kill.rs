@@ -5,72 +5,12 @@
 
 mod inject_common;
 
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use inject_common::{Env, Log, poll, workload_script};
-use nix::sys::signal::{Signal, kill, killpg};
+use inject_common::{Env, Workload, poll};
+use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-
-/// The shell workload in a private mount namespace (its own process group, killed on drop).
-struct Workload {
-    child: Child,
-    vol: PathBuf,
-    log: Log,
-}
-
-impl Workload {
-    fn start(env: &Env) -> Workload {
-        let dir = env.path().join("w");
-        let vol = dir.join("vol");
-        std::fs::create_dir_all(&vol).expect("mkdir vol");
-        let log = dir.join("log");
-        let script = workload_script(
-            vol.to_str().expect("utf-8"),
-            log.to_str().expect("utf-8"),
-            "sleep 0.02",
-        );
-        let child = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-            .stdin(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("unshare");
-        let w = Workload {
-            child,
-            vol,
-            log: Log(log),
-        };
-        w.log.wait_round(1);
-        w
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn vol_str(&self) -> &str {
-        self.vol.to_str().expect("utf-8")
-    }
-
-    /// ChaosFS mounts in the workload's mount table.
-    fn chaosfs_mounts(&self) -> usize {
-        std::fs::read_to_string(format!("/proc/{}/mountinfo", self.pid()))
-            .expect("mountinfo")
-            .lines()
-            .filter(|l| l.contains(" - fuse.chaosfs "))
-            .count()
-    }
-}
-
-impl Drop for Workload {
-    fn drop(&mut self) {
-        let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
-        let _ = self.child.wait();
-    }
-}
 
 /// A running `iochaos` command, killed and reaped on drop.
 struct Cli(Child);
@@ -146,26 +86,34 @@ fn sigkill_and_reap(pid: u32) {
 }
 
 fn inject_args(w: &Workload) -> Vec<String> {
-    [
+    let pid = w.pid_arg();
+    let args = [
         "inject",
         "--pid",
-        &w.pid().to_string(),
+        &pid,
         "--path",
         w.vol_str(),
         "--errno",
         "EIO",
         "--ops",
         "write",
-    ]
-    .map(str::to_owned)
-    .to_vec()
+    ];
+    args.map(str::to_owned).to_vec()
 }
 
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-/// The workload's writes succeed again after round `after`, through new opens and its held fd.
+/// Nothing of the injection is left: no ChaosFS mount, the workload's writes succeed again
+/// (through new opens and its held fd), no journal entry, `server` gone.
+fn assert_undone(env: &Env, w: &Workload, server: u32) {
+    assert_eq!(w.chaosfs_mounts(), 0, "the mount was left");
+    workload_writes(w);
+    env.assert_clean(&[server], Some(w.pid()));
+}
+
+/// The workload's writes succeed again, through new opens and its held fd.
 fn workload_writes(w: &Workload) {
     let at = w.log.last_round();
     let r = w.log.wait_for('W', true, at);
@@ -185,7 +133,7 @@ fn workload_writes(w: &Workload) {
 #[test]
 fn server_killed_between_mount_and_journal_then_recover_pid() {
     let env = Env::new();
-    let w = Workload::start(&env);
+    let w = Workload::start(&env, "w");
     let args = inject_args(&w);
     let mut cli = Cli::start(&env, &strs(&args), Some("mounted"));
     let server = server_stopped_at_failpoint(&env);
@@ -202,9 +150,7 @@ fn server_killed_between_mount_and_journal_then_recover_pid() {
     w.log.wait_for('W', false, at);
 
     env.ok(&["recover", "--pid", &w.pid().to_string()]);
-    assert_eq!(w.chaosfs_mounts(), 0, "the dead mount was left");
-    workload_writes(&w);
-    env.assert_clean(&[server], Some(w.pid()));
+    assert_undone(&env, &w, server);
     // And the path can be injected again.
     let id = env.ok(&strs(&args));
     env.ok(&["recover", &id]);
@@ -216,7 +162,7 @@ fn server_killed_between_mount_and_journal_then_recover_pid() {
 #[test]
 fn server_killed_after_mount_inject_reports_and_undoes() {
     let env = Env::new();
-    let w = Workload::start(&env);
+    let w = Workload::start(&env, "w");
     let args = inject_args(&w);
     let cli = Cli::start(&env, &strs(&args), Some("mounted"));
     let server = server_stopped_at_failpoint(&env);
@@ -229,9 +175,7 @@ fn server_killed_after_mount_inject_reports_and_undoes() {
         "{err:?}"
     );
     assert!(err.contains("undone"), "{err:?}");
-    assert_eq!(w.chaosfs_mounts(), 0, "the mount was left");
-    workload_writes(&w);
-    env.assert_clean(&[server], Some(w.pid()));
+    assert_undone(&env, &w, server);
 }
 
 /// The server dies while one of its own threads waits for its own ChaosFS: the swap's lookup of
@@ -243,7 +187,7 @@ fn server_killed_after_mount_inject_reports_and_undoes() {
 #[test]
 fn server_killed_while_its_own_request_is_parked_inject_does_not_hang() {
     let env = Env::new();
-    let w = Workload::start(&env);
+    let w = Workload::start(&env, "w");
     let pid = w.pid().to_string();
     let cli = Cli::start(
         &env,
@@ -278,9 +222,7 @@ fn server_killed_while_its_own_request_is_parked_inject_does_not_hang() {
     let (code, _, err) = cli.finish(20);
     assert_eq!(code, 1, "{err:?}");
     assert!(err.contains("was killed by SIGKILL"), "{err:?}");
-    assert_eq!(w.chaosfs_mounts(), 0, "the mount was left");
-    workload_writes(&w);
-    env.assert_clean(&[server], Some(w.pid()));
+    assert_undone(&env, &w, server);
 }
 
 /// Two injects of one path at once: the first is held (stopped) right after it found the path
@@ -290,7 +232,7 @@ fn server_killed_while_its_own_request_is_parked_inject_does_not_hang() {
 #[test]
 fn two_injects_of_one_path_at_once_one_wins() {
     let env = Env::new();
-    let w = Workload::start(&env);
+    let w = Workload::start(&env, "w");
     let args = inject_args(&w);
     let first = Cli::start(&env, &strs(&args), Some("checked"));
     let held = server_stopped_at_failpoint(&env);

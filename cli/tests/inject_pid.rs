@@ -5,79 +5,10 @@
 mod inject_common;
 
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
-use inject_common::{Env, Log, check_data, counts, inject_update_recover, poll, workload_script};
-
-/// The shell workload in a private mount namespace (its own process group, killed on drop).
-struct Workload {
-    child: Child,
-    vol: PathBuf,
-    log: Log,
-}
-
-impl Workload {
-    fn start(env: &Env, name: &str) -> Workload {
-        let dir = env.path().join(name);
-        let vol = dir.join("vol");
-        std::fs::create_dir_all(&vol).expect("mkdir vol");
-        let log = dir.join("log");
-        let script = workload_script(
-            vol.to_str().expect("utf-8"),
-            log.to_str().expect("utf-8"),
-            "sleep 0.02",
-        );
-        let child = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-            .stdin(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("unshare");
-        let w = Workload {
-            child,
-            vol,
-            log: Log(log),
-        };
-        w.log.wait_round(1);
-        w
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn pid_arg(&self) -> String {
-        self.pid().to_string()
-    }
-
-    fn vol_str(&self) -> &str {
-        self.vol.to_str().expect("utf-8")
-    }
-
-    /// `iochaos inject --pid PID --path VOL RULES...`, which must succeed; the injection id.
-    fn inject(&self, env: &Env, rules: &[&str]) -> String {
-        let pid = self.pid_arg();
-        let mut args = vec!["inject", "--pid", &pid, "--path", self.vol_str()];
-        args.extend_from_slice(rules);
-        env.ok(&args)
-    }
-
-    fn stop(&mut self) {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Workload {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+use inject_common::{Env, Workload, check_data, counts, inject_update_recover, poll};
 
 fn server_pid(env: &Env) -> u32 {
     env.status()[0]["server_pid"].as_u64().expect("server pid") as u32

@@ -4,8 +4,9 @@
 #![allow(dead_code)]
 
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -556,5 +557,82 @@ pub fn hold_files(dir: &Path, n: usize, threads: usize) -> ! {
             let _ = std::fs::rename(&tmp, dir.join("counts"));
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The shell workload in a private mount namespace (its own process group, killed on drop).
+pub struct Workload {
+    pub child: Child,
+    pub vol: PathBuf,
+    pub log: Log,
+}
+
+impl Workload {
+    pub fn start(env: &Env, name: &str) -> Workload {
+        let dir = env.path().join(name);
+        let vol = dir.join("vol");
+        std::fs::create_dir_all(&vol).expect("mkdir vol");
+        let log = dir.join("log");
+        let script = workload_script(
+            vol.to_str().expect("utf-8"),
+            log.to_str().expect("utf-8"),
+            "sleep 0.02",
+        );
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("unshare");
+        let w = Workload {
+            child,
+            vol,
+            log: Log(log),
+        };
+        w.log.wait_round(1);
+        w
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn pid_arg(&self) -> String {
+        self.pid().to_string()
+    }
+
+    pub fn vol_str(&self) -> &str {
+        self.vol.to_str().expect("utf-8")
+    }
+
+    /// `iochaos inject --pid PID --path VOL RULES...`, which must succeed; the injection id.
+    pub fn inject(&self, env: &Env, rules: &[&str]) -> String {
+        let pid = self.pid_arg();
+        let mut args = vec!["inject", "--pid", &pid, "--path", self.vol_str()];
+        args.extend_from_slice(rules);
+        env.ok(&args)
+    }
+
+    /// ChaosFS mounts in the workload's mount table.
+    pub fn chaosfs_mounts(&self) -> usize {
+        std::fs::read_to_string(format!("/proc/{}/mountinfo", self.pid()))
+            .expect("mountinfo")
+            .lines()
+            .filter(|l| l.contains(" - fuse.chaosfs "))
+            .count()
+    }
+
+    pub fn stop(&mut self) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
