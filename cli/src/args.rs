@@ -32,10 +32,12 @@ USAGE:
         Start CMD in a private mount namespace with ChaosFS over DIR: faults from its
         first syscall, CMD's exit status is returned, the mount disappears with it.
     iochaos inject (--pid PID | CONTAINER [--namespace NS]) --path PATH RULE... [--duration D]
-                   [--json] [--allow-shared] [--containerd-state DIR]
+                   [--json] [--allow-shared] [--host-namespace] [--containerd-state DIR]
         Inject faults into a running process (every process of its mount namespace) or a
         containerd container, at PATH as it sees it. Prints the injection id once faults are
         live. `--pid` always names the target here (the rule selector needs --spec).
+        A process in the host's mount namespace (that of PID 1) is refused unless
+        --host-namespace is given; PID 1 and iochaos's ancestors are always refused.
     iochaos recover (ID | --pid PID | CONTAINER [--namespace NS] | --all)
         Remove injections: detach, move every fd back, stop the server, clear the journal.
     iochaos status [ID | CONTAINER [--namespace NS]] [--json]
@@ -97,6 +99,7 @@ pub struct InjectArgs {
     pub duration: Option<String>,
     pub json: bool,
     pub allow_shared: bool,
+    pub host_namespace: bool,
 }
 
 /// What `iochaos recover` recovers.
@@ -283,7 +286,7 @@ fn parse_inject(args: Vec<String>) -> Result<InjectArgs, Usage> {
             "--spec",
             "--duration",
         ],
-        switches: &["--json", "--allow-shared"],
+        switches: &["--json", "--allow-shared", "--host-namespace"],
     };
     let (mine, rules, positional) = split(args, &own)?;
     let target = match (get(&mine, "--pid"), positional.as_slice()) {
@@ -315,6 +318,7 @@ fn parse_inject(args: Vec<String>) -> Result<InjectArgs, Usage> {
         duration: get(&mine, "--duration"),
         json: has(&mine, "--json"),
         allow_shared: has(&mine, "--allow-shared"),
+        host_namespace: has(&mine, "--host-namespace"),
     })
 }
 

@@ -16,6 +16,7 @@ use engine::api::ChaosClient;
 use engine::inject::{InjectRequest, TargetSpec};
 use engine::journal::Journal;
 use engine::mountinfo::SharedPolicy;
+use engine::policy::HostNamespace;
 use serde_json::Value;
 
 use crate::args::{InjectArgs, SpecSource, TargetArg};
@@ -45,6 +46,7 @@ pub struct ServeRequest {
     pub spec: Value,
     pub duration_ms: Option<u64>,
     pub allow_shared: bool,
+    pub host_namespace: bool,
     pub run_dir: PathBuf,
 }
 
@@ -102,6 +104,7 @@ pub fn inject(args: InjectArgs) -> anyhow::Result<i32> {
         spec,
         duration_ms: duration.map(|d| d.as_millis() as u64),
         allow_shared: args.allow_shared,
+        host_namespace: args.host_namespace,
         run_dir: journal.dir().to_owned(),
     };
     let id = start_server(&req)?;
@@ -277,6 +280,11 @@ pub fn serve(request: &str) -> anyhow::Result<i32> {
             SharedPolicy::Allow
         } else {
             SharedPolicy::Refuse
+        },
+        host_namespace: if req.host_namespace {
+            HostNamespace::Allow
+        } else {
+            HostNamespace::Refuse
         },
     };
     let duration = req.duration_ms.map(Duration::from_millis);

@@ -124,6 +124,40 @@ pub enum Error {
     #[error("{} is already injected in this target (injection {id}); recover it first", path.display())]
     AlreadyInjected { id: String, path: PathBuf },
 
+    /// PID 1 and iochaos's own ancestors are never targets.
+    #[error("pid {pid} {why}: refusing to inject into it")]
+    ProtectedProcess { pid: u32, why: &'static str },
+
+    /// The target is in the host's mount namespace (that of PID 1).
+    #[error(
+        "pid {pid} is in the host's mount namespace (that of pid 1): the mount would be seen by \
+         every host process and every one of them scanned and stopped; refusing (iochaos inject \
+         --host-namespace to inject anyway)"
+    )]
+    HostNamespace { pid: u32 },
+
+    /// The path is one iochaos never injects (see [`crate::policy`]).
+    #[error("path {} {reason}: refusing to inject there", path.display())]
+    PathRefused { path: PathBuf, reason: String },
+
+    /// The path is inside, or contains, a path injected in the same mount namespace.
+    #[error(
+        "{} {relation} {}, injected already in this target (injection {id}): ChaosFS cannot \
+         be stacked; recover that first",
+        path.display(),
+        other.display()
+    )]
+    NestedInjection {
+        path: PathBuf,
+        relation: &'static str,
+        other: PathBuf,
+        id: String,
+    },
+
+    /// The journal directory (or a parent) could be changed by someone other than root.
+    #[error("journal directory {}: {reason}; refusing to trust it", path.display())]
+    UntrustedRunDir { path: PathBuf, reason: String },
+
     /// The filesystem server (ChaosFS) failed to start, update or stop.
     #[error("ChaosFS: {0}")]
     Filesystem(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -190,11 +224,15 @@ impl Error {
             | Error::UnknownContainer { .. }
             | Error::NoSuchInjection { .. }
             | Error::Resolve { .. } => ttrpc::Code::NOT_FOUND,
-            Error::InjectionExists { .. } | Error::AlreadyInjected { .. } => {
-                ttrpc::Code::ALREADY_EXISTS
-            }
+            Error::InjectionExists { .. }
+            | Error::AlreadyInjected { .. }
+            | Error::NestedInjection { .. } => ttrpc::Code::ALREADY_EXISTS,
             Error::Recovered { .. } => ttrpc::Code::FAILED_PRECONDITION,
             Error::SharedMount { .. }
+            | Error::ProtectedProcess { .. }
+            | Error::HostNamespace { .. }
+            | Error::PathRefused { .. }
+            | Error::UntrustedRunDir { .. }
             | Error::NotADirectory { .. }
             | Error::ContainerNotRunning { .. }
             | Error::MountNotOurs { .. } => ttrpc::Code::FAILED_PRECONDITION,

@@ -24,8 +24,9 @@ use crate::fusectl::FuseCtl;
 use crate::journal::{
     Entry, InjectionId, Journal, MountRecord, ProcessRecord, SwappedFd, TargetRecord,
 };
-use crate::mountinfo::{Mount, SharedPolicy};
+use crate::mountinfo::{Mount, MountInfo, SharedPolicy};
 use crate::ns::{self, CHAOSFS_SUBTYPE, MountGuard, MountNs, MountSource};
+use crate::policy::{self, HostNamespace};
 use crate::resolve::resolve_dir_in_root;
 use crate::target::{ContainerdTask, NsId, ProcStat, Target, processes_in_mnt_ns};
 
@@ -131,6 +132,9 @@ pub struct InjectRequest {
     /// The JSON spec (design.md).
     pub spec: Value,
     pub shared: SharedPolicy,
+    /// Whether a target in the host's mount namespace is allowed (only the CLI's
+    /// `--host-namespace` sets it; specs and annotations cannot).
+    pub host_namespace: HostNamespace,
 }
 
 /// Find the target a spec names.
@@ -186,32 +190,45 @@ pub fn inject<L: FsLauncher, S: Swapper>(
     // Mount, FUSE handshake, scan and swap are chains of wake-ups: keep idle CPUs out of deep
     // idle states until the injection is done (see `fdswap::CpuLatency`).
     let _latency = fdswap::CpuLatency::hold();
+    if let TargetSpec::Pid(pid) | TargetSpec::OciCreate { pid, .. } = &req.target {
+        policy::check_pid(*pid)?;
+    }
     let target = find_target(&req.target)?;
     let mns = MountNs::of_target(&target)?;
     // Errors about the path come before anything changes. An injected path is refused before
     // it is resolved: resolving it goes through the faults. From the check until the entry is
     // written, no other injection may check: two at once would both find the path free.
+    policy::check_target(&target, req.host_namespace)?;
     let lock = journal.lock()?;
     let injected = journal.list()?;
     let lexical: PathBuf = req.path.components().collect();
-    for e in &injected {
-        if e.target.mnt_ns == target.mnt_ns.ino && Path::new(&e.path) == lexical {
-            return Err(Error::AlreadyInjected {
-                id: e.id.to_string(),
-                path: lexical,
-            });
-        }
+    if !lexical
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        policy::check_nesting(&lexical, target.mnt_ns, &injected)?;
     }
-    let canonical = resolve_dir_in_root(target.root_fd(), &req.path)?.path;
-    for e in injected {
-        if e.target.mnt_ns == target.mnt_ns.ino && Path::new(&e.path) == canonical {
-            return Err(Error::AlreadyInjected {
-                id: e.id.to_string(),
-                path: canonical,
-            });
-        }
+    let crate::resolve::Resolved {
+        path: canonical,
+        mnt_id: path_mnt_id,
+        ..
+    } = resolve_dir_in_root(target.root_fd(), &req.path)?;
+    policy::check_nesting(&canonical, target.mnt_ns, &injected)?;
+    // By mount id: valid whatever the target's root is (a hook's init may not have pivoted).
+    let mountinfo = MountInfo::read(target.pid)?;
+    policy::check_path(&canonical, mountinfo.by_id(path_mnt_id))?;
+    let mut procs = target.processes()?;
+    if req.host_namespace == HostNamespace::Allow {
+        // PID 1 and our ancestors are never stopped: they keep the original files.
+        let protected = policy::protected_pids();
+        procs.retain(|p| {
+            let keep = !protected.contains(&p.pid);
+            if !keep {
+                tracing::info!(pid = p.pid, comm = %p.comm, "left out of the swap (protected)");
+            }
+            keep
+        });
     }
-    let procs = target.processes()?;
     let pids: Vec<u32> = procs.iter().map(|p| p.pid).collect();
     // Before the namespace thread of the mount: see there.
     reserve_fd_slots(&pids, target.root_fd());

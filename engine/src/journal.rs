@@ -219,7 +219,11 @@ impl Journal {
         Journal::open(DEFAULT_DIR)
     }
 
-    /// The journal in `dir`, created (mode 0700) if missing.
+    /// The journal in `dir`, created (mode 0700) if missing. Refused
+    /// ([`Error::UntrustedRunDir`]) when anyone but us (root) could change what is in it: the
+    /// directory owned by another user, or a parent owned by another user or writable by others
+    /// without the sticky bit. Whoever could would plant entries a root `recover` acts on, or
+    /// replace an injection's socket.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Journal> {
         let dir = dir.into();
         fs::DirBuilder::new()
@@ -227,7 +231,8 @@ impl Journal {
             .mode(0o700)
             .create(&dir)
             .map_err(|e| Error::io(&dir, e))?;
-        // An existing directory keeps its mode from whoever made it: tighten it.
+        check_trusted(&dir)?;
+        // An existing directory of ours keeps the mode it was made with: tighten it.
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
             .map_err(|e| Error::io(&dir, e))?;
         Ok(Journal { dir })
@@ -412,6 +417,56 @@ impl Journal {
 pub struct JournalLock(#[allow(dead_code)] nix::fcntl::Flock<fs::File>);
 
 /// fsync an entry and its directory (see [`Journal::sync_in_background`]).
+/// See [`Journal::open`]: `dir` (which exists) must be ours, and each parent owned by us or
+/// root and not writable by others unless sticky (like `/tmp`: others cannot rename or remove
+/// what they do not own there).
+fn check_trusted(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let canonical = fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
+    let me = rustix::process::geteuid().as_raw();
+    let untrusted = |path: &Path, reason: String| Error::UntrustedRunDir {
+        path: path.to_owned(),
+        reason,
+    };
+    let md = fs::symlink_metadata(&canonical).map_err(|e| Error::io(&canonical, e))?;
+    if md.uid() != me {
+        return Err(untrusted(
+            &canonical,
+            format!("owned by uid {}, not by uid {me} (us)", md.uid()),
+        ));
+    }
+    for parent in canonical.ancestors().skip(1) {
+        let md = fs::symlink_metadata(parent).map_err(|e| Error::io(parent, e))?;
+        if md.uid() != 0 && md.uid() != me {
+            return Err(untrusted(
+                &canonical,
+                format!(
+                    "its parent {} is owned by uid {}",
+                    parent.display(),
+                    md.uid()
+                ),
+            ));
+        }
+        let mode = md.mode();
+        if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+            return Err(untrusted(
+                &canonical,
+                format!(
+                    "its parent {} is writable by {} (mode {:04o}, not sticky)",
+                    parent.display(),
+                    if mode & 0o002 != 0 {
+                        "anyone"
+                    } else {
+                        "its group"
+                    },
+                    mode & 0o7777
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn sync_entry(path: &Path, dir: &Path) {
     let r = fs::File::open(path)
         .and_then(|f| f.sync_all())
@@ -465,6 +520,53 @@ mod tests {
             addr: None,
         }];
         e
+    }
+
+    /// Changes ownership: needs root (the tests run as root; fails loudly otherwise).
+    #[test]
+    fn a_run_dir_others_can_change_is_refused_and_left_alone() {
+        let base = tempfile::tempdir().expect("tempdir");
+        let chown = |p: &Path, uid: u32| {
+            std::os::unix::fs::chown(p, Some(uid), Some(uid)).expect("chown (run as root)")
+        };
+        let mode = |p: &Path, m: u32| {
+            fs::set_permissions(p, fs::Permissions::from_mode(m)).expect("chmod");
+        };
+        // Owned by another user: refused, its mode and content untouched.
+        let theirs = base.path().join("theirs");
+        fs::create_dir(&theirs).expect("mkdir");
+        mode(&theirs, 0o755);
+        chown(&theirs, 1000);
+        let e = Journal::open(&theirs).expect_err("another user's directory");
+        assert!(matches!(e, Error::UntrustedRunDir { .. }), "{e}");
+        assert!(e.to_string().contains("owned by uid 1000"), "{e}");
+        let md = fs::metadata(&theirs).expect("stat");
+        assert_eq!(
+            md.mode() & 0o7777,
+            0o755,
+            "a refused directory is not chmod-ed"
+        );
+        assert_eq!(fs::read_dir(&theirs).expect("ls").count(), 0);
+        // A parent writable by anyone (not sticky): refused, even for a directory of ours.
+        let open = base.path().join("open");
+        fs::create_dir(&open).expect("mkdir");
+        mode(&open, 0o777);
+        let e = Journal::open(open.join("run")).expect_err("world-writable parent");
+        assert!(e.to_string().contains("writable by anyone"), "{e}");
+        // A parent owned by another user: refused.
+        let foreign = base.path().join("foreign");
+        fs::create_dir(&foreign).expect("mkdir");
+        mode(&foreign, 0o755);
+        fs::create_dir(foreign.join("run")).expect("mkdir");
+        chown(&foreign, 1000);
+        let e = Journal::open(foreign.join("run")).expect_err("foreign parent");
+        assert!(e.to_string().contains("is owned by uid 1000"), "{e}");
+        // Ours, under a sticky world-writable parent (/tmp): accepted, tightened to 0700.
+        let ours = base.path().join("ours");
+        fs::create_dir(&ours).expect("mkdir");
+        mode(&ours, 0o755);
+        Journal::open(&ours).expect("our directory");
+        assert_eq!(fs::metadata(&ours).expect("stat").mode() & 0o7777, 0o700);
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod inject;
 pub mod journal;
 pub mod mountinfo;
 pub mod ns;
+pub mod policy;
 pub mod resolve;
 pub mod shim;
 pub mod starttime;

@@ -121,6 +121,7 @@ fn request(pid: u32, path: &Path) -> InjectRequest {
         path: path.to_owned(),
         spec: json!({"rules": [{"ops": ["write"], "errno": "EIO"}]}),
         shared: SharedPolicy::Refuse,
+        host_namespace: engine::policy::HostNamespace::Refuse,
     }
 }
 

@@ -161,6 +161,8 @@ fn prepare(req: &ServeRequest) -> Result<(Journal, InjectRequest)> {
             } else {
                 SharedPolicy::Refuse
             },
+            // Never from an annotation: a container is not the host.
+            host_namespace: engine::policy::HostNamespace::Refuse,
         },
     ))
 }

@@ -266,6 +266,7 @@ impl Shim {
             path: spec.path,
             spec: spec.spec,
             shared: SharedPolicy::Refuse,
+            host_namespace: engine::policy::HostNamespace::Refuse,
         };
         let inj = Arc::new(inject(
             &self.journal,
