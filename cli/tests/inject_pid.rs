@@ -37,8 +37,8 @@ fn pid_errors_are_one_line_and_change_nothing() {
             env.run_dir_entries().is_empty(),
             "journal not empty after {err}"
         );
-        let mi = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo");
-        assert!(!mi.contains("chaosfs"), "mounted after {err}");
+        let left = inject_common::chaosfs_mounts_under(w.pid(), &env.path());
+        assert!(left.is_empty(), "mounted after {err}: {left:?}");
     };
     let mut dead = Command::new("true").spawn().expect("true");
     let dead_pid = dead.id().to_string();

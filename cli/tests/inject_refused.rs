@@ -9,7 +9,7 @@ mod inject_common;
 
 use std::process::{Command, Stdio};
 
-use inject_common::{Env, Workload, poll};
+use inject_common::{Env, Workload, chaosfs_mounts_under, poll};
 
 /// A refusal: exit 1, one line naming `needle`, nothing journaled, nothing mounted in `pid`'s
 /// namespace.
@@ -25,19 +25,8 @@ fn refused(env: &Env, (code, err): (i32, String), needle: &str, pid: u32) {
     assert_eq!(ours_mounted(env, pid), 0, "mounted after {err}");
 }
 
-/// ChaosFS mounts under the test's directory in `pid`'s mount table (other tests running at
-/// the same time may have their own elsewhere).
 fn ours_mounted(env: &Env, pid: u32) -> usize {
-    let mi = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo");
-    let dir = env.path();
-    mi.lines()
-        .filter(|l| l.contains(" - fuse.chaosfs "))
-        .filter(|l| {
-            l.split(' ')
-                .nth(4)
-                .is_some_and(|m| std::path::Path::new(m).starts_with(&dir))
-        })
-        .count()
+    chaosfs_mounts_under(pid, &env.path()).len()
 }
 
 #[test]
@@ -100,7 +89,7 @@ fn host_namespace_is_refused_unless_asked_for() {
             echo "allowed 0" >>{out}
             n=$(wc -l <{log})
             while ! tail -n +$n {log} | grep -q err; do sleep 0.01; done
-            grep fuse.chaosfs /proc/1/mountinfo >/dev/null && echo "init-sees-mount" >>{out}
+            grep " {vol} .* - fuse.chaosfs " /proc/1/mountinfo >/dev/null && echo "init-sees-mount" >>{out}
             {exe} recover "$id" >/dev/null 2>{out}.recover
             echo "recover $?" >>{out}
             n=$(wc -l <{log})

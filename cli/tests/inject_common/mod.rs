@@ -119,8 +119,8 @@ impl Env {
             });
         }
         if let Some(pid) = target_pid {
-            let mi = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo");
-            assert!(!mi.contains("fuse.chaosfs"), "ChaosFS still mounted:\n{mi}");
+            let left = chaosfs_mounts_under(pid, &self.path());
+            assert!(left.is_empty(), "ChaosFS still mounted: {left:?}");
         }
     }
 }
@@ -560,6 +560,19 @@ pub fn hold_files(dir: &Path, n: usize, threads: usize) -> ! {
     }
 }
 
+/// Mount points of the ChaosFS mounts in `pid`'s mount table at or under `dir` (a private
+/// namespace copies whatever the host had when it was made, including other tests' mounts).
+pub fn chaosfs_mounts_under(pid: u32, dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .expect("mountinfo")
+        .lines()
+        .filter(|l| l.contains(" - fuse.chaosfs "))
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| Path::new(m).starts_with(dir))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The shell workload in a private mount namespace (its own process group, killed on drop).
 pub struct Workload {
     pub child: Child,
@@ -613,13 +626,9 @@ impl Workload {
         env.ok(&args)
     }
 
-    /// ChaosFS mounts in the workload's mount table.
+    /// ChaosFS mounts under the workload's directory in its mount table.
     pub fn chaosfs_mounts(&self) -> usize {
-        std::fs::read_to_string(format!("/proc/{}/mountinfo", self.pid()))
-            .expect("mountinfo")
-            .lines()
-            .filter(|l| l.contains(" - fuse.chaosfs "))
-            .count()
+        chaosfs_mounts_under(self.pid(), self.vol.parent().unwrap_or(&self.vol)).len()
     }
 
     pub fn stop(&mut self) {
