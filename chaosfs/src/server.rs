@@ -134,9 +134,10 @@ impl Server {
         })
     }
 
-    /// Replace the rules atomically. Drops the kernel's cached entries and attributes, and reports
-    /// files open in passthrough mode that the new rules may touch (their reads and writes bypass
-    /// the rules until reopened; a reopen gets direct I/O).
+    /// Replace the rules atomically. Serves requests parked in latency faults of the old rules at
+    /// once, drops the kernel's cached entries and attributes, and reports files open in
+    /// passthrough mode that the new rules may touch (their reads and writes bypass the rules
+    /// until reopened; a reopen gets direct I/O).
     pub fn update_rules(&self, rules: RuleSet) -> UpdateReport {
         self.inner.update_rules(rules)
     }

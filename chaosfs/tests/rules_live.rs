@@ -85,3 +85,43 @@ fn a_delayed_request_does_not_hold_up_others() {
     assert_eq!(r.as_deref(), Some(&b"s"[..]));
     assert!(took >= Duration::from_secs(3), "slow read took {took:?}");
 }
+
+#[test]
+fn update_serves_requests_parked_under_the_old_rules() {
+    let m = Mount::new(
+        r#"{"rules": [{"ops": ["read"], "latency": "1h"}]}"#,
+        &[("a", b"aa"), ("b", b"bb")],
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    // The readers hold paths, not the mount: if the test fails, dropping `m` unmounts (and
+    // serves the parked reads) rather than leaving a mount behind.
+    let readers: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|name| {
+            let (path, tx) = (m.path(name), tx.clone());
+            std::thread::spawn(move || {
+                let r = pread(&path, 2);
+                let _ = tx.send((name, r.ok()));
+            })
+        })
+        .collect();
+    wait_for("both reads to park in the latency", || {
+        m.pending_delays() == 2
+    });
+    m.update(r#"{"rules": [{"ops": ["write"], "errno": "EIO"}]}"#);
+    let mut got: Vec<_> = (0..2)
+        .map(|_| {
+            // Without the fix they would sleep for the hour: fail instead of hanging.
+            rx.recv_timeout(Duration::from_secs(60))
+                .expect("a read parked under the old rules was not served after update")
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [("a", Some(b"aa".to_vec())), ("b", Some(b"bb".to_vec()))]
+    );
+    for r in readers {
+        r.join().expect("reader thread");
+    }
+}

@@ -628,6 +628,10 @@ impl FsInner {
                 });
             }
         }
+        // Requests parked in a latency fault were delayed by the old rules: serve them now (as
+        // docs/rules.md promises). First, so the entry invalidation below does not wait on a
+        // directory lock one of them holds.
+        self.sched.cancel_all();
         self.invalidate_all(&all);
         report
     }

@@ -112,6 +112,11 @@ impl Mount {
         self.mounted().server().stats()
     }
 
+    /// Requests parked in a latency fault or being served after one.
+    pub fn pending_delays(&self) -> usize {
+        self.mounted().server().pending_delays()
+    }
+
     /// Unmount now and return the directory (to look at what reached the backing files).
     pub fn unmount(mut self) -> tempfile::TempDir {
         if let Some(m) = self.mounted.take() {
