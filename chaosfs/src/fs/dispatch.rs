@@ -135,20 +135,35 @@ impl fuse::Filesystem for ChaosFs {
                 serve!(self, v, [newname], |fs| fs
                     .link(oldnode, node, &*newname, &v, r))
             }
-            Operation::Open { flags } => {
+            Operation::Open {
+                flags,
+                kill_suidgid,
+            } => {
                 let v = verdict(Op::Open, Target::Node(ino));
                 let r = ReplyOpen::new(s);
-                serve!(self, v, [], |fs| fs.open(node, flags, &v, r))
+                serve!(self, v, [], |fs| fs.open(node, flags, kill_suidgid, &v, r))
             }
             Operation::Read { fh, offset, size } => {
                 let v = verdict(Op::Read, file(fh));
                 let r = ReplyData::new(s);
                 serve!(self, v, [], |fs| fs.read(fh, offset, size, &v, r))
             }
-            Operation::Write { fh, offset, data } => {
+            Operation::Write {
+                fh,
+                offset,
+                data,
+                kill_suidgid,
+            } => {
                 let v = verdict(Op::Write, file(fh));
                 let r = ReplyWrite::new(s);
-                serve!(self, v, [data], |fs| fs.write(fh, offset, &*data, &v, r))
+                serve!(self, v, [data], |fs| fs.write(
+                    fh,
+                    offset,
+                    &*data,
+                    kill_suidgid,
+                    &v,
+                    r
+                ))
             }
             Operation::Flush { fh } => {
                 let v = verdict(Op::Flush, file(fh));

@@ -147,6 +147,7 @@ impl FsInner {
             F::AUTO_INVAL_DATA,
             F::ASYNC_DIO,
             F::DIRECT_IO_ALLOW_MMAP,
+            F::HANDLE_KILLPRIV_V2,
         ] {
             config.want(f);
         }
@@ -307,6 +308,7 @@ impl FsInner {
             atime,
             mtime,
             fh,
+            kill_suidgid,
         } = a;
         fail_if_errno!(v, reply);
         let inode = tri!(self.inode(ino), reply);
@@ -348,12 +350,35 @@ impl FsInner {
             );
             tri!(r.map_err(errno), reply);
         }
+        if kill_suidgid {
+            let fd = handle.as_ref().map(|h| h.fd.as_fd());
+            tri!(self.kill_suidgid(&inode, fd).map_err(errno), reply);
+        }
         let st = tri!(sys::file::fstat(inode.fd.as_fd()).map_err(errno), reply);
         let mut attr = attr_of(reported_ino(&inode), &st);
         if let Some(o) = &v.attr {
             apply_override(&mut attr, o);
         }
         reply.attr(&self.ttl(Target::Node(ino.0)), &attr);
+    }
+
+    /// Clear the setuid bit, and setgid where group execute is set, of the regular file `inode`
+    /// (through `fd`, an open file of it, if given), as the kernel does for a FUSE file when a
+    /// caller lacking `CAP_FSETID` writes or truncates it: the server works as root, so the
+    /// backing file system would keep them. Nothing is changed (no ctime update) when neither
+    /// bit is to go.
+    fn kill_suidgid(&self, inode: &Inode, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+        let st = sys::file::fstat(inode.fd.as_fd())?;
+        let Some(mode) = killed_mode(st.st_mode) else {
+            return Ok(());
+        };
+        match fd {
+            Some(fd) => sys::file::fchmod(fd, mode),
+            None => {
+                let fdname = FdName::new(inode.fd.as_raw_fd());
+                sys::file::fchmodat(self.proc_fd.as_fd(), fdname.as_cstr(), mode)
+            }
+        }
     }
 
     pub(crate) fn readlink(&self, ino: INodeNo, v: &Verdict, reply: ReplyData) {
@@ -570,10 +595,23 @@ impl FsInner {
         }
     }
 
-    pub(crate) fn open(&self, ino: INodeNo, flags: i32, v: &Verdict, reply: ReplyOpen) {
+    pub(crate) fn open(
+        &self,
+        ino: INodeNo,
+        flags: i32,
+        kill_suidgid: bool,
+        v: &Verdict,
+        reply: ReplyOpen,
+    ) {
         fail_if_errno!(v, reply);
         let inode = tri!(self.inode(ino), reply);
         let fd = tri!(self.reopen(&inode, flags).map_err(errno), reply);
+        if kill_suidgid && flags & libc::O_TRUNC != 0 {
+            tri!(
+                self.kill_suidgid(&inode, Some(fd.as_fd())).map_err(errno),
+                reply
+            );
+        }
         let path = self.handle_path(&inode, None);
         let Ok(mut st) = inode.open.lock() else {
             return reply.error(Errno::EIO);
@@ -769,11 +807,20 @@ impl FsInner {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
+        kill_suidgid: bool,
         v: &Verdict,
         reply: ReplyWrite,
     ) {
         fail_if_errno!(v, reply);
         let h = tri!(self.handle(fh), reply);
+        // Before the write, as the kernel's `file_remove_privs` does.
+        if kill_suidgid {
+            tri!(
+                self.kill_suidgid(&h.inode, Some(h.fd.as_fd()))
+                    .map_err(errno),
+                reply
+            );
+        }
         let mut data = data;
         if let Some(DataFault::Short(_)) = v.data {
             data = &data[..v.short_len(data.len()).min(data.len())];
@@ -1266,4 +1313,18 @@ impl FsInner {
             reply.error(Errno::ENOTTY);
         }
     }
+}
+
+/// The permission bits `st_mode` keeps once setuid, and setgid where group execute is set, are
+/// cleared (the FUSE kernel's rule, `fuse_setattr`), or `None` if that changes nothing or the
+/// file is not a regular file.
+fn killed_mode(st_mode: u32) -> Option<u32> {
+    if st_mode & libc::S_IFMT != libc::S_IFREG {
+        return None;
+    }
+    let mut kill = st_mode & libc::S_ISUID;
+    if st_mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP {
+        kill |= libc::S_ISGID;
+    }
+    (kill != 0).then_some(st_mode & 0o7777 & !kill)
 }

@@ -80,6 +80,7 @@ pub mod init {
     pub const PARALLEL_DIROPS: u64 = 1 << 18;
     pub const POSIX_ACL: u64 = 1 << 20;
     pub const MAX_PAGES: u64 = 1 << 22;
+    pub const HANDLE_KILLPRIV_V2: u64 = 1 << 28;
     pub const INIT_EXT: u64 = 1 << 30;
     pub const DIRECT_IO_ALLOW_MMAP: u64 = 1 << 36;
     pub const PASSTHROUGH: u64 = 1 << 37;
@@ -104,7 +105,17 @@ pub mod fattr {
     pub const FH: u32 = 1 << 6;
     pub const ATIME_NOW: u32 = 1 << 7;
     pub const MTIME_NOW: u32 = 1 << 8;
+    pub const LOCKOWNER: u32 = 1 << 9;
+    /// Clear setuid, and setgid where group execute is set (`FUSE_HANDLE_KILLPRIV_V2`).
+    pub const KILL_SUIDGID: u32 = 1 << 11;
 }
+
+/// `fuse_write_in.write_flags`: clear setuid/setgid (the writer lacks `CAP_FSETID`).
+pub const WRITE_KILL_SUIDGID: u32 = 1 << 2;
+
+/// `fuse_open_in.open_flags`: an `O_TRUNC` open by a caller lacking `CAP_FSETID` must clear
+/// setuid/setgid (`FUSE_HANDLE_KILLPRIV_V2`).
+pub const OPEN_KILL_SUIDGID: u32 = 1 << 0;
 
 pub const FSYNC_FDATASYNC: u32 = 1 << 0;
 

@@ -41,6 +41,9 @@ pub struct SetattrArgs {
     pub atime: Option<TimeOrNow>,
     pub mtime: Option<TimeOrNow>,
     pub fh: Option<FileHandle>,
+    /// Clear setuid, and setgid where group execute is set (see [`abi::fattr::KILL_SUIDGID`]
+    /// and the parser's note on empty requests).
+    pub kill_suidgid: bool,
 }
 
 /// One request. Names and data borrow the read buffer.
@@ -99,6 +102,8 @@ pub enum Operation<'a> {
     },
     Open {
         flags: i32,
+        /// An `O_TRUNC` open that must clear setuid/setgid ([`abi::OPEN_KILL_SUIDGID`]).
+        kill_suidgid: bool,
     },
     Read {
         fh: FileHandle,
@@ -109,6 +114,8 @@ pub enum Operation<'a> {
         fh: FileHandle,
         offset: u64,
         data: &'a [u8],
+        /// Clear setuid/setgid first ([`abi::WRITE_KILL_SUIDGID`]).
+        kill_suidgid: bool,
     },
     Statfs,
     Release {
@@ -316,6 +323,11 @@ pub fn parse(buf: &[u8]) -> Result<(Request, Operation<'_>), Malformed> {
                 atime: on(F::ATIME).then(|| time_or_now(s.atime, s.atimensec, on(F::ATIME_NOW))),
                 mtime: on(F::MTIME).then(|| time_or_now(s.mtime, s.mtimensec, on(F::MTIME_NOW))),
                 fh: on(F::FH).then_some(fh(s.fh)),
+                // With FUSE_HANDLE_KILLPRIV_V2 the kernel turns the VFS's "remove privileges"
+                // request (`file_remove_privs`: a write through kernel passthrough, fallocate,
+                // copy_file_range, by a caller lacking CAP_FSETID; `chown(f, -1, -1)`) into a
+                // SETATTR that changes nothing: it is only ever a request to kill the bits.
+                kill_suidgid: on(F::KILL_SUIDGID) || v & !(F::FH | F::LOCKOWNER) == 0,
             })
         }
         op::READLINK => Operation::Readlink,
@@ -368,9 +380,13 @@ pub fn parse(buf: &[u8]) -> Result<(Request, Operation<'_>), Malformed> {
                 newname: a.name()?,
             }
         }
-        op::OPEN => Operation::Open {
-            flags: a.get::<abi::OpenIn>()?.flags as i32,
-        },
+        op::OPEN => {
+            let o: abi::OpenIn = a.get()?;
+            Operation::Open {
+                flags: o.flags as i32,
+                kill_suidgid: o.open_flags & abi::OPEN_KILL_SUIDGID != 0,
+            }
+        }
         op::OPENDIR => {
             a.get::<abi::OpenIn>()?;
             Operation::Opendir
@@ -402,6 +418,7 @@ pub fn parse(buf: &[u8]) -> Result<(Request, Operation<'_>), Malformed> {
                 fh: fh(w.fh),
                 offset: w.offset,
                 data: a.bytes(w.size as usize)?,
+                kill_suidgid: w.write_flags & abi::WRITE_KILL_SUIDGID != 0,
             }
         }
         op::STATFS => Operation::Statfs,
@@ -585,7 +602,9 @@ mod tests {
         args.extend_from_slice(b"hello");
         let buf = request(op::WRITE, &args);
         match parse(&buf).expect("parses").1 {
-            Operation::Write { fh, offset, data } => {
+            Operation::Write {
+                fh, offset, data, ..
+            } => {
                 assert_eq!((fh, offset, data), (FileHandle(3), 4096, &b"hello"[..]));
             }
             other => panic!("wrong op {other:?}"),

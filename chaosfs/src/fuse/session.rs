@@ -194,7 +194,9 @@ impl<FS: Filesystem> Session<FS> {
 /// An operation for the trace log: data payloads by length only.
 fn brief(op: &Operation<'_>) -> String {
     match op {
-        Operation::Write { fh, offset, data } => {
+        Operation::Write {
+            fh, offset, data, ..
+        } => {
             format!(
                 "Write {{ fh: {fh:?}, offset: {offset}, len: {} }}",
                 data.len()
