@@ -1,4 +1,6 @@
-//! Open file and directory handles (the FUSE `fh`), each owning a real fd of the backing file.
+//! Open file and directory handles (the FUSE `fh`), each holding a real fd of the backing file:
+//! its own for a directory (a directory stream has a position), shared with the other handles
+//! of the same inode opened with the same flags for a file ([`super::inode::share_key`]).
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,7 +41,7 @@ pub(crate) enum HandleKind {
 }
 
 pub(crate) struct Handle {
-    pub fd: OwnedFd,
+    pub fd: Arc<OwnedFd>,
     pub inode: Arc<Inode>,
     pub kind: HandleKind,
     /// The path the file was opened by (kept only while rules select by path), so requests on

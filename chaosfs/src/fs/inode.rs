@@ -10,9 +10,10 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use crate::fuse::BackingId;
 
@@ -71,9 +72,79 @@ pub(crate) struct Inode {
     pub name: Mutex<Option<(u64, Box<OsStr>)>>,
     /// Removed from the key index: new lookups of the same backing inode get a fresh node id.
     pub detached: AtomicBool,
+    /// Open fds of the backing file shared by the file handles opened with the same
+    /// [`share_key`]: (key, fd). An fd closes when its last handle is released.
+    files: Mutex<Vec<(i32, Weak<OwnedFd>)>>,
+}
+
+/// Open flags that only act at open time (creation, truncation, the fd's close-on-exec): two
+/// opens that differ only in these can share one backing fd.
+const OPEN_TIME_ONLY: i32 = libc::O_CREAT
+    | libc::O_EXCL
+    | libc::O_NOCTTY
+    | libc::O_TRUNC
+    | libc::O_CLOEXEC
+    | libc::O_NOFOLLOW
+    | libc::O_TMPFILE;
+
+/// The flags that decide which handles of an inode may share one backing fd: everything that
+/// changes how a `pread`/`pwrite`/`fsync` on the fd behaves (access mode, `O_APPEND` — a
+/// `pwrite` on an `O_APPEND` fd appends —, `O_DIRECT`, `O_SYNC`/`O_DSYNC`, `O_NOATIME`,
+/// `O_NONBLOCK`, the kernel's exec flag). The server never uses a file fd's position, so
+/// handles sharing an fd cannot see each other.
+pub(crate) fn share_key(flags: i32) -> i32 {
+    flags & !OPEN_TIME_ONLY
 }
 
 impl Inode {
+    fn new(nodeid: u64, fd: OwnedFd, st: &libc::stat, nlookup: u64) -> Inode {
+        Inode {
+            nodeid,
+            fd,
+            dev: st.st_dev,
+            ino: st.st_ino,
+            kind: st.st_mode & libc::S_IFMT,
+            nlookup: AtomicU64::new(nlookup),
+            open: Mutex::new(OpenState::default()),
+            name: Mutex::new(None),
+            detached: AtomicBool::new(false),
+            files: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The backing fd shared by handles of this inode opened with flags of key `key`; if none is
+    /// open, `open()` opens it (under the lock, so concurrent opens share one fd too).
+    pub(crate) fn shared_fd(
+        &self,
+        key: i32,
+        open: impl FnOnce() -> io::Result<OwnedFd>,
+    ) -> io::Result<Arc<OwnedFd>> {
+        let mut files = self
+            .files
+            .lock()
+            .map_err(|_| io::Error::from_raw_os_error(libc::EIO))?;
+        if let Some(fd) = live(&mut files, key) {
+            return Ok(fd);
+        }
+        let fd = Arc::new(open()?);
+        files.push((key, Arc::downgrade(&fd)));
+        Ok(fd)
+    }
+
+    /// Offer `fd`, just opened with flags of key `key`, for sharing: the fd already shared under
+    /// that key if there is one (`fd` is closed), else `fd`, now shared.
+    pub(crate) fn share(&self, key: i32, fd: OwnedFd) -> Arc<OwnedFd> {
+        let Ok(mut files) = self.files.lock() else {
+            return Arc::new(fd);
+        };
+        if let Some(shared) = live(&mut files, key) {
+            return shared;
+        }
+        let fd = Arc::new(fd);
+        files.push((key, Arc::downgrade(&fd)));
+        fd
+    }
+
     pub(crate) fn remember_name(&self, parent: u64, name: &OsStr) {
         if let Ok(mut n) = self.name.lock() {
             match &*n {
@@ -82,6 +153,15 @@ impl Inode {
             }
         }
     }
+}
+
+/// The fd shared under `key` in `files`, if still open; drops entries whose fds were closed.
+fn live(files: &mut Vec<(i32, Weak<OwnedFd>)>, key: i32) -> Option<Arc<OwnedFd>> {
+    files.retain(|(_, w)| w.strong_count() > 0);
+    files
+        .iter()
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, w)| w.upgrade())
 }
 
 type Shard<K> = RwLock<IdMap<K, Arc<Inode>>>;
@@ -103,17 +183,7 @@ fn new_shards<K>() -> Box<[Shard<K>]> {
 
 impl InodeTable {
     pub(crate) fn new(root_fd: OwnedFd, st: &libc::stat) -> Self {
-        let root = Arc::new(Inode {
-            nodeid: ROOT,
-            fd: root_fd,
-            dev: st.st_dev,
-            ino: st.st_ino,
-            kind: st.st_mode & libc::S_IFMT,
-            nlookup: AtomicU64::new(u64::MAX / 2),
-            open: Mutex::new(OpenState::default()),
-            name: Mutex::new(None),
-            detached: AtomicBool::new(false),
-        });
+        let root = Arc::new(Inode::new(ROOT, root_fd, st, u64::MAX / 2));
         let t = InodeTable {
             by_node: new_shards(),
             by_key: new_shards(),
@@ -172,17 +242,7 @@ impl InodeTable {
         }
         let mut fd = Some(fd);
         let mut make = |nodeid: u64| -> Option<Arc<Inode>> {
-            Some(Arc::new(Inode {
-                nodeid,
-                fd: fd.take()?,
-                dev: st.st_dev,
-                ino: st.st_ino,
-                kind: st.st_mode & libc::S_IFMT,
-                nlookup: AtomicU64::new(1),
-                open: Mutex::new(OpenState::default()),
-                name: Mutex::new(None),
-                detached: AtomicBool::new(false),
-            }))
+            Some(Arc::new(Inode::new(nodeid, fd.take()?, st, 1)))
         };
         // Prefer the backing inode number as node id (so st_ino matches the backing file).
         let candidate = st.st_ino;

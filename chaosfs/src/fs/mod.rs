@@ -206,8 +206,15 @@ pub(crate) struct FsInner {
     sched: Scheduler,
 }
 
+/// The errno a caller sees for a failed backing call: the real one, except that the server
+/// running out of fds in its own table (EMFILE) is reported as ENFILE, "the system's file table
+/// is full": the caller's own table may have room, and an EMFILE would make it think otherwise.
 fn errno(e: io::Error) -> Errno {
-    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+    match e.raw_os_error() {
+        Some(libc::EMFILE) => Errno::from_i32(libc::ENFILE),
+        Some(n) => Errno::from_i32(n),
+        None => Errno::EIO,
+    }
 }
 
 fn file_type(mode: u32) -> FileType {

@@ -20,7 +20,7 @@ use crate::fuse::{
 };
 
 use super::handle::{DirStream, Handle, HandleKind, OpenMode};
-use super::inode::{Inode, ROOT};
+use super::inode::{Inode, ROOT, share_key};
 use super::{
     Caller, FsInner, Target, apply_override, attr_of, decode_dev, dtype_file_type, errno,
     file_type, reported_ino,
@@ -605,7 +605,7 @@ impl FsInner {
     ) {
         fail_if_errno!(v, reply);
         let inode = tri!(self.inode(ino), reply);
-        let fd = tri!(self.reopen(&inode, flags).map_err(errno), reply);
+        let fd = tri!(self.open_shared(&inode, flags).map_err(errno), reply);
         if kill_suidgid && flags & libc::O_TRUNC != 0 {
             tri!(
                 self.kill_suidgid(&inode, Some(fd.as_fd())).map_err(errno),
@@ -625,6 +625,17 @@ impl FsInner {
         }
     }
 
+    /// An fd of `inode` for a new handle opened with `flags`: the one already open for handles
+    /// with the same [`share_key`] if any, else a new one, then shared. An `O_TRUNC` open still
+    /// opens (and so truncates, with the backing file system's own checks and events).
+    fn open_shared(&self, inode: &Inode, flags: i32) -> io::Result<Arc<OwnedFd>> {
+        let key = share_key(flags);
+        if flags & libc::O_TRUNC != 0 {
+            return Ok(inode.share(key, self.reopen(inode, flags)?));
+        }
+        inode.shared_fd(key, || self.reopen(inode, flags))
+    }
+
     /// Register a new handle on `inode` for `fd`: kernel passthrough when no rule can touch its
     /// data and the inode has (or now gets, through `open_backing`) a backing id, direct I/O
     /// otherwise. `st` is the inode's locked open state, held by the caller until it has replied
@@ -634,7 +645,7 @@ impl FsInner {
         &self,
         inode: &Arc<Inode>,
         st: &mut super::inode::OpenState,
-        fd: OwnedFd,
+        fd: Arc<OwnedFd>,
         flags: i32,
         (path, path_full): (Option<Box<Path>>, bool),
         open_backing: impl FnOnce(BorrowedFd<'_>) -> io::Result<BackingId>,
@@ -731,6 +742,7 @@ impl FsInner {
         if let Some(o) = &v.attr {
             apply_override(&mut attr, o);
         }
+        let fd = inode.share(share_key(flags), fd);
         let Ok(mut ost) = inode.open.lock() else {
             return reply.error(Errno::EIO);
         };
@@ -926,7 +938,7 @@ impl FsInner {
             reply
         );
         let fh = self.handles.insert(Handle {
-            fd,
+            fd: Arc::new(fd),
             inode,
             path: None,
             path_full: false,
@@ -1051,7 +1063,19 @@ impl FsInner {
             }
             let (inode, st) = match self.do_lookup(&dir, name) {
                 Ok(x) => x,
-                Err(_) => return true, // vanished meanwhile: skip it
+                Err(e) if e == Errno::ENOENT => return true, // vanished meanwhile: skip it
+                Err(_) => {
+                    // No entry for it now (e.g. the server is out of fds): list the name
+                    // without one (node id 0), so it is not missing from the listing; the
+                    // kernel looks it up when it is used.
+                    let Ok(st) = sys::with_cstr(name, |c| {
+                        sys::file::fstatat(dirfd, c, libc::AT_SYMLINK_NOFOLLOW)
+                    }) else {
+                        return true;
+                    };
+                    let attr = attr_of(st.st_ino, &st);
+                    return !reply.add(INodeNo(0), off, name, &Duration::ZERO, &attr, GEN);
+                }
             };
             let mut ttl = self.ttl(Target::Child(dir.nodeid, name));
             if self.must_relookup(&st) {

@@ -1,0 +1,314 @@
+//! The server's fd table is not its callers': many opens of one file cost the server one fd, and
+//! a server that does run out of fds answers ENFILE and keeps serving.
+//!
+//! The server runs in this test process, whose soft `RLIMIT_NOFILE` the tests lower after the
+//! mount (the server raises it to the hard limit at start; lowering it again afterwards is how a
+//! test gets a server with a low limit without privileges). The callers are child processes
+//! (this binary again, running [`child`]) that raise their own soft limit to the hard one. A
+//! binary of its own, tests one at a time: the limit is the whole process's.
+
+mod fs_support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::Mutex;
+
+use chaosfs::Config;
+use chaosfs::rules::RuleSet;
+use fs_support::*;
+
+/// The server's (this process's) soft fd limit while a test runs.
+const SERVER_LIMIT: u64 = 512;
+/// The soft limit set before mounting: the server raises it to the hard one.
+const LOW_SOFT: u64 = 128;
+/// Opens per caller in the two-caller test: each caller is well under its own limit, both
+/// together are over the server's.
+const OPENS: usize = 300;
+/// Files of the flood test: more than the server can hold open.
+const FLOOD_FILES: usize = 1000;
+
+const CHILD_ENV: &str = "CHAOSFS_FDLIMIT_CHILD";
+/// Lines of the child protocol carry this tag (the test harness prints lines of its own).
+const TAG: &str = "FDLIMIT ";
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn getrlimit() -> (u64, u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one struct rlimit to a live local.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    (lim.rlim_cur, lim.rlim_max)
+}
+
+/// Set the soft fd limit of this process (the hard one stays).
+fn set_soft_limit(soft: u64) {
+    let lim = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: getrlimit().1,
+    };
+    // SAFETY: setrlimit reads one struct rlimit from a live local.
+    let r = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    assert_eq!(r, 0, "setrlimit: {}", std::io::Error::last_os_error());
+}
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A mount with `n` files `f0`.. created natively, served with a soft fd limit of
+/// [`SERVER_LIMIT`]; checks the server raised its soft limit to the hard one at start.
+fn mount_files(cfg: Config, n: usize) -> TestMount {
+    let hard = getrlimit().1;
+    assert!(
+        hard >= 4 * (FLOOD_FILES as u64),
+        "the tests need a hard fd limit of at least {} (have {hard})",
+        4 * FLOOD_FILES
+    );
+    set_soft_limit(LOW_SOFT);
+    let m = mount_with(RuleSet::empty(), cfg, |d| {
+        for i in 0..n {
+            std::fs::write(d.join(format!("f{i}")), b"data").expect("create");
+        }
+    });
+    assert_eq!(
+        getrlimit(),
+        (hard, hard),
+        "the server raises its soft fd limit to the hard one"
+    );
+    set_soft_limit(SERVER_LIMIT);
+    m
+}
+
+/// A caller process running [`child`] with `args`.
+struct Caller {
+    child: Child,
+    out: BufReader<ChildStdout>,
+}
+
+impl Caller {
+    fn spawn(args: &[String]) -> Caller {
+        let mut child = Command::new(std::env::current_exe().expect("current exe"))
+            .args(["--exact", "child", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, args.join(" "))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn caller");
+        let out = BufReader::new(child.stdout.take().expect("stdout"));
+        Caller { child, out }
+    }
+
+    /// The next protocol line of the child.
+    fn line(&mut self) -> String {
+        let mut l = String::new();
+        loop {
+            l.clear();
+            let n = self.out.read_line(&mut l).expect("read child");
+            assert!(n > 0, "caller exited without reporting");
+            // The harness may have started the line ("test child ... ").
+            if let Some(at) = l.find(TAG) {
+                return l[at + TAG.len()..].trim_end().to_owned();
+            }
+        }
+    }
+
+    /// Let the child close its files and exit; its exit must be a success.
+    fn finish(mut self) {
+        drop(self.child.stdin.take());
+        let st = self.child.wait().expect("wait caller");
+        assert!(st.success(), "caller failed: {st}");
+    }
+}
+
+impl Drop for Caller {
+    fn drop(&mut self) {
+        // Panicking test: do not leave the caller holding files on the mount.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Open `paths` in order, keeping them open, until one fails: `"opened N errno E"` (E 0 if all
+/// opened). Then, if `probe`, read one byte from the first file opened (through its open fd)
+/// and report `"read OK"` or `"read errno E"`. Then wait for stdin to close.
+fn open_many(paths: &[String], probe: bool) {
+    let mut files = Vec::new();
+    let mut err = 0;
+    for p in paths {
+        match std::fs::File::open(p) {
+            Ok(f) => files.push(f),
+            Err(e) => {
+                err = e.raw_os_error().unwrap_or(-1);
+                break;
+            }
+        }
+    }
+    println!("{TAG}opened {} errno {err}", files.len());
+    if probe {
+        let mut b = [0u8; 1];
+        match files
+            .first()
+            .map(|f| std::os::unix::fs::FileExt::read_at(f, &mut b, 0))
+        {
+            Some(Ok(1)) => println!("{TAG}read OK"),
+            Some(Ok(n)) => println!("{TAG}read short {n}"),
+            Some(Err(e)) => println!("{TAG}read errno {}", e.raw_os_error().unwrap_or(-1)),
+            None => println!("{TAG}read nothing open"),
+        }
+    }
+    std::io::stdout().flush().expect("flush");
+    let mut rest = String::new();
+    let _ = std::io::stdin().read_line(&mut rest);
+    drop(files);
+}
+
+/// The caller side (only when started by a test with [`CHILD_ENV`]), with its soft fd limit
+/// raised to the hard one: `same PATH N` opens PATH N times; `flood PATH...` opens each PATH
+/// once.
+#[test]
+fn child() {
+    let Ok(args) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let args: Vec<String> = args.split(' ').map(str::to_owned).collect();
+    set_soft_limit(getrlimit().1);
+    match args.first().map(String::as_str) {
+        Some("same") => {
+            let n: usize = args[2].parse().expect("count");
+            open_many(&vec![args[1].clone(); n], false);
+        }
+        Some("flood") => open_many(&args[1..], true),
+        other => panic!("unknown child mode {other:?}"),
+    }
+}
+
+fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("list fds")
+        .count()
+}
+
+fn two_callers_open_one_file_many_times(cfg: Config) {
+    let _serial = serial();
+    let m = mount_files(cfg, 1);
+    let path = m.join("f0").display().to_string();
+    let fds_before = fd_count();
+    let args = ["same".to_owned(), path, OPENS.to_string()];
+    let mut a = Caller::spawn(&args);
+    assert_eq!(a.line(), format!("opened {OPENS} errno 0"), "first caller");
+    let mut b = Caller::spawn(&args);
+    assert_eq!(
+        b.line(),
+        format!("opened {OPENS} errno 0"),
+        "second caller (each caller is under its own limit; the server is not a shared one)"
+    );
+    // The server holds one fd for all those opens (plus the file's O_PATH fd).
+    let held = fd_count().saturating_sub(fds_before);
+    assert!(
+        held <= 8,
+        "the server holds {held} more fds for {} opens of one file",
+        2 * OPENS
+    );
+    a.finish();
+    b.finish();
+    assert!(!m.server().is_finished());
+    m.unmount();
+}
+
+#[test]
+fn two_callers_open_one_file_more_often_than_the_server_limit_passthrough() {
+    two_callers_open_one_file_many_times(Config::default());
+}
+
+#[test]
+fn two_callers_open_one_file_more_often_than_the_server_limit_direct_io() {
+    two_callers_open_one_file_many_times(Config {
+        passthrough: false,
+        ..Config::default()
+    });
+}
+
+/// Poll `f` until it succeeds (the kernel releases the flood's files asynchronously after the
+/// caller exits); the last error if it never does.
+fn eventually<T>(mut f: impl FnMut() -> std::io::Result<T>) -> T {
+    let mut last = None;
+    for _ in 0..200_000 {
+        match f() {
+            Ok(v) => return v,
+            Err(e) => last = Some(e),
+        }
+        std::thread::yield_now();
+    }
+    panic!("never succeeded: {last:?}");
+}
+
+fn flood(cfg: Config) {
+    let _serial = serial();
+    let m = mount_files(cfg, FLOOD_FILES);
+    let mut args = vec!["flood".to_owned()];
+    args.extend((0..FLOOD_FILES).map(|i| m.join(&format!("f{i}")).display().to_string()));
+    // A directory stream opened before the flood, read while the server is out of fds.
+    let mut listing = std::fs::read_dir(m.path()).expect("opendir");
+    let mut c = Caller::spawn(&args);
+    let opened = c.line();
+    let (n, err) = opened
+        .strip_prefix("opened ")
+        .and_then(|s| s.split_once(" errno "))
+        .map(|(n, e)| {
+            (
+                n.parse::<usize>().unwrap_or(0),
+                e.parse::<i32>().unwrap_or(0),
+            )
+        })
+        .unwrap_or_else(|| panic!("bad report {opened:?}"));
+    assert!(
+        (1..FLOOD_FILES).contains(&n),
+        "the flood must reach the server's limit before its own: {opened}"
+    );
+    assert_eq!(
+        err,
+        libc::ENFILE,
+        "the caller sees ENFILE when the server is out of fds (got {})",
+        std::io::Error::from_raw_os_error(err)
+    );
+    // Files open before the limit still serve, while the server's table is full.
+    assert_eq!(c.line(), "read OK");
+    assert!(std::fs::metadata(m.join("f0")).is_ok(), "stat while full");
+    let mut names = 0;
+    for e in listing.by_ref() {
+        e.expect("readdir while full");
+        names += 1;
+    }
+    assert_eq!(names, FLOOD_FILES, "a listing while full names every file");
+    c.finish();
+    // Once the caller's files are released, the mount serves new opens and lookups again.
+    assert!(!m.server().is_finished(), "the session ended");
+    let last = format!("f{}", FLOOD_FILES - 1);
+    assert_eq!(
+        eventually(|| std::fs::read(m.join(&last))),
+        b"data",
+        "read after the flood"
+    );
+    eventually(|| std::fs::write(m.join("new"), b"x"));
+    assert_eq!(std::fs::read(m.backing("new")).expect("read backing"), b"x");
+    assert!(!m.server().is_finished(), "the session ended");
+    m.unmount();
+}
+
+#[test]
+fn server_out_of_fds_answers_enfile_and_keeps_serving_passthrough() {
+    flood(Config::default());
+}
+
+#[test]
+fn server_out_of_fds_answers_enfile_and_keeps_serving_direct_io() {
+    flood(Config {
+        passthrough: false,
+        ..Config::default()
+    });
+}
