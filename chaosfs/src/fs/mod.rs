@@ -3,7 +3,8 @@
 //!
 //! * [`inode`]: backing inodes the kernel knows, keyed by `(st_dev, st_ino)`, each with an
 //!   `O_PATH` fd.
-//! * [`handle`]: open files and directories, each with a real fd.
+//! * [`handle`]: open files and directories, each with a real fd (a file's shared with the
+//!   handles of its inode opened with the same flags).
 //! * [`delay`]: requests hit by a latency fault wait there, never in a FUSE thread.
 //! * `ops`: one method per request; `dispatch`: the `fuser::Filesystem` impl that evaluates
 //!   the rules once per request and runs or defers the op.
