@@ -312,3 +312,29 @@ fn server_out_of_fds_answers_enfile_and_keeps_serving_direct_io() {
         ..Config::default()
     });
 }
+
+/// A caller that only looks files up (a `find`) makes the kernel cache entries the server holds
+/// an `O_PATH` fd for. Out of fds, the server has the kernel drop the entries of files nobody has
+/// open: a lookup may fail with ENFILE, and succeeds again once the kernel has forgotten them.
+#[test]
+fn lookups_of_more_files_than_the_server_limit_succeed() {
+    let _serial = serial();
+    let m = mount_files(Config::default(), FLOOD_FILES);
+    let mut enfile = 0;
+    for i in 0..FLOOD_FILES {
+        let p = m.join(&format!("f{i}"));
+        let st = eventually(|| {
+            std::fs::symlink_metadata(&p).inspect_err(|e| {
+                assert_eq!(e.raw_os_error(), Some(libc::ENFILE), "stat {}", p.display());
+                enfile += 1;
+            })
+        });
+        assert_eq!(st.len(), 4);
+    }
+    assert!(
+        enfile > 0,
+        "{FLOOD_FILES} lookups never reached the server's limit of {SERVER_LIMIT} fds"
+    );
+    assert!(!m.server().is_finished(), "the session ended");
+    m.unmount();
+}

@@ -205,6 +205,8 @@ pub(crate) struct FsInner {
     passthrough_ok: AtomicBool,
     counters: Counters,
     sched: Scheduler,
+    /// A [`FsInner::reclaim_fds`] pass is running.
+    reclaiming: Arc<AtomicBool>,
 }
 
 /// The errno a caller sees for a failed backing call: the real one, except that the server
@@ -361,6 +363,7 @@ impl FsInner {
             passthrough_ok: AtomicBool::new(false),
             counters: Counters::default(),
             sched: Scheduler::new(),
+            reclaiming: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -597,6 +600,63 @@ impl FsInner {
             None => self.open_path(inode, full),
         };
         (Some(p.into_boxed_path()), full)
+    }
+
+    // ----- running out of fds -----
+
+    /// The errno of a failed call that needed a new fd of the server ([`errno`]: EMFILE becomes
+    /// ENFILE). Out of fds, the server also starts [`FsInner::reclaim_fds`].
+    fn fd_errno(&self, e: io::Error) -> Errno {
+        if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+            self.reclaim_fds();
+        }
+        errno(e)
+    }
+
+    /// Ask the kernel to drop its cached entries of the files it holds no open file of, so it
+    /// forgets their inodes and the server closes their `O_PATH` fds (a caller that only looked
+    /// files up, e.g. `find`, would otherwise keep the server's table full until the kernel
+    /// evicts the entries by itself). Directories are left alone (a process's cwd, mounts on
+    /// them). Runs on a thread of its own, one pass at a time: an entry invalidation waits for
+    /// the directory's lock, which the request that ran out of fds may hold until it is
+    /// answered. The kernel looks the names up again when they are next used.
+    fn reclaim_fds(&self) {
+        let Some(n) = self.notifier.get() else { return };
+        if self.reclaiming.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let mut entries = Vec::new();
+        for inode in self.inodes.all() {
+            if inode.nodeid == ROOT || inode.kind == libc::S_IFDIR {
+                continue;
+            }
+            let open = inode
+                .open
+                .lock()
+                .map_or(true, |s| s.passthrough > 0 || s.direct > 0);
+            if !open
+                && let Ok(name) = inode.name.lock()
+                && let Some((parent, name)) = &*name
+            {
+                entries.push((*parent, name.clone()));
+            }
+        }
+        tracing::debug!(
+            "out of fds: dropping {} cached entries of files not open",
+            entries.len()
+        );
+        let (n, done) = (n.clone(), self.reclaiming.clone());
+        let spawned = std::thread::Builder::new()
+            .name("chaosfs-reclaim".into())
+            .spawn(move || {
+                for (parent, name) in entries {
+                    let _ = n.inval_entry(INodeNo(parent), &name);
+                }
+                done.store(false, Ordering::Release);
+            });
+        if spawned.is_err() {
+            self.reclaiming.store(false, Ordering::Release);
+        }
     }
 
     // ----- rule updates -----

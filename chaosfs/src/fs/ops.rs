@@ -194,9 +194,10 @@ impl FsInner {
         parent: &Inode,
         name: &OsStr,
     ) -> Result<(Arc<Inode>, libc::stat), Errno> {
-        let fd = name_cstr(name, |c| {
+        let fd = sys::with_cstr(name, |c| {
             sys::file::openat(parent.fd.as_fd(), c, libc::O_PATH | libc::O_NOFOLLOW, 0)
-        })?;
+        })
+        .map_err(|e| self.fd_errno(e))?;
         let st = sys::file::fstat(fd.as_fd()).map_err(errno)?;
         let inode = self.inodes.insert(fd, &st).ok_or(Errno::EIO)?;
         inode.remember_name(parent.nodeid, name);
@@ -605,7 +606,11 @@ impl FsInner {
     ) {
         fail_if_errno!(v, reply);
         let inode = tri!(self.inode(ino), reply);
-        let fd = tri!(self.open_shared(&inode, flags).map_err(errno), reply);
+        let fd = tri!(
+            self.open_shared(&inode, flags)
+                .map_err(|e| self.fd_errno(e)),
+            reply
+        );
         if kill_suidgid && flags & libc::O_TRUNC != 0 {
             tri!(
                 self.kill_suidgid(&inode, Some(fd.as_fd())).map_err(errno),
@@ -713,7 +718,7 @@ impl FsInner {
                 sys::file::openat(p.fd.as_fd(), c".", oflags, mode)
             }
         });
-        let fd = tri!(r.map_err(errno), reply);
+        let fd = tri!(r.map_err(|e| self.fd_errno(e)), reply);
         let path_fd = tri!(
             sys::file::openat(
                 self.proc_fd.as_fd(),
@@ -721,7 +726,7 @@ impl FsInner {
                 libc::O_PATH,
                 0
             )
-            .map_err(errno),
+            .map_err(|e| self.fd_errno(e)),
             reply
         );
         let st = tri!(sys::file::fstat(path_fd.as_fd()).map_err(errno), reply);
@@ -934,7 +939,7 @@ impl FsInner {
                 libc::O_RDONLY | libc::O_DIRECTORY,
                 0
             )
-            .map_err(errno),
+            .map_err(|e| self.fd_errno(e)),
             reply
         );
         let fh = self.handles.insert(Handle {
