@@ -78,7 +78,7 @@ pub fn inject(args: InjectArgs) -> anyhow::Result<i32> {
     });
     let duration = duration_text
         .as_deref()
-        .map(|d| humantime::parse_duration(d).map_err(|e| anyhow!("invalid duration {d:?}: {e}")))
+        .map(|d| chaosfs::rules::Spec::parse_duration(d).map_err(|e| anyhow!(e)))
         .transpose()?;
     if let (Some(d), Some(obj)) = (&duration_text, spec.as_object_mut()) {
         obj.insert("duration".into(), Value::String(d.clone()));

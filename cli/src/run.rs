@@ -5,7 +5,6 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::mpsc;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use chaosfs::rules::{RuleSet, Spec, parse_shorthand};
@@ -87,11 +86,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     let spec = load_spec(&args.spec)?;
     check_privileges()?;
     let dir = existing_dir(&args.path)?;
-    let duration = spec
-        .duration
-        .as_deref()
-        .map(humantime_duration)
-        .transpose()?;
+    let duration = spec.duration_value().map_err(|e| Usage(e.to_string()))?;
     // Held until the command is done and ChaosFS is gone (spec `low_latency`).
     let _low_latency = spec.low_latency.then(engine::swap::CpuLatency::hold);
     let rules = RuleSet::new(spec).context("compiling rules")?;
@@ -170,8 +165,4 @@ fn exit_code(status: ExitStatus) -> i32 {
         .code()
         .or_else(|| status.signal().map(|s| 128 + s))
         .unwrap_or(1)
-}
-
-fn humantime_duration(text: &str) -> Result<Duration, Usage> {
-    humantime::parse_duration(text).map_err(|e| Usage(format!("invalid duration {text:?}: {e}")))
 }

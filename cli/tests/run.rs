@@ -190,6 +190,75 @@ fn bad_input_is_one_line_exit_2_and_nothing_mounted() {
     assert!(host_mounts_of(dir.path()).is_empty());
 }
 
+/// Inputs that mean nothing (issue 11) are usage errors found before anything is mounted: one
+/// line, exit 2, and the command never starts (it would leave a file behind).
+#[test]
+fn meaningless_rules_are_refused_before_anything_is_mounted() {
+    require_privileges();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_str().expect("utf-8 path");
+    let marker = dir.path().join("ran");
+    let touch = format!("touch {}", marker.to_str().expect("utf-8"));
+    let spec = dir.path().join("spec.json");
+    let spec_arg = spec.to_str().expect("utf-8");
+    let cases: &[(Option<&str>, &[&str], &str)] = &[
+        (
+            None,
+            &["--latency", "1000000h"],
+            "--latency 1000000h: the delay is more than 1h",
+        ),
+        (
+            None,
+            &["--errno", "EIO", "--percent", "1e308"],
+            "must be between 0 and 100, got 1e+308",
+        ),
+        (Some("[]"), &[], "a spec is a JSON object"),
+        (
+            Some(r#"{"rules":[]}"#),
+            &[],
+            "rules: at least one rule is needed",
+        ),
+        (
+            Some(r#"{"rules":[{"errno":"EIO"}],"duration":"0s"}"#),
+            &[],
+            "duration: \"0s\" is not positive",
+        ),
+        (
+            Some(r#"{"rules":[{"errno":"EIO"}],"duration":"1000000000y"}"#),
+            &[],
+            "duration: \"1000000000y\" is more than 1year",
+        ),
+        (
+            Some(r#"{"rules":[{"latency":"40m"},{"ops":["read"],"latency":"21m"}]}"#),
+            &[],
+            "the latency rules add up to more than 1h",
+        ),
+    ];
+    for (json, flags, needle) in cases {
+        let mut args = vec!["run", "--path", d];
+        if let Some(json) = json {
+            std::fs::write(&spec, json).expect("writing the spec");
+            args.extend(["--spec", spec_arg]);
+        }
+        args.extend_from_slice(flags);
+        args.extend(["--", "sh", "-c", &touch]);
+        let out = iochaos(&args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "{args:?}: not one line: {stderr}"
+        );
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: {stderr:?} lacks {needle:?}"
+        );
+        assert!(!marker.exists(), "{args:?}: the command ran");
+    }
+    assert!(host_mounts_of(dir.path()).is_empty());
+}
+
 #[test]
 fn duration_removes_the_faults_while_the_command_goes_on() {
     require_privileges();

@@ -195,7 +195,7 @@ fn inject_status_update_recover_over_the_api() {
         "journal follows the rules"
     );
     let e = client
-        .update_rules(r#"{"path": "/elsewhere", "rules": []}"#)
+        .update_rules(r#"{"path": "/elsewhere", "rules": [{"errno": "EIO"}]}"#)
         .expect_err("other path");
     assert!(
         matches!(&e, Error::Remote { code, .. } if *code == ttrpc::Code::INVALID_ARGUMENT),

@@ -91,7 +91,7 @@ mod tests {
             )
             .expect("write")
         };
-        let spec = r#""dev.iochaos.spec":"{\"path\":\"/d\",\"rules\":[]}""#;
+        let spec = r#""dev.iochaos.spec":"{\"path\":\"/d\",\"rules\":[{\"errno\":\"EIO\"}]}""#;
         write(&format!(
             r#"{{{spec},"io.kubernetes.cri.container-type":"sandbox"}}"#
         ));
@@ -113,11 +113,13 @@ mod tests {
         assert_eq!(p.duration, Some(Duration::from_secs(2)));
         for bad in [
             "nope",
-            r#"{"rules":[]}"#,
-            r#"{"path":"data","rules":[]}"#,
-            r#"{"path":"/a/../b","rules":[]}"#,
+            r#"{"rules":[{"errno":"EIO"}]}"#,
+            r#"{"path":"data","rules":[{"errno":"EIO"}]}"#,
+            r#"{"path":"/a/../b","rules":[{"errno":"EIO"}]}"#,
             r#"{"path":"/a","rules":[{"ops":["write"],"errno":"ENOPE"}]}"#,
-            r#"{"path":"/a","duration":5,"rules":[]}"#,
+            r#"{"path":"/a","duration":5,"rules":[{"errno":"EIO"}]}"#,
+            r#"{"path":"/a","rules":[]}"#,
+            r#"{"path":"/a","duration":"0s","rules":[{"errno":"EIO"}]}"#,
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }

@@ -65,7 +65,7 @@ fn ctr_lifecycle_and_faults_through_the_shim() {
     // A bad annotation: the container is refused, and removed.
     let out = c.run(
         "bad",
-        Some(r#"{"path":"vol","rules":[]}"#),
+        Some(r#"{"path":"vol","rules":[{"errno":"EIO"}]}"#),
         &["--rm"],
         &[SH, "true"],
     );

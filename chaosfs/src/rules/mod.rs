@@ -36,8 +36,8 @@
 //! | field | value | natural ops |
 //! |---|---|---|
 //! | `errno` | `"EIO"` (any Linux errno name), `["EIO","ENOSPC"]` (equal odds), `{"EIO": 3, "ENOSPC": 1}` (weights) | all |
-//! | `latency` | `"200ms"` or `{"delay": "200ms", "jitter": "50ms"}`: uniform in delay ± jitter, never negative | all |
-//! | `attr` | `{"perm": "0644" or 420, "uid", "gid", "size", "atime", "mtime", "ctime" (seconds or RFC 3339), "nlink", "kind": "file\|dir\|symlink\|fifo\|socket\|char\|block"}` | lookup, getattr, setattr, create, mkdir, mknod, symlink, link (only these allowed) |
+//! | `latency` | `"200ms"` or `{"delay": "200ms", "jitter": "50ms"}`: uniform in delay ± jitter, never negative; delay + jitter at most [`MAX_LATENCY`] (1 h), also summed over all latency rules | all |
+//! | `attr` | `{"perm": "0644" or 420, "uid", "gid", "size" (≤ 2^63 − 1), "atime", "mtime", "ctime" (seconds or RFC 3339, years 0 to 9999), "nlink", "kind": "file\|dir\|symlink\|fifo\|socket\|char\|block"}` | lookup, getattr, setattr, create, mkdir, mknod, symlink, link (only these allowed) |
 //! | `corrupt` | `"zeros"`, `"random"`, `"bitflip"` or `{"mode": ..., "max_bytes": N}`; `max_bytes` defaults to 1 for bitflip and to the whole buffer otherwise | read, write (only these allowed) |
 //! | `short` | `{"bytes": N}` (at most N ≥ 1 bytes) or `{"fraction": 0.5}` (0 < f < 1); always at least 1 byte and fewer than asked (a 1-byte request is served whole) | read, write (only these allowed) |
 //! | `full` | `true`: ENOSPC on write, create, mknod, mkdir, symlink, link, fallocate, setxattr; statfs reports no free space | those + statfs (only these allowed) |
@@ -63,6 +63,10 @@
 //! requests give the same faults, without a shared random generator. Without a `seed` one is
 //! picked when the [`RuleSet`] is built and recorded in [`RuleSet::spec`] and [`RuleSet::seed`].
 //!
+//! A spec is a JSON object with at least one rule (an injection without rules is refused; to
+//! remove every fault, recover it); its `duration` is more than 0 and at most [`MAX_DURATION`]
+//! (one year).
+//!
 //! Errors name the rule by its 0-based index in `rules` and the field:
 //! `rule 2: errno: unknown errno "EIOO"`.
 
@@ -84,8 +88,8 @@ pub use errno::Errno;
 pub use op::{Op, OpSet};
 pub use shorthand::{Shorthand, is_shorthand_flag, parse_shorthand, shorthand_takes_value};
 pub use spec::{
-    AttrSpec, Comm, CorruptSpec, ErrnoSpec, FileKind, GlobPattern, LatencySpec, OneOrMany, OpName,
-    Percent, Perm, RuleSpec, ShortSpec, Timestamp,
+    AttrSpec, Comm, CorruptSpec, ErrnoSpec, FileKind, GlobPattern, LatencySpec, MAX_DURATION,
+    MAX_LATENCY, OneOrMany, OpName, Percent, Perm, RuleSpec, ShortSpec, Timestamp,
 };
 
 /// The JSON spec (design.md "JSON spec"). Parse it with [`Spec::from_json`], which validates it
@@ -234,16 +238,14 @@ pub struct RuleSet {
 }
 
 impl RuleSet {
-    /// Validate and compile a spec. Without a seed in the spec, one is picked at random and
+    /// Validate and compile a spec (at least one rule: [`RuleSet::empty`] is the set without
+    /// rules). Without a seed in the spec, one is picked at random and
     /// recorded in [`RuleSet::spec`]. Also opens `/proc` for `pid`/`comm` selectors
     /// ([`prepare_proc`]).
     pub fn new(mut spec: Spec) -> crate::Result<Self> {
         spec.validate()?;
         let seed = *spec.seed.get_or_insert_with(random_seed);
         prepare_proc();
-        if spec.rules.is_empty() {
-            return Ok(RuleSet { spec, engine: None });
-        }
         let engine = engine::Engine::new(&spec.rules, seed)
             .map_err(|(i, e)| crate::Error::SpecInvalid(e.in_rule(i)))?;
         Ok(RuleSet {

@@ -144,6 +144,7 @@ impl Spec {
     /// (0-based, as in `rules[2]`) and the field, e.g. `rule 2: errno: unknown errno "EIOO"`.
     pub fn from_json(text: &str) -> Result<Spec> {
         let value: serde_json::Value = serde_json::from_str(text).map_err(Error::SpecJson)?;
+        check_objects(&value).map_err(Error::SpecInvalid)?;
         let spec: Spec = serde_path_to_error::deserialize(value).map_err(|e| {
             let segments: Vec<_> = e.path().iter().cloned().collect();
             let msg = e.into_inner().to_string();
@@ -153,25 +154,123 @@ impl Spec {
         Ok(spec)
     }
 
-    /// Check what parsing alone cannot: exactly one action per rule, ops that suit the action,
-    /// a parseable duration. [`RuleSet::new`](super::RuleSet::new) calls this too.
+    /// Check what parsing alone cannot: at least one rule, exactly one action per rule, ops
+    /// that suit the action, values in their bounds ([`MAX_LATENCY`], [`MAX_DURATION`]), a
+    /// valid duration. [`RuleSet::new`](super::RuleSet::new) calls this too.
     pub fn validate(&self) -> Result<()> {
         self.duration_value()?;
+        if self.rules.is_empty() {
+            return Err(Error::SpecInvalid(
+                "rules: at least one rule is needed (to remove every fault, recover the injection)"
+                    .into(),
+            ));
+        }
         for (i, rule) in self.rules.iter().enumerate() {
             rule.check().map_err(|e| Error::SpecInvalid(e.in_rule(i)))?;
+        }
+        // The delays of every firing latency rule add up on one request.
+        let total = self
+            .rules
+            .iter()
+            .filter_map(|r| r.latency.as_ref())
+            .try_fold(Duration::ZERO, |sum, l| sum.checked_add(l.longest()?));
+        if total.is_none_or(|t| t > MAX_LATENCY) {
+            return Err(Error::SpecInvalid(format!(
+                "rules: the latency rules add up to more than {} (delay + jitter of each): a \
+                 request they all select would be held longer than that",
+                format_duration(MAX_LATENCY)
+            )));
         }
         Ok(())
     }
 
-    /// The `duration` field as a [`Duration`] (`None` when absent: until recovered).
+    /// The `duration` field as a [`Duration`] (`None` when absent: until recovered); checked
+    /// as [`Spec::parse_duration`] does.
     pub fn duration_value(&self) -> Result<Option<Duration>> {
-        let Some(text) = &self.duration else {
-            return Ok(None);
-        };
-        humantime::parse_duration(text)
-            .map(Some)
-            .map_err(|e| Error::SpecInvalid(format!("duration: invalid duration {text:?}: {e}")))
+        self.duration
+            .as_deref()
+            .map(Spec::parse_duration)
+            .transpose()
     }
+
+    /// Parse an injection's duration (the spec's `duration`, `--duration`): humantime text,
+    /// more than zero and at most [`MAX_DURATION`].
+    pub fn parse_duration(text: &str) -> Result<Duration> {
+        let bad = |msg: String| Error::SpecInvalid(format!("duration: {msg}"));
+        let d = parse_duration(text).map_err(bad)?;
+        if d.is_zero() {
+            return Err(bad(format!(
+                "{text:?} is not positive (leave duration out to keep the faults until recovered)"
+            )));
+        }
+        if d > MAX_DURATION {
+            return Err(bad(format!(
+                "{text:?} is more than {} (leave duration out to keep the faults until recovered)",
+                format_duration(MAX_DURATION)
+            )));
+        }
+        Ok(d)
+    }
+}
+
+/// The longest one request may be held by latency rules: a rule's delay + jitter, and the sum
+/// over all latency rules of a spec (their delays add up on a request they all select). A
+/// request held longer is a hang, not latency; a kernel with `fs.fuse.max_request_timeout` set
+/// would abort the whole connection (ENOTCONN for everything under the path) instead.
+pub const MAX_LATENCY: Duration = Duration::from_secs(3600);
+
+/// The longest `duration` an injection may be given: one year (`"1y"`, 365.25 days). Faults
+/// meant to last longer are given no duration (until recovered).
+pub const MAX_DURATION: Duration = Duration::from_secs(31_557_600);
+
+/// The largest file size a stat can report (`st_size` is signed).
+const MAX_SIZE: u64 = i64::MAX as u64;
+
+/// Times an `attr` rule may set: years 0 to 9999, what RFC 3339 can write
+/// (`0000-01-01T00:00:00Z` to `9999-12-31T23:59:59Z`).
+const TIME_RANGE: std::ops::RangeInclusive<i64> = -62_167_219_200..=253_402_300_799;
+
+/// A float in messages, short: `1e308`, not 309 digits.
+fn short_float(f: f64) -> String {
+    serde_json::Number::from_f64(f).map_or_else(|| f.to_string(), |n| n.to_string())
+}
+
+/// The spec and each rule must be JSON objects: serde would also read a struct from an array
+/// (positionally), so `[]` would be a spec with no rules and `[["EIO"]]`... a rule.
+fn check_objects(value: &serde_json::Value) -> Result<(), String> {
+    use serde_json::Value;
+    let kind = |v: &Value| match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    };
+    let Value::Object(spec) = value else {
+        return Err(format!(
+            "a spec is a JSON object such as {{\"rules\": [{{\"errno\": \"EIO\"}}]}}, not {}",
+            kind(value)
+        ));
+    };
+    let Some(Value::Array(rules)) = spec.get("rules") else {
+        return Ok(());
+    };
+    for (i, rule) in rules.iter().enumerate() {
+        let Value::Object(fields) = rule else {
+            return Err(format!(
+                "rule {i}: a rule is a JSON object such as {{\"errno\": \"EIO\"}}, not {}",
+                kind(rule)
+            ));
+        };
+        if let Some(attr @ Value::Array(_)) = fields.get("attr") {
+            return Err(format!(
+                "rule {i}: attr: an object such as {{\"perm\": \"0644\"}}, not {}",
+                kind(attr)
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn describe_spec_error(segments: &[serde_path_to_error::Segment], msg: &str) -> String {
@@ -362,6 +461,25 @@ impl RuleSpec {
                 "must be at least 1 (1 = every selected request)",
             ));
         }
+        if let Some(l) = &self.latency
+            && l.longest().is_none_or(|d| d > MAX_LATENCY)
+        {
+            return Err(RuleError::new(
+                Some("latency"),
+                format!(
+                    "{} is more than {}, the longest a request may be held",
+                    if l.jitter.is_zero() {
+                        "the delay"
+                    } else {
+                        "delay + jitter"
+                    },
+                    format_duration(MAX_LATENCY)
+                ),
+            ));
+        }
+        if let Some(attr) = &self.attr {
+            attr.check()?;
+        }
         Ok(())
     }
 }
@@ -499,8 +617,9 @@ impl Serialize for Percent {
 impl<'de> Deserialize<'de> for Percent {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let p = f64::deserialize(d)?;
-        Percent::new(p)
-            .ok_or_else(|| de::Error::custom(format!("must be between 0 and 100, got {p}")))
+        Percent::new(p).ok_or_else(|| {
+            de::Error::custom(format!("must be between 0 and 100, got {}", short_float(p)))
+        })
     }
 }
 
@@ -737,6 +856,13 @@ pub struct LatencySpec {
     pub jitter: Duration,
 }
 
+impl LatencySpec {
+    /// The longest this delays a request: delay + jitter (`None` if that overflows).
+    pub fn longest(&self) -> Option<Duration> {
+        self.delay.checked_add(self.jitter)
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LatencyMap {
@@ -956,6 +1082,37 @@ pub struct AttrSpec {
 }
 
 impl AttrSpec {
+    /// Values a stat can carry: a size of at most `i64::MAX`, times in years 0 to 9999.
+    fn check(&self) -> Result<(), RuleError> {
+        if let Some(size) = self.size
+            && size > MAX_SIZE
+        {
+            return Err(RuleError::new(
+                Some("attr.size"),
+                format!("{size} is more than {MAX_SIZE}, the largest size a file can have"),
+            ));
+        }
+        for (name, t) in [
+            ("attr.atime", self.atime),
+            ("attr.mtime", self.mtime),
+            ("attr.ctime", self.ctime),
+        ] {
+            if let Some(Timestamp(secs)) = t
+                && !TIME_RANGE.contains(&secs)
+            {
+                return Err(RuleError::new(
+                    Some(name),
+                    format!(
+                        "{secs} is outside years 0 to 9999 ({} to {} seconds since the epoch)",
+                        TIME_RANGE.start(),
+                        TIME_RANGE.end()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The override the filesystem applies.
     pub fn to_override(&self) -> AttrOverride {
         AttrOverride {
@@ -1113,7 +1270,8 @@ impl<'de> Deserialize<'de> for ShortSpec {
                         Ok(ShortSpec::Fraction(f))
                     }
                     (None, Some(f)) => Err(de::Error::custom(format!(
-                        "fraction must be more than 0 and less than 1, got {f}"
+                        "fraction must be more than 0 and less than 1, got {}",
+                        short_float(f)
                     ))),
                     _ => Err(de::Error::custom("give exactly one of bytes or fraction")),
                 }

@@ -333,7 +333,7 @@ fn spec_level_errors() {
 
 #[test]
 fn empty_rules_pass_everything() {
-    for set in [RuleSet::empty(), rules(r#"{"rules": []}"#)] {
+    for set in [RuleSet::empty()] {
         assert!(set.is_empty());
         assert!(set.evaluate(&call(Op::Read, "a")).is_pass());
         assert!(!set.uses_paths());
@@ -985,4 +985,217 @@ fn rule_sets_are_shared_between_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<RuleSet>();
     assert_send_sync::<Verdict>();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inputs that mean nothing (issue 11): refused with one line naming the field.
+
+fn assert_one_line(e: &str) {
+    assert_eq!(e.lines().count(), 1, "{e:?}");
+    assert!(e.len() < 200, "a long message: {e}");
+}
+
+#[test]
+fn a_spec_is_an_object() {
+    for (json, kind) in [
+        ("[]", "an array"),
+        ("[[], null]", "an array"),
+        ("null", "null"),
+        ("42", "a number"),
+        (r#""rules""#, "a string"),
+    ] {
+        let e = error(json);
+        assert_one_line(&e);
+        assert_eq!(
+            e,
+            format!(
+                r#"invalid spec: a spec is a JSON object such as {{"rules": [{{"errno": "EIO"}}]}}, not {kind}"#
+            )
+        );
+    }
+    // Serde would read rules and attrs from arrays positionally.
+    assert_eq!(
+        error(r#"{"rules": [{"errno": "EIO"}, ["EIO"]]}"#),
+        r#"invalid spec: rule 1: a rule is a JSON object such as {"errno": "EIO"}, not an array"#
+    );
+    assert_eq!(
+        error(r#"{"rules": [{"attr": ["0644"]}]}"#),
+        r#"invalid spec: rule 0: attr: an object such as {"perm": "0644"}, not an array"#
+    );
+}
+
+#[test]
+fn an_injection_needs_a_rule() {
+    let want = "invalid spec: rules: at least one rule is needed (to remove every fault, recover the injection)";
+    assert_eq!(error(r#"{"rules": []}"#), want);
+    assert_eq!(error(r#"{"path": "/data"}"#), want);
+    // Built in code: refused when compiled; the set without rules is RuleSet::empty().
+    let e = RuleSet::new(Spec::default())
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    assert_eq!(e, Err(want.to_owned()));
+}
+
+#[test]
+fn latency_is_bounded() {
+    let e = error(r#"{"rules": [{"latency": "1000000h"}]}"#);
+    assert_eq!(
+        e,
+        "invalid spec: rule 0: latency: the delay is more than 1h, the longest a request may be held"
+    );
+    assert_eq!(
+        rule_error(r#"{"latency": {"delay": "59m", "jitter": "2m"}}"#),
+        "invalid spec: rule 1: latency: delay + jitter is more than 1h, the longest a request may be held"
+    );
+    // Up to the bound is fine, a rule or the sum.
+    rules(r#"{"rules": [{"latency": "1h"}]}"#);
+    rules(r#"{"rules": [{"latency": {"delay": "30m", "jitter": "10m"}}, {"latency": "20m"}]}"#);
+    // The delays of several rules add up on a request they all select.
+    let e = error(
+        r#"{"rules": [{"latency": {"delay": "30m", "jitter": "10m"}}, {"errno": "EIO"},
+                      {"ops": ["read"], "latency": "20m 1s"}]}"#,
+    );
+    assert_one_line(&e);
+    assert!(
+        e.starts_with("invalid spec: rules: the latency rules add up to more than 1h"),
+        "{e}"
+    );
+    // Durations overflowing a Duration are invalid durations.
+    let e = error(r#"{"rules": [{"latency": {"delay": "500000000000y", "jitter": "1ms"}}]}"#);
+    assert_one_line(&e);
+    assert!(e.starts_with("invalid spec: rule 0: latency"), "{e}");
+    assert_eq!(
+        shorthand_error("--latency 1000000h"),
+        "invalid rule flags: --latency 1000000h: the delay is more than 1h, the longest a request may be held"
+    );
+    assert_eq!(
+        shorthand_error("--latency 50m~11m"),
+        "invalid rule flags: --latency 50m~11m: delay + jitter is more than 1h, the longest a request may be held"
+    );
+}
+
+#[test]
+fn duration_is_positive_and_bounded() {
+    let rule = r#""rules": [{"errno": "EIO"}]"#;
+    for zero in ["0s", "0ms", "0ns"] {
+        assert_eq!(
+            error(&format!(r#"{{{rule}, "duration": "{zero}"}}"#)),
+            format!(
+                r#"invalid spec: duration: "{zero}" is not positive (leave duration out to keep the faults until recovered)"#
+            )
+        );
+    }
+    assert_eq!(
+        error(&format!(r#"{{{rule}, "duration": "1000000000y"}}"#)),
+        r#"invalid spec: duration: "1000000000y" is more than 1year (leave duration out to keep the faults until recovered)"#
+    );
+    // Too large for a Duration at all (would overflow Instant/SystemTime arithmetic otherwise).
+    let e = error(&format!(r#"{{{rule}, "duration": "100000000000000y"}}"#));
+    assert_one_line(&e);
+    assert!(
+        e.starts_with("invalid spec: duration: invalid duration"),
+        "{e}"
+    );
+    assert_eq!(Spec::parse_duration("1y").ok(), Some(MAX_DURATION));
+    assert_eq!(
+        Spec::parse_duration("90s").ok(),
+        Some(Duration::from_secs(90))
+    );
+    // Built in code: checked when compiled.
+    let s = Spec {
+        duration: Some("0s".into()),
+        ..spec(r#"{"rules": [{"errno": "EIO"}]}"#)
+    };
+    assert!(RuleSet::new(s).is_err());
+}
+
+#[test]
+fn numbers_are_bounded_and_echoed_short() {
+    assert_eq!(
+        rule_error(r#"{"errno": "EIO", "percent": 1e308}"#),
+        "invalid spec: rule 1: percent: must be between 0 and 100, got 1e+308"
+    );
+    assert_eq!(
+        rule_error(r#"{"errno": "EIO", "percent": -1e-300}"#),
+        "invalid spec: rule 1: percent: must be between 0 and 100, got -1e-300"
+    );
+    assert_eq!(
+        rule_error(r#"{"short": {"fraction": 1e308}}"#),
+        "invalid spec: rule 1: short: fraction must be more than 0 and less than 1, got 1e+308"
+    );
+    assert_eq!(
+        shorthand_error("--errno EIO --percent 1e308"),
+        "invalid rule flags: --errno EIO --percent: must be between 0 and 100, got 1e+308"
+    );
+    for flag in ["--errno EIO --percent inf", "--errno EIO --percent NaN"] {
+        assert_one_line(&shorthand_error(flag));
+    }
+    // Infinity and NaN are not JSON; a number too large for f64 is a JSON error.
+    for json in [
+        r#"{"rules": [{"errno": "EIO", "percent": 1e400}]}"#,
+        r#"{"rules": [{"errno": "EIO", "percent": NaN}]}"#,
+    ] {
+        assert!(
+            matches!(Spec::from_json(json), Err(crate::Error::SpecJson(_))),
+            "{json}"
+        );
+    }
+    // Counts are whole numbers: floats, negatives and more than 2^64 - 1 are refused short.
+    for field in ["after", "every", "times"] {
+        for v in ["1e308", "-1", "1.5", "18446744073709551616"] {
+            let e = rule_error(&format!(r#"{{"errno": "EIO", "{field}": {v}}}"#));
+            assert_one_line(&e);
+            assert!(
+                e.starts_with(&format!("invalid spec: rule 1: {field}: ")),
+                "{e}"
+            );
+        }
+        // u64::MAX itself means "never" (after) or "no limit in practice" (every, times).
+        rules(&format!(
+            r#"{{"rules": [{{"errno": "EIO", "{field}": 18446744073709551615}}]}}"#
+        ));
+    }
+    for rule in [
+        r#"{"short": {"bytes": 1e308}}"#,
+        r#"{"corrupt": {"mode": "zeros", "max_bytes": 1e308}}"#,
+        r#"{"attr": {"size": 1e308}}"#,
+        r#"{"attr": {"nlink": 4294967296}}"#,
+    ] {
+        let e = rule_error(rule);
+        assert_one_line(&e);
+    }
+    let e = error(r#"{"seed": 1e308, "rules": [{"errno": "EIO"}]}"#);
+    assert_one_line(&e);
+    assert!(e.starts_with("invalid spec: seed: "), "{e}");
+    // st_size is signed.
+    assert_eq!(
+        rule_error(r#"{"attr": {"size": 9223372036854775808}}"#),
+        "invalid spec: rule 1: attr.size: 9223372036854775808 is more than 9223372036854775807, \
+         the largest size a file can have"
+    );
+    rules(r#"{"rules": [{"attr": {"size": 9223372036854775807}}]}"#);
+    // Times: years 0 to 9999.
+    for t in [
+        "9223372036854775807",
+        "-9223372036854775808",
+        "253402300800",
+    ] {
+        let e = rule_error(&format!(r#"{{"attr": {{"mtime": {t}}}}}"#));
+        assert_eq!(
+            e,
+            format!(
+                "invalid spec: rule 1: attr.mtime: {t} is outside years 0 to 9999 \
+                 (-62167219200 to 253402300799 seconds since the epoch)"
+            )
+        );
+    }
+    rules(r#"{"rules": [{"attr": {"atime": -62167219200, "ctime": 253402300799}}]}"#);
+    assert!(
+        shorthand_error("--attr mtime=9223372036854775807")
+            .starts_with("invalid rule flags: --attr mtime=9223372036854775807: "),
+    );
+    // Accepted values are echoed short too.
+    let s = spec(r#"{"rules": [{"errno": "EIO", "percent": 1e-300}]}"#);
+    let text = serde_json::to_string(&s).expect("serialize");
+    assert!(text.contains(r#""percent":1e-300"#), "{text}");
 }
