@@ -51,8 +51,9 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(err) => {
             let usage = err.downcast_ref::<Usage>().is_some();
-            // One line: the chain of causes joined, as anyhow's alternate Display does.
-            eprintln!("iochaos: {err:#}");
+            // One line: the chain of causes joined, as anyhow's alternate Display does, with
+            // control characters (a newline in a path) escaped.
+            eprintln!("iochaos: {}", status::escape(&format!("{err:#}")));
             ExitCode::from(if usage { 2 } else { 1 })
         }
     }

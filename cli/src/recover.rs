@@ -13,6 +13,7 @@ use engine::target::NsId;
 use crate::args::RecoverWhat;
 use crate::inject::{journal, one_line};
 use crate::run::check_privileges;
+use crate::status::escape;
 
 /// How long a server has to answer `Recover` (it swaps every fd back).
 const RECOVER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -67,8 +68,8 @@ pub fn recover(what: RecoverWhat) -> anyhow::Result<i32> {
                         "iochaos: {id}: pid {} fd {} {} left on the old mount: {}",
                         f.pid,
                         f.fd,
-                        f.path,
-                        f.reason.as_deref().unwrap_or("?")
+                        escape(&f.path),
+                        escape(f.reason.as_deref().unwrap_or("?"))
                     );
                 }
                 println!("{id}");
@@ -106,8 +107,8 @@ pub fn recover(what: RecoverWhat) -> anyhow::Result<i32> {
                         e.id,
                         f.pid,
                         f.fd,
-                        f.path,
-                        f.reason.as_deref().unwrap_or("?")
+                        escape(&f.path),
+                        escape(f.reason.as_deref().unwrap_or("?"))
                     );
                 }
                 println!("{}", e.id);

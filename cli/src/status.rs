@@ -1,5 +1,7 @@
 //! `iochaos status` and `iochaos update`.
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
@@ -18,6 +20,27 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 fn entry(journal: &Journal, id: &str) -> anyhow::Result<Entry> {
     let id = InjectionId::parse(id)?;
     Ok(journal.read(&id)?)
+}
+
+/// `text` made safe for one line of human output: a backslash as `\\`, control characters
+/// (newline, tab, escape, ...) and the Unicode line and paragraph separators as Rust's
+/// `escape_debug` writes them (`\n`, `\t`, `\u{1b}`); everything else as it is. Paths are
+/// printed this way so that a name with a newline cannot break status's one line per injection
+/// (JSON output escapes itself and gives names raw).
+pub fn escape(text: &str) -> Cow<'_, str> {
+    let special = |c: char| c == '\\' || c.is_control() || matches!(c, '\u{2028}' | '\u{2029}');
+    if !text.contains(special) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if special(c) {
+            let _ = write!(out, "{}", c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// The live status from the server, or the journal's when the server does not answer.
@@ -132,14 +155,19 @@ pub fn status(
     }
     for (s, answering) in &all {
         let target = match (&s.target.container, &s.target.namespace) {
-            (Some(c), Some(ns)) => format!("container {ns}/{c} (pid {})", s.target.pid),
+            (Some(c), Some(ns)) => format!(
+                "container {}/{} (pid {})",
+                escape(ns),
+                escape(c),
+                s.target.pid
+            ),
             _ => format!("pid {}", s.target.pid),
         };
         println!(
             "{}  {}  {}  server {} ({})",
             s.id,
             target,
-            s.path,
+            escape(&s.path),
             s.server_pid,
             if *answering {
                 "running"
@@ -170,8 +198,8 @@ pub fn status(
                 "  skipped: pid {} fd {} {}: {}",
                 k.pid,
                 k.fd,
-                k.path,
-                k.reason.as_deref().unwrap_or("?")
+                escape(&k.path),
+                escape(k.reason.as_deref().unwrap_or("?"))
             );
         }
     }
@@ -224,4 +252,21 @@ pub fn update(
     }
     println!("{id}");
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn escape_keeps_lines_whole() {
+        assert!(matches!(
+            escape("/data/vol ü 日本"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            escape("/a\nb\tc\r\u{1b}[31m\u{7f}\u{85}\u{2028}\\d\"'"),
+            "/a\\nb\\tc\\r\\u{1b}[31m\\u{7f}\\u{85}\\u{2028}\\\\d\"'"
+        );
+    }
 }

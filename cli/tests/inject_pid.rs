@@ -354,6 +354,64 @@ fn pid_recover_all_and_status_text() {
     }
 }
 
+/// A path with a newline, a tab and an escape sequence cannot break `iochaos status`: one
+/// header line per injection with the path escaped (and a skipped fd's path too); `status
+/// --json` gives the path raw.
+#[test]
+fn pid_status_escapes_control_characters_in_paths() {
+    let env = Env::new();
+    let w = Workload::start(&env, "odd\nname\t\u{1b}[31m");
+    // Deleted while open: fd 3 is left alone and reported (its path holds the newline too).
+    std::fs::remove_file(w.vol.join("held")).expect("rm held");
+    let id = w.inject(&env, &["--errno", "EIO", "--ops", "write"]);
+    let server = server_pid(&env);
+    let st = env.status();
+    assert_eq!(st.len(), 1);
+    assert_eq!(st[0]["path"], w.vol_str(), "JSON gives the raw path");
+    let skipped = st[0]["skipped"].as_array().expect("skipped");
+    assert!(
+        skipped
+            .iter()
+            .any(|k| k["fd"] == 3 && k["path"].as_str().is_some_and(|p| p.contains('\n'))),
+        "{skipped:?}"
+    );
+
+    let text = env.ok(&["status"]);
+    let escaped = w
+        .vol_str()
+        .replace('\n', "\\n")
+        .replace('\t', "\\t")
+        .replace('\u{1b}', "\\u{1b}");
+    let headers: Vec<&str> = text.lines().filter(|l| !l.starts_with("  ")).collect();
+    assert_eq!(headers.len(), 1, "one header line per injection:\n{text}");
+    assert!(
+        headers[0].starts_with(&id) && headers[0].contains(&format!("  {escaped}  server ")),
+        "{text}"
+    );
+    let skipped_line = text
+        .lines()
+        .find(|l| l.starts_with("  skipped: ") && l.contains(" fd 3 "))
+        .unwrap_or_else(|| panic!("no skipped fd 3:\n{text}"));
+    assert!(
+        skipped_line.contains(&format!("{escaped}/held")),
+        "{skipped_line}"
+    );
+    assert!(
+        !text.contains(['\t', '\u{1b}']),
+        "control characters printed raw: {text:?}"
+    );
+    env.ok(&["recover", &id]);
+    env.assert_clean(&[server], None);
+    // No ChaosFS left under this test's directory (mountinfo writes `\n` as `\012`).
+    let mi = std::fs::read_to_string(format!("/proc/{}/mountinfo", w.pid())).expect("mountinfo");
+    let dir = env.path().to_str().expect("utf-8").to_owned();
+    assert!(
+        !mi.lines()
+            .any(|l| l.contains(" - fuse.chaosfs ") && l.contains(&dir)),
+        "ChaosFS still mounted:\n{mi}"
+    );
+}
+
 /// Not a test on its own: the body of the process that holds 1,000 files open in 16 threads
 /// (run by `thousand_files_in_16_threads` as a child, selected by the environment).
 #[test]

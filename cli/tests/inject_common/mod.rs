@@ -143,14 +143,19 @@ impl Drop for Env {
 
 /// The workload: appends `w<i>` to VOL/data, `h<i>` through an fd held open since the start
 /// (VOL/held, fd 3), reads VOL/data back, and logs `W|H|R <i> ok|err` for each to LOG; `PAUSE` is
-/// the pause between rounds (a shell command).
+/// the pause between rounds (a shell command). VOL and LOG are single-quoted (they may hold
+/// spaces or newlines, not `'`).
 pub fn workload_script(vol: &str, log: &str, pause: &str) -> String {
+    assert!(
+        !vol.contains('\'') && !log.contains('\''),
+        "quote in {vol:?} or {log:?}"
+    );
     format!(
-        "exec 3>>{vol}/held; i=0; while :; do i=$((i+1)); \
-         if echo w$i >> {vol}/data; then echo W $i ok; else echo W $i err; fi; \
+        "exec 3>>'{vol}/held'; i=0; while :; do i=$((i+1)); \
+         if echo w$i >> '{vol}/data'; then echo W $i ok; else echo W $i err; fi; \
          if echo h$i >&3; then echo H $i ok; else echo H $i err; fi; \
-         if cat {vol}/data > /dev/null; then echo R $i ok; else echo R $i err; fi; \
-         {pause}; done >> {log} 2>/dev/null"
+         if cat '{vol}/data' > /dev/null; then echo R $i ok; else echo R $i err; fi; \
+         {pause}; done >> '{log}' 2>/dev/null"
     )
 }
 
