@@ -191,13 +191,16 @@ fn bad_input_is_one_line_exit_2_and_nothing_mounted() {
 }
 
 /// Inputs that mean nothing (issue 11) are usage errors found before anything is mounted: one
-/// line, exit 2, and the command never starts (it would leave a file behind).
+/// line, exit 2, and the command never starts (it would leave a file behind; ChaosFS is mounted
+/// before the command starts).
 #[test]
 fn meaningless_rules_are_refused_before_anything_is_mounted() {
     require_privileges();
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().to_str().expect("utf-8 path");
-    let marker = dir.path().join("ran");
+    // Outside DIR, so that without the checks the command would run (not hang on a delay).
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let marker = elsewhere.path().join("ran");
     let touch = format!("touch {}", marker.to_str().expect("utf-8"));
     let spec = dir.path().join("spec.json");
     let spec_arg = spec.to_str().expect("utf-8");
