@@ -85,7 +85,7 @@ pub fn inject(args: InjectArgs) -> anyhow::Result<i32> {
     }
     check_privileges()?;
     // Until faults are live: every step wakes another thread or process (see CpuLatency).
-    let _latency = engine::swap::CpuLatency::hold();
+    let _latency = engine::adapters::fdswap::CpuLatency::hold();
     let journal = journal()?;
     let req = ServeRequest {
         pid: match &args.target {
@@ -239,7 +239,7 @@ fn server_died(child: &mut std::process::Child, run_dir: &std::path::Path) -> an
                 engine::inject::recover_from_journal(
                     &j,
                     &e.id,
-                    &engine::swap::FdSwapper::default(),
+                    &engine::adapters::fdswap::FdSwapper::default(),
                 )
                 .with_context(|| format!("undoing injection {}", e.id))?;
             }
@@ -288,7 +288,7 @@ pub fn serve(request: &str) -> anyhow::Result<i32> {
         },
     };
     let duration = req.duration_ms.map(Duration::from_millis);
-    engine::daemon::serve(&journal, &inject, duration, |r| {
+    engine::server::serve(&journal, &inject, duration, |r| {
         let line = match r {
             Ok(status) => format!("ok {}\n", status.id),
             Err(e) => format!("err {}\n", one_line(e)),

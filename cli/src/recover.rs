@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use engine::adapters::fdswap::FdSwapper;
 use engine::api::{ChaosClient, RecoverReport};
 use engine::inject::recover_from_journal;
 use engine::journal::{Entry, InjectionId, Journal};
-use engine::swap::FdSwapper;
 use engine::target::NsId;
 
 use crate::args::RecoverWhat;
@@ -23,7 +23,7 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn recover(what: RecoverWhat) -> anyhow::Result<i32> {
     check_privileges()?;
     // Until everything is gone: every step wakes another thread or process (see CpuLatency).
-    let _latency = engine::swap::CpuLatency::hold();
+    let _latency = engine::adapters::fdswap::CpuLatency::hold();
     let journal = journal()?;
     let entries = journal.list().context("reading the journal")?;
     let selected: Vec<Entry> = match &what {
@@ -126,7 +126,7 @@ pub fn recover(what: RecoverWhat) -> anyhow::Result<i32> {
 /// Is `pid` the injection server of this journal (and not a process that reused its pid)? An
 /// iochaos containerd shim serves the injections it made.
 fn is_server(pid: u32) -> bool {
-    if engine::shim::is_shim(pid) {
+    if engine::api::shim::is_shim(pid) {
         return true;
     }
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
@@ -150,8 +150,8 @@ fn recover_one(
         match answer {
             Ok(report) => {
                 // A shim serves on after recovering (it runs the container).
-                if let Some(pid) = server.filter(|p| !engine::shim::is_shim(*p))
-                    && !engine::daemon::wait_exit(pid, EXIT_TIMEOUT)
+                if let Some(pid) = server.filter(|p| !engine::api::shim::is_shim(*p))
+                    && !engine::target::wait_exit(pid, EXIT_TIMEOUT)
                 {
                     tracing::warn!(pid, "the injection server did not exit after recovering");
                 }
@@ -160,8 +160,8 @@ fn recover_one(
             // The server answered: its error stands (for "recovered already", it is on its
             // way out and removes the entry itself).
             Err(err @ engine::Error::Remote { .. }) => {
-                if let Some(pid) = server.filter(|p| !engine::shim::is_shim(*p)) {
-                    engine::daemon::wait_exit(pid, EXIT_TIMEOUT);
+                if let Some(pid) = server.filter(|p| !engine::api::shim::is_shim(*p)) {
+                    engine::target::wait_exit(pid, EXIT_TIMEOUT);
                 }
                 if !journal.entry_path(&e.id).exists() {
                     return Ok(RecoverReport::default());
@@ -173,12 +173,12 @@ fn recover_one(
             }
         }
     }
-    if let Some(pid) = server.filter(|p| is_server(*p) && !engine::shim::is_shim(*p)) {
+    if let Some(pid) = server.filter(|p| is_server(*p) && !engine::api::shim::is_shim(*p)) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
             nix::sys::signal::Signal::SIGKILL,
         );
-        engine::daemon::wait_exit(pid, EXIT_TIMEOUT);
+        engine::target::wait_exit(pid, EXIT_TIMEOUT);
     }
     let report = recover_from_journal(journal, &e.id, &FdSwapper::default())?;
     let _ = std::fs::remove_file(&socket);

@@ -88,7 +88,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     let dir = existing_dir(&args.path)?;
     let duration = spec.duration_value().map_err(|e| Usage(e.to_string()))?;
     // Held until the command is done and ChaosFS is gone (spec `low_latency`).
-    let _low_latency = spec.low_latency.then(engine::swap::CpuLatency::hold);
+    let _low_latency = spec
+        .low_latency
+        .then(engine::adapters::fdswap::CpuLatency::hold);
     let rules = RuleSet::new(spec).context("compiling rules")?;
 
     // SIGINT/SIGQUIT from the terminal reach the whole process group, so the command gets them

@@ -67,7 +67,7 @@ pub fn shim_for(
     if InjectionId::parse(name).is_ok() {
         return Ok(None);
     }
-    match engine::shim::client(state_dir, namespace, name) {
+    match engine::api::shim::client(state_dir, namespace, name) {
         Ok(c) => Ok(c),
         Err(engine::Error::UnknownContainer { .. } | engine::Error::ContainerNotRunning { .. }) => {
             Ok(None)

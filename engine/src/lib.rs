@@ -1,8 +1,7 @@
 #![doc = include_str!("../README.md")]
 
+pub mod adapters;
 pub mod api;
-pub mod chaos;
-pub mod daemon;
 pub mod error;
 pub mod failpoint;
 pub mod fusectl;
@@ -12,9 +11,7 @@ pub mod mountinfo;
 pub mod ns;
 pub mod policy;
 pub mod resolve;
-pub mod shim;
-pub mod starttime;
-pub mod swap;
+pub mod server;
 mod sys;
 pub mod target;
 

@@ -1,13 +1,18 @@
-//! Targets: a process or a containerd container, its namespaces, its root, and every process
-//! (with its threads) that shares its mount namespace.
+//! Targets: a process, a containerd container or an OCI container being created, its
+//! namespaces, its root, and every process (with its threads) that shares its mount namespace;
+//! what is read about a process under `/proc` (stat, fdinfo) and whether it still runs.
 
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use rustix::event::{PollFd, PollFlags};
 use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
+use rustix::process::{Pid, PidfdFlags, pidfd_open};
 
 use crate::error::{Error, Result};
 
@@ -17,6 +22,9 @@ pub const CONTAINERD_STATE_DIR: &str = "/run/containerd";
 pub const CONTAINERD_TASK_SUBDIR: &str = "io.containerd.runtime.v2.task";
 /// containerd's default namespace.
 pub const CONTAINERD_DEFAULT_NAMESPACE: &str = "default";
+/// The "namespace" recorded for a container named by an OCI hook (containerd containers
+/// record their containerd namespace): `iochaos status` shows `oci/ID`.
+pub const OCI_NAMESPACE: &str = "oci";
 
 /// The identity of a namespace: the nsfs inode (what `/proc/PID/ns/*` links show as
 /// `mnt:[INODE]`) and the nsfs device.
@@ -110,7 +118,7 @@ impl ProcStat {
 
 fn proc_error(pid: u32, path: &str, e: io::Error) -> Error {
     // ENOENT / ESRCH: the process is gone (or never was).
-    if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ESRCH)) {
+    if matches!(Errno::from_io_error(&e), Some(Errno::NOENT | Errno::SRCH)) {
         Error::NoSuchProcess { pid }
     } else {
         Error::io(path, e)
@@ -204,12 +212,63 @@ impl Target {
         Ok(t)
     }
 
-    /// The same target with another root directory (an `O_PATH` directory fd in its mount
-    /// namespace): an OCI container at `createRuntime`, whose init has not pivoted into the
-    /// container's root yet (see [`crate::starttime`]).
-    pub fn with_root(mut self, root: OwnedFd) -> Target {
-        self.root_fd = root;
-        self
+    /// The target of an OCI container being created (start-time injection: the
+    /// `iochaos-hook` OCI hook at `createRuntime` or `prestart`, the shim at create): init
+    /// process `pid`, root `rootfs` (absolute, as the runtime named it, i.e. a path in the
+    /// runtime's and, before `pivot_root`, the init's mount namespace), container id `id`.
+    ///
+    /// At `createRuntime` the runtime has created the container's namespaces and prepared its
+    /// mounts under the rootfs, but the init process has not called `pivot_root` yet (runc;
+    /// crun may have): its root is still the runtime's, and the container's root is the
+    /// bundle's rootfs as a path in the new mount namespace. That directory is found through
+    /// `/proc/PID/root` (a walk that crosses the mounts of the init's namespace), checked to be
+    /// the rootfs the runtime named, and made the target's root, so the path resolves as the
+    /// container will see it. A mount made there stays where it is across `pivot_root`.
+    pub fn from_oci_create(pid: u32, rootfs: &Path, id: &str) -> Result<Target> {
+        if !rootfs.is_absolute() {
+            return Err(Error::RelativePath {
+                path: rootfs.to_owned(),
+            });
+        }
+        let mut target = Target::from_pid(pid)?;
+        target.container = Some(ContainerRef {
+            id: id.to_owned(),
+            namespace: OCI_NAMESPACE.to_owned(),
+        });
+        let want = fs::metadata(rootfs).map_err(|e| Error::io(rootfs, e))?;
+        let same = |st: &rustix::fs::Stat| st.st_dev == want.dev() && st.st_ino == want.ino();
+        let root = rustix::fs::fstat(target.root_fd())
+            .map_err(|e| Error::sys(format!("fstat the root of pid {pid}"), e))?;
+        if same(&root) {
+            tracing::debug!(pid, "the init's root is the rootfs already");
+            return Ok(target);
+        }
+        let inner = Path::new(&format!("/proc/{pid}/root"))
+            .join(rootfs.strip_prefix("/").unwrap_or(rootfs));
+        let fd = rustix::fs::open(
+            &inner,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::io(&inner, e.into()))?;
+        let st = rustix::fs::fstat(&fd).map_err(|e| Error::io(&inner, e.into()))?;
+        if !same(&st) {
+            return Err(Error::Malformed {
+                path: inner,
+                reason: format!(
+                    "is not the container's rootfs {} (another directory is mounted there in \
+                     pid {pid}'s mount namespace)",
+                    rootfs.display()
+                ),
+            });
+        }
+        // Same process after opening: the fd belongs to the init we were asked about.
+        if !target.is_alive() {
+            return Err(Error::NoSuchProcess { pid });
+        }
+        tracing::debug!(pid, rootfs = %rootfs.display(), "the rootfs, through the init's root");
+        target.root_fd = fd;
+        Ok(target)
     }
 
     /// `/proc/PID/ns/mnt`, opened when the target was found.
@@ -269,8 +328,8 @@ pub fn processes_in_mnt_ns(ns: NsId) -> Result<Vec<Process>> {
             Ok(None) | Err(Error::NoSuchProcess { .. }) => {}
             Err(Error::Io { path, source })
                 if matches!(
-                    source.raw_os_error(),
-                    Some(libc::EACCES) | Some(libc::EPERM)
+                    Errno::from_io_error(&source),
+                    Some(Errno::ACCESS | Errno::PERM)
                 ) =>
             {
                 tracing::debug!(pid, path = %path.display(), "cannot inspect process, skipped");
@@ -313,6 +372,72 @@ pub fn threads(pid: u32) -> Result<Vec<u32>> {
     }
     tids.sort_unstable();
     Ok(tids)
+}
+
+/// What `/proc/PID/fdinfo/FD` says that we need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdInfo {
+    /// The open flags (`O_*`).
+    pub flags: i32,
+    /// The file offset.
+    pub pos: u64,
+    /// The mount the file was opened through.
+    pub mnt_id: u64,
+}
+
+impl FdInfo {
+    /// Read `/proc/PID/fdinfo/FD`; `None` if it is gone or unreadable.
+    pub fn read(pid: u32, fd: i32) -> Option<FdInfo> {
+        let text = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
+        let (mut flags, mut pos, mut mnt_id) = (None, None, None);
+        for line in text.lines() {
+            if let Some((k, v)) = line.split_once(':') {
+                let v = v.trim();
+                match k {
+                    "pos" => pos = v.parse().ok(),
+                    "flags" => flags = i32::from_str_radix(v, 8).ok(),
+                    "mnt_id" => mnt_id = v.parse().ok(),
+                    _ => {}
+                }
+            }
+        }
+        Some(FdInfo {
+            flags: flags?,
+            pos: pos?,
+            mnt_id: mnt_id?,
+        })
+    }
+}
+
+/// Does `pid` still run (exists and is not a zombie)?
+pub fn is_running(pid: u32) -> bool {
+    ProcStat::read(pid).is_ok_and(|s| s.state != 'Z' && s.state != 'X')
+}
+
+/// Wait up to `timeout` for process `pid` to exit (true if it did, or did not exist). Waits on
+/// a pidfd, never polls on a timer.
+pub fn wait_exit(pid: u32, timeout: Duration) -> bool {
+    let Some(p) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+        return true;
+    };
+    let Ok(fd) = pidfd_open(p, PidfdFlags::empty()) else {
+        return true;
+    };
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let ts = rustix::event::Timespec::try_from(left).unwrap_or(rustix::event::Timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        });
+        let mut polls = [PollFd::new(&fd, PollFlags::IN)];
+        match rustix::event::poll(&mut polls, Some(&ts)) {
+            Ok(n) if n > 0 => return true,
+            Ok(_) => return false,
+            Err(Errno::INTR) => continue,
+            Err(_) => return false,
+        }
+    }
 }
 
 /// What we use of a container's OCI `config.json` (other fields are ignored).

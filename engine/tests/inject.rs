@@ -58,7 +58,7 @@ impl FsLauncher for TmpfsLauncher {
 }
 
 impl FsServer for TmpfsServer {
-    fn update_rules(&self, spec: &Value) -> engine::Result<Vec<engine::chaos::EscapedFile>> {
+    fn update_rules(&self, spec: &Value) -> engine::Result<Vec<engine::inject::EscapedFile>> {
         self.0.push(format!("update {spec}"));
         Ok(Vec::new())
     }

@@ -5,10 +5,11 @@ use std::io::Read;
 use std::path::{Component, PathBuf};
 use std::time::Duration;
 
+use engine::adapters::start::StartSwapper;
 use engine::api::ChaosClient;
 use engine::inject::recover_from_journal;
 use engine::journal::{Entry, Journal};
-use engine::starttime::{OCI_NAMESPACE, StartSwapper};
+use engine::target::OCI_NAMESPACE;
 use engine::target::ProcStat;
 use serde_json::Value;
 
@@ -92,7 +93,7 @@ pub struct ParsedSpec {
 pub fn parse_spec(text: &str) -> Result<ParsedSpec> {
     let invalid = |source: Box<dyn std::error::Error + Send + Sync>| Error::InvalidSpec { source };
     let spec: Value = serde_json::from_str(text).map_err(|e| invalid(e.into()))?;
-    engine::chaos::rule_set(&spec).map_err(|e| match e {
+    engine::adapters::chaosfs::rule_set(&spec).map_err(|e| match e {
         // The rule engine's own error, without the engine's "invalid spec" wrapper.
         engine::Error::InvalidSpec(inner) => invalid(inner),
         e => invalid(e.into()),
@@ -216,7 +217,7 @@ fn cleanup(state: &State, env: &Env) -> Result<Outcome> {
     // journal entry) may still be shutting down: wait for them, so nothing is left once the
     // runtime has deleted the container.
     for pid in servers_of(&state.id, journal.dir()) {
-        if !engine::daemon::wait_exit(pid, EXIT_TIMEOUT) {
+        if !engine::target::wait_exit(pid, EXIT_TIMEOUT) {
             tracing::warn!(pid, "server did not exit: SIGTERM");
             terminate(pid);
         }
@@ -242,7 +243,7 @@ fn remove(journal: &Journal, e: &Entry) -> Result<()> {
         {
             tracing::debug!(id = %e.id, error = %err, "recover over the API");
         }
-        if !engine::daemon::wait_exit(pid, RECOVER_TIMEOUT + EXIT_TIMEOUT) {
+        if !engine::target::wait_exit(pid, RECOVER_TIMEOUT + EXIT_TIMEOUT) {
             tracing::warn!(id = %e.id, pid, "server did not exit: SIGTERM");
             terminate(pid);
         }
@@ -268,7 +269,7 @@ fn terminate(pid: u32) {
         nix::unistd::Pid::from_raw(raw),
         nix::sys::signal::Signal::SIGTERM,
     );
-    engine::daemon::wait_exit(pid, EXIT_TIMEOUT);
+    engine::target::wait_exit(pid, EXIT_TIMEOUT);
 }
 
 /// The request of the injection server `pid`, if it is one (not a process that reused the

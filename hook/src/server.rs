@@ -4,7 +4,7 @@
 //! which it writes one line: `ok ID` once faults are live and the Chaos API answers, or
 //! `err REASON` after undoing everything. The hook waits for that line, never for a time.
 //!
-//! The server is [`engine::daemon::serve_with`], the same as `iochaos inject` runs: same
+//! The server is [`engine::server::serve_with`], the same as `iochaos inject` runs: same
 //! journal entry, same socket, so `iochaos status/update/recover` work on it. It recovers by
 //! itself when every process of the container has exited, on SIGTERM, when the spec's
 //! `duration` is over, or when asked over the API.
@@ -14,11 +14,12 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use engine::adapters::start::StartSwapper;
 use engine::inject::{InjectRequest, TargetSpec};
 use engine::journal::{InjectionId, Journal};
 use engine::mountinfo::SharedPolicy;
 use engine::resolve::resolve_dir_in_root;
-use engine::starttime::{StartSwapper, oci_target};
+use engine::target::Target;
 use serde_json::Value;
 
 use crate::config::check_path;
@@ -113,7 +114,7 @@ pub fn serve(request: &str) -> anyhow::Result<()> {
         }
     };
     let duration = req.duration_ms.map(Duration::from_millis);
-    engine::daemon::serve_with(&journal, &inject, duration, StartSwapper::default(), |r| {
+    engine::server::serve_with(&journal, &inject, duration, StartSwapper::default(), |r| {
         report(match r {
             Ok(status) => format!("ok {}\n", status.id),
             Err(e) => format!("err {}\n", one_line(e)),
@@ -126,7 +127,7 @@ pub fn serve(request: &str) -> anyhow::Result<()> {
 /// symlink must not lead out of them).
 fn prepare(req: &ServeRequest) -> Result<(Journal, InjectRequest)> {
     let journal = Journal::open(&req.run_dir)?;
-    let target = oci_target(req.pid, &req.rootfs, &req.container_id)?;
+    let target = Target::from_oci_create(req.pid, &req.rootfs, &req.container_id)?;
     let canonical = resolve_dir_in_root(target.root_fd(), &req.path)?.path;
     drop(target);
     if let Some(allowed) = &req.allowed_paths

@@ -244,7 +244,7 @@ fn runc_status_update_recover() {
     let st = client.status().expect("status while the workload runs");
     assert_eq!(st.rules[0].injected, 1, "{st:?}");
     std::fs::write(scene.rootfs().join("data/done"), "").expect("done");
-    assert!(engine::daemon::wait_exit(pid, Duration::from_secs(60)));
+    assert!(engine::target::wait_exit(pid, Duration::from_secs(60)));
     let stdout = std::fs::read_to_string(&out_file).expect("output");
     assert!(stdout.contains("WRITE-FAILED"), "{stdout}");
     let stderr = std::fs::read_to_string(out_file.with_extension("err")).expect("stderr");
@@ -255,7 +255,7 @@ fn runc_status_update_recover() {
     assert!(scene.delete(id1).status.success());
     // poststop waited for the server to exit (init reaps it).
     assert!(
-        engine::daemon::wait_exit(server, Duration::ZERO),
+        engine::target::wait_exit(server, Duration::ZERO),
         "server {server} runs"
     );
     scene.assert_clean(conn);
@@ -272,13 +272,13 @@ fn runc_status_update_recover() {
         .expect("connect")
         .recover()
         .expect("recover");
-    assert!(engine::daemon::wait_exit(server, Duration::from_secs(20)));
+    assert!(engine::target::wait_exit(server, Duration::from_secs(20)));
     assert_eq!(scene.run_dir_entries(), Vec::<String>::new());
     let pid = scene.state(id2).expect("state")["pid"]
         .as_u64()
         .expect("pid") as u32;
     scene.start(id2);
-    assert!(engine::daemon::wait_exit(pid, Duration::from_secs(60)));
+    assert!(engine::target::wait_exit(pid, Duration::from_secs(60)));
     let stdout = std::fs::read_to_string(&out_file).expect("output");
     assert!(stdout.contains("WRITE-OK"), "{stdout}");
     assert!(scene.delete(id2).status.success());

@@ -10,13 +10,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use engine::adapters::chaosfs::{ChaosLauncher, ChaosServer};
+use engine::adapters::start::StartSwapper;
 use engine::api::proto::{chaos as pb, chaos_ttrpc};
 use engine::api::{ApiServer, ChaosService, RecoveredNotifier};
-use engine::chaos::{ChaosLauncher, ChaosServer};
 use engine::inject::{InjectRequest, Injection, TargetSpec, inject};
 use engine::journal::{InjectionId, Journal};
 use engine::mountinfo::SharedPolicy;
-use engine::starttime::StartSwapper;
 use nix::sys::signal::{SigSet, Signal};
 use ttrpc::proto::ResponseInit;
 use ttrpc::{Code, MethodHandler, Request, Response, TtrpcContext};
@@ -154,7 +154,7 @@ pub fn serve(namespace: &str, runc_address: &str, socket: PathBuf) -> Result<()>
         std::thread::Builder::new()
             .name("runc-shim".into())
             .spawn(move || {
-                while !engine::daemon::wait_exit(runc_pid, Duration::from_secs(3600)) {}
+                while !engine::target::wait_exit(runc_pid, Duration::from_secs(3600)) {}
                 if !shim.exiting.load(Ordering::SeqCst) {
                     tracing::warn!(runc_pid, "the runc shim exited: exiting");
                 }
@@ -373,7 +373,7 @@ impl Shim {
         let st = self.lock();
         let named = ctx
             .metadata
-            .get(engine::shim::CONTAINER_KEY)
+            .get(engine::api::shim::CONTAINER_KEY)
             .and_then(|v| v.first());
         let found = match named {
             Some(c) => st.injections.get(c).map(|m| (c.clone(), m.clone())),
@@ -389,7 +389,7 @@ impl Shim {
                     format!(
                         "this shim injected into several containers: name one in the metadata \
                          key {}",
-                        engine::shim::CONTAINER_KEY
+                        engine::api::shim::CONTAINER_KEY
                     ),
                 )));
             }

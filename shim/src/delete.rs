@@ -8,8 +8,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use engine::adapters::start::StartSwapper;
 use engine::inject::recover_from_journal;
-use engine::starttime::StartSwapper;
 
 use crate::args::Args;
 use crate::error::{Error, Result, one_line};
@@ -55,7 +55,7 @@ pub fn delete(args: &Args) -> Result<Vec<u8>> {
             .is_some_and(|c| c.id == args.id && c.namespace == args.namespace);
         if !ours
             || e.server_pid
-                .is_some_and(|p| p > 0 && engine::shim::is_shim(p))
+                .is_some_and(|p| p > 0 && engine::api::shim::is_shim(p))
         {
             continue;
         }

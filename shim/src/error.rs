@@ -39,7 +39,7 @@ pub enum Error {
         #[source]
         source: ttrpc::Error,
     },
-    #[error("annotation {}: {reason}", engine::shim::ANNOTATION)]
+    #[error("annotation {}: {reason}", engine::api::shim::ANNOTATION)]
     Annotation { reason: String },
     #[error(transparent)]
     Engine(#[from] engine::Error),

@@ -42,7 +42,7 @@ fn main() -> ExitCode {
     let args = match args::parse(std::env::args_os().skip(1).collect()) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("{}: {e}", engine::shim::BINARY);
+            eprintln!("{}: {e}", engine::api::shim::BINARY);
             return ExitCode::from(2);
         }
     };
@@ -52,9 +52,9 @@ fn main() -> ExitCode {
         Action::Version => {
             println!(
                 "{}:\n  Version: {}\n  Runtime: {}",
-                engine::shim::BINARY,
+                engine::api::shim::BINARY,
                 env!("CARGO_PKG_VERSION"),
-                engine::shim::RUNTIME
+                engine::api::shim::RUNTIME
             );
             Ok(())
         }
@@ -81,7 +81,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %one_line(&e), "{action:?} failed");
-            eprintln!("{}: {}", engine::shim::BINARY, one_line(&e));
+            eprintln!("{}: {}", engine::api::shim::BINARY, one_line(&e));
             ExitCode::FAILURE
         }
     }

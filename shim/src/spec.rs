@@ -39,7 +39,7 @@ pub fn of_bundle(bundle: &Path) -> Result<Option<Parsed>> {
     if annotations.get(CRI_CONTAINER_TYPE).and_then(Value::as_str) == Some("sandbox") {
         return Ok(None);
     }
-    match annotations.get(engine::shim::ANNOTATION) {
+    match annotations.get(engine::api::shim::ANNOTATION) {
         None => Ok(None),
         Some(Value::String(s)) => parse(s).map(Some),
         Some(_) => Err(Error::Annotation {
@@ -51,7 +51,7 @@ pub fn of_bundle(bundle: &Path) -> Result<Option<Parsed>> {
 pub fn parse(text: &str) -> Result<Parsed> {
     let bad = |reason: String| Error::Annotation { reason };
     let spec: Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
-    engine::chaos::rule_set(&spec).map_err(|e| bad(crate::error::one_line(&e)))?;
+    engine::adapters::chaosfs::rule_set(&spec).map_err(|e| bad(crate::error::one_line(&e)))?;
     let path = match spec.get("path") {
         Some(Value::String(p)) => PathBuf::from(p),
         Some(_) => return Err(bad("\"path\" must be a string".into())),

@@ -165,7 +165,7 @@ fn socket_address(args: &Args, group: &str) -> String {
         Path::new(&args.address)
             .join(&args.namespace)
             .join(group)
-            .join(engine::shim::BINARY)
+            .join(engine::api::shim::BINARY)
             .as_os_str()
             .as_encoded_bytes(),
     );

@@ -104,7 +104,7 @@ fn ctr_lifecycle_and_faults_through_the_shim() {
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     assert!(stdout(&out).contains("rc=1"), "{}", stdout(&out));
 
-    let shim = engine::shim::client(&c.state, "default", "live")
+    let shim = engine::api::shim::client(&c.state, "default", "live")
         .expect("find")
         .expect("the shim serves the Chaos API");
     let st = shim.status().expect("status");
@@ -114,7 +114,7 @@ fn ctr_lifecycle_and_faults_through_the_shim() {
     assert!(st.rules[0].injected >= 1, "{st:?}");
     assert_eq!(c.journal(), vec![st.id.clone()]);
     let entry = c.journal_entry(&st.id);
-    assert!(engine::shim::is_shim(st.server_pid), "{entry}");
+    assert!(engine::api::shim::is_shim(st.server_pid), "{entry}");
     // The same injection on its own socket, as for `iochaos status ID`.
     let by_id = engine::api::ChaosClient::connect(&c.run_dir.join(format!("{}.sock", st.id)))
         .expect("connect")
@@ -161,7 +161,7 @@ fn ctr_lifecycle_and_faults_through_the_shim() {
         c.journal().is_empty().then_some(())
     });
     assert!(
-        engine::shim::client(&c.state, "default", "live")
+        engine::api::shim::client(&c.state, "default", "live")
             .expect("find")
             .is_none()
     );

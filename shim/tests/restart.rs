@@ -39,7 +39,7 @@ fn restarts_leave_no_enotconn_behind() {
         stdout(&out),
         stderr(&out)
     );
-    let st = engine::shim::client(&c.state, "default", "r1")
+    let st = engine::api::shim::client(&c.state, "default", "r1")
         .expect("find")
         .expect("shim")
         .status()
@@ -67,7 +67,7 @@ fn restarts_leave_no_enotconn_behind() {
     let fusectl = Path::new("/sys/fs/fuse/connections").join(conn.to_string());
     assert!(fusectl.exists(), "{}", fusectl.display());
     let ours = entry["server_pid"].as_u64().expect("server pid") as u32;
-    assert!(engine::shim::is_shim(ours));
+    assert!(engine::api::shim::is_shim(ours));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(ours as i32),
         nix::sys::signal::Signal::SIGKILL,

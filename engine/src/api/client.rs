@@ -69,7 +69,7 @@ impl ChaosClient {
         })
     }
 
-    /// Name container `id` in every call (metadata key [`crate::shim::CONTAINER_KEY`]): one
+    /// Name container `id` in every call (metadata key [`super::shim::CONTAINER_KEY`]): one
     /// iochaos shim may serve several containers.
     pub fn for_container(mut self, id: &str) -> ChaosClient {
         self.container = Some(id.to_owned());
@@ -92,7 +92,7 @@ impl ChaosClient {
             i64::try_from(self.timeout.as_nanos()).unwrap_or(i64::MAX),
         );
         if let Some(container) = &self.container {
-            ctx.add(crate::shim::CONTAINER_KEY.to_owned(), container.clone());
+            ctx.add(super::shim::CONTAINER_KEY.to_owned(), container.clone());
         }
         ctx
     }

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod proto;
 pub mod server;
+pub mod shim;
 
 use serde_json::Value;
 

@@ -441,7 +441,7 @@ impl Drop for Scene {
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGTERM,
             );
-            engine::daemon::wait_exit(pid, std::time::Duration::from_secs(10));
+            engine::target::wait_exit(pid, std::time::Duration::from_secs(10));
         }
     }
 }

@@ -1,7 +1,7 @@
 //! ChaosFS behind [`FsLauncher`] / [`FsServer`]: the filesystem every injection serves.
 
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use chaosfs::rules::{RuleSet, Spec};
@@ -9,17 +9,7 @@ use chaosfs::server::{Config, Server};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::inject::{Device, FsLauncher, FsServer};
-
-/// A file open in kernel passthrough mode that rules given later may touch: its reads and
-/// writes bypass the rules until the process holding it reopens it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EscapedFile {
-    /// `st_ino` as seen through the mount.
-    pub ino: u64,
-    /// Path relative to the mount root.
-    pub path: PathBuf,
-}
+use crate::inject::{Device, EscapedFile, FsLauncher, FsServer};
 
 /// Starts a ChaosFS server on the mounted FUSE device.
 #[derive(Debug, Clone)]

@@ -10,12 +10,12 @@ use nix::sys::signal::{SigSet, Signal};
 use rustix::event::{PollFd, PollFlags};
 use rustix::process::{Pid, PidfdFlags, pidfd_open};
 
+use crate::adapters::chaosfs::{ChaosLauncher, ChaosServer};
+use crate::adapters::fdswap::FdSwapper;
 use crate::api::{ApiServer, ChaosService, Status};
-use crate::chaos::{ChaosLauncher, ChaosServer};
 use crate::error::{Error, Result};
 use crate::inject::{InjectRequest, Injection, Swapper, inject};
 use crate::journal::Journal;
-use crate::swap::FdSwapper;
 use crate::target::{NsId, processes_in_mnt_ns};
 
 type Live<S> = Injection<ChaosServer, S>;
@@ -36,7 +36,7 @@ pub fn serve(
     serve_with(journal, req, duration, FdSwapper::default(), ready)
 }
 
-/// [`serve`] with another [`Swapper`] (start-time injection: [`crate::starttime::StartSwapper`]).
+/// [`serve`] with another [`Swapper`] (start-time injection: [`crate::adapters::start::StartSwapper`]).
 pub fn serve_with<S: Swapper>(
     journal: &Journal,
     req: &InjectRequest,
@@ -65,7 +65,7 @@ pub fn serve_with<S: Swapper>(
         .get("low_latency")
         .and_then(serde_json::Value::as_bool)
         .unwrap_or(false)
-        .then(crate::swap::CpuLatency::hold);
+        .then(fdswap::CpuLatency::hold);
     let api = match ApiServer::serve(&journal.socket_path(&inj.id()), inj.clone()) {
         Ok(a) => a,
         Err(e) => {
@@ -166,31 +166,6 @@ fn wait_ns_empty(ns: NsId) -> bool {
                     return false;
                 }
             }
-        }
-    }
-}
-
-/// Wait up to `timeout` for process `pid` to exit (true if it did, or did not exist).
-pub fn wait_exit(pid: u32, timeout: Duration) -> bool {
-    let Some(p) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
-        return true;
-    };
-    let Ok(fd) = pidfd_open(p, PidfdFlags::empty()) else {
-        return true;
-    };
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let ts = rustix::event::Timespec::try_from(left).unwrap_or(rustix::event::Timespec {
-            tv_sec: 1,
-            tv_nsec: 0,
-        });
-        let mut polls = [PollFd::new(&fd, PollFlags::IN)];
-        match rustix::event::poll(&mut polls, Some(&ts)) {
-            Ok(n) if n > 0 => return true,
-            Ok(_) => return false,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(_) => return false,
         }
     }
 }

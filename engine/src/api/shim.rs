@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use crate::api::ChaosClient;
+use super::ChaosClient;
 use crate::error::{Error, Result};
 use crate::target::ContainerdTask;
 

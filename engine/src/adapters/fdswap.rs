@@ -9,17 +9,20 @@ use fdswap::{
     Item, Plan, ProcessPlan, ProcessReport, ReadAhead, Report, ScanOptions, SkipReason, SwapOptions,
 };
 
+use rustix::io::Errno;
+
 pub use fdswap::CpuLatency;
 
 use crate::api::FdEntry;
 use crate::error::{Error, Result};
 use crate::inject::{SwapOutcome, Swapper};
 use crate::journal::SwappedFd;
+use crate::target::is_running;
 
 /// The fd swap of the `fdswap` crate. Each call runs on one thread from start to end (ptrace
 /// belongs to the thread that attached): a fresh one with a file table of its own that holds
 /// neither `/dev/fuse` nor the starter's pipe
-/// ([`crate::sys::on_private_fd_table`]: why).
+/// (`sys::on_private_fd_table` says why).
 #[derive(Debug, Clone)]
 pub struct FdSwapper {
     pub options: SwapOptions,
@@ -34,6 +37,17 @@ impl Default for FdSwapper {
             },
         }
     }
+}
+
+/// fdswap names processes by `i32`, the engine by `u32`: pids are positive (at most
+/// `pid_max`, 2^22), so the bits mean the same number either way.
+fn host_pid(pid: i32) -> u32 {
+    pid.cast_unsigned()
+}
+
+/// A pid for fdswap; `None` for a number no process can have (above `i32::MAX`).
+fn fdswap_pid(pid: u32) -> Option<i32> {
+    i32::try_from(pid).ok()
 }
 
 /// How many times a process whose swap was rolled back is tried.
@@ -69,31 +83,26 @@ fn item_fd(item: &Item) -> (i32, Option<u64>) {
 /// A short-lived child (a shell's `sleep`) may also die between two ptrace requests, which then
 /// fail with ESRCH: what counts is that it is gone.
 fn gone(pid: i32, e: &fdswap::Error) -> bool {
-    matches!(e, fdswap::Error::Gone { .. } | fdswap::Error::Exec { .. }) || !alive(pid)
-}
-
-/// Does `pid` still run (exists and is not a zombie)?
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit_once(") ")
-            .and_then(|(_, rest)| rest.chars().next())
-            .is_some_and(|state| state != 'Z' && state != 'X')
-    })
+    matches!(e, fdswap::Error::Gone { .. } | fdswap::Error::Exec { .. })
+        || !is_running(host_pid(pid))
 }
 
 /// The stub's final close of an old description on a dead FUSE connection reports the failed
 /// flush (ENOTCONN, EIO); close(2) has released the fd all the same, and the swap is complete.
 fn closed_anyway(e: &fdswap::Error) -> bool {
     matches!(e, fdswap::Error::StubFinal { step, errno, .. }
-        if step.starts_with("close")
-            && matches!(*errno, nix::errno::Errno::ENOTCONN | nix::errno::Errno::EIO))
+    if step.starts_with("close")
+        && matches!(
+            Errno::from_io_error(&std::io::Error::from(*errno)),
+            Some(Errno::NOTCONN | Errno::IO)
+        ))
 }
 
 fn outcome(plan: &Plan, report: &Report) -> SwapOutcome {
     let mut scanned: HashMap<(i32, i32), (u32, u64)> = HashMap::new();
     for p in &plan.processes {
         for f in &p.fds {
-            scanned.insert((p.pid, f.fd), (f.flags as u32, f.pos));
+            scanned.insert((p.pid, f.fd), (f.flags.cast_unsigned(), f.pos));
         }
     }
     let swapped = report
@@ -102,7 +111,7 @@ fn outcome(plan: &Plan, report: &Report) -> SwapOutcome {
             let (fd, addr) = item_fd(&s.item);
             let (flags, offset) = scanned.get(&(s.pid, fd)).copied().unwrap_or_default();
             SwappedFd {
-                pid: s.pid as u32,
+                pid: host_pid(s.pid),
                 fd,
                 path: s.path.display().to_string(),
                 flags,
@@ -116,7 +125,7 @@ fn outcome(plan: &Plan, report: &Report) -> SwapOutcome {
         .skipped()
         .filter(|k| reportable(&k.reason))
         .map(|k| FdEntry {
-            pid: k.pid as u32,
+            pid: host_pid(k.pid),
             fd: item_fd(&k.item).0,
             path: k.path.clone(),
             reason: Some(k.reason.to_string()),
@@ -128,7 +137,7 @@ fn outcome(plan: &Plan, report: &Report) -> SwapOutcome {
             && !closed_anyway(e)
         {
             skipped.push(FdEntry {
-                pid: p.pid as u32,
+                pid: host_pid(p.pid),
                 fd: -3,
                 path: String::new(),
                 reason: Some(format!("process not swapped: {e}")),
@@ -139,24 +148,6 @@ fn outcome(plan: &Plan, report: &Report) -> SwapOutcome {
     let mut seen = HashSet::new();
     skipped.retain(|k| seen.insert((k.pid, k.fd, k.path.clone(), k.reason.clone())));
     SwapOutcome { swapped, skipped }
-}
-
-/// `(flags, pos, mnt_id)` of `/proc/PID/fdinfo/FD`.
-pub(crate) fn fdinfo(pid: u32, fd: i32) -> Option<(i32, u64, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
-    let (mut flags, mut pos, mut mnt) = (None, None, None);
-    for line in text.lines() {
-        if let Some((k, v)) = line.split_once(':') {
-            let v = v.trim();
-            match k {
-                "pos" => pos = v.parse().ok(),
-                "flags" => flags = i32::from_str_radix(v, 8).ok(),
-                "mnt_id" => mnt = v.parse().ok(),
-                _ => {}
-            }
-        }
-    }
-    Some((flags?, pos?, mnt?))
 }
 
 impl FdSwapper {
@@ -182,12 +173,12 @@ impl FdSwapper {
                 let again = attempt < ATTEMPTS;
                 if again && matches!(pr.error, Some(fdswap::Error::StubStep { .. })) {
                     tracing::debug!(pid = pr.pid, error = ?pr.error, "rolled back: again");
-                    todo.push(pr.pid as u32);
+                    todo.push(host_pid(pr.pid));
                 } else if again && pr.skipped.iter().any(|k| k.reason == SkipReason::Changed) {
                     // What moved stays moved; what changed under the stop is tried again.
                     tracing::debug!(pid = pr.pid, "items changed during the swap: again");
                     pr.skipped.retain(|k| k.reason != SkipReason::Changed);
-                    todo.push(pr.pid as u32);
+                    todo.push(host_pid(pr.pid));
                     report.processes.push(pr);
                 } else {
                     report.processes.push(pr);
@@ -202,7 +193,7 @@ impl FdSwapper {
 
     fn run_once(&self, pids: &[u32], options: ScanOptions) -> Result<(Plan, Report)> {
         let t0 = std::time::Instant::now();
-        let pids: Vec<i32> = pids.iter().map(|&p| p as i32).collect();
+        let pids: Vec<i32> = pids.iter().filter_map(|&p| fdswap_pid(p)).collect();
         // Scanned one by one: a process that exits during the scan (short-lived children come
         // and go all the time) is left out rather than failing the whole scan.
         let mut plan = Plan {
@@ -216,8 +207,10 @@ impl FdSwapper {
                     tracing::debug!(pid, error = %e, "process exited during the scan");
                 }
                 Err(fdswap::Error::Proc { source, .. })
-                    if source.raw_os_error() == Some(libc::ENOENT)
-                        || source.raw_os_error() == Some(libc::ESRCH) =>
+                    if matches!(
+                        Errno::from_io_error(&source),
+                        Some(Errno::NOENT | Errno::SRCH)
+                    ) =>
                 {
                     tracing::debug!(pid, "process exited during the scan");
                 }
@@ -298,7 +291,7 @@ impl Swapper for FdSwapper {
             let p = report.processes.swap_remove(i);
             if let Some(e) = p.error {
                 return Err(Error::SwapProcess {
-                    pid: p.pid as u32,
+                    pid: host_pid(p.pid),
                     source: Box::new(e),
                 });
             }

@@ -1,0 +1,187 @@
+//! Inject, steps 2–4, once everything is checked ([`super::check`]): journal, mount and serve,
+//! swap, journal again. A failure at any step undoes the steps before it.
+
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::journal::{Entry, Journal, MountRecord};
+use crate::ns::{self, CHAOSFS_SUBTYPE, MountGuard, MountNs, MountSource};
+
+use super::check::{Checked, check};
+use super::{Device, FsLauncher, FsServer, InjectRequest, Injection, State, SwapOutcome, Swapper};
+
+/// Inject: journal, mount, serve, swap. On success faults are live for every process of the
+/// target's mount namespace. On failure everything done so far is undone and the journal entry
+/// removed.
+pub fn inject<L: FsLauncher, S: Swapper>(
+    journal: &Journal,
+    launcher: &L,
+    swapper: S,
+    req: &InjectRequest,
+) -> Result<Injection<L::Server, S>> {
+    let t0 = Instant::now();
+    // Mount, FUSE handshake, scan and swap are chains of wake-ups: keep idle CPUs out of deep
+    // idle states until the injection is done (see `fdswap::CpuLatency`).
+    let _latency = fdswap::CpuLatency::hold();
+    let checked = check(journal, req)?;
+    let pids: Vec<u32> = checked.procs.iter().map(|p| p.pid).collect();
+    // Before the namespace thread of the mount: see there.
+    reserve_fd_slots(&pids, checked.target.root_fd());
+    tracing::debug!(elapsed = ?t0.elapsed(), "target, path and processes found");
+    let mut entry = checked.entry(&req.spec);
+    crate::failpoint::hit("checked");
+    // Durable after the last update below (see `Journal::create_pending`).
+    journal.create_pending(&entry)?;
+    let Checked {
+        target,
+        mns,
+        path,
+        lock,
+        ..
+    } = checked;
+    drop(lock);
+
+    let id = entry.id.clone();
+    let undo_journal = |e: Error| {
+        if let Err(j) = journal.remove(&id) {
+            tracing::warn!(error = %j, "could not remove the journal entry");
+        }
+        e
+    };
+    let (guard, server) = mount_and_serve(journal, launcher, req, (&mns, &path), &mut entry, t0)
+        .map_err(undo_journal)?;
+    tracing::debug!(elapsed = ?t0.elapsed(), "serving");
+    crate::failpoint::hit("swapping");
+    let (guard, server, outcome) =
+        swap_in(&swapper, &pids, &path, guard, server).map_err(undo_journal)?;
+    tracing::debug!(elapsed = ?t0.elapsed(), "swapped");
+    entry.swapped = outcome.swapped;
+    // Faults are live: the fsyncs need not delay telling the caller.
+    journal.update_pending(&entry)?;
+    journal.sync_in_background(&entry.id);
+    tracing::info!(id = %entry.id, path = %path.display(), pid = target.pid, "injected");
+    Ok(Injection {
+        id: entry.id.clone(),
+        journal: journal.clone(),
+        swapper,
+        state: Mutex::new(State {
+            entry,
+            skipped: outcome.skipped,
+            escaped: Vec::new(),
+            guard: Some(guard),
+            detached: None,
+            server: Some(server),
+        }),
+    })
+}
+
+/// Mount the launcher's device over `path` in `mns`, journal the mount, start the server.
+/// On an error the mount is detached (the guard's drop); the journal entry is the caller's.
+fn mount_and_serve<L: FsLauncher>(
+    journal: &Journal,
+    launcher: &L,
+    req: &InjectRequest,
+    (mns, path): (&MountNs, &Path),
+    entry: &mut Entry,
+    t0: Instant,
+) -> Result<(MountGuard, L::Server)> {
+    let device = launcher.device()?;
+    let mount_source = entry.mount_source.clone().unwrap_or_default();
+    let source = match &device {
+        Device::Fuse(fd) => MountSource::Fuse {
+            dev_fuse: fd.as_fd(),
+            subtype: CHAOSFS_SUBTYPE,
+            source: &mount_source,
+        },
+        Device::Tmpfs => MountSource::Tmpfs,
+    };
+    let guard = ns::mount_over(mns, path, source, req.shared)?;
+    tracing::debug!(elapsed = ?t0.elapsed(), "mounted");
+    crate::failpoint::hit("mounted");
+    entry.mount = Some(MountRecord {
+        mnt_id: guard.mnt_id(),
+        under_mnt_id: guard.under().mnt_id,
+        fuse_connection: guard.fuse_connection(),
+    });
+    journal.update_pending(entry)?;
+    let backing = guard
+        .backing()
+        .try_clone_to_owned()
+        .map_err(|e| Error::sys("duplicating the backing fd", e))?;
+    let server = launcher.start(backing, device, &req.spec, guard.fuse_connection())?;
+    Ok((guard, server))
+}
+
+/// Move `pids` onto the mount. On an error, fdswap rolled back the process it failed in, but
+/// others may have moved: detach, move them back, then stop the server.
+fn swap_in<F: FsServer, S: Swapper>(
+    swapper: &S,
+    pids: &[u32],
+    path: &Path,
+    guard: MountGuard,
+    server: F,
+) -> Result<(MountGuard, F, SwapOutcome)> {
+    let mnt_id = guard.mnt_id();
+    match swapper.swap_in(pids, path, mnt_id, server.read_ahead()) {
+        Ok(outcome) => Ok((guard, server, outcome)),
+        Err(e) => {
+            if let Err(d) = guard.detach() {
+                tracing::warn!(error = %d, "could not detach the mount");
+            }
+            if let Err(s) = swapper.swap_out(pids, path, mnt_id) {
+                tracing::warn!(error = %s, "could not swap back after a failed injection");
+            }
+            if let Err(s) = server.stop() {
+                tracing::warn!(error = %s, "could not stop the filesystem server");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Grow this process's fd table now to what the filesystem server will hold: ChaosFS keeps an
+/// `O_PATH` fd per file the kernel looked up and one per open handle, about two per file the
+/// target holds. Left to itself the kernel doubles the table as fds are opened (64, 128, …),
+/// and once threads exist each doubling waits for an RCU grace period (5–17 ms on a 2-CPU VM,
+/// several of them inside the scan and the target's pause). Called while this process has no
+/// other thread (the injection server, before any: not even a joined thread that may not have
+/// released the table yet), the growth costs nothing; the table never shrinks. Best effort.
+fn reserve_fd_slots(pids: &[u32], any_fd: BorrowedFd<'_>) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let held: usize = pids
+        .iter()
+        .filter_map(|p| std::fs::read_dir(format!("/proc/{p}/fd")).ok())
+        .map(Iterator::count)
+        .sum();
+    let lim = getrlimit(Resource::Nofile);
+    let (soft, hard) = (
+        lim.current.unwrap_or(u64::MAX),
+        lim.maximum.unwrap_or(u64::MAX),
+    );
+    // ChaosFS raises the soft limit to the hard one when it starts: do it first.
+    let raised = Rlimit {
+        current: lim.maximum,
+        maximum: lim.maximum,
+    };
+    let soft = if soft < hard && setrlimit(Resource::Nofile, raised).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    // Two per fd held and some room; a count of fds that does not fit in u64 cannot exist.
+    let want = u64::try_from(held)
+        .unwrap_or(u64::MAX)
+        .saturating_mul(2)
+        .saturating_add(256);
+    let cap = soft.min(1 << 20);
+    let slot = want.min(cap.saturating_sub(1));
+    if let Ok(slot) = i32::try_from(slot)
+        && slot > 64
+    {
+        // The fd lands at `slot` (or above): the table now covers it. Dropped at once.
+        let _ = rustix::io::fcntl_dupfd_cloexec(any_fd, slot);
+    }
+}

@@ -1,0 +1,236 @@
+//! Inject and recover: the orchestration of targets, mounts, the journal, the filesystem server
+//! and the fd swap.
+//!
+//! The two moving parts that live in other crates enter through the traits defined here, so
+//! that wiring them in is an `impl` each (see [`crate::adapters`]):
+//! * [`FsLauncher`] / [`FsServer`]: the filesystem server (ChaosFS).
+//! * [`Swapper`]: the fd swap (fdswap).
+//!
+//! [`inject`] checks everything first (`check.rs`), then journals, mounts, starts the server,
+//! swaps, and journals again (`apply.rs`); any failure undoes what was done. The returned
+//! [`Injection`] implements [`crate::api::ChaosService`] (`service.rs`), so it is what the
+//! injection server serves on `/run/iochaos/<id>.sock`. Recover (`recover.rs`) undoes it; with
+//! the server gone, [`recover_from_journal`] works from the journal and `/proc` alone.
+
+mod apply;
+mod check;
+mod recover;
+mod service;
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde_json::Value;
+
+use crate::api::FdEntry;
+use crate::error::{Error, Result};
+use crate::journal::{Entry, InjectionId, Journal, SwappedFd};
+use crate::mountinfo::SharedPolicy;
+use crate::ns::MountGuard;
+use crate::policy::HostNamespace;
+use crate::target::{ContainerdTask, NsId, Target};
+
+pub use apply::inject;
+pub use recover::recover_from_journal;
+pub use service::status_from_entry;
+
+/// What is mounted over the path: a FUSE connection the launcher will serve, or (tests,
+/// dry runs) a tmpfs.
+#[derive(Debug)]
+pub enum Device {
+    /// An open `/dev/fuse`.
+    Fuse(OwnedFd),
+    /// No server: an empty tmpfs.
+    Tmpfs,
+}
+
+/// Starts the filesystem that serves the mount (wiring:
+/// [`crate::adapters::chaosfs::ChaosLauncher`]).
+pub trait FsLauncher {
+    type Server: FsServer;
+    /// The device to mount (called before mounting).
+    fn device(&self) -> Result<Device>;
+    /// Serve `device` (already mounted over the path, [`Device::Fuse`] or not) from `backing`
+    /// (the directory under the mount) with the rules of `spec`. Returns once faults are live
+    /// (the FUSE INIT handshake is done). `connection` is the FUSE connection number.
+    fn start(
+        &self,
+        backing: OwnedFd,
+        device: Device,
+        spec: &Value,
+        connection: Option<u32>,
+    ) -> Result<Self::Server>;
+}
+
+/// A file open in a mode the current rules cannot reach (ChaosFS: kernel passthrough, opened
+/// before the rules changed): its reads and writes bypass the rules until the process holding
+/// it reopens it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EscapedFile {
+    /// `st_ino` as seen through the mount.
+    pub ino: u64,
+    /// Path relative to the mount root.
+    pub path: PathBuf,
+}
+
+/// A running filesystem server (wiring: [`crate::adapters::chaosfs::ChaosServer`]).
+pub trait FsServer: Send + Sync + 'static {
+    /// Replace the rules with those of `spec` (already valid JSON; the rule engine validates).
+    /// Returns the files open in a mode the new rules cannot reach until they are reopened.
+    fn update_rules(&self, spec: &Value) -> Result<Vec<EscapedFile>>;
+    /// Recover begins: stop injecting and release requests held in latency faults, so that no
+    /// thread of the target is still waiting on a fault when it is swapped back.
+    fn quiesce(&self) {}
+    /// Which directories under the mount the swap may read before resolving the files in them
+    /// ([`fdswap::ReadAhead`]): those no rule can touch the metadata of. Default: none.
+    fn read_ahead(&self) -> fdswap::ReadAhead {
+        fdswap::ReadAhead::never()
+    }
+    /// `(matched, injected)` per rule, in spec order.
+    fn rule_counters(&self) -> Vec<(u64, u64)>;
+    /// Stop serving (the mount is already detached and the fds swapped back).
+    fn stop(self) -> Result<()>;
+}
+
+/// What a swap moved and what it left alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SwapOutcome {
+    pub swapped: Vec<SwappedFd>,
+    pub skipped: Vec<FdEntry>,
+}
+
+/// Moves the target's fds, cwds and shared mappings between the original mount and ChaosFS
+/// (wiring: [`crate::adapters::fdswap::FdSwapper`], [`crate::adapters::start::StartSwapper`]).
+pub trait Swapper: Send + Sync + 'static {
+    /// Make `pids` reopen what they hold under `path` (canonical, as they see it) through the
+    /// mount `to_mnt` now on top of it, reading ahead the directories `read_ahead` allows.
+    fn swap_in(
+        &self,
+        pids: &[u32],
+        path: &Path,
+        to_mnt: u64,
+        read_ahead: fdswap::ReadAhead,
+    ) -> Result<SwapOutcome>;
+    /// Make `pids` reopen what they hold on mount `from_mnt` under `path` through whatever
+    /// `path` resolves to now (the original, once the ChaosFS mount is detached).
+    fn swap_out(&self, pids: &[u32], path: &Path, from_mnt: u64) -> Result<SwapOutcome>;
+}
+
+/// What to inject into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetSpec {
+    Pid(u32),
+    Container {
+        id: String,
+        namespace: String,
+        /// containerd's state directory (default `/run/containerd`).
+        state_dir: PathBuf,
+    },
+    /// An OCI container being created (runtime hook at `createRuntime`/`prestart`): its init
+    /// process, which may not have pivoted into the container's root yet, and that root as a
+    /// path in the init's mount namespace (the bundle's `root.path`, absolute). See
+    /// [`Target::from_oci_create`].
+    OciCreate {
+        pid: u32,
+        rootfs: PathBuf,
+        id: String,
+    },
+}
+
+/// An injection request (the CLI's `inject`, or the Chaos API's caller).
+#[derive(Debug, Clone)]
+pub struct InjectRequest {
+    pub target: TargetSpec,
+    /// The path, as the target sees it.
+    pub path: PathBuf,
+    /// The JSON spec (design.md).
+    pub spec: Value,
+    pub shared: SharedPolicy,
+    /// Whether a target in the host's mount namespace is allowed (only the CLI's
+    /// `--host-namespace` sets it; specs and annotations cannot).
+    pub host_namespace: HostNamespace,
+}
+
+/// Find the target a spec names.
+pub fn find_target(spec: &TargetSpec) -> Result<Target> {
+    match spec {
+        TargetSpec::Pid(pid) => Target::from_pid(*pid),
+        TargetSpec::Container {
+            id,
+            namespace,
+            state_dir,
+        } => Target::from_container(&ContainerdTask::find_in(state_dir, namespace, id)?),
+        TargetSpec::OciCreate { pid, rootfs, id } => Target::from_oci_create(*pid, rootfs, id),
+    }
+}
+
+/// A live injection, served over the Chaos API.
+pub struct Injection<F: FsServer, S: Swapper> {
+    id: InjectionId,
+    journal: Journal,
+    swapper: S,
+    state: Mutex<State<F>>,
+}
+
+struct State<F> {
+    entry: Entry,
+    skipped: Vec<FdEntry>,
+    /// Files the current rules cannot reach until reopened (see [`FsServer::update_rules`]).
+    escaped: Vec<FdEntry>,
+    guard: Option<MountGuard>,
+    /// Set once the mount is detached (mount id, namespace), until the swap back succeeded.
+    detached: Option<(u64, NsId)>,
+    server: Option<F>,
+}
+
+impl<F: FsServer, S: Swapper> std::fmt::Debug for Injection<F, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Injection")
+            .field("journal", &self.journal)
+            .finish()
+    }
+}
+
+impl<F: FsServer, S: Swapper> Injection<F, S> {
+    /// The injection id.
+    pub fn id(&self) -> InjectionId {
+        self.id.clone()
+    }
+
+    /// The target's mount namespace, until the injection is recovered.
+    pub fn mnt_ns(&self) -> Option<NsId> {
+        let st = self.lock().ok()?;
+        st.guard
+            .as_ref()
+            .map(|g| g.ns().id)
+            .or(st.detached.map(|(_, ns)| ns))
+    }
+
+    /// The journal entry as it stands.
+    pub fn entry(&self) -> Result<Entry> {
+        Ok(self.lock()?.entry.clone())
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, State<F>>> {
+        self.state.lock().map_err(|_| {
+            Error::sys(
+                "injection state",
+                std::io::Error::other("a thread panicked holding it"),
+            )
+        })
+    }
+}
+
+/// What the Chaos API reports for fds a swap moved.
+fn fd_entries(swapped: &[SwappedFd]) -> Vec<FdEntry> {
+    swapped
+        .iter()
+        .map(|s| FdEntry {
+            pid: s.pid,
+            fd: s.fd,
+            path: s.path.clone(),
+            reason: None,
+        })
+        .collect()
+}
