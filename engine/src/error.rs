@@ -160,18 +160,23 @@ pub enum Error {
 
     /// The filesystem server (ChaosFS) failed to start, update or stop.
     #[error("ChaosFS: {0}")]
-    Filesystem(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Filesystem(#[from] chaosfs::Error),
+
+    /// The filesystem server was handed a device it does not serve (ChaosFS serves
+    /// `/dev/fuse`, not a tmpfs).
+    #[error("ChaosFS: ChaosFS serves a FUSE device, not a tmpfs")]
+    NotFuseDevice,
 
     /// Moving the target's fds failed (fdswap).
     #[error("swapping fds: {0}")]
-    Swap(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Swap(#[from] fdswap::Error),
 
     /// One process of the target could not be moved onto ChaosFS (fdswap rolled it back).
     #[error("swapping the fds of pid {pid}: {source}")]
     SwapProcess {
         pid: u32,
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: fdswap::Error,
     },
 
     /// The injection was already recovered.
@@ -273,4 +278,45 @@ pub fn one_line(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     s.replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_from_chaosfs_and_fdswap_keep_their_line_and_can_be_matched() {
+        let fs = Error::from(chaosfs::Error::Sys {
+            what: "open /dev/fuse".into(),
+            source: io::Error::from_raw_os_error(2),
+        });
+        assert!(matches!(&fs, Error::Filesystem(chaosfs::Error::Sys { .. })));
+        assert_eq!(
+            one_line(&fs),
+            "ChaosFS: open /dev/fuse: No such file or directory (os error 2)"
+        );
+        assert_eq!(fs.code(), ttrpc::Code::INTERNAL);
+
+        let swap = Error::SwapProcess {
+            pid: 7,
+            source: fdswap::Error::Gone { pid: 7 },
+        };
+        assert!(matches!(
+            &swap,
+            Error::SwapProcess {
+                source: fdswap::Error::Gone { .. },
+                ..
+            }
+        ));
+        assert_eq!(
+            one_line(&swap),
+            "swapping the fds of pid 7: process 7 exited during the swap"
+        );
+        let swap = Error::from(fdswap::Error::Gone { pid: 8 });
+        assert_eq!(
+            one_line(&swap),
+            "swapping fds: process 8 exited during the swap"
+        );
+        assert_eq!(swap.code(), ttrpc::Code::INTERNAL);
+    }
 }

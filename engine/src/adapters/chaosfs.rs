@@ -50,15 +50,12 @@ pub fn rule_set(spec: &Value) -> Result<RuleSet> {
     RuleSet::new(spec).map_err(spec_err)
 }
 
+/// A spec the rule engine refuses is the caller's error; a failed system call is ChaosFS's.
 fn spec_err(e: chaosfs::Error) -> Error {
     match e {
-        chaosfs::Error::Sys { .. } => Error::Filesystem(Box::new(e)),
+        chaosfs::Error::Sys { .. } => Error::Filesystem(e),
         _ => Error::InvalidSpec(Box::new(e)),
     }
-}
-
-fn fs_err(e: chaosfs::Error) -> Error {
-    Error::Filesystem(Box::new(e))
 }
 
 /// The connection directory `N` of `/sys/fs/fuse/connections/N` is the kernel's dev_t
@@ -71,9 +68,7 @@ impl FsLauncher for ChaosLauncher {
     type Server = ChaosServer;
 
     fn device(&self) -> Result<Device> {
-        Ok(Device::Fuse(
-            chaosfs::mount::open_fuse_device().map_err(fs_err)?,
-        ))
+        Ok(Device::Fuse(chaosfs::mount::open_fuse_device()?))
     }
 
     fn start(
@@ -84,14 +79,12 @@ impl FsLauncher for ChaosLauncher {
         conn: Option<u32>,
     ) -> Result<ChaosServer> {
         let Device::Fuse(fuse) = device else {
-            return Err(Error::Filesystem(
-                "ChaosFS serves a FUSE device, not a tmpfs".into(),
-            ));
+            return Err(Error::NotFuseDevice);
         };
         let rules = rule_set(spec)?;
         let mut cfg = self.config.clone();
         cfg.connection = conn.map(connection);
-        let server = Server::start(backing, fuse, rules, cfg).map_err(fs_err)?;
+        let server = Server::start(backing, fuse, rules, cfg)?;
         Ok(ChaosServer {
             server,
             grace: self.grace,
@@ -156,7 +149,7 @@ impl FsServer for ChaosServer {
             {
                 Ok(())
             }
-            r => r.map_err(fs_err),
+            r => r.map_err(Error::Filesystem),
         }
     }
 }

@@ -53,10 +53,6 @@ fn fdswap_pid(pid: u32) -> Option<i32> {
 /// How many times a process whose swap was rolled back is tried.
 const ATTEMPTS: usize = 3;
 
-fn swap_err(e: fdswap::Error) -> Error {
-    Error::Swap(Box::new(e))
-}
-
 /// fds the user wants to hear about: under the path but left alone. Items outside the path and
 /// items with nothing to do (already where they belong) are not news.
 fn reportable(r: &SkipReason) -> bool {
@@ -214,7 +210,7 @@ impl FdSwapper {
                 {
                     tracing::debug!(pid, "process exited during the scan");
                 }
-                Err(e) => return Err(swap_err(e)),
+                Err(e) => return Err(e.into()),
             }
         }
         if tracing::enabled!(tracing::Level::DEBUG) {
@@ -240,7 +236,7 @@ impl FdSwapper {
                 options: plan.options.clone(),
                 processes: active,
             };
-            fdswap::swap_plan(&active, &self.options).map_err(swap_err)?
+            fdswap::swap_plan(&active, &self.options)?
         };
         report
             .processes
@@ -292,7 +288,7 @@ impl Swapper for FdSwapper {
             if let Some(e) = p.error {
                 return Err(Error::SwapProcess {
                     pid: host_pid(p.pid),
-                    source: Box::new(e),
+                    source: e,
                 });
             }
         }
