@@ -251,22 +251,17 @@ impl Error {
 /// error's one line (with its causes).
 impl From<Error> for ttrpc::Error {
     fn from(e: Error) -> Self {
-        let mut message = e.to_string();
-        let mut cause = std::error::Error::source(&e);
-        while let Some(c) = cause {
-            let s = c.to_string();
-            if !message.contains(&s) {
-                message.push_str(": ");
-                message.push_str(&s);
-            }
-            cause = c.source();
-        }
-        ttrpc::Error::RpcStatus(ttrpc::get_status(e.code(), message))
+        ttrpc::Error::RpcStatus(ttrpc::get_status(e.code(), with_causes(&e)))
     }
 }
 
 /// An error and its causes on one line (what the CLI, the hook and the shim print).
 pub fn one_line(e: &dyn std::error::Error) -> String {
+    with_causes(e).replace('\n', " ")
+}
+
+/// An error followed by each of its causes that its message does not already hold.
+fn with_causes(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
@@ -277,7 +272,7 @@ pub fn one_line(e: &dyn std::error::Error) -> String {
         }
         cause = c.source();
     }
-    s.replace('\n', " ")
+    s
 }
 
 #[cfg(test)]

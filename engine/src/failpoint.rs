@@ -19,6 +19,8 @@ fn armed() -> Option<&'static str> {
 pub fn hit(name: &str) {
     if armed() == Some(name) {
         tracing::info!(failpoint = name, "stopping at the failpoint");
-        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
+        // SIGSTOP stops every thread of the process, whichever thread it is sent to.
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::STOP);
     }
 }

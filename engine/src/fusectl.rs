@@ -6,6 +6,7 @@
 //! `ENOTCONN` instead of hanging: the last resort of recovery when a server is dead and its
 //! mount is still busy.
 
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 
@@ -37,22 +38,24 @@ impl FuseCtl {
         rustix::fs::statat(&self.root, conn.to_string(), rustix::fs::AtFlags::empty()).is_ok()
     }
 
+    /// Open file `name` of connection `conn`; `None` if the connection is gone.
+    fn open_file(&self, conn: u32, name: &str, access: OFlags) -> Result<Option<File>> {
+        let path = format!("{conn}/{name}");
+        match rustix::fs::openat(&self.root, &path, access | OFlags::CLOEXEC, Mode::empty()) {
+            Ok(fd) => Ok(Some(File::from(fd))),
+            Err(rustix::io::Errno::NOENT) => Ok(None),
+            Err(e) => Err(Error::io(format!("fusectl/{path}"), e.into())),
+        }
+    }
+
     /// Requests waiting for the server on `conn` (`waiting`); `None` if it is gone.
     pub fn waiting(&self, conn: u32) -> Result<Option<u64>> {
         let path = format!("{conn}/waiting");
-        let fd = match rustix::fs::openat(
-            &self.root,
-            &path,
-            OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) {
-            Ok(fd) => fd,
-            Err(rustix::io::Errno::NOENT) => return Ok(None),
-            Err(e) => return Err(Error::io(format!("fusectl/{path}"), e.into())),
+        let Some(mut f) = self.open_file(conn, "waiting", OFlags::RDONLY)? else {
+            return Ok(None);
         };
         let mut s = String::new();
-        std::fs::File::from(fd)
-            .read_to_string(&mut s)
+        f.read_to_string(&mut s)
             .map_err(|e| Error::io(format!("fusectl/{path}"), e))?;
         s.trim().parse().map(Some).map_err(|_| Error::Malformed {
             path: format!("fusectl/{path}").into(),
@@ -62,20 +65,11 @@ impl FuseCtl {
 
     /// Abort connection `conn`. False if it no longer exists.
     pub fn abort(&self, conn: u32) -> Result<bool> {
-        let path = format!("{conn}/abort");
-        let fd = match rustix::fs::openat(
-            &self.root,
-            &path,
-            OFlags::WRONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) {
-            Ok(fd) => fd,
-            Err(rustix::io::Errno::NOENT) => return Ok(false),
-            Err(e) => return Err(Error::io(format!("fusectl/{path}"), e.into())),
+        let Some(mut f) = self.open_file(conn, "abort", OFlags::WRONLY)? else {
+            return Ok(false);
         };
-        std::fs::File::from(fd)
-            .write_all(b"1")
-            .map_err(|e| Error::io(format!("fusectl/{path}"), e))?;
+        f.write_all(b"1")
+            .map_err(|e| Error::io(format!("fusectl/{conn}/abort"), e))?;
         Ok(true)
     }
 }

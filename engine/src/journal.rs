@@ -33,19 +33,16 @@ const RANDOM_CHARS: usize = 3;
 impl InjectionId {
     /// A new id for now.
     pub fn generate() -> InjectionId {
-        let ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        InjectionId::from_parts(ms, random_bits())
+        InjectionId::from_parts(unix_ms_now(), random_bits())
     }
 
     fn from_parts(ms: u64, random: u64) -> InjectionId {
         let mut s = String::with_capacity(TIME_CHARS + RANDOM_CHARS);
         for i in (0..TIME_CHARS).rev() {
-            s.push(ALPHABET[((ms >> (5 * i)) & 31) as usize] as char);
+            s.push(base32_digit(ms, i));
         }
         for i in (0..RANDOM_CHARS).rev() {
-            s.push(ALPHABET[((random >> (5 * i)) & 31) as usize] as char);
+            s.push(base32_digit(random, i));
         }
         InjectionId(s)
     }
@@ -192,9 +189,7 @@ impl Entry {
         Entry {
             version: VERSION,
             id,
-            created_unix_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            created_unix_ms: unix_ms_now(),
             target,
             path,
             pids: Vec::new(),
@@ -258,8 +253,8 @@ impl Journal {
     /// Released when the guard is dropped (or the process dies).
     pub fn lock(&self) -> Result<JournalLock> {
         let d = fs::File::open(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
-        let d = nix::fcntl::Flock::lock(d, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| Error::io(&self.dir, e.into()))?;
+        rustix::fs::flock(&d, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| Error::io(&self.dir, e.into()))?;
         Ok(JournalLock(d))
     }
 
@@ -330,19 +325,14 @@ impl Journal {
             return Err(Error::io(&tmp, err));
         }
         let flags = if exclusive {
-            nix::fcntl::RenameFlags::RENAME_NOREPLACE
+            rustix::fs::RenameFlags::NOREPLACE
         } else {
-            nix::fcntl::RenameFlags::empty()
+            rustix::fs::RenameFlags::empty()
         };
-        if let Err(err) = nix::fcntl::renameat2(
-            nix::fcntl::AT_FDCWD,
-            &tmp,
-            nix::fcntl::AT_FDCWD,
-            &path,
-            flags,
-        ) {
+        let (cwd, cwd2) = (rustix::fs::CWD, rustix::fs::CWD);
+        if let Err(err) = rustix::fs::renameat_with(cwd, &tmp, cwd2, &path, flags) {
             let _ = fs::remove_file(&tmp);
-            if err == nix::errno::Errno::EEXIST {
+            if err == rustix::io::Errno::EXIST {
                 return Err(Error::InjectionExists {
                     id: e.id.to_string(),
                 });
@@ -412,9 +402,24 @@ impl Journal {
     }
 }
 
-/// The journal's lock, held until dropped ([`Journal::lock`]).
+/// The journal's lock, held until dropped ([`Journal::lock`]): the directory open with an
+/// exclusive `flock`, released when the descriptor closes.
 #[derive(Debug)]
-pub struct JournalLock(#[allow(dead_code)] nix::fcntl::Flock<fs::File>);
+pub struct JournalLock(#[allow(dead_code)] fs::File);
+
+/// Milliseconds since the epoch (0 before it; a u64 of milliseconds lasts 584 million years).
+fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Base-32 digit `i` (counting from the right) of `v`, in [`ALPHABET`].
+fn base32_digit(v: u64, i: usize) -> char {
+    // Five bits: always an index of the 32-letter alphabet.
+    let five_bits = (v >> (5 * i)) & 31;
+    char::from(ALPHABET[usize::try_from(five_bits).unwrap_or(0)])
+}
 
 /// fsync an entry and its directory (see [`Journal::sync_in_background`]).
 /// See [`Journal::open`]: `dir` (which exists) must be ours, and each parent owned by us or

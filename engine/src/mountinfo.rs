@@ -70,7 +70,7 @@ impl MountInfo {
     pub fn read(pid: u32) -> Result<MountInfo> {
         let path = PathBuf::from(format!("/proc/{pid}/mountinfo"));
         let text = std::fs::read(&path).map_err(|e| {
-            if e.raw_os_error() == Some(libc::ENOENT) {
+            if rustix::io::Errno::from_io_error(&e) == Some(rustix::io::Errno::NOENT) {
                 Error::NoSuchProcess { pid }
             } else {
                 Error::io(&path, e)

@@ -27,7 +27,6 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use nix::sched::CloneFlags;
 use rustix::fs::{AtFlags, Mode, OFlags, StatxFlags};
 use rustix::mount::{
     FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, UnmountFlags, fsconfig_create,
@@ -105,9 +104,12 @@ impl MountNs {
     }
 
     fn enter(&self, chroot: bool) -> Result<()> {
-        nix::sched::unshare(CloneFlags::CLONE_FS)
-            .map_err(|e| Error::sys("unshare(CLONE_FS)", io::Error::from(e)))?;
-        nix::sched::setns(&self.mnt, CloneFlags::CLONE_NEWNS).map_err(|e| {
+        crate::sys::unshare_fs().map_err(|e| Error::sys("unshare(CLONE_FS)", e))?;
+        rustix::thread::move_into_link_name_space(
+            self.mnt.as_fd(),
+            Some(rustix::thread::LinkNameSpaceType::Mount),
+        )
+        .map_err(|e| {
             Error::sys(
                 format!("entering the mount namespace of pid {}", self.pid),
                 io::Error::from(e),
@@ -116,13 +118,13 @@ impl MountNs {
         if !chroot {
             return Ok(());
         }
-        nix::unistd::fchdir(&self.root).map_err(|e| {
+        rustix::process::fchdir(&self.root).map_err(|e| {
             Error::sys(
                 format!("fchdir to the root of pid {}", self.pid),
                 io::Error::from(e),
             )
         })?;
-        nix::unistd::chroot(".").map_err(|e| {
+        rustix::process::chroot(".").map_err(|e| {
             Error::sys(
                 format!("chroot to the root of pid {}", self.pid),
                 io::Error::from(e),
@@ -282,7 +284,7 @@ impl MountGuard {
         let path = format!("thread-self/fd/{}", root.as_raw_fd());
         let r = self.ns.run(|| {
             // Relative to the host's /proc: the magic link leads to the root of our own mount.
-            nix::unistd::fchdir(&proc)
+            rustix::process::fchdir(&proc)
                 .map_err(|e| Error::sys("fchdir /proc", io::Error::from(e)))?;
             rustix::mount::unmount(path.as_str(), UnmountFlags::DETACH).map_err(|e| {
                 Error::sys(
@@ -297,7 +299,11 @@ impl MountGuard {
         });
         match r {
             // EINVAL: no longer a mount (detached by someone else, or its namespace died).
-            Err(Error::Sys { source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+            Err(Error::Sys { source, .. })
+                if rustix::io::Errno::from_io_error(&source) == Some(rustix::io::Errno::INVAL) =>
+            {
+                Ok(())
+            }
             r => r,
         }
     }

@@ -115,7 +115,10 @@ pub fn check_target(target: &Target, host: HostNamespace) -> Result<()> {
 pub fn host_mount_namespace() -> Result<NsId> {
     match NsId::of(1, "mnt") {
         Err(Error::Io { source, .. })
-            if matches!(source.raw_os_error(), Some(libc::EACCES | libc::EPERM)) =>
+            if matches!(
+                rustix::io::Errno::from_io_error(&source),
+                Some(rustix::io::Errno::ACCESS | rustix::io::Errno::PERM)
+            ) =>
         {
             tracing::debug!("pid 1's mount namespace cannot be read; taking ours as the host's");
             NsId::of(std::process::id(), "mnt")

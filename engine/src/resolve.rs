@@ -69,7 +69,7 @@ pub fn resolve_in_root(root: BorrowedFd<'_>, path: &Path) -> Result<Resolved> {
         if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
             links += 1;
             if links > MAX_SYMLINKS {
-                return Err(fail(io::Error::from_raw_os_error(libc::ELOOP)));
+                return Err(fail(io::Error::from(rustix::io::Errno::LOOP)));
             }
             let target = rustix::fs::readlinkat(&fd, "", Vec::new()).map_err(|e| fail(e.into()))?;
             let target = Path::new(OsStr::from_bytes(target.as_bytes())).to_owned();
@@ -223,7 +223,7 @@ mod tests {
         // The host has /etc; the fake root does not.
         let e = resolve_in_root(root.as_fd(), Path::new("/etc-link")).expect_err("missing");
         assert!(
-            matches!(&e, Error::Resolve { source, .. } if source.raw_os_error() == Some(libc::ENOENT)),
+            matches!(&e, Error::Resolve { source, .. } if rustix::io::Errno::from_io_error(source) == Some(rustix::io::Errno::NOENT)),
             "{e}"
         );
         assert_eq!(
@@ -242,12 +242,12 @@ mod tests {
         ));
         let e = resolve_in_root(root.as_fd(), Path::new("/loop")).expect_err("loop");
         assert!(
-            matches!(&e, Error::Resolve { source, .. } if source.raw_os_error() == Some(libc::ELOOP)),
+            matches!(&e, Error::Resolve { source, .. } if rustix::io::Errno::from_io_error(source) == Some(rustix::io::Errno::LOOP)),
             "{e}"
         );
         let e = resolve_in_root(root.as_fd(), Path::new("/data/nope/x")).expect_err("missing");
         assert!(
-            matches!(&e, Error::Resolve { source, .. } if source.raw_os_error() == Some(libc::ENOENT)),
+            matches!(&e, Error::Resolve { source, .. } if rustix::io::Errno::from_io_error(source) == Some(rustix::io::Errno::NOENT)),
             "{e}"
         );
     }

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+// nix: rustix has no safe signal mask or sigwait (only its unsafe `runtime` calls).
 use nix::sys::signal::{SigSet, Signal};
 use rustix::event::{PollFd, PollFlags};
 use rustix::process::{Pid, PidfdFlags, pidfd_open};

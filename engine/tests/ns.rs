@@ -333,7 +333,10 @@ fn fuse_mount_over_a_directory_then_abort_and_detach() {
         .run(|| Ok(fs::metadata(vol.join("orig"))))
         .expect("run")
         .expect_err("aborted");
-    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN));
+    assert_eq!(
+        rustix::io::Errno::from_io_error(&err),
+        Some(rustix::io::Errno::NOTCONN)
+    );
 
     g.detach().expect("detach");
     drop(dev_fuse);

@@ -61,7 +61,7 @@ fn spec_err(e: chaosfs::Error) -> Error {
 /// The connection directory `N` of `/sys/fs/fuse/connections/N` is the kernel's dev_t
 /// `(major << 20) | minor` of the mount.
 fn connection(id: u32) -> chaosfs::Connection {
-    chaosfs::Connection::from_dev(libc::makedev(id >> 20, id & 0xf_ffff))
+    chaosfs::Connection::from_dev(rustix::fs::makedev(id >> 20, id & 0xf_ffff))
 }
 
 impl FsLauncher for ChaosLauncher {
@@ -145,7 +145,9 @@ impl FsServer for ChaosServer {
         match self.server.stop() {
             // Aborted by us: the session reports the abort.
             Err(chaosfs::Error::Sys { source, .. })
-                if !released && source.raw_os_error() == Some(libc::ECONNABORTED) =>
+                if !released
+                    && rustix::io::Errno::from_io_error(&source)
+                        == Some(rustix::io::Errno::CONNABORTED) =>
             {
                 Ok(())
             }

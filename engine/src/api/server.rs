@@ -62,9 +62,7 @@ impl chaos_ttrpc::Chaos for Adapter {
         _req: pb::RecoverRequest,
     ) -> ttrpc::Result<pb::RecoverResponse> {
         let report = self.service.recover()?;
-        // SAFETY: ttrpc keeps the connection's fd open while one of its requests is handled;
-        // we are inside that handler.
-        let conn = unsafe { crate::sys::dup_raw(ctx.fd) }.ok();
+        let conn = crate::sys::dup_request_connection(ctx).ok();
         let (lock, cv) = &*self.recovered;
         if let Ok(mut st) = lock.lock() {
             st.done = Some(conn);

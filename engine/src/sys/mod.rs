@@ -1,18 +1,27 @@
-//! The engine's only unsafe code: raw file descriptors handed to us by ttrpc, and a private
-//! file table for the threads that do I/O on their own process's FUSE mount.
+//! The engine's only unsafe code: raw file descriptors handed to us by ttrpc, a private file
+//! table for the threads that do I/O on their own process's FUSE mount, and `unshare` of the
+//! fs info (rustix marks `unshare` unsafe for its `CLONE_FILES` case).
 
-use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 
-/// Duplicate a connection fd that ttrpc hands to a method handler as a raw number.
-///
-/// # Safety
-/// `fd` must be open for the duration of this call. ttrpc passes the connection's fd in the
-/// handler's context and keeps the connection (and so the fd) open until the handler returns.
-pub(crate) unsafe fn dup_raw(fd: RawFd) -> std::io::Result<OwnedFd> {
-    // SAFETY: the caller guarantees `fd` is open until we return; the borrow does not outlive
-    // this call (we duplicate it into a new, owned descriptor).
-    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+/// Duplicate the connection fd of the ttrpc request being handled (to learn when the caller
+/// hangs up).
+pub(crate) fn dup_request_connection(ctx: &ttrpc::TtrpcContext) -> std::io::Result<OwnedFd> {
+    // SAFETY: ttrpc passes the connection's fd in the handler's context and keeps the
+    // connection (and so the fd) open until the handler returns; `ctx` borrows from that
+    // handler, and the borrowed fd does not outlive this call (it is duplicated into a new,
+    // owned descriptor).
+    let fd = unsafe { BorrowedFd::borrow_raw(ctx.fd) };
     fd.try_clone_to_owned()
+}
+
+/// `unshare(CLONE_FS)`: the calling thread gets its own root, cwd and umask, so it may `setns`
+/// into a mount namespace and `chroot` without changing them for the rest of the process.
+pub(crate) fn unshare_fs() -> std::io::Result<()> {
+    // SAFETY: rustix marks `unshare` unsafe because `CLONE_FILES` would give this thread a
+    // file table other threads' fds are not in; `FS` alone leaves the file table shared.
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FS) }?;
+    Ok(())
 }
 
 /// Give the calling thread a file table of its own holding only `/dev/null` as fds 0 and 1 and
@@ -26,6 +35,7 @@ pub(crate) unsafe fn dup_raw(fd: RawFd) -> std::io::Result<OwnedFd> {
 /// is closed here and may be reused by this thread's own opens. The caller must be a thread
 /// that owns no such fd and runs only code that opens every fd it uses itself.
 unsafe fn unshare_fd_table_closing_from_3() -> std::io::Result<()> {
+    // libc: rustix has no close_range.
     // SAFETY: close_range takes no pointers; CLOSE_RANGE_UNSHARE makes it act on a private copy
     // of the table, so no `OwnedFd` anywhere in the process is invalidated. The caller
     // guarantees this thread holds no fd from before (see above).
@@ -45,13 +55,10 @@ unsafe fn unshare_fd_table_closing_from_3() -> std::io::Result<()> {
         .read(true)
         .write(true)
         .open("/dev/null")?;
-    for fd in [0, 1] {
-        // SAFETY: dup2 onto 0 and 1 of this thread's private table; nothing on this thread
-        // owns those numbers (the caller's guarantee), `null` stays open across the call.
-        if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
+    // Onto 0 and 1 of this thread's private table: nothing on this thread owns those numbers
+    // (the caller's guarantee).
+    rustix::stdio::dup2_stdin(&null)?;
+    rustix::stdio::dup2_stdout(&null)?;
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 /// These tests mount and enter namespaces: they need root and fail (never skip) without it.
 pub fn require_root() {
     assert!(
-        nix::unistd::geteuid().is_root(),
+        rustix::process::geteuid().is_root(),
         "this test needs root (it enters namespaces and mounts); run the tests as root"
     );
 }
