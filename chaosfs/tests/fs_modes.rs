@@ -159,15 +159,8 @@ fn one_mode_per_open_inode() {
     );
 }
 
-fn poll_until(mut f: impl FnMut() -> bool) {
-    let start = std::time::Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(10),
-            "condition never became true"
-        );
-        std::thread::yield_now();
-    }
+fn poll_until(f: impl FnMut() -> bool) {
+    iochaos_testsupport::wait_until("the condition", std::time::Duration::from_secs(10), f);
 }
 
 /// Needs the rule engine.

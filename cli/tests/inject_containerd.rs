@@ -8,27 +8,22 @@ mod inject_common;
 
 use std::path::{Path, PathBuf};
 
-use iochaos_testsupport::Containerd;
+use iochaos_testsupport::{Containerd, expect_success};
 
 use inject_common::{Env, Log, busybox_rootfs, check_data, inject_update_recover, workload_script};
 
 /// `ctr run -d` a busybox container of `dir/rootfs` with `dir/vol` at /vol and `dir/log` at
 /// /log; returns its init pid.
 fn run(c: &mut Containerd, id: &str, dir: &Path, script: &str) -> u32 {
-    let vol = format!(
-        "type=bind,src={},dst=/vol,options=rbind:rw",
-        dir.join("vol").display()
+    let (vol, log) = (dir.join("vol"), dir.join("log"));
+    let out = c.run(
+        id,
+        &dir.join("rootfs"),
+        &[(&vol, "/vol"), (&log, "/log")],
+        &["-d"],
+        &["/bin/sh", "-c", script],
     );
-    let log = format!(
-        "type=bind,src={},dst=/log,options=rbind:rw",
-        dir.join("log").display()
-    );
-    let rootfs = dir.join("rootfs").display().to_string();
-    c.track(id);
-    c.ctr_ok(&[
-        "run", "-d", "--mount", &vol, "--mount", &log, "--rootfs", &rootfs, id, "/bin/sh", "-c",
-        script,
-    ]);
+    expect_success(&out, "ctr run");
     c.init_pid("default", id)
 }
 
@@ -140,14 +135,7 @@ fn containerd_containers_by_name() {
     assert_eq!(env.status().len(), 1);
     env.ok(&["recover", "--all"]);
     for l in [&la, &lb] {
-        let at = l.last_round();
-        l.wait_for('H', true, at);
-        let r = l.wait_for('W', true, at);
-        l.wait_round(r + 2);
-        assert!(
-            l.lines().iter().filter(|x| x.round > r).all(|x| x.ok),
-            "errors after recover"
-        );
+        l.assert_recovered();
     }
     env.assert_clean(&servers, Some(pa));
     env.assert_clean(&[], Some(pb));

@@ -5,14 +5,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn require_privileges() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "these tests mount FUSE filesystems: run them as root"
-    );
-    assert!(
-        Path::new("/dev/fuse").exists(),
-        "these tests need /dev/fuse (modprobe fuse)"
-    );
+    iochaos_testsupport::require_root("it mounts FUSE file systems");
+    iochaos_testsupport::require_fuse();
 }
 
 fn iochaos(args: &[&str]) -> Output {

@@ -12,20 +12,7 @@ use engine::Error;
 use engine::mountinfo::{MountInfo, SharedPolicy};
 use engine::ns::{MountNs, MountSource, mount_over};
 use engine::target::{ContainerdTask, Target};
-use iochaos_testsupport::Containerd;
-
-/// `ctr run -d` a container of `rootfs` with `volume` bind-mounted at /vol.
-fn run(c: &mut Containerd, id: &str, rootfs: &Path, volume: &Path, cmd: &[&str]) {
-    let mount = format!(
-        "type=bind,src={},dst=/vol,options=rbind:rw",
-        volume.display()
-    );
-    let rootfs = rootfs.display().to_string();
-    let mut args = vec!["run", "-d", "--mount", &mount, "--rootfs", &rootfs, id];
-    args.extend_from_slice(cmd);
-    c.track(id);
-    c.ctr_ok(&args);
-}
+use iochaos_testsupport::{Containerd, busybox_rootfs, expect_success};
 
 #[test]
 fn container_found_through_its_task_dir_with_every_process() {
@@ -33,21 +20,18 @@ fn container_found_through_its_task_dir_with_every_process() {
     let d = tempfile::tempdir().expect("tempdir");
     let dir = std::fs::canonicalize(d.path()).expect("canon");
     let rootfs = dir.join("rootfs");
-    std::fs::create_dir_all(rootfs.join("bin")).expect("mkdir");
-    std::fs::create_dir_all(rootfs.join("vol")).expect("mkdir");
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
-        .expect("busybox (package busybox-static)");
+    busybox_rootfs(&rootfs, &["vol"], &[]);
     let volume = dir.join("volume");
     std::fs::create_dir(&volume).expect("mkdir");
     std::fs::write(volume.join("orig"), "original").expect("write");
 
     let mut c = Containerd::start(&dir);
     // init and one child: the whole container, not only init.
-    run(
-        &mut c,
+    let out = c.run(
         "engine-test",
         &rootfs,
-        &volume,
+        &[(&volume, "/vol")],
+        &["-d"],
         &[
             "/bin/busybox",
             "sh",
@@ -55,6 +39,7 @@ fn container_found_through_its_task_dir_with_every_process() {
             "/bin/busybox sleep 1001 & exec /bin/busybox sleep 1000",
         ],
     );
+    expect_success(&out, "ctr run");
 
     let e = ContainerdTask::find_in(&c.state, "default", "nope").expect_err("unknown");
     assert!(matches!(e, Error::UnknownContainer { .. }), "{e}");

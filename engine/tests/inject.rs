@@ -115,6 +115,21 @@ fn setup() -> (tempfile::TempDir, PathBuf, Journal) {
     (d, root, journal)
 }
 
+/// [`inject`] of [`request`] with a tmpfs for ChaosFS and a swapper that records its calls.
+fn inject_tmpfs(
+    journal: &Journal,
+    calls: &Calls,
+    pid: u32,
+    path: &Path,
+) -> engine::Result<engine::inject::Injection<TmpfsServer, RecordingSwapper>> {
+    inject(
+        journal,
+        &TmpfsLauncher(calls.clone()),
+        RecordingSwapper(calls.clone()),
+        &request(pid, path),
+    )
+}
+
 fn request(pid: u32, path: &Path) -> InjectRequest {
     InjectRequest {
         target: TargetSpec::Pid(pid),
@@ -132,13 +147,7 @@ fn inject_status_update_recover_over_the_api() {
     let vol = root.join("vol");
     let h = Helper::private_ns();
     let calls = Calls::default();
-    let inj = inject(
-        &journal,
-        &TmpfsLauncher(calls.clone()),
-        RecordingSwapper(calls.clone()),
-        &request(h.pid(), &vol),
-    )
-    .expect("inject");
+    let inj = inject_tmpfs(&journal, &calls, h.pid(), &vol).expect("inject");
     let id = inj.id();
     let entry = journal.read(&id).expect("journaled");
     let mount = entry.mount.clone().expect("mount journaled");
@@ -284,13 +293,7 @@ fn recover_from_the_journal_when_the_server_is_gone() {
     let vol = root.join("vol");
     let h = Helper::private_ns();
     let calls = Calls::default();
-    let inj = inject(
-        &journal,
-        &TmpfsLauncher(calls.clone()),
-        RecordingSwapper(calls.clone()),
-        &request(h.pid(), &vol),
-    )
-    .expect("inject");
+    let inj = inject_tmpfs(&journal, &calls, h.pid(), &vol).expect("inject");
     let id = inj.id();
     let mnt_id = journal
         .read(&id)
@@ -330,13 +333,7 @@ fn recover_from_the_journal_when_the_server_is_gone() {
 
     // And when the target has exited as well.
     let h2 = Helper::private_ns();
-    let inj = inject(
-        &journal,
-        &TmpfsLauncher(calls.clone()),
-        RecordingSwapper(calls.clone()),
-        &request(h2.pid(), &vol),
-    )
-    .expect("inject 2");
+    let inj = inject_tmpfs(&journal, &calls, h2.pid(), &vol).expect("inject 2");
     let id2 = inj.id();
     std::mem::forget(inj);
     drop(h2);

@@ -226,9 +226,7 @@ fn paths_resolve_against_the_container_root() {
     require_root();
     let d = tempfile::tempdir().expect("tempdir");
     let rootfs = fs::canonicalize(d.path()).expect("canon").join("rootfs");
-    fs::create_dir_all(rootfs.join("bin")).expect("mkdir");
-    fs::create_dir_all(rootfs.join("data")).expect("mkdir");
-    fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox (package busybox-static)");
+    iochaos_testsupport::busybox_rootfs(&rootfs, &["data"], &[]);
     fs::write(rootfs.join("data/file"), "in container").expect("write");
     std::os::unix::fs::symlink("/data", rootfs.join("link")).expect("symlink");
     // The host has no /data: a symlink resolved against the host's root would fail.

@@ -6,17 +6,12 @@ mod common;
 
 use std::path::Path;
 
-use common::{Containerd, chaosfs_mounts, poll, require_root, stderr, stdout};
-
-const SH: &str = "/bin/busybox";
-const EIO_WRITES: &str = r#"{"path":"/vol","rules":[{"ops":["write"],"errno":"EIO"}]}"#;
+use common::{Containerd, EIO_WRITES, SH, poll, stderr, stdout};
+use iochaos_testsupport::chaosfs_mounts;
 
 #[test]
 fn ctr_lifecycle_and_faults_through_the_shim() {
-    require_root();
-    let d = tempfile::tempdir().expect("tempdir");
-    let dir = std::fs::canonicalize(d.path()).expect("canon");
-    let mut c = Containerd::start(&dir);
+    let (_dir, mut c) = Containerd::start_in_tempdir();
 
     // No annotation: runc's container, exit code and all.
     let out = c.run(

@@ -5,17 +5,11 @@ mod common;
 
 use std::path::Path;
 
-use common::{Containerd, poll, require_root, stderr, stdout};
-
-const SH: &str = "/bin/busybox";
-const EIO_WRITES: &str = r#"{"path":"/vol","rules":[{"ops":["write"],"errno":"EIO"}]}"#;
+use common::{Containerd, EIO_WRITES, SH, poll, stderr, stdout};
 
 #[test]
 fn restarts_leave_no_enotconn_behind() {
-    require_root();
-    let d = tempfile::tempdir().expect("tempdir");
-    let dir = std::fs::canonicalize(d.path()).expect("canon");
-    let mut c = Containerd::start(&dir);
+    let (_dir, mut c) = Containerd::start_in_tempdir();
 
     // containerd restart: it finds our shim through `address`, the faults stay live.
     let out = c.run("r1", Some(EIO_WRITES), &["-d"], &[SH, "sleep", "1000"]);

@@ -1,14 +1,70 @@
-//! Helpers shared by the integration tests of several iochaos crates. Not part of the product.
+//! Helpers shared by the integration tests of the iochaos crates. Not part of the product: every
+//! crate has it as a dev-dependency only (chaosfs and fdswap too: it depends on neither).
 //!
+//! * [`require_root`], [`require_fuse`], [`require_fusectl`], [`require_tools`]: a privileged
+//!   test fails (never skips) when what it needs is missing.
+//! * [`poll`] / [`wait_until`]: wait for a condition with a deadline, never a fixed sleep.
+//! * [`busybox_rootfs`]: a minimal root filesystem of the static busybox.
+//! * [`Runc`]: containers of a bundle run with `runc run -d`, deleted when dropped.
 //! * [`Containerd`]: a private containerd (root, state and socket in a test's tempdir) driven
 //!   with `ctr`, which kills and removes every container it was told about, stops the daemon
 //!   and reaps the shims when dropped — also when the test fails.
-//! * [`poll`]: wait for a condition with a deadline, never a fixed sleep.
 
-use std::ffi::OsString;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+mod containerd;
+mod rootfs;
+mod runc;
+
+use std::path::Path;
+use std::process::Output;
 use std::time::{Duration, Instant};
+
+pub use containerd::Containerd;
+pub use rootfs::busybox_rootfs;
+pub use runc::{Bind, Runc};
+
+/// Fail the test unless it runs as root; `why` says what it does that needs root.
+pub fn require_root(why: &str) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root ({why}): run it as root"
+    );
+}
+
+/// Fail the test unless /dev/fuse exists.
+pub fn require_fuse() {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "this test mounts FUSE and needs /dev/fuse (modprobe fuse)"
+    );
+}
+
+/// Fail the test unless fusectl is mounted at /sys/fs/fuse/connections (teardown aborts
+/// connections through it; without it a failing test can leave a mount behind).
+pub fn require_fusectl() {
+    assert!(
+        fusectl_mounted(),
+        "this test needs fusectl mounted: mount -t fusectl none /sys/fs/fuse/connections \
+         (.ci/run does)"
+    );
+}
+
+/// Is fusectl mounted at /sys/fs/fuse/connections (so that it lists the live connections)?
+pub fn fusectl_mounted() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some("/sys/fs/fuse/connections"))
+}
+
+/// Fail the test unless each of `tools` is an executable file on PATH.
+pub fn require_tools(tools: &[&str]) {
+    for t in tools {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(t).is_file()))
+            .unwrap_or(false);
+        assert!(found, "{t} is not installed (Debian package {t})");
+    }
+}
 
 /// Poll `f` every 10 ms until it returns `Some`, failing the test after `timeout`.
 pub fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -22,199 +78,29 @@ pub fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) 
     }
 }
 
-/// A containerd of the test's own. Needs root and the Debian packages containerd (with
-/// containerd-shim-runc-v2, ctr) and runc; the test fails without them.
-pub struct Containerd {
-    daemon: Option<Child>,
-    /// The directory holding everything of this containerd.
-    pub dir: PathBuf,
-    /// Its socket (`ctr --address`).
-    pub sock: PathBuf,
-    /// Its `--state` directory (task directories live below it).
-    pub state: PathBuf,
-    env: Vec<(String, OsString)>,
-    containers: Vec<String>,
+/// [`poll`] for a condition: wait until `cond` holds, failing the test after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    poll(what, timeout, || cond().then_some(()));
 }
 
-impl Containerd {
-    /// Start containerd in `dir`.
-    pub fn start(dir: &Path) -> Containerd {
-        Containerd::start_with_env(dir, Vec::new())
-    }
-
-    /// Start containerd in `dir` with extra environment (e.g. a `PATH` that finds a shim).
-    ///
-    /// Makes this process a child subreaper: the shims daemonize, and as our orphans they are
-    /// ours to reap (this machine's pid 1 may not). A test binary using this must run one test,
-    /// so that reaping any child is safe.
-    pub fn start_with_env(dir: &Path, env: Vec<(String, OsString)>) -> Containerd {
-        nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
-        let mut c = Containerd {
-            daemon: None,
-            dir: dir.to_owned(),
-            sock: dir.join("containerd.sock"),
-            state: dir.join("state"),
-            env,
-            containers: Vec::new(),
-        };
-        c.spawn();
-        c
-    }
-
-    fn spawn(&mut self) {
-        let _ = std::fs::remove_file(&self.sock);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("containerd.log"))
-            .expect("containerd log file");
-        let daemon = Command::new("containerd")
-            .arg("--root")
-            .arg(self.dir.join("root"))
-            .arg("--state")
-            .arg(&self.state)
-            .arg("--address")
-            .arg(&self.sock)
-            .args(["--config", "/dev/null"])
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("containerd must be installed (Debian package containerd)");
-        self.daemon = Some(daemon);
-        poll("containerd to answer", Duration::from_secs(20), || {
-            self.ctr(&["version"]).status.success().then_some(())
-        });
-    }
-
-    /// Kill containerd (SIGKILL: no cleanup of its own) and start it again on the same state.
-    pub fn restart(&mut self) {
-        if let Some(mut d) = self.daemon.take() {
-            let _ = d.kill();
-            let _ = d.wait();
-        }
-        self.spawn();
-    }
-
-    /// containerd's log so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
-    }
-
-    /// Run `ctr` against this containerd.
-    pub fn ctr(&self, args: &[&str]) -> Output {
-        Command::new("ctr")
-            .arg("--address")
-            .arg(&self.sock)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("ctr must be installed (Debian package containerd)")
-    }
-
-    /// `ctr` that must succeed; its stdout.
-    pub fn ctr_ok(&self, args: &[&str]) -> String {
-        let out = self.ctr(args);
-        assert!(
-            out.status.success(),
-            "ctr {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Remove container `id` (and its task) when this is dropped.
-    pub fn track(&mut self, id: &str) {
-        if !self.containers.iter().any(|c| c == id) {
-            self.containers.push(id.to_owned());
-        }
-    }
-
-    /// The test removed container `id` itself.
-    pub fn forget(&mut self, id: &str) {
-        self.containers.retain(|c| c != id);
-    }
-
-    /// The init pid of task `id` in namespace `ns`, once its shim has written it.
-    pub fn init_pid(&self, ns: &str, id: &str) -> u32 {
-        let file = self
-            .state
-            .join("io.containerd.runtime.v2.task")
-            .join(ns)
-            .join(id)
-            .join("init.pid");
-        poll("init.pid", Duration::from_secs(20), || {
-            std::fs::read_to_string(&file).ok()?.trim().parse().ok()
-        })
-    }
-
-    /// Processes whose command line names this containerd (its shims), as (pid, argv0 name).
-    pub fn shims(&self) -> Vec<(u32, String)> {
-        let needle = self.sock.display().to_string();
-        let mut out = Vec::new();
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return out;
-        };
-        for d in dir.flatten() {
-            let Some(pid) = d.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                continue;
-            };
-            let args: Vec<String> = cmd
-                .split(|b| *b == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            let name = Path::new(args.first().map(String::as_str).unwrap_or(""))
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if name.starts_with("containerd-shim") && args.contains(&needle) {
-                out.push((pid, name));
-            }
-        }
-        out
-    }
+/// Fail the test unless the command that gave `out` succeeded (`what` names it); its stdout.
+pub fn expect_success(out: &Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-impl Drop for Containerd {
-    /// Kill and remove the tracked containers, stop containerd, kill shims a failed test left,
-    /// and reap every exited child (bounded: 5 s).
-    fn drop(&mut self) {
-        for id in std::mem::take(&mut self.containers) {
-            let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", &id]);
-            // `task rm` waits for nothing: poll until the task is gone (or give up quietly).
-            for _ in 0..500 {
-                let out = self.ctr(&["task", "rm", &id]);
-                if out.status.success()
-                    || String::from_utf8_lossy(&out.stderr).contains("not found")
-                {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = self.ctr(&["container", "rm", &id]);
-        }
-        if let Some(mut d) = self.daemon.take() {
-            let _ = d.kill();
-            let _ = d.wait();
-        }
-        for (pid, _) in self.shims() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(5)),
-                Ok(_) => {}
-                Err(_) => break, // ECHILD: none left
-            }
-        }
-    }
+/// The mountinfo lines of the ChaosFS mounts (type `fuse.chaosfs`) in `pid`'s mount namespace;
+/// none when `pid` is gone.
+pub fn chaosfs_mounts(pid: u32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(" - fuse.chaosfs "))
+        .map(str::to_owned)
+        .collect()
 }

@@ -11,25 +11,11 @@ use chaosfs::{Config, Mounted, Server};
 
 /// Fail loudly (never skip) when the privileges the tests need are missing.
 pub fn require_root_and_fuse() {
-    // SAFETY-free check through the process's own credentials.
-    let uid = std::fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .unwrap_or(u32::MAX);
-    assert_eq!(
-        uid, 0,
-        "the fs_* tests mount FUSE file systems: run them as root"
-    );
-    assert!(
-        Path::new("/dev/fuse").exists(),
-        "the fs_* tests need /dev/fuse (modprobe fuse)"
-    );
+    iochaos_testsupport::require_root("the fs_* tests mount FUSE file systems");
+    iochaos_testsupport::require_fuse();
     // Teardown aborts connections through fusectl; without it a failing test can leave a
     // mount behind. Checked before anything is mounted.
-    assert!(
-        chaosfs::mount::fusectl_mounted(),
-        "the fs_* tests need fusectl mounted: mount -t fusectl none /sys/fs/fuse/connections \
-         (.ci/run does)"
-    );
+    iochaos_testsupport::require_fusectl();
 }
 
 /// A ChaosFS mount over a temporary directory. Field order matters: the mount is dropped

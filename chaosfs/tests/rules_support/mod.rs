@@ -8,25 +8,15 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chaosfs::rules::{RuleSet, RuleStats, Spec};
 
 /// Fail (not skip) when the machine cannot mount FUSE.
 pub fn require_privileges() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the rules_* tests mount ChaosFS for real: run them as root"
-    );
-    assert!(
-        Path::new("/dev/fuse").exists(),
-        "the rules_* tests need /dev/fuse (modprobe fuse)"
-    );
-    assert!(
-        chaosfs::mount::fusectl_mounted(),
-        "the rules_* tests need fusectl mounted: mount -t fusectl none /sys/fs/fuse/connections \
-         (.ci/run does)"
-    );
+    iochaos_testsupport::require_root("the rules_* tests mount ChaosFS for real");
+    iochaos_testsupport::require_fuse();
+    iochaos_testsupport::require_fusectl();
 }
 
 /// The rules of `json`; `{"rules": []}` is the set without rules (a spec needs at least one
@@ -79,22 +69,12 @@ impl Mount {
     }
 
     fn wait_mounted(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        let me = self.dir.path().to_string_lossy().into_owned();
+        wait_for("ChaosFS to show up in mountinfo", || {
             let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-            let me = self.dir.path().to_string_lossy().into_owned();
-            if info
-                .lines()
+            info.lines()
                 .any(|l| l.split(' ').nth(4) == Some(me.as_str()) && l.contains("fuse"))
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "ChaosFS never showed up in mountinfo"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        });
     }
 
     pub fn root(&self) -> &Path {
@@ -182,12 +162,8 @@ pub fn run(cmd: &str, args: &[&str]) -> (bool, String, String) {
 }
 
 /// Wait (polling) until `cond` holds; panics with `what` after 10 s.
-pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+pub fn wait_for(what: &str, cond: impl FnMut() -> bool) {
+    iochaos_testsupport::wait_until(what, Duration::from_secs(10), cond);
 }
 
 /// Bytes that differ.

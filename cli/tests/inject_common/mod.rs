@@ -8,17 +8,14 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 /// These tests mount, trace and run containers: they need root and fail (never skip) without it.
 pub fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test needs root (it mounts FUSE, uses ptrace and runs containers)"
-    );
+    iochaos_testsupport::require_root("it mounts FUSE, uses ptrace and runs containers");
 }
 
 /// Poll `f` until it returns Some, failing after `secs` seconds.
@@ -43,6 +40,11 @@ impl Env {
 
     pub fn path(&self) -> PathBuf {
         std::fs::canonicalize(self.dir.path()).expect("canonical tempdir")
+    }
+
+    /// runc with its state in this test's directory.
+    pub fn runc(&self) -> iochaos_testsupport::Runc {
+        iochaos_testsupport::Runc::new(self.path().join("runc-state"))
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
@@ -208,6 +210,19 @@ impl Log {
         )
     }
 
+    /// After a recover: the held fd (H) and new opens (W) succeed again, and from then on every
+    /// operation does (for two more rounds).
+    pub fn assert_recovered(&self) {
+        let at = self.last_round();
+        self.wait_for('H', true, at);
+        let r = self.wait_for('W', true, at);
+        self.wait_round(r + 2);
+        assert!(
+            self.lines().iter().filter(|l| l.round > r).all(|l| l.ok),
+            "errors after recover"
+        );
+    }
+
     /// Wait until round `n` is complete (its R line is logged).
     pub fn wait_round(&self, n: u64) {
         poll(&format!("round {n}"), 30, || {
@@ -291,35 +306,31 @@ pub fn inject_update_recover(env: &Env, target: &[&str], vol: &str, log: &Log) -
     assert!(s["skipped"].is_array());
     let server = s["server_pid"].as_u64().expect("server pid") as u32;
 
-    // Latency instead of errors.
+    // Latency instead of errors: the writes succeed, each one delayed by the rule.
     let spec = env.path().join("latency.json");
     std::fs::write(&spec, r#"{"rules":[{"ops":["write"],"latency":"150ms"}]}"#).expect("spec");
     env.ok(&["update", &id, "--spec", spec.to_str().expect("utf-8")]);
-    let first = log.wait_for('W', true, log.last_round());
-    let t = Instant::now();
-    log.wait_round(first + 3);
-    let took = t.elapsed();
-    // Three rounds of two delayed writes each.
-    assert!(
-        took >= Duration::from_millis(800),
-        "3 rounds took {took:?} under 150ms latency"
-    );
+    log.wait_for('W', true, log.last_round());
+    let delayed = |st: &[Value]| st[0]["rules"][0]["injected"].as_u64().expect("injected");
+    let before = delayed(&env.status());
+    // No line of round r + 1 was logged when `before` was read, so rounds r + 2 and r + 3
+    // started after it: their four writes (W and H) were all delayed since.
+    let r = log.last_round();
+    log.wait_round(r + 3);
     let st = env.status();
     assert_eq!(st[0]["rules"][0]["spec"]["latency"], "150ms");
+    assert!(
+        delayed(&st) >= before + 4,
+        "{} writes delayed in two rounds under 150ms latency",
+        delayed(&st) - before
+    );
 
     let t0 = Instant::now();
     env.ok(&["recover", &id]);
     eprintln!("recover took {:?}", t0.elapsed());
-    let recovered_at = log.last_round();
-    log.wait_for('H', true, recovered_at);
-    let r = log.wait_for('W', true, recovered_at);
-    // Fast again.
-    let t = Instant::now();
-    log.wait_round(r + 3);
-    assert!(
-        t.elapsed() < Duration::from_millis(800),
-        "still slow after recover"
-    );
+    // No fault any more: every later operation succeeds, and the server is gone (nothing can
+    // delay them).
+    log.assert_recovered();
     env.assert_clean(&[server], None);
     id
 }
@@ -328,150 +339,48 @@ pub fn inject_update_recover(env: &Env, target: &[&str], vol: &str, log: &Log) -
 /// points); returns its path.
 pub fn busybox_rootfs(dir: &Path) -> PathBuf {
     let rootfs = dir.join("rootfs");
-    for d in [
-        "bin", "proc", "dev", "sys", "tmp", "vol", "log", "data", "hold", "usr",
-    ] {
-        std::fs::create_dir_all(rootfs.join(d)).expect("mkdir rootfs");
-    }
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
-        .expect("busybox-static must be installed (/bin/busybox)");
-    for applet in ["sh", "cat", "echo", "sleep", "usleep", "ls", "true"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("symlink");
-    }
+    iochaos_testsupport::busybox_rootfs(
+        &rootfs,
+        &[
+            "proc", "dev", "sys", "tmp", "vol", "log", "data", "hold", "usr",
+        ],
+        &["sh", "cat", "echo", "sleep", "usleep", "ls", "true"],
+    );
     // For the holder test binary: the host's /usr is bind-mounted (read-only) at /usr.
     std::os::unix::fs::symlink("usr/lib", rootfs.join("lib")).expect("symlink");
     std::os::unix::fs::symlink("usr/lib64", rootfs.join("lib64")).expect("symlink");
     rootfs
 }
 
-/// A bind mount for a runc bundle: (host source, destination, read-only).
-pub type Bind<'a> = (&'a Path, &'a str, bool);
-
-/// runc containers with their own state directory, deleted on drop.
-pub struct Runc {
-    pub state: PathBuf,
-    ids: Vec<String>,
-}
-
-impl Runc {
-    pub fn new(env: &Env) -> Runc {
-        Runc {
-            state: env.path().join("runc-state"),
-            ids: Vec::new(),
-        }
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = Command::new("runc");
-        c.arg("--root").arg(&self.state).stdin(Stdio::null());
-        c
-    }
-
-    /// Write BUNDLE/config.json (from `runc spec`) and `runc run -d` it.
-    pub fn run(
-        &mut self,
-        id: &str,
-        bundle: &Path,
-        args: &[&str],
-        readonly: bool,
-        binds: &[Bind<'_>],
-        env: &[String],
-    ) -> u32 {
-        self.run_edited(id, bundle, args, readonly, binds, env, |_| {})
-    }
-
-    /// [`Runc::run`] with a last edit of the config (e.g. a user namespace).
-    #[allow(clippy::too_many_arguments)]
-    pub fn run_edited(
-        &mut self,
-        id: &str,
-        bundle: &Path,
-        args: &[&str],
-        readonly: bool,
-        binds: &[Bind<'_>],
-        env: &[String],
-        edit: impl FnOnce(&mut Value),
-    ) -> u32 {
-        let out = Command::new("runc")
-            .args(["spec", "--bundle"])
-            .arg(bundle)
-            .output()
-            .expect("runc must be installed");
-        assert!(
-            out.status.success(),
-            "runc spec: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let path = bundle.join("config.json");
-        let mut c: Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).expect("config")).expect("json");
-        c["process"]["terminal"] = Value::Bool(false);
-        c["process"]["args"] = args.iter().map(|a| Value::from(*a)).collect();
-        if let Some(e) = c["process"]["env"].as_array_mut() {
-            e.extend(env.iter().map(|v| Value::from(v.as_str())));
-        }
-        c["root"]["readonly"] = Value::Bool(readonly);
-        if let Some(m) = c["mounts"].as_array_mut() {
-            for (src, dst, ro) in binds {
-                m.push(serde_json::json!({
-                    "destination": dst,
-                    "type": "bind",
-                    "source": src,
-                    "options": ["rbind", if *ro { "ro" } else { "rw" }],
-                }));
-            }
-        }
-        edit(&mut c);
-        std::fs::write(&path, serde_json::to_vec_pretty(&c).expect("json")).expect("write");
-        // Detached, runc hands its stdio to the container: a pipe would never see EOF.
-        let err_path = bundle.join("runc.err");
-        let err = std::fs::File::create(&err_path).expect("runc.err");
-        let status = self
-            .cmd()
-            .args(["run", "-d", "--bundle"])
-            .arg(bundle)
-            .arg(id)
-            .stdout(Stdio::null())
-            .stderr(err)
-            .status()
-            .expect("runc run");
-        assert!(
-            status.success(),
-            "runc run: {}",
-            std::fs::read_to_string(&err_path).unwrap_or_default()
-        );
-        self.ids.push(id.to_owned());
-        self.pid(id)
-    }
-
-    pub fn pid(&self, id: &str) -> u32 {
-        let out = self.cmd().args(["state", id]).output().expect("runc state");
-        let v: Value = serde_json::from_slice(&out.stdout).expect("runc state JSON");
-        v["pid"].as_u64().expect("pid") as u32
-    }
-
-    pub fn delete(&mut self, id: &str) {
-        let _ = self.cmd().args(["delete", "-f", id]).output();
-        self.ids.retain(|i| i != id);
-    }
-}
-
-impl Drop for Runc {
-    fn drop(&mut self) {
-        for id in std::mem::take(&mut self.ids) {
-            let _ = self.cmd().args(["delete", "-f", &id]).output();
-        }
-    }
-}
-
-/// The test binary, to run its `holder_process` inside a container.
+/// The test binary, to run its `holder_process` (see [`HOLDER_ARGS`]).
 pub fn test_exe() -> PathBuf {
     std::env::current_exe().expect("test exe")
 }
 
-/// "OK ERR" counts the holder writes to DIR/counts.
+/// The environment variable that makes `holder_process` hold files under the directory it names.
+pub const HOLDER_ENV: &str = "IOCHAOS_TEST_HOLDER";
+
+/// Arguments to the test binary that run only its (ignored) `holder_process`.
+pub const HOLDER_ARGS: [&str; 6] = [
+    "--exact",
+    "holder_process",
+    "--ignored",
+    "--nocapture",
+    "--test-threads",
+    "1",
+];
+
+/// How many files the holder holds open, and in how many threads.
+const HOLDER_FILES: usize = 1000;
+const HOLDER_THREADS: usize = 16;
+
+/// "OK ERR" counts the holder writes to DIR/counts (DIR/final once it stopped writing).
 pub fn counts(dir: &Path) -> Option<(u64, u64)> {
-    let s = std::fs::read_to_string(dir.join("counts")).ok()?;
+    read_counts(&dir.join("counts"))
+}
+
+fn read_counts(file: &Path) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(file).ok()?;
     let mut f = s.split_whitespace();
     Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
 }
@@ -490,16 +399,134 @@ pub fn fd_state(pid: u32, fd: i32) -> (String, String) {
     (link, mnt)
 }
 
-/// The holder's entry point: when `IOCHAOS_TEST_HOLDER` names a directory, hold 1,000 files
-/// open under DIR/vol in 16 threads (never returns); otherwise return at once.
-pub fn holder_main() {
-    if let Some(dir) = std::env::var_os("IOCHAOS_TEST_HOLDER") {
-        hold_files(Path::new(&dir), 1000, 16);
+/// [`fd_state`] of every fd of `pid` on a file under `dir` (as `pid` sees it), by fd number.
+fn fds_under(pid: u32, dir: &str) -> std::collections::BTreeMap<i32, (String, String)> {
+    let prefix = format!("{dir}/");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .map(|fd| (fd, fd_state(pid, fd)))
+        .filter(|(_, (link, _))| link.starts_with(&prefix))
+        .collect()
+}
+
+/// The pid owning a POSIX lock on `path` that conflicts with a write lock (`F_GETLK`, pid as
+/// this process sees it), if any.
+fn lock_owner(path: &Path) -> Option<i32> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open to test the lock");
+    let mut fl = whole_file_lock(libc::F_WRLCK);
+    nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_GETLK(&mut fl)).expect("F_GETLK");
+    (i32::from(fl.l_type) != libc::F_UNLCK).then_some(fl.l_pid)
+}
+
+/// A lock of `kind` (F_WRLCK, F_UNLCK…) over the whole file.
+fn whole_file_lock(kind: i32) -> libc::flock {
+    libc::flock {
+        l_type: i16::try_from(kind).expect("lock type fits l_type"),
+        l_whence: i16::try_from(libc::SEEK_SET).expect("SEEK_SET fits l_whence"),
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
     }
 }
 
-/// Open `n` files under DIR/vol in `threads` threads, write to each of them continuously, and
-/// keep DIR/counts up to date with "OK ERR" totals.
+/// Not a test: the holder's entry point. When [`HOLDER_ENV`] names a directory, hold 1,000
+/// files open under DIR/vol in 16 threads (never returns); otherwise return at once.
+pub fn holder_main() {
+    if let Some(dir) = std::env::var_os(HOLDER_ENV) {
+        hold_files(Path::new(&dir), HOLDER_FILES, HOLDER_THREADS);
+    }
+}
+
+/// The holder `pid` (started with [`HOLDER_ARGS`] and [`HOLDER_ENV`] = `dir` as it sees it,
+/// `dir` here on the host) through inject and recover at `vol` (DIR/vol as the holder sees
+/// it); `target` is the pid whose mount table must have no ChaosFS left. What is observed
+/// from outside the holder:
+/// * each held fd points into ChaosFS while injected (same path, the ChaosFS mount's id) and
+///   back at the very mount it was on before after recover;
+/// * the POSIX lock the holder took on f0 is its own before and after;
+/// * the writes fail while injected and succeed after recover;
+/// * once the holder stopped, every write it counted as done is in the files and none it
+///   counted as failed: the files hold exactly 2 bytes ("x\n") per successful write.
+pub fn thousand_files(env: &Env, pid: u32, dir: &Path, vol: &str, target: Option<u32>) {
+    poll("the holder to open its files", 30, || {
+        counts(dir).filter(|c| c.0 > 0)
+    });
+    let before = fds_under(pid, vol);
+    // The files, and the lock's fd on f0.
+    assert_eq!(before.len(), HOLDER_FILES + 1, "held fds: {before:?}");
+    let owner = i32::try_from(pid).expect("pid");
+    let f0 = dir.join("vol/f0");
+    assert_eq!(
+        lock_owner(&f0),
+        Some(owner),
+        "the holder's lock before inject"
+    );
+    let pid_s = pid.to_string();
+    env.ok(&[
+        "inject", "--pid", &pid_s, "--path", vol, "--errno", "EIO", "--ops", "write",
+    ]);
+    let st = env.status();
+    let swapped = st[0]["swapped"].as_array().expect("swapped").len();
+    assert!(swapped >= HOLDER_FILES, "only {swapped} fds swapped");
+    let server = st[0]["server_pid"]
+        .as_u64()
+        .and_then(|p| u32::try_from(p).ok())
+        .expect("server pid");
+    let during = fds_under(pid, vol);
+    let mi = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo");
+    for (fd, (link, mnt)) in &before {
+        let (link2, mnt2) = &during[fd];
+        assert_eq!(link2, link, "fd {fd} moved to another file");
+        let id = mnt2.trim_start_matches("mnt_id:").trim();
+        assert!(
+            mnt2 != mnt
+                && mi
+                    .lines()
+                    .any(|l| l.split(' ').next() == Some(id) && l.contains(" - fuse.chaosfs ")),
+            "fd {fd} ({link}) is not on ChaosFS while injected: {mnt2}\n{mi}"
+        );
+    }
+    let (_, e0) = counts(dir).expect("counts");
+    poll("errors from all files", 30, || {
+        counts(dir).filter(|c| c.1 >= e0 + 2000)
+    });
+    env.ok(&["recover", "--pid", &pid_s]);
+    assert_holder_recovered(dir);
+    assert_eq!(fds_under(pid, vol), before, "held fds after recover");
+    assert_eq!(
+        lock_owner(&f0),
+        Some(owner),
+        "the holder's lock after recover"
+    );
+    env.assert_clean(&[server], target);
+    // Stop the writers, then compare what they counted with the bytes on disk.
+    std::fs::write(dir.join("stop"), "").expect("stop file");
+    let (ok, err) = poll("the holder to stop writing", 30, || {
+        read_counts(&dir.join("final"))
+    });
+    assert!(err > 0, "no write failed");
+    let mut bytes = 0;
+    for i in 0..HOLDER_FILES {
+        let data = std::fs::read(dir.join(format!("vol/f{i}"))).expect("held file");
+        assert!(
+            data.chunks(2).all(|c| c == b"x\n"),
+            "f{i} holds more than the holder's writes"
+        );
+        bytes += data.len();
+    }
+    assert_eq!(
+        u64::try_from(bytes).expect("size"),
+        2 * ok,
+        "{ok} writes succeeded, {err} failed"
+    );
+}
+
 /// After a recover: the holder's writes succeed again and, once they have for a few rounds, none
 /// fails any more. (A write in flight when the fds moved back may fail; that is before.) An
 /// error count compared with one read at recover time would also count failures that happened
@@ -518,26 +545,35 @@ pub fn assert_holder_recovered(dir: &Path) {
     );
 }
 
+/// Open `n` files under DIR/vol in `threads` threads (and hold a POSIX write lock on f0), write
+/// "x\n" to each of them continuously, and keep DIR/counts up to date with "OK ERR" totals.
+/// Once DIR/stop exists, every thread stops writing and the final totals go to DIR/final.
 pub fn hold_files(dir: &Path, n: usize, threads: usize) -> ! {
     let ok = Arc::new(AtomicU64::new(0));
     let err = Arc::new(AtomicU64::new(0));
     let ready = Arc::new(AtomicU64::new(0));
+    let stopped = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let open = |i: usize| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("vol").join(format!("f{i}")))
+            .expect("open")
+    };
+    let lock = open(0);
+    nix::fcntl::fcntl(
+        &lock,
+        nix::fcntl::FcntlArg::F_SETLK(&whole_file_lock(libc::F_WRLCK)),
+    )
+    .expect("lock f0");
     for t in 0..threads {
         let (ok, err, ready) = (ok.clone(), err.clone(), ready.clone());
-        let dir = dir.to_owned();
+        let (stop, stopped) = (stop.clone(), stopped.clone());
+        let mut files: Vec<std::fs::File> = (0..n).filter(|i| i % threads == t).map(open).collect();
         std::thread::spawn(move || {
-            let mut files: Vec<std::fs::File> = (0..n)
-                .filter(|i| i % threads == t)
-                .map(|i| {
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(dir.join("vol").join(format!("f{i}")))
-                        .expect("open")
-                })
-                .collect();
             ready.fetch_add(1, Ordering::SeqCst);
-            loop {
+            while !stop.load(Ordering::SeqCst) {
                 for f in &mut files {
                     match f.write_all(b"x\n") {
                         Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
@@ -546,20 +582,35 @@ pub fn hold_files(dir: &Path, n: usize, threads: usize) -> ! {
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
+            stopped.fetch_add(1, Ordering::SeqCst);
+            loop {
+                std::thread::park();
+            }
         });
     }
+    let threads = u64::try_from(threads).expect("thread count");
+    let write_counts = |name: &str| {
+        let tmp = dir.join("counts.tmp");
+        let line = format!(
+            "{} {}\n",
+            ok.load(Ordering::SeqCst),
+            err.load(Ordering::SeqCst)
+        );
+        let _ = std::fs::write(&tmp, line);
+        let _ = std::fs::rename(&tmp, dir.join(name));
+    };
     loop {
-        if ready.load(Ordering::SeqCst) == threads as u64 {
-            let tmp = dir.join("counts.tmp");
-            let _ = std::fs::write(
-                &tmp,
-                format!(
-                    "{} {}\n",
-                    ok.load(Ordering::Relaxed),
-                    err.load(Ordering::Relaxed)
-                ),
-            );
-            let _ = std::fs::rename(&tmp, dir.join("counts"));
+        if dir.join("stop").exists() {
+            stop.store(true, Ordering::SeqCst);
+        }
+        if stopped.load(Ordering::SeqCst) == threads {
+            write_counts("final");
+            loop {
+                std::thread::park();
+            }
+        }
+        if ready.load(Ordering::SeqCst) == threads {
+            write_counts("counts");
         }
         std::thread::sleep(Duration::from_millis(10));
     }

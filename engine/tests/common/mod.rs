@@ -7,10 +7,7 @@ use std::time::Duration;
 
 /// These tests mount and enter namespaces: they need root and fail (never skip) without it.
 pub fn require_root() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "this test needs root (it enters namespaces and mounts); run the tests as root"
-    );
+    iochaos_testsupport::require_root("it enters namespaces and mounts");
 }
 
 /// Poll `f` until it returns Some, failing after 10 s.

@@ -13,10 +13,7 @@ pub const TESTEE: &str = env!("CARGO_BIN_EXE_fdswap-testee");
 
 /// These tests ptrace and mount: they need root and fail (not skip) without it.
 pub fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "fdswap tests need root (ptrace, mount namespaces, bind mounts)"
-    );
+    iochaos_testsupport::require_root("ptrace, mount namespaces, bind mounts");
 }
 
 pub struct Testee {

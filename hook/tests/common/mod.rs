@@ -4,7 +4,6 @@
 
 #![allow(dead_code)]
 
-use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -22,23 +21,9 @@ pub const WORKLOAD: &str = "grep ' /data ' /proc/self/mountinfo; \
 
 /// Root, /dev/fuse and the tool are required: fail loudly, never skip.
 pub fn require(tools: &[&str]) {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "these tests drive real container runtimes and need root"
-    );
-    assert!(
-        Path::new("/dev/fuse").exists(),
-        "these tests need /dev/fuse (ChaosFS)"
-    );
-    for t in tools {
-        let found = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(t).is_file()))
-            .unwrap_or(false);
-        assert!(
-            found,
-            "{t} is not installed (Debian package {t}; see docs/hook.md)"
-        );
-    }
+    iochaos_testsupport::require_root("it drives real container runtimes");
+    iochaos_testsupport::require_fuse();
+    iochaos_testsupport::require_tools(tools);
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,15 +51,11 @@ impl Scene {
             .prefix("iochaos-hook-test.")
             .tempdir()
             .expect("tempdir");
-        let rootfs = dir.path().join("bundle/rootfs");
-        for d in ["bin", "data", "proc", "dev", "sys", "tmp"] {
-            std::fs::create_dir_all(rootfs.join(d)).expect("rootfs dirs");
-        }
-        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
-            .expect("copying /bin/busybox (Debian package busybox-static)");
-        for applet in ["sh", "echo", "cat", "grep", "sleep", "ls", "ln"] {
-            symlink("busybox", rootfs.join("bin").join(applet)).expect("applet link");
-        }
+        iochaos_testsupport::busybox_rootfs(
+            &dir.path().join("bundle/rootfs"),
+            &["data", "proc", "dev", "sys", "tmp"],
+            &["sh", "echo", "cat", "grep", "sleep", "ls", "ln"],
+        );
         Scene {
             dir,
             runtime,
@@ -471,11 +452,7 @@ pub fn chaosfs_connection(output: &str) -> Option<u32> {
     Some((maj.parse::<u32>().ok()? << 20) | min.parse::<u32>().ok()?)
 }
 
-/// Is fusectl mounted (so that /sys/fs/fuse/connections lists the live connections)?
-pub fn fusectl_mounted() -> bool {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .is_ok_and(|m| m.lines().any(|l| l.contains(" - fusectl ")))
-}
+pub use iochaos_testsupport::fusectl_mounted;
 
 /// Each thread of `pid` with its name and kernel stack (root can read them): where a process
 /// that should have exited is stuck.

@@ -10,12 +10,13 @@ use std::process::Output;
 use std::time::Duration;
 
 pub const RUNTIME: &str = "io.containerd.iochaos.v2";
+/// The shell of the busybox containers.
+pub const SH: &str = "/bin/busybox";
+/// The annotation most tests use: every write under /vol fails with EIO.
+pub const EIO_WRITES: &str = r#"{"path":"/vol","rules":[{"ops":["write"],"errno":"EIO"}]}"#;
 
 pub fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test runs containerd and mounts: run it as root"
-    );
+    iochaos_testsupport::require_root("it runs containerd and mounts");
 }
 
 /// Poll `f` until it returns Some, failing after 20 s.
@@ -46,13 +47,20 @@ impl std::ops::DerefMut for Containerd {
 }
 
 impl Containerd {
+    /// [`Containerd::start`] in a fresh tempdir (needs root), which it returns too (to be
+    /// dropped after the containerd).
+    pub fn start_in_tempdir() -> (tempfile::TempDir, Containerd) {
+        require_root();
+        let d = tempfile::tempdir().expect("tempdir");
+        let dir = std::fs::canonicalize(d.path()).expect("canon");
+        let c = Containerd::start(&dir);
+        (d, c)
+    }
+
     /// containerd in `dir`, a busybox rootfs and a volume directory to bind at /vol.
     pub fn start(dir: &Path) -> Containerd {
         let rootfs = dir.join("rootfs");
-        std::fs::create_dir_all(rootfs.join("bin")).expect("mkdir");
-        std::fs::create_dir_all(rootfs.join("vol")).expect("mkdir");
-        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
-            .expect("busybox (package busybox-static)");
+        iochaos_testsupport::busybox_rootfs(&rootfs, &["vol"], &[]);
         let volume = dir.join("volume");
         std::fs::create_dir_all(&volume).expect("mkdir");
         let shim_dir = Path::new(env!("CARGO_BIN_EXE_containerd-shim-iochaos-v2"))
@@ -82,21 +90,14 @@ impl Containerd {
 
     /// `ctr run` on our runtime, with the volume at /vol and the annotation if `spec` is given.
     pub fn run(&mut self, id: &str, spec: Option<&str>, flags: &[&str], cmd: &[&str]) -> Output {
-        let mount = format!(
-            "type=bind,src={},dst=/vol,options=rbind:rw",
-            self.volume.display()
-        );
         let annotation = spec.map(|s| format!("dev.iochaos.spec={s}"));
-        let mut args = vec!["run", "--runtime", RUNTIME, "--mount", &mount];
+        let mut all = vec!["--runtime", RUNTIME];
         if let Some(a) = &annotation {
-            args.extend(["--annotation", a.as_str()]);
+            all.extend(["--annotation", a.as_str()]);
         }
-        args.extend_from_slice(flags);
-        let rootfs = self.rootfs.display().to_string();
-        args.extend(["--rootfs", &rootfs, id]);
-        args.extend_from_slice(cmd);
-        self.c.track(id);
-        self.ctr(&args)
+        all.extend_from_slice(flags);
+        let (rootfs, volume) = (self.rootfs.clone(), self.volume.clone());
+        self.c.run(id, &rootfs, &[(&volume, "/vol")], &all, cmd)
     }
 
     /// The task's status column in `ctr task ls` (None when it has no task).
@@ -136,14 +137,4 @@ pub fn stdout(o: &Output) -> String {
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Mount points of type fuse.chaosfs in pid's mount namespace.
-pub fn chaosfs_mounts(pid: u32) -> Vec<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains(" - fuse.chaosfs "))
-        .map(str::to_owned)
-        .collect()
 }
