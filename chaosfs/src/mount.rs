@@ -127,10 +127,20 @@ const CONNECTIONS: &str = "/sys/fs/fuse/connections";
 /// Whether fusectl is mounted at `/sys/fs/fuse/connections`: without it no connection can be
 /// aborted ([`Connection::abort`]), so a server whose mount is still in use cannot be stopped.
 pub fn fusectl_mounted() -> bool {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(CONNECTIONS))
+    self_mounts().is_ok_and(|mounts| {
+        mounts
+            .iter()
+            .any(|m| m.mount_point == Path::new(CONNECTIONS))
+    })
+}
+
+/// The lines of `/proc/self/mountinfo` that parse (iochaos-procinfo's parser).
+fn self_mounts() -> std::io::Result<Vec<procinfo::Mount>> {
+    let text = std::fs::read("/proc/self/mountinfo")?;
+    Ok(text
+        .split(|&b| b == b'\n')
+        .filter_map(|l| procinfo::Mount::parse(l).ok())
+        .collect())
 }
 
 impl Connection {
@@ -152,41 +162,21 @@ impl Connection {
     /// (`/proc/self/mountinfo`). Sends no request to the file system, so it is safe to call
     /// before the server runs.
     pub fn of_mount(target: &Path) -> Result<Connection> {
-        let info = std::fs::read_to_string("/proc/self/mountinfo")
-            .map_err(|e| Error::sys("read /proc/self/mountinfo", e))?;
+        let mounts = self_mounts().map_err(|e| Error::sys("read /proc/self/mountinfo", e))?;
         let want = target.as_os_str().as_bytes();
-        let mut found = None;
-        for line in info.lines() {
-            let mut fields = line.split(' ');
-            let (Some(_id), Some(_parent), Some(devno), Some(_root), Some(mnt)) = (
-                fields.next(),
-                fields.next(),
-                fields.next(),
-                fields.next(),
-                fields.next(),
-            ) else {
-                continue;
-            };
-            let Some(fstype) = line.split(" - ").nth(1).and_then(|s| s.split(' ').next()) else {
-                continue;
-            };
-            if !fstype.starts_with("fuse") || unescape_mountinfo(mnt) != want {
-                continue;
-            }
-            if let Some((ma, mi)) = devno.split_once(':')
-                && let (Ok(ma), Ok(mi)) = (ma.parse::<u32>(), mi.parse::<u32>())
-            {
-                found = Some(Connection {
-                    id: (ma << 20) | mi,
-                });
-            }
-        }
-        found.ok_or_else(|| {
-            Error::sys(
-                format!("no FUSE mount on {}", target.display()),
-                std::io::Error::from_raw_os_error(libc::ENOENT),
-            )
-        })
+        mounts
+            .iter()
+            .rev()
+            .find(|m| m.fs_type.starts_with("fuse") && m.mount_point.as_os_str().as_bytes() == want)
+            .map(|m| Connection {
+                id: (m.major << 20) | m.minor,
+            })
+            .ok_or_else(|| {
+                Error::sys(
+                    format!("no FUSE mount on {}", target.display()),
+                    std::io::Error::from_raw_os_error(libc::ENOENT),
+                )
+            })
     }
 
     fn file(&self, name: &str) -> PathBuf {
@@ -218,26 +208,9 @@ impl Connection {
 }
 
 /// Undo mountinfo's octal escapes (`\040` for space, ...).
+#[cfg(test)]
 fn unescape_mountinfo(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') as u32 * 64
-                + (b[i + 2] - b'0') as u32 * 8
-                + (b[i + 3] - b'0') as u32;
-            out.push(v as u8);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
+    procinfo::mountinfo::unescape_bytes(s.as_bytes())
 }
 
 #[cfg(test)]

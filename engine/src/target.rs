@@ -83,36 +83,50 @@ pub struct ProcStat {
     pub start_time: u64,
 }
 
-const PF_KTHREAD: u32 = 0x0020_0000;
-
 impl ProcStat {
     /// Read and parse `/proc/<pid>/stat`.
     pub fn read(pid: u32) -> Result<ProcStat> {
-        let path = format!("/proc/{pid}/stat");
-        let text = fs::read_to_string(&path).map_err(|e| proc_error(pid, &path, e))?;
-        ProcStat::parse(&text).ok_or_else(|| Error::Malformed {
-            path: path.into(),
-            reason: "unexpected format".into(),
-        })
+        Ok(procinfo::ProcStat::read(pid)?.into())
     }
 
     /// Parse the text of a `/proc/PID/stat` file. The command name may hold spaces and
     /// parentheses, so fields are counted from the last `)`.
     pub fn parse(text: &str) -> Option<ProcStat> {
-        let rest = &text[text.rfind(')')? + 1..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        // f[0] is field 3 (state).
-        Some(ProcStat {
-            state: f.first()?.chars().next()?,
-            ppid: f.get(1)?.parse().ok()?,
-            flags: f.get(6)?.parse().ok()?,
-            start_time: f.get(19)?.parse().ok()?,
-        })
+        procinfo::ProcStat::parse(text).map(ProcStat::from)
     }
 
     /// A kernel thread (no user space to inject into).
     pub fn is_kernel_thread(&self) -> bool {
-        self.flags & PF_KTHREAD != 0
+        let ProcStat {
+            state,
+            ppid,
+            flags,
+            start_time,
+        } = *self;
+        procinfo::ProcStat {
+            state,
+            ppid,
+            flags,
+            start_time,
+        }
+        .is_kernel_thread()
+    }
+}
+
+impl From<procinfo::ProcStat> for ProcStat {
+    fn from(s: procinfo::ProcStat) -> ProcStat {
+        let procinfo::ProcStat {
+            state,
+            ppid,
+            flags,
+            start_time,
+        } = s;
+        ProcStat {
+            state,
+            ppid,
+            flags,
+            start_time,
+        }
     }
 }
 
@@ -389,29 +403,18 @@ impl FdInfo {
     /// Read `/proc/PID/fdinfo/FD`; `None` if it is gone or unreadable.
     pub fn read(pid: u32, fd: i32) -> Option<FdInfo> {
         let text = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
-        let (mut flags, mut pos, mut mnt_id) = (None, None, None);
-        for line in text.lines() {
-            if let Some((k, v)) = line.split_once(':') {
-                let v = v.trim();
-                match k {
-                    "pos" => pos = v.parse().ok(),
-                    "flags" => flags = i32::from_str_radix(v, 8).ok(),
-                    "mnt_id" => mnt_id = v.parse().ok(),
-                    _ => {}
-                }
-            }
-        }
+        let info = procinfo::parse_fdinfo(&text)?;
         Some(FdInfo {
-            flags: flags?,
-            pos: pos?,
-            mnt_id: mnt_id?,
+            flags: info.flags,
+            pos: info.pos,
+            mnt_id: info.mnt_id,
         })
     }
 }
 
 /// Does `pid` still run (exists and is not a zombie)?
 pub fn is_running(pid: u32) -> bool {
-    ProcStat::read(pid).is_ok_and(|s| s.state != 'Z' && s.state != 'X')
+    procinfo::ProcStat::read(pid).is_ok_and(|s| s.is_alive())
 }
 
 /// Wait up to `timeout` for process `pid` to exit (true if it did, or did not exist). Waits on

@@ -146,6 +146,16 @@ fn kept_note(kept: &[i32]) -> String {
 /// Result with this crate's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
+impl From<procinfo::Error> for Error {
+    fn from(e: procinfo::Error) -> Error {
+        match e {
+            procinfo::Error::Io { path, source }
+            | procinfo::Error::NoSuchProcess { path, source, .. } => Error::Proc { path, source },
+            procinfo::Error::Format { path, detail } => Error::ProcFormat { path, line: detail },
+        }
+    }
+}
+
 pub(crate) fn proc_err(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {
     let path = path.into();
     move |source| Error::Proc { path, source }

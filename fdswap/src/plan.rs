@@ -395,14 +395,11 @@ impl View<'_> {
 /// Filesystem types of the mounts attached in `pid`'s mount namespace, by mount id (`None`:
 /// mountinfo could not be read).
 fn mount_types(pid: i32) -> Option<HashMap<u64, String>> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
+    let text = std::fs::read(format!("/proc/{pid}/mountinfo")).ok()?;
     Some(
-        text.lines()
-            .filter_map(|l| {
-                let id = l.split(' ').next()?.parse().ok()?;
-                let fstype = l.split_once(" - ")?.1.split(' ').next()?;
-                Some((id, fstype.to_owned()))
-            })
+        text.split(|&b| b == b'\n')
+            .filter_map(|l| procinfo::Mount::parse(l).ok())
+            .map(|m| (m.mnt_id, m.fs_type))
             .collect(),
     )
 }
