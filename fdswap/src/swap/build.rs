@@ -1,0 +1,746 @@
+//! Building the op table of one unit, step by step (see `program.rs` for how ops run and roll
+//! back, and docs/fdswap.md for the order).
+//!
+//! `batch` bounds the descriptions per transaction: each keeps its new file open in a spare fd
+//! until its batch commits, so a target near its hard RLIMIT_NOFILE (which cannot be raised
+//! without CAP_SYS_RESOURCE) is done in several transactions within the same stop.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use libc::{
+    AT_EMPTY_PATH, AT_FDCWD, AT_STATX_DONT_SYNC, F_DUPFD_CLOEXEC, F_GETFD, F_GETFL, F_GETLK,
+    F_RDLCK, F_SETLK, F_UNLCK, F_WRLCK, MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED,
+    MREMAP_FIXED, MREMAP_MAYMOVE, O_ACCMODE, O_CLOEXEC, O_CREAT, O_DIRECTORY, O_EXCL, O_NOCTTY,
+    O_PATH, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY, PROT_EXEC, PROT_NONE, PROT_READ, PROT_WRITE,
+    SEEK_CUR, SEEK_SET, SIG_SETMASK, SIGTRAP, STATX_INO, STATX_MNT_ID, SYS_close, SYS_dup3,
+    SYS_fchdir, SYS_fcntl, SYS_lseek, SYS_mmap, SYS_mremap, SYS_munmap, SYS_openat,
+    SYS_rt_sigprocmask, SYS_statx,
+};
+
+use crate::plan::{CwdItem, FdItem, MapItem, ProcessPlan};
+use crate::program::{Arg, Call, Check, Desc, Program, on_fd, on_map, step};
+use crate::sys::FileId;
+
+/// A unit's program and which fds each batch commits.
+pub(super) struct Built {
+    pub(super) program: Program,
+    /// Per batch: the index of its commit op (`usize::MAX` for the last batch, which commits
+    /// when the stub ends) and the fds it moves.
+    pub(super) batches: Vec<(usize, Vec<i32>)>,
+}
+
+/// Build the op table for one unit. `gaps`: the free fd numbers below the highest fd to reopen
+/// in place (see `run::in_place_top`), as they are when the program runs; `None`: reopen
+/// nothing in place.
+pub(super) fn build(unit: &ProcessPlan, trapsig: i32, batch: usize, gaps: Option<&[i32]>) -> Built {
+    let mut b = Builder::new(unit, gaps);
+    b.block_signals(trapsig);
+    let batch_groups = b.batch_groups(batch);
+    b.find_lock_carriers();
+    let n = batch_groups.len();
+    let batches = batch_groups
+        .iter()
+        .enumerate()
+        .map(|(i, groups)| b.batch(groups, i + 1 == n))
+        .collect();
+    Built {
+        program: b.pr,
+        batches,
+    }
+}
+
+/// A C `int` argument as the 64-bit register the kernel reads it from (sign-extended, as the
+/// C calling convention passes it).
+fn reg(v: i32) -> u64 {
+    u64::from_ne_bytes(i64::from(v).to_ne_bytes())
+}
+
+/// An `int` immediate argument.
+fn int(v: i32) -> Arg {
+    Arg::Imm(reg(v))
+}
+
+/// The NUL-terminated bytes of a path (an empty string if it holds a NUL, which no path the
+/// kernel gave us does).
+fn cstr(p: &Path) -> Vec<u8> {
+    CString::new(p.as_os_str().as_bytes())
+        .map(|c| c.into_bytes_with_nul())
+        .unwrap_or_else(|_| b"\0".to_vec())
+}
+
+/// A `struct flock` (x86_64 layout) of a read or write lock on bytes `start..=end` (`None`:
+/// to EOF), for `F_SETLK`, or for the `F_GETLK` probe (a copy of its own: the kernel
+/// overwrites it, with `F_UNLCK` when nobody holds a conflicting lock).
+fn flock_bytes(write: bool, start: u64, end: Option<u64>) -> Vec<u8> {
+    // l_type and l_whence are C shorts; the F_*LCK and SEEK_* constants are small.
+    let short = |v: i32| i16::try_from(v).expect("F_*LCK and SEEK_* fit a short");
+    let ty = if write { F_WRLCK } else { F_RDLCK };
+    let len = end.map_or(0, |e| e.saturating_sub(start) + 1);
+    let mut b = vec![0u8; 32];
+    b[0..2].copy_from_slice(&short(ty).to_le_bytes());
+    b[2..4].copy_from_slice(&short(SEEK_SET).to_le_bytes());
+    b[8..16].copy_from_slice(&start.to_le_bytes());
+    b[16..24].copy_from_slice(&len.to_le_bytes());
+    b
+}
+
+/// A POSIX lock and the fd (and description group) that carries it.
+struct LockSlot {
+    fd: i32,
+    group: usize,
+    /// `struct flock` that takes it again.
+    take: usize,
+    /// `struct flock` for the `F_GETLK` probe on the new file.
+    probe: usize,
+}
+
+/// What a group leaves for after the point of no return.
+enum Opened {
+    /// The new file is open in a spare fd (result of op `new`): put it on the fds of group
+    /// `group`, then close the spare.
+    Spare { new: usize, group: usize },
+    /// The new file is on the fds already; the old description is kept open here.
+    InPlace { saved: usize },
+}
+
+/// What one batch's open phase leaves for its final part.
+#[derive(Default)]
+struct BatchOps<'u> {
+    opened: Vec<Opened>,
+    moved: Vec<i32>,
+    placeholders: Vec<usize>,
+    dir_ops: HashMap<&'u Path, usize>,
+    /// Parked old mappings: (reservation op, length).
+    parks: Vec<(usize, u64)>,
+    temps: Vec<usize>,
+}
+
+struct Builder<'u> {
+    unit: &'u ProcessPlan,
+    gaps: Option<&'u [i32]>,
+    pr: Program,
+    /// An empty path (`statx` on an fd with `AT_EMPTY_PATH`).
+    empty: usize,
+    /// A `struct statx` buffer.
+    stx: usize,
+    /// The signal mask the stub thread had.
+    orig_mask: usize,
+    /// Description groups (indices into `unit.fds`), a file's groups next to each other.
+    groups: Vec<Vec<usize>>,
+    locks: Vec<LockSlot>,
+}
+
+impl<'u> Builder<'u> {
+    fn new(unit: &'u ProcessPlan, gaps: Option<&'u [i32]>) -> Self {
+        let mut pr = Program::default();
+        let empty = pr.data(b"\0".to_vec());
+        let stx = pr.data(vec![0u8; 256]);
+        let orig_mask = pr.data(vec![0u8; 8]);
+        Builder {
+            unit,
+            gaps,
+            pr,
+            empty,
+            stx,
+            orig_mask,
+            groups: Vec::new(),
+            locks: Vec::new(),
+        }
+    }
+
+    fn fd(&self, group: usize) -> &'u FdItem {
+        &self.unit.fds[self.groups[group][0]]
+    }
+
+    /// Push an `openat(dirfd, path, flags)` step whose result must be an fd, closed again if a
+    /// later step fails; returns the step's index (its result is the new fd).
+    fn openat(&mut self, what: Desc, dirfd: Arg, path: usize, flags: i32) -> usize {
+        let o = self.pr.push(
+            what,
+            Call::sys(SYS_openat, &[dirfd, Arg::Data(path), int(flags), int(0)]),
+            Check::NonNeg,
+            None,
+        );
+        self.pr.ops[o].set_undo(Call::sys(SYS_close, &[Arg::Result(o)]));
+        o
+    }
+
+    /// Push "dup3 the file opened by step `from` onto `f`'s number, with its close-on-exec";
+    /// with `undo_from`, undone by dup3 of that step's file (the saved old description) back.
+    fn dup3_onto(&mut self, from: usize, f: &FdItem, undo_from: Option<usize>) {
+        let dup3 = |src: usize| {
+            let cl = f.flags & O_CLOEXEC;
+            Call::sys(SYS_dup3, &[Arg::Result(src), int(f.fd), int(cl)])
+        };
+        self.pr.push(
+            on_fd("dup3 onto", f.fd),
+            dup3(from),
+            Check::Eq(reg(f.fd)),
+            undo_from.map(dup3),
+        );
+    }
+
+    /// `statx` of `fd` and a comparison with `id`: is it still the file the scan saw?
+    fn check_file(&mut self, fd: Arg, id: &FileId, what: Desc) {
+        let statx_mask = STATX_INO | STATX_MNT_ID;
+        let statx_flags = AT_EMPTY_PATH | AT_STATX_DONT_SYNC;
+        self.pr.push(
+            what,
+            Call::sys(
+                SYS_statx,
+                &[
+                    fd,
+                    Arg::Data(self.empty),
+                    int(statx_flags),
+                    Arg::Imm(u64::from(statx_mask)),
+                    Arg::Data(self.stx),
+                ],
+            ),
+            Check::NonNeg,
+            None,
+        );
+        self.pr
+            .push(what, Call::compare_file(self.stx, id), Check::NonNeg, None);
+    }
+
+    /// Plain fcntl(fd, cmd, arg) as a call.
+    fn fcntl(fd: Arg, cmd: i32, arg: Arg) -> Call {
+        Call::sys(SYS_fcntl, &[fd, int(cmd), arg])
+    }
+
+    /// The stub runs with every signal blocked but the trap signal; undone on rollback.
+    fn block_signals(&mut self, trapsig: i32) {
+        let trap = if trapsig > 0 { trapsig } else { SIGTRAP };
+        let block: u64 = !(1u64 << (trap - 1));
+        let block_d = self.pr.data(block.to_le_bytes().to_vec());
+        let restore = self.restore_mask_call();
+        self.pr.push(
+            step("block signals"),
+            Call::sys(
+                SYS_rt_sigprocmask,
+                &[
+                    int(SIG_SETMASK),
+                    Arg::Data(block_d),
+                    Arg::Data(self.orig_mask),
+                    int(8),
+                ],
+            ),
+            Check::NonNeg,
+            Some(restore),
+        );
+    }
+
+    fn restore_mask_call(&self) -> Call {
+        Call::sys(
+            SYS_rt_sigprocmask,
+            &[int(SIG_SETMASK), Arg::Data(self.orig_mask), int(0), int(8)],
+        )
+    }
+
+    /// Group the fds by description, a file's groups kept together, and cut the groups into
+    /// batches of at most `batch` (a batch never splits a file's fds: closing one drops the
+    /// process's POSIX locks on the whole file). Returns the group indices of each batch.
+    fn batch_groups(&mut self, batch: usize) -> Vec<Vec<usize>> {
+        let unit = self.unit;
+        let mut groups: HashMap<usize, Vec<usize>> = HashMap::new();
+        for (i, f) in unit.fds.iter().enumerate() {
+            groups.entry(f.description).or_default().push(i);
+        }
+        let mut gl: Vec<Vec<usize>> = groups.into_values().collect();
+        gl.sort_by_key(|m| {
+            let f = &unit.fds[m[0]];
+            (f.from.dev, f.from.ino, f.fd)
+        });
+        let file_of = |g: &Vec<usize>| {
+            let f = &unit.fds[g[0]];
+            (f.from.dev, f.from.ino)
+        };
+        let mut batches: Vec<Vec<usize>> = vec![Vec::new()];
+        for g in 0..gl.len() {
+            let cur = batches.last().map_or(0, Vec::len);
+            let same_file = g > 0 && file_of(&gl[g]) == file_of(&gl[g - 1]);
+            if cur >= batch.max(1) && !same_file {
+                batches.push(Vec::new());
+            }
+            if let Some(b) = batches.last_mut() {
+                b.push(g);
+            }
+        }
+        self.groups = gl;
+        batches
+    }
+
+    /// For each POSIX lock, the fd (and group) that carries it: one on the same file opened
+    /// with an access mode that allows the lock.
+    fn find_lock_carriers(&mut self) {
+        let unit = self.unit;
+        for l in &unit.locks {
+            let carrier = self.groups.iter().enumerate().find_map(|(g, members)| {
+                members.iter().find_map(|&i| {
+                    let f = &unit.fds[i];
+                    let a = f.flags & O_ACCMODE;
+                    let ok = if l.write {
+                        a == O_WRONLY || a == O_RDWR
+                    } else {
+                        a == O_RDONLY || a == O_RDWR
+                    };
+                    ((f.from.ino, f.from.dev) == (l.ino, l.dev) && ok).then_some((f.fd, g))
+                })
+            });
+            if let Some((fd, group)) = carrier {
+                let take = self.pr.data(flock_bytes(l.write, l.start, l.end));
+                let probe = self.pr.data(flock_bytes(l.write, l.start, l.end));
+                self.locks.push(LockSlot {
+                    fd,
+                    group,
+                    take,
+                    probe,
+                });
+            }
+        }
+    }
+
+    /// One batch: the open phase (undoable), then its final part; returns its commit op and
+    /// the fds it moves.
+    fn batch(&mut self, groups: &[usize], last: bool) -> (usize, Vec<i32>) {
+        self.retake_locks_on_rollback(groups);
+        let mut ops = BatchOps {
+            placeholders: self.fill_gaps(groups),
+            dir_ops: self.open_parent_dirs(groups),
+            ..BatchOps::default()
+        };
+        for &g in groups {
+            self.reopen_group(g, &mut ops);
+        }
+        if last {
+            for m in &self.unit.maps {
+                self.remap(m, &mut ops);
+            }
+            if let Some(c) = &self.unit.cwd {
+                self.move_cwd(c, &mut ops);
+            }
+        }
+        self.final_part(groups, ops, last)
+    }
+
+    /// On rollback, re-take the original locks last (closing the file dropped them).
+    fn retake_locks_on_rollback(&mut self, groups: &[usize]) {
+        for l in self.locks.iter().filter(|l| groups.contains(&l.group)) {
+            self.pr.push(
+                on_fd("re-take the original lock on", l.fd),
+                Call::nothing(),
+                Check::None,
+                Some(Self::fcntl(int(l.fd), F_SETLK, Arg::Data(l.take))),
+            );
+        }
+    }
+
+    /// Reopened in place: the group's old file is on a filesystem with a quiet close.
+    fn in_place(&self, g: usize) -> bool {
+        self.gaps.is_some() && !self.fd(g).old_close_costs
+    }
+
+    /// Reopening in place needs the fd being reopened to be the lowest free number when the
+    /// openat runs: fill the gaps below it first (O_PATH placeholders, whose close costs
+    /// nothing), so that every other fd the stub opens lands above. Returns the placeholders.
+    fn fill_gaps(&mut self, groups: &[usize]) -> Vec<usize> {
+        let mut placeholders = Vec::new();
+        let Some(gaps) = self.gaps.filter(|g| !g.is_empty()) else {
+            return placeholders;
+        };
+        if !groups.iter().any(|&g| self.in_place(g)) {
+            return placeholders;
+        }
+        let root = self.pr.data(b"/\0".to_vec());
+        let src = self.openat(
+            step("open a placeholder for the fd gaps"),
+            int(AT_FDCWD),
+            root,
+            O_PATH | O_CLOEXEC,
+        );
+        self.pr.push(
+            step("the placeholder in the first fd gap (fds changed since the scan?)"),
+            Call::compare_result(src, reg(gaps[0])),
+            Check::NonNeg,
+            None,
+        );
+        placeholders.push(src);
+        for &h in &gaps[1..] {
+            let o = self.pr.push(
+                step("fill an fd gap"),
+                Self::fcntl(Arg::Result(src), F_DUPFD_CLOEXEC, int(h)),
+                Check::NonNeg,
+                None,
+            );
+            self.pr.ops[o].set_undo(Call::sys(SYS_close, &[Arg::Result(o)]));
+            self.pr.push(
+                step("a placeholder in an fd gap (fds changed since the scan?)"),
+                Call::compare_result(o, reg(h)),
+                Check::NonNeg,
+                None,
+            );
+            placeholders.push(o);
+        }
+        placeholders
+    }
+
+    /// Directories holding two or more of this batch's files are opened once (O_PATH), and
+    /// the files relative to them: one path component to walk instead of all.
+    fn open_parent_dirs(&mut self, groups: &[usize]) -> HashMap<&'u Path, usize> {
+        let mut dir_count: HashMap<&'u Path, usize> = HashMap::new();
+        for &g in groups {
+            if let Some(d) = self.fd(g).path.parent() {
+                *dir_count.entry(d).or_default() += 1;
+            }
+        }
+        let mut dir_ops = HashMap::new();
+        for (d, _) in dir_count.into_iter().filter(|(_, n)| *n >= 2) {
+            let dp = self.pr.data(cstr(d));
+            let o = self.openat(
+                step("open a parent directory"),
+                int(AT_FDCWD),
+                dp,
+                O_PATH | O_DIRECTORY | O_CLOEXEC,
+            );
+            dir_ops.insert(d, o);
+        }
+        dir_ops
+    }
+
+    /// The old description of group `g` is still what the scan saw: same file, flags and
+    /// close-on-exec of each fd.
+    fn check_old(&mut self, g: usize) {
+        let f0 = self.fd(g);
+        self.check_file(
+            int(f0.fd),
+            &f0.from,
+            on_fd("check (changed since the scan?) of", f0.fd),
+        );
+        self.pr.push(
+            on_fd("F_GETFL (flags changed since the scan?) of", f0.fd),
+            Self::fcntl(int(f0.fd), F_GETFL, int(0)),
+            Check::Eq(reg(f0.flags & !O_CLOEXEC)),
+            None,
+        );
+        for &i in &self.groups[g] {
+            let f = &self.unit.fds[i];
+            self.pr.push(
+                on_fd("F_GETFD (close-on-exec changed since the scan?) of", f.fd),
+                Self::fcntl(int(f.fd), F_GETFD, int(0)),
+                Check::Eq(u64::from(f.flags & O_CLOEXEC != 0)),
+                None,
+            );
+        }
+    }
+
+    /// Keep the old description of `f0` in a new fd and free `f0`'s number, which the openat
+    /// then takes; returns the op holding the old description.
+    fn free_number(&mut self, f0: &FdItem) -> usize {
+        let cl0 = f0.flags & O_CLOEXEC;
+        let s = self.pr.push(
+            on_fd("F_DUPFD_CLOEXEC of", f0.fd),
+            Self::fcntl(int(f0.fd), F_DUPFD_CLOEXEC, int(0)),
+            Check::NonNeg,
+            None,
+        );
+        self.pr.ops[s].set_undo(Call::sys(SYS_close, &[Arg::Result(s)]));
+        self.pr.push(
+            on_fd("close of", f0.fd),
+            Call::sys(SYS_close, &[int(f0.fd)]),
+            Check::None,
+            Some(Call::sys(SYS_dup3, &[Arg::Result(s), int(f0.fd), int(cl0)])),
+        );
+        s
+    }
+
+    /// Nobody else holds a conflicting lock on the new file (op `n`) of group `g`.
+    fn probe_locks(&mut self, g: usize, n: usize) {
+        for l in self.locks.iter().filter(|l| l.group == g) {
+            self.pr.push(
+                on_fd("F_GETLK on the new file for", l.fd),
+                Self::fcntl(Arg::Result(n), F_GETLK, Arg::Data(l.probe)),
+                Check::NonNeg,
+                None,
+            );
+            self.pr.push(
+                on_fd("a conflicting lock on the new file for", l.fd),
+                Call::compare_data(l.probe, 0, reg(F_UNLCK)),
+                Check::NonNeg,
+                None,
+            );
+        }
+    }
+
+    /// Check group `g`'s old description, open its file again through the new mount with the
+    /// same flags and offset, and check that.
+    fn reopen_group(&mut self, g: usize, ops: &mut BatchOps<'u>) {
+        let f0 = self.fd(g);
+        self.check_old(g);
+        let seekable = f0.flags & O_PATH == 0 && !f0.is_dir();
+        let pos = seekable.then(|| {
+            self.pr.push(
+                on_fd("lseek of", f0.fd),
+                Call::sys(SYS_lseek, &[int(f0.fd), int(0), int(SEEK_CUR)]),
+                Check::NonNeg,
+                None,
+            )
+        });
+        // Open the new one: same flags, through the mount now on top.
+        let (dirfd, path) = match (f0.path.parent(), f0.path.file_name()) {
+            (Some(d), Some(name)) if ops.dir_ops.contains_key(d) => (
+                Arg::Result(ops.dir_ops[d]),
+                self.pr.data(cstr(Path::new(name))),
+            ),
+            _ => (int(AT_FDCWD), self.pr.data(cstr(&f0.path))),
+        };
+        let base = f0.flags & !(O_CLOEXEC | O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY);
+        let saved = self.in_place(g).then(|| self.free_number(f0));
+        let oflags = if saved.is_some() {
+            base | (f0.flags & O_CLOEXEC)
+        } else {
+            base | O_CLOEXEC
+        };
+        let n = self.openat(
+            on_fd("openat through the new mount for", f0.fd),
+            dirfd,
+            path,
+            oflags,
+        );
+        if saved.is_some() {
+            self.pr.push(
+                on_fd(
+                    "the new file at the number of (fds changed since the scan?)",
+                    f0.fd,
+                ),
+                Call::compare_result(n, reg(f0.fd)),
+                Check::NonNeg,
+                None,
+            );
+        }
+        self.check_file(
+            Arg::Result(n),
+            &f0.to,
+            on_fd("check of the new file for", f0.fd),
+        );
+        if let Some(pos) = pos {
+            self.pr.push(
+                on_fd("lseek of the new file for", f0.fd),
+                Call::sys(
+                    SYS_lseek,
+                    &[Arg::Result(n), Arg::Result(pos), int(SEEK_SET)],
+                ),
+                Check::EqResult(pos),
+                None,
+            );
+        }
+        self.probe_locks(g, n);
+        let unit = self.unit;
+        match saved {
+            Some(s) => {
+                // The other fds of the description: onto the new file now (undoable).
+                for i in self.groups[g][1..].to_vec() {
+                    self.dup3_onto(n, &unit.fds[i], Some(s));
+                }
+                ops.opened.push(Opened::InPlace { saved: s });
+            }
+            None => ops.opened.push(Opened::Spare { new: n, group: g }),
+        }
+        ops.moved
+            .extend(self.groups[g].iter().map(|&i| unit.fds[i].fd));
+    }
+
+    /// A shared mapping: map the new file, park the old mapping in a reserved range, move the
+    /// new one to its address (the old one is unmapped in the final part).
+    fn remap(&mut self, m: &MapItem, ops: &mut BatchOps<'u>) {
+        let p = m.perms.as_bytes();
+        let writable = p.get(1) == Some(&b'w');
+        let mut prot = 0;
+        if p.first() == Some(&b'r') {
+            prot |= PROT_READ;
+        }
+        if writable {
+            prot |= PROT_WRITE;
+        }
+        if p.get(2) == Some(&b'x') {
+            prot |= PROT_EXEC;
+        }
+        let path = self.pr.data(cstr(&m.path));
+        // A read-only mapping is never reopened for writing.
+        let acc = if writable { O_RDWR } else { O_RDONLY };
+        let fd = self.openat(
+            on_map("openat through the new mount for", m.start),
+            int(AT_FDCWD),
+            path,
+            acc | O_CLOEXEC,
+        );
+        self.check_file(
+            Arg::Result(fd),
+            &m.to,
+            on_map("check of the new file for", m.start),
+        );
+        let len = m.end - m.start;
+        let trial = self.pr.push(
+            on_map("mmap of the new file for", m.start),
+            Call::sys(
+                SYS_mmap,
+                &[
+                    int(0),
+                    Arg::Imm(len),
+                    int(prot),
+                    int(MAP_SHARED),
+                    Arg::Result(fd),
+                    Arg::Imm(m.offset),
+                ],
+            ),
+            Check::NonNeg,
+            None,
+        );
+        self.pr.ops[trial].set_undo(Call::sys(SYS_munmap, &[Arg::Result(trial), Arg::Imm(len)]));
+        let park = self.pr.push(
+            on_map("reserving space to park", m.start),
+            Call::sys(
+                SYS_mmap,
+                &[
+                    int(0),
+                    Arg::Imm(len),
+                    int(PROT_NONE),
+                    int(MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE),
+                    int(-1),
+                    int(0),
+                ],
+            ),
+            Check::NonNeg,
+            None,
+        );
+        self.pr.ops[park].set_undo(Call::sys(SYS_munmap, &[Arg::Result(park), Arg::Imm(len)]));
+        let mremap = |from: Arg, to: Arg| {
+            Call::sys(
+                SYS_mremap,
+                &[
+                    from,
+                    Arg::Imm(len),
+                    Arg::Imm(len),
+                    int(MREMAP_MAYMOVE | MREMAP_FIXED),
+                    to,
+                ],
+            )
+        };
+        let at = Arg::Imm(m.start);
+        self.pr.push(
+            on_map("parking", m.start),
+            mremap(at, Arg::Result(park)),
+            Check::EqResult(park),
+            Some(mremap(Arg::Result(park), at)),
+        );
+        self.pr.push(
+            on_map("moving the new mapping to", m.start),
+            mremap(Arg::Result(trial), at),
+            Check::Eq(m.start),
+            Some(mremap(at, Arg::Result(trial))),
+        );
+        ops.parks.push((park, len));
+        ops.temps.push(fd);
+    }
+
+    /// The cwd: open the current one (to go back on rollback) and the new one, `fchdir`.
+    fn move_cwd(&mut self, c: &CwdItem, ops: &mut BatchOps<'u>) {
+        let dot = self.pr.data(b".\0".to_vec());
+        let dflags = O_PATH | O_DIRECTORY | O_CLOEXEC;
+        let saved_cwd = self.openat(step("open the current cwd"), int(AT_FDCWD), dot, dflags);
+        self.check_file(
+            Arg::Result(saved_cwd),
+            &c.from,
+            step("check of the cwd (changed since the scan?)"),
+        );
+        let path = self.pr.data(cstr(&c.path));
+        let new_cwd = self.openat(
+            step("openat through the new mount for the cwd"),
+            int(AT_FDCWD),
+            path,
+            dflags,
+        );
+        self.check_file(Arg::Result(new_cwd), &c.to, step("check of the new cwd"));
+        self.pr.push(
+            step("fchdir to the new cwd"),
+            Call::sys(SYS_fchdir, &[Arg::Result(new_cwd)]),
+            Check::NonNeg,
+            Some(Call::sys(SYS_fchdir, &[Arg::Result(saved_cwd)])),
+        );
+        ops.temps.push(saved_cwd);
+        ops.temps.push(new_cwd);
+    }
+
+    /// Point of no return for this batch: every new file is open and checked. Put each on
+    /// its fds (dup3 closes the old description: one close per fd, and on FUSE one FLUSH
+    /// round trip each, the fewest possible) and close the spare, drop the temporaries,
+    /// then re-take the locks (closing any fd of a file drops the process's POSIX locks on
+    /// it). dup3 onto an open fd from an fd we opened cannot fail while every thread
+    /// sharing the table is stopped (EBUSY needs an open racing in another thread).
+    fn final_part(&mut self, groups: &[usize], ops: BatchOps<'u>, last: bool) -> (usize, Vec<i32>) {
+        self.pr.begin_final();
+        let close = |what: Desc, fd: usize| (what, Call::sys(SYS_close, &[Arg::Result(fd)]));
+        for o in ops.opened {
+            match o {
+                Opened::Spare { new, group } => {
+                    let unit = self.unit;
+                    for i in self.groups[group].clone() {
+                        self.dup3_onto(new, &unit.fds[i], None);
+                    }
+                    let (what, call) = close(
+                        on_fd("close of the spare new file for", self.fd(group).fd),
+                        new,
+                    );
+                    self.pr.push(what, call, Check::None, None);
+                }
+                Opened::InPlace { saved } => {
+                    let (what, call) = close(step("close a kept old description"), saved);
+                    self.pr.push(what, call, Check::None, None);
+                }
+            }
+        }
+        for fd in ops
+            .temps
+            .into_iter()
+            .chain(ops.dir_ops.into_values())
+            .chain(ops.placeholders)
+        {
+            let (what, call) = close(step("close a temporary fd"), fd);
+            self.pr.push(what, call, Check::None, None);
+        }
+        for (park, len) in ops.parks {
+            self.pr.push(
+                step("unmap a parked old mapping"),
+                Call::sys(SYS_munmap, &[Arg::Result(park), Arg::Imm(len)]),
+                Check::NonNeg,
+                None,
+            );
+        }
+        for l in self.locks.iter().filter(|l| groups.contains(&l.group)) {
+            self.pr.push(
+                on_fd("take the POSIX lock again on", l.fd),
+                Self::fcntl(int(l.fd), F_SETLK, Arg::Data(l.take)),
+                Check::NonNeg,
+                None,
+            );
+        }
+        if last {
+            let restore = self.restore_mask_call();
+            self.pr.push(
+                step("restore the signal mask"),
+                restore,
+                Check::NonNeg,
+                None,
+            );
+            (usize::MAX, ops.moved)
+        } else {
+            self.pr.end_final();
+            let c = self
+                .pr
+                .push(step("commit a batch"), Call::commit(), Check::None, None);
+            (c, ops.moved)
+        }
+    }
+}
