@@ -566,115 +566,13 @@ pub(crate) fn scan_unit(
         tid,
         ..Default::default()
     };
-    let skip = |plan: &mut ProcessPlan, item, path: String, reason| {
-        plan.skipped.push(Skipped {
-            pid,
-            item,
-            path,
-            reason,
-        })
-    };
-
-    // The files under P, from the fd table alone (no filesystem is asked anything yet). Six
-    // syscalls into /proc per fd: split over a few threads when there are many. The link texts
-    // come first: they name the directories to read ahead (see `ReadAhead`), which is done
-    // meanwhile, on one more thread, as it mostly waits for the filesystem.
     let mut fds = TaskFds::open(&task)?;
-    let list = fds.list()?;
-    let links: Vec<(i32, String)> = in_parallel(&list, |chunk| {
-        let fds = TaskFds::open(&task)?;
-        Ok(chunk
-            .iter()
-            .filter_map(|&fd| Some((fd, fds.link(fd).ok()?))) // closed meanwhile: gone
-            .collect::<Vec<_>>())
-    })
-    .into_iter()
-    .collect::<Result<Vec<_>>>()?
-    .into_iter()
-    .flatten()
-    .collect();
+    let links = read_links(&task, &fds)?;
     let resolver = Resolver::new(pid, &options.path);
-    let t0 = std::time::Instant::now();
-    let read = std::thread::scope(|s| {
-        let ahead = options.read_ahead.0.is_some().then(|| {
-            let paths: Vec<PathBuf> = links
-                .iter()
-                .filter(|(_, t)| t.starts_with('/'))
-                .map(|(_, t)| {
-                    let t = t.strip_suffix(" (deleted)").unwrap_or(t);
-                    PathBuf::from(view.of(t, || None))
-                })
-                .filter(|p| under(p, &options.path))
-                .collect();
-            let resolver = &resolver;
-            std::thread::Builder::new()
-                .name("fdswap-ahead".into())
-                .spawn_scoped(s, move || {
-                    resolver.read_ahead(paths.iter().map(PathBuf::as_path), &options.read_ahead);
-                    t0.elapsed()
-                })
-        });
-        let read = in_parallel(&links, |chunk| read_fds(pid, &task, chunk, &view, options));
-        let ahead = ahead.and_then(|h| h.ok()).map(|h| h.join());
-        (read, ahead)
-    });
-    let (read, ahead) = read;
-    tracing::debug!(pid, tid, fds = links.len(), read = ?t0.elapsed(), read_ahead = ?ahead, "fd table read");
-    let mut candidates = Vec::new();
-    // Regular files outside P: one of them may be a file a candidate also holds (a hard link,
-    // another mount of it) and carry the process's POSIX locks on it.
-    let mut outside = Vec::new();
-    for part in read {
-        for seen in part? {
-            match seen {
-                Seen::Skip(k) => {
-                    if k.reason == SkipReason::OutsidePath
-                        && let Item::Fd(fd) = k.item
-                    {
-                        outside.push(fd);
-                    }
-                    plan.skipped.push(k);
-                }
-                Seen::Candidate(c) => candidates.push(c),
-            }
-        }
-    }
-
-    // POSIX locks belong to the fd table; fdinfo lists each under the description it was taken
-    // through. (`/proc/locks` has them all, but reading it costs an RCU grace period: it
-    // write-locks the file lock rwsem.)
-    let mut locks: Vec<LockLine> = candidates
-        .iter()
-        .flat_map(|c| c.info.locks.iter().cloned())
-        .collect();
-    let files: HashSet<(u64, (u32, u32))> = candidates
-        .iter()
-        .map(|c| (c.from.ino, c.from.dev))
-        .collect();
-    for fd in outside {
-        if let Ok(f) = fds.stat(fd)
-            && files.contains(&(f.ino, f.dev))
-            && let Ok(info) = fds.info(fd)
-        {
-            locks.extend(info.locks);
-        }
-    }
-    locks.retain(|l| l.kind == "POSIX");
-    locks.sort_by_key(|l| (l.dev, l.ino, l.start, l.end, l.write));
-    locks.dedup_by_key(|l| (l.dev, l.ino, l.start, l.end, l.write));
-
-    let mut movable = Vec::with_capacity(candidates.len());
-    for c in candidates {
-        let item = Item::Fd(c.fd);
-        if let Some(k) = c.info.lock_kinds.iter().find(|k| *k != "POSIX") {
-            let reason = SkipReason::DescriptionLock(k.clone());
-            skip(&mut plan, item, c.view, reason);
-        } else if c.info.flags & libc::O_ASYNC != 0 {
-            skip(&mut plan, item, c.view, SkipReason::Async);
-        } else {
-            movable.push(c);
-        }
-    }
+    let table = read_table(&task, pid, &links, &view, &resolver, options)?;
+    plan.skipped = table.skipped;
+    let locks = posix_locks(&table.candidates, &table.outside, &mut fds);
+    let movable = movable(table.candidates, &mut plan);
     let resolved = in_parallel(&movable, |chunk| {
         chunk
             .iter()
@@ -682,51 +580,8 @@ pub(crate) fn scan_unit(
             .collect::<Vec<_>>()
     });
     for (c, to) in movable.into_iter().zip(resolved.into_iter().flatten()) {
-        let Candidate {
-            fd,
-            path,
-            view,
-            from,
-            info,
-        } = c;
-        let item = Item::Fd(fd);
-        let from = FileId {
-            mnt_id: info.mnt_id,
-            ..from
-        };
-        let to = match to {
-            Ok(t) => t,
-            Err(e) => {
-                skip(&mut plan, item, view, SkipReason::Unresolvable(e));
-                continue;
-            }
-        };
-        if let Some(r) = check_move(options, &from, &to) {
-            skip(&mut plan, item, view, r);
-            continue;
-        }
-        let dir = from.mode & libc::S_IFMT == libc::S_IFDIR;
-        if dir && info.pos != 0 {
-            skip(
-                &mut plan,
-                item,
-                view,
-                SkipReason::DirectoryPosition(info.pos),
-            );
-            continue;
-        }
-        plan.fds.push(FdItem {
-            fd,
-            path,
-            flags: info.flags,
-            pos: info.pos,
-            from,
-            to,
-            description: 0,
-            old_close_costs: close_costs(from.mnt_id),
-        });
+        add_fd(c, to, options, &close_costs, &mut plan);
     }
-
     group_descriptions(pid, &mut plan.fds);
     carry_locks(&locks, &mut plan);
 
@@ -737,6 +592,193 @@ pub(crate) fn scan_unit(
         scan_maps(pid, &view, &resolver, options, &mut plan)?;
     }
     Ok(plan)
+}
+
+/// The link texts of a task's fds (the files under P, from the fd table alone: no
+/// filesystem is asked anything yet). Six syscalls into /proc per fd all told: split over a
+/// few threads when there are many. An fd closed meanwhile is left out.
+fn read_links(task: &Path, fds: &TaskFds) -> Result<Vec<(i32, String)>> {
+    let list = fds.list()?;
+    Ok(in_parallel(&list, |chunk| {
+        let fds = TaskFds::open(task)?;
+        Ok(chunk
+            .iter()
+            .filter_map(|&fd| Some((fd, fds.link(fd).ok()?)))
+            .collect::<Vec<_>>())
+    })
+    .into_iter()
+    .collect::<Result<Vec<_>>>()?
+    .into_iter()
+    .flatten()
+    .collect())
+}
+
+/// What the fd table shows.
+struct Table {
+    /// Files under P.
+    candidates: Vec<Candidate>,
+    /// Regular files outside P: one of them may be a file a candidate also holds (a hard
+    /// link, another mount of it) and carry the process's POSIX locks on it.
+    outside: Vec<i32>,
+    skipped: Vec<Skipped>,
+}
+
+/// Read every fd of `links` (`statx` and fdinfo of those under P), split over threads. The
+/// link texts name the directories to read ahead (see `ReadAhead`), which is done meanwhile,
+/// on one more thread, as it mostly waits for the filesystem.
+fn read_table(
+    task: &Path,
+    pid: i32,
+    links: &[(i32, String)],
+    view: &View<'_>,
+    resolver: &Resolver<'_>,
+    options: &ScanOptions,
+) -> Result<Table> {
+    let t0 = std::time::Instant::now();
+    let (read, ahead) = std::thread::scope(|s| {
+        let ahead = options.read_ahead.0.is_some().then(|| {
+            let paths: Vec<PathBuf> = links
+                .iter()
+                .filter(|(_, t)| t.starts_with('/'))
+                .map(|(_, t)| {
+                    let t = t.strip_suffix(" (deleted)").unwrap_or(t);
+                    PathBuf::from(view.of(t, || None))
+                })
+                .filter(|p| under(p, &options.path))
+                .collect();
+            std::thread::Builder::new()
+                .name("fdswap-ahead".into())
+                .spawn_scoped(s, move || {
+                    resolver.read_ahead(paths.iter().map(PathBuf::as_path), &options.read_ahead);
+                    t0.elapsed()
+                })
+        });
+        let read = in_parallel(links, |chunk| read_fds(pid, task, chunk, view, options));
+        let ahead = ahead.and_then(|h| h.ok()).map(|h| h.join());
+        (read, ahead)
+    });
+    tracing::debug!(pid, task = %task.display(), fds = links.len(), read = ?t0.elapsed(), read_ahead = ?ahead, "fd table read");
+    let mut table = Table {
+        candidates: Vec::new(),
+        outside: Vec::new(),
+        skipped: Vec::new(),
+    };
+    for part in read {
+        for seen in part? {
+            match seen {
+                Seen::Skip(k) => {
+                    if k.reason == SkipReason::OutsidePath
+                        && let Item::Fd(fd) = k.item
+                    {
+                        table.outside.push(fd);
+                    }
+                    table.skipped.push(k);
+                }
+                Seen::Candidate(c) => table.candidates.push(c),
+            }
+        }
+    }
+    Ok(table)
+}
+
+/// The POSIX locks on the candidates' files. They belong to the fd table; fdinfo lists each
+/// under the description it was taken through, which may be an fd `outside` P. (`/proc/locks`
+/// has them all, but reading it costs an RCU grace period: it write-locks the file lock
+/// rwsem.)
+fn posix_locks(candidates: &[Candidate], outside: &[i32], fds: &mut TaskFds) -> Vec<LockLine> {
+    let mut locks: Vec<LockLine> = candidates
+        .iter()
+        .flat_map(|c| c.info.locks.iter().cloned())
+        .collect();
+    let files: HashSet<(u64, (u32, u32))> = candidates
+        .iter()
+        .map(|c| (c.from.ino, c.from.dev))
+        .collect();
+    for &fd in outside {
+        if let Ok(f) = fds.stat(fd)
+            && files.contains(&(f.ino, f.dev))
+            && let Ok(info) = fds.info(fd)
+        {
+            locks.extend(info.locks);
+        }
+    }
+    locks.retain(|l| l.kind == "POSIX");
+    locks.sort_by_key(|l| (l.dev, l.ino, l.start, l.end, l.write));
+    locks.dedup_by_key(|l| (l.dev, l.ino, l.start, l.end, l.write));
+    locks
+}
+
+/// The candidates that can move; the others (description locks, `O_ASYNC`) go to
+/// `plan.skipped`.
+fn movable(candidates: Vec<Candidate>, plan: &mut ProcessPlan) -> Vec<Candidate> {
+    let mut movable = Vec::with_capacity(candidates.len());
+    for c in candidates {
+        let reason = if let Some(k) = c.info.lock_kinds.iter().find(|k| *k != "POSIX") {
+            SkipReason::DescriptionLock(k.clone())
+        } else if c.info.flags & libc::O_ASYNC != 0 {
+            SkipReason::Async
+        } else {
+            movable.push(c);
+            continue;
+        };
+        plan.skipped.push(Skipped {
+            pid: plan.pid,
+            item: Item::Fd(c.fd),
+            path: c.view,
+            reason,
+        });
+    }
+    movable
+}
+
+/// Add candidate `c`, resolved to `to` through the new mount, to the plan's fds, or to its
+/// skipped items with the reason.
+fn add_fd(
+    c: Candidate,
+    to: std::result::Result<FileId, Errno>,
+    options: &ScanOptions,
+    close_costs: &dyn Fn(u64) -> bool,
+    plan: &mut ProcessPlan,
+) {
+    let Candidate {
+        fd,
+        path,
+        view,
+        from,
+        info,
+    } = c;
+    let from = FileId {
+        mnt_id: info.mnt_id,
+        ..from
+    };
+    let to = to.map_err(SkipReason::Unresolvable).and_then(|to| {
+        if let Some(r) = check_move(options, &from, &to) {
+            return Err(r);
+        }
+        let dir = from.mode & libc::S_IFMT == libc::S_IFDIR;
+        if dir && info.pos != 0 {
+            return Err(SkipReason::DirectoryPosition(info.pos));
+        }
+        Ok(to)
+    });
+    match to {
+        Err(reason) => plan.skipped.push(Skipped {
+            pid: plan.pid,
+            item: Item::Fd(fd),
+            path: view,
+            reason,
+        }),
+        Ok(to) => plan.fds.push(FdItem {
+            fd,
+            path,
+            flags: info.flags,
+            pos: info.pos,
+            from,
+            to,
+            description: 0,
+            old_close_costs: close_costs(from.mnt_id),
+        }),
+    }
 }
 
 /// A file under P an fd holds, as the fd table shows it.
