@@ -98,15 +98,49 @@ pub(crate) struct Stub {
     pub rip_slot: usize,
 }
 
+/// The assembler the stub is built with.
+type Asm = dynasmrt::VecAssembler<dynasmrt::x64::X64Relocation>;
+
+/// A syscall number or errno as the 32-bit immediate an instruction takes.
+fn imm32<T: TryInto<i32> + Copy + std::fmt::Display>(v: T) -> Result<i32> {
+    v.try_into()
+        .map_err(|_| Error::Assemble(format!("{v} does not fit an imm32")))
+}
+
 /// Assemble the stub.
 pub(crate) fn assemble() -> Result<Stub> {
-    use self::op::*;
-    let mut ops = dynasmrt::VecAssembler::<dynasmrt::x64::X64Relocation>::new(0);
-    let estale = -i32::from(libc::ESTALE as i16);
-    let tgkill = libc::SYS_tgkill as i32;
-    let getpid = libc::SYS_getpid as i32;
-    let gettid = libc::SYS_gettid as i32;
+    let mut ops = Asm::new(0);
     let entry = ops.offset().0;
+    emit_op_loop(&mut ops);
+    emit_rollback(&mut ops)?;
+    let after_tgkill = emit_trap(&mut ops)?;
+    dynasm!(ops
+        ; .arch x64
+        ; jmp ->epilogue
+        ; breakpoint:
+        ; int3
+    );
+    let trap_ret = ops.offset().0;
+    let rip_slot = emit_epilogue(&mut ops);
+    emit_undo_of(&mut ops);
+    emit_exec_args(&mut ops);
+    emit_exec_kind(&mut ops)?;
+    let code = ops
+        .finalize()
+        .map_err(|e| Error::Assemble(format!("{e:?}")))?;
+    Ok(Stub {
+        code,
+        entry,
+        after_tgkill,
+        trap_ret,
+        rip_slot,
+    })
+}
+
+/// The interpreter: run each op, check its result; a failure before the point of no return
+/// rolls back, one after it is counted and passed over.
+fn emit_op_loop(ops: &mut Asm) {
+    use self::op::*;
     dynasm!(ops
         ; .arch x64
         ; mov r13, [r15 + hdr::N_OPS]
@@ -154,6 +188,16 @@ pub(crate) fn assemble() -> Result<Stub> {
         ; counted:
         ; inc QWORD [r15 + hdr::FINAL_ERRORS]
         ; jmp <ok
+    );
+}
+
+/// Undo the ops run so far, down to the last commit point, and note where it failed.
+fn emit_rollback(ops: &mut Asm) -> Result<()> {
+    use self::op::*;
+    let rolled_back = imm32(status::ROLLED_BACK)?;
+    let done = imm32(status::DONE)?;
+    dynasm!(ops
+        ; .arch x64
         ; ->rollback:
         ; mov [r15 + hdr::FAIL_INDEX], r12
         ; mov [r15 + hdr::FAIL_RESULT], rax
@@ -170,10 +214,21 @@ pub(crate) fn assemble() -> Result<Stub> {
         ; mov rbx, [r15 + hdr::OPS]
         ; add rbx, r15
         ; call ->undo_of
-        ; mov QWORD [r15 + hdr::STATUS], status::ROLLED_BACK as i32
+        ; mov QWORD [r15 + hdr::STATUS], rolled_back
         ; jmp ->trap
         ; ->success:
-        ; mov QWORD [r15 + hdr::STATUS], status::DONE as i32
+        ; mov QWORD [r15 + hdr::STATUS], done
+    );
+    Ok(())
+}
+
+/// The trap the tracer waits for; returns the offset after the trapping `tgkill`.
+fn emit_trap(ops: &mut Asm) -> Result<usize> {
+    let tgkill = imm32(libc::SYS_tgkill)?;
+    let getpid = imm32(libc::SYS_getpid)?;
+    let gettid = imm32(libc::SYS_gettid)?;
+    dynasm!(ops
+        ; .arch x64
         ; ->trap:
         ; cmp QWORD [r15 + hdr::TRAPSIG], 0
         ; je >breakpoint
@@ -190,15 +245,12 @@ pub(crate) fn assemble() -> Result<Stub> {
         ; mov eax, tgkill
         ; syscall
     );
-    let after_tgkill = ops.offset().0;
-    dynasm!(ops
-        ; .arch x64
-        ; jmp ->epilogue
-        ; breakpoint:
-        ; int3
-    );
-    let trap_ret = ops.offset().0;
-    // No tracer caught the trap: restore the interrupted state and return to it.
+    Ok(ops.offset().0)
+}
+
+/// No tracer caught the trap: restore the interrupted state and return to it. Returns the
+/// offset of the 8-byte return address slot.
+fn emit_epilogue(ops: &mut Asm) -> usize {
     let r = hdr::REGS;
     dynasm!(ops
         ; .arch x64
@@ -224,7 +276,12 @@ pub(crate) fn assemble() -> Result<Stub> {
         // jmp [rip+0]; the 8 bytes that follow are the return address.
         ; .bytes [0xffu8, 0x25, 0, 0, 0, 0]
     );
-    let rip_slot = ops.offset().0;
+    ops.offset().0
+}
+
+/// The return address slot, then `undo_of`: run the undo call of the op at rbx, if any.
+fn emit_undo_of(ops: &mut Asm) {
+    use self::op::*;
     dynasm!(ops
         ; .arch x64
         ; .u64 0
@@ -241,6 +298,15 @@ pub(crate) fn assemble() -> Result<Stub> {
         ; call ->exec
         ; no_undo:
         ; ret
+    );
+}
+
+/// `exec`, first part: load the six arguments of the call at rbp (each an immediate, or
+/// loaded from an address, absolute or relative to the header, as its mask bits say).
+fn emit_exec_args(ops: &mut Asm) {
+    use self::op::*;
+    dynasm!(ops
+        ; .arch x64
         // exec: run the call at rbp; result in rax.
         ; ->exec:
         ; mov r14d, [rbp + MASK]
@@ -298,6 +364,16 @@ pub(crate) fn assemble() -> Result<Stub> {
         ; jz >a6
         ; mov r9, [r9]
         ; a6:
+    );
+}
+
+/// `exec`, second part: by the call's kind, the syscall, a commit point, or a comparison
+/// (`-ESTALE` when it differs); result in rax.
+fn emit_exec_kind(ops: &mut Asm) -> Result<()> {
+    use self::op::*;
+    let estale = -imm32(libc::ESTALE)?;
+    dynasm!(ops
+        ; .arch x64
         ; mov eax, [rbp + KIND]
         ; test eax, eax
         ; jnz >not_syscall
@@ -338,16 +414,7 @@ pub(crate) fn assemble() -> Result<Stub> {
         ; xor eax, eax
         ; ret
     );
-    let code = ops
-        .finalize()
-        .map_err(|e| Error::Assemble(format!("{e:?}")))?;
-    Ok(Stub {
-        code,
-        entry,
-        after_tgkill,
-        trap_ret,
-        rip_slot,
-    })
+    Ok(())
 }
 
 /// Space the trampoline needs.
