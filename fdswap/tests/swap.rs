@@ -3,7 +3,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,84 @@ fn lock_line_for(pid: i32) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// A temporary directory and its `lower/` subdirectory, made.
+fn tmp_with_lower() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let lower = tmp.path().join("lower");
+    std::fs::create_dir_all(&lower).expect("mkdir");
+    (tmp, lower)
+}
+
+/// A testee holding `n` files `lower/many/f*` (spawned with `--fds n` and `args`), and an
+/// upper layer `upper/many` with the same names (empty files, other inodes).
+fn layered(n: usize, args: &[&str]) -> (tempfile::TempDir, PathBuf, PathBuf, Testee) {
+    let (tmp, lower) = tmp_with_lower();
+    let upper = tmp.path().join("upper");
+    std::fs::create_dir_all(upper.join("many")).expect("mkdir");
+    let n_arg = n.to_string();
+    let args: Vec<&str> = ["--fds", n_arg.as_str()]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    let t = Testee::spawn(&lower, &args);
+    for k in 0..n {
+        std::fs::write(upper.join(format!("many/f{k}")), b"").expect("write");
+    }
+    (tmp, lower, upper, t)
+}
+
+/// Bind `upper/many` over `lower_many` in the testee's mount namespace.
+fn mount_upper_many(t: &Testee, upper: &Path, lower_many: &Path) {
+    t.mount(&[
+        "--bind",
+        upper.join("many").to_str().expect("utf8"),
+        lower_many.to_str().expect("utf8"),
+    ]);
+}
+
+/// Every fd of the testee's "many" set is on mount `mnt`.
+fn all_on(pid: i32, mnt: u64) -> bool {
+    many_fds(pid)
+        .iter()
+        .all(|&fd| fdinfo(pid, fd).mnt_id == mnt)
+}
+
+/// No thread of `pid` is stopped or traced any more.
+fn assert_untraced(pid: i32) {
+    for e in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let p = e.expect("task").path();
+        let status = std::fs::read_to_string(p.join("status")).unwrap_or_default();
+        assert!(
+            status.is_empty() || status.contains("TracerPid:\t0"),
+            "{}: {status}",
+            p.display()
+        );
+    }
+}
+
+/// Some thread of `pid` is traced (by the swapper).
+fn traced(pid: i32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
+        .any(|s| {
+            s.lines()
+                .any(|l| l.starts_with("TracerPid:") && l != "TracerPid:\t0")
+        })
+}
+
+/// Recover-style: detach the mount on top of `dir` lazily, swap back from mount `from`.
+fn swap_back(t: &Testee, dir: &Path, from: u64) -> fdswap::Report {
+    t.umount_lazy(dir);
+    let back = ScanOptions {
+        from_mnt: Some(from),
+        ..ScanOptions::new(dir)
+    };
+    swap(&[t.pid], &back, &SwapOptions::default()).expect("swap back")
+}
+
 #[test]
 fn swap_onto_upper_mount_and_back() {
     require_root();
@@ -36,7 +114,6 @@ fn swap_onto_upper_mount_and_back() {
     std::fs::create_dir_all(&lower).expect("mkdir");
     std::fs::create_dir_all(&upper).expect("mkdir");
     let mut t = Testee::spawn(&lower, &["--full", "--sleep-ms", "2000"]);
-    let started = Instant::now();
     let pid = t.pid;
 
     let before: HashMap<&str, Info> = SWAPPED_FDS
@@ -153,10 +230,14 @@ fn swap_onto_upper_mount_and_back() {
     assert_eq!(fdinfo(pid, t.fd("append")).pos, 6);
     assert_eq!(fdinfo(pid, t.fd("append_dup")).pos, 6);
 
-    // Blocked threads: no EINTR, sleeps not cut short.
+    // Blocked threads: no EINTR, sleeps not cut short. That says something only if the swap
+    // came while they slept: no sleeper had reported before the testee answered after it.
     assert!(
-        started.elapsed() < Duration::from_millis(1800),
-        "swap took too long for the sleep check"
+        !t.seen
+            .iter()
+            .any(|l| l.starts_with("T nanosleep") || l.starts_with("T futex_timed")),
+        "the sleepers woke before the swap: {:?}",
+        t.seen
     );
     t.ask("wake", "WOKE");
     let results = t.thread_reports(6);
@@ -228,9 +309,7 @@ fn swap_onto_upper_mount_and_back() {
 #[test]
 fn dry_run_lists_without_stopping() {
     require_root();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let lower = tmp.path().join("lower");
-    std::fs::create_dir_all(&lower).expect("mkdir");
+    let (_tmp, lower) = tmp_with_lower();
     let t = Testee::spawn(&lower, &["--full", "--sleep-ms", "100"]);
     t.mount(&[
         "--bind",
@@ -288,9 +367,7 @@ fn dry_run_lists_without_stopping() {
 #[test]
 fn many_fds_and_threads() {
     require_root();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let lower = tmp.path().join("lower");
-    std::fs::create_dir_all(&lower).expect("mkdir");
+    let (_tmp, lower) = tmp_with_lower();
     let mut t = Testee::spawn(&lower, &["--fds", "2000", "--threads", "32"]);
     t.mount(&[
         "--bind",
@@ -324,21 +401,9 @@ fn failure_half_way_rolls_back_spare_fds() {
 
 fn failure_half_way(spare: bool) {
     require_root();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let lower = tmp.path().join("lower");
-    let upper = tmp.path().join("upper");
-    std::fs::create_dir_all(&lower).expect("mkdir");
-    std::fs::create_dir_all(upper.join("many")).expect("mkdir");
-    let mut t = Testee::spawn(&lower, &["--fds", "50"]);
-    for k in 0..50 {
-        std::fs::write(upper.join(format!("many/f{k}")), b"").expect("write");
-    }
+    let (_tmp, lower, upper, mut t) = layered(50, &[]);
     let lower_many = lower.join("many");
-    t.mount(&[
-        "--bind",
-        upper.join("many").to_str().expect("utf8"),
-        lower_many.to_str().expect("utf8"),
-    ]);
+    mount_upper_many(&t, &upper, &lower_many);
     let mut plan = Plan::scan(&[t.pid], &ScanOptions::new(&lower)).expect("scan");
     assert_eq!(plan.len(), 50);
     for f in plan.processes.iter_mut().flat_map(|p| p.fds.iter_mut()) {
@@ -376,9 +441,7 @@ fn failure_half_way(spare: bool) {
 
 /// Start a swapper process that stops at the stub's trap, SIGKILL it there.
 fn kill_swapper_at_trap(int3: bool) -> (Testee, tempfile::TempDir, Option<i32>) {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let lower = tmp.path().join("lower");
-    std::fs::create_dir_all(&lower).expect("mkdir");
+    let (tmp, lower) = tmp_with_lower();
     let t = Testee::spawn(&lower, &["--full", "--sleep-ms", "100"]);
     t.mount(&[
         "--bind",
@@ -463,9 +526,7 @@ fn int3_trap_would_kill_the_target_control() {
     // swapper killed while the stub runs leaves the target to hit the int3 untraced, and SIGTRAP
     // kills it. This is why fdswap traps with a signal whose default action is to ignore it.
     require_root();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let lower = tmp.path().join("lower");
-    std::fs::create_dir_all(&lower).expect("mkdir");
+    let (_tmp, lower) = tmp_with_lower();
     let mut t = Testee::spawn(&lower, &["--fds", "12000"]);
     t.mount(&[
         "--bind",
@@ -494,9 +555,7 @@ fn int3_trap_would_kill_the_target_control() {
 #[test]
 fn sigkill_of_the_swapper_mid_stub_leaves_the_target_alive() {
     require_root();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let lower = tmp.path().join("lower");
-    std::fs::create_dir_all(&lower).expect("mkdir");
+    let (_tmp, lower) = tmp_with_lower();
     let mut t = Testee::spawn(&lower, &["--fds", "12000", "--threads", "4"]);
     t.mount(&[
         "--bind",
@@ -543,16 +602,7 @@ fn sigkill_of_the_swapper_mid_stub_leaves_the_target_alive() {
         );
         // Put them back on the old mount for the next round.
         if m0 == top {
-            t.umount_lazy(&lower);
-            let r = swap(
-                &[t.pid],
-                &ScanOptions {
-                    from_mnt: Some(top),
-                    ..ScanOptions::new(&lower)
-                },
-                &SwapOptions::default(),
-            )
-            .expect("swap back");
+            let r = swap_back(&t, &lower, top);
             assert!(r.first_error().is_none(), "{:?}", r.first_error());
             t.mount(&[
                 "--bind",
@@ -567,9 +617,7 @@ fn sigkill_of_the_swapper_mid_stub_leaves_the_target_alive() {
 #[test]
 fn threads_and_forks_coming_and_going() {
     require_root();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let lower = tmp.path().join("lower");
-    std::fs::create_dir_all(&lower).expect("mkdir");
+    let (_tmp, lower) = tmp_with_lower();
     let mut t = Testee::spawn(&lower, &["--fds", "200", "--churn", "--threads", "8"]);
     let d = lower.to_str().expect("utf8");
     let orig = fdinfo(t.pid, many_fds(t.pid)[0]).mnt_id;
@@ -582,47 +630,24 @@ fn threads_and_forks_coming_and_going() {
             "round {round}: {:?}",
             r.first_error()
         );
-        assert!(
-            many_fds(t.pid)
-                .iter()
-                .all(|&fd| fdinfo(t.pid, fd).mnt_id == top)
-        );
-        t.umount_lazy(&lower);
-        let back = ScanOptions {
-            from_mnt: Some(top),
-            ..ScanOptions::new(&lower)
-        };
-        let r = swap(&[t.pid], &back, &SwapOptions::default()).expect("swap back");
+        assert!(all_on(t.pid, top));
+        let r = swap_back(&t, &lower, top);
         assert!(
             r.first_error().is_none(),
             "round {round}: {:?}",
             r.first_error()
         );
-        assert!(
-            many_fds(t.pid)
-                .iter()
-                .all(|&fd| fdinfo(t.pid, fd).mnt_id == orig)
-        );
+        assert!(all_on(t.pid, orig));
         assert_eq!(t.ask("ping", "PONG"), "PONG");
     }
     // Nothing left stopped or traced.
-    for e in std::fs::read_dir(format!("/proc/{}/task", t.pid)).expect("tasks") {
-        let p = e.expect("task").path();
-        let status = std::fs::read_to_string(p.join("status")).unwrap_or_default();
-        assert!(
-            status.is_empty() || status.contains("TracerPid:\t0"),
-            "{}: {status}",
-            p.display()
-        );
-    }
+    assert_untraced(t.pid);
 }
 
 #[test]
 fn a_thread_that_cannot_stop_fails_its_process_cleanly() {
     require_root();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let lower = tmp.path().join("lower");
-    std::fs::create_dir_all(&lower).expect("mkdir");
+    let (_tmp, lower) = tmp_with_lower();
     // One thread sits in vfork() for 3 s: PTRACE_INTERRUPT cannot stop it meanwhile.
     let mut t = Testee::spawn(&lower, &["--fds", "10", "--vfork-ms", "3000"]);
     let d = lower.to_str().expect("utf8");
@@ -635,15 +660,14 @@ fn a_thread_that_cannot_stop_fails_its_process_cleanly() {
     let opts = ScanOptions::new(&lower);
     let pid = t.pid;
     let swapper = std::thread::spawn(move || swap(&[pid], &opts, &so));
-    // While the swap still waits for the stuck thread, the others already run again.
-    std::thread::sleep(Duration::from_millis(800));
-    let t0 = Instant::now();
+    // While the swap still waits for the stuck thread, the others already run again: once
+    // the swapper has seized the testee, a ping is answered before the swap returns.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !traced(pid) {
+        assert!(Instant::now() < deadline, "the swapper never attached");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert_eq!(t.ask("ping", "PONG"), "PONG");
-    assert!(
-        t0.elapsed() < Duration::from_millis(500),
-        "{:?}",
-        t0.elapsed()
-    );
     assert!(
         !swapper.is_finished(),
         "the swap should still wait for the stuck thread"
@@ -652,21 +676,9 @@ fn a_thread_that_cannot_stop_fails_its_process_cleanly() {
     let err = r.first_error().expect("must time out").to_string();
     assert!(err.contains("did not stop"), "{err}");
     // Nothing changed, nothing stays traced once the stuck thread could stop.
-    assert!(
-        many_fds(t.pid)
-            .iter()
-            .all(|&fd| fdinfo(t.pid, fd).mnt_id == orig)
-    );
+    assert!(all_on(t.pid, orig));
     assert_eq!(t.ask("ping", "PONG"), "PONG");
-    for e in std::fs::read_dir(format!("/proc/{}/task", t.pid)).expect("tasks") {
-        let p = e.expect("task").path();
-        let status = std::fs::read_to_string(p.join("status")).unwrap_or_default();
-        assert!(
-            status.is_empty() || status.contains("TracerPid:\t0"),
-            "{}: {status}",
-            p.display()
-        );
-    }
+    assert_untraced(t.pid);
 }
 
 #[test]
@@ -696,11 +708,7 @@ fn several_processes_in_one_swap() {
     assert_eq!(r.processes[1].swapped.len(), 70);
     for t in [&mut ta, &mut tb] {
         let top = t.top_mount(tmp.path());
-        assert!(
-            many_fds(t.pid)
-                .iter()
-                .all(|&fd| fdinfo(t.pid, fd).mnt_id == top)
-        );
+        assert!(all_on(t.pid, top));
         assert_eq!(t.ask("ping", "PONG"), "PONG");
     }
 }
@@ -708,9 +716,7 @@ fn several_processes_in_one_swap() {
 #[test]
 fn a_thread_with_its_own_fd_table_and_cwd() {
     require_root();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let lower = tmp.path().join("lower");
-    std::fs::create_dir_all(&lower).expect("mkdir");
+    let (_tmp, lower) = tmp_with_lower();
     let mut t = Testee::spawn(&lower, &["--fds", "20", "--own-tables", "--threads", "2"]);
     let d = lower.to_str().expect("utf8");
     t.mount(&["--bind", d, d]);
@@ -728,11 +734,7 @@ fn a_thread_with_its_own_fd_table_and_cwd() {
     let r = swap(&[t.pid], &ScanOptions::new(&lower), &SwapOptions::default()).expect("swap");
     assert!(r.first_error().is_none(), "{:?}", r.first_error());
     // The main table and the thread's own table both moved, and both cwds.
-    assert!(
-        many_fds(t.pid)
-            .iter()
-            .all(|&fd| fdinfo(t.pid, fd).mnt_id == top)
-    );
+    assert!(all_on(t.pid, top));
     assert_eq!(task_fdinfo(fd), top);
     let cwd = |task: i32| {
         fdswap::statx(Path::new(&format!("/proc/{}/task/{task}/cwd", t.pid)))
@@ -751,22 +753,10 @@ fn a_thread_with_its_own_fd_table_and_cwd() {
 #[test]
 fn a_failing_batch_rolls_back_alone() {
     require_root();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let lower = tmp.path().join("lower");
-    let upper = tmp.path().join("upper");
-    std::fs::create_dir_all(&lower).expect("mkdir");
-    std::fs::create_dir_all(upper.join("many")).expect("mkdir");
-    let mut t = Testee::spawn(&lower, &["--fds", "300"]);
-    for k in 0..300 {
-        std::fs::write(upper.join(format!("many/f{k}")), b"").expect("write");
-    }
+    let (_tmp, lower, upper, mut t) = layered(300, &[]);
     let lower_many = lower.join("many");
     let orig = fdinfo(t.pid, many_fds(t.pid)[0]).mnt_id;
-    t.mount(&[
-        "--bind",
-        upper.join("many").to_str().expect("utf8"),
-        lower_many.to_str().expect("utf8"),
-    ]);
+    mount_upper_many(&t, &upper, &lower_many);
     let top = t.top_mount(&lower_many);
     let plan = Plan::scan(&[t.pid], &ScanOptions::new(&lower)).expect("scan");
     // Batches go in inode order: make the file with the highest inode vanish.
@@ -801,9 +791,7 @@ fn a_target_in_its_own_pid_namespace() {
     // Like a container's init: pid 1 in its pid namespace, so the ids the tracer knows are not
     // the ones the target uses. The stub's trap must still reach the tracer.
     require_root();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let lower = tmp.path().join("lower");
-    std::fs::create_dir_all(&lower).expect("mkdir");
+    let (_tmp, lower) = tmp_with_lower();
     let mut t = Testee::spawn_in_pid_ns(&lower, &["--fds", "20", "--threads", "2"]);
     let status = std::fs::read_to_string(format!("/proc/{}/status", t.pid)).expect("status");
     let nspid = status
@@ -816,11 +804,7 @@ fn a_target_in_its_own_pid_namespace() {
     let top = t.top_mount(&lower);
     let r = swap(&[t.pid], &ScanOptions::new(&lower), &SwapOptions::default()).expect("swap");
     assert!(r.first_error().is_none(), "{:?}", r.first_error());
-    assert!(
-        many_fds(t.pid)
-            .iter()
-            .all(|&fd| fdinfo(t.pid, fd).mnt_id == top)
-    );
+    assert!(all_on(t.pid, top));
     assert_eq!(t.ask("ping", "PONG"), "PONG");
 }
 
@@ -830,15 +814,7 @@ fn a_target_in_its_own_pid_namespace() {
 #[test]
 fn fd_gaps_changing_between_scan_and_swap() {
     require_root();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let lower = tmp.path().join("lower");
-    let upper = tmp.path().join("upper");
-    std::fs::create_dir_all(&lower).expect("mkdir");
-    std::fs::create_dir_all(upper.join("many")).expect("mkdir");
-    let mut t = Testee::spawn(&lower, &["--fds", "50"]);
-    for k in 0..50 {
-        std::fs::write(upper.join(format!("many/f{k}")), b"").expect("write");
-    }
+    let (_tmp, lower, upper, mut t) = layered(50, &[]);
     let many = many_fds(t.pid);
     assert_eq!(many.len(), 50);
     // Gaps among the files (fds 10th and 20th closed), then the upper layer.
@@ -846,11 +822,7 @@ fn fd_gaps_changing_between_scan_and_swap() {
         assert_eq!(t.ask(&format!("close {fd}"), "CLOSED"), "CLOSED 0");
     }
     let lower_many = lower.join("many");
-    t.mount(&[
-        "--bind",
-        upper.join("many").to_str().expect("utf8"),
-        lower_many.to_str().expect("utf8"),
-    ]);
+    mount_upper_many(&t, &upper, &lower_many);
     let mut upper_mnt = t.top_mount(&lower_many);
     let mut opened = -1;
     for round in 0..2 {
@@ -897,19 +869,10 @@ fn fd_gaps_changing_between_scan_and_swap() {
         }
         assert_eq!(t.ask("ping", "PONG"), "PONG");
         // Back to the lower files for the next round (P is where the upper one was mounted).
-        t.umount_lazy(&lower_many);
-        let back = ScanOptions {
-            from_mnt: Some(upper_mnt),
-            ..ScanOptions::new(&lower_many)
-        };
-        let r = swap(&[t.pid], &back, &SwapOptions::default()).expect("swap back");
+        let r = swap_back(&t, &lower_many, upper_mnt);
         assert!(r.first_error().is_none(), "{:?}", r.first_error());
         assert_eq!(r.swapped().count(), 48, "{:?}", r.processes[0].skipped);
-        t.mount(&[
-            "--bind",
-            upper.join("many").to_str().expect("utf8"),
-            lower_many.to_str().expect("utf8"),
-        ]);
+        mount_upper_many(&t, &upper, &lower_many);
         upper_mnt = t.top_mount(&lower_many);
     }
 }
@@ -920,26 +883,14 @@ fn fd_gaps_changing_between_scan_and_swap() {
 #[test]
 fn fd_gaps_churning_in_another_thread() {
     require_root();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let lower = tmp.path().join("lower");
-    let upper = tmp.path().join("upper");
-    std::fs::create_dir_all(&lower).expect("mkdir");
-    std::fs::create_dir_all(upper.join("many")).expect("mkdir");
-    let mut t = Testee::spawn(&lower, &["--fds", "200", "--fd-churn"]);
-    for k in 0..200 {
-        std::fs::write(upper.join(format!("many/f{k}")), b"").expect("write");
-    }
+    let (_tmp, lower, upper, mut t) = layered(200, &["--fd-churn"]);
     let many = many_fds(t.pid);
     for fd in [many[0], many[50], many[150]] {
         assert_eq!(t.ask(&format!("close {fd}"), "CLOSED"), "CLOSED 0");
     }
     let lower_many = lower.join("many");
     for _ in 0..10 {
-        t.mount(&[
-            "--bind",
-            upper.join("many").to_str().expect("utf8"),
-            lower_many.to_str().expect("utf8"),
-        ]);
+        mount_upper_many(&t, &upper, &lower_many);
         let upper_mnt = t.top_mount(&lower_many);
         let r = swap(
             &[t.pid],
@@ -949,17 +900,8 @@ fn fd_gaps_churning_in_another_thread() {
         .expect("swap");
         assert!(r.first_error().is_none(), "{:?}", r.first_error());
         assert_eq!(r.swapped().count(), 197);
-        assert!(
-            many_fds(t.pid)
-                .iter()
-                .all(|&fd| fdinfo(t.pid, fd).mnt_id == upper_mnt)
-        );
-        t.umount_lazy(&lower_many);
-        let back = ScanOptions {
-            from_mnt: Some(upper_mnt),
-            ..ScanOptions::new(&lower_many)
-        };
-        let r = swap(&[t.pid], &back, &SwapOptions::default()).expect("swap back");
+        assert!(all_on(t.pid, upper_mnt));
+        let r = swap_back(&t, &lower_many, upper_mnt);
         assert!(r.first_error().is_none(), "{:?}", r.first_error());
         assert_eq!(r.swapped().count(), 197);
     }
