@@ -61,7 +61,7 @@ impl TaskFds {
         sys::statx_at(
             self.0.fd_dir(),
             Path::new(&fd.to_string()),
-            libc::AT_STATX_DONT_SYNC,
+            rustix::fs::AtFlags::STATX_DONT_SYNC,
         )
     }
 

@@ -9,14 +9,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sys::ptrace::{self, Event, Options};
-use nix::sys::signal::Signal;
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::Pid;
 
 use crate::arch::{self, Regs};
 use crate::error::{Error, Result};
 use crate::procfs;
+use crate::sys::ptrace::{self, WaitStatus};
 
 /// One stopped thread.
 #[derive(Debug, Clone)]
@@ -32,8 +29,8 @@ pub(crate) struct Thread {
 pub(crate) enum Seen {
     /// `PTRACE_EVENT_STOP` (interrupt, or group-stop with that signal).
     EventStop,
-    /// Signal-delivery-stop.
-    Signal(Signal),
+    /// Signal-delivery-stop, with the signal number.
+    Signal(i32),
     /// Syscall-enter or -exit stop.
     Syscall,
     /// The thread exited or was killed.
@@ -73,9 +70,6 @@ impl Tracee {
             unstopped: Vec::new(),
             timeout,
         };
-        let opts = Options::PTRACE_O_TRACECLONE
-            | Options::PTRACE_O_TRACEEXEC
-            | Options::PTRACE_O_TRACESYSGOOD;
         let mut pending: Vec<i32> = Vec::new();
         let mut gone_leader = false;
         loop {
@@ -94,7 +88,7 @@ impl Tracee {
                 if t.threads.contains_key(&tid) || pending.contains(&tid) {
                     continue;
                 }
-                match ptrace::seize(Pid::from_raw(tid), opts) {
+                match ptrace::seize(tid) {
                     Ok(()) => {}
                     Err(Errno::ESRCH) => continue,
                     Err(Errno::EPERM) if traced_by_us(pid, tid) => {
@@ -102,7 +96,7 @@ impl Tracee {
                     }
                     Err(e) => return Err(perr("SEIZE", tid)(e)),
                 }
-                match ptrace::interrupt(Pid::from_raw(tid)) {
+                match ptrace::interrupt(tid) {
                     Ok(()) | Err(Errno::ESRCH) => {}
                     Err(e) => return Err(perr("INTERRUPT", tid)(e)),
                 }
@@ -137,34 +131,37 @@ impl Tracee {
         loop {
             let st = wait_until(tid, deadline, self.timeout)?;
             match st {
-                WaitStatus::PtraceEvent(_, _, ev) if ev == libc::PTRACE_EVENT_STOP => {
-                    let mut regs =
-                        ptrace::getregs(Pid::from_raw(tid)).map_err(perr("GETREGS", tid))?;
+                WaitStatus::PtraceEvent(libc::PTRACE_EVENT_STOP) => {
+                    let mut regs = getregs(tid)?;
                     // Write the EINTR fix now, not on release: if this tracer dies, the kernel
                     // resumes the thread with what it has.
                     if arch::fix_spurious_eintr(&mut regs) {
-                        ptrace::setregs(Pid::from_raw(tid), regs).map_err(perr("SETREGS", tid))?;
+                        setregs(tid, regs)?;
                     }
                     self.threads.insert(tid, Thread { regs, dirty: false });
                     return Ok(());
                 }
-                WaitStatus::PtraceEvent(_, _, ev) if ev == Event::PTRACE_EVENT_CLONE as i32 => {
-                    if let Ok(child) = ptrace::getevent(Pid::from_raw(tid)) {
-                        pending.push(child as i32);
+                WaitStatus::PtraceEvent(libc::PTRACE_EVENT_CLONE) => {
+                    // The message is the new thread's id, a pid_t.
+                    if let Some(child) = ptrace::geteventmsg(tid)
+                        .ok()
+                        .and_then(|m| i32::try_from(m).ok())
+                    {
+                        pending.push(child);
                     }
                     cont(tid, None)?;
                 }
-                WaitStatus::PtraceEvent(_, _, ev) if ev == Event::PTRACE_EVENT_EXEC as i32 => {
+                WaitStatus::PtraceEvent(libc::PTRACE_EVENT_EXEC) => {
                     self.exec_seen = true;
                     cont(tid, None)?;
                 }
-                WaitStatus::PtraceEvent(..) | WaitStatus::PtraceSyscall(_) => cont(tid, None)?,
-                WaitStatus::Stopped(_, sig) => {
+                WaitStatus::PtraceEvent(_) | WaitStatus::PtraceSyscall => cont(tid, None)?,
+                WaitStatus::Stopped(sig) => {
                     // A signal being delivered: let it through now, the interrupt stays pending.
                     cont(tid, Some(sig))?;
                 }
-                WaitStatus::Exited(..) | WaitStatus::Signaled(..) => return Ok(()),
-                WaitStatus::Continued(_) | WaitStatus::StillAlive => {}
+                WaitStatus::Exited | WaitStatus::Signaled => return Ok(()),
+                WaitStatus::Continued | WaitStatus::StillAlive => {}
             }
         }
     }
@@ -178,37 +175,37 @@ impl Tracee {
                 Some(d) => wait_until(tid, d, t)?,
                 // Block in the kernel: polling would steal the CPU from the target.
                 None => loop {
-                    match waitpid(Pid::from_raw(tid), Some(WaitPidFlag::__WALL)) {
+                    match ptrace::waitpid(tid, false) {
                         Ok(st) => break st,
                         Err(Errno::EINTR) => continue,
-                        Err(Errno::ECHILD) => break WaitStatus::Exited(Pid::from_raw(tid), 0),
+                        Err(Errno::ECHILD) => break WaitStatus::Exited,
                         Err(e) => return Err(perr("WAIT", tid)(e)),
                     }
                 },
             };
             match st {
-                WaitStatus::PtraceEvent(_, _, ev) if ev == libc::PTRACE_EVENT_STOP => {
+                WaitStatus::PtraceEvent(libc::PTRACE_EVENT_STOP) => {
                     return Ok(Seen::EventStop);
                 }
-                WaitStatus::PtraceEvent(_, _, ev) if ev == Event::PTRACE_EVENT_EXEC as i32 => {
+                WaitStatus::PtraceEvent(libc::PTRACE_EVENT_EXEC) => {
                     self.exec_seen = true;
                     return Err(Error::Exec { pid: self.pid });
                 }
-                WaitStatus::PtraceEvent(..) => cont(tid, None)?,
-                WaitStatus::PtraceSyscall(_) => return Ok(Seen::Syscall),
-                WaitStatus::Stopped(_, sig) => return Ok(Seen::Signal(sig)),
-                WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
+                WaitStatus::PtraceEvent(_) => cont(tid, None)?,
+                WaitStatus::PtraceSyscall => return Ok(Seen::Syscall),
+                WaitStatus::Stopped(sig) => return Ok(Seen::Signal(sig)),
+                WaitStatus::Exited | WaitStatus::Signaled => {
                     self.threads.remove(&tid);
                     return Ok(Seen::Exited);
                 }
-                WaitStatus::Continued(_) | WaitStatus::StillAlive => {}
+                WaitStatus::Continued | WaitStatus::StillAlive => {}
             }
         }
     }
 
     /// Record the signal of the current signal-delivery-stop of `tid` for re-queueing.
     pub(crate) fn keep_stray(&mut self, tid: i32) {
-        if let Ok(info) = ptrace::getsiginfo(Pid::from_raw(tid)) {
+        if let Ok(info) = ptrace::getsiginfo(tid) {
             self.strays.push((tid, info));
         }
     }
@@ -218,7 +215,7 @@ impl Tracee {
         let mut first_err = None;
         for (&tid, th) in &self.threads {
             if th.dirty
-                && let Err(e) = ptrace::setregs(Pid::from_raw(tid), th.regs)
+                && let Err(e) = ptrace::setregs(tid, &th.regs)
                 && e != Errno::ESRCH
             {
                 first_err.get_or_insert(Error::Ptrace {
@@ -232,7 +229,7 @@ impl Tracee {
             let _ = crate::sys::requeue_signal(self.pid, tid, &info);
         }
         for (&tid, _) in std::mem::take(&mut self.threads).iter() {
-            match ptrace::detach(Pid::from_raw(tid), None) {
+            match ptrace::detach(tid, 0) {
                 Ok(()) | Err(Errno::ESRCH) => {}
                 Err(e) => {
                     first_err.get_or_insert(Error::Ptrace {
@@ -257,13 +254,13 @@ impl Tracee {
         for tid in std::mem::take(&mut self.unstopped) {
             let deadline = Instant::now() + UNSTOPPED_GRACE;
             match wait_until(tid, deadline, UNSTOPPED_GRACE) {
-                Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(_) => {}
-                Ok(WaitStatus::Stopped(_, sig)) => {
+                Ok(WaitStatus::Exited | WaitStatus::Signaled) | Err(_) => {}
+                Ok(WaitStatus::Stopped(sig)) => {
                     // A signal being delivered: hand it back on detach.
-                    let _ = ptrace::detach(Pid::from_raw(tid), Some(sig));
+                    let _ = ptrace::detach(tid, sig);
                 }
                 Ok(_) => {
-                    let _ = ptrace::detach(Pid::from_raw(tid), None);
+                    let _ = ptrace::detach(tid, 0);
                 }
             }
         }
@@ -289,46 +286,46 @@ fn traced_by_us(pid: i32, tid: i32) -> bool {
         .unwrap_or(false)
 }
 
-pub(crate) fn cont(tid: i32, sig: Option<Signal>) -> Result<()> {
-    match ptrace::cont(Pid::from_raw(tid), sig) {
+/// Resume `tid`, delivering signal `sig` if any.
+pub(crate) fn cont(tid: i32, sig: Option<i32>) -> Result<()> {
+    match ptrace::cont(tid, sig.unwrap_or(0)) {
         Ok(()) | Err(Errno::ESRCH) => Ok(()),
         Err(e) => Err(perr("CONT", tid)(e)),
     }
 }
 
 pub(crate) fn syscall_step(tid: i32) -> Result<()> {
-    ptrace::syscall(Pid::from_raw(tid), None).map_err(perr("SYSCALL", tid))
+    ptrace::syscall(tid).map_err(perr("SYSCALL", tid))
 }
 
 pub(crate) fn getregs(tid: i32) -> Result<Regs> {
-    ptrace::getregs(Pid::from_raw(tid)).map_err(perr("GETREGS", tid))
+    ptrace::getregs(tid).map_err(perr("GETREGS", tid))
 }
 
 pub(crate) fn setregs(tid: i32, regs: Regs) -> Result<()> {
-    ptrace::setregs(Pid::from_raw(tid), regs).map_err(perr("SETREGS", tid))
+    ptrace::setregs(tid, &regs).map_err(perr("SETREGS", tid))
 }
 
 pub(crate) fn interrupt(tid: i32) -> Result<()> {
-    ptrace::interrupt(Pid::from_raw(tid)).map_err(perr("INTERRUPT", tid))
+    ptrace::interrupt(tid).map_err(perr("INTERRUPT", tid))
 }
 
 /// `waitpid(tid, __WALL)` with a deadline: blocking would hang on a thread that never stops
 /// (uninterruptible sleep), so poll, spinning briefly first.
 fn wait_until(tid: i32, deadline: Instant, timeout: Duration) -> Result<WaitStatus> {
-    let pid = Pid::from_raw(tid);
     let mut spins = 0u32;
     loop {
-        match waitpid(pid, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
+        match ptrace::waitpid(tid, true) {
             Ok(WaitStatus::StillAlive) => {}
             Ok(st) => return Ok(st),
             Err(Errno::EINTR) => continue,
-            Err(Errno::ECHILD) => return Ok(WaitStatus::Exited(pid, 0)),
+            Err(Errno::ECHILD) => return Ok(WaitStatus::Exited),
             Err(e) => return Err(perr("WAIT", tid)(e)),
         }
         if Instant::now() >= deadline {
             return Err(Error::StopTimeout {
                 tid,
-                timeout_ms: timeout.as_millis() as u64,
+                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
             });
         }
         spins += 1;

@@ -130,14 +130,15 @@ fn serve(args: &[String]) {
         i += 1;
     }
     // Like many servers: use the hard limit of open files.
-    if let Ok((_, hard)) =
-        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
     {
-        let want = hard;
-        if let Err(e) =
-            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, want, want)
-        {
-            eprintln!("setrlimit NOFILE {want}: {e}");
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let hard = getrlimit(Resource::Nofile).maximum;
+        let want = Rlimit {
+            current: hard,
+            maximum: hard,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, want) {
+            eprintln!("setrlimit NOFILE {hard:?}: {e}");
         }
     }
     let out = Arc::new(Mutex::new(()));

@@ -8,10 +8,12 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, openat};
-use nix::sys::stat::Mode;
+use rustix::fs::{AtFlags, Mode, OFlags, openat};
 
 use super::ReadAhead;
+
+/// `FUSE_SUPER_MAGIC` of linux/magic.h (rustix does not name it).
+const FUSE_SUPER_MAGIC: rustix::fs::FsWord = 0x6573_5546;
 use crate::sys::{self, FileId};
 
 /// Turn `/proc` link text into the path the target sees: strip the target's root when it is not
@@ -90,9 +92,9 @@ pub(super) struct Resolver<'a> {
 impl<'a> Resolver<'a> {
     pub(super) fn new(pid: i32, base: &'a Path) -> Self {
         let dir = openat(
-            nix::fcntl::AT_FDCWD,
+            rustix::fs::CWD,
             &proc_root_path(pid, base),
-            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )
         .ok();
@@ -102,7 +104,7 @@ impl<'a> Resolver<'a> {
     /// What `path` resolves to now (following symlinks, with its mount id).
     pub(super) fn resolve(&self, path: &Path) -> std::result::Result<FileId, Errno> {
         match (&self.dir, path.strip_prefix(self.base)) {
-            (Some(d), Ok(rel)) => sys::statx_at(d.as_fd(), rel, 0),
+            (Some(d), Ok(rel)) => sys::statx_at(d.as_fd(), rel, AtFlags::empty()),
             _ => sys::statx(&proc_root_path(self.pid, path)),
         }
     }
@@ -134,14 +136,12 @@ impl<'a> Resolver<'a> {
             let Ok(fd) = openat(
                 base.as_fd(),
                 name,
-                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
                 Mode::empty(),
             ) else {
                 continue;
             };
-            if !nix::sys::statfs::fstatfs(&fd)
-                .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::FUSE_SUPER_MAGIC)
-            {
+            if !rustix::fs::fstatfs(&fd).is_ok_and(|s| s.f_type == FUSE_SUPER_MAGIC) {
                 continue;
             }
             // A READDIRPLUS entry takes ~150 bytes plus its name: size the request for about

@@ -1,15 +1,12 @@
 //! Working in the stopped target: its memory (`process_vm_readv`/`writev`, `/proc/PID/mem`),
 //! one injected syscall at a time, and the trampoline the injected syscalls run in.
 
-use std::io::{IoSlice, IoSliceMut};
-
 use nix::errno::Errno;
-use nix::sys::uio::{RemoteIoVec, process_vm_readv, process_vm_writev};
-use nix::unistd::Pid;
 
 use crate::arch::{self, Regs};
 use crate::error::{Error, Result};
 use crate::procfs;
+use crate::sys;
 use crate::tracer::{self, Seen, Tracee};
 
 /// Where the trampoline goes: the zero padding at the end of the vDSO (after its section
@@ -90,17 +87,12 @@ pub(super) fn find_syscall_insn(pid: i32, tid: i32) -> Result<u64> {
 }
 
 pub(super) fn read_mem(tid: i32, addr: u64, buf: &mut [u8]) -> Result<()> {
-    let len = buf.len();
-    let n = process_vm_readv(
-        Pid::from_raw(tid),
-        &mut [IoSliceMut::new(buf)],
-        &[RemoteIoVec {
-            base: addr as usize,
-            len,
-        }],
-    )
-    .map_err(|source| Error::RemoteMemory { tid, addr, source })?;
-    if n != len {
+    let n = sys::process_vm_read(tid, addr, buf).map_err(|source| Error::RemoteMemory {
+        tid,
+        addr,
+        source,
+    })?;
+    if n != buf.len() {
         return Err(Error::RemoteMemory {
             tid,
             addr,
@@ -113,15 +105,9 @@ pub(super) fn read_mem(tid: i32, addr: u64, buf: &mut [u8]) -> Result<()> {
 pub(super) fn write_mem(tid: i32, addr: u64, buf: &[u8]) -> Result<()> {
     let mut done = 0;
     while done < buf.len() {
-        let n = process_vm_writev(
-            Pid::from_raw(tid),
-            &[IoSlice::new(&buf[done..])],
-            &[RemoteIoVec {
-                base: addr as usize + done,
-                len: buf.len() - done,
-            }],
-        )
-        .map_err(|source| Error::RemoteMemory { tid, addr, source })?;
+        let at = addr + u64::try_from(done).unwrap_or(u64::MAX);
+        let n = sys::process_vm_write(tid, at, &buf[done..])
+            .map_err(|source| Error::RemoteMemory { tid, addr, source })?;
         if n == 0 {
             return Err(Error::RemoteMemory {
                 tid,

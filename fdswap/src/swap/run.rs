@@ -5,7 +5,6 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::sys::signal::Signal;
 
 use super::SwapOptions;
 use super::build::{Built, build};
@@ -307,11 +306,7 @@ fn run_stub(
         ),
     )?;
     tracer::cont(tid, None)?;
-    let trap_sig = if trapsig > 0 {
-        Signal::try_from(trapsig).ok()
-    } else {
-        Some(Signal::SIGTRAP)
-    };
+    let trap_sig = if trapsig > 0 { trapsig } else { libc::SIGTRAP };
     let trap_rip = if trapsig > 0 {
         addr + stub.after_tgkill as u64
     } else {
@@ -321,10 +316,10 @@ fn run_stub(
         match t.wait(tid, None)? {
             Seen::Signal(sig) => {
                 let r = tracer::getregs(tid)?;
-                if Some(sig) == trap_sig && arch::ip(&r) == trap_rip {
+                if sig == trap_sig && arch::ip(&r) == trap_rip {
                     break;
                 }
-                if trapsig == 0 || sig != Signal::try_from(trapsig).unwrap_or(Signal::SIGKILL) {
+                if trapsig == 0 || sig != trapsig {
                     t.keep_stray(tid);
                 }
                 tracer::cont(tid, None)?;

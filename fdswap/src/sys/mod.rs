@@ -1,13 +1,16 @@
-//! Raw system calls that have no safe wrapper in `nix`. All `unsafe` of the crate lives here
-//! (and in the architecture module's register plumbing, which has none).
+//! System calls: through rustix where it has them; raw libc for the few it lacks, each with
+//! the reason. All `unsafe` of the crate lives here. The crate's errno type is `nix`'s
+//! [`Errno`] (its public errors carry it).
 
-use std::ffi::{CStr, CString};
-use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+pub(crate) mod ptrace;
+
+use std::ffi::c_void;
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::Path;
 
 use nix::errno::Errno;
+use rustix::fs::{AtFlags, CWD, StatxFlags};
 
 /// What fdswap needs from `statx(2)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,50 +36,29 @@ impl FileId {
 
 /// `statx(AT_FDCWD, path, 0, BASIC|MNT_ID)`: follows symlinks and `/proc` magic links.
 pub fn statx(path: &Path) -> Result<FileId, Errno> {
-    statx_flags(path, 0)
+    statx_at(CWD, path, AtFlags::empty())
 }
 
 /// Like [`statx`], with `AT_STATX_DONT_SYNC`: cached attributes are enough to identify a file,
 /// and they are there even when the filesystem cannot answer (a FUSE server that died).
 pub fn statx_cached(path: &Path) -> Result<FileId, Errno> {
-    statx_flags(path, libc::AT_STATX_DONT_SYNC)
+    statx_at(CWD, path, AtFlags::STATX_DONT_SYNC)
 }
 
 /// `statx(dirfd, name, flags, BASIC|MNT_ID)`; an empty `name` is `dirfd` itself.
-pub fn statx_at(dirfd: BorrowedFd<'_>, name: &Path, flags: libc::c_int) -> Result<FileId, Errno> {
-    let c = CString::new(name.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
-    let flags = if c.as_bytes().is_empty() {
-        flags | libc::AT_EMPTY_PATH
+pub fn statx_at(dirfd: BorrowedFd<'_>, name: &Path, flags: AtFlags) -> Result<FileId, Errno> {
+    let flags = if name.as_os_str().is_empty() {
+        flags | AtFlags::EMPTY_PATH
     } else {
         flags
     };
-    statx_raw(dirfd.as_raw_fd(), &c, flags)
-}
-
-fn statx_flags(path: &Path, flags: libc::c_int) -> Result<FileId, Errno> {
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
-    statx_raw(libc::AT_FDCWD, &c, flags)
-}
-
-fn statx_raw(dirfd: RawFd, c: &CStr, flags: libc::c_int) -> Result<FileId, Errno> {
-    let mut buf = MaybeUninit::<libc::statx>::zeroed();
-    // SAFETY: `dirfd` is AT_FDCWD or an fd the caller borrows for the duration of the call, `c`
-    // is a NUL-terminated string that outlives the call and `buf` is a writable `struct statx`
-    // the kernel fills; statx(2) writes nothing else.
-    let r = unsafe {
-        libc::statx(
-            dirfd,
-            c.as_ptr(),
-            flags,
-            libc::STATX_BASIC_STATS | libc::STATX_MNT_ID,
-            buf.as_mut_ptr(),
-        )
-    };
-    if r != 0 {
-        return Err(Errno::last());
-    }
-    // SAFETY: statx returned 0, so the kernel initialised the struct (it was zeroed before anyway).
-    let s = unsafe { buf.assume_init() };
+    let s = rustix::fs::statx(
+        dirfd,
+        name,
+        flags,
+        StatxFlags::BASIC_STATS | StatxFlags::MNT_ID,
+    )
+    .map_err(errno)?;
     Ok(FileId {
         dev: (s.stx_dev_major, s.stx_dev_minor),
         ino: s.stx_ino,
@@ -86,8 +68,15 @@ fn statx_raw(dirfd: RawFd, c: &CStr, flags: libc::c_int) -> Result<FileId, Errno
     })
 }
 
+/// A rustix error as the crate's [`Errno`].
+pub(crate) fn errno(e: rustix::io::Errno) -> Errno {
+    Errno::from_raw(e.raw_os_error())
+}
+
 /// `getdents64(fd, buf)`: fills `buf` with `linux_dirent64` records; returns the bytes used
 /// (0 at the end of the directory). The request size a FUSE filesystem sees is `buf.len()`.
+/// Raw libc: rustix offers getdents only behind `RawDir`, which hides where one request ends
+/// (the read-ahead resolves a name between requests).
 pub fn getdents64(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize, Errno> {
     // SAFETY: `fd` is borrowed for the call and `buf` is writable for `buf.len()` bytes;
     // getdents64(2) writes at most that many bytes into it and nothing else.
@@ -99,11 +88,8 @@ pub fn getdents64(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize, Errno> {
             buf.len(),
         )
     };
-    if r < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(r as usize)
-    }
+    // A byte count (non-negative) or -1.
+    usize::try_from(r).map_err(|_| Errno::last())
 }
 
 /// The names in `getdents64` output (`.` and `..` included).
@@ -140,10 +126,11 @@ pub enum Kcmp {
     Fs,
 }
 
-/// `kcmp(pid1, pid2, type, ...) == 0`: do the two share the object?
+/// `kcmp(pid1, pid2, type, ...) == 0`: do the two share the object? Raw libc: rustix has no
+/// kcmp.
 pub fn kcmp_same(pid1: i32, pid2: i32, what: Kcmp) -> Result<bool, Errno> {
     let (ty, a, b) = match what {
-        Kcmp::File(a, b) => (KCMP_FILE, a as libc::c_ulong, b as libc::c_ulong),
+        Kcmp::File(a, b) => (KCMP_FILE, fd_arg(a)?, fd_arg(b)?),
         Kcmp::Files => (KCMP_FILES, 0, 0),
         Kcmp::Fs => (KCMP_FS, 0, 0),
     };
@@ -156,7 +143,13 @@ pub fn kcmp_same(pid1: i32, pid2: i32, what: Kcmp) -> Result<bool, Errno> {
     }
 }
 
-/// `prlimit(pid, RLIMIT_NOFILE, new, old)`; returns the old (soft, hard).
+/// An fd number as kcmp's unsigned long argument (negative: no such fd).
+fn fd_arg(fd: i32) -> Result<libc::c_ulong, Errno> {
+    libc::c_ulong::try_from(fd).map_err(|_| Errno::EBADF)
+}
+
+/// `prlimit(pid, RLIMIT_NOFILE, new, old)`; returns the old (soft, hard). Raw libc: rustix's
+/// `prlimit` always sets a new limit, and reading another process's limit must not.
 pub fn prlimit_nofile(pid: i32, new: Option<(u64, u64)>) -> Result<(u64, u64), Errno> {
     let newlim = new.map(|(cur, max)| libc::rlimit64 {
         rlim_cur: cur,
@@ -179,7 +172,8 @@ pub fn prlimit_nofile(pid: i32, new: Option<(u64, u64)>) -> Result<(u64, u64), E
 }
 
 /// Re-queue a signal for thread `tid` of `tgid`: with its original siginfo when the kernel
-/// allows forging it (`si_code < 0`, not `SI_TKILL`), else with `tgkill`.
+/// allows forging it (`si_code < 0`, not `SI_TKILL`), else with `tgkill`. Raw libc: rustix has
+/// neither rt_tgsigqueueinfo nor tgkill.
 pub fn requeue_signal(tgid: i32, tid: i32, info: &libc::siginfo_t) -> Result<(), Errno> {
     let r = if info.si_code < 0 && info.si_code != libc::SI_TKILL {
         // SAFETY: `info` is a valid siginfo_t the kernel only reads.
@@ -197,4 +191,35 @@ pub fn requeue_signal(tgid: i32, tid: i32, info: &libc::siginfo_t) -> Result<(),
         unsafe { libc::syscall(libc::SYS_tgkill, tgid, tid, info.si_signo) }
     };
     if r < 0 { Err(Errno::last()) } else { Ok(()) }
+}
+
+/// `process_vm_readv` of `buf.len()` bytes at `addr` in `tid`; returns the bytes read. Raw
+/// libc: rustix has no process_vm_readv.
+pub(crate) fn process_vm_read(tid: i32, addr: u64, buf: &mut [u8]) -> Result<usize, Errno> {
+    let remote = remote_iov(addr, buf.len())?;
+    let mut local = [IoSliceMut::new(buf)];
+    // SAFETY: one local iovec (an IoSliceMut has iovec's layout) over `buf`, writable for its
+    // length; one remote iovec, only read by the kernel; the kernel writes nothing else here.
+    let r = unsafe { libc::process_vm_readv(tid, local.as_mut_ptr().cast(), 1, &remote, 1, 0) };
+    usize::try_from(r).map_err(|_| Errno::last())
+}
+
+/// `process_vm_writev` of `buf` to `addr` in `tid`; returns the bytes written. Raw libc:
+/// rustix has no process_vm_writev.
+pub(crate) fn process_vm_write(tid: i32, addr: u64, buf: &[u8]) -> Result<usize, Errno> {
+    let remote = remote_iov(addr, buf.len())?;
+    let local = [IoSlice::new(buf)];
+    // SAFETY: one local iovec (an IoSlice has iovec's layout) over `buf`, only read by the
+    // kernel, as is the remote iovec; nothing of ours is written.
+    let r = unsafe { libc::process_vm_writev(tid, local.as_ptr().cast(), 1, &remote, 1, 0) };
+    usize::try_from(r).map_err(|_| Errno::last())
+}
+
+/// An iovec naming `len` bytes at `addr` in another process (never dereferenced here).
+fn remote_iov(addr: u64, len: usize) -> Result<libc::iovec, Errno> {
+    let addr = usize::try_from(addr).map_err(|_| Errno::EFAULT)?;
+    Ok(libc::iovec {
+        iov_base: std::ptr::without_provenance_mut::<c_void>(addr),
+        iov_len: len,
+    })
 }
