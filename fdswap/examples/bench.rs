@@ -48,7 +48,7 @@ fn spawn(dir: &Path, fds: usize, threads: usize) -> Target {
             break;
         }
     }
-    let pid = child.id() as i32;
+    let pid = i32::try_from(child.id()).expect("a pid_t");
     Target { child, pid }
 }
 

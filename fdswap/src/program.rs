@@ -225,7 +225,7 @@ impl Program {
 
     /// Describe op `i` for an error message.
     pub(crate) fn describe(&self, i: u64, unit: &ProcessPlan) -> String {
-        let Some(o) = self.ops.get(i as usize) else {
+        let Some(o) = usize::try_from(i).ok().and_then(|i| self.ops.get(i)) else {
             return format!("op {i}");
         };
         let d = o.what;
@@ -287,13 +287,16 @@ impl Program {
     /// Serialise header, ops, undo calls and data: everything the stub reads, relative to the
     /// header. The per-stop header words are filled in by [`patch_header`].
     pub(crate) fn serialize(&self) -> Vec<u8> {
-        let mut data_off = Vec::with_capacity(self.data.len());
+        // Offsets in the body as indices (`*_at`) and as the u64 words the stub adds to r15.
+        let mut data_at = Vec::with_capacity(self.data.len());
         let mut at = self.data_off();
         for d in &self.data {
-            data_off.push(at as u64);
+            data_at.push(at);
             at += round_up(d.len().max(1), 8);
         }
-        let op_off = |n: usize| (Self::ops_off() + n * op::SIZE as usize) as u64;
+        let data_off: Vec<u64> = data_at.iter().map(|&a| a as u64).collect();
+        let op_at = |n: usize| Self::ops_off() + n * op::SIZE as usize;
+        let op_off = |n: usize| op_at(n) as u64;
         let mut out = vec![0u8; self.body_len()];
         fn put(out: &mut [u8], off: usize, v: u64) {
             out[off..off + 8].copy_from_slice(&v.to_le_bytes());
@@ -321,7 +324,7 @@ impl Program {
                 };
             }
             let (kind, nr) = match c.kind {
-                Kind::Syscall(nr) => (op::KIND_SYSCALL, nr as u64),
+                Kind::Syscall(nr) => (op::KIND_SYSCALL, crate::arch::word(nr)),
                 Kind::Compare { data, off, value } => {
                     args[0] = data_off[data] + off;
                     args[1] = value;
@@ -359,7 +362,7 @@ impl Program {
         };
         let mut undo_n = 0u32;
         for (n, o) in self.ops.iter().enumerate() {
-            let off = op_off(n) as usize;
+            let off = op_at(n);
             call(&mut out, off, &o.main);
             if let Some(u) = &o.undo {
                 let uoff = self.undos_off() + undo_n as usize * op::CALL_SIZE as usize;
@@ -377,8 +380,7 @@ impl Program {
             put32(&mut out, off + op::FINAL as usize, u32::from(o.last));
             put(&mut out, off + op::EXPECT as usize, expect);
         }
-        for (d, off) in self.data.iter().zip(&data_off) {
-            let o = *off as usize;
+        for (d, &o) in self.data.iter().zip(&data_at) {
             out[o..o + d.len()].copy_from_slice(d);
         }
         out
@@ -396,15 +398,16 @@ pub(crate) struct Header {
 
 /// Fill the per-stop words into a serialised program.
 pub(crate) fn patch_header(body: &mut [u8], h: &Header) {
-    let mut put = |off: i32, v: u64| {
-        let o = off as usize;
+    let mut put = |o: usize, v: u64| {
         body[o..o + 8].copy_from_slice(&v.to_le_bytes());
     };
-    put(hdr::TGID, h.tgid as u64);
-    put(hdr::TID, h.tid as u64);
-    put(hdr::TRAPSIG, h.trapsig as u64);
+    // The ids and the signal are tgkill's int arguments: register words.
+    let int = |v: i32| crate::arch::word(i64::from(v));
+    put(hdr::TGID as usize, int(h.tgid));
+    put(hdr::TID as usize, int(h.tid));
+    put(hdr::TRAPSIG as usize, int(h.trapsig));
     for (i, w) in h.regs.iter().enumerate() {
-        put(hdr::REGS + 8 * i as i32, *w);
+        put(hdr::REGS as usize + 8 * i, *w);
     }
 }
 
@@ -422,18 +425,15 @@ pub(crate) struct Outcome {
 
 impl Outcome {
     pub(crate) fn parse(header: &[u8]) -> Outcome {
-        let w = |off: i32| {
-            let o = off as usize;
-            u64::from_le_bytes(header[o..o + 8].try_into().unwrap_or([0; 8]))
-        };
+        let w = |o: usize| u64::from_le_bytes(header[o..o + 8].try_into().unwrap_or([0; 8]));
         Outcome {
-            status: w(hdr::STATUS),
-            fail_index: w(hdr::FAIL_INDEX),
-            fail_result: w(hdr::FAIL_RESULT) as i64,
-            final_errors: w(hdr::FINAL_ERRORS),
-            final_index: w(hdr::FINAL_INDEX),
-            final_result: w(hdr::FINAL_RESULT) as i64,
-            floor: w(hdr::FLOOR),
+            status: w(hdr::STATUS as usize),
+            fail_index: w(hdr::FAIL_INDEX as usize),
+            fail_result: crate::arch::signed(w(hdr::FAIL_RESULT as usize)),
+            final_errors: w(hdr::FINAL_ERRORS as usize),
+            final_index: w(hdr::FINAL_INDEX as usize),
+            final_result: crate::arch::signed(w(hdr::FINAL_RESULT as usize)),
+            floor: w(hdr::FLOOR as usize),
         }
     }
 }

@@ -430,15 +430,15 @@ pub(crate) fn trampoline(orig: &Regs) -> Result<Vec<u8>> {
     dynasm!(ops
         ; .arch x64
         ; syscall
-        ; mov rax, QWORD a.rax as i64
-        ; mov rcx, QWORD a.rcx as i64
-        ; mov rdx, QWORD a.rdx as i64
-        ; mov rsi, QWORD a.rsi as i64
-        ; mov rdi, QWORD a.rdi as i64
-        ; mov r8, QWORD a.r8 as i64
-        ; mov r9, QWORD a.r9 as i64
-        ; mov r10, QWORD a.r10 as i64
-        ; mov r11, QWORD a.r11 as i64
+        ; mov rax, QWORD signed(a.rax)
+        ; mov rcx, QWORD signed(a.rcx)
+        ; mov rdx, QWORD signed(a.rdx)
+        ; mov rsi, QWORD signed(a.rsi)
+        ; mov rdi, QWORD signed(a.rdi)
+        ; mov r8, QWORD signed(a.r8)
+        ; mov r9, QWORD signed(a.r9)
+        ; mov r10, QWORD signed(a.r10)
+        ; mov r11, QWORD signed(a.r11)
         ; .bytes [0xffu8, 0x25, 0, 0, 0, 0]
         ; .u64 a.rip
     );
@@ -456,7 +456,18 @@ pub(crate) fn ip(r: &Regs) -> u64 {
 
 /// Syscall return value.
 pub(crate) fn ret(r: &Regs) -> i64 {
-    r.rax as i64
+    signed(r.rax)
+}
+
+/// A register word read as the signed value the syscall ABI means by it (two's complement:
+/// `-errno`, a syscall number, `-1` for none).
+pub(crate) fn signed(w: u64) -> i64 {
+    i64::from_ne_bytes(w.to_ne_bytes())
+}
+
+/// A signed value as the register word that holds it (two's complement).
+pub(crate) fn word(v: i64) -> u64 {
+    u64::from_ne_bytes(v.to_ne_bytes())
 }
 
 /// Registers to run one syscall `nr(args)` at the `syscall` instruction at `at`, with no
@@ -464,7 +475,7 @@ pub(crate) fn ret(r: &Regs) -> i64 {
 pub(crate) fn syscall_regs(orig: &Regs, at: u64, nr: i64, args: [u64; 6]) -> Regs {
     let mut r = *orig;
     r.rip = at;
-    r.rax = nr as u64;
+    r.rax = word(nr);
     r.orig_rax = u64::MAX;
     r.rdi = args[0];
     r.rsi = args[1];
@@ -501,9 +512,9 @@ const EINTR_ON_STOP: &[i64] = &[
 /// If the stop turned a blocking syscall into a spurious `EINTR`, make it restart instead.
 /// Returns whether the registers were changed.
 pub(crate) fn fix_spurious_eintr(r: &mut Regs) -> bool {
-    let nr = r.orig_rax as i64;
-    if nr >= 0 && r.rax as i64 == -i64::from(libc::EINTR) && EINTR_ON_STOP.contains(&nr) {
-        r.rax = (-ERESTARTNOHAND) as u64;
+    let nr = signed(r.orig_rax);
+    if nr >= 0 && signed(r.rax) == -i64::from(libc::EINTR) && EINTR_ON_STOP.contains(&nr) {
+        r.rax = word(-ERESTARTNOHAND);
         return true;
     }
     false
@@ -513,14 +524,14 @@ pub(crate) fn fix_spurious_eintr(r: &mut Regs) -> bool {
 /// the tracer-less return path loads.
 pub(crate) fn after_restart(r: &Regs) -> Regs {
     let mut o = *r;
-    if (r.orig_rax as i64) >= 0 {
-        match -(r.rax as i64) {
+    if signed(r.orig_rax) >= 0 {
+        match -signed(r.rax) {
             ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
                 o.rax = r.orig_rax;
                 o.rip = r.rip.wrapping_sub(2);
             }
             ERESTART_RESTARTBLOCK => {
-                o.rax = libc::SYS_restart_syscall as u64;
+                o.rax = word(libc::SYS_restart_syscall);
                 o.rip = r.rip.wrapping_sub(2);
             }
             _ => {}
@@ -570,13 +581,13 @@ mod tests {
     #[test]
     fn restart_is_emulated() {
         let mut r: Regs = zero_regs();
-        r.orig_rax = libc::SYS_read as u64;
-        r.rax = (-ERESTARTSYS) as u64;
+        r.orig_rax = word(libc::SYS_read);
+        r.rax = word(-ERESTARTSYS);
         r.rip = 0x1002;
         let a = after_restart(&r);
-        assert_eq!((a.rax, a.rip), (libc::SYS_read as u64, 0x1000));
-        r.rax = (-ERESTART_RESTARTBLOCK) as u64;
-        assert_eq!(after_restart(&r).rax, libc::SYS_restart_syscall as u64);
+        assert_eq!((a.rax, a.rip), (word(libc::SYS_read), 0x1000));
+        r.rax = word(-ERESTART_RESTARTBLOCK);
+        assert_eq!(after_restart(&r).rax, word(libc::SYS_restart_syscall));
         r.orig_rax = u64::MAX;
         assert_eq!(after_restart(&r).rip, 0x1002);
     }

@@ -30,15 +30,25 @@ fn say(out: &Mutex<()>, line: &str) {
     let _ = o.flush();
 }
 
+/// A duration as a timespec (the testee's timeouts are far inside time_t's range).
+fn timespec(d: Duration) -> libc::timespec {
+    libc::timespec {
+        tv_sec: libc::time_t::try_from(d.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_nsec: libc::c_long::from(d.subsec_nanos()),
+    }
+}
+
+/// A `struct flock` short field from its small `F_*`/`SEEK_*` constant.
+fn short(v: i32) -> i16 {
+    i16::try_from(v).expect("F_* and SEEK_* constants fit a short")
+}
+
 fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
 fn futex_wait(word: &AtomicU32, timeout: Option<Duration>) -> (i64, i32) {
-    let ts = timeout.map(|d| libc::timespec {
-        tv_sec: d.as_secs() as libc::time_t,
-        tv_nsec: d.subsec_nanos() as libc::c_long,
-    });
+    let ts = timeout.map(timespec);
     let tsp = ts
         .as_ref()
         .map_or(std::ptr::null(), |t| t as *const libc::timespec);
@@ -188,8 +198,8 @@ fn serve(args: &[String]) {
         let l = open(&dir.join("lock.db"), libc::O_RDWR, 0o644);
         (&l).write_all(&[0u8; 200]).expect("write lock.db");
         let fl = libc::flock {
-            l_type: libc::F_WRLCK as i16,
-            l_whence: libc::SEEK_SET as i16,
+            l_type: short(libc::F_WRLCK),
+            l_whence: short(libc::SEEK_SET),
             l_start: 0,
             l_len: 100,
             l_pid: 0,
@@ -279,10 +289,7 @@ fn serve(args: &[String]) {
         let o = out.clone();
         std::thread::spawn(move || {
             let t0 = Instant::now();
-            let ts = libc::timespec {
-                tv_sec: (sleep_ms / 1000) as libc::time_t,
-                tv_nsec: ((sleep_ms % 1000) * 1_000_000) as libc::c_long,
-            };
+            let ts = timespec(Duration::from_millis(sleep_ms));
             let mut rem = libc::timespec {
                 tv_sec: 0,
                 tv_nsec: 0,
@@ -359,10 +366,7 @@ fn serve(args: &[String]) {
         // A thread stuck in vfork() until its child exits: it cannot stop meanwhile.
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(20));
-            let ts = libc::timespec {
-                tv_sec: (vfork_ms / 1000) as libc::time_t,
-                tv_nsec: ((vfork_ms % 1000) * 1_000_000) as libc::c_long,
-            };
+            let ts = timespec(Duration::from_millis(vfork_ms));
             // vfork is the point: a parent thread that cannot stop.
             #[allow(deprecated)]
             // SAFETY: the child only makes raw syscalls (nanosleep, _exit) on its own stack
@@ -445,8 +449,8 @@ fn serve(args: &[String]) {
                     unsafe { *(shared_map as *mut u8).add(100) = b'M' };
                 }
                 let fl = libc::flock {
-                    l_type: libc::F_WRLCK as i16,
-                    l_whence: libc::SEEK_SET as i16,
+                    l_type: short(libc::F_WRLCK),
+                    l_whence: short(libc::SEEK_SET),
                     l_start: 0,
                     l_len: 100,
                     l_pid: 0,

@@ -93,7 +93,7 @@ impl<'a> Resolver<'a> {
     pub(super) fn new(pid: i32, base: &'a Path) -> Self {
         let dir = openat(
             rustix::fs::CWD,
-            &proc_root_path(pid, base),
+            proc_root_path(pid, base),
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )

@@ -541,8 +541,10 @@ impl<'u> Builder<'u> {
         match saved {
             Some(s) => {
                 // The other fds of the description: onto the new file now (undoable).
-                for i in self.groups[g][1..].to_vec() {
-                    self.dup3_onto(n, &unit.fds[i], Some(s));
+                let others: Vec<&FdItem> =
+                    self.groups[g][1..].iter().map(|&i| &unit.fds[i]).collect();
+                for f in others {
+                    self.dup3_onto(n, f, Some(s));
                 }
                 ops.opened.push(Opened::InPlace { saved: s });
             }
@@ -686,8 +688,10 @@ impl<'u> Builder<'u> {
             match o {
                 Opened::Spare { new, group } => {
                     let unit = self.unit;
-                    for i in self.groups[group].clone() {
-                        self.dup3_onto(new, &unit.fds[i], None);
+                    let fds: Vec<&FdItem> =
+                        self.groups[group].iter().map(|&i| &unit.fds[i]).collect();
+                    for f in fds {
+                        self.dup3_onto(new, f, None);
                     }
                     let (what, call) = close(
                         on_fd("close of the spare new file for", self.fd(group).fd),

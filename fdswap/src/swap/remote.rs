@@ -74,7 +74,7 @@ pub(super) fn find_syscall_insn(pid: i32, tid: i32) -> Result<u64> {
         .collect();
     cands.sort_by_key(|m| m.path != "[vdso]");
     for m in cands {
-        let len = ((m.end - m.start) as usize).min(1 << 20);
+        let len = usize::try_from(m.end - m.start).map_or(1 << 20, |l| l.min(1 << 20));
         let mut buf = vec![0u8; len];
         if read_mem(tid, m.start, &mut buf).is_err() {
             continue;
@@ -154,7 +154,7 @@ pub(super) fn remote_syscall(
         return Err(Error::RemoteSyscall {
             tid,
             name,
-            errno: Errno::from_raw(-r as i32),
+            errno: sys::neg_errno(r),
         });
     }
     Ok(r)

@@ -159,7 +159,8 @@ pub(crate) fn prepare(
             _ => None,
         }))
         .max()
-        .unwrap_or(0) as u64;
+        .and_then(|fd| u64::try_from(fd).ok())
+        .unwrap_or(0);
     // Spare fds: the new file of each group until its batch commits, maps and cwd.
     let dirs = unit
         .fds
@@ -174,7 +175,7 @@ pub(crate) fn prepare(
     let batch = if limit >= base + ngroups {
         usize::MAX
     } else {
-        limit.saturating_sub(base).max(1) as usize
+        usize::try_from(limit.saturating_sub(base).max(1)).unwrap_or(usize::MAX)
     };
     let batch = so.max_batch.map_or(batch, |m| batch.min(m.max(1)));
     let built = build(unit, trapsig, batch, gaps.as_deref());
@@ -248,7 +249,7 @@ pub(super) fn run_unit(
     // From here on the mapping must go and the registers come back, whatever happens. The
     // munmap runs on the original registers, so that the trampoline would restore all of them.
     let result = mapped.and_then(|addr| {
-        let addr = addr as u64;
+        let addr = arch::word(addr);
         let ran = run_stub(t, unit, stub, so, &mut prepared, addr, trapsig, &orig);
         let unmapped = remote_syscall(
             t,
@@ -336,7 +337,7 @@ fn run_stub(
     let out = Outcome::parse(&h);
     let built = &prepared.built;
     let op_what = |i: u64| built.program.describe(i, unit);
-    let errno = |r: i64| Errno::from_raw((-r) as i32);
+    let errno = sys::neg_errno;
     match out.status {
         status::DONE if out.final_errors == 0 => Ok(()),
         status::DONE => Err(Error::StubFinal {
@@ -351,7 +352,7 @@ fn run_stub(
             kept: built
                 .batches
                 .iter()
-                .filter(|(commit, _)| *commit < out.floor as usize)
+                .filter(|(commit, _)| usize::try_from(out.floor).is_ok_and(|floor| *commit < floor))
                 .flat_map(|(_, fds)| fds.iter().copied())
                 .collect(),
         }),

@@ -68,6 +68,15 @@ pub fn statx_at(dirfd: BorrowedFd<'_>, name: &Path, flags: AtFlags) -> Result<Fi
     })
 }
 
+/// A syscall's `-errno` result (from a register) as an [`Errno`].
+pub(crate) fn neg_errno(r: i64) -> Errno {
+    Errno::from_raw(
+        r.checked_neg()
+            .and_then(|e| i32::try_from(e).ok())
+            .unwrap_or(0),
+    )
+}
+
 /// A rustix error as the crate's [`Errno`].
 pub(crate) fn errno(e: rustix::io::Errno) -> Errno {
     Errno::from_raw(e.raw_os_error())

@@ -59,7 +59,7 @@ impl Testee {
                 }
             }
         });
-        let mut pid = child.id() as i32;
+        let mut pid = i32::try_from(child.id()).expect("a pid_t");
         if via_unshare {
             // The testee is unshare's child.
             let children = format!("/proc/{pid}/task/{pid}/children");
@@ -297,7 +297,7 @@ pub fn in_stub(pid: i32) -> bool {
     let Ok(mem) = std::fs::File::open(format!("/proc/{pid}/mem")) else {
         return false;
     };
-    let len = ((b - a) as usize).min(64 * 1024);
+    let len = usize::try_from(b - a).map_or(64 * 1024, |l| l.min(64 * 1024));
     let mut buf = vec![0u8; len];
     if mem.read_exact_at(&mut buf, a).is_err() {
         return false;
