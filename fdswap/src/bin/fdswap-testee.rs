@@ -91,327 +91,102 @@ fn open(path: &Path, flags: i32, mode: u32) -> File {
         .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
 }
 
+/// What `serve` was asked for.
+#[derive(Default)]
+struct ServeArgs {
+    dir: PathBuf,
+    full: bool,
+    churn: bool,
+    fd_churn: bool,
+    vfork_ms: u64,
+    own_tables: bool,
+    nfds: usize,
+    nthreads: usize,
+    sleep_ms: u64,
+}
+
+impl ServeArgs {
+    fn parse(args: &[String]) -> ServeArgs {
+        let mut a = ServeArgs {
+            dir: PathBuf::from(&args[0]),
+            sleep_ms: 1500,
+            ..ServeArgs::default()
+        };
+        let mut it = args[1..].iter();
+        while let Some(arg) = it.next() {
+            let mut value = || it.next().expect("a value").clone();
+            match arg.as_str() {
+                "--full" => a.full = true,
+                "--churn" => a.churn = true,
+                "--fd-churn" => a.fd_churn = true,
+                "--own-tables" => a.own_tables = true,
+                "--vfork-ms" => a.vfork_ms = value().parse().expect("--vfork-ms MS"),
+                "--fds" => a.nfds = value().parse().expect("--fds N"),
+                "--threads" => a.nthreads = value().parse().expect("--threads T"),
+                "--sleep-ms" => a.sleep_ms = value().parse().expect("--sleep-ms MS"),
+                "--unshare" => {
+                    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("unshare");
+                    nix::mount::mount(
+                        None::<&str>,
+                        "/",
+                        None::<&str>,
+                        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+                        None::<&str>,
+                    )
+                    .expect("make / private");
+                }
+                a => panic!("unknown argument {a}"),
+            }
+        }
+        a
+    }
+}
+
+fn report_fd(out: &Mutex<()>, name: &str, fd: RawFd) {
+    say(out, &format!("FD {name} {fd}"));
+}
+
+/// Map `len` bytes of `path` (created at that size) read-write with `flags`.
+fn map_file(path: &Path, len: u64, flags: i32) -> *mut u8 {
+    let f = open(path, libc::O_RDWR, 0o644);
+    f.set_len(len).expect("size the mapped file");
+    let size = usize::try_from(len).expect("a small mapping");
+    // SAFETY: a fresh mapping of a file we own; nothing else uses that range.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    p.cast()
+}
+
 fn serve(args: &[String]) {
-    let dir = PathBuf::from(&args[0]);
-    let mut full = false;
-    let mut churn = false;
-    let mut fd_churn = false;
-    let mut vfork_ms = 0u64;
-    let mut own_tables = false;
-    let mut nfds = 0usize;
-    let mut nthreads = 0usize;
-    let mut sleep_ms = 1500u64;
-    let mut i = 1;
-    while i < args.len() {
-        match args[i].as_str() {
-            "--full" => full = true,
-            "--churn" => churn = true,
-            "--fd-churn" => fd_churn = true,
-            "--own-tables" => own_tables = true,
-            "--vfork-ms" => {
-                i += 1;
-                vfork_ms = args[i].parse().expect("--vfork-ms MS");
-            }
-            "--fds" => {
-                i += 1;
-                nfds = args[i].parse().expect("--fds N");
-            }
-            "--threads" => {
-                i += 1;
-                nthreads = args[i].parse().expect("--threads T");
-            }
-            "--sleep-ms" => {
-                i += 1;
-                sleep_ms = args[i].parse().expect("--sleep-ms MS");
-            }
-            "--unshare" => {
-                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("unshare");
-                nix::mount::mount(
-                    None::<&str>,
-                    "/",
-                    None::<&str>,
-                    nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
-                    None::<&str>,
-                )
-                .expect("make / private");
-            }
-            a => panic!("unknown argument {a}"),
-        }
-        i += 1;
-    }
-    // Like many servers: use the hard limit of open files.
-    {
-        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-        let hard = getrlimit(Resource::Nofile).maximum;
-        let want = Rlimit {
-            current: hard,
-            maximum: hard,
-        };
-        if let Err(e) = setrlimit(Resource::Nofile, want) {
-            eprintln!("setrlimit NOFILE {hard:?}: {e}");
-        }
-    }
+    let a = ServeArgs::parse(args);
+    raise_nofile();
     let out = Arc::new(Mutex::new(()));
-    let mut keep: Vec<RawFd> = Vec::new();
-    let report_fd = |name: &str, fd: RawFd| say(&out, &format!("FD {name} {fd}"));
-
-    if nfds > 0 {
-        let many = dir.join("many");
-        fs::create_dir_all(&many).expect("mkdir many");
-        for k in 0..nfds {
-            let f = open(&many.join(format!("f{k}")), libc::O_RDWR, 0o644);
-            keep.push(f.into_raw_fd());
-        }
-        report_fd("many_first", keep[0]);
+    let keep = open_many(&a.dir, a.nfds, &out);
+    let (full, wakers) = if a.full {
+        let full = open_full(&a.dir, &out);
+        (Some(full), spawn_blockers(&out, a.sleep_ms))
+    } else {
+        (None, Vec::new())
+    };
+    if a.own_tables {
+        spawn_own_table(&a.dir, &out);
     }
-    let mut wakers: Vec<Box<dyn FnOnce()>> = Vec::new();
-    let mut a_fd = -1;
-    let mut lock_fd = -1;
-    let mut shared_map: usize = 0;
-    if full {
-        let a = open(&dir.join("a.txt"), libc::O_RDWR | libc::O_APPEND, 0o644);
-        (&a).write_all(b"hello").expect("write a");
-        a_fd = a.into_raw_fd();
-        report_fd("append", a_fd);
-        // SAFETY: dup of an fd we own; the result is a new fd we own.
-        let dup = unsafe { libc::dup(a_fd) };
-        report_fd("append_dup", dup);
-        let mut b = open(&dir.join("b.txt"), libc::O_RDWR, 0o644);
-        b.write_all(b"0123456789").expect("write b");
-        drop(b);
-        let mut b = open(&dir.join("b.txt"), libc::O_RDONLY, 0o644);
-        let mut three = [0u8; 3];
-        b.read_exact(&mut three).expect("read b");
-        report_fd("readonly_pos3", b.into_raw_fd());
-        let c = open(
-            &dir.join("c.txt"),
-            libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NONBLOCK,
-            0o644,
-        );
-        report_fd("cloexec_nonblock", c.into_raw_fd());
-        {
-            let mut d = open(&dir.join("d.bin"), libc::O_RDWR, 0o644);
-            d.write_all(&vec![7u8; 8192]).expect("write d");
-        }
-        let d = open(&dir.join("d.bin"), libc::O_RDWR | libc::O_DIRECT, 0o644);
-        report_fd("direct", d.into_raw_fd());
-        let l = open(&dir.join("lock.db"), libc::O_RDWR, 0o644);
-        (&l).write_all(&[0u8; 200]).expect("write lock.db");
-        let fl = libc::flock {
-            l_type: short(libc::F_WRLCK),
-            l_whence: short(libc::SEEK_SET),
-            l_start: 0,
-            l_len: 100,
-            l_pid: 0,
-        };
-        // SAFETY: `fl` is a valid flock struct for F_SETLK on an fd we own.
-        let r = unsafe { libc::fcntl(l.as_raw_fd(), libc::F_SETLK, &fl) };
-        assert_eq!(r, 0, "F_SETLK");
-        lock_fd = l.into_raw_fd();
-        report_fd("locked", lock_fd);
-        let s = open(&dir.join("shared.map"), libc::O_RDWR, 0o644);
-        s.set_len(8192).expect("size shared.map");
-        // SAFETY: a fresh shared mapping of a file we own; nothing else uses that range.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                8192,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                s.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
-        shared_map = p as usize;
-        say(&out, &format!("MAP shared {shared_map:x}"));
-        drop(s);
-        let pr = open(&dir.join("private.map"), libc::O_RDWR, 0o644);
-        pr.set_len(4096).expect("size private.map");
-        // SAFETY: as above, private.
-        let q = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                4096,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE,
-                pr.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(q, libc::MAP_FAILED);
-        say(&out, &format!("MAP private {:x}", q as usize));
-        drop(pr);
-        let del = open(&dir.join("deleted.txt"), libc::O_RDWR, 0o644);
-        fs::remove_file(dir.join("deleted.txt")).expect("unlink");
-        report_fd("deleted", del.into_raw_fd());
-        let dfd = File::open(&dir).expect("open dir");
-        report_fd("dir", dfd.into_raw_fd());
-        std::env::set_current_dir(&dir).expect("chdir");
-
-        // Blockers.
-        let (mut rp, wp) = std::io::pipe().expect("pipe");
-        let o = out.clone();
-        std::thread::spawn(move || {
-            let mut b = [0u8; 1];
-            let r = rp.read(&mut b);
-            say(
-                &o,
-                &format!(
-                    "T read {}",
-                    match r {
-                        Ok(n) => format!("ok {n}"),
-                        Err(e) => format!("err {e}"),
-                    }
-                ),
-            );
-        });
-        let wp = Arc::new(Mutex::new(wp));
-        let w2 = wp.clone();
-        wakers.push(Box::new(move || {
-            let _ = w2.lock().map(|mut w| w.write_all(b"x"));
-        }));
-        let o = out.clone();
-        std::thread::spawn(move || {
-            let (r, e) = futex_wait(&FUTEX, None);
-            say(&o, &format!("T futex {r} {e}"));
-        });
-        wakers.push(Box::new(|| futex_wake(&FUTEX)));
-        let o = out.clone();
-        std::thread::spawn(move || {
-            let t0 = Instant::now();
-            let (r, e) = futex_wait(&FUTEX_TIMED, Some(Duration::from_millis(sleep_ms)));
-            say(
-                &o,
-                &format!("T futex_timed {r} {e} {}", t0.elapsed().as_millis()),
-            );
-        });
-        let o = out.clone();
-        std::thread::spawn(move || {
-            let t0 = Instant::now();
-            let ts = timespec(Duration::from_millis(sleep_ms));
-            let mut rem = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            // SAFETY: both pointers are to timespecs on this stack frame.
-            let r = unsafe { libc::nanosleep(&ts, &mut rem) };
-            let e = if r < 0 { errno() } else { 0 };
-            say(
-                &o,
-                &format!("T nanosleep {r} {e} {}", t0.elapsed().as_millis()),
-            );
-        });
-        let (ep_r, ep_w) = std::io::pipe().expect("pipe");
-        let o = out.clone();
-        std::thread::spawn(move || {
-            // SAFETY: epoll_create1 has no pointer arguments.
-            let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-            let mut ev = libc::epoll_event {
-                events: libc::EPOLLIN as u32,
-                u64: 1,
-            };
-            // SAFETY: `ev` is a valid epoll_event; the fds are open.
-            unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, ep_r.as_raw_fd(), &mut ev) };
-            let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 4];
-            // SAFETY: `evs` has room for 4 events.
-            let r = unsafe { libc::epoll_wait(ep, evs.as_mut_ptr(), 4, -1) };
-            let e = if r < 0 { errno() } else { 0 };
-            say(&o, &format!("T epoll {r} {e}"));
-        });
-        let ep_w = Arc::new(Mutex::new(ep_w));
-        wakers.push(Box::new(move || {
-            let _ = ep_w.lock().map(|mut w| w.write_all(b"x"));
-        }));
-        let sock = std::env::temp_dir().join(format!("fdswap-testee-{}.sock", std::process::id()));
-        let _ = fs::remove_file(&sock);
-        let listener = UnixListener::bind(&sock).expect("bind");
-        let o = out.clone();
-        std::thread::spawn(move || {
-            let r = listener.accept();
-            say(
-                &o,
-                &format!("T accept {}", if r.is_ok() { "ok" } else { "err" }),
-            );
-        });
-        wakers.push(Box::new(move || {
-            let _ = UnixStream::connect(&sock);
-            let _ = fs::remove_file(&sock);
-        }));
+    if a.vfork_ms > 0 {
+        spawn_vfork(a.vfork_ms);
     }
-    if own_tables {
-        // A thread with its own fd table and cwd (unshare CLONE_FILES|CLONE_FS), holding a file.
-        let d = dir.clone();
-        let o = out.clone();
-        std::thread::spawn(move || {
-            nix::sched::unshare(
-                nix::sched::CloneFlags::CLONE_FILES | nix::sched::CloneFlags::CLONE_FS,
-            )
-            .expect("unshare files+fs");
-            let sub = d.join("own");
-            fs::create_dir_all(&sub).expect("mkdir own");
-            let f = open(&sub.join("own.txt"), libc::O_RDWR, 0o644);
-            std::env::set_current_dir(&sub).expect("chdir own");
-            // SAFETY: gettid has no arguments.
-            let tid = unsafe { libc::syscall(libc::SYS_gettid) };
-            say(&o, &format!("OWN {tid} {}", f.as_raw_fd()));
-            loop {
-                let _ = futex_wait(&FUTEX_TIMED, None);
-                let _ = &f;
-            }
-        });
-        std::thread::sleep(Duration::from_millis(20));
+    if a.churn {
+        spawn_churn();
     }
-    if vfork_ms > 0 {
-        // A thread stuck in vfork() until its child exits: it cannot stop meanwhile.
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(20));
-            let ts = timespec(Duration::from_millis(vfork_ms));
-            // vfork is the point: a parent thread that cannot stop.
-            #[allow(deprecated)]
-            // SAFETY: the child only makes raw syscalls (nanosleep, _exit) on its own stack
-            // variables, which is what vfork permits in practice.
-            let child = unsafe { libc::vfork() };
-            if child == 0 {
-                // SAFETY: see above.
-                unsafe {
-                    libc::syscall(libc::SYS_nanosleep, &ts as *const libc::timespec, 0usize);
-                    libc::_exit(0);
-                }
-            }
-            if child > 0 {
-                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None);
-            }
-        });
-    }
-    if churn {
-        // Threads come and go, and the process forks, all the time.
-        std::thread::spawn(|| {
-            loop {
-                let h = std::thread::spawn(|| {
-                    let f = File::open("/dev/null");
-                    std::thread::sleep(Duration::from_micros(500));
-                    drop(f);
-                });
-                let _ = h.join();
-            }
-        });
-        std::thread::spawn(|| {
-            loop {
-                // SAFETY: the child only calls _exit, which is async-signal-safe.
-                let child = unsafe { libc::fork() };
-                if child == 0 {
-                    // SAFETY: async-signal-safe exit in the forked child.
-                    unsafe { libc::_exit(0) };
-                }
-                if child > 0 {
-                    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None);
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        });
-    }
-    for _ in 0..nthreads {
+    for _ in 0..a.nthreads {
         std::thread::spawn(|| {
             loop {
                 let _ = futex_wait(&FUTEX, None);
@@ -421,32 +196,314 @@ fn serve(args: &[String]) {
             }
         });
     }
-    if fd_churn {
-        // Opens and closes an fd all the time: the lowest free fd number comes and goes.
-        std::thread::spawn(|| {
-            loop {
-                let f = File::open("/dev/null").expect("/dev/null");
-                std::thread::sleep(Duration::from_millis(1));
-                drop(f);
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        });
+    if a.fd_churn {
+        spawn_fd_churn();
     }
     std::thread::sleep(Duration::from_millis(50)); // let the threads block
     say(&out, "READY");
+    commands(&out, full.as_ref(), wakers);
+    for fd in keep {
+        // SAFETY: fds we own.
+        unsafe { libc::close(fd) };
+    }
+    // Make the stdout pipe see EOF cleanly.
+    // SAFETY: fd 1 is ours to close at exit.
+    let _ = unsafe { File::from_raw_fd(libc::dup(1)) };
+}
+
+/// Like many servers: use the hard limit of open files.
+fn raise_nofile() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let hard = getrlimit(Resource::Nofile).maximum;
+    let want = Rlimit {
+        current: hard,
+        maximum: hard,
+    };
+    if let Err(e) = setrlimit(Resource::Nofile, want) {
+        eprintln!("setrlimit NOFILE {hard:?}: {e}");
+    }
+}
+
+/// `n` files `many/f*`, kept open.
+fn open_many(dir: &Path, n: usize, out: &Mutex<()>) -> Vec<RawFd> {
+    let mut keep = Vec::new();
+    if n > 0 {
+        let many = dir.join("many");
+        fs::create_dir_all(&many).expect("mkdir many");
+        for k in 0..n {
+            let f = open(&many.join(format!("f{k}")), libc::O_RDWR, 0o644);
+            keep.push(f.into_raw_fd());
+        }
+        report_fd(out, "many_first", keep[0]);
+    }
+    keep
+}
+
+/// The files of `--full`: what `write` touches.
+struct Full {
+    a_fd: RawFd,
+    lock_fd: RawFd,
+    shared_map: *mut u8,
+}
+
+/// Every kind of fd and mapping the swap moves or leaves alone, and the cwd.
+fn open_full(dir: &Path, out: &Mutex<()>) -> Full {
+    let a = open(&dir.join("a.txt"), libc::O_RDWR | libc::O_APPEND, 0o644);
+    (&a).write_all(b"hello").expect("write a");
+    let a_fd = a.into_raw_fd();
+    report_fd(out, "append", a_fd);
+    // SAFETY: dup of an fd we own; the result is a new fd we own.
+    let dup = unsafe { libc::dup(a_fd) };
+    report_fd(out, "append_dup", dup);
+    let mut b = open(&dir.join("b.txt"), libc::O_RDWR, 0o644);
+    b.write_all(b"0123456789").expect("write b");
+    drop(b);
+    let mut b = open(&dir.join("b.txt"), libc::O_RDONLY, 0o644);
+    let mut three = [0u8; 3];
+    b.read_exact(&mut three).expect("read b");
+    report_fd(out, "readonly_pos3", b.into_raw_fd());
+    let c = open(
+        &dir.join("c.txt"),
+        libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NONBLOCK,
+        0o644,
+    );
+    report_fd(out, "cloexec_nonblock", c.into_raw_fd());
+    {
+        let mut d = open(&dir.join("d.bin"), libc::O_RDWR, 0o644);
+        d.write_all(&vec![7u8; 8192]).expect("write d");
+    }
+    let d = open(&dir.join("d.bin"), libc::O_RDWR | libc::O_DIRECT, 0o644);
+    report_fd(out, "direct", d.into_raw_fd());
+    let l = open(&dir.join("lock.db"), libc::O_RDWR, 0o644);
+    (&l).write_all(&[0u8; 200]).expect("write lock.db");
+    let fl = libc::flock {
+        l_type: short(libc::F_WRLCK),
+        l_whence: short(libc::SEEK_SET),
+        l_start: 0,
+        l_len: 100,
+        l_pid: 0,
+    };
+    // SAFETY: `fl` is a valid flock struct for F_SETLK on an fd we own.
+    let r = unsafe { libc::fcntl(l.as_raw_fd(), libc::F_SETLK, &fl) };
+    assert_eq!(r, 0, "F_SETLK");
+    let lock_fd = l.into_raw_fd();
+    report_fd(out, "locked", lock_fd);
+    let shared_map = map_file(&dir.join("shared.map"), 8192, libc::MAP_SHARED);
+    say(out, &format!("MAP shared {:x}", shared_map as usize));
+    let private = map_file(&dir.join("private.map"), 4096, libc::MAP_PRIVATE);
+    say(out, &format!("MAP private {:x}", private as usize));
+    let del = open(&dir.join("deleted.txt"), libc::O_RDWR, 0o644);
+    fs::remove_file(dir.join("deleted.txt")).expect("unlink");
+    report_fd(out, "deleted", del.into_raw_fd());
+    let dfd = File::open(dir).expect("open dir");
+    report_fd(out, "dir", dfd.into_raw_fd());
+    std::env::set_current_dir(dir).expect("chdir");
+
+    Full {
+        a_fd,
+        lock_fd,
+        shared_map,
+    }
+}
+
+/// Threads blocked in read, futex, timed futex, nanosleep, epoll_wait and accept; returns what
+/// wakes each.
+fn spawn_blockers(out: &Arc<Mutex<()>>, sleep_ms: u64) -> Vec<Box<dyn FnOnce()>> {
+    let mut wakers: Vec<Box<dyn FnOnce()>> = Vec::new();
+    let (mut rp, wp) = std::io::pipe().expect("pipe");
+    let o = out.clone();
+    std::thread::spawn(move || {
+        let mut b = [0u8; 1];
+        let r = rp.read(&mut b);
+        say(
+            &o,
+            &format!(
+                "T read {}",
+                match r {
+                    Ok(n) => format!("ok {n}"),
+                    Err(e) => format!("err {e}"),
+                }
+            ),
+        );
+    });
+    let wp = Arc::new(Mutex::new(wp));
+    let w2 = wp.clone();
+    wakers.push(Box::new(move || {
+        let _ = w2.lock().map(|mut w| w.write_all(b"x"));
+    }));
+    let o = out.clone();
+    std::thread::spawn(move || {
+        let (r, e) = futex_wait(&FUTEX, None);
+        say(&o, &format!("T futex {r} {e}"));
+    });
+    wakers.push(Box::new(|| futex_wake(&FUTEX)));
+    let o = out.clone();
+    std::thread::spawn(move || {
+        let t0 = Instant::now();
+        let (r, e) = futex_wait(&FUTEX_TIMED, Some(Duration::from_millis(sleep_ms)));
+        say(
+            &o,
+            &format!("T futex_timed {r} {e} {}", t0.elapsed().as_millis()),
+        );
+    });
+    let o = out.clone();
+    std::thread::spawn(move || {
+        let t0 = Instant::now();
+        let ts = timespec(Duration::from_millis(sleep_ms));
+        let mut rem = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: both pointers are to timespecs on this stack frame.
+        let r = unsafe { libc::nanosleep(&ts, &mut rem) };
+        let e = if r < 0 { errno() } else { 0 };
+        say(
+            &o,
+            &format!("T nanosleep {r} {e} {}", t0.elapsed().as_millis()),
+        );
+    });
+    let (ep_r, ep_w) = std::io::pipe().expect("pipe");
+    let o = out.clone();
+    std::thread::spawn(move || {
+        // SAFETY: epoll_create1 has no pointer arguments.
+        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: 1,
+        };
+        // SAFETY: `ev` is a valid epoll_event; the fds are open.
+        unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, ep_r.as_raw_fd(), &mut ev) };
+        let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 4];
+        // SAFETY: `evs` has room for 4 events.
+        let r = unsafe { libc::epoll_wait(ep, evs.as_mut_ptr(), 4, -1) };
+        let e = if r < 0 { errno() } else { 0 };
+        say(&o, &format!("T epoll {r} {e}"));
+    });
+    let ep_w = Arc::new(Mutex::new(ep_w));
+    wakers.push(Box::new(move || {
+        let _ = ep_w.lock().map(|mut w| w.write_all(b"x"));
+    }));
+    let sock = std::env::temp_dir().join(format!("fdswap-testee-{}.sock", std::process::id()));
+    let _ = fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).expect("bind");
+    let o = out.clone();
+    std::thread::spawn(move || {
+        let r = listener.accept();
+        say(
+            &o,
+            &format!("T accept {}", if r.is_ok() { "ok" } else { "err" }),
+        );
+    });
+    wakers.push(Box::new(move || {
+        let _ = UnixStream::connect(&sock);
+        let _ = fs::remove_file(&sock);
+    }));
+    wakers
+}
+
+/// A thread with its own fd table and cwd (unshare CLONE_FILES|CLONE_FS), holding a file.
+fn spawn_own_table(dir: &Path, out: &Arc<Mutex<()>>) {
+    let d = dir.to_owned();
+    let o = out.clone();
+    std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_FILES | nix::sched::CloneFlags::CLONE_FS)
+            .expect("unshare files+fs");
+        let sub = d.join("own");
+        fs::create_dir_all(&sub).expect("mkdir own");
+        let f = open(&sub.join("own.txt"), libc::O_RDWR, 0o644);
+        std::env::set_current_dir(&sub).expect("chdir own");
+        // SAFETY: gettid has no arguments.
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+        say(&o, &format!("OWN {tid} {}", f.as_raw_fd()));
+        loop {
+            let _ = futex_wait(&FUTEX_TIMED, None);
+            let _ = &f;
+        }
+    });
+    std::thread::sleep(Duration::from_millis(20));
+}
+
+/// A thread stuck in vfork() until its child exits: it cannot stop meanwhile.
+fn spawn_vfork(vfork_ms: u64) {
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        let ts = timespec(Duration::from_millis(vfork_ms));
+        // vfork is the point: a parent thread that cannot stop.
+        #[allow(deprecated)]
+        // SAFETY: the child only makes raw syscalls (nanosleep, _exit) on its own stack
+        // variables, which is what vfork permits in practice.
+        let child = unsafe { libc::vfork() };
+        if child == 0 {
+            // SAFETY: see above.
+            unsafe {
+                libc::syscall(libc::SYS_nanosleep, &ts as *const libc::timespec, 0usize);
+                libc::_exit(0);
+            }
+        }
+        if child > 0 {
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None);
+        }
+    });
+}
+
+/// Threads come and go, and the process forks, all the time.
+fn spawn_churn() {
+    std::thread::spawn(|| {
+        loop {
+            let h = std::thread::spawn(|| {
+                let f = File::open("/dev/null");
+                std::thread::sleep(Duration::from_micros(500));
+                drop(f);
+            });
+            let _ = h.join();
+        }
+    });
+    std::thread::spawn(|| {
+        loop {
+            // SAFETY: the child only calls _exit, which is async-signal-safe.
+            let child = unsafe { libc::fork() };
+            if child == 0 {
+                // SAFETY: async-signal-safe exit in the forked child.
+                unsafe { libc::_exit(0) };
+            }
+            if child > 0 {
+                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+}
+
+/// Opens and closes an fd all the time: the lowest free fd number comes and goes.
+fn spawn_fd_churn() {
+    std::thread::spawn(|| {
+        loop {
+            let f = File::open("/dev/null").expect("/dev/null");
+            std::thread::sleep(Duration::from_millis(1));
+            drop(f);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+}
+
+/// Answer the test's commands on stdin until `quit` or EOF.
+fn commands(out: &Mutex<()>, full: Option<&Full>, mut wakers: Vec<Box<dyn FnOnce()>>) {
+    let (a_fd, lock_fd, shared_map) = full.map_or((-1, -1, std::ptr::null_mut()), |f| {
+        (f.a_fd, f.lock_fd, f.shared_map)
+    });
     let stdin = std::io::stdin();
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
         match line.trim() {
-            "ping" => say(&out, "PONG"),
+            "ping" => say(out, "PONG"),
             "write" => {
                 // SAFETY: writes to fds we own.
                 let r1 = unsafe { libc::write(a_fd, b"W".as_ptr().cast(), 1) };
                 // SAFETY: as above; the lock file is open read-write.
                 let r2 = unsafe { libc::pwrite(lock_fd, b"L".as_ptr().cast(), 1, 0) };
-                if shared_map != 0 {
+                if !shared_map.is_null() {
                     // SAFETY: the shared mapping is live and 8192 bytes long.
-                    unsafe { *(shared_map as *mut u8).add(100) = b'M' };
+                    unsafe { *shared_map.add(100) = b'M' };
                 }
                 let fl = libc::flock {
                     l_type: short(libc::F_WRLCK),
@@ -461,38 +518,31 @@ fn serve(args: &[String]) {
                 let mut buf = [0u8; 64];
                 let cwd = fs::read_to_string("a.txt").map(|s| s.len()).unwrap_or(0);
                 let _ = &mut buf;
-                say(&out, &format!("OK write {r1} {r2} cwd_a_len={cwd}"));
+                say(out, &format!("OK write {r1} {r2} cwd_a_len={cwd}"));
             }
             "wake" => {
                 for w in wakers.drain(..) {
                     w();
                 }
                 futex_wake(&FUTEX);
-                say(&out, "WOKE");
+                say(out, "WOKE");
             }
             "quit" => break,
             "open-null" => {
                 // Takes the lowest free fd number (fills a gap in the table).
                 let fd = File::open("/dev/null").expect("/dev/null").into_raw_fd();
-                say(&out, &format!("OPENED {fd}"));
+                say(out, &format!("OPENED {fd}"));
             }
             l if l.starts_with("close ") => {
                 let fd: RawFd = l["close ".len()..].parse().expect("close FD");
                 // SAFETY: the test asks to close an fd of ours it no longer needs (it leaves a
                 // gap in the table); nothing here uses that fd afterwards.
                 let r = unsafe { libc::close(fd) };
-                say(&out, &format!("CLOSED {r}"));
+                say(out, &format!("CLOSED {r}"));
             }
-            _ => say(&out, "?"),
+            _ => say(out, "?"),
         }
     }
-    for fd in keep {
-        // SAFETY: fds we own.
-        unsafe { libc::close(fd) };
-    }
-    // Make the stdout pipe see EOF cleanly.
-    // SAFETY: fd 1 is ours to close at exit.
-    let _ = unsafe { File::from_raw_fd(libc::dup(1)) };
 }
 
 fn swap(args: &[String]) {
