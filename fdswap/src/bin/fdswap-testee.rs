@@ -43,6 +43,17 @@ fn short(v: i32) -> i16 {
     i16::try_from(v).expect("F_* and SEEK_* constants fit a short")
 }
 
+/// A write lock on bytes 0–99, the one the testee holds on `lock.db`.
+fn write_lock_0_100() -> libc::flock {
+    libc::flock {
+        l_type: short(libc::F_WRLCK),
+        l_whence: short(libc::SEEK_SET),
+        l_start: 0,
+        l_len: 100,
+        l_pid: 0,
+    }
+}
+
 fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
@@ -276,13 +287,7 @@ fn open_full(dir: &Path, out: &Mutex<()>) -> Full {
     report_fd(out, "direct", d.into_raw_fd());
     let l = open(&dir.join("lock.db"), libc::O_RDWR, 0o644);
     (&l).write_all(&[0u8; 200]).expect("write lock.db");
-    let fl = libc::flock {
-        l_type: short(libc::F_WRLCK),
-        l_whence: short(libc::SEEK_SET),
-        l_start: 0,
-        l_len: 100,
-        l_pid: 0,
-    };
+    let fl = write_lock_0_100();
     // SAFETY: `fl` is a valid flock struct for F_SETLK on an fd we own.
     let r = unsafe { libc::fcntl(l.as_raw_fd(), libc::F_SETLK, &fl) };
     assert_eq!(r, 0, "F_SETLK");
@@ -505,13 +510,7 @@ fn commands(out: &Mutex<()>, full: Option<&Full>, mut wakers: Vec<Box<dyn FnOnce
                     // SAFETY: the shared mapping is live and 8192 bytes long.
                     unsafe { *shared_map.add(100) = b'M' };
                 }
-                let fl = libc::flock {
-                    l_type: short(libc::F_WRLCK),
-                    l_whence: short(libc::SEEK_SET),
-                    l_start: 0,
-                    l_len: 100,
-                    l_pid: 0,
-                };
+                let fl = write_lock_0_100();
                 let mut probe = fl;
                 // SAFETY: valid flock for F_GETLK on an open fd.
                 unsafe { libc::fcntl(lock_fd, libc::F_GETLK, &mut probe) };

@@ -584,40 +584,20 @@ impl<'u> Builder<'u> {
             on_map("check of the new file for", m.start),
         );
         let len = m.end - m.start;
-        let trial = self.pr.push(
+        let trial = self.mmap(
             on_map("mmap of the new file for", m.start),
-            Call::sys(
-                SYS_mmap,
-                &[
-                    int(0),
-                    Arg::Imm(len),
-                    int(prot),
-                    int(MAP_SHARED),
-                    Arg::Result(fd),
-                    Arg::Imm(m.offset),
-                ],
-            ),
-            Check::NonNeg,
-            None,
+            len,
+            prot,
+            MAP_SHARED,
+            (Arg::Result(fd), Arg::Imm(m.offset)),
         );
-        self.pr.ops[trial].set_undo(Call::sys(SYS_munmap, &[Arg::Result(trial), Arg::Imm(len)]));
-        let park = self.pr.push(
+        let park = self.mmap(
             on_map("reserving space to park", m.start),
-            Call::sys(
-                SYS_mmap,
-                &[
-                    int(0),
-                    Arg::Imm(len),
-                    int(PROT_NONE),
-                    int(MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE),
-                    int(-1),
-                    int(0),
-                ],
-            ),
-            Check::NonNeg,
-            None,
+            len,
+            PROT_NONE,
+            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+            (int(-1), int(0)),
         );
-        self.pr.ops[park].set_undo(Call::sys(SYS_munmap, &[Arg::Result(park), Arg::Imm(len)]));
         let mremap = |from: Arg, to: Arg| {
             Call::sys(
                 SYS_mremap,
@@ -645,6 +625,22 @@ impl<'u> Builder<'u> {
         );
         ops.parks.push((park, len));
         ops.temps.push(fd);
+    }
+
+    /// Push an `mmap(NULL, len, prot, flags, fd, offset)` step (`file`: fd and offset),
+    /// unmapped again if a later step fails; returns the step (its result is the address).
+    fn mmap(&mut self, what: Desc, len: u64, prot: i32, flags: i32, file: (Arg, Arg)) -> usize {
+        let m = self.pr.push(
+            what,
+            Call::sys(
+                SYS_mmap,
+                &[int(0), Arg::Imm(len), int(prot), int(flags), file.0, file.1],
+            ),
+            Check::NonNeg,
+            None,
+        );
+        self.pr.ops[m].set_undo(Call::sys(SYS_munmap, &[Arg::Result(m), Arg::Imm(len)]));
+        m
     }
 
     /// The cwd: open the current one (to go back on rollback) and the new one, `fchdir`.
