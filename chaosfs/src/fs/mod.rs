@@ -6,8 +6,9 @@
 //! * [`handle`]: open files and directories, each with a real fd (a file's shared with the
 //!   handles of its inode opened with the same flags).
 //! * [`delay`]: requests hit by a latency fault wait there, never in a FUSE thread.
-//! * `ops`: one method per request; `dispatch`: the `fuser::Filesystem` impl that evaluates
-//!   the rules once per request and runs or defers the op.
+//! * `ops`: one method per request, by family (entries, attrs, open, data, dirs, xattrs,
+//!   special); `dispatch`: the [`crate::fuse::Filesystem`] impl that routes each request to its
+//!   family, evaluates the rules once per request and runs or defers the op.
 
 mod delay;
 mod dispatch;

@@ -1,0 +1,260 @@
+//! Requests on open files: read, write, flush, release, fsync, fallocate, lseek,
+//! copy_file_range.
+
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::Ordering;
+
+use crate::fs::handle::{HandleKind, OpenMode};
+use crate::fs::{FsInner, errno};
+use crate::fuse::{Errno, FileHandle, ReplyData, ReplyEmpty, ReplyLseek, ReplyWrite};
+use crate::rules::{DataFault, Verdict};
+use crate::sys;
+use crate::sys::file::AlignedBuf;
+
+/// Reads at least this large, with no data fault, are answered by splicing the backing file.
+const SPLICE_MIN: usize = 64 << 10;
+
+thread_local! {
+    /// Reusable read buffer of a serving thread.
+    static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Answer a read of up to `want` bytes at `offset` of `fd` by splicing it into the reply, if
+/// `fd` is a regular file (whose size says how many bytes the read returns). The reply back
+/// when nothing was sent: the caller reads and copies instead.
+fn splice_read(
+    fd: BorrowedFd<'_>,
+    offset: u64,
+    want: usize,
+    reply: ReplyData,
+) -> Option<ReplyData> {
+    let Ok(st) = sys::file::fstat(fd) else {
+        return Some(reply);
+    };
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Some(reply);
+    }
+    let left = (st.st_size.max(0) as u64).saturating_sub(offset);
+    let n = want.min(usize::try_from(left).unwrap_or(usize::MAX));
+    if n == 0 {
+        reply.data(&[]);
+        return None;
+    }
+    reply.splice(fd, offset, n).err()
+}
+
+impl FsInner {
+    pub(crate) fn read(
+        &self,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        v: &Verdict,
+        reply: ReplyData,
+    ) {
+        fail_if_errno!(v, reply);
+        let h = tri!(self.handle(fh), reply);
+        let mut want = size as usize;
+        if let Some(DataFault::Short(_)) = v.data {
+            want = v.short_len(want);
+        }
+        let o_direct = matches!(h.kind, HandleKind::File { o_direct: true, .. });
+        if o_direct {
+            let Some(mut buf) = AlignedBuf::new(want) else {
+                return reply.error(Errno::ENOMEM);
+            };
+            let b = buf.as_mut_slice();
+            let n = tri!(
+                sys::file::pread(h.fd.as_fd(), b, offset).map_err(errno),
+                reply
+            );
+            v.apply_data(&mut b[..n]);
+            return reply.data(&b[..n]);
+        }
+        // No data fault: let the kernel move the bytes (one copy instead of two).
+        let reply = if v.data.is_none() && want >= SPLICE_MIN {
+            match splice_read(h.fd.as_fd(), offset, want, reply) {
+                Some(r) => r,
+                None => return,
+            }
+        } else {
+            reply
+        };
+        READ_BUF.with(|cell| {
+            let Ok(mut buf) = cell.try_borrow_mut() else {
+                return reply.error(Errno::EIO);
+            };
+            if buf.len() < want {
+                buf.resize(want, 0);
+            }
+            match sys::file::pread(h.fd.as_fd(), &mut buf[..want], offset) {
+                Ok(n) => {
+                    v.apply_data(&mut buf[..n]);
+                    reply.data(&buf[..n]);
+                }
+                Err(e) => reply.error(errno(e)),
+            }
+            // Do not keep huge buffers around.
+            if buf.len() > (4 << 20) {
+                *buf = Vec::new();
+            }
+        });
+    }
+
+    pub(crate) fn write(
+        &self,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        kill_suidgid: bool,
+        v: &Verdict,
+        reply: ReplyWrite,
+    ) {
+        fail_if_errno!(v, reply);
+        let h = tri!(self.handle(fh), reply);
+        // Before the write, as the kernel's `file_remove_privs` does.
+        if kill_suidgid {
+            tri!(
+                self.kill_suidgid(&h.inode, Some(h.fd.as_fd()))
+                    .map_err(errno),
+                reply
+            );
+        }
+        let mut data = data;
+        if let Some(DataFault::Short(_)) = v.data {
+            data = &data[..v.short_len(data.len()).min(data.len())];
+        }
+        let o_direct = matches!(h.kind, HandleKind::File { o_direct: true, .. });
+        let corrupt = matches!(v.data, Some(DataFault::Corrupt));
+        let r = if o_direct {
+            match AlignedBuf::new(data.len()) {
+                Some(mut buf) => {
+                    let b = buf.as_mut_slice();
+                    b.copy_from_slice(data);
+                    if corrupt {
+                        v.apply_data(b);
+                    }
+                    sys::file::pwrite(h.fd.as_fd(), b, offset)
+                }
+                None => Err(io::Error::from_raw_os_error(libc::ENOMEM)),
+            }
+        } else if corrupt {
+            let mut b = data.to_vec();
+            v.apply_data(&mut b);
+            sys::file::pwrite(h.fd.as_fd(), &b, offset)
+        } else {
+            sys::file::pwrite(h.fd.as_fd(), data, offset)
+        };
+        match r {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    pub(crate) fn flush(&self, fh: FileHandle, v: &Verdict, reply: ReplyEmpty) {
+        fail_if_errno!(v, reply);
+        if self.handles.get(fh.0).is_none() {
+            return reply.error(Errno::EBADF);
+        }
+        reply.ok();
+    }
+
+    pub(crate) fn release(&self, fh: FileHandle, v: &Verdict, reply: ReplyEmpty) {
+        // The handle is released whatever the rules say: the kernel forgets it anyway.
+        if let Some(h) = self.handles.remove(fh.0)
+            && let HandleKind::File { mode, noflush, .. } = h.kind
+        {
+            let c = &self.counters;
+            if let Ok(mut st) = h.inode.open.lock() {
+                if noflush {
+                    st.noflush = st.noflush.saturating_sub(1);
+                }
+                match mode {
+                    OpenMode::Passthrough => {
+                        st.passthrough = st.passthrough.saturating_sub(1);
+                        c.passthrough_now.fetch_sub(1, Ordering::Relaxed);
+                        if st.passthrough == 0 {
+                            st.backing = None;
+                        }
+                    }
+                    OpenMode::Direct => {
+                        st.direct = st.direct.saturating_sub(1);
+                        c.direct_now.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        match v.errno {
+            Some(e) => reply.error(Errno::from_i32(e)),
+            None => reply.ok(),
+        }
+    }
+
+    pub(crate) fn fsync(&self, fh: FileHandle, datasync: bool, v: &Verdict, reply: ReplyEmpty) {
+        fail_if_errno!(v, reply);
+        let h = tri!(self.handle(fh), reply);
+        tri!(
+            sys::file::fsync(h.fd.as_fd(), datasync).map_err(errno),
+            reply
+        );
+        reply.ok();
+    }
+
+    pub(crate) fn fallocate(
+        &self,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        v: &Verdict,
+        reply: ReplyEmpty,
+    ) {
+        fail_if_errno!(v, reply);
+        let h = tri!(self.handle(fh), reply);
+        tri!(
+            sys::file::fallocate(h.fd.as_fd(), mode, offset, length).map_err(errno),
+            reply
+        );
+        reply.ok();
+    }
+
+    pub(crate) fn lseek(
+        &self,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        v: &Verdict,
+        reply: ReplyLseek,
+    ) {
+        fail_if_errno!(v, reply);
+        let h = tri!(self.handle(fh), reply);
+        let off = tri!(
+            sys::file::lseek(h.fd.as_fd(), offset, whence).map_err(errno),
+            reply
+        );
+        reply.offset(off);
+    }
+
+    /// FUSE_COPY_FILE_RANGE of `len` bytes from `(fh_in, off_in)` to `(fh_out, off_out)`.
+    pub(crate) fn copy_file_range(
+        &self,
+        ((fh_in, off_in), (fh_out, off_out), len): ((FileHandle, u64), (FileHandle, u64), u64),
+        flags: u64,
+        v: &Verdict,
+        reply: ReplyWrite,
+    ) {
+        fail_if_errno!(v, reply);
+        let hi = tri!(self.handle(fh_in), reply);
+        let ho = tri!(self.handle(fh_out), reply);
+        let flags = tri!(u32::try_from(flags).map_err(|_| Errno::EINVAL), reply);
+        let len = len.min(1 << 30) as usize;
+        let n = tri!(
+            sys::file::copy_file_range(hi.fd.as_fd(), off_in, ho.fd.as_fd(), off_out, len, flags)
+                .map_err(errno),
+            reply
+        );
+        reply.written(n as u32);
+    }
+}

@@ -1,0 +1,199 @@
+//! One method per FUSE request, each given the request's [`Verdict`]. They run either in a FUSE
+//! thread or, after a latency fault, in a delay worker; they never panic and always reply.
+//!
+//! Grouped by family: [`entries`] (lookup, create and remove names), [`attrs`] (getattr,
+//! setattr, statx, access), [`open`] (open modes, create), [`data`] (I/O on open files),
+//! [`dirs`] (directory handles), [`xattrs`], [`special`] (statfs, syncfs, ioctl). This module
+//! holds what they share: INIT negotiation, lookup, the entry and attribute replies.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::handle::Handle;
+use super::inode::{Inode, ROOT};
+use super::{FsInner, Target, apply_override, attr_of, errno, reported_ino};
+use crate::fuse::abi::init as F;
+use crate::fuse::{
+    Errno, FileAttr, FileHandle, Generation, INodeNo, KernelConfig, ReplyAttr, ReplyEntry,
+};
+use crate::rules::Verdict;
+use crate::sys;
+use crate::sys::FdName;
+
+/// Reply with the verdict's errno if it has one; true if the request is answered.
+macro_rules! fail_if_errno {
+    ($v:expr, $reply:expr) => {
+        if let Some(e) = $v.errno {
+            $reply.error(crate::fuse::Errno::from_i32(e));
+            return;
+        }
+    };
+}
+
+/// Unwrap a `Result<_, Errno>` or reply with the error.
+macro_rules! tri {
+    ($e:expr, $reply:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => {
+                $reply.error(e);
+                return;
+            }
+        }
+    };
+}
+
+mod attrs;
+mod data;
+mod dirs;
+pub(crate) mod entries;
+mod open;
+mod special;
+mod xattrs;
+
+/// Generation number of every entry (inode numbers are never reused while the kernel knows them).
+const GEN: Generation = Generation(0);
+
+fn name_cstr<T>(
+    name: &OsStr,
+    f: impl FnOnce(&std::ffi::CStr) -> io::Result<T>,
+) -> Result<T, Errno> {
+    sys::with_cstr(name, f).map_err(errno)
+}
+
+/// The attributes replied for `inode` whose backing stat is `st`: the verdict's `attr`
+/// overrides applied.
+fn attr_for(inode: &Inode, st: &libc::stat, v: &Verdict) -> FileAttr {
+    let mut attr = attr_of(reported_ino(inode), st);
+    if let Some(o) = &v.attr {
+        apply_override(&mut attr, o);
+    }
+    attr
+}
+
+impl FsInner {
+    pub(crate) fn init(&self, config: &mut KernelConfig) {
+        for f in [
+            F::ATOMIC_O_TRUNC,
+            F::DONT_MASK,
+            F::POSIX_ACL,
+            F::DO_READDIRPLUS,
+            F::READDIRPLUS_AUTO,
+            F::PARALLEL_DIROPS,
+            F::HAS_IOCTL_DIR,
+            F::AUTO_INVAL_DATA,
+            F::ASYNC_DIO,
+            F::DIRECT_IO_ALLOW_MMAP,
+            F::HANDLE_KILLPRIV_V2,
+        ] {
+            config.want(f);
+        }
+        if self.cfg.passthrough && config.want(F::PASSTHROUGH) {
+            config.max_stack_depth = 1;
+            self.passthrough_ok.store(true, Ordering::Relaxed);
+        } else if self.cfg.passthrough {
+            tracing::warn!("kernel lacks FUSE passthrough; every file is served with direct I/O");
+        }
+        config.max_readahead = config.max_readahead.min(1 << 20);
+        config.max_background = 64;
+        config.congestion_threshold = 48;
+    }
+
+    /// Open a real fd of `inode` through its `/proc/self/fd` magic link.
+    fn reopen(&self, inode: &Inode, flags: i32) -> io::Result<OwnedFd> {
+        let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW);
+        sys::file::openat(
+            self.proc_fd.as_fd(),
+            FdName::new(inode.fd.as_raw_fd()).as_cstr(),
+            flags,
+            0,
+        )
+    }
+
+    /// Make this thread's fs_struct private and apply the caller's umask the way the kernel
+    /// would: through the thread umask, so a default ACL on the parent overrides it. Returns the
+    /// mode to pass to the create call.
+    fn prepare_umask(&self, mode: u32, umask: u32) -> u32 {
+        if sys::thread::ensure_private_fs(self.proc_fd.as_fd()) {
+            sys::thread::set_thread_umask(umask & 0o777);
+            mode
+        } else {
+            mode & !umask
+        }
+    }
+
+    /// Look up `name` in `parent` after a successful create: new `O_PATH` fd, stat, table entry
+    /// (counting one kernel lookup).
+    fn entry_of_new(
+        &self,
+        parent: &Inode,
+        name: &OsStr,
+    ) -> Result<(Arc<Inode>, libc::stat), Errno> {
+        let fd = sys::with_cstr(name, |c| {
+            sys::file::openat(parent.fd.as_fd(), c, libc::O_PATH | libc::O_NOFOLLOW, 0)
+        })
+        .map_err(|e| self.fd_errno(e))?;
+        let st = sys::file::fstat(fd.as_fd()).map_err(errno)?;
+        let inode = self.inodes.insert(fd, &st).ok_or(Errno::EIO)?;
+        inode.remember_name(parent.nodeid, name);
+        Ok((inode, st))
+    }
+
+    /// Look up `name` in `parent`: stat first (a hit in the table costs one syscall), open an
+    /// `O_PATH` fd only for inodes the table does not hold yet.
+    fn do_lookup(&self, parent: &Inode, name: &OsStr) -> Result<(Arc<Inode>, libc::stat), Errno> {
+        if parent.nodeid == ROOT && name.as_bytes() == b".." {
+            return Err(Errno::ENOENT);
+        }
+        let st = name_cstr(name, |c| {
+            sys::file::fstatat(parent.fd.as_fd(), c, libc::AT_SYMLINK_NOFOLLOW)
+        })?;
+        if let Some(inode) = self.inodes.lookup_existing(st.st_dev, st.st_ino) {
+            inode.remember_name(parent.nodeid, name);
+            return Ok((inode, st));
+        }
+        self.entry_of_new(parent, name)
+    }
+
+    fn reply_entry(
+        &self,
+        reply: ReplyEntry,
+        inode: &Inode,
+        st: &libc::stat,
+        v: &Verdict,
+        ttl: Duration,
+        attr_ttl: Duration,
+    ) {
+        let attr = attr_for(inode, st, v);
+        let ttl = if self.must_relookup(st) {
+            Duration::ZERO
+        } else {
+            ttl
+        };
+        reply.entry_with_ttls(&attr_ttl, &ttl, &attr, GEN);
+    }
+
+    /// A file with several names, while rules select by path: the kernel must look the name up
+    /// on every path walk, so an open is attributed to the name it came through (the open
+    /// request itself names no path).
+    fn must_relookup(&self, st: &libc::stat) -> bool {
+        st.st_nlink > 1
+            && st.st_mode & libc::S_IFMT != libc::S_IFDIR
+            && self.rules.load().uses_paths
+    }
+
+    fn handle(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
+        self.handles.get(fh.0).ok_or(Errno::EBADF)
+    }
+
+    /// Stat `inode` and reply with its attributes (overrides applied) for node `ino`.
+    fn reply_attr(&self, ino: INodeNo, inode: &Inode, v: &Verdict, reply: ReplyAttr) {
+        let st = tri!(sys::file::fstat(inode.fd.as_fd()).map_err(errno), reply);
+        reply.attr(&self.ttl(Target::Node(ino.0)), &attr_for(inode, &st, v));
+    }
+}
