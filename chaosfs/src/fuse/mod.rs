@@ -24,9 +24,9 @@ pub use reply::{
     Sender,
 };
 pub use request::{Operation, Request, SetattrArgs};
-pub use session::{Filesystem, KernelConfig, MAX_READ, Session};
+pub use session::{Filesystem, KernelConfig, Session};
 pub use types::{
-    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, TimeOrNow,
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, MAX_READ, TimeOrNow,
 };
 
 /// Sends cache invalidations to the kernel.

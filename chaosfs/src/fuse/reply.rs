@@ -236,7 +236,7 @@ thread_local! {
 }
 
 /// A header plus the largest read (`MAX_READ`, one page under this) fit.
-const SPLICE_PIPE_SIZE: usize = super::session::MAX_WRITE as usize;
+const SPLICE_PIPE_SIZE: usize = super::types::MAX_WRITE as usize;
 const PAGE: usize = 4096;
 
 fn splice_reply(sender: &Sender, file: BorrowedFd<'_>, offset: u64, len: usize) -> SpliceOutcome {

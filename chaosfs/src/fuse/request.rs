@@ -228,7 +228,9 @@ impl<'a> Args<'a> {
         Ok(OsStr::from_bytes(s))
     }
 
-    fn bytes(&mut self, n: usize) -> Result<&'a [u8], Malformed> {
+    /// The next `n` bytes (`n` as the kernel sends a size: `u32`).
+    fn bytes(&mut self, n: u32) -> Result<&'a [u8], Malformed> {
+        let n = usize::try_from(n).map_err(|_| Malformed)?;
         if self.0.len() < n {
             return Err(Malformed);
         }
@@ -242,9 +244,9 @@ fn time_or_now(secs: u64, nsecs: u32, now: bool) -> TimeOrNow {
     if now {
         TimeOrNow::Now
     } else {
-        let (s, n) = (secs as i64, nsecs.min(999_999_999));
+        let (s, n) = (c_i64(secs), nsecs.min(999_999_999));
         let t = if s >= 0 {
-            std::time::UNIX_EPOCH + std::time::Duration::new(s as u64, n)
+            std::time::UNIX_EPOCH + std::time::Duration::new(s.unsigned_abs(), n)
         } else {
             std::time::UNIX_EPOCH - std::time::Duration::new(s.unsigned_abs(), 0)
                 + std::time::Duration::new(0, n)
@@ -253,10 +255,27 @@ fn time_or_now(secs: u64, nsecs: u32, now: bool) -> TimeOrNow {
     }
 }
 
+/// A C `int` the kernel sends as `u32` (open flags, access mask…): the same bits.
+fn c_int(v: u32) -> i32 {
+    i32::from_ne_bytes(v.to_ne_bytes())
+}
+
+/// A signed 64-bit value the kernel sends as `u64` (a seek offset, a time): the same bits.
+fn c_i64(v: u64) -> i64 {
+    i64::from_ne_bytes(v.to_ne_bytes())
+}
+
+/// Parses the arguments of the opcodes of one family; `None` for an opcode of another family
+/// (nothing read then).
+type FamilyParser = for<'a> fn(u32, &mut Args<'a>) -> Result<Option<Operation<'a>>, Malformed>;
+
+/// Every family, tried in turn; an opcode none knows is [`Operation::Unknown`].
+const FAMILIES: [FamilyParser; 4] = [session_op, entry_op, node_op, file_op];
+
 /// Split `buf` (exactly what one `read` returned) into header and operation.
 pub fn parse(buf: &[u8]) -> Result<(Request, Operation<'_>), Malformed> {
     let (h, _) = abi::InHeader::read_from_prefix(buf).map_err(|_| Malformed)?;
-    let len = (h.len as usize).min(buf.len());
+    let len = usize::try_from(h.len).map_or(buf.len(), |l| l.min(buf.len()));
     let ext = usize::from(h.total_extlen) * 8;
     let hdr = std::mem::size_of::<abi::InHeader>();
     if len < hdr + ext {
@@ -270,8 +289,17 @@ pub fn parse(buf: &[u8]) -> Result<(Request, Operation<'_>), Malformed> {
         pid: h.pid,
     };
     let mut a = Args(&buf[hdr..len - ext]);
-    let fh = |f: u64| FileHandle(f);
-    let o = match h.opcode {
+    for family in FAMILIES {
+        if let Some(o) = family(h.opcode, &mut a)? {
+            return Ok((req, o));
+        }
+    }
+    Ok((req, Operation::Unknown(h.opcode)))
+}
+
+/// The session's own requests: INIT, DESTROY, FORGET, BATCH_FORGET, INTERRUPT, NOTIFY_REPLY.
+fn session_op<'a>(opcode: u32, a: &mut Args<'a>) -> Result<Option<Operation<'a>>, Malformed> {
+    Ok(Some(match opcode {
         op::INIT => {
             let i: abi::InitIn = a.get()?;
             let flags2: u32 = if u64::from(i.flags) & abi::init::INIT_EXT != 0 {
@@ -287,50 +315,29 @@ pub fn parse(buf: &[u8]) -> Result<(Request, Operation<'_>), Malformed> {
             }
         }
         op::DESTROY => Operation::Destroy,
-        op::LOOKUP => Operation::Lookup { name: a.name()? },
         op::FORGET => Operation::Forget {
             nlookup: a.get::<abi::ForgetIn>()?.nlookup,
         },
         op::BATCH_FORGET => {
             let b: abi::BatchForgetIn = a.get()?;
-            let mut nodes = Vec::with_capacity(b.count as usize);
+            let mut nodes = Vec::with_capacity(usize::try_from(b.count).unwrap_or(0));
             for _ in 0..b.count {
                 let f: abi::ForgetOne = a.get()?;
                 nodes.push((INodeNo(f.nodeid), f.nlookup));
             }
             Operation::BatchForget { nodes }
         }
-        // The server stats the inode itself (its O_PATH fd outlives unlinks), so the file
-        // handle these may name is not needed.
-        op::GETATTR => {
-            a.get::<abi::GetattrIn>()?;
-            Operation::Getattr
-        }
-        op::STATX => {
-            a.get::<abi::StatxIn>()?;
-            Operation::Statx
-        }
-        op::SETATTR => {
-            use abi::fattr as F;
-            let s: abi::SetattrIn = a.get()?;
-            let v = s.valid;
-            let on = |bit: u32| v & bit != 0;
-            Operation::Setattr(SetattrArgs {
-                mode: on(F::MODE).then_some(s.mode),
-                uid: on(F::UID).then_some(s.uid),
-                gid: on(F::GID).then_some(s.gid),
-                size: on(F::SIZE).then_some(s.size),
-                atime: on(F::ATIME).then(|| time_or_now(s.atime, s.atimensec, on(F::ATIME_NOW))),
-                mtime: on(F::MTIME).then(|| time_or_now(s.mtime, s.mtimensec, on(F::MTIME_NOW))),
-                fh: on(F::FH).then_some(fh(s.fh)),
-                // With FUSE_HANDLE_KILLPRIV_V2 the kernel turns the VFS's "remove privileges"
-                // request (`file_remove_privs`: a write through kernel passthrough, fallocate,
-                // copy_file_range, by a caller lacking CAP_FSETID; `chown(f, -1, -1)`) into a
-                // SETATTR that changes nothing: it is only ever a request to kill the bits.
-                kill_suidgid: on(F::KILL_SUIDGID) || v & !(F::FH | F::LOCKOWNER) == 0,
-            })
-        }
-        op::READLINK => Operation::Readlink,
+        op::INTERRUPT => Operation::Interrupt,
+        op::NOTIFY_REPLY => Operation::NotifyReply,
+        _ => return Ok(None),
+    }))
+}
+
+/// Requests that name an entry of the node: LOOKUP, SYMLINK, MKNOD, MKDIR, UNLINK, RMDIR,
+/// RENAME(2), LINK, CREATE, TMPFILE.
+fn entry_op<'a>(opcode: u32, a: &mut Args<'a>) -> Result<Option<Operation<'a>>, Malformed> {
+    Ok(Some(match opcode {
+        op::LOOKUP => Operation::Lookup { name: a.name()? },
         op::SYMLINK => {
             let name = a.name()?;
             let target = Path::new(a.name()?);
@@ -355,22 +362,18 @@ pub fn parse(buf: &[u8]) -> Result<(Request, Operation<'_>), Malformed> {
         }
         op::UNLINK => Operation::Unlink { name: a.name()? },
         op::RMDIR => Operation::Rmdir { name: a.name()? },
-        op::RENAME => {
-            let r: abi::RenameIn = a.get()?;
+        op::RENAME | op::RENAME2 => {
+            let (newdir, flags) = if opcode == op::RENAME {
+                (a.get::<abi::RenameIn>()?.newdir, 0)
+            } else {
+                let r: abi::Rename2In = a.get()?;
+                (r.newdir, r.flags)
+            };
             Operation::Rename {
                 name: a.name()?,
-                newparent: INodeNo(r.newdir),
+                newparent: INodeNo(newdir),
                 newname: a.name()?,
-                flags: 0,
-            }
-        }
-        op::RENAME2 => {
-            let r: abi::Rename2In = a.get()?;
-            Operation::Rename {
-                name: a.name()?,
-                newparent: INodeNo(r.newdir),
-                newname: a.name()?,
-                flags: r.flags,
+                flags,
             }
         }
         op::LINK => {
@@ -380,76 +383,56 @@ pub fn parse(buf: &[u8]) -> Result<(Request, Operation<'_>), Malformed> {
                 newname: a.name()?,
             }
         }
-        op::OPEN => {
-            let o: abi::OpenIn = a.get()?;
-            Operation::Open {
-                flags: o.flags as i32,
-                kill_suidgid: o.open_flags & abi::OPEN_KILL_SUIDGID != 0,
+        op::CREATE => {
+            let c: abi::CreateIn = a.get()?;
+            Operation::Create {
+                name: a.name()?,
+                mode: c.mode,
+                umask: c.umask,
+                flags: c_int(c.flags),
             }
         }
-        op::OPENDIR => {
-            a.get::<abi::OpenIn>()?;
-            Operation::Opendir
-        }
-        op::READ | op::READDIR | op::READDIRPLUS => {
-            let r: abi::ReadIn = a.get()?;
-            let (f, offset, size) = (fh(r.fh), r.offset, r.size);
-            match h.opcode {
-                op::READ => Operation::Read {
-                    fh: f,
-                    offset,
-                    size,
-                },
-                op::READDIR => Operation::Readdir {
-                    fh: f,
-                    offset,
-                    size,
-                },
-                _ => Operation::Readdirplus {
-                    fh: f,
-                    offset,
-                    size,
-                },
+        op::TMPFILE => {
+            // Same arguments as CREATE; the name is the kernel's placeholder ("/").
+            let c: abi::CreateIn = a.get()?;
+            Operation::Tmpfile {
+                mode: c.mode,
+                umask: c.umask,
+                flags: c_int(c.flags),
             }
         }
-        op::WRITE => {
-            let w: abi::WriteIn = a.get()?;
-            Operation::Write {
-                fh: fh(w.fh),
-                offset: w.offset,
-                data: a.bytes(w.size as usize)?,
-                kill_suidgid: w.write_flags & abi::WRITE_KILL_SUIDGID != 0,
-            }
+        _ => return Ok(None),
+    }))
+}
+
+/// Requests on the node itself: GETATTR, STATX, SETATTR, READLINK, STATFS, ACCESS, SYNCFS and
+/// the xattr calls.
+fn node_op<'a>(opcode: u32, a: &mut Args<'a>) -> Result<Option<Operation<'a>>, Malformed> {
+    Ok(Some(match opcode {
+        // The server stats the inode itself (its O_PATH fd outlives unlinks), so the file
+        // handle these may name is not needed.
+        op::GETATTR => {
+            a.get::<abi::GetattrIn>()?;
+            Operation::Getattr
         }
+        op::STATX => {
+            a.get::<abi::StatxIn>()?;
+            Operation::Statx
+        }
+        op::SETATTR => Operation::Setattr(setattr_args(&a.get()?)),
+        op::READLINK => Operation::Readlink,
         op::STATFS => Operation::Statfs,
-        op::RELEASE => Operation::Release {
-            fh: fh(a.get::<abi::ReleaseIn>()?.fh),
+        op::ACCESS => Operation::Access {
+            mask: c_int(a.get::<abi::AccessIn>()?.mask),
         },
-        op::RELEASEDIR => Operation::Releasedir {
-            fh: fh(a.get::<abi::ReleaseIn>()?.fh),
-        },
-        op::FSYNC | op::FSYNCDIR => {
-            let f: abi::FsyncIn = a.get()?;
-            let datasync = f.fsync_flags & abi::FSYNC_FDATASYNC != 0;
-            if h.opcode == op::FSYNC {
-                Operation::Fsync {
-                    fh: fh(f.fh),
-                    datasync,
-                }
-            } else {
-                Operation::Fsyncdir {
-                    fh: fh(f.fh),
-                    datasync,
-                }
-            }
-        }
+        op::SYNCFS => Operation::Syncfs,
         op::SETXATTR => {
             let s: abi::SetxattrIn = a.get()?;
             let name = a.name()?;
             Operation::Setxattr {
                 name,
-                value: a.bytes(s.size as usize)?,
-                flags: s.flags as i32,
+                value: a.bytes(s.size)?,
+                flags: c_int(s.flags),
             }
         }
         op::GETXATTR => {
@@ -463,38 +446,89 @@ pub fn parse(buf: &[u8]) -> Result<(Request, Operation<'_>), Malformed> {
             size: a.get::<abi::GetxattrIn>()?.size,
         },
         op::REMOVEXATTR => Operation::Removexattr { name: a.name()? },
+        _ => return Ok(None),
+    }))
+}
+
+/// The fields of a SETATTR the kernel marked valid.
+fn setattr_args(s: &abi::SetattrIn) -> SetattrArgs {
+    use abi::fattr as F;
+    let v = s.valid;
+    let on = |bit: u32| v & bit != 0;
+    SetattrArgs {
+        mode: on(F::MODE).then_some(s.mode),
+        uid: on(F::UID).then_some(s.uid),
+        gid: on(F::GID).then_some(s.gid),
+        size: on(F::SIZE).then_some(s.size),
+        atime: on(F::ATIME).then(|| time_or_now(s.atime, s.atimensec, on(F::ATIME_NOW))),
+        mtime: on(F::MTIME).then(|| time_or_now(s.mtime, s.mtimensec, on(F::MTIME_NOW))),
+        fh: on(F::FH).then_some(FileHandle(s.fh)),
+        // With FUSE_HANDLE_KILLPRIV_V2 the kernel turns the VFS's "remove privileges"
+        // request (`file_remove_privs`: a write through kernel passthrough, fallocate,
+        // copy_file_range, by a caller lacking CAP_FSETID; `chown(f, -1, -1)`) into a
+        // SETATTR that changes nothing: it is only ever a request to kill the bits.
+        kill_suidgid: on(F::KILL_SUIDGID) || v & !(F::FH | F::LOCKOWNER) == 0,
+    }
+}
+
+/// Requests on a file or directory handle (opening one included): OPEN(DIR), READ(DIR|DIRPLUS),
+/// WRITE, RELEASE(DIR), FSYNC(DIR), FLUSH, IOCTL, FALLOCATE, LSEEK, COPY_FILE_RANGE.
+fn file_op<'a>(opcode: u32, a: &mut Args<'a>) -> Result<Option<Operation<'a>>, Malformed> {
+    let fh = FileHandle;
+    Ok(Some(match opcode {
+        op::OPEN => {
+            let o: abi::OpenIn = a.get()?;
+            Operation::Open {
+                flags: c_int(o.flags),
+                kill_suidgid: o.open_flags & abi::OPEN_KILL_SUIDGID != 0,
+            }
+        }
+        op::OPENDIR => {
+            a.get::<abi::OpenIn>()?;
+            Operation::Opendir
+        }
+        op::READ | op::READDIR | op::READDIRPLUS => {
+            let r: abi::ReadIn = a.get()?;
+            let (fh, offset, size) = (fh(r.fh), r.offset, r.size);
+            match opcode {
+                op::READ => Operation::Read { fh, offset, size },
+                op::READDIR => Operation::Readdir { fh, offset, size },
+                _ => Operation::Readdirplus { fh, offset, size },
+            }
+        }
+        op::WRITE => {
+            let w: abi::WriteIn = a.get()?;
+            Operation::Write {
+                fh: fh(w.fh),
+                offset: w.offset,
+                data: a.bytes(w.size)?,
+                kill_suidgid: w.write_flags & abi::WRITE_KILL_SUIDGID != 0,
+            }
+        }
+        op::RELEASE => Operation::Release {
+            fh: fh(a.get::<abi::ReleaseIn>()?.fh),
+        },
+        op::RELEASEDIR => Operation::Releasedir {
+            fh: fh(a.get::<abi::ReleaseIn>()?.fh),
+        },
+        op::FSYNC | op::FSYNCDIR => {
+            let f: abi::FsyncIn = a.get()?;
+            let (fh, datasync) = (fh(f.fh), f.fsync_flags & abi::FSYNC_FDATASYNC != 0);
+            if opcode == op::FSYNC {
+                Operation::Fsync { fh, datasync }
+            } else {
+                Operation::Fsyncdir { fh, datasync }
+            }
+        }
         op::FLUSH => Operation::Flush {
             fh: fh(a.get::<abi::FlushIn>()?.fh),
         },
-        op::ACCESS => Operation::Access {
-            mask: a.get::<abi::AccessIn>()?.mask as i32,
-        },
-        op::CREATE => {
-            let c: abi::CreateIn = a.get()?;
-            Operation::Create {
-                name: a.name()?,
-                mode: c.mode,
-                umask: c.umask,
-                flags: c.flags as i32,
-            }
-        }
-        op::TMPFILE => {
-            // Same arguments as CREATE; the name is the kernel's placeholder ("/").
-            let c: abi::CreateIn = a.get()?;
-            Operation::Tmpfile {
-                mode: c.mode,
-                umask: c.umask,
-                flags: c.flags as i32,
-            }
-        }
-        op::INTERRUPT => Operation::Interrupt,
-        op::NOTIFY_REPLY => Operation::NotifyReply,
         op::IOCTL => {
             let i: abi::IoctlIn = a.get()?;
             Operation::Ioctl {
                 fh: fh(i.fh),
                 cmd: i.cmd,
-                in_data: a.bytes(i.in_size as usize)?,
+                in_data: a.bytes(i.in_size)?,
                 out_size: i.out_size,
             }
         }
@@ -504,15 +538,15 @@ pub fn parse(buf: &[u8]) -> Result<(Request, Operation<'_>), Malformed> {
                 fh: fh(f.fh),
                 offset: f.offset,
                 length: f.length,
-                mode: f.mode as i32,
+                mode: c_int(f.mode),
             }
         }
         op::LSEEK => {
             let l: abi::LseekIn = a.get()?;
             Operation::Lseek {
                 fh: fh(l.fh),
-                offset: l.offset as i64,
-                whence: l.whence as i32,
+                offset: c_i64(l.offset),
+                whence: c_int(l.whence),
             }
         }
         op::COPY_FILE_RANGE => {
@@ -526,10 +560,8 @@ pub fn parse(buf: &[u8]) -> Result<(Request, Operation<'_>), Malformed> {
                 flags: c.flags,
             }
         }
-        op::SYNCFS => Operation::Syncfs,
-        other => Operation::Unknown(other),
-    };
-    Ok((req, o))
+        _ => return Ok(None),
+    }))
 }
 
 #[cfg(test)]

@@ -11,14 +11,9 @@ use zerocopy::IntoBytes;
 use super::abi::{self, init};
 use super::reply::Sender;
 use super::request::{Operation, Request, parse};
-use super::types::{Errno, INodeNo};
+use super::types::{Errno, INodeNo, MAX_WRITE};
 use crate::sys::fuse_dev;
 
-/// Largest write the kernel is offered: 256 pages, its `max_pages_limit` default.
-pub const MAX_WRITE: u32 = 1 << 20;
-/// Largest read (mount option `max_read`): one page less, so the reply's header and its data fit
-/// a pipe of the default `pipe-max-size` (1 MiB, 256 pages) and reads can be spliced.
-pub const MAX_READ: u32 = MAX_WRITE - 4096;
 const BUFFER_SIZE: usize = MAX_WRITE as usize + 2 * abi::MIN_READ_BUFFER;
 
 /// What the file system negotiates at INIT.

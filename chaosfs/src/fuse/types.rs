@@ -4,6 +4,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::abi;
 
+/// Largest write the kernel is offered: 256 pages, its `max_pages_limit` default.
+pub const MAX_WRITE: u32 = 1 << 20;
+/// Largest read (mount option `max_read`): one page less, so the reply's header and its data fit
+/// a pipe of the default `pipe-max-size` (1 MiB, 256 pages) and reads can be spliced.
+pub const MAX_READ: u32 = MAX_WRITE - 4096;
+
 /// A positive errno value sent to the kernel as a failed reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Errno(i32);
