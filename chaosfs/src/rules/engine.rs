@@ -6,10 +6,13 @@ use std::time::Duration;
 
 use globset::GlobMatcher;
 
+use super::actions::{LatencySpec, ShortSpec};
 use super::caller::{Caller, CallerCache};
 use super::data::{CorruptPlan, Purpose, decide};
 use super::errno::Errno;
-use super::spec::{ActionKind, DATA_OPS, ENOSPC_OPS, RuleError, RuleSpec, ShortSpec};
+use super::spec::{ActionKind, DATA_OPS, ENOSPC_OPS, RuleSpec};
+use super::values::OneOrMany;
+use super::values::RuleError;
 use super::{AttrOverride, Call, CorruptMode, DataFault, Op, OpSet, RuleStats, Verdict};
 
 /// Ops whose faults are not about metadata (see [`Engine::may_touch_meta`]).
@@ -105,7 +108,7 @@ impl Rule {
                 }
             }
             ActionKind::Latency => {
-                let l = spec.latency.unwrap_or(super::spec::LatencySpec {
+                let l = spec.latency.unwrap_or(LatencySpec {
                     delay: Duration::ZERO,
                     jitter: Duration::ZERO,
                 });
@@ -130,7 +133,7 @@ impl Rule {
             ),
             ActionKind::Full => Action::Full,
         };
-        let list = |v: &Option<super::spec::OneOrMany<u32>>| -> Box<[u32]> {
+        let list = |v: &Option<OneOrMany<u32>>| -> Box<[u32]> {
             v.as_ref().map(|l| l.0.clone()).unwrap_or_default().into()
         };
         Ok(Rule {

@@ -73,6 +73,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+mod actions;
 mod caller;
 mod data;
 mod engine;
@@ -82,15 +83,15 @@ mod shorthand;
 mod spec;
 #[cfg(test)]
 mod tests;
+mod values;
 
+pub use actions::{AttrSpec, CorruptSpec, ErrnoSpec, LatencySpec, ShortSpec};
 pub use caller::prepare_proc;
 pub use errno::Errno;
 pub use op::{Op, OpSet};
 pub use shorthand::{Shorthand, is_shorthand_flag, parse_shorthand, shorthand_takes_value};
-pub use spec::{
-    AttrSpec, Comm, CorruptSpec, ErrnoSpec, FileKind, GlobPattern, LatencySpec, MAX_DURATION,
-    MAX_LATENCY, OneOrMany, OpName, Percent, Perm, RuleSpec, ShortSpec, Timestamp,
-};
+pub use spec::{MAX_DURATION, MAX_LATENCY, RuleSpec};
+pub use values::{Comm, FileKind, GlobPattern, OneOrMany, OpName, Percent, Perm, Timestamp};
 
 /// The JSON spec (design.md "JSON spec"). Parse it with [`Spec::from_json`], which validates it
 /// completely; a spec built in code is validated by [`Spec::validate`] or [`RuleSet::new`].

@@ -16,7 +16,8 @@
 
 use serde_json::{Map, Value};
 
-use super::spec::{RuleError, RuleSpec};
+use super::spec::RuleSpec;
+use super::values::RuleError;
 use crate::{Error, Result};
 
 /// Rules and the global seed given as command-line flags.
