@@ -97,7 +97,7 @@ pub(crate) fn share_key(flags: i32) -> i32 {
 }
 
 impl Inode {
-    fn new(nodeid: u64, fd: OwnedFd, st: &libc::stat, nlookup: u64) -> Inode {
+    fn new(nodeid: u64, fd: OwnedFd, st: &crate::sys::file::Stat, nlookup: u64) -> Inode {
         Inode {
             nodeid,
             fd,
@@ -182,7 +182,7 @@ fn new_shards<K>() -> Box<[Shard<K>]> {
 }
 
 impl InodeTable {
-    pub(crate) fn new(root_fd: OwnedFd, st: &libc::stat) -> Self {
+    pub(crate) fn new(root_fd: OwnedFd, st: &crate::sys::file::Stat) -> Self {
         let root = Arc::new(Inode::new(ROOT, root_fd, st, u64::MAX / 2));
         let t = InodeTable {
             by_node: new_shards(),
@@ -233,7 +233,7 @@ impl InodeTable {
     /// Find or insert the entry of the backing inode described by `st`, counting one kernel
     /// lookup. `fd` (an `O_PATH` fd of that inode) is used if a new entry is created, else
     /// dropped.
-    pub(crate) fn insert(&self, fd: OwnedFd, st: &libc::stat) -> Option<Arc<Inode>> {
+    pub(crate) fn insert(&self, fd: OwnedFd, st: &crate::sys::file::Stat) -> Option<Arc<Inode>> {
         let key = (st.st_dev, st.st_ino);
         let mut kshard = self.by_key[shard_of(st.st_ino)].write().ok()?;
         if let Some(inode) = kshard.get(&key) {

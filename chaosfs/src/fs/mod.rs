@@ -246,10 +246,10 @@ fn dtype_file_type(t: u8) -> Option<FileType> {
     })
 }
 
-fn systime(secs: i64, nsecs: i64) -> SystemTime {
-    let nsecs = nsecs.clamp(0, 999_999_999) as u32;
+fn systime(secs: i64, nsecs: u64) -> SystemTime {
+    let nsecs = u32::try_from(nsecs.min(999_999_999)).unwrap_or(0);
     if secs >= 0 {
-        UNIX_EPOCH + Duration::new(secs as u64, nsecs)
+        UNIX_EPOCH + Duration::new(secs.unsigned_abs(), nsecs)
     } else {
         UNIX_EPOCH - Duration::new(secs.unsigned_abs(), 0) + Duration::new(0, nsecs)
     }
@@ -277,7 +277,7 @@ fn reported_ino(inode: &Inode) -> u64 {
     }
 }
 
-fn attr_of(ino: u64, st: &libc::stat) -> FileAttr {
+fn attr_of(ino: u64, st: &crate::sys::file::Stat) -> FileAttr {
     FileAttr {
         ino: INodeNo(ino),
         size: st.st_size as u64,
@@ -293,6 +293,28 @@ fn attr_of(ino: u64, st: &libc::stat) -> FileAttr {
         gid: st.st_gid,
         rdev: encode_dev(st.st_rdev),
         blksize: st.st_blksize as u32,
+        flags: 0,
+    }
+}
+
+/// The attributes of a negative entry (node id 0: "no such name", cacheable): all zero, as
+/// from an all-zero `struct stat`.
+fn negative_attr() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: file_type(0),
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: encode_dev(0),
+        blksize: 0,
         flags: 0,
     }
 }

@@ -372,7 +372,7 @@ impl ReplyAttr {
 impl ReplyStatx {
     /// Answer a statx request from a `struct statx` of the backing file (with the node id as
     /// `stx_ino` and the attribute overrides already applied to `attr`).
-    pub fn statx(mut self, ttl: &Duration, attr: &FileAttr, stx: &libc::statx) {
+    pub fn statx(mut self, ttl: &Duration, attr: &FileAttr, stx: &crate::sys::file::Statx) {
         let (attr_valid, attr_valid_nsec) = valid(ttl);
         let a = attr.to_abi();
         let t = |secs: u64, nsec: u32| abi::SxTime {
@@ -390,7 +390,7 @@ impl ReplyStatx {
             stat: abi::Statx {
                 mask: stx.stx_mask & (libc::STATX_BASIC_STATS | libc::STATX_BTIME),
                 blksize: a.blksize,
-                attributes: stx.stx_attributes,
+                attributes: stx.stx_attributes.bits(),
                 nlink: a.nlink,
                 uid: a.uid,
                 gid: a.gid,
@@ -399,7 +399,7 @@ impl ReplyStatx {
                 ino: a.ino,
                 size: a.size,
                 blocks: a.blocks,
-                attributes_mask: stx.stx_attributes_mask,
+                attributes_mask: stx.stx_attributes_mask.bits(),
                 atime: t(a.atime, a.atimensec),
                 btime: t(stx.stx_btime.tv_sec as u64, stx.stx_btime.tv_nsec),
                 ctime: t(a.ctime, a.ctimensec),

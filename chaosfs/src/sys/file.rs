@@ -1,14 +1,22 @@
 //! File system calls on fds: the `*at()` family, I/O, xattrs, directory streams, ioctls.
 //!
 //! Every function borrows the fds it uses (`BorrowedFd`), so an fd cannot be closed while a call
-//! on it runs; names are `&CStr`, so the kernel always sees a NUL-terminated string.
+//! on it runs; names are `&CStr`, so the kernel always sees a NUL-terminated string. The calls
+//! go through rustix; raw `libc` remains only where rustix has no call (each says why).
 
 use std::ffi::CStr;
 use std::io;
-use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
+pub(crate) use rustix::fs::{Stat, StatVfs, Statx, Timespec, Timestamps};
 
 use super::{cvt, cvt_long};
+
+/// The bits of a C `int` flag word (`O_*`, `AT_*`, …) as the unsigned word rustix takes.
+fn bits(flags: i32) -> u32 {
+    u32::from_ne_bytes(flags.to_ne_bytes())
+}
 
 /// `openat(2)`. `O_CLOEXEC` is always added.
 pub(crate) fn openat(
@@ -17,114 +25,74 @@ pub(crate) fn openat(
     flags: i32,
     mode: u32,
 ) -> io::Result<OwnedFd> {
-    // SAFETY: `name` is NUL-terminated and outlives the call; `dir` is an open fd borrowed for
-    // the call. The returned fd is new and owned by nobody else, so `OwnedFd` may take it.
-    unsafe {
-        let fd = cvt(libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            flags | libc::O_CLOEXEC,
-            mode as libc::c_uint,
-        ))?;
-        Ok(OwnedFd::from_raw_fd(fd))
-    }
+    let flags = OFlags::from_bits_retain(bits(flags)) | OFlags::CLOEXEC;
+    Ok(rfs::openat(dir, name, flags, Mode::from_bits_retain(mode))?)
 }
 
 /// The current working directory as a directory "fd" for the `*at()` calls (`AT_FDCWD`).
 pub(crate) fn cwd() -> BorrowedFd<'static> {
-    // SAFETY: AT_FDCWD is a sentinel the *at() calls accept in place of a directory fd; a
-    // BorrowedFd never closes it, and it is only passed to *at() calls.
-    unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) }
+    rfs::CWD
 }
 
 /// `open(2)` of an absolute path (only used before serving starts).
 pub(crate) fn open(path: &CStr, flags: i32) -> io::Result<OwnedFd> {
-    // SAFETY: `path` is NUL-terminated; the returned fd is new and exclusively ours.
-    unsafe {
-        let fd = cvt(libc::open(path.as_ptr(), flags | libc::O_CLOEXEC))?;
-        Ok(OwnedFd::from_raw_fd(fd))
-    }
+    let flags = OFlags::from_bits_retain(bits(flags)) | OFlags::CLOEXEC;
+    Ok(rfs::open(path, flags, Mode::empty())?)
 }
 
 /// `fstatat(2)`.
-pub(crate) fn fstatat(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> io::Result<libc::stat> {
-    let mut st = MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: `st` points to writable memory of the size of `struct stat`, which the kernel fills
-    // completely on success; `name` is NUL-terminated.
-    unsafe {
-        cvt(libc::fstatat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            st.as_mut_ptr(),
-            flags,
-        ))?;
-        Ok(st.assume_init())
-    }
-}
-
-/// An all-zero `struct stat` (for negative entries).
-pub(crate) fn zeroed_stat() -> libc::stat {
-    // SAFETY: `struct stat` consists of plain integers, for which all-zero bytes are valid.
-    unsafe { MaybeUninit::<libc::stat>::zeroed().assume_init() }
+pub(crate) fn fstatat(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> io::Result<Stat> {
+    Ok(rfs::statat(
+        dir,
+        name,
+        AtFlags::from_bits_retain(bits(flags)),
+    )?)
 }
 
 /// Stat what an fd refers to (works on `O_PATH` fds, including symlinks opened with
 /// `O_NOFOLLOW`).
-pub(crate) fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+pub(crate) fn fstat(fd: BorrowedFd<'_>) -> io::Result<Stat> {
     fstatat(fd, c"", libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)
 }
 
 /// `statx(2)` of what an fd refers to (basic stats plus birth time).
-pub(crate) fn statx(fd: BorrowedFd<'_>) -> io::Result<libc::statx> {
-    let mut st = MaybeUninit::<libc::statx>::zeroed();
-    // SAFETY: the empty path is NUL-terminated, `st` is writable memory for one `struct statx`,
-    // filled on success (and zeroed before, so fields the kernel skips are defined).
-    unsafe {
-        cvt(libc::statx(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
-            libc::STATX_BASIC_STATS | libc::STATX_BTIME,
-            st.as_mut_ptr(),
-        ))?;
-        Ok(st.assume_init())
-    }
+pub(crate) fn statx(fd: BorrowedFd<'_>) -> io::Result<Statx> {
+    let flags = AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW;
+    let mask = rfs::StatxFlags::BASIC_STATS | rfs::StatxFlags::BTIME;
+    Ok(rfs::statx(fd, c"", flags, mask)?)
 }
 
 /// `syncfs(2)`.
 pub(crate) fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: no memory is passed.
-    cvt(unsafe { libc::syncfs(fd.as_raw_fd()) }).map(drop)
+    Ok(rfs::syncfs(fd)?)
 }
 
-/// `fstatfs(2)`.
-pub(crate) fn fstatfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
-    let mut st = MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: `st` is writable memory for one `struct statvfs`, filled on success.
-    unsafe {
-        cvt(libc::fstatvfs(fd.as_raw_fd(), st.as_mut_ptr()))?;
-        Ok(st.assume_init())
-    }
+/// `fstatvfs(3)`.
+pub(crate) fn fstatfs(fd: BorrowedFd<'_>) -> io::Result<StatVfs> {
+    Ok(rfs::fstatvfs(fd)?)
 }
 
 pub(crate) fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
-    // SAFETY: `name` is NUL-terminated; no memory is written.
-    cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }).map(drop)
+    Ok(rfs::mkdirat(dir, name, Mode::from_bits_retain(mode))?)
 }
 
+/// `mknodat(2)`; `mode` holds the file type and the permission bits.
 pub(crate) fn mknodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32, dev: u64) -> io::Result<()> {
-    // SAFETY: `name` is NUL-terminated; no memory is written.
-    cvt(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, dev) }).map(drop)
+    let kind = rfs::FileType::from_raw_mode(mode);
+    let perm = Mode::from_bits_retain(mode & !libc::S_IFMT);
+    Ok(rfs::mknodat(dir, name, kind, perm, dev)?)
 }
 
 pub(crate) fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
-    // SAFETY: both strings are NUL-terminated; no memory is written.
-    cvt(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) }).map(drop)
+    Ok(rfs::symlinkat(target, dir, name)?)
 }
 
 pub(crate) fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> io::Result<()> {
-    // SAFETY: `name` is NUL-terminated; no memory is written.
-    cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
+    Ok(rfs::unlinkat(
+        dir,
+        name,
+        AtFlags::from_bits_retain(bits(flags)),
+    )?)
 }
 
 pub(crate) fn renameat2(
@@ -134,17 +102,8 @@ pub(crate) fn renameat2(
     new: &CStr,
     flags: u32,
 ) -> io::Result<()> {
-    // SAFETY: both names are NUL-terminated; no memory is written.
-    cvt(unsafe {
-        libc::renameat2(
-            olddir.as_raw_fd(),
-            old.as_ptr(),
-            newdir.as_raw_fd(),
-            new.as_ptr(),
-            flags,
-        )
-    })
-    .map(drop)
+    let flags = rfs::RenameFlags::from_bits_retain(flags);
+    Ok(rfs::renameat_with(olddir, old, newdir, new, flags)?)
 }
 
 pub(crate) fn linkat(
@@ -154,119 +113,109 @@ pub(crate) fn linkat(
     new: &CStr,
     flags: i32,
 ) -> io::Result<()> {
-    // SAFETY: both names are NUL-terminated; no memory is written.
-    cvt(unsafe {
-        libc::linkat(
-            olddir.as_raw_fd(),
-            old.as_ptr(),
-            newdir.as_raw_fd(),
-            new.as_ptr(),
-            flags,
-        )
-    })
-    .map(drop)
+    let flags = AtFlags::from_bits_retain(bits(flags));
+    Ok(rfs::linkat(olddir, old, newdir, new, flags)?)
 }
 
-/// `readlinkat(2)` into a fresh buffer (symlink targets are at most `PATH_MAX` bytes).
+/// `readlinkat(2)` into a fresh buffer.
 pub(crate) fn readlinkat(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
-    // SAFETY: `buf` is writable for `buf.len()` bytes and the kernel writes at most that many.
-    let n = cvt_long(unsafe {
-        libc::readlinkat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        ) as i64
-    })?;
-    buf.truncate(n as usize);
-    Ok(buf)
+    Ok(rfs::readlinkat(dir, name, Vec::new())?.into_bytes())
 }
 
+/// `fchownat(2)`; `None` leaves that id unchanged.
 pub(crate) fn fchownat(
     dir: BorrowedFd<'_>,
     name: &CStr,
-    uid: u32,
-    gid: u32,
+    uid: Option<u32>,
+    gid: Option<u32>,
     flags: i32,
 ) -> io::Result<()> {
-    // SAFETY: `name` is NUL-terminated; no memory is written.
-    cvt(unsafe { libc::fchownat(dir.as_raw_fd(), name.as_ptr(), uid, gid, flags) }).map(drop)
+    let uid = uid.map(rustix::process::Uid::from_raw);
+    let gid = gid.map(rustix::process::Gid::from_raw);
+    let flags = AtFlags::from_bits_retain(bits(flags));
+    Ok(rfs::chownat(dir, name, uid, gid, flags)?)
 }
 
 pub(crate) fn fchmodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
-    // SAFETY: `name` is NUL-terminated; no memory is written.
-    cvt(unsafe { libc::fchmodat(dir.as_raw_fd(), name.as_ptr(), mode, 0) }).map(drop)
+    Ok(rfs::chmodat(
+        dir,
+        name,
+        Mode::from_bits_retain(mode),
+        AtFlags::empty(),
+    )?)
 }
 
 pub(crate) fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
-    // SAFETY: plain syscall on a borrowed fd; no memory is passed.
-    cvt(unsafe { libc::fchmod(fd.as_raw_fd(), mode) }).map(drop)
+    Ok(rfs::fchmod(fd, Mode::from_bits_retain(mode))?)
 }
 
-/// `utimensat(2)`; `times` may hold `UTIME_NOW`/`UTIME_OMIT` in `tv_nsec`.
+/// `utimensat(2)`; a time may be [`rfs::UTIME_NOW`]/[`rfs::UTIME_OMIT`] in `tv_nsec`.
 pub(crate) fn utimensat(
     dir: BorrowedFd<'_>,
     name: &CStr,
-    times: &[libc::timespec; 2],
+    times: &Timestamps,
     flags: i32,
 ) -> io::Result<()> {
-    // SAFETY: `times` points to two initialized timespecs, as utimensat requires; `name` is
-    // NUL-terminated.
-    cvt(unsafe { libc::utimensat(dir.as_raw_fd(), name.as_ptr(), times.as_ptr(), flags) }).map(drop)
+    Ok(rfs::utimensat(
+        dir,
+        name,
+        times,
+        AtFlags::from_bits_retain(bits(flags)),
+    )?)
 }
 
 pub(crate) fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> io::Result<()> {
-    let size = i64::try_from(size).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
-    // SAFETY: plain syscall on a borrowed fd.
-    cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), size) }).map(drop)
+    if i64::try_from(size).is_err() {
+        return Err(io::Error::from_raw_os_error(libc::EFBIG));
+    }
+    Ok(rfs::ftruncate(fd, size)?)
 }
 
-fn off(offset: u64) -> io::Result<i64> {
-    i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+/// An offset the kernel takes as `loff_t` (signed): EINVAL past `i64::MAX`.
+fn off(offset: u64) -> io::Result<u64> {
+    i64::try_from(offset)
+        .map(|_| offset)
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
 pub(crate) fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let offset = off(offset)?;
-    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the duration of the call.
-    let n = cvt_long(unsafe {
-        libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), offset) as i64
-    })?;
-    Ok(n as usize)
+    Ok(rustix::io::pread(fd, buf, off(offset)?)?)
 }
 
 pub(crate) fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> io::Result<usize> {
-    let offset = off(offset)?;
-    // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the duration of the call.
-    let n = cvt_long(unsafe {
-        libc::pwrite(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), offset) as i64
-    })?;
-    Ok(n as usize)
+    Ok(rustix::io::pwrite(fd, buf, off(offset)?)?)
 }
 
 pub(crate) fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
-    // SAFETY: plain syscalls on a borrowed fd.
-    cvt(unsafe {
-        if datasync {
-            libc::fdatasync(fd.as_raw_fd())
-        } else {
-            libc::fsync(fd.as_raw_fd())
-        }
-    })
-    .map(drop)
+    Ok(if datasync {
+        rfs::fdatasync(fd)
+    } else {
+        rfs::fsync(fd)
+    }?)
 }
 
 pub(crate) fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> io::Result<()> {
-    let (offset, len) = (off(offset)?, off(len)?);
-    // SAFETY: plain syscall on a borrowed fd.
-    cvt(unsafe { libc::fallocate(fd.as_raw_fd(), mode, offset, len) }).map(drop)
+    let mode = rfs::FallocateFlags::from_bits_retain(bits(mode));
+    Ok(rfs::fallocate(fd, mode, off(offset)?, off(len)?)?)
 }
 
+/// `lseek(2)` with any `whence` the kernel knows (`SEEK_DATA`/`SEEK_HOLE` included); the offset
+/// reaches the kernel with the same bits.
 pub(crate) fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: i32) -> io::Result<i64> {
-    // SAFETY: plain syscall on a borrowed fd.
-    cvt_long(unsafe { libc::lseek(fd.as_raw_fd(), offset, whence) })
+    let raw = u64::from_ne_bytes(offset.to_ne_bytes());
+    let pos = match whence {
+        libc::SEEK_SET => rfs::SeekFrom::Start(raw),
+        libc::SEEK_CUR => rfs::SeekFrom::Current(offset),
+        libc::SEEK_END => rfs::SeekFrom::End(offset),
+        libc::SEEK_DATA => rfs::SeekFrom::Data(raw),
+        libc::SEEK_HOLE => rfs::SeekFrom::Hole(raw),
+        _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+    };
+    let r = rfs::seek(fd, pos)?;
+    i64::try_from(r).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))
 }
 
+/// `copy_file_range(2)`. No flags are defined (the kernel refuses any): EINVAL for any.
 pub(crate) fn copy_file_range(
     fd_in: BorrowedFd<'_>,
     off_in: u64,
@@ -275,25 +224,22 @@ pub(crate) fn copy_file_range(
     len: usize,
     flags: u32,
 ) -> io::Result<usize> {
-    let mut off_in = off(off_in)?;
-    let mut off_out = off(off_out)?;
-    // SAFETY: the offsets point to live i64s the kernel reads and updates; no other memory is
-    // passed.
-    let n = cvt_long(unsafe {
-        libc::syscall(
-            libc::SYS_copy_file_range,
-            fd_in.as_raw_fd(),
-            &mut off_in as *mut i64,
-            fd_out.as_raw_fd(),
-            &mut off_out as *mut i64,
-            len,
-            flags,
-        )
-    })?;
-    Ok(n as usize)
+    if flags != 0 {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let (mut off_in, mut off_out) = (off(off_in)?, off(off_out)?);
+    Ok(rfs::copy_file_range(
+        fd_in,
+        Some(&mut off_in),
+        fd_out,
+        Some(&mut off_out),
+        len,
+    )?)
 }
 
 /// `getdents64(2)` into `buf`; returns the number of bytes filled (0 at end of directory).
+/// Raw: rustix only offers `RawDir`, which borrows its buffer for its whole life, while a
+/// directory handle keeps its unread entries between requests.
 pub(crate) fn getdents64(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is writable for `buf.len()` bytes; the kernel writes at most that many.
     let n = cvt_long(unsafe {
@@ -304,7 +250,7 @@ pub(crate) fn getdents64(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize
             buf.len(),
         )
     })?;
-    Ok(n as usize)
+    usize::try_from(n).map_err(|_| io::Error::from_raw_os_error(libc::EIO))
 }
 
 /// One entry parsed out of a `getdents64` buffer.
@@ -326,7 +272,7 @@ pub(crate) fn parse_dirent(buf: &[u8]) -> Option<RawDirent<'_>> {
     }
     let ino = u64::from_ne_bytes(buf[0..8].try_into().ok()?);
     let off = i64::from_ne_bytes(buf[8..16].try_into().ok()?);
-    let reclen = u16::from_ne_bytes(buf[16..18].try_into().ok()?) as usize;
+    let reclen = usize::from(u16::from_ne_bytes(buf[16..18].try_into().ok()?));
     let typ = buf[18];
     if reclen < HDR || reclen > buf.len() {
         return None;
@@ -342,35 +288,20 @@ pub(crate) fn parse_dirent(buf: &[u8]) -> Option<RawDirent<'_>> {
     })
 }
 
-/// `ioctl(fd, FS_IOC_GETFLAGS)`; the kernel writes an `int`.
+/// `ioctl(fd, FS_IOC_GETFLAGS)`.
 pub(crate) fn get_inode_flags(fd: BorrowedFd<'_>) -> io::Result<u32> {
-    let mut flags: libc::c_int = 0;
-    // SAFETY: FS_IOC_GETFLAGS writes one `int` to the pointer, which points to a live c_int.
-    cvt(unsafe {
-        libc::ioctl(
-            fd.as_raw_fd(),
-            libc::FS_IOC_GETFLAGS,
-            &mut flags as *mut libc::c_int,
-        )
-    })?;
-    Ok(flags as u32)
+    Ok(rfs::ioctl_getflags(fd)?.bits())
 }
 
-/// `ioctl(fd, FS_IOC_SETFLAGS)`; the kernel reads an `int`.
+/// `ioctl(fd, FS_IOC_SETFLAGS)`.
 pub(crate) fn set_inode_flags(fd: BorrowedFd<'_>, flags: u32) -> io::Result<()> {
-    let flags = flags as libc::c_int;
-    // SAFETY: FS_IOC_SETFLAGS reads one `int` from the pointer, which points to a live c_int.
-    cvt(unsafe {
-        libc::ioctl(
-            fd.as_raw_fd(),
-            libc::FS_IOC_SETFLAGS,
-            &flags as *const libc::c_int,
-        )
-    })
-    .map(drop)
+    Ok(rfs::ioctl_setflags(
+        fd,
+        rfs::IFlags::from_bits_retain(flags),
+    )?)
 }
 
-/// `ioctl(fd, FS_IOC_GETVERSION)`; the kernel writes an `int`.
+/// `ioctl(fd, FS_IOC_GETVERSION)`; the kernel writes an `int`. Raw: rustix has no such call.
 pub(crate) fn get_inode_version(fd: BorrowedFd<'_>) -> io::Result<u32> {
     let mut v: libc::c_int = 0;
     // SAFETY: FS_IOC_GETVERSION writes one `int` to the pointer, which points to a live c_int.
@@ -381,7 +312,7 @@ pub(crate) fn get_inode_version(fd: BorrowedFd<'_>) -> io::Result<u32> {
             &mut v as *mut libc::c_int,
         )
     })?;
-    Ok(v as u32)
+    Ok(u32::from_ne_bytes(v.to_ne_bytes()))
 }
 
 /// `struct fsxattr` of `<linux/fs.h>` (28 bytes), as raw bytes.
@@ -402,7 +333,7 @@ pub(crate) const FS_IOC_FSGETXATTR: libc::Ioctl = libc::_IOR::<FsXattrLayout>(b'
 /// `FS_IOC_FSSETXATTR` = `_IOW('X', 32, struct fsxattr)`.
 pub(crate) const FS_IOC_FSSETXATTR: libc::Ioctl = libc::_IOW::<FsXattrLayout>(b'X' as u32, 32);
 
-/// `ioctl(fd, FS_IOC_FSGETXATTR)`.
+/// `ioctl(fd, FS_IOC_FSGETXATTR)`. Raw: rustix has no such call.
 pub(crate) fn get_fsxattr(fd: BorrowedFd<'_>) -> io::Result<FsXattr> {
     let mut buf: FsXattr = [0; 28];
     // SAFETY: FS_IOC_FSGETXATTR writes one 28-byte `struct fsxattr` (size encoded in the
@@ -411,84 +342,34 @@ pub(crate) fn get_fsxattr(fd: BorrowedFd<'_>) -> io::Result<FsXattr> {
     Ok(buf)
 }
 
-/// `ioctl(fd, FS_IOC_FSSETXATTR)`.
+/// `ioctl(fd, FS_IOC_FSSETXATTR)`. Raw: rustix has no such call.
 pub(crate) fn set_fsxattr(fd: BorrowedFd<'_>, x: &FsXattr) -> io::Result<()> {
     // SAFETY: FS_IOC_FSSETXATTR reads one 28-byte `struct fsxattr` from the pointer, which
     // points to a live 28-byte buffer.
     cvt(unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_FSSETXATTR, x.as_ptr()) }).map(drop)
 }
 
-/// `getxattr(2)` on a path (relative paths resolve against the calling thread's cwd).
-/// With `buf` empty, returns the size of the value.
+/// `getxattr(2)` on a path (relative paths resolve against the calling thread's cwd; the
+/// `/proc/self/fd` magic link is followed). With `buf` empty, returns the size of the value.
 pub(crate) fn getxattr(path: &CStr, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: strings are NUL-terminated; `buf` is writable for `buf.len()` bytes (a null
-    // pointer with size 0 asks only for the size).
-    let n = cvt_long(unsafe {
-        libc::getxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            if buf.is_empty() {
-                std::ptr::null_mut()
-            } else {
-                buf.as_mut_ptr().cast()
-            },
-            buf.len(),
-        ) as i64
-    })?;
-    Ok(n as usize)
+    Ok(rfs::getxattr(path, name, buf)?)
 }
 
 pub(crate) fn setxattr(path: &CStr, name: &CStr, value: &[u8], flags: i32) -> io::Result<()> {
-    // SAFETY: strings are NUL-terminated; `value` is readable for `value.len()` bytes.
-    cvt(unsafe {
-        libc::setxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            flags,
-        )
-    })
-    .map(drop)
+    let flags = rfs::XattrFlags::from_bits_retain(bits(flags));
+    Ok(rfs::setxattr(path, name, value, flags)?)
 }
 
 pub(crate) fn listxattr(path: &CStr, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `path` is NUL-terminated; `buf` is writable for `buf.len()` bytes (null with 0
-    // asks only for the size).
-    let n = cvt_long(unsafe {
-        libc::listxattr(
-            path.as_ptr(),
-            if buf.is_empty() {
-                std::ptr::null_mut()
-            } else {
-                buf.as_mut_ptr().cast()
-            },
-            buf.len(),
-        ) as i64
-    })?;
-    Ok(n as usize)
+    Ok(rfs::listxattr(path, buf)?)
 }
 
 pub(crate) fn removexattr(path: &CStr, name: &CStr) -> io::Result<()> {
-    // SAFETY: both strings are NUL-terminated.
-    cvt(unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) }).map(drop)
+    Ok(rfs::removexattr(path, name)?)
 }
 
 pub(crate) fn fgetxattr(fd: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: as for `getxattr`, on a borrowed fd.
-    let n = cvt_long(unsafe {
-        libc::fgetxattr(
-            fd.as_raw_fd(),
-            name.as_ptr(),
-            if buf.is_empty() {
-                std::ptr::null_mut()
-            } else {
-                buf.as_mut_ptr().cast()
-            },
-            buf.len(),
-        ) as i64
-    })?;
-    Ok(n as usize)
+    Ok(rfs::fgetxattr(fd, name, buf)?)
 }
 
 pub(crate) fn fsetxattr(
@@ -497,43 +378,26 @@ pub(crate) fn fsetxattr(
     value: &[u8],
     flags: i32,
 ) -> io::Result<()> {
-    // SAFETY: as for `setxattr`, on a borrowed fd.
-    cvt(unsafe {
-        libc::fsetxattr(
-            fd.as_raw_fd(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            flags,
-        )
-    })
-    .map(drop)
+    let flags = rfs::XattrFlags::from_bits_retain(bits(flags));
+    Ok(rfs::fsetxattr(fd, name, value, flags)?)
 }
 
 pub(crate) fn flistxattr(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: as for `listxattr`, on a borrowed fd.
-    let n = cvt_long(unsafe {
-        libc::flistxattr(
-            fd.as_raw_fd(),
-            if buf.is_empty() {
-                std::ptr::null_mut()
-            } else {
-                buf.as_mut_ptr().cast()
-            },
-            buf.len(),
-        ) as i64
-    })?;
-    Ok(n as usize)
+    Ok(rfs::flistxattr(fd, buf)?)
 }
 
 pub(crate) fn fremovexattr(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
-    // SAFETY: `name` is NUL-terminated; plain syscall on a borrowed fd.
-    cvt(unsafe { libc::fremovexattr(fd.as_raw_fd(), name.as_ptr()) }).map(drop)
+    Ok(rfs::fremovexattr(fd, name)?)
 }
 
 pub(crate) fn faccessat(dir: BorrowedFd<'_>, name: &CStr, mode: i32, flags: i32) -> io::Result<()> {
-    // SAFETY: `name` is NUL-terminated; no memory is written.
-    cvt(unsafe { libc::faccessat(dir.as_raw_fd(), name.as_ptr(), mode, flags) }).map(drop)
+    let mode = rfs::Access::from_bits_retain(bits(mode));
+    Ok(rfs::accessat(
+        dir,
+        name,
+        mode,
+        AtFlags::from_bits_retain(bits(flags)),
+    )?)
 }
 
 /// A heap buffer aligned for `O_DIRECT` I/O (4096 bytes), zero-initialized.

@@ -10,36 +10,33 @@ use crate::fuse::{INodeNo, ReplyAttr, ReplyEmpty, ReplyStatx, SetattrArgs, TimeO
 use crate::rules::Verdict;
 use crate::sys;
 use crate::sys::FdName;
+use crate::sys::file::{Timespec, Timestamps};
 
-fn timespec(t: Option<TimeOrNow>) -> libc::timespec {
-    match t {
-        None => libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
-        },
-        Some(TimeOrNow::Now) => libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_NOW,
-        },
+/// A setattr time for `utimensat`: `UTIME_OMIT` when not set, `UTIME_NOW`, or the time
+/// (before the epoch: negative seconds, nanoseconds counted forward).
+fn timespec(t: Option<TimeOrNow>) -> Timespec {
+    let (tv_sec, tv_nsec) = match t {
+        None => (0, rustix::fs::UTIME_OMIT),
+        Some(TimeOrNow::Now) => (0, rustix::fs::UTIME_NOW),
         Some(TimeOrNow::SpecificTime(t)) => match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => libc::timespec {
-                tv_sec: d.as_secs() as libc::time_t,
-                tv_nsec: d.subsec_nanos() as libc::c_long,
-            },
+            Ok(d) => (secs_i64(d.as_secs()), i64::from(d.subsec_nanos())),
             Err(e) => {
                 let d = e.duration();
-                let (mut s, mut ns) = (-(d.as_secs() as i64), -(d.subsec_nanos() as i64));
+                let (mut s, mut ns) = (-secs_i64(d.as_secs()), -i64::from(d.subsec_nanos()));
                 if ns < 0 {
                     s -= 1;
                     ns += 1_000_000_000;
                 }
-                libc::timespec {
-                    tv_sec: s as libc::time_t,
-                    tv_nsec: ns as libc::c_long,
-                }
+                (s, ns)
             }
         },
-    }
+    };
+    Timespec { tv_sec, tv_nsec }
+}
+
+/// Seconds as `time_t` (saturating: no time the kernel can store is that far off).
+fn secs_i64(s: u64) -> i64 {
+    i64::try_from(s).unwrap_or(i64::MAX)
 }
 
 /// The permission bits `st_mode` keeps once setuid, and setgid where group execute is set, are
@@ -99,8 +96,8 @@ impl FsInner {
             let r = sys::file::fchownat(
                 inode.fd.as_fd(),
                 c"",
-                uid.unwrap_or(u32::MAX),
-                gid.unwrap_or(u32::MAX),
+                uid,
+                gid,
                 libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
             );
             tri!(r.map_err(errno), reply);
@@ -115,7 +112,10 @@ impl FsInner {
             tri!(r.map_err(errno), reply);
         }
         if atime.is_some() || mtime.is_some() {
-            let times = [timespec(atime), timespec(mtime)];
+            let times = Timestamps {
+                last_access: timespec(atime),
+                last_modification: timespec(mtime),
+            };
             let r = sys::file::utimensat(
                 inode.fd.as_fd(),
                 c"",

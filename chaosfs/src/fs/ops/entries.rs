@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::{GEN, name_cstr};
 use crate::fs::inode::Inode;
-use crate::fs::{Caller, FsInner, Target, attr_of, decode_dev, errno};
+use crate::fs::{Caller, FsInner, Target, decode_dev, errno, negative_attr};
 use crate::fuse::{Errno, INodeNo, ReplyData, ReplyEmpty, ReplyEntry};
 use crate::rules::Verdict;
 use crate::sys;
@@ -33,9 +33,7 @@ impl FsInner {
             Ok((inode, st)) => self.reply_entry(reply, &inode, &st, v, ttl, ttl),
             Err(e) if e == Errno::ENOENT && !ttl.is_zero() => {
                 // A negative entry the kernel may cache (node id 0).
-                let st = sys::file::zeroed_stat();
-                let attr = attr_of(0, &st);
-                reply.entry(&ttl, &attr, GEN);
+                reply.entry(&ttl, &negative_attr(), GEN);
             }
             Err(e) => reply.error(e),
         }

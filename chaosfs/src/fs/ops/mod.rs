@@ -68,7 +68,7 @@ fn name_cstr<T>(
 
 /// The attributes replied for `inode` whose backing stat is `st`: the verdict's `attr`
 /// overrides applied.
-fn attr_for(inode: &Inode, st: &libc::stat, v: &Verdict) -> FileAttr {
+fn attr_for(inode: &Inode, st: &crate::sys::file::Stat, v: &Verdict) -> FileAttr {
     let mut attr = attr_of(reported_ino(inode), st);
     if let Some(o) = &v.attr {
         apply_override(&mut attr, o);
@@ -133,7 +133,7 @@ impl FsInner {
         &self,
         parent: &Inode,
         name: &OsStr,
-    ) -> Result<(Arc<Inode>, libc::stat), Errno> {
+    ) -> Result<(Arc<Inode>, crate::sys::file::Stat), Errno> {
         let fd = sys::with_cstr(name, |c| {
             sys::file::openat(parent.fd.as_fd(), c, libc::O_PATH | libc::O_NOFOLLOW, 0)
         })
@@ -146,7 +146,11 @@ impl FsInner {
 
     /// Look up `name` in `parent`: stat first (a hit in the table costs one syscall), open an
     /// `O_PATH` fd only for inodes the table does not hold yet.
-    fn do_lookup(&self, parent: &Inode, name: &OsStr) -> Result<(Arc<Inode>, libc::stat), Errno> {
+    fn do_lookup(
+        &self,
+        parent: &Inode,
+        name: &OsStr,
+    ) -> Result<(Arc<Inode>, crate::sys::file::Stat), Errno> {
         if parent.nodeid == ROOT && name.as_bytes() == b".." {
             return Err(Errno::ENOENT);
         }
@@ -164,7 +168,7 @@ impl FsInner {
         &self,
         reply: ReplyEntry,
         inode: &Inode,
-        st: &libc::stat,
+        st: &crate::sys::file::Stat,
         v: &Verdict,
         ttl: Duration,
         attr_ttl: Duration,
@@ -181,7 +185,7 @@ impl FsInner {
     /// A file with several names, while rules select by path: the kernel must look the name up
     /// on every path walk, so an open is attributed to the name it came through (the open
     /// request itself names no path).
-    fn must_relookup(&self, st: &libc::stat) -> bool {
+    fn must_relookup(&self, st: &crate::sys::file::Stat) -> bool {
         st.st_nlink > 1
             && st.st_mode & libc::S_IFMT != libc::S_IFDIR
             && self.rules.load().uses_paths
