@@ -10,8 +10,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use nix::fcntl::{OFlag, open, openat};
-use nix::sys::stat::Mode;
+use rustix::fs::{Mode, OFlags, open, openat};
 
 static PROC: OnceLock<Option<OwnedFd>> = OnceLock::new();
 
@@ -23,7 +22,7 @@ pub fn prepare_proc() -> bool {
     PROC.get_or_init(|| {
         match open(
             "/proc",
-            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         ) {
             Ok(fd) => Some(fd),
@@ -124,7 +123,7 @@ fn unescape(v: &[u8]) -> Vec<u8> {
 }
 
 fn read_proc(dir: BorrowedFd<'_>, rel: &str, buf: &mut [u8]) -> Option<usize> {
-    let fd = openat(dir, rel, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()).ok()?;
+    let fd = openat(dir, rel, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
     let mut file = std::fs::File::from(fd);
     let mut total = 0;
     while total < buf.len() {
@@ -183,7 +182,10 @@ mod tests {
     use super::*;
 
     fn gettid() -> u32 {
-        nix::unistd::gettid().as_raw() as u32
+        rustix::thread::gettid()
+            .as_raw_nonzero()
+            .get()
+            .unsigned_abs()
     }
 
     #[test]

@@ -350,8 +350,13 @@ pub(crate) fn set_fsxattr(fd: BorrowedFd<'_>, x: &FsXattr) -> io::Result<()> {
 }
 
 /// `getxattr(2)` on a path (relative paths resolve against the calling thread's cwd; the
-/// `/proc/self/fd` magic link is followed). With `buf` empty, returns the size of the value.
+/// `/proc/self/fd` magic link is followed). With `buf` empty (as with every call here that
+/// fills a buffer), returns the size of the value.
 pub(crate) fn getxattr(path: &CStr, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    // rustix answers 0 for an empty buffer; the size query is its own call.
+    if buf.is_empty() {
+        return Ok(rfs::getxattr_query(path, name)?);
+    }
     Ok(rfs::getxattr(path, name, buf)?)
 }
 
@@ -361,6 +366,9 @@ pub(crate) fn setxattr(path: &CStr, name: &CStr, value: &[u8], flags: i32) -> io
 }
 
 pub(crate) fn listxattr(path: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    if buf.is_empty() {
+        return Ok(rfs::listxattr_query(path)?);
+    }
     Ok(rfs::listxattr(path, buf)?)
 }
 
@@ -369,6 +377,9 @@ pub(crate) fn removexattr(path: &CStr, name: &CStr) -> io::Result<()> {
 }
 
 pub(crate) fn fgetxattr(fd: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    if buf.is_empty() {
+        return Ok(rfs::fgetxattr_query(fd, name)?);
+    }
     Ok(rfs::fgetxattr(fd, name, buf)?)
 }
 
@@ -383,6 +394,9 @@ pub(crate) fn fsetxattr(
 }
 
 pub(crate) fn flistxattr(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    if buf.is_empty() {
+        return Ok(rfs::flistxattr_query(fd)?);
+    }
     Ok(rfs::flistxattr(fd, buf)?)
 }
 
