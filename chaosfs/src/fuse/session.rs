@@ -223,8 +223,18 @@ fn serve<FS: Filesystem>(fs: &FS, ch: Arc<OwnedFd>) -> io::Result<()> {
             Err(e) => match e.raw_os_error() {
                 // Interrupted, or the request was aborted before we read it.
                 Some(libc::EINTR) | Some(libc::EAGAIN) | Some(libc::ENOENT) => continue,
-                // The connection ended (unmounted or aborted).
+                // The connection ended: unmounted (ENODEV), or aborted through fusectl
+                // (ECONNABORTED, as FUSE_ABORT_ERROR asks). Either way there is nothing left
+                // to serve; whoever aborted it (our own teardown after its grace period, an
+                // operator) is the one to report it. Seen on 6.18 at the unmount of a
+                // passthrough mount right after 600 passthrough files were closed, with no
+                // abort written by this process: treating it as an error failed a clean
+                // unmount.
                 Some(libc::ENODEV) => return Ok(()),
+                Some(libc::ECONNABORTED) => {
+                    tracing::debug!("FUSE connection aborted");
+                    return Ok(());
+                }
                 _ => return Err(e),
             },
         };
