@@ -392,8 +392,14 @@ impl Scene {
         if let Some(n) = conn
             && fusectl_mounted()
         {
+            // The kernel lets the connection go once the last file and mount reference is
+            // dropped, which can come a moment after the container's processes are reaped.
             let p = PathBuf::from(format!("/sys/fs/fuse/connections/{n}"));
-            assert!(!p.exists(), "FUSE connection {n} still exists");
+            iochaos_testsupport::wait_until(
+                &format!("FUSE connection {n} to be gone"),
+                std::time::Duration::from_secs(10),
+                || !p.exists(),
+            );
         }
     }
 }
