@@ -522,7 +522,8 @@ fn copy_file_range_and_fsync() {
     let mut src = fs::File::open(m.join("src")).expect("open src");
     let mut dst = fs::File::create(m.join("dst")).expect("create dst");
     // std::io::copy uses copy_file_range(2) between regular files on Linux.
-    let n = std::io::copy(&mut src, &mut dst).expect("copy_file_range") as usize;
+    let n = usize::try_from(std::io::copy(&mut src, &mut dst).expect("copy_file_range"))
+        .expect("100 kB fit a usize");
     assert_eq!(n, 100_000);
     dst.sync_all().expect("fsync");
     dst.sync_data().expect("fdatasync");

@@ -247,8 +247,10 @@ fn update_rules_invalidates_cached_attributes() {
 #[test]
 fn direct_io_reads_return_the_backing_bytes_whichever_way_they_are_sent() {
     use std::os::unix::fs::FileExt;
-    let len = 3 * (1 << 20) + 12_345;
-    let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 4096) as u8).collect();
+    let len: usize = 3 * (1 << 20) + 12_345;
+    let data: Vec<u8> = (0..len)
+        .map(|i| (i * 7 + i / 4096).to_le_bytes()[0])
+        .collect();
     let d2 = data.clone();
     let m = mount_with(
         rules(r#"{"rules":[{"ops":["read"],"glob":"big","percent":0,"errno":"EIO"}]}"#),

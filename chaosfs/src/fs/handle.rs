@@ -67,7 +67,8 @@ impl HandleTable {
     }
 
     fn shard(&self, fh: u64) -> &Shard {
-        &self.shards[(fh as usize) % SHARDS]
+        // The remainder is below SHARDS, so it fits a usize; 0 is only a formal fallback.
+        &self.shards[usize::try_from(fh % SHARDS as u64).unwrap_or(0)]
     }
 
     pub(crate) fn insert(&self, h: Handle) -> u64 {

@@ -268,6 +268,18 @@ fn decode_dev(dev: u32) -> u64 {
     libc::makedev(major, minor)
 }
 
+/// A size or block count from `stat`/`statvfs` (`off_t`, `blkcnt_t`): never negative from
+/// the kernel; 0 is only a formal fallback.
+pub(crate) fn stat_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// A number the kernel keeps in 32 bits (link count, block sizes, name length) that libc
+/// reports in a wider field; it fits, and `u32::MAX` is only a saturating fallback.
+pub(crate) fn stat_u32<T: TryInto<u32>>(v: T) -> u32 {
+    v.try_into().unwrap_or(u32::MAX)
+}
+
 /// The st_ino reported for an inode: its node id, except the root, whose node id is fixed at 1.
 fn reported_ino(inode: &Inode) -> u64 {
     if inode.nodeid == ROOT {
@@ -280,19 +292,19 @@ fn reported_ino(inode: &Inode) -> u64 {
 fn attr_of(ino: u64, st: &crate::sys::file::Stat) -> FileAttr {
     FileAttr {
         ino: INodeNo(ino),
-        size: st.st_size as u64,
-        blocks: st.st_blocks as u64,
+        size: stat_u64(st.st_size),
+        blocks: stat_u64(st.st_blocks),
         atime: systime(st.st_atime, st.st_atime_nsec),
         mtime: systime(st.st_mtime, st.st_mtime_nsec),
         ctime: systime(st.st_ctime, st.st_ctime_nsec),
         crtime: UNIX_EPOCH,
         kind: file_type(st.st_mode),
         perm: (st.st_mode & 0o7777) as u16,
-        nlink: st.st_nlink as u32,
+        nlink: stat_u32(st.st_nlink),
         uid: st.st_uid,
         gid: st.st_gid,
         rdev: encode_dev(st.st_rdev),
-        blksize: st.st_blksize as u32,
+        blksize: stat_u32(st.st_blksize),
         flags: 0,
     }
 }

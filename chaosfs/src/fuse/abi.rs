@@ -145,6 +145,19 @@ pub struct OutHeader {
     pub unique: u64,
 }
 
+impl OutHeader {
+    /// The header of a message with `payload` bytes after it; `None` if the whole message is
+    /// longer than its `u32` length can say.
+    pub fn new(error: i32, unique: u64, payload: usize) -> Option<OutHeader> {
+        let len = std::mem::size_of::<OutHeader>().checked_add(payload)?;
+        Some(OutHeader {
+            len: u32::try_from(len).ok()?,
+            error,
+            unique,
+        })
+    }
+}
+
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct Attr {

@@ -39,13 +39,9 @@ impl Notifier {
     }
 
     fn send(&self, code: i32, parts: &[&[u8]]) -> io::Result<()> {
-        let len =
-            std::mem::size_of::<abi::OutHeader>() + parts.iter().map(|p| p.len()).sum::<usize>();
-        let h = abi::OutHeader {
-            len: len as u32,
-            error: code,
-            unique: 0,
-        };
+        let payload = parts.iter().map(|p| p.len()).sum::<usize>();
+        let h = abi::OutHeader::new(code, 0, payload)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
         let mut iov = vec![IoSlice::new(h.as_bytes())];
         iov.extend(parts.iter().map(|p| IoSlice::new(p)));
         crate::sys::fuse_dev::writev(self.0.as_fd(), &iov).map(drop)
@@ -66,7 +62,9 @@ impl Notifier {
     pub fn inval_entry(&self, parent: INodeNo, name: &OsStr) -> io::Result<()> {
         let o = abi::NotifyInvalEntryOut {
             parent: parent.0,
-            namelen: name.len() as u32,
+            // The kernel refuses names over FUSE_NAME_MAX with ENAMETOOLONG too.
+            namelen: u32::try_from(name.len())
+                .map_err(|_| io::Error::from_raw_os_error(libc::ENAMETOOLONG))?,
             flags: 0,
         };
         self.send(

@@ -12,7 +12,9 @@ use std::time::Duration;
 use zerocopy::IntoBytes;
 
 use super::abi;
-use super::types::{Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, valid};
+use super::types::{
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, time_parts, valid,
+};
 use crate::sys::fuse_dev;
 
 /// Where and to which request a reply goes: the `/dev/fuse` fd the request was read from (the
@@ -43,12 +45,15 @@ impl Sender {
         if error != 0 {
             tracing::trace!(unique = self.unique, "reply errno {error}");
         }
-        let len =
-            std::mem::size_of::<abi::OutHeader>() + parts.iter().map(|p| p.len()).sum::<usize>();
-        let h = abi::OutHeader {
-            len: len as u32,
-            error: -error,
-            unique: self.unique,
+        let payload = parts.iter().map(|p| p.len()).sum::<usize>();
+        let Some(h) = abi::OutHeader::new(-error, self.unique, payload) else {
+            // No reply is that large (reads and lists are capped by the kernel's size); should
+            // one be, the caller gets EIO rather than a header that lies about its length.
+            tracing::warn!(
+                "FUSE reply to request {} too long: {payload} bytes",
+                self.unique
+            );
+            return self.send(libc::EIO, &[]);
         };
         let mut iov = Vec::with_capacity(parts.len() + 1);
         iov.push(IoSlice::new(h.as_bytes()));
@@ -81,6 +86,12 @@ impl BackingId {
             ch: Arc::downgrade(ch),
             id,
         })
+    }
+
+    /// The id as `fuse_open_out.backing_id` (an `int32_t`) carries it: the ioctl returned it as
+    /// a non-negative `int`, so the bits are the same number.
+    fn abi_id(&self) -> i32 {
+        self.id.cast_signed()
     }
 }
 
@@ -238,6 +249,7 @@ thread_local! {
 /// A header plus the largest read (`MAX_READ`, one page under this) fit.
 const SPLICE_PIPE_SIZE: usize = super::types::MAX_WRITE as usize;
 const PAGE: usize = 4096;
+const PAGE_U64: u64 = 4096;
 
 fn splice_reply(sender: &Sender, file: BorrowedFd<'_>, offset: u64, len: usize) -> SpliceOutcome {
     SPLICE_PIPE.with(|cell| {
@@ -259,20 +271,24 @@ fn splice_reply(sender: &Sender, file: BorrowedFd<'_>, offset: u64, len: usize) 
         let Some((r, w)) = slot.as_ref() else {
             return SpliceOutcome::NotSent;
         };
-        // Pipe slots: one for the header, one per file page the data touches.
-        let pages = (offset as usize % PAGE + len).div_ceil(PAGE);
+        // Pipe slots: one for the header, one per file page the data touches. The offset within
+        // a page always fits a usize; an offset beyond i64::MAX is no file position (splice
+        // would refuse it), so neither is spliced.
+        let (Ok(in_page), Ok(mut off)) =
+            (usize::try_from(offset % PAGE_U64), i64::try_from(offset))
+        else {
+            return SpliceOutcome::NotSent;
+        };
+        let pages = (in_page + len).div_ceil(PAGE);
         if (1 + pages) * PAGE > SPLICE_PIPE_SIZE {
             return SpliceOutcome::NotSent;
         }
-        let total = std::mem::size_of::<abi::OutHeader>() + len;
-        let h = abi::OutHeader {
-            len: total as u32,
-            error: 0,
-            unique: sender.unique,
+        let Some(h) = abi::OutHeader::new(0, sender.unique, len) else {
+            return SpliceOutcome::NotSent;
         };
+        let total = std::mem::size_of::<abi::OutHeader>() + len;
         // Header, then exactly `len` bytes of the file; anything else and the pipe is dropped
         // (it may hold part of a message) and nothing is sent.
-        let mut off = offset as i64;
         let filled = fuse_dev::write(w.as_fd(), h.as_bytes())
             .is_ok_and(|n| n == std::mem::size_of::<abi::OutHeader>())
             && {
@@ -375,9 +391,9 @@ impl ReplyStatx {
     pub fn statx(mut self, ttl: &Duration, attr: &FileAttr, stx: &crate::sys::file::Statx) {
         let (attr_valid, attr_valid_nsec) = valid(ttl);
         let a = attr.to_abi();
-        let t = |secs: u64, nsec: u32| abi::SxTime {
-            tv_sec: secs as i64,
-            tv_nsec: nsec,
+        let t = |(tv_sec, tv_nsec): (i64, u32)| abi::SxTime {
+            tv_sec,
+            tv_nsec,
             reserved: 0,
         };
         let rdev_major = (attr.rdev & 0xfff00) >> 8;
@@ -394,16 +410,16 @@ impl ReplyStatx {
                 nlink: a.nlink,
                 uid: a.uid,
                 gid: a.gid,
-                mode: a.mode as u16,
+                mode: statx_mode(a.mode),
                 spare0: 0,
                 ino: a.ino,
                 size: a.size,
                 blocks: a.blocks,
                 attributes_mask: stx.stx_attributes_mask.bits(),
-                atime: t(a.atime, a.atimensec),
-                btime: t(stx.stx_btime.tv_sec as u64, stx.stx_btime.tv_nsec),
-                ctime: t(a.ctime, a.ctimensec),
-                mtime: t(a.mtime, a.mtimensec),
+                atime: t(time_parts(attr.atime)),
+                btime: t((stx.stx_btime.tv_sec, stx.stx_btime.tv_nsec)),
+                ctime: t(time_parts(attr.ctime)),
+                mtime: t(time_parts(attr.mtime)),
                 rdev_major,
                 rdev_minor,
                 dev_major: 0,
@@ -413,6 +429,13 @@ impl ReplyStatx {
         };
         self.0.send(0, &[out.as_bytes()]);
     }
+}
+
+/// `stx_mode` is 16 bits wide, and so is every mode: the file type (`S_IFMT`, 0o170000) is
+/// its top. The low two bytes are the whole mode.
+fn statx_mode(mode: u32) -> u16 {
+    let [lo, hi, ..] = mode.to_le_bytes();
+    u16::from_le_bytes([lo, hi])
 }
 
 impl ReplyOpen {
@@ -438,7 +461,7 @@ impl ReplyOpen {
         let o = abi::OpenOut {
             fh: fh.0,
             open_flags: flags.bits() | abi::fopen::PASSTHROUGH,
-            backing_id: id.id as i32,
+            backing_id: id.abi_id(),
         };
         self.0.send(0, &[o.as_bytes()]);
     }
@@ -484,7 +507,7 @@ impl ReplyCreate {
         let o = abi::OpenOut {
             fh: fh.0,
             open_flags: flags.bits() | abi::fopen::PASSTHROUGH,
-            backing_id: id.id as i32,
+            backing_id: id.abi_id(),
         };
         self.0.send(0, &[e.as_bytes(), o.as_bytes()]);
     }
@@ -552,7 +575,8 @@ impl ReplyXattr {
 impl ReplyLseek {
     pub fn offset(mut self, offset: i64) {
         let o = abi::LseekOut {
-            offset: offset as u64,
+            // `fuse_lseek_out` declares the offset `uint64_t`; the kernel reads it as a `loff_t`.
+            offset: offset.cast_unsigned(),
         };
         self.0.send(0, &[o.as_bytes()]);
     }
@@ -571,6 +595,12 @@ impl DirBuf {
             buf: Vec::with_capacity(max.min(1 << 17)),
             max,
         }
+    }
+
+    /// A record's `namelen`; `None` for a name longer than a `u32` can say, which could not
+    /// fit the reply either (its size is a `u32`), so the caller answers "full".
+    fn namelen(name: &[u8]) -> Option<u32> {
+        u32::try_from(name.len()).ok()
     }
 
     /// Append one record (parts, then the name, then padding to 8 bytes). True if it did not
@@ -627,10 +657,13 @@ impl DirReply<false> {
         name: impl AsRef<OsStr>,
     ) -> bool {
         let name = name.as_ref().as_bytes();
+        let Some(namelen) = DirBuf::namelen(name) else {
+            return true;
+        };
         let d = abi::Dirent {
             ino: ino.0,
             off: offset,
-            namelen: name.len() as u32,
+            namelen,
             typ: kind.dtype(),
         };
         self.1.push(&[d.as_bytes()], name)
@@ -651,12 +684,15 @@ impl DirReply<true> {
         g: Generation,
     ) -> bool {
         let name = name.as_ref().as_bytes();
+        let Some(namelen) = DirBuf::namelen(name) else {
+            return true;
+        };
         let mut e = entry_out(ttl, ttl, attr, g);
         e.nodeid = ino.0;
         let d = abi::Dirent {
             ino: attr.ino.0,
             off: offset,
-            namelen: name.len() as u32,
+            namelen,
             typ: attr.kind.dtype(),
         };
         self.1.push(&[e.as_bytes(), d.as_bytes()], name)

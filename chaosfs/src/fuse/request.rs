@@ -573,7 +573,7 @@ mod tests {
     fn request(opcode: u32, args: &[u8]) -> Vec<u8> {
         let len = 40 + args.len();
         let h = abi::InHeader {
-            len: len as u32,
+            len: u32::try_from(len).expect("a test request is small"),
             opcode,
             unique: 7,
             nodeid: 9,

@@ -11,7 +11,7 @@ use zerocopy::IntoBytes;
 use super::abi::{self, init};
 use super::reply::Sender;
 use super::request::{Operation, Request, parse};
-use super::types::{Errno, INodeNo, MAX_WRITE};
+use super::types::{Errno, INodeNo, MAX_PAGES, MAX_WRITE};
 use crate::sys::fuse_dev;
 
 const BUFFER_SIZE: usize = MAX_WRITE as usize + 2 * abi::MIN_READ_BUFFER;
@@ -110,29 +110,25 @@ impl<FS: Filesystem> Session<FS> {
                 cfg.want(f);
             }
             fs.init(&mut cfg);
-            let wanted = cfg.wanted & cfg.offered;
+            let (wanted_lo, wanted_hi) = halves(cfg.wanted & cfg.offered);
             let out = abi::InitOut {
                 major: abi::KERNEL_VERSION,
                 minor: minor.min(abi::KERNEL_MINOR_VERSION),
                 max_readahead: cfg.max_readahead.min(cfg.kernel_max_readahead),
-                flags: wanted as u32,
+                flags: wanted_lo,
                 max_background: cfg.max_background,
                 congestion_threshold: cfg.congestion_threshold.min(cfg.max_background),
                 max_write: MAX_WRITE,
                 time_gran: 1,
-                max_pages: (MAX_WRITE / 4096) as u16,
+                max_pages: MAX_PAGES,
                 map_alignment: 0,
-                flags2: (wanted >> 32) as u32,
+                flags2: wanted_hi,
                 max_stack_depth: cfg.max_stack_depth,
                 request_timeout: 0,
                 unused: [0; 11],
             };
-            let h = abi::OutHeader {
-                len: (std::mem::size_of::<abi::OutHeader>() + std::mem::size_of::<abi::InitOut>())
-                    as u32,
-                error: 0,
-                unique: req.unique,
-            };
+            let h = abi::OutHeader::new(0, req.unique, std::mem::size_of::<abi::InitOut>())
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
             fuse_dev::writev(
                 dev.as_fd(),
                 &[IoSlice::new(h.as_bytes()), IoSlice::new(out.as_bytes())],
@@ -184,6 +180,16 @@ impl<FS: Filesystem> Session<FS> {
         }
         result
     }
+}
+
+/// The INIT flags as `fuse_init_out` carries them: the low half in `flags`, the high half in
+/// `flags2`.
+fn halves(flags: u64) -> (u32, u32) {
+    let [a, b, c, d, e, f, g, h] = flags.to_le_bytes();
+    (
+        u32::from_le_bytes([a, b, c, d]),
+        u32::from_le_bytes([e, f, g, h]),
+    )
 }
 
 /// An operation for the trace log: data payloads by length only.

@@ -4,8 +4,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::abi;
 
-/// Largest write the kernel is offered: 256 pages, its `max_pages_limit` default.
-pub const MAX_WRITE: u32 = 1 << 20;
+/// Pages of the largest write the kernel is offered (INIT's `max_pages`): its
+/// `max_pages_limit` default.
+pub const MAX_PAGES: u16 = 256;
+/// Largest write the kernel is offered: [`MAX_PAGES`] pages, 1 MiB.
+pub const MAX_WRITE: u32 = MAX_PAGES as u32 * 4096;
 /// Largest read (mount option `max_read`): one page less, so the reply's header and its data fit
 /// a pipe of the default `pipe-max-size` (1 MiB, 256 pages) and reads can be spliced.
 pub const MAX_READ: u32 = MAX_WRITE - 4096;
@@ -126,17 +129,22 @@ pub struct FileAttr {
 /// Seconds and nanoseconds since the epoch (negative seconds before it).
 pub(crate) fn time_parts(t: SystemTime) -> (i64, u32) {
     match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
+        Ok(d) => (secs_i64(d), d.subsec_nanos()),
         Err(e) => {
+            // Before the epoch: borrow a second so the nanoseconds stay positive.
             let d = e.duration();
-            let (mut s, mut ns) = (-(d.as_secs() as i64), -(d.subsec_nanos() as i64));
-            if ns < 0 {
-                s -= 1;
-                ns += 1_000_000_000;
+            match d.subsec_nanos() {
+                0 => (-secs_i64(d), 0),
+                ns => (-secs_i64(d) - 1, 1_000_000_000 - ns),
             }
-            (s, ns as u32)
         }
     }
+}
+
+/// Whole seconds of a distance from the epoch. A `SystemTime` is a `timespec` with `i64`
+/// seconds, so the distance always fits; `i64::MAX` is only a formal fallback.
+fn secs_i64(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
 impl FileAttr {
@@ -144,13 +152,15 @@ impl FileAttr {
         let (atime, atimensec) = time_parts(self.atime);
         let (mtime, mtimensec) = time_parts(self.mtime);
         let (ctime, ctimensec) = time_parts(self.ctime);
+        // `fuse_attr` declares the times `uint64_t` but the kernel reads them back as signed
+        // `time64_t`: the bits of the signed seconds are what it wants.
         abi::Attr {
             ino: self.ino.0,
             size: self.size,
             blocks: self.blocks,
-            atime: atime as u64,
-            mtime: mtime as u64,
-            ctime: ctime as u64,
+            atime: atime.cast_unsigned(),
+            mtime: mtime.cast_unsigned(),
+            ctime: ctime.cast_unsigned(),
             atimensec,
             mtimensec,
             ctimensec,

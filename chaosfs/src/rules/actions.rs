@@ -13,7 +13,8 @@ use super::{AttrOverride, CorruptMode};
 use crate::Result;
 
 use super::values::{
-    FileKind, HumanDuration, Perm, RuleError, Timestamp, parse_duration, short_float,
+    FileKind, HumanDuration, Perm, RuleError, Timestamp, parse_duration, saturating_u64,
+    short_float,
 };
 
 /// The largest file size a stat can report (`st_size` is signed).
@@ -344,7 +345,9 @@ impl ShortSpec {
         }
         let n = match *self {
             ShortSpec::Bytes(n) => usize::try_from(n).unwrap_or(usize::MAX),
-            ShortSpec::Fraction(f) => (asked as f64 * f).floor() as usize,
+            ShortSpec::Fraction(f) => {
+                usize::try_from(saturating_u64(asked as f64 * f)).unwrap_or(usize::MAX)
+            }
         };
         n.clamp(1, asked - 1)
     }

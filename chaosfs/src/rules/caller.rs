@@ -51,7 +51,8 @@ impl Name {
         let mut n = Name::default();
         let len = raw.len().min(16);
         n.bytes[..len].copy_from_slice(&raw[..len]);
-        n.len = len as u8;
+        // At most 16; the fallback is never taken.
+        n.len = u8::try_from(len).unwrap_or(16);
         n
     }
 

@@ -45,7 +45,9 @@ impl Stream {
 
     /// Uniform in `0..n` (`n > 0`), without modulo bias worth caring about for buffer sizes.
     pub(crate) fn below(&mut self, n: usize) -> usize {
-        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
+        // (x * n) / 2^64 with x < 2^64 is below n, so it fits a usize; 0 is only a formal
+        // fallback.
+        usize::try_from((u128::from(self.next_u64()) * n as u128) >> 64).unwrap_or(0)
     }
 }
 
@@ -84,7 +86,7 @@ impl CorruptPlan {
                         let mut r = rng.next_u64();
                         for b in chunk {
                             // XOR with a non-zero byte: uniform over the 255 other values.
-                            let x = ((r & 0xff) % 255 + 1) as u8;
+                            let x = r.to_le_bytes()[0] % 255 + 1;
                             *b ^= x;
                             r >>= 8;
                         }
@@ -179,7 +181,7 @@ mod tests {
 
     #[test]
     fn same_seed_same_damage_other_seed_other_damage() {
-        let orig: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
+        let orig: Vec<u8> = (0..4096u32).map(|i| (i * 7).to_le_bytes()[0]).collect();
         let run = |seed| {
             let mut b = orig.clone();
             plan(CorruptMode::BitFlip, 8, seed).apply(&mut b);

@@ -12,7 +12,7 @@ use super::data::{CorruptPlan, Purpose, decide};
 use super::errno::Errno;
 use super::spec::{ActionKind, DATA_OPS, ENOSPC_OPS, RuleSpec};
 use super::values::OneOrMany;
-use super::values::RuleError;
+use super::values::{RuleError, saturating_u64};
 use super::{AttrOverride, Call, CorruptMode, DataFault, Op, OpSet, RuleStats, Verdict};
 
 /// Ops whose faults are not about metadata (see [`Engine::may_touch_meta`]).
@@ -93,7 +93,7 @@ impl Rule {
         let threshold = match spec.percent.map(|p| p.get()) {
             None => None,
             Some(p) if p >= 100.0 => None,
-            Some(p) => Some((p / 100.0 * 18_446_744_073_709_551_616.0) as u64),
+            Some(p) => Some(saturating_u64(p / 100.0 * 18_446_744_073_709_551_616.0)),
         };
         let action = match kind {
             ActionKind::Errno => {
@@ -284,19 +284,20 @@ impl Engine {
             .iter()
             .map(|&op| {
                 let applies = |r: &&Rule| r.ops.contains(op);
-                let idx = |(i, _): (usize, &Rule)| i as u16;
+                // An index is below MAX_RULES (checked above), so it always fits a u16.
+                let idx = |(i, _): (usize, &Rule)| u16::try_from(i).ok();
                 OpPlan {
                     failing: rules
                         .iter()
                         .enumerate()
                         .filter(|(_, r)| applies(r) && r.fails(op))
-                        .map(idx)
+                        .filter_map(idx)
                         .collect(),
                     others: rules
                         .iter()
                         .enumerate()
                         .filter(|(_, r)| applies(r) && !r.fails(op))
-                        .map(idx)
+                        .filter_map(idx)
                         .collect(),
                 }
             })
@@ -460,7 +461,8 @@ fn jittered(delay: Duration, jitter: Duration, r: u64) -> Duration {
         .unwrap_or(u64::MAX)
         .min(u64::MAX / 4);
     let offset = i128::from(r % (2 * j + 1)) - i128::from(j);
-    let nanos = (delay.as_nanos() as i128 + offset).max(0);
+    // A Duration's nanoseconds (< 2^94) always fit an i128; MAX is only a formal fallback.
+    let nanos = (i128::try_from(delay.as_nanos()).unwrap_or(i128::MAX) + offset).max(0);
     Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
 }
 

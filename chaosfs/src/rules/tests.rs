@@ -540,7 +540,7 @@ fn uid_and_pid_selectors() {
     c.pid = me;
     assert_eq!(set.evaluate(&c).errno, Some(libc::EIO));
     // Another thread of this process is this process too.
-    c.pid = nix::unistd::gettid().as_raw() as u32;
+    c.pid = u32::try_from(nix::unistd::gettid().as_raw()).expect("a tid is positive");
     assert_eq!(set.evaluate(&c).errno, Some(libc::EIO));
     c.pid = 1;
     assert_eq!(set.evaluate(&c).errno, None);
@@ -554,7 +554,7 @@ fn comm_matches_this_process() {
     let process_name = raw.trim_end_matches('\n').to_owned();
     let thread_name = std::fs::read_to_string("/proc/thread-self/comm").expect("thread comm");
     let thread_name = thread_name.trim_end_matches('\n').to_owned();
-    let tid = nix::unistd::gettid().as_raw() as u32;
+    let tid = u32::try_from(nix::unistd::gettid().as_raw()).expect("a tid is positive");
     for name in [&process_name, &thread_name] {
         let set = rules(&format!(
             r#"{{"rules": [{{"comm": {name:?}, "errno": "EIO"}}]}}"#

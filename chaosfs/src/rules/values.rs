@@ -17,6 +17,19 @@ pub(crate) fn short_float(f: f64) -> String {
     serde_json::Number::from_f64(f).map_or_else(|| f.to_string(), |n| n.to_string())
 }
 
+/// `floor(x)` as a `u64`, saturating: negative and NaN give 0, too large gives `u64::MAX`.
+/// Floats have no `TryFrom`; Rust's float-to-int `as` is defined to saturate this way, which is
+/// the clamp every caller wants (a percentage's threshold, a fraction of a length, a whole
+/// percentage).
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "float-to-int `as` saturates, the documented intent"
+)]
+pub(crate) fn saturating_u64(x: f64) -> u64 {
+    x as u64
+}
+
 /// A user-facing op name and the ops it stands for (`"stat"` → getattr).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
@@ -138,7 +151,7 @@ impl Percent {
 impl Serialize for Percent {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         if self.0.fract() == 0.0 {
-            s.serialize_u64(self.0 as u64)
+            s.serialize_u64(saturating_u64(self.0))
         } else {
             s.serialize_f64(self.0)
         }
@@ -306,7 +319,7 @@ impl Perm {
     }
 
     fn from_bits(v: u64) -> Option<Perm> {
-        (v <= 0o7777).then_some(Perm(v as u16))
+        u16::try_from(v).ok().filter(|&v| v <= 0o7777).map(Perm)
     }
 }
 

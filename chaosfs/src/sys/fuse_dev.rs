@@ -4,7 +4,7 @@
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
-use super::{cvt, cvt_long};
+use super::{cvt, cvt_unsigned};
 
 /// `FUSE_DEV_IOC_CLONE`: `_IOR(229, 0, uint32_t)`.
 const IOC_CLONE: libc::c_ulong = 0x8004_e500;
@@ -16,20 +16,16 @@ const IOC_BACKING_CLOSE: libc::c_ulong = 0x4004_e502;
 /// Read one request into `buf` (the kernel hands over whole requests only).
 pub(crate) fn read(dev: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is a valid, writable buffer of `buf.len()` bytes for the whole call.
-    let n = cvt_long(unsafe {
-        libc::read(dev.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) as i64
-    })?;
-    Ok(n as usize)
+    cvt_unsigned(unsafe { libc::read(dev.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) })
 }
 
 /// Write one reply or notification, all parts in a single `writev` (the kernel takes a message
 /// only whole).
 pub(crate) fn writev(dev: BorrowedFd<'_>, parts: &[IoSlice<'_>]) -> io::Result<usize> {
-    let n = parts.len().min(libc::c_int::MAX as usize) as libc::c_int;
+    let n = libc::c_int::try_from(parts.len()).unwrap_or(libc::c_int::MAX);
     // SAFETY: `IoSlice` is ABI-compatible with `struct iovec`; each points to a live slice
     // borrowed for the whole call, and `n` does not exceed the slice count.
-    let w = cvt_long(unsafe { libc::writev(dev.as_raw_fd(), parts.as_ptr().cast(), n) as i64 })?;
-    Ok(w as usize)
+    cvt_unsigned(unsafe { libc::writev(dev.as_raw_fd(), parts.as_ptr().cast(), n) })
 }
 
 /// A new `/dev/fuse` fd attached to the same connection as `dev` (`FUSE_DEV_IOC_CLONE`): a
@@ -37,7 +33,9 @@ pub(crate) fn writev(dev: BorrowedFd<'_>, parts: &[IoSlice<'_>]) -> io::Result<u
 /// fd the request was read from.
 pub(crate) fn clone(dev: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     let fd = super::file::open(c"/dev/fuse", libc::O_RDWR | libc::O_CLOEXEC)?;
-    let src = dev.as_raw_fd() as u32;
+    // The ioctl takes the fd as a `uint32_t`; an open fd is never negative, so the bits are the
+    // same number.
+    let src = dev.as_raw_fd().cast_unsigned();
     // SAFETY: FUSE_DEV_IOC_CLONE reads one u32 (the source fd) from the pointer, which points
     // to a live local; `fd` is an open /dev/fuse fd we own.
     cvt(unsafe { libc::ioctl(fd.as_raw_fd(), IOC_CLONE, &src as *const u32) })?;
@@ -53,14 +51,13 @@ pub(crate) fn backing_open(dev: BorrowedFd<'_>, file: BorrowedFd<'_>) -> io::Res
     };
     // SAFETY: FUSE_DEV_IOC_BACKING_OPEN reads a `struct fuse_backing_map` (16 bytes, the layout
     // of `BackingMap`) from the pointer, which points to a live local.
-    let id = cvt(unsafe {
+    cvt_unsigned(unsafe {
         libc::ioctl(
             dev.as_raw_fd(),
             IOC_BACKING_OPEN,
             &map as *const crate::fuse::abi::BackingMap,
         )
-    })?;
-    Ok(id as u32)
+    })
 }
 
 /// Drop a backing id registered with [`backing_open`].
@@ -86,7 +83,7 @@ pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 pub(crate) fn set_pipe_size(pipe: BorrowedFd<'_>, bytes: usize) -> io::Result<usize> {
     let n = libc::c_int::try_from(bytes).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: integer arguments only.
-    cvt(unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, n) }).map(|n| n as usize)
+    cvt_unsigned(unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, n) })
 }
 
 /// `splice(2)` of up to `len` bytes from `from` (at `*off` if given, advancing it) to `to`.
@@ -103,7 +100,7 @@ pub(crate) fn splice(
     };
     // SAFETY: `off_ptr` is null or points to a live i64 for the whole call; no other memory is
     // passed.
-    let n = cvt_long(unsafe {
+    cvt_unsigned(unsafe {
         libc::splice(
             from.as_raw_fd(),
             off_ptr,
@@ -111,15 +108,12 @@ pub(crate) fn splice(
             std::ptr::null_mut(),
             len,
             flags,
-        ) as i64
-    })?;
-    Ok(n as usize)
+        )
+    })
 }
 
 /// `write(2)` of `buf` to a pipe (a header small enough to be written whole).
 pub(crate) fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: `buf` is a live slice of `buf.len()` bytes for the whole call.
-    let n =
-        cvt_long(unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) as i64 })?;
-    Ok(n as usize)
+    cvt_unsigned(unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) })
 }

@@ -19,7 +19,15 @@ pub(crate) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-/// Like [`cvt`] for calls returning `ssize_t`/`long`.
+/// For calls that return a non-negative count or id, or -1 with `errno` set (`read` and
+/// `splice` with `ssize_t`, `fcntl(F_SETPIPE_SZ)` and the FUSE backing ioctl with `int`): the
+/// value as the unsigned type the caller uses. `U` must hold every non-negative `T`, so the
+/// conversion fails only for -1, the one negative value these calls return.
+pub(crate) fn cvt_unsigned<T: TryInto<U>, U>(ret: T) -> io::Result<U> {
+    ret.try_into().map_err(|_| io::Error::last_os_error())
+}
+
+/// Like [`cvt`] for calls returning `long`.
 pub(crate) fn cvt_long(ret: i64) -> io::Result<i64> {
     if ret == -1 {
         Err(io::Error::last_os_error())

@@ -10,7 +10,7 @@ use std::cell::Cell;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use super::cvt;
+use super::{cvt, cvt_long};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum FsState {
@@ -96,12 +96,12 @@ fn capget() -> io::Result<[CapData; 2]> {
     let mut data = [CapData::default(); 2];
     // SAFETY: version 3 capget reads the header and writes two CapData structs, which `data`
     // provides; both are repr(C) mirrors of the kernel's structs.
-    cvt(unsafe {
+    cvt_long(unsafe {
         libc::syscall(
             libc::SYS_capget,
             &mut hdr as *mut CapHeader,
             data.as_mut_ptr(),
-        ) as i32
+        )
     })?;
     Ok(data)
 }
@@ -113,10 +113,8 @@ fn capset(data: &[CapData; 2]) -> io::Result<()> {
     };
     // SAFETY: version 3 capset reads the header and two CapData structs; pid 0 means the
     // calling thread only.
-    cvt(unsafe {
-        libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) as i32
-    })
-    .map(drop)
+    cvt_long(unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) })
+        .map(drop)
 }
 
 /// This thread acts with a caller's fsuid/fsgid (so created files get the caller's ownership and
@@ -130,10 +128,12 @@ pub(crate) struct CallerCreds {
 
 impl CallerCreds {
     pub(crate) fn enter(uid: u32, gid: u32) -> io::Result<CallerCreds> {
+        // setfsuid/setfsgid return the previous id as an `int`; its bits are the `uid_t`, so
+        // `cast_unsigned` gives back the id (ids above i32::MAX come back negative).
         // SAFETY: getfsuid has no portable form; setfsuid(-1) only reports the current fsuid.
-        let current_uid = unsafe { libc::setfsuid(u32::MAX) } as u32;
+        let current_uid = unsafe { libc::setfsuid(u32::MAX) }.cast_unsigned();
         // SAFETY: as above for the fsgid.
-        let current_gid = unsafe { libc::setfsgid(u32::MAX) } as u32;
+        let current_gid = unsafe { libc::setfsgid(u32::MAX) }.cast_unsigned();
         if current_uid == uid && current_gid == gid {
             return Ok(CallerCreds { active: false });
         }
@@ -147,8 +147,8 @@ impl CallerCreds {
         // SAFETY: as above, reading back the values.
         let (now_uid, now_gid) = unsafe {
             (
-                libc::setfsuid(u32::MAX) as u32,
-                libc::setfsgid(u32::MAX) as u32,
+                libc::setfsuid(u32::MAX).cast_unsigned(),
+                libc::setfsgid(u32::MAX).cast_unsigned(),
             )
         };
         if now_uid != uid || now_gid != gid {

@@ -173,5 +173,7 @@ pub fn diff(a: &[u8], b: &[u8]) -> usize {
 
 /// A recognisable content.
 pub fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    (0..len)
+        .map(|i| u8::try_from(i * 31 % 251).expect("below 251"))
+        .collect()
 }

@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::Ordering;
 
 use crate::fs::handle::{HandleKind, OpenMode};
-use crate::fs::{FsInner, errno};
+use crate::fs::{FsInner, errno, stat_u64};
 use crate::fuse::{Errno, FileHandle, ReplyData, ReplyEmpty, ReplyLseek, ReplyWrite};
 use crate::rules::{DataFault, Verdict};
 use crate::sys;
@@ -36,13 +36,23 @@ fn splice_read(
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Some(reply);
     }
-    let left = (st.st_size.max(0) as u64).saturating_sub(offset);
+    let left = stat_u64(st.st_size).saturating_sub(offset);
     let n = want.min(usize::try_from(left).unwrap_or(usize::MAX));
     if n == 0 {
         reply.data(&[]);
         return None;
     }
     reply.splice(fd, offset, n).err()
+}
+
+/// Answer a write-like request with the bytes moved. They never exceed the request's own size
+/// (the write's data, copy_file_range's length capped at 1 GiB), both below `u32::MAX`; should
+/// they, EIO rather than a wrapped count.
+fn reply_written(reply: ReplyWrite, n: usize) {
+    match u32::try_from(n) {
+        Ok(n) => reply.written(n),
+        Err(_) => reply.error(Errno::EIO),
+    }
 }
 
 impl FsInner {
@@ -148,7 +158,7 @@ impl FsInner {
             sys::file::pwrite(h.fd.as_fd(), data, offset)
         };
         match r {
-            Ok(n) => reply.written(n as u32),
+            Ok(n) => reply_written(reply, n),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -255,6 +265,6 @@ impl FsInner {
                 .map_err(errno),
             reply
         );
-        reply.written(n as u32);
+        reply_written(reply, n);
     }
 }

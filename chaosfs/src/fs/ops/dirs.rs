@@ -94,7 +94,9 @@ impl FsInner {
                 s.start = s.end;
                 continue;
             };
-            let (reclen, off) = (d.reclen, d.off as u64);
+            // `d_off` is an opaque position cookie; FUSE carries it as a u64 and the seek above
+            // turns the same bits back into the i64.
+            let (reclen, off) = (d.reclen, d.off.cast_unsigned());
             if !add(h.fd.as_fd(), d.ino, off, d.typ, OsStr::from_bytes(d.name)) {
                 return Ok(());
             }

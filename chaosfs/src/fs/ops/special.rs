@@ -2,7 +2,7 @@
 
 use std::os::fd::AsFd;
 
-use crate::fs::{FsInner, errno};
+use crate::fs::{FsInner, errno, stat_u32};
 use crate::fuse::{Errno, FileHandle, INodeNo, ReplyEmpty, ReplyIoctl, ReplyStatfs};
 use crate::rules::Verdict;
 use crate::sys;
@@ -36,9 +36,9 @@ impl FsInner {
             bavail,
             s.f_files,
             s.f_ffree,
-            s.f_bsize as u32,
-            s.f_namemax as u32,
-            s.f_frsize as u32,
+            stat_u32(s.f_bsize),
+            stat_u32(s.f_namemax),
+            stat_u32(s.f_frsize),
         );
     }
 

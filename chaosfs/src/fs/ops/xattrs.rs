@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use super::name_cstr;
 use crate::fs::inode::Inode;
 use crate::fs::{FsInner, errno};
-use crate::fuse::{INodeNo, ReplyEmpty, ReplyXattr};
+use crate::fuse::{Errno, INodeNo, ReplyEmpty, ReplyXattr};
 use crate::rules::Verdict;
 use crate::sys;
 use crate::sys::FdName;
@@ -17,6 +17,20 @@ enum XTarget<'a> {
     /// A name relative to the thread's cwd (`/proc/self/fd`).
     Path(&'a std::ffi::CStr),
     Fd(BorrowedFd<'a>),
+}
+
+/// Answer getxattr/listxattr: the size needed when the caller asked with size 0, else the
+/// first `len` bytes of `buf`. A size is at most `XATTR_SIZE_MAX` (64 KiB); a larger one gets
+/// E2BIG, the kernel's own answer for a value too large.
+fn reply_xattr(reply: ReplyXattr, size: u32, buf: &[u8], len: usize) {
+    if size != 0 {
+        reply.data(&buf[..len]);
+    } else {
+        match u32::try_from(len) {
+            Ok(len) => reply.size(len),
+            Err(_) => reply.error(Errno::from_i32(libc::E2BIG)),
+        }
+    }
 }
 
 impl FsInner {
@@ -56,11 +70,7 @@ impl FsInner {
             })
         });
         let len = tri!(r, reply);
-        if size == 0 {
-            reply.size(len as u32);
-        } else {
-            reply.data(&buf[..len]);
-        }
+        reply_xattr(reply, size, &buf, len);
     }
 
     pub(crate) fn listxattr(&self, ino: INodeNo, size: u32, v: &Verdict, reply: ReplyXattr) {
@@ -72,11 +82,7 @@ impl FsInner {
             XTarget::Fd(fd) => sys::file::flistxattr(fd, &mut buf),
         });
         let len = tri!(r.map_err(errno), reply);
-        if size == 0 {
-            reply.size(len as u32);
-        } else {
-            reply.data(&buf[..len]);
-        }
+        reply_xattr(reply, size, &buf, len);
     }
 
     pub(crate) fn setxattr(
