@@ -102,7 +102,8 @@ pub fn inject(args: InjectArgs) -> anyhow::Result<i32> {
         },
         path,
         spec,
-        duration_ms: duration.map(|d| d.as_millis() as u64),
+        // At most MAX_DURATION (parse_duration checks it), so the milliseconds fit.
+        duration_ms: duration.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         allow_shared: args.allow_shared,
         host_namespace: args.host_namespace,
         run_dir: journal.dir().to_owned(),
@@ -173,7 +174,9 @@ fn start_server(req: &ServeRequest) -> anyhow::Result<engine::journal::Injection
 /// time: `None` when it died (or closed the pipe) without a whole line.
 fn read_ready_line(pipe: &std::process::ChildStdout, pid: u32) -> anyhow::Result<Option<String>> {
     use rustix::event::{PollFd, PollFlags, poll};
-    let pidfd = rustix::process::Pid::from_raw(pid as i32)
+    let pidfd = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
         .context("the injection server's pid")
         .and_then(|p| {
             rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())

@@ -174,10 +174,14 @@ fn recover_one(
         }
     }
     if let Some(pid) = server.filter(|p| is_server(*p) && !engine::api::shim::is_shim(*p)) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        // A pid that is no pid_t (never the case for a real one) must not become a negative
+        // number, which kill(2) takes as a process group.
+        if let Ok(raw) = i32::try_from(pid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(raw),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         engine::target::wait_exit(pid, EXIT_TIMEOUT);
     }
     let report = recover_from_journal(journal, &e.id, &FdSwapper::default())?;

@@ -128,7 +128,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
             return Ok(code);
         }
     };
-    let child_pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    // Every pid the kernel hands out fits a pid_t (at most PID_MAX_LIMIT, 2^22).
+    let child_pid = i32::try_from(child.id())
+        .ok()
+        .map(nix::unistd::Pid::from_raw);
 
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let status = std::thread::scope(|scope| -> anyhow::Result<ExitStatus> {
@@ -146,7 +149,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
             .name("signals".into())
             .spawn(move || {
                 while let Ok(sig) = signals.wait() {
-                    if matches!(sig, Signal::SIGTERM | Signal::SIGHUP) {
+                    if matches!(sig, Signal::SIGTERM | Signal::SIGHUP)
+                        && let Some(child_pid) = child_pid
+                    {
                         let _ = nix::sys::signal::kill(child_pid, sig);
                     }
                 }

@@ -115,17 +115,17 @@ fn containerd_containers_by_name() {
     assert!(st.iter().any(|s| s["target"]["container"] == "iochaos-b"));
     let servers: Vec<u32> = st
         .iter()
-        .map(|s| s["server_pid"].as_u64().expect("pid") as u32)
+        .map(|s| iochaos_testsupport::json_pid(&s["server_pid"]))
         .collect();
 
     // SIGKILL the server of b, then recover everything.
     let sb = st
         .iter()
         .find(|s| s["target"]["container"] == "iochaos-b")
-        .and_then(|s| s["server_pid"].as_u64())
-        .expect("server of b") as i32;
+        .map(|s| iochaos_testsupport::json_pid(&s["server_pid"]))
+        .expect("server of b");
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(sb),
+        iochaos_testsupport::nix_pid(sb),
         nix::sys::signal::Signal::SIGKILL,
     )
     .expect("kill");

@@ -12,7 +12,7 @@ use inject_common::{
 };
 
 fn server_pid(env: &Env) -> u32 {
-    env.status()[0]["server_pid"].as_u64().expect("server pid") as u32
+    iochaos_testsupport::json_pid(&env.status()[0]["server_pid"])
 }
 
 #[test]
@@ -231,7 +231,7 @@ fn pid_server_sigkill_then_recover() {
     w.log.wait_for('H', false, at);
     let server = server_pid(&env);
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server as i32),
+        iochaos_testsupport::nix_pid(server),
         nix::sys::signal::Signal::SIGKILL,
     )
     .expect("kill server");
@@ -268,7 +268,7 @@ fn pid_target_exit_server_cleans_up_and_recover_after_exit() {
     let id = w.inject(&env, &["--errno", "EIO"]);
     let server = server_pid(&env);
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server as i32),
+        iochaos_testsupport::nix_pid(server),
         nix::sys::signal::Signal::SIGKILL,
     )
     .expect("kill server");
@@ -333,7 +333,7 @@ fn pid_recover_all_and_status_text() {
     assert_eq!(st.len(), 2);
     let servers: Vec<u32> = st
         .iter()
-        .map(|s| s["server_pid"].as_u64().expect("pid") as u32)
+        .map(|s| iochaos_testsupport::json_pid(&s["server_pid"]))
         .collect();
     let text = env.ok(&["status"]);
     assert!(text.contains(&ia) && text.contains(&ib), "{text}");

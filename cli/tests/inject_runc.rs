@@ -246,9 +246,9 @@ fn runc_server_sigkill_then_recover() {
         "50ms",
     ]);
     let st = env.status();
-    let server = st[0]["server_pid"].as_u64().expect("pid") as u32;
+    let server = iochaos_testsupport::json_pid(&st[0]["server_pid"]);
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server as i32),
+        iochaos_testsupport::nix_pid(server),
         nix::sys::signal::Signal::SIGKILL,
     )
     .expect("kill");
@@ -300,7 +300,7 @@ fn runc_two_containers_at_once() {
     let servers: Vec<u32> = env
         .status()
         .iter()
-        .map(|s| s["server_pid"].as_u64().expect("pid") as u32)
+        .map(|s| iochaos_testsupport::json_pid(&s["server_pid"]))
         .collect();
     env.ok(&["recover", "--all"]);
     for l in [&la, &lb] {

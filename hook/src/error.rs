@@ -113,7 +113,9 @@ pub fn report(line: &str) {
     if !is_dev_null(std::path::Path::new("/proc/self/fd/2")) {
         return;
     }
-    let Some(ppid) = rustix::process::Pid::from_raw(std::os::unix::process::parent_id() as i32)
+    let Some(ppid) = i32::try_from(std::os::unix::process::parent_id())
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
     else {
         return;
     };

@@ -225,9 +225,7 @@ fn runc_status_update_recover() {
     client
         .update_rules(r#"{"path":"/data","rules":[{"ops":["write"],"errno":"EACCES"}]}"#)
         .expect("update");
-    let pid = scene.state(id1).expect("state")["pid"]
-        .as_u64()
-        .expect("pid") as u32;
+    let pid = iochaos_testsupport::json_pid(&scene.state(id1).expect("state")["pid"]);
     scene.start(id1);
     // The workload wrote and now waits for /data/done: read the counters while it lives.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -274,9 +272,7 @@ fn runc_status_update_recover() {
         .expect("recover");
     assert!(engine::target::wait_exit(server, Duration::from_secs(20)));
     assert_eq!(scene.run_dir_entries(), Vec::<String>::new());
-    let pid = scene.state(id2).expect("state")["pid"]
-        .as_u64()
-        .expect("pid") as u32;
+    let pid = iochaos_testsupport::json_pid(&scene.state(id2).expect("state")["pid"]);
     scene.start(id2);
     assert!(engine::target::wait_exit(pid, Duration::from_secs(60)));
     let stdout = std::fs::read_to_string(&out_file).expect("output");

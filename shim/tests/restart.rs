@@ -60,10 +60,10 @@ fn restarts_leave_no_enotconn_behind() {
         .expect("fuse connection");
     let fusectl = Path::new("/sys/fs/fuse/connections").join(conn.to_string());
     assert!(fusectl.exists(), "{}", fusectl.display());
-    let ours = entry["server_pid"].as_u64().expect("server pid") as u32;
+    let ours = iochaos_testsupport::json_pid(&entry["server_pid"]);
     assert!(engine::api::shim::is_shim(ours));
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(ours as i32),
+        iochaos_testsupport::nix_pid(ours),
         nix::sys::signal::Signal::SIGKILL,
     )
     .expect("kill the shim");

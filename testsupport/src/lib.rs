@@ -4,6 +4,7 @@
 //! * [`require_root`], [`require_fuse`], [`require_fusectl`], [`require_tools`]: a privileged
 //!   test fails (never skips) when what it needs is missing.
 //! * [`poll`] / [`wait_until`]: wait for a condition with a deadline, never a fixed sleep.
+//! * [`nix_pid`] / [`json_pid`]: pids as `pid_t` and out of JSON, checked instead of cast.
 //! * [`busybox_rootfs`]: a minimal root filesystem of the static busybox.
 //! * [`Runc`]: containers of a bundle run with `runc run -d`, deleted when dropped.
 //! * [`Containerd`]: a private containerd (root, state and socket in a test's tempdir) driven
@@ -103,4 +104,19 @@ pub fn chaosfs_mounts(pid: u32) -> Vec<String> {
         .filter(|l| l.contains(" - fuse.chaosfs "))
         .map(str::to_owned)
         .collect()
+}
+
+/// `pid` as nix's `Pid` (a `pid_t`); panics for a number no pid can be (every real pid is at
+/// most `PID_MAX_LIMIT`, 2^22), rather than wrapping to a negative one, which `kill(2)` would
+/// take as a process group.
+pub fn nix_pid(pid: u32) -> nix::unistd::Pid {
+    nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a pid fits a pid_t"))
+}
+
+/// A pid field of a JSON document (`server_pid` of `iochaos status --json`, `pid` of
+/// `runc state`); panics if it is missing or no pid.
+pub fn json_pid(v: &serde_json::Value) -> u32 {
+    v.as_u64()
+        .and_then(|p| u32::try_from(p).ok())
+        .expect("a pid field")
 }

@@ -304,7 +304,7 @@ pub fn inject_update_recover(env: &Env, target: &[&str], vol: &str, log: &Log) -
         "the held fd was not swapped: {swapped:?}"
     );
     assert!(s["skipped"].is_array());
-    let server = s["server_pid"].as_u64().expect("server pid") as u32;
+    let server = iochaos_testsupport::json_pid(&s["server_pid"]);
 
     // Latency instead of errors: the writes succeed, each one delayed by the rule.
     let spec = env.path().join("latency.json");
@@ -688,10 +688,13 @@ impl Workload {
     }
 
     pub fn stop(&mut self) {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        // Also called from Drop: no panic, and a pid always fits a pid_t.
+        if let Ok(pgid) = i32::try_from(self.child.id()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         let _ = self.child.wait();
     }
 }

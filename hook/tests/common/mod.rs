@@ -424,10 +424,13 @@ impl Drop for Scene {
         }
         for pid in self.servers() {
             // Ours (the request names our run dir): SIGTERM makes a server recover and exit.
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
+            // In Drop: no panic; pids read from /proc always fit a pid_t.
+            if let Ok(raw) = i32::try_from(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(raw),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
             engine::target::wait_exit(pid, std::time::Duration::from_secs(10));
         }
     }
