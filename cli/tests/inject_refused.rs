@@ -32,36 +32,28 @@ fn ours_mounted(env: &Env, pid: u32) -> usize {
 #[test]
 fn init_and_our_own_ancestors_are_never_targets() {
     let env = Env::new();
-    // PID 1 is refused even with --host-namespace.
-    let (code, err) = env.fails(&[
-        "inject",
-        "--pid",
-        "1",
-        "--path",
-        "/tmp",
-        "--errno",
-        "EIO",
-        "--host-namespace",
-    ]);
-    assert_eq!(code, 1, "{err}");
-    assert!(err.contains("pid 1 is the init process"), "{err}");
-    assert!(env.run_dir_entries().iter().all(|e| !e.ends_with(".json")));
-    // This test process is the CLI's parent: an ancestor.
+    // PID 1, and this test process (the CLI's parent: an ancestor); both even with
+    // --host-namespace.
     let me = std::process::id().to_string();
-    let (code, err) = env.fails(&[
-        "inject",
-        "--pid",
-        &me,
-        "--path",
-        "/tmp",
-        "--errno",
-        "EIO",
-        "--host-namespace",
-    ]);
-    assert_eq!(code, 1, "{err}");
-    assert!(err.contains("one of its ancestors"), "{err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "{err:?}");
-    assert!(env.run_dir_entries().iter().all(|e| !e.ends_with(".json")));
+    for (pid, why) in [
+        ("1", "pid 1 is the init process"),
+        (&me, "one of its ancestors"),
+    ] {
+        let (code, err) = env.fails(&[
+            "inject",
+            "--pid",
+            pid,
+            "--path",
+            "/tmp",
+            "--errno",
+            "EIO",
+            "--host-namespace",
+        ]);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains(why), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err:?}");
+        assert!(env.run_dir_entries().iter().all(|e| !e.ends_with(".json")));
+    }
 }
 
 /// A process in PID 1's mount namespace is refused without `--host-namespace` and injected with
