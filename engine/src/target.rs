@@ -73,62 +73,9 @@ pub struct ContainerRef {
     pub namespace: String,
 }
 
-/// What `/proc/PID/stat` says that we need.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProcStat {
-    pub state: char,
-    pub ppid: u32,
-    /// Kernel `PF_*` flags (field 9).
-    pub flags: u32,
-    pub start_time: u64,
-}
-
-impl ProcStat {
-    /// Read and parse `/proc/<pid>/stat`.
-    pub fn read(pid: u32) -> Result<ProcStat> {
-        Ok(procinfo::ProcStat::read(pid)?.into())
-    }
-
-    /// Parse the text of a `/proc/PID/stat` file. The command name may hold spaces and
-    /// parentheses, so fields are counted from the last `)`.
-    pub fn parse(text: &str) -> Option<ProcStat> {
-        procinfo::ProcStat::parse(text).map(ProcStat::from)
-    }
-
-    /// A kernel thread (no user space to inject into).
-    pub fn is_kernel_thread(&self) -> bool {
-        let ProcStat {
-            state,
-            ppid,
-            flags,
-            start_time,
-        } = *self;
-        procinfo::ProcStat {
-            state,
-            ppid,
-            flags,
-            start_time,
-        }
-        .is_kernel_thread()
-    }
-}
-
-impl From<procinfo::ProcStat> for ProcStat {
-    fn from(s: procinfo::ProcStat) -> ProcStat {
-        let procinfo::ProcStat {
-            state,
-            ppid,
-            flags,
-            start_time,
-        } = s;
-        ProcStat {
-            state,
-            ppid,
-            flags,
-            start_time,
-        }
-    }
-}
+/// What `/proc/PID/stat` says that we need (`iochaos-procinfo` parses it; its errors convert
+/// into [`Error`]).
+pub use procinfo::ProcStat;
 
 fn proc_error(pid: u32, path: &str, e: io::Error) -> Error {
     // ENOENT / ESRCH: the process is gone (or never was).
@@ -574,17 +521,6 @@ fn check_name(what: &'static str, value: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stat_parse_handles_parens_in_comm() {
-        let line = "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 12345 1000 10";
-        let s = ProcStat::parse(line).expect("parses");
-        assert_eq!(s.state, 'S');
-        assert_eq!(s.ppid, 1);
-        assert_eq!(s.flags, 4194560);
-        assert_eq!(s.start_time, 12345);
-        assert!(!s.is_kernel_thread());
-    }
 
     #[test]
     fn self_is_a_target_in_our_namespaces() {

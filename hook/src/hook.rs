@@ -143,7 +143,7 @@ fn inject(stage: Stage, c: &mut Container, spec: &str, env: &Env) -> Result<Outc
     };
     let journal = Journal::open(&env.run_dir)?;
     // Registered on both createRuntime and prestart: the first one injects.
-    let start_time = ProcStat::read(pid)?.start_time;
+    let start_time = ProcStat::read(pid).map_err(engine::Error::from)?.start_time;
     if let Some(e) = journal.list()?.into_iter().find(|e| {
         is_ours(e, &c.state.id) && e.target.pid == pid && e.target.start_time == start_time
     }) {
