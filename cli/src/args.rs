@@ -482,6 +482,14 @@ mod tests {
         s.iter().map(OsString::from).collect()
     }
 
+    /// The usage message for `a`, which must not parse.
+    fn err(a: &[&str]) -> String {
+        match parse(args(a)) {
+            Err(Usage(m)) => m,
+            Ok(c) => panic!("{a:?} parsed as {c:?}"),
+        }
+    }
+
     #[test]
     fn run_splits_own_flags_rules_and_command() {
         let Ok(Command::Run(run)) = parse(args(&[
@@ -507,10 +515,6 @@ mod tests {
 
     #[test]
     fn run_usage_errors() {
-        let err = |a: &[&str]| match parse(args(a)) {
-            Err(Usage(m)) => m,
-            Ok(c) => panic!("{a:?} parsed as {c:?}"),
-        };
         assert!(err(&["run", "--errno", "EIO", "--", "true"]).contains("--path"));
         assert!(err(&["run", "--path", "/d", "--errno", "EIO"]).contains("command"));
         assert!(err(&["run", "--path", "/d", "--", "true"]).contains("rule"));
@@ -574,10 +578,6 @@ mod tests {
 
     #[test]
     fn inject_recover_status_update_usage_errors() {
-        let err = |a: &[&str]| match parse(args(a)) {
-            Err(Usage(m)) => m,
-            Ok(c) => panic!("{a:?} parsed as {c:?}"),
-        };
         assert!(err(&["inject", "--path", "/d", "--errno", "EIO"]).contains("target"));
         assert!(err(&["inject", "--pid", "1", "c", "--errno", "EIO"]).contains("not both"));
         assert!(err(&["inject", "--pid", "x", "--errno", "EIO"]).contains("process id"));

@@ -13,7 +13,7 @@ use engine::target::NsId;
 use crate::args::RecoverWhat;
 use crate::inject::{journal, one_line};
 use crate::run::check_privileges;
-use crate::status::escape;
+use crate::status::fd_entry;
 
 /// How long a server has to answer `Recover` (it swaps every fd back).
 const RECOVER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -63,16 +63,7 @@ pub fn recover(what: RecoverWhat) -> anyhow::Result<i32> {
                 let report = shim.recover().with_context(|| {
                     format!("recovering container {namespace}/{name} through its shim")
                 })?;
-                for f in &report.failed {
-                    eprintln!(
-                        "iochaos: {id}: pid {} fd {} {} left on the old mount: {}",
-                        f.pid,
-                        f.fd,
-                        escape(&f.path),
-                        escape(f.reason.as_deref().unwrap_or("?"))
-                    );
-                }
-                println!("{id}");
+                report_recovered(&id, &report);
                 return Ok(0);
             } else {
                 let v: Vec<Entry> = entries
@@ -100,19 +91,7 @@ pub fn recover(what: RecoverWhat) -> anyhow::Result<i32> {
     let mut failed = Vec::new();
     for e in &selected {
         match recover_one(&journal, e) {
-            Ok(report) => {
-                for f in &report.failed {
-                    eprintln!(
-                        "iochaos: {}: pid {} fd {} {} left on the old mount: {}",
-                        e.id,
-                        f.pid,
-                        f.fd,
-                        escape(&f.path),
-                        escape(f.reason.as_deref().unwrap_or("?"))
-                    );
-                }
-                println!("{}", e.id);
-            }
+            Ok(report) => report_recovered(&e.id, &report),
             Err(err) => failed.push(format!("{}: {}", e.id, one_line(err.as_ref()))),
         }
     }
@@ -187,4 +166,13 @@ fn recover_one(
     let report = recover_from_journal(journal, &e.id, &FdSwapper::default())?;
     let _ = std::fs::remove_file(&socket);
     Ok(report)
+}
+
+/// The fds a recovery left on the old mount (stderr), then the recovered injection's id.
+fn report_recovered(id: &impl std::fmt::Display, report: &RecoverReport) {
+    for f in &report.failed {
+        let (fd, reason) = fd_entry(f);
+        eprintln!("iochaos: {id}: {fd} left on the old mount: {reason}");
+    }
+    println!("{id}");
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use engine::api::{ChaosClient, Status};
+use engine::api::{ChaosClient, FdEntry, Status};
 use engine::inject::status_from_entry;
 use engine::journal::{Entry, InjectionId, Journal};
 use serde_json::Value;
@@ -16,6 +16,12 @@ use crate::inject::{journal, spec_json};
 use crate::run::check_privileges;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One fd the engine could not move, for a line of output: `pid P fd F PATH` and its reason.
+pub fn fd_entry(f: &FdEntry) -> (String, Cow<'_, str>) {
+    let fd = format!("pid {} fd {} {}", f.pid, f.fd, escape(&f.path));
+    (fd, escape(f.reason.as_deref().unwrap_or("?")))
+}
 
 fn entry(journal: &Journal, id: &str) -> anyhow::Result<Entry> {
     let id = InjectionId::parse(id)?;
@@ -194,13 +200,8 @@ pub fn status(
         }
         println!("  swapped: {} fds", s.swapped.len());
         for k in &s.skipped {
-            println!(
-                "  skipped: pid {} fd {} {}: {}",
-                k.pid,
-                k.fd,
-                escape(&k.path),
-                escape(k.reason.as_deref().unwrap_or("?"))
-            );
+            let (fd, reason) = fd_entry(k);
+            println!("  skipped: {fd}: {reason}");
         }
     }
     Ok(0)

@@ -57,6 +57,7 @@ fn start(env: &Env, runc: &mut Runc, id: &str) -> (Dirs, u32) {
         true,
         &[(&d.vol, "/vol", false), (&d.log, "/log", false)],
         &[],
+        |_| {},
     );
     Log(d.log.join("log")).wait_round(1);
     Log(d.log.join("b")).wait_round(1);
@@ -134,7 +135,7 @@ fn runc_user_namespace_inject_update_recover() {
         .expect("chown");
     assert!(status.success());
     let script = workload_script("/vol", "/log/log", "usleep 20000");
-    let pid = runc.run_edited(
+    let pid = runc.run(
         "userns",
         &d.bundle,
         &["/bin/sh", "-c", &script],
@@ -194,6 +195,7 @@ fn runc_plain_directory_of_a_read_only_rootfs() {
         true,
         &[(&d.log, "/log", false)],
         &[],
+        |_| {},
     );
     let log = Log(d.log.join("log"));
     log.wait_round(2);
@@ -339,6 +341,7 @@ fn runc_thousand_files_in_16_threads() {
             (&exe, "/holder", true),
         ],
         &[format!("{HOLDER_ENV}=/hold")],
+        |_| {},
     );
     inject_common::thousand_files(&env, pid, &hold, "/hold/vol", Some(pid));
 }

@@ -58,10 +58,7 @@ impl HookConfig {
         match std::fs::read_to_string(path) {
             Ok(text) => HookConfig::parse(path, &text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => HookConfig::parse(path, ""),
-            Err(source) => Err(Error::Io {
-                path: path.to_owned(),
-                source,
-            }),
+            Err(source) => Err(Error::io(path, source)),
         }
     }
 

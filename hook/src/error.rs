@@ -17,22 +17,6 @@ pub enum Error {
     #[error("the OCI state on stdin: {0}")]
     State(#[source] serde_json::Error),
 
-    /// A file could not be read.
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-
-    /// The bundle's config.json could not be parsed.
-    #[error("{}: {source}", path.display())]
-    BundleConfig {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
-
     /// The admin configuration is invalid.
     #[error("{}: {reason}", path.display())]
     AdminConfig { path: PathBuf, reason: String },
@@ -99,6 +83,24 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// A file could not be read or written: the engine's error for it, shown as `PATH: CAUSE`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Engine(engine::Error::Io {
+            path: path.into(),
+            source,
+        })
+    }
+
+    /// A JSON file (the bundle's config.json) could not be parsed: `PATH: CAUSE`.
+    pub fn json(path: impl Into<PathBuf>, source: serde_json::Error) -> Error {
+        Error::Engine(engine::Error::Json {
+            path: path.into(),
+            source,
+        })
+    }
+}
 
 pub use engine::error::one_line;
 

@@ -111,11 +111,8 @@ impl BundleConfig {
     /// `<bundle>/config.json`.
     pub fn read(bundle: &Path) -> Result<BundleConfig> {
         let path = bundle.join("config.json");
-        let text = std::fs::read(&path).map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
-        serde_json::from_slice(&text).map_err(|source| Error::BundleConfig { path, source })
+        let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        serde_json::from_slice(&text).map_err(|e| Error::json(path, e))
     }
 
     /// The container's root filesystem as an absolute path (a relative `root.path` is

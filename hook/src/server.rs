@@ -57,10 +57,7 @@ pub fn start(req: &ServeRequest, log: Option<&PathBuf>) -> Result<InjectionId> {
                 .create(true)
                 .append(true)
                 .open(p)
-                .map_err(|source| Error::Io {
-                    path: p.clone(),
-                    source,
-                })?,
+                .map_err(|e| Error::io(p, e))?,
         ),
         None => Stdio::null(),
     };

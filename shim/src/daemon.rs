@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use engine::adapters::chaosfs::{ChaosLauncher, ChaosServer};
 use engine::adapters::start::StartSwapper;
-use engine::api::proto::{chaos as pb, chaos_ttrpc};
+use engine::api::proto::chaos::{
+    RecoverRequest, RecoverResponse, StatusRequest, StatusResponse, UpdateRulesRequest,
+};
+use engine::api::proto::chaos_ttrpc;
 use engine::api::{ApiServer, ChaosService, RecoveredNotifier};
 use engine::inject::{InjectRequest, Injection, TargetSpec, inject};
 use engine::journal::{InjectionId, Journal};
@@ -460,29 +463,15 @@ struct Chaos {
 }
 
 impl chaos_ttrpc::Chaos for Chaos {
-    fn status(
-        &self,
-        ctx: &TtrpcContext,
-        _req: pb::StatusRequest,
-    ) -> ttrpc::Result<pb::StatusResponse> {
-        let (_, made) = self.shim.made_for(ctx)?;
-        Ok((&made.inj.status()?).into())
+    fn status(&self, ctx: &TtrpcContext, _: StatusRequest) -> ttrpc::Result<StatusResponse> {
+        Ok((&self.shim.made_for(ctx)?.1.inj.status()?).into())
     }
 
-    fn update_rules(
-        &self,
-        ctx: &TtrpcContext,
-        req: pb::UpdateRulesRequest,
-    ) -> ttrpc::Result<pb::StatusResponse> {
-        let (_, made) = self.shim.made_for(ctx)?;
-        Ok((&made.inj.update_rules(&req.spec_json)?).into())
+    fn update_rules(&self, ctx: &TtrpcContext, req: UpdateRulesRequest) -> ttrpc::Result<StatusResponse> {
+        Ok((&self.shim.made_for(ctx)?.1.inj.update_rules(&req.spec_json)?).into())
     }
 
-    fn recover(
-        &self,
-        ctx: &TtrpcContext,
-        _req: pb::RecoverRequest,
-    ) -> ttrpc::Result<pb::RecoverResponse> {
+    fn recover(&self, ctx: &TtrpcContext, _: RecoverRequest) -> ttrpc::Result<RecoverResponse> {
         let (container, made) = self.shim.made_for(ctx)?;
         let report = made.inj.recover()?;
         tracing::info!(container, id = %made.inj.id(), "recovered over the Chaos API");

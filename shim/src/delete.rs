@@ -13,7 +13,7 @@ use engine::inject::recover_from_journal;
 
 use crate::args::Args;
 use crate::error::{Error, Result, one_line};
-use crate::start::{RUNC_ADDRESS_FILE, runc_shim};
+use crate::start::{RUNC_ADDRESS_FILE, run_runc_shim};
 use crate::wire;
 
 /// How long runc's daemon has to answer one call.
@@ -25,16 +25,7 @@ pub fn delete(args: &Args) -> Result<Vec<u8>> {
         Some(b) => b.clone(),
         None => std::env::current_dir().map_err(|e| Error::io(".", e))?,
     };
-    let runc = runc_shim();
-    let out = Command::new(&runc)
-        .args(&args.raw)
-        .current_dir(&bundle)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| Error::Spawn {
-            what: runc.clone(),
-            source,
-        })?;
+    let (runc, out) = run_runc_shim(args, &bundle, &[])?;
     let runc_result = if out.status.success() {
         Ok(out.stdout)
     } else {

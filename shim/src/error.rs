@@ -8,18 +8,6 @@ pub enum Error {
     Usage(String),
     #[error("malformed task API message: {0}")]
     Wire(String),
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{}: {source}", path.display())]
-    Json {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
     #[error("spawning {what}: {source}")]
     Spawn {
         what: String,
@@ -48,11 +36,20 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// A file could not be read or written: the engine's error for it, shown as `PATH: CAUSE`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
-        Error::Io {
+        Error::Engine(engine::Error::Io {
             path: path.into(),
             source,
-        }
+        })
+    }
+
+    /// A JSON file could not be parsed: `PATH: CAUSE`.
+    pub fn json(path: impl Into<PathBuf>, source: serde_json::Error) -> Error {
+        Error::Engine(engine::Error::Json {
+            path: path.into(),
+            source,
+        })
     }
 
     /// The ttrpc status code containerd sees.

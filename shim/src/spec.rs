@@ -19,10 +19,7 @@ pub struct Parsed {
 pub fn annotations(bundle: &Path) -> Result<serde_json::Map<String, Value>> {
     let path = bundle.join("config.json");
     let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    let v: Value = serde_json::from_slice(&text).map_err(|source| Error::Json {
-        path: path.clone(),
-        source,
-    })?;
+    let v: Value = serde_json::from_slice(&text).map_err(|e| Error::json(&path, e))?;
     Ok(match v.get("annotations") {
         Some(Value::Object(m)) => m.clone(),
         _ => serde_json::Map::new(),

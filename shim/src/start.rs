@@ -34,6 +34,31 @@ pub fn runc_shim() -> String {
         .unwrap_or_else(|| "containerd-shim-runc-v2".into())
 }
 
+/// Run the wrapped runc shim with containerd's arguments in `bundle`, `input` on its stdin;
+/// its name (for errors) and its output.
+pub fn run_runc_shim(args: &Args, bundle: &Path, input: &[u8]) -> Result<(String, Output)> {
+    let runc = runc_shim();
+    let spawn_error = |source: std::io::Error| Error::Spawn {
+        what: runc.clone(),
+        source,
+    };
+    let mut child = Command::new(&runc)
+        .args(&args.raw)
+        .current_dir(bundle)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_error)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input)
+            .map_err(|e| Error::io("the runc shim's stdin", e))?;
+    }
+    let out = child.wait_with_output().map_err(spawn_error)?;
+    Ok((runc, out))
+}
+
 /// What `start` prints: containerd 1.6 reads a bare address; containerd 2 may get JSON
 /// bootstrap parameters from a newer runc shim, whose address we replace with ours.
 fn answer(runc_output: &str, ours: &str) -> (String, String) {
@@ -56,27 +81,7 @@ pub fn start(args: &Args) -> Result<String> {
         .read_to_end(&mut opts)
         .map_err(|e| Error::io("stdin", e))?;
 
-    let runc = runc_shim();
-    let mut child = Command::new(&runc)
-        .args(&args.raw)
-        .current_dir(&bundle)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| Error::Spawn {
-            what: runc.clone(),
-            source,
-        })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(&opts)
-            .map_err(|e| Error::io("the runc shim's stdin", e))?;
-    }
-    let out = child.wait_with_output().map_err(|source| Error::Spawn {
-        what: runc.clone(),
-        source,
-    })?;
+    let (runc, out) = run_runc_shim(args, &bundle, &opts)?;
     if !out.status.success() {
         return Err(Error::RuncShim {
             binary: runc,

@@ -32,22 +32,10 @@ impl Runc {
     }
 
     /// Write BUNDLE/config.json (from `runc spec`: `args`, the root read-only if `readonly`,
-    /// `binds` and `env` added) and `runc run -d` it; the container's init pid.
-    pub fn run(
-        &mut self,
-        id: &str,
-        bundle: &Path,
-        args: &[&str],
-        readonly: bool,
-        binds: &[Bind<'_>],
-        env: &[String],
-    ) -> u32 {
-        self.run_edited(id, bundle, args, readonly, binds, env, |_| {})
-    }
-
-    /// [`Runc::run`] with a last edit of the config (e.g. a user namespace).
+    /// `binds` and `env` added, then `edit` applied last, e.g. for a user namespace; `|_| {}`
+    /// for none) and `runc run -d` it; the container's init pid.
     #[allow(clippy::too_many_arguments)]
-    pub fn run_edited(
+    pub fn run(
         &mut self,
         id: &str,
         bundle: &Path,
