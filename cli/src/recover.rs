@@ -155,11 +155,11 @@ fn recover_one(
     if let Some(pid) = server.filter(|p| is_server(*p) && !engine::api::shim::is_shim(*p)) {
         // A pid that is no pid_t (never the case for a real one) must not become a negative
         // number, which kill(2) takes as a process group.
-        if let Ok(raw) = i32::try_from(pid) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(raw),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+        if let Some(raw) = i32::try_from(pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process(raw, rustix::process::Signal::KILL);
         }
         engine::target::wait_exit(pid, EXIT_TIMEOUT);
     }

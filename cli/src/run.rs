@@ -8,8 +8,7 @@ use std::sync::mpsc;
 
 use anyhow::{Context, bail};
 use chaosfs::rules::{RuleSet, Spec, parse_shorthand};
-use nix::mount::MsFlags;
-use nix::sched::CloneFlags;
+// nix only for the signal mask and sigwait, which rustix does not offer.
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::args::{RunArgs, SpecSource, Usage};
@@ -45,7 +44,7 @@ pub fn load_spec(source: &SpecSource) -> Result<Spec, Usage> {
 
 /// Check that this process can mount FUSE at all, with a reason a user can act on.
 pub fn check_privileges() -> anyhow::Result<()> {
-    if !nix::unistd::geteuid().is_root() {
+    if !rustix::process::geteuid().is_root() {
         bail!("iochaos must run as root (it mounts a FUSE filesystem)");
     }
     if !Path::new("/dev/fuse").exists() {
@@ -68,15 +67,10 @@ pub fn existing_dir(path: &Path) -> Result<PathBuf, Usage> {
 /// Move this (still single-threaded) process into a new mount namespace whose mounts do not
 /// propagate back to the host, so everything mounted here vanishes with the namespace.
 pub fn enter_private_mount_namespace() -> anyhow::Result<()> {
-    nix::sched::unshare(CloneFlags::CLONE_NEWNS).context("unshare(CLONE_NEWNS)")?;
-    nix::mount::mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .context("making / private in the new mount namespace")?;
+    crate::sys::unshare_mount_namespace().context("unshare(CLONE_NEWNS)")?;
+    use rustix::mount::MountPropagationFlags as Propagation;
+    rustix::mount::mount_change("/", Propagation::REC | Propagation::PRIVATE)
+        .context("making / private in the new mount namespace")?;
     Ok(())
 }
 
@@ -131,7 +125,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     // Every pid the kernel hands out fits a pid_t (at most PID_MAX_LIMIT, 2^22).
     let child_pid = i32::try_from(child.id())
         .ok()
-        .map(nix::unistd::Pid::from_raw);
+        .and_then(rustix::process::Pid::from_raw);
 
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let status = std::thread::scope(|scope| -> anyhow::Result<ExitStatus> {
@@ -149,10 +143,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
             .name("signals".into())
             .spawn(move || {
                 while let Ok(sig) = signals.wait() {
-                    if matches!(sig, Signal::SIGTERM | Signal::SIGHUP)
-                        && let Some(child_pid) = child_pid
-                    {
-                        let _ = nix::sys::signal::kill(child_pid, sig);
+                    let forward = match sig {
+                        Signal::SIGTERM => rustix::process::Signal::TERM,
+                        Signal::SIGHUP => rustix::process::Signal::HUP,
+                        _ => continue,
+                    };
+                    if let Some(child_pid) = child_pid {
+                        let _ = rustix::process::kill_process(child_pid, forward);
                     }
                 }
             })

@@ -19,6 +19,14 @@ pub fn unblock_in_child(command: &mut Command, signals: SigSet) {
     }
 }
 
+/// Move this process into a new mount namespace (`unshare(CLONE_NEWNS)`).
+pub fn unshare_mount_namespace() -> std::io::Result<()> {
+    // SAFETY: rustix marks unshare unsafe for CLONE_FILES only (threads that share an fd table
+    // must not see fds of one they no longer share); CLONE_NEWNS leaves the fd table alone.
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS) }?;
+    Ok(())
+}
+
 /// Start the child in a new session (`setsid`) before it execs: the injection server outlives
 /// the CLI and must not get its terminal's signals.
 pub fn new_session_in_child(command: &mut Command) {
@@ -26,7 +34,7 @@ pub fn new_session_in_child(command: &mut Command) {
     // functions may be called; setsid(2) is async-signal-safe and nothing is allocated.
     unsafe {
         command.pre_exec(|| {
-            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            rustix::process::setsid()?;
             Ok(())
         });
     }

@@ -7,7 +7,7 @@ use std::process::Command;
 #[test]
 fn demo_shows_eio_then_latency_then_success_and_loses_nothing() {
     assert!(
-        nix::unistd::geteuid().is_root(),
+        rustix::process::geteuid().is_root(),
         "the demo mounts FUSE and traces its workload: run as root"
     );
     let out = Command::new(env!("CARGO_BIN_EXE_iochaos"))

@@ -124,11 +124,7 @@ fn containerd_containers_by_name() {
         .find(|s| s["target"]["container"] == "iochaos-b")
         .map(|s| iochaos_testsupport::json_pid(&s["server_pid"]))
         .expect("server of b");
-    nix::sys::signal::kill(
-        iochaos_testsupport::nix_pid(sb),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill");
+    iochaos_testsupport::kill(sb, iochaos_testsupport::Signal::KILL).expect("kill");
     let at = lb.last_round();
     lb.wait_for('R', false, at);
     env.ok(&["recover", "iochaos-a"]);

@@ -9,7 +9,7 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use inject_common::{Env, Workload, poll};
-use nix::sys::signal::{Signal, kill};
+use iochaos_testsupport::{Signal, kill};
 
 /// A running `iochaos` command, killed and reaped on drop.
 struct Cli(Child);
@@ -78,7 +78,7 @@ fn server_stopped_at_failpoint(env: &Env) -> u32 {
 }
 
 fn sigkill_and_reap(pid: u32) {
-    kill(iochaos_testsupport::nix_pid(pid), Signal::SIGKILL).expect("kill the server");
+    kill(pid, Signal::KILL).expect("kill the server");
     poll(&format!("server {pid} to be gone"), 20, || {
         matches!(state(pid), None | Some('Z') | Some('X')).then_some(())
     });
@@ -242,7 +242,7 @@ fn two_injects_of_one_path_at_once_one_wins() {
     while std::time::Instant::now() < deadline && second.0.try_wait().expect("try_wait").is_none() {
         std::thread::sleep(Duration::from_millis(20));
     }
-    kill(iochaos_testsupport::nix_pid(held), Signal::SIGCONT).expect("continue the first server");
+    kill(held, Signal::CONT).expect("continue the first server");
     let (c1, out1, err1) = first.finish(30);
     let (c2, out2, err2) = second.finish(30);
     let outcomes = [(c1, &out1, &err1), (c2, &out2, &err2)];

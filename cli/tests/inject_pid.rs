@@ -230,11 +230,7 @@ fn pid_server_sigkill_then_recover() {
     let at = w.log.last_round();
     w.log.wait_for('H', false, at);
     let server = server_pid(&env);
-    nix::sys::signal::kill(
-        iochaos_testsupport::nix_pid(server),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill server");
+    iochaos_testsupport::kill(server, iochaos_testsupport::Signal::KILL).expect("kill server");
     // The connection is dead: reads fail too (ENOTCONN) until recover.
     let at = w.log.last_round();
     w.log.wait_for('R', false, at);
@@ -267,11 +263,7 @@ fn pid_target_exit_server_cleans_up_and_recover_after_exit() {
     let mut w = Workload::start(&env, "b");
     let id = w.inject(&env, &["--errno", "EIO"]);
     let server = server_pid(&env);
-    nix::sys::signal::kill(
-        iochaos_testsupport::nix_pid(server),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill server");
+    iochaos_testsupport::kill(server, iochaos_testsupport::Signal::KILL).expect("kill server");
     w.stop();
     env.ok(&["recover", &id]);
     env.assert_clean(&[server], None);

@@ -249,11 +249,7 @@ fn runc_server_sigkill_then_recover() {
     ]);
     let st = env.status();
     let server = iochaos_testsupport::json_pid(&st[0]["server_pid"]);
-    nix::sys::signal::kill(
-        iochaos_testsupport::nix_pid(server),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill");
+    iochaos_testsupport::kill(server, iochaos_testsupport::Signal::KILL).expect("kill");
     let at = log.last_round();
     log.wait_for('R', false, at);
     env.ok(&["recover", &id]);

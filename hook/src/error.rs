@@ -92,14 +92,6 @@ impl Error {
             source,
         })
     }
-
-    /// A JSON file (the bundle's config.json) could not be parsed: `PATH: CAUSE`.
-    pub fn json(path: impl Into<PathBuf>, source: serde_json::Error) -> Error {
-        Error::Engine(engine::Error::Json {
-            path: path.into(),
-            source,
-        })
-    }
 }
 
 pub use engine::error::one_line;
@@ -142,5 +134,5 @@ pub fn report(line: &str) {
 fn is_dev_null(path: &std::path::Path) -> bool {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     std::fs::metadata(path)
-        .is_ok_and(|m| m.file_type().is_char_device() && m.rdev() == nix::sys::stat::makedev(1, 3))
+        .is_ok_and(|m| m.file_type().is_char_device() && m.rdev() == rustix::fs::makedev(1, 3))
 }

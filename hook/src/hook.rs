@@ -262,13 +262,14 @@ fn remove(journal: &Journal, e: &Entry) -> Result<()> {
 
 /// SIGTERM makes a server recover and exit; wait for it.
 fn terminate(pid: u32) {
-    let Ok(raw) = i32::try_from(pid) else {
+    // A number that is no pid must not become a negative one (a process group for kill(2)).
+    let Some(raw) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
         return;
     };
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(raw),
-        nix::sys::signal::Signal::SIGTERM,
-    );
+    let _ = rustix::process::kill_process(raw, rustix::process::Signal::TERM);
     engine::target::wait_exit(pid, EXIT_TIMEOUT);
 }
 

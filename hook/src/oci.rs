@@ -112,7 +112,8 @@ impl BundleConfig {
     pub fn read(bundle: &Path) -> Result<BundleConfig> {
         let path = bundle.join("config.json");
         let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        serde_json::from_slice(&text).map_err(|e| Error::json(path, e))
+        serde_json::from_slice(&text)
+            .map_err(|source| Error::Engine(engine::Error::Json { path, source }))
     }
 
     /// The container's root filesystem as an absolute path (a relative `root.path` is

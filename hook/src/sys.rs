@@ -12,7 +12,7 @@ pub fn new_session_in_child(command: &mut Command) {
     // errno value, which does not allocate).
     unsafe {
         command.pre_exec(|| {
-            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            rustix::process::setsid()?;
             Ok(())
         });
     }

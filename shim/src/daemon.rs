@@ -467,8 +467,18 @@ impl chaos_ttrpc::Chaos for Chaos {
         Ok((&self.shim.made_for(ctx)?.1.inj.status()?).into())
     }
 
-    fn update_rules(&self, ctx: &TtrpcContext, req: UpdateRulesRequest) -> ttrpc::Result<StatusResponse> {
-        Ok((&self.shim.made_for(ctx)?.1.inj.update_rules(&req.spec_json)?).into())
+    fn update_rules(
+        &self,
+        ctx: &TtrpcContext,
+        req: UpdateRulesRequest,
+    ) -> ttrpc::Result<StatusResponse> {
+        Ok((&self
+            .shim
+            .made_for(ctx)?
+            .1
+            .inj
+            .update_rules(&req.spec_json)?)
+            .into())
     }
 
     fn recover(&self, ctx: &TtrpcContext, _: RecoverRequest) -> ttrpc::Result<RecoverResponse> {

@@ -5,7 +5,6 @@
 //! is detached and its FUSE connection aborted, so nothing is left returning ENOTCONN.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use engine::adapters::start::StartSwapper;

@@ -31,10 +31,8 @@ fn open_log_fifo() -> Option<std::fs::File> {
         .custom_flags(libc::O_NONBLOCK)
         .open("log")
         .ok()?;
-    let flags = nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_GETFL).ok()?;
-    let mut flags = nix::fcntl::OFlag::from_bits_truncate(flags);
-    flags.remove(nix::fcntl::OFlag::O_NONBLOCK);
-    nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_SETFL(flags)).ok()?;
+    let flags = rustix::fs::fcntl_getfl(&f).ok()?;
+    rustix::fs::fcntl_setfl(&f, flags - rustix::fs::OFlags::NONBLOCK).ok()?;
     Some(f)
 }
 

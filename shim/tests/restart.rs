@@ -62,11 +62,7 @@ fn restarts_leave_no_enotconn_behind() {
     assert!(fusectl.exists(), "{}", fusectl.display());
     let ours = iochaos_testsupport::json_pid(&entry["server_pid"]);
     assert!(engine::api::shim::is_shim(ours));
-    nix::sys::signal::kill(
-        iochaos_testsupport::nix_pid(ours),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill the shim");
+    iochaos_testsupport::kill(ours, iochaos_testsupport::Signal::KILL).expect("kill the shim");
     poll("the journal entry to go", || {
         c.journal().is_empty().then_some(())
     });

@@ -33,7 +33,9 @@ impl Containerd {
     /// ours to reap (this machine's pid 1 may not). A test binary using this must run one test,
     /// so that reaping any child is safe.
     pub fn start_with_env(dir: &Path, env: Vec<(String, OsString)>) -> Containerd {
-        nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
+        // Any pid sets the flag (the kernel takes it as a boolean).
+        rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+            .expect("PR_SET_CHILD_SUBREAPER");
         let mut c = Containerd {
             daemon: None,
             dir: dir.to_owned(),
@@ -157,30 +159,23 @@ impl Containerd {
     /// Processes whose command line names this containerd (its shims), as (pid, argv0 name).
     pub fn shims(&self) -> Vec<(u32, String)> {
         let needle = self.sock.display().to_string();
-        let mut out = Vec::new();
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return out;
-        };
-        for d in dir.flatten() {
-            let Some(pid) = d.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                continue;
-            };
+        let shim = |pid: u32| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
             let args: Vec<String> = cmd
                 .split(|b| *b == 0)
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect();
-            let name = Path::new(args.first().map(String::as_str).unwrap_or(""))
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if name.starts_with("containerd-shim") && args.contains(&needle) {
-                out.push((pid, name));
-            }
-        }
-        out
+            let name = Path::new(args.first()?).file_name()?.to_string_lossy();
+            (name.starts_with("containerd-shim") && args.contains(&needle))
+                .then(|| (pid, name.into_owned()))
+        };
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|d| d.file_name().to_str()?.parse::<u32>().ok())
+            .filter_map(shim)
+            .collect()
     }
 }
 
@@ -207,19 +202,14 @@ impl Drop for Containerd {
             let _ = d.wait();
         }
         for (pid, _) in self.shims() {
-            if let Ok(pid) = i32::try_from(pid) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+            let _ = crate::kill(pid, crate::Signal::KILL);
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(5)),
-                Ok(_) => {}
+            use rustix::process::{WaitOptions, waitpid};
+            match waitpid(None, WaitOptions::NOHANG) {
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                Ok(Some(_)) => {}
                 Err(_) => break, // ECHILD: none left
             }
         }

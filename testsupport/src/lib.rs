@@ -4,7 +4,7 @@
 //! * [`require_root`], [`require_fuse`], [`require_fusectl`], [`require_tools`]: a privileged
 //!   test fails (never skips) when what it needs is missing.
 //! * [`poll`] / [`wait_until`]: wait for a condition with a deadline, never a fixed sleep.
-//! * [`nix_pid`] / [`json_pid`]: pids as `pid_t` and out of JSON, checked instead of cast.
+//! * [`kill`] / [`json_pid`]: signal a pid (checked instead of cast) and pids out of JSON.
 //! * [`busybox_rootfs`]: a minimal root filesystem of the static busybox.
 //! * [`Runc`]: containers of a bundle run with `runc run -d`, deleted when dropped.
 //! * [`Containerd`]: a private containerd (root, state and socket in a test's tempdir) driven
@@ -22,11 +22,12 @@ use std::time::{Duration, Instant};
 pub use containerd::Containerd;
 pub use rootfs::busybox_rootfs;
 pub use runc::{Bind, Runc};
+pub use rustix::process::{Pid, Signal};
 
 /// Fail the test unless it runs as root; `why` says what it does that needs root.
 pub fn require_root(why: &str) {
     assert!(
-        nix::unistd::geteuid().is_root(),
+        rustix::process::geteuid().is_root(),
         "this test needs root ({why}): run it as root"
     );
 }
@@ -106,11 +107,24 @@ pub fn chaosfs_mounts(pid: u32) -> Vec<String> {
         .collect()
 }
 
-/// `pid` as nix's `Pid` (a `pid_t`); panics for a number no pid can be (every real pid is at
-/// most `PID_MAX_LIMIT`, 2^22), rather than wrapping to a negative one, which `kill(2)` would
-/// take as a process group.
-pub fn nix_pid(pid: u32) -> nix::unistd::Pid {
-    nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a pid fits a pid_t"))
+/// `pid` as a `Pid` (a `pid_t`); an error for a number no pid can be (0, or above
+/// `PID_MAX_LIMIT`, 2^22), rather than wrapping to a negative one, which `kill(2)` would take
+/// as a process group.
+fn as_pid(pid: u32) -> std::io::Result<Pid> {
+    i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+}
+
+/// Send `sig` to process `pid` (`kill(2)`; no panic, so also for `Drop`).
+pub fn kill(pid: u32, sig: Signal) -> std::io::Result<()> {
+    Ok(rustix::process::kill_process(as_pid(pid)?, sig)?)
+}
+
+/// Send `sig` to process group `pgid` (`killpg(3)`; no panic, so also for `Drop`).
+pub fn kill_group(pgid: u32, sig: Signal) -> std::io::Result<()> {
+    Ok(rustix::process::kill_process_group(as_pid(pgid)?, sig)?)
 }
 
 /// A pid field of a JSON document (`server_pid` of `iochaos status --json`, `pid` of

@@ -688,13 +688,8 @@ impl Workload {
     }
 
     pub fn stop(&mut self) {
-        // Also called from Drop: no panic, and a pid always fits a pid_t.
-        if let Ok(pgid) = i32::try_from(self.child.id()) {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pgid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
+        // Also called from Drop: kill_group does not panic.
+        let _ = iochaos_testsupport::kill_group(self.child.id(), iochaos_testsupport::Signal::KILL);
         let _ = self.child.wait();
     }
 }

@@ -424,13 +424,8 @@ impl Drop for Scene {
         }
         for pid in self.servers() {
             // Ours (the request names our run dir): SIGTERM makes a server recover and exit.
-            // In Drop: no panic; pids read from /proc always fit a pid_t.
-            if let Ok(raw) = i32::try_from(pid) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(raw),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            }
+            // In Drop: kill does not panic.
+            let _ = iochaos_testsupport::kill(pid, iochaos_testsupport::Signal::TERM);
             engine::target::wait_exit(pid, std::time::Duration::from_secs(10));
         }
     }
