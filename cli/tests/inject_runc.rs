@@ -142,15 +142,7 @@ fn runc_user_namespace_inject_update_recover() {
         false,
         &[(&d.vol, "/vol", false), (&d.log, "/log", false)],
         &[],
-        |c| {
-            c["linux"]["namespaces"]
-                .as_array_mut()
-                .expect("namespaces")
-                .push(serde_json::json!({ "type": "user" }));
-            let map = serde_json::json!([{ "containerID": 0, "hostID": 100000, "size": 65536 }]);
-            c["linux"]["uidMappings"] = map.clone();
-            c["linux"]["gidMappings"] = map;
-        },
+        iochaos_testsupport::add_user_namespace,
     );
     let log = Log(d.log.join("log"));
     log.wait_round(1);

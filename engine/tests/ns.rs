@@ -163,15 +163,7 @@ fn shared_mount_is_refused_unless_allowed() {
         s = shared.display()
     );
     let h = Helper::spawn(
-        &[
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            &script,
-        ],
+        &[&iochaos_testsupport::PRIVATE_MOUNT_NS_SH[..], &[&script]].concat(),
         "sleep",
     );
     poll("the shared mount", || {

@@ -362,15 +362,7 @@ fn runc_user_namespace() {
     let script = format!("{WORKLOAD}; echo ok > /data/g; ls -ln /data/g");
     let spec = r#"{"path":"/data","rules":[{"ops":["write"],"glob":"f","errno":"ENOSPC"}]}"#;
     scene.write_config(&script, Some(spec), &[]);
-    scene.edit_config(|c| {
-        c["linux"]["namespaces"]
-            .as_array_mut()
-            .expect("namespaces")
-            .push(serde_json::json!({ "type": "user" }));
-        let map = serde_json::json!([{ "containerID": 0, "hostID": 100000, "size": 65536 }]);
-        c["linux"]["uidMappings"] = map.clone();
-        c["linux"]["gidMappings"] = map;
-    });
+    scene.edit_config(iochaos_testsupport::add_user_namespace);
     // The mapped root must reach and own the rootfs.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(scene.dir.path(), std::fs::Permissions::from_mode(0o755))

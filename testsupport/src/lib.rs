@@ -21,8 +21,13 @@ use std::time::{Duration, Instant};
 
 pub use containerd::Containerd;
 pub use rootfs::busybox_rootfs;
-pub use runc::{Bind, Runc};
+pub use runc::{Bind, Runc, add_user_namespace};
 pub use rustix::process::{Pid, Signal};
+
+/// The command line that runs `sh -c SCRIPT ARGS...` (append them) in a new mount namespace
+/// whose mounts do not propagate back: `unshare --mount --propagation private sh -c`.
+pub const PRIVATE_MOUNT_NS_SH: [&str; 6] =
+    ["unshare", "--mount", "--propagation", "private", "sh", "-c"];
 
 /// Fail the test unless it runs as root; `why` says what it does that needs root.
 pub fn require_root(why: &str) {

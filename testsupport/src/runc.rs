@@ -114,6 +114,18 @@ impl Drop for Runc {
     }
 }
 
+/// Give an OCI config its own user namespace whose root is host uid and gid 100000 (65536 ids
+/// mapped); for [`Runc::run`]'s `edit`.
+pub fn add_user_namespace(config: &mut Value) {
+    config["linux"]["namespaces"]
+        .as_array_mut()
+        .expect("namespaces")
+        .push(serde_json::json!({ "type": "user" }));
+    let map = serde_json::json!([{ "containerID": 0, "hostID": 100000, "size": 65536 }]);
+    config["linux"]["uidMappings"] = map.clone();
+    config["linux"]["gidMappings"] = map;
+}
+
 /// `runc spec --bundle BUNDLE`: the default config, parsed.
 fn spec(bundle: &Path) -> Value {
     let out = Command::new("runc")

@@ -9,6 +9,8 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::{Value, json};
 
+use iochaos_testsupport::PRIVATE_MOUNT_NS_SH;
+
 pub const HOOK: &str = env!("CARGO_BIN_EXE_iochaos-hook");
 /// Every runtime command gets this long (seconds) before `timeout` kills it.
 const TIMEOUT: &str = "120";
@@ -165,18 +167,13 @@ impl Scene {
                 c.args([TIMEOUT, "runc", "--root"]).arg(root);
             }
             Runtime::Crun => {
-                c.args([
-                    TIMEOUT,
-                    "unshare",
-                    "--mount",
-                    "--propagation",
-                    "private",
-                    "sh",
-                    "-c",
-                    "mount -t cgroup2 none /sys/fs/cgroup && \
-                     exec crun --cgroup-manager=disabled --root \"$0\" \"$@\"",
-                ])
-                .arg(root);
+                c.arg(TIMEOUT)
+                    .args(PRIVATE_MOUNT_NS_SH)
+                    .arg(
+                        "mount -t cgroup2 none /sys/fs/cgroup && \
+                         exec crun --cgroup-manager=disabled --root \"$0\" \"$@\"",
+                    )
+                    .arg(root);
             }
         }
         c.stdin(Stdio::null());
@@ -320,16 +317,8 @@ impl Scene {
         let mut c = Command::new("timeout");
         c.arg(TIMEOUT);
         if self.runtime == Runtime::Crun {
-            c.args([
-                "unshare",
-                "--mount",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                "mount -t cgroup2 none /sys/fs/cgroup && exec \"$@\"",
-                "sh",
-            ]);
+            c.args(PRIVATE_MOUNT_NS_SH)
+                .args(["mount -t cgroup2 none /sys/fs/cgroup && exec \"$@\"", "sh"]);
         }
         c.args(["podman", "--root"])
             .arg(self.dir.path().join("storage"))
