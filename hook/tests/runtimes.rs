@@ -88,40 +88,27 @@ fn bad_annotation_fails(rt: Runtime, name: &str) {
     }
 }
 
-#[test]
-fn runc_faults_from_first_write() {
-    require(&["runc"]);
-    faults_from_first_write(Runtime::Runc, "faults");
+/// The scenarios above, one test per runtime: `TEST: RUNTIME [tools needed] => SCENARIO(tag)`.
+macro_rules! per_runtime {
+    ($($test:ident: $rt:ident $tools:expr => $scenario:ident($tag:literal);)*) => {
+        $(
+            #[test]
+            fn $test() {
+                require(&$tools);
+                $scenario(Runtime::$rt, $tag);
+            }
+        )*
+    };
 }
 
-#[test]
-fn runc_untouched_without_annotation() {
-    require(&["runc"]);
-    untouched_without_annotation(Runtime::Runc, "plain");
-}
-
-#[test]
-fn runc_bad_annotation_fails_creation() {
-    require(&["runc"]);
-    bad_annotation_fails(Runtime::Runc, "bad");
-}
-
-#[test]
-fn crun_faults_from_first_write() {
-    require(&["crun", "unshare"]);
-    faults_from_first_write(Runtime::Crun, "faults");
-}
-
-#[test]
-fn crun_untouched_without_annotation() {
-    require(&["crun", "unshare"]);
-    untouched_without_annotation(Runtime::Crun, "plain");
-}
-
-#[test]
-fn crun_bad_annotation_fails_creation() {
-    require(&["crun", "unshare"]);
-    bad_annotation_fails(Runtime::Crun, "bad");
+per_runtime! {
+    runc_faults_from_first_write: Runc ["runc"] => faults_from_first_write("faults");
+    runc_untouched_without_annotation: Runc ["runc"] => untouched_without_annotation("plain");
+    runc_bad_annotation_fails_creation: Runc ["runc"] => bad_annotation_fails("bad");
+    crun_faults_from_first_write: Crun ["crun", "unshare"] => faults_from_first_write("faults");
+    crun_untouched_without_annotation: Crun ["crun", "unshare"] =>
+        untouched_without_annotation("plain");
+    crun_bad_annotation_fails_creation: Crun ["crun", "unshare"] => bad_annotation_fails("bad");
 }
 
 /// Registered on prestart and createRuntime both (runc runs prestart first): one injection.
@@ -292,11 +279,7 @@ fn runc_delete_without_start() {
     let (status, _) = scene.create(id, &scene.dir.path().join("out"));
     assert!(status.success(), "create failed");
     assert_eq!(scene.servers().len(), 1);
-    let out = scene
-        .runtime()
-        .args(["delete", "--force", id])
-        .output()
-        .expect("delete");
+    let out = scene.runtime_call(&["delete", "--force", id]);
     show(&out);
     assert!(out.status.success());
     scene.assert_clean(None);

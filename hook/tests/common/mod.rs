@@ -232,23 +232,23 @@ impl Scene {
         format!("hook-{rt}-{name}-{tag}")
     }
 
-    pub fn start(&self, id: &str) {
-        let out = self
-            .runtime()
-            .args(["start", id])
+    /// The runtime's output for `args` (e.g. `["start", ID]`).
+    pub fn runtime_call(&self, args: &[&str]) -> Output {
+        self.runtime()
+            .args(args)
             .output()
-            .expect("runtime start");
+            .unwrap_or_else(|e| panic!("runtime {args:?}: {e}"))
+    }
+
+    pub fn start(&self, id: &str) {
+        let out = self.runtime_call(&["start", id]);
         show(&out);
         assert!(out.status.success(), "start {id} failed");
     }
 
     /// The runtime's state of `id`, or None when it does not exist.
     pub fn state(&self, id: &str) -> Option<Value> {
-        let out = self
-            .runtime()
-            .args(["state", id])
-            .output()
-            .expect("runtime state");
+        let out = self.runtime_call(&["state", id]);
         out.status
             .success()
             .then(|| serde_json::from_slice(&out.stdout).expect("state json"))
@@ -256,11 +256,7 @@ impl Scene {
 
     /// `delete ID` (poststop runs).
     pub fn delete(&self, id: &str) -> Output {
-        let out = self
-            .runtime()
-            .args(["delete", id])
-            .output()
-            .expect("runtime delete");
+        let out = self.runtime_call(&["delete", id]);
         show(&out);
         out
     }
