@@ -6,7 +6,9 @@
 //! * [`poll`] / [`wait_until`]: wait for a condition with a deadline, never a fixed sleep.
 //! * [`kill`] / [`json_pid`]: signal a pid (checked instead of cast) and pids out of JSON.
 //! * [`busybox_rootfs`]: a minimal root filesystem of the static busybox.
-//! * [`Runc`]: containers of a bundle run with `runc run -d`, deleted when dropped.
+//! * [`Runc`]: containers of a bundle run with `runc run -d`, deleted when dropped;
+//!   [`add_user_namespace`] maps a config's root to host uid 100000.
+//! * [`PRIVATE_MOUNT_NS_SH`]: `sh -c` in a private mount namespace (`unshare`).
 //! * [`Containerd`]: a private containerd (root, state and socket in a test's tempdir) driven
 //!   with `ctr`, which kills and removes every container it was told about, stops the daemon
 //!   and reaps the shims when dropped — also when the test fails.
