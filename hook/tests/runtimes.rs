@@ -90,12 +90,12 @@ fn bad_annotation_fails(rt: Runtime, name: &str) {
 
 /// The scenarios above, one test per runtime: `TEST: RUNTIME [tools needed] => SCENARIO(tag)`.
 macro_rules! per_runtime {
-    ($($test:ident: $rt:ident $tools:expr => $scenario:ident($tag:literal);)*) => {
+    ($($test:ident: $rt:ident $tools:expr => $scenario:ident($($arg:expr),*);)*) => {
         $(
             #[test]
             fn $test() {
                 require(&$tools);
-                $scenario(Runtime::$rt, $tag);
+                $scenario(Runtime::$rt $(, $arg)*);
             }
         )*
     };
@@ -324,16 +324,10 @@ fn podman_faults_untouched_bad(rt: Runtime) {
     scene.assert_clean(None);
 }
 
-#[test]
-fn podman_runc_faults_untouched_bad() {
-    require(&["podman", "runc"]);
-    podman_faults_untouched_bad(Runtime::Runc);
-}
-
-#[test]
-fn podman_crun_faults_untouched_bad() {
-    require(&["podman", "crun", "unshare"]);
-    podman_faults_untouched_bad(Runtime::Crun);
+per_runtime! {
+    podman_runc_faults_untouched_bad: Runc ["podman", "runc"] => podman_faults_untouched_bad();
+    podman_crun_faults_untouched_bad: Crun ["podman", "crun", "unshare"] =>
+        podman_faults_untouched_bad();
 }
 
 /// A user-namespaced container (root mapped to 100000): the hook mounts from the initial user
@@ -441,16 +435,9 @@ fn volume(rt: Runtime) {
     scene.assert_clean(chaosfs_connection(&stdout));
 }
 
-#[test]
-fn runc_volume() {
-    require(&["runc"]);
-    volume(Runtime::Runc);
-}
-
-#[test]
-fn crun_volume() {
-    require(&["crun", "unshare"]);
-    volume(Runtime::Crun);
+per_runtime! {
+    runc_volume: Runc ["runc"] => volume();
+    crun_volume: Crun ["crun", "unshare"] => volume();
 }
 
 /// The spec's `duration`: faults end while the container runs, and the server is gone.
