@@ -51,30 +51,17 @@ impl From<procinfo::Error> for Error {
 mod tests {
     use super::*;
 
-    // The parser's own tests moved with it to iochaos-procinfo (src/mountinfo.rs).
-
-    const SAMPLE: &[u8] = b"\
-22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw,errors=remount-ro
-36 22 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue
-40 22 0:35 / /data rw,nosuid shared:7 master:3 propagate_from:2 unbindable - tmpfs tmpfs rw
-41 40 0:36 / /data/with\\040space\\011tab\\134back rw - tmpfs my\\040src rw
-42 40 0:50 / /data/sub rw,nosuid,nodev,relatime - fuse.chaosfs chaosfs rw,user_id=0,group_id=0,allow_other
-43 22 0:37 / /data rw - tmpfs tmpfs rw
-";
-
     #[test]
     fn shared_mount_is_refused_unless_allowed() {
-        let mi = MountInfo::parse(SAMPLE).expect("parses");
-        let m = mi.by_id(40).expect("id 40");
-        let e =
-            check_propagation(m, Path::new("/data/x"), SharedPolicy::Refuse).expect_err("shared");
+        // The parser and its tests are iochaos-procinfo's; here one shared and one private mount.
+        let shared = Mount::parse(b"40 22 0:35 / /data rw shared:7 master:3 - tmpfs tmpfs rw")
+            .expect("shared line");
+        let private =
+            Mount::parse(b"41 40 0:36 / /data/x rw - tmpfs tmpfs rw").expect("private line");
+        let e = check_propagation(&shared, Path::new("/data/x"), SharedPolicy::Refuse)
+            .expect_err("shared");
         assert!(e.to_string().contains("shared with peer group 7"), "{e}");
-        check_propagation(m, Path::new("/data/x"), SharedPolicy::Allow).expect("allowed");
-        check_propagation(
-            mi.by_id(41).expect("41"),
-            Path::new("/x"),
-            SharedPolicy::Refuse,
-        )
-        .expect("private");
+        check_propagation(&shared, Path::new("/data/x"), SharedPolicy::Allow).expect("allowed");
+        check_propagation(&private, Path::new("/x"), SharedPolicy::Refuse).expect("private");
     }
 }

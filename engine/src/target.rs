@@ -267,17 +267,8 @@ impl Target {
 /// Every user process whose mount namespace is `ns` (scanning /proc), except the caller.
 pub fn processes_in_mnt_ns(ns: NsId) -> Result<Vec<Process>> {
     let self_pid = std::process::id();
-    let dir = fs::read_dir("/proc").map_err(|e| Error::io("/proc", e))?;
     let mut out = Vec::new();
-    for entry in dir {
-        let entry = entry.map_err(|e| Error::io("/proc", e))?;
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in procinfo::pids()? {
         if pid == self_pid {
             continue;
         }

@@ -229,22 +229,11 @@ impl Program {
             return format!("op {i}");
         };
         let d = o.what;
-        let path = |p: &Path| p.display().to_string();
         if d.fd >= 0 {
-            let p = unit
-                .fds
-                .iter()
-                .find(|f| f.fd == d.fd)
-                .map(|f| path(&f.path))
-                .unwrap_or_default();
+            let p = path_of(&unit.fds, |f| f.fd == d.fd, |f| &f.path);
             format!("{} fd {} ({p})", d.step, d.fd)
         } else if d.addr != 0 {
-            let p = unit
-                .maps
-                .iter()
-                .find(|m| m.start == d.addr)
-                .map(|m| path(&m.path))
-                .unwrap_or_default();
+            let p = path_of(&unit.maps, |m| m.start == d.addr, |m| &m.path);
             format!("{} mapping {:x} ({p})", d.step, d.addr)
         } else {
             d.step.to_owned()
@@ -440,3 +429,12 @@ impl Outcome {
 
 /// `arch::Stub` re-exported for the swapper.
 pub(crate) type Stub = crate::arch::Stub;
+
+/// The path of the first of `items` that `hit` picks, as text (empty if none).
+fn path_of<T>(items: &[T], hit: impl Fn(&T) -> bool, path: impl Fn(&T) -> &Path) -> String {
+    items
+        .iter()
+        .find(|x| hit(x))
+        .map(|x| path(x).display().to_string())
+        .unwrap_or_default()
+}

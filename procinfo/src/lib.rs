@@ -12,4 +12,4 @@ pub use fdinfo::{FdInfo, LockLine, TaskFds, parse_fdinfo, parse_locks};
 pub use maps::{MapLine, maps, parse_maps};
 pub use mountinfo::{Mount, MountInfo};
 pub use stat::ProcStat;
-pub use task::{SigMasks, fds, link, sig_masks, tasks};
+pub use task::{SigMasks, fds, link, pids, sig_masks, tasks};

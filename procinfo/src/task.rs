@@ -1,9 +1,14 @@
-//! A process's threads (`/proc/PID/task`), fd numbers (`fd/`), signal masks (`status`) and
+//! The processes (`/proc`), a process's threads (`/proc/PID/task`), fd numbers (`fd/`), signal masks (`status`) and
 //! links (`cwd`, `root`, `fd/N`).
 
 use std::path::Path;
 
 use crate::error::{Result, io_err};
+
+/// Process ids (the numbered entries of `/proc`), sorted.
+pub fn pids() -> Result<Vec<u32>> {
+    numbered_entries(Path::new("/proc"))
+}
 
 /// Thread ids of a process (`/proc/PID/task`), sorted (`pid`: a `pid_t`).
 pub fn tasks(pid: i32) -> Result<Vec<i32>> {
@@ -16,7 +21,7 @@ pub fn fds(task_dir: &Path) -> Result<Vec<i32>> {
 }
 
 /// The entries of `dir` named by a number, sorted.
-fn numbered_entries(dir: &Path) -> Result<Vec<i32>> {
+fn numbered_entries<N: std::str::FromStr + Ord>(dir: &Path) -> Result<Vec<N>> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).map_err(io_err(dir))? {
         let e = e.map_err(io_err(dir))?;
@@ -95,6 +100,7 @@ mod tests {
     fn reads_our_own_tasks_and_links() {
         let pid = i32::try_from(std::process::id()).expect("pid_t");
         assert!(tasks(pid).expect("tasks").contains(&pid));
+        assert!(pids().expect("pids").contains(&std::process::id()));
         assert!(fds(Path::new("/proc/self")).expect("fds").contains(&0));
         assert!(
             link(Path::new("/proc/self/cwd"))

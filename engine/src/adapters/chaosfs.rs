@@ -1,7 +1,7 @@
 //! ChaosFS behind [`FsLauncher`] / [`FsServer`]: the filesystem every injection serves.
 
 use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chaosfs::rules::{RuleSet, Spec};
@@ -168,28 +168,20 @@ fn may_read_ahead(rules: &RuleSet, dir: &Path) -> bool {
 /// only, so it never waits for the server).
 fn holders(conn: u32) -> Vec<(u32, i32)> {
     let (major, minor) = (conn >> 20, conn & 0xf_ffff);
-    let mut out = Vec::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return out;
+    let on_conn = |fd_path: &Path| {
+        rustix::fs::statx(
+            rustix::fs::CWD,
+            fd_path,
+            rustix::fs::AtFlags::STATX_DONT_SYNC,
+            rustix::fs::StatxFlags::empty(),
+        )
+        .is_ok_and(|st| (st.stx_dev_major, st.stx_dev_minor) == (major, minor))
     };
-    for p in procs.flatten() {
-        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
-        };
-        for f in fds.flatten() {
-            let Some(fd) = f.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                continue;
-            };
-            if let Ok(st) = rustix::fs::statx(
-                rustix::fs::CWD,
-                f.path(),
-                rustix::fs::AtFlags::STATX_DONT_SYNC,
-                rustix::fs::StatxFlags::empty(),
-            ) && (st.stx_dev_major, st.stx_dev_minor) == (major, minor)
-            {
+    let mut out = Vec::new();
+    for pid in procinfo::pids().unwrap_or_default() {
+        let dir = PathBuf::from(format!("/proc/{pid}"));
+        for fd in procinfo::fds(&dir).unwrap_or_default() {
+            if on_conn(&dir.join("fd").join(fd.to_string())) {
                 out.push((pid, fd));
             }
         }

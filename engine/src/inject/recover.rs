@@ -153,11 +153,7 @@ fn undo_mount<S: Swapper>(
 }
 
 fn find_ns_by_inode(ino: u64) -> Result<Option<MountNs>> {
-    let dir = std::fs::read_dir("/proc").map_err(|e| Error::io("/proc", e))?;
-    for d in dir.flatten() {
-        let Some(pid) = d.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
+    for pid in procinfo::pids()? {
         if NsId::of(pid, "mnt").is_ok_and(|n| n.ino == ino)
             && let Ok(ns) = MountNs::of_pid(pid)
             && ns.id.ino == ino

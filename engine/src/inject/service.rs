@@ -1,6 +1,6 @@
 //! A live [`Injection`] as the Chaos API serves it: status, rule updates, recover.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
@@ -115,19 +115,14 @@ fn escaped_fds(guard: &MountGuard, path: &str, escaped: &[EscapedFile]) -> Vec<F
     };
     let mut out = Vec::new();
     for p in procs {
-        let Ok(dir) = std::fs::read_dir(format!("/proc/{}/fd", p.pid)) else {
-            continue;
-        };
-        for d in dir.flatten() {
-            let Some(fd) = d.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                continue;
-            };
+        let dir = PathBuf::from(format!("/proc/{}", p.pid));
+        for fd in procinfo::fds(&dir).unwrap_or_default() {
             if FdInfo::read(p.pid, fd).is_none_or(|i| i.mnt_id != guard.mnt_id()) {
                 continue;
             }
             let Ok(st) = rustix::fs::statx(
                 rustix::fs::CWD,
-                d.path(),
+                dir.join("fd").join(fd.to_string()),
                 rustix::fs::AtFlags::STATX_DONT_SYNC,
                 rustix::fs::StatxFlags::INO,
             ) else {
