@@ -318,15 +318,7 @@ fn main() -> anyhow::Result<()> {
     }
     let _low_latency = opts.low_latency.then(fdswap::CpuLatency::hold);
     // Our own mount namespace: the mounts vanish with this process whatever happens.
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).context("unshare")?;
-    nix::mount::mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .context("make / private")?;
+    fdswap::enter_private_mount_namespace().context("private mount namespace")?;
 
     let base = nix::unistd::mkdtemp(&std::env::temp_dir().join("chaosfs-bench-XXXXXX"))?;
     let result = bench_in(&base, &opts);

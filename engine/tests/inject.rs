@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -12,7 +11,7 @@ use common::{Helper, require_root};
 use engine::Error;
 use engine::api::{ApiServer, ChaosClient};
 use engine::inject::{
-    Device, FsLauncher, FsServer, InjectRequest, SwapOutcome, Swapper, TargetSpec, inject,
+    Device, FsLauncher, FsServer, InjectRequest, Mounted, SwapOutcome, Swapper, TargetSpec, inject,
     recover_from_journal,
 };
 use engine::journal::{Journal, SwappedFd};
@@ -39,19 +38,14 @@ impl FsLauncher for TmpfsLauncher {
     fn device(&self) -> engine::Result<Device> {
         Ok(Device::Tmpfs)
     }
-    fn start(
-        &self,
-        backing: OwnedFd,
-        device: Device,
-        spec: &Value,
-        conn: Option<u32>,
-    ) -> engine::Result<TmpfsServer> {
+    fn start(&self, mounted: Mounted, spec: &Value) -> engine::Result<TmpfsServer> {
         // The backing reaches the original directory.
-        assert!(rustix::fs::statat(&backing, "orig", rustix::fs::AtFlags::empty()).is_ok());
-        assert!(matches!(device, Device::Tmpfs));
+        assert!(rustix::fs::statat(&mounted.backing, "orig", rustix::fs::AtFlags::empty()).is_ok());
+        assert!(matches!(mounted.device, Device::Tmpfs));
         self.0.push(format!(
-            "start {} {conn:?}",
-            spec["rules"].as_array().map_or(0, Vec::len)
+            "start {} {:?}",
+            spec["rules"].as_array().map_or(0, Vec::len),
+            mounted.connection
         ));
         Ok(TmpfsServer(self.0.clone()))
     }

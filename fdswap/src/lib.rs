@@ -3,6 +3,7 @@
 mod arch;
 mod error;
 mod latency;
+mod mountns;
 mod plan;
 mod procfs;
 mod program;
@@ -12,6 +13,7 @@ mod tracer;
 
 pub use error::{Error, Result};
 pub use latency::CpuLatency;
+pub use mountns::enter_private_mount_namespace;
 pub use plan::{
     CwdItem, FdItem, Item, MapItem, Plan, PosixLock, ProcessPlan, ReadAhead, ScanOptions,
     SkipReason, Skipped,

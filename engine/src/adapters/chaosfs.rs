@@ -1,6 +1,5 @@
 //! ChaosFS behind [`FsLauncher`] / [`FsServer`]: the filesystem every injection serves.
 
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -9,7 +8,7 @@ use chaosfs::server::{Config, Server};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::inject::{Device, EscapedFile, FsLauncher, FsServer};
+use crate::inject::{Device, EscapedFile, FsLauncher, FsServer, Mounted};
 
 /// Starts a ChaosFS server on the mounted FUSE device.
 #[derive(Debug, Clone)]
@@ -71,20 +70,14 @@ impl FsLauncher for ChaosLauncher {
         Ok(Device::Fuse(chaosfs::mount::open_fuse_device()?))
     }
 
-    fn start(
-        &self,
-        backing: OwnedFd,
-        device: Device,
-        spec: &Value,
-        conn: Option<u32>,
-    ) -> Result<ChaosServer> {
-        let Device::Fuse(fuse) = device else {
+    fn start(&self, mounted: Mounted, spec: &Value) -> Result<ChaosServer> {
+        let Device::Fuse(fuse) = mounted.device else {
             return Err(Error::NotFuseDevice);
         };
         let rules = rule_set(spec)?;
         let mut cfg = self.config.clone();
-        cfg.connection = conn.map(connection);
-        let server = Server::start(backing, fuse, rules, cfg)?;
+        cfg.connection = mounted.connection.map(connection);
+        let server = Server::start(mounted.backing, fuse, rules, cfg)?;
         Ok(ChaosServer {
             server,
             grace: self.grace,

@@ -11,7 +11,9 @@ use crate::journal::{Entry, Journal, MountRecord};
 use crate::ns::{self, CHAOSFS_SUBTYPE, MountGuard, MountNs, MountSource};
 
 use super::check::{Checked, check};
-use super::{Device, FsLauncher, FsServer, InjectRequest, Injection, State, SwapOutcome, Swapper};
+use super::{
+    Device, FsLauncher, FsServer, InjectRequest, Injection, Mounted, State, SwapOutcome, Swapper,
+};
 
 /// Inject: journal, mount, serve, swap. On success faults are live for every process of the
 /// target's mount namespace. On failure everything done so far is undone and the journal entry
@@ -107,11 +109,15 @@ fn mount_and_serve<L: FsLauncher>(
         fuse_connection: guard.fuse_connection(),
     });
     journal.update_pending(entry)?;
-    let backing = guard
-        .backing()
-        .try_clone_to_owned()
-        .map_err(|e| Error::sys("duplicating the backing fd", e))?;
-    let server = launcher.start(backing, device, &req.spec, guard.fuse_connection())?;
+    let mounted = Mounted {
+        backing: guard
+            .backing()
+            .try_clone_to_owned()
+            .map_err(|e| Error::sys("duplicating the backing fd", e))?,
+        device,
+        connection: guard.fuse_connection(),
+    };
+    let server = launcher.start(mounted, &req.spec)?;
     Ok((guard, server))
 }
 

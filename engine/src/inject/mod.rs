@@ -51,16 +51,20 @@ pub trait FsLauncher {
     type Server: FsServer;
     /// The device to mount (called before mounting).
     fn device(&self) -> Result<Device>;
-    /// Serve `device` (already mounted over the path, [`Device::Fuse`] or not) from `backing`
-    /// (the directory under the mount) with the rules of `spec`. Returns once faults are live
-    /// (the FUSE INIT handshake is done). `connection` is the FUSE connection number.
-    fn start(
-        &self,
-        backing: OwnedFd,
-        device: Device,
-        spec: &Value,
-        connection: Option<u32>,
-    ) -> Result<Self::Server>;
+    /// Serve what is [`Mounted`] over the path with the rules of `spec`. Returns once faults are
+    /// live (the FUSE INIT handshake is done).
+    fn start(&self, mounted: Mounted, spec: &Value) -> Result<Self::Server>;
+}
+
+/// What the mount step hands to [`FsLauncher::start`].
+#[derive(Debug)]
+pub struct Mounted {
+    /// The directory under the mount (what the filesystem passes through to).
+    pub backing: OwnedFd,
+    /// The device mounted over the path ([`Device::Fuse`] or not).
+    pub device: Device,
+    /// The FUSE connection number of the mount.
+    pub connection: Option<u32>,
 }
 
 /// A file open in a mode the current rules cannot reach (ChaosFS: kernel passthrough, opened

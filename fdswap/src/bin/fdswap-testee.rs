@@ -136,15 +136,7 @@ impl ServeArgs {
                 "--threads" => a.nthreads = value().parse().expect("--threads T"),
                 "--sleep-ms" => a.sleep_ms = value().parse().expect("--sleep-ms MS"),
                 "--unshare" => {
-                    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("unshare");
-                    nix::mount::mount(
-                        None::<&str>,
-                        "/",
-                        None::<&str>,
-                        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
-                        None::<&str>,
-                    )
-                    .expect("make / private");
+                    fdswap::enter_private_mount_namespace().expect("private mount namespace");
                 }
                 a => panic!("unknown argument {a}"),
             }
