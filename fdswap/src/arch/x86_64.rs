@@ -23,47 +23,69 @@ const ERESTARTNOINTR: i64 = 513;
 const ERESTARTNOHAND: i64 = 514;
 const ERESTART_RESTARTBLOCK: i64 = 516;
 
+/// `NAME: size, ...` → `pub const NAME: i32` = the offset of each field, laid out one after the
+/// other from 0 (each offset is the previous one plus the previous field's size).
+macro_rules! offsets {
+    (@at $at:expr;) => {};
+    (@at $at:expr; $(#[$doc:meta])* $name:ident: $size:expr, $($rest:tt)*) => {
+        $(#[$doc])*
+        pub const $name: i32 = $at;
+        offsets!(@at $name + $size; $($rest)*);
+    };
+    ($($fields:tt)*) => {
+        offsets!(@at 0; $($fields)*);
+    };
+}
+
 /// Offsets in the header (`r15`) the code uses. All addresses the stub follows are offsets
 /// from the header, so a program can be serialised before the remote mapping exists.
 pub(crate) mod hdr {
-    pub const N_OPS: i32 = 0;
-    /// Offset of the op table.
-    pub const OPS: i32 = 8;
-    pub const STATUS: i32 = 16;
-    pub const FAIL_INDEX: i32 = 24;
-    pub const FAIL_RESULT: i32 = 32;
-    pub const FINAL_ERRORS: i32 = 40;
-    pub const FINAL_INDEX: i32 = 48;
-    pub const FINAL_RESULT: i32 = 56;
-    pub const TGID: i32 = 64;
-    pub const TID: i32 = 72;
-    pub const TRAPSIG: i32 = 80;
-    /// Ops below this index are committed: a rollback stops here.
-    pub const FLOOR: i32 = 88;
-    /// Offset of the undo call table.
-    pub const UNDOS: i32 = 96;
-    /// rax rbx rcx rdx rsi rdi rbp rsp r8 … r15 rflags, for the tracer-less return.
-    pub const REGS: i32 = 104;
+    offsets! {
+        N_OPS: 8,
+        /// Offset of the op table.
+        OPS: 8,
+        STATUS: 8,
+        FAIL_INDEX: 8,
+        FAIL_RESULT: 8,
+        FINAL_ERRORS: 8,
+        FINAL_INDEX: 8,
+        FINAL_RESULT: 8,
+        TGID: 8,
+        TID: 8,
+        TRAPSIG: 8,
+        /// Ops below this index are committed: a rollback stops here.
+        FLOOR: 8,
+        /// Offset of the undo call table.
+        UNDOS: 8,
+        /// rax rbx rcx rdx rsi rdi rbp rsp r8 … r15 rflags, for the tracer-less return.
+        REGS: 8 * 17,
+        END: 0,
+    }
     pub const REGS_LEN: usize = 17;
     pub const SIZE: usize = 256;
+    const _: () = assert!(REGS == 104 && END <= 256);
 }
 
 /// Layout of an op and of a call. Must match `program.rs`.
 pub(crate) mod op {
-    /// Within a call: nr, args[6], mask (u32), kind (u32).
-    pub const NR: i32 = 0;
-    pub const ARGS: i32 = 8;
-    pub const MASK: i32 = 56;
-    pub const KIND: i32 = 60;
-    pub const CALL_SIZE: i32 = 64;
-    /// An op: its call, then these.
-    pub const CHECK: i32 = 64;
-    pub const FINAL: i32 = 68;
-    pub const EXPECT: i32 = 72;
-    pub const RESULT: i32 = 80;
-    /// 0: no undo; n: undo call n - 1.
-    pub const UNDO: i32 = 88;
-    pub const SIZE: i32 = 96;
+    offsets! {
+        /// Within a call: nr, args[6], mask (u32), kind (u32).
+        NR: 8,
+        ARGS: 6 * 8,
+        MASK: 4,
+        KIND: 4,
+        /// An op: its call, then these.
+        CHECK: 4,
+        FINAL: 4,
+        EXPECT: 8,
+        RESULT: 8,
+        /// 0: no undo; n: undo call n - 1.
+        UNDO: 8,
+        SIZE: 0,
+    }
+    /// A call is what comes before `CHECK`.
+    pub const CALL_SIZE: i32 = CHECK;
+    const _: () = assert!(CALL_SIZE == 64 && SIZE == 96);
     /// Mask bits, shifted by the argument index: load the argument from the address...
     pub const LOAD: u32 = 1;
     /// ...which is an offset from the header.
