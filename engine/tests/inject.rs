@@ -124,6 +124,39 @@ fn inject_tmpfs(
     )
 }
 
+/// A [`setup`], a helper process in a private mount namespace, and [`inject_tmpfs`] into it at
+/// `vol`.
+struct Injected {
+    _dir: tempfile::TempDir,
+    journal: Journal,
+    vol: PathBuf,
+    h: Helper,
+    calls: Calls,
+    inj: engine::inject::Injection<TmpfsServer, RecordingSwapper>,
+}
+
+fn injected() -> Injected {
+    require_root();
+    let (_dir, root, journal) = setup();
+    let vol = root.join("vol");
+    let h = Helper::private_ns();
+    let calls = Calls::default();
+    let inj = inject_tmpfs(&journal, &calls, h.pid(), &vol).expect("inject");
+    Injected {
+        _dir,
+        journal,
+        vol,
+        h,
+        calls,
+        inj,
+    }
+}
+
+/// Whether `pid`'s mount namespace has the mount `mnt_id`.
+fn has_mount(pid: u32, mnt_id: u64) -> bool {
+    MountInfo::read(pid).expect("mi").by_id(mnt_id).is_some()
+}
+
 fn request(pid: u32, path: &Path) -> InjectRequest {
     InjectRequest {
         target: TargetSpec::Pid(pid),
@@ -136,64 +169,54 @@ fn request(pid: u32, path: &Path) -> InjectRequest {
 
 #[test]
 fn inject_status_update_recover_over_the_api() {
-    require_root();
-    let (_d, root, journal) = setup();
-    let vol = root.join("vol");
-    let h = Helper::private_ns();
-    let calls = Calls::default();
-    let inj = inject_tmpfs(&journal, &calls, h.pid(), &vol).expect("inject");
-    let id = inj.id();
-    let entry = journal.read(&id).expect("journaled");
+    let t = injected();
+    let id = t.inj.id();
+    let entry = t.journal.read(&id).expect("journaled");
     let mount = entry.mount.clone().expect("mount journaled");
-    assert_eq!(entry.path, vol.display().to_string());
+    assert_eq!(entry.path, t.vol.display().to_string());
     assert_eq!(
         entry.pids.iter().map(|p| p.pid).collect::<Vec<_>>(),
-        vec![h.pid()]
+        vec![t.h.pid()]
     );
     assert_eq!(entry.swapped.len(), 1);
-    assert!(
-        MountInfo::read(h.pid())
-            .expect("mi")
-            .by_id(mount.mnt_id)
-            .is_some()
-    );
-    assert!(!h.view(&vol.join("orig")).exists(), "mounted over");
+    assert!(has_mount(t.h.pid(), mount.mnt_id));
+    assert!(!t.h.view(&t.vol.join("orig")).exists(), "mounted over");
     assert_eq!(
-        calls.all(),
+        t.calls.all(),
         vec![
             "start 1 None".to_string(),
-            format!("in [{}] {} {}", h.pid(), vol.display(), mount.mnt_id)
+            format!("in [{}] {} {}", t.h.pid(), t.vol.display(), mount.mnt_id)
         ]
     );
 
     // The same path again is refused, with nothing changed.
     let again = inject(
-        &journal,
-        &TmpfsLauncher(calls.clone()),
-        RecordingSwapper(calls.clone()),
-        &request(h.pid(), &vol),
+        &t.journal,
+        &TmpfsLauncher(t.calls.clone()),
+        RecordingSwapper(t.calls.clone()),
+        &request(t.h.pid(), &t.vol),
     );
     assert!(
         matches!(&again, Err(Error::AlreadyInjected { id: i, .. }) if *i == id.to_string()),
         "{again:?}"
     );
-    assert_eq!(journal.ids().expect("ids"), vec![id.clone()]);
+    assert_eq!(t.journal.ids().expect("ids"), vec![id.clone()]);
 
-    let server = ApiServer::serve(&journal.socket_path(&id), Arc::new(inj)).expect("serve");
+    let server = ApiServer::serve(&t.journal.socket_path(&id), Arc::new(t.inj)).expect("serve");
     let client = ChaosClient::connect(server.socket()).expect("connect");
     let st = client.status().expect("status");
     assert_eq!(
         (st.id.as_str(), st.path.as_str()),
-        (id.as_str(), vol.to_str().expect("utf8"))
+        (id.as_str(), t.vol.to_str().expect("utf8"))
     );
-    assert_eq!(st.pids, vec![h.pid()]);
+    assert_eq!(st.pids, vec![t.h.pid()]);
     assert_eq!((st.rules[0].matched, st.rules[0].injected), (10, 4));
     assert_eq!(st.swapped.len(), 1);
 
     let new = json!({"rules": [{"ops": ["fsync"], "latency": "200ms"}]});
     client.update_rules(&new.to_string()).expect("update");
     assert_eq!(
-        journal.read(&id).expect("entry").spec,
+        t.journal.read(&id).expect("entry").spec,
         new,
         "journal follows the rules"
     );
@@ -206,19 +229,16 @@ fn inject_status_update_recover_over_the_api() {
     );
 
     client.recover().expect("recover");
+    assert!(!has_mount(t.h.pid(), mount.mnt_id), "mount gone");
+    assert!(t.h.view(&t.vol.join("orig")).exists());
     assert!(
-        MountInfo::read(h.pid())
-            .expect("mi")
-            .by_id(mount.mnt_id)
-            .is_none(),
-        "mount gone"
+        t.journal.ids().expect("ids").is_empty(),
+        "journal entry gone"
     );
-    assert!(h.view(&vol.join("orig")).exists());
-    assert!(journal.ids().expect("ids").is_empty(), "journal entry gone");
-    let all = calls.all();
+    let all = t.calls.all();
     assert_eq!(
         all[all.len() - 2],
-        format!("out [{}] {} {}", h.pid(), vol.display(), mount.mnt_id)
+        format!("out [{}] {} {}", t.h.pid(), t.vol.display(), mount.mnt_id)
     );
     assert_eq!(all[all.len() - 1], "stop");
     let e = client.recover().expect_err("twice");
@@ -233,34 +253,18 @@ fn failed_injections_change_nothing() {
     let (_d, root, journal) = setup();
     let calls = Calls::default();
     let launcher = TmpfsLauncher(calls.clone());
-    let e = inject(
-        &journal,
-        &launcher,
-        RecordingSwapper(calls.clone()),
-        &request(4_194_305, &root),
-    )
-    .expect_err("dead pid");
+    let try_inject =
+        |req: &InjectRequest| inject(&journal, &launcher, RecordingSwapper(calls.clone()), req);
+    let e = try_inject(&request(4_194_305, &root)).expect_err("dead pid");
     assert_eq!(e.to_string(), "no process with pid 4194305");
     let h = Helper::private_ns();
-    let e = inject(
-        &journal,
-        &launcher,
-        RecordingSwapper(calls.clone()),
-        &request(h.pid(), &root.join("missing")),
-    )
-    .expect_err("missing path");
+    let e = try_inject(&request(h.pid(), &root.join("missing"))).expect_err("missing path");
     assert!(
         e.to_string()
             .ends_with("missing in the target: No such file or directory (os error 2)"),
         "{e}"
     );
-    let e = inject(
-        &journal,
-        &launcher,
-        RecordingSwapper(calls.clone()),
-        &request(h.pid(), &root.join("vol/orig")),
-    )
-    .expect_err("file");
+    let e = try_inject(&request(h.pid(), &root.join("vol/orig"))).expect_err("file");
     assert!(matches!(e, Error::NotADirectory { .. }), "{e}");
     let req = InjectRequest {
         target: TargetSpec::Container {
@@ -270,8 +274,7 @@ fn failed_injections_change_nothing() {
         },
         ..request(0, &root)
     };
-    let e =
-        inject(&journal, &launcher, RecordingSwapper(calls.clone()), &req).expect_err("container");
+    let e = try_inject(&req).expect_err("container");
     assert!(
         e.to_string().starts_with("unknown container \"nope\""),
         "{e}"
@@ -282,56 +285,41 @@ fn failed_injections_change_nothing() {
 
 #[test]
 fn recover_from_the_journal_when_the_server_is_gone() {
-    require_root();
-    let (_d, root, journal) = setup();
-    let vol = root.join("vol");
-    let h = Helper::private_ns();
-    let calls = Calls::default();
-    let inj = inject_tmpfs(&journal, &calls, h.pid(), &vol).expect("inject");
-    let id = inj.id();
-    let mnt_id = journal
+    let t = injected();
+    let id = t.inj.id();
+    let mnt_id = t
+        .journal
         .read(&id)
         .expect("entry")
         .mount
         .expect("mount")
         .mnt_id;
-    // The server dies without cleaning up: its mount and journal entry stay.
-    std::mem::forget(inj);
-    let st = engine::inject::status_from_entry(&journal.read(&id).expect("entry"));
+    // The server dies without cleaning up: its mount and t.journal entry stay.
+    std::mem::forget(t.inj);
+    let st = engine::inject::status_from_entry(&t.journal.read(&id).expect("entry"));
     assert_eq!(
         (st.pids.clone(), st.rules.len(), st.swapped.len()),
-        (vec![h.pid()], 1, 1)
+        (vec![t.h.pid()], 1, 1)
     );
     assert_eq!(st.server_pid, std::process::id());
-    assert!(
-        MountInfo::read(h.pid())
-            .expect("mi")
-            .by_id(mnt_id)
-            .is_some()
-    );
+    assert!(has_mount(t.h.pid(), mnt_id));
 
-    recover_from_journal(&journal, &id, &RecordingSwapper(calls.clone())).expect("recover");
-    assert!(
-        MountInfo::read(h.pid())
-            .expect("mi")
-            .by_id(mnt_id)
-            .is_none(),
-        "mount gone"
-    );
-    assert!(h.view(&vol.join("orig")).exists());
-    assert!(journal.ids().expect("ids").is_empty());
+    recover_from_journal(&t.journal, &id, &RecordingSwapper(t.calls.clone())).expect("recover");
+    assert!(!has_mount(t.h.pid(), mnt_id), "mount gone");
+    assert!(t.h.view(&t.vol.join("orig")).exists());
+    assert!(t.journal.ids().expect("ids").is_empty());
     assert_eq!(
-        calls.all().last().cloned(),
-        Some(format!("out [{}] {} {mnt_id}", h.pid(), vol.display()))
+        t.calls.all().last().cloned(),
+        Some(format!("out [{}] {} {mnt_id}", t.h.pid(), t.vol.display()))
     );
 
     // And when the target has exited as well.
     let h2 = Helper::private_ns();
-    let inj = inject_tmpfs(&journal, &calls, h2.pid(), &vol).expect("inject 2");
+    let inj = inject_tmpfs(&t.journal, &t.calls, h2.pid(), &t.vol).expect("inject 2");
     let id2 = inj.id();
     std::mem::forget(inj);
     drop(h2);
-    recover_from_journal(&journal, &id2, &RecordingSwapper(calls.clone()))
+    recover_from_journal(&t.journal, &id2, &RecordingSwapper(t.calls.clone()))
         .expect("recover, target gone");
-    assert!(journal.ids().expect("ids").is_empty());
+    assert!(t.journal.ids().expect("ids").is_empty());
 }
