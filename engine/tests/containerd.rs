@@ -7,10 +7,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{poll, require_root};
+use common::{poll, require_root, tmpfs_over};
 use engine::Error;
-use engine::mountinfo::{MountInfo, SharedPolicy};
-use engine::ns::{MountNs, MountSource, mount_over};
+use engine::mountinfo::MountInfo;
+use engine::ns::MountNs;
 use engine::target::{ContainerdTask, Target};
 use iochaos_testsupport::{Containerd, busybox_rootfs, expect_success};
 
@@ -77,13 +77,7 @@ fn container_found_through_its_task_dir_with_every_process() {
 
     // The volume, found and mounted over as the container sees it.
     let ns = MountNs::of_target(&t).expect("ns");
-    let g = mount_over(
-        &ns,
-        Path::new("/vol/../vol/"),
-        MountSource::Tmpfs,
-        SharedPolicy::Refuse,
-    )
-    .expect("mount");
+    let g = tmpfs_over(&ns, Path::new("/vol/../vol/")).expect("mount");
     assert_eq!(g.path(), Path::new("/vol"));
     let mi = MountInfo::read(task.init_pid).expect("mountinfo");
     assert_eq!(

@@ -8,7 +8,7 @@ use std::io::Read;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use common::{Helper, poll, require_root};
+use common::{Helper, poll, require_root, tmpfs_over};
 use engine::Error;
 use engine::mountinfo::{MountInfo, SharedPolicy};
 use engine::ns::{CHAOSFS_SUBTYPE, Detached, MountNs, MountSource, detach_at, mount_over};
@@ -22,6 +22,13 @@ fn volume() -> (tempfile::TempDir, PathBuf) {
     fs::create_dir(root.join("vol")).expect("mkdir vol");
     fs::write(root.join("vol/orig"), "original").expect("write orig");
     (d, root)
+}
+
+/// As root, a [`volume`]'s `vol` and a helper in a private mount namespace.
+fn private_volume() -> (tempfile::TempDir, PathBuf, Helper) {
+    require_root();
+    let (d, root) = volume();
+    (d, root.join("vol"), Helper::private_ns())
 }
 
 fn read_at(dir: impl AsFd, name: &str) -> String {
@@ -43,10 +50,7 @@ fn mount_ids(pid: u32) -> Vec<u64> {
 
 #[test]
 fn tmpfs_over_a_directory_in_a_private_namespace_and_back() {
-    require_root();
-    let (_d, root) = volume();
-    let vol = root.join("vol");
-    let h = Helper::private_ns();
+    let (_d, vol, h) = private_volume();
     let t = Target::from_pid(h.pid()).expect("target");
     assert!(!t.shares_our_mnt_ns);
     assert!(!t.own_user_ns);
@@ -58,7 +62,7 @@ fn tmpfs_over_a_directory_in_a_private_namespace_and_back() {
     assert_eq!(procs[0].threads, vec![h.pid()]);
 
     let ns = MountNs::of_target(&t).expect("ns");
-    let guard = mount_over(&ns, &vol, MountSource::Tmpfs, SharedPolicy::Refuse).expect("mount");
+    let guard = tmpfs_over(&ns, &vol).expect("mount");
     assert_eq!(guard.path(), vol);
     assert_eq!(guard.fuse_connection(), None);
 
@@ -108,13 +112,7 @@ fn dropped_guard_detaches() {
     let h = Helper::private_ns();
     let ns = MountNs::of_pid(h.pid()).expect("ns");
     let id = {
-        let g = mount_over(
-            &ns,
-            &root.join("vol"),
-            MountSource::Tmpfs,
-            SharedPolicy::Refuse,
-        )
-        .expect("mount");
+        let g = tmpfs_over(&ns, &root.join("vol")).expect("mount");
         assert!(mount_ids(h.pid()).contains(&g.mnt_id()));
         g.mnt_id()
     };
@@ -123,18 +121,15 @@ fn dropped_guard_detaches() {
 
 #[test]
 fn detach_from_the_journal_without_a_guard() {
-    require_root();
-    let (_d, root) = volume();
-    let vol = root.join("vol");
-    let h = Helper::private_ns();
+    let (_d, vol, h) = private_volume();
     let ns = MountNs::of_pid(h.pid()).expect("ns");
-    let a = mount_over(&ns, &vol, MountSource::Tmpfs, SharedPolicy::Refuse).expect("mount a");
+    let a = tmpfs_over(&ns, &vol).expect("mount a");
     let a_id = a.mnt_id();
     let _backing = a.leak().expect("leak a");
     assert!(mount_ids(h.pid()).contains(&a_id), "leaked mount stays");
 
     // Someone stacked a mount on top: not ours to detach.
-    let b = mount_over(&ns, &vol, MountSource::Tmpfs, SharedPolicy::Refuse).expect("mount b");
+    let b = tmpfs_over(&ns, &vol).expect("mount b");
     let e = detach_at(&ns, &vol, a_id).expect_err("a is covered");
     assert!(
         matches!(e, Error::MountNotOurs { expected, found, .. } if expected == a_id && found == b.mnt_id()),
@@ -172,7 +167,7 @@ fn shared_mount_is_refused_unless_allowed() {
     });
     let ns = MountNs::of_pid(h.pid()).expect("ns");
     let sub = shared.join("sub");
-    let e = mount_over(&ns, &sub, MountSource::Tmpfs, SharedPolicy::Refuse).expect_err("refused");
+    let e = tmpfs_over(&ns, &sub).expect_err("refused");
     assert!(matches!(e, Error::SharedMount { .. }), "{e}");
     assert!(e.to_string().contains("refusing"), "{e}");
     let g = mount_over(&ns, &sub, MountSource::Tmpfs, SharedPolicy::Allow).expect("allowed");
@@ -185,23 +180,11 @@ fn user_namespaced_target_is_mounted_from_the_host_user_namespace() {
     require_root();
     let (_d, root) = volume();
     let vol = root.join("vol");
-    let h = Helper::spawn(
-        &[
-            "unshare",
-            "--user",
-            "--map-root-user",
-            "--mount",
-            "--propagation",
-            "private",
-            "sleep",
-            "1000",
-        ],
-        "sleep",
-    );
+    let h = Helper::unshared(&["--user", "--map-root-user"]);
     let t = Target::from_pid(h.pid()).expect("target");
     assert!(t.own_user_ns, "the helper has its own user namespace");
     let ns = MountNs::of_target(&t).expect("ns");
-    let g = mount_over(&ns, &vol, MountSource::Tmpfs, SharedPolicy::Refuse).expect("mount");
+    let g = tmpfs_over(&ns, &vol).expect("mount");
     assert!(
         MountInfo::read(h.pid())
             .expect("mi")
@@ -247,13 +230,7 @@ fn paths_resolve_against_the_container_root() {
         })
         .expect("read inside");
     assert_eq!(inside, "in container");
-    let g = mount_over(
-        &ns,
-        Path::new("/link"),
-        MountSource::Tmpfs,
-        SharedPolicy::Refuse,
-    )
-    .expect("mount");
+    let g = tmpfs_over(&ns, Path::new("/link")).expect("mount");
     assert_eq!(g.path(), Path::new("/data"));
     let mi = MountInfo::read(h.pid()).expect("mountinfo");
     assert_eq!(
@@ -263,13 +240,7 @@ fn paths_resolve_against_the_container_root() {
     assert!(rootfs.join("data/file").exists(), "host copy untouched");
     assert!(!h.view(Path::new("/data/file")).exists());
     g.detach().expect("detach");
-    let e = mount_over(
-        &ns,
-        Path::new("/nope"),
-        MountSource::Tmpfs,
-        SharedPolicy::Refuse,
-    )
-    .expect_err("missing");
+    let e = tmpfs_over(&ns, Path::new("/nope")).expect_err("missing");
     assert_eq!(
         e.to_string(),
         "path /nope in the target: No such file or directory (os error 2)"

@@ -48,17 +48,14 @@ impl Helper {
 
     /// `sleep` in a private copy of our mount namespace.
     pub fn private_ns() -> Helper {
-        Helper::spawn(
-            &[
-                "unshare",
-                "--mount",
-                "--propagation",
-                "private",
-                "sleep",
-                "1000",
-            ],
-            "sleep",
-        )
+        Helper::unshared(&[])
+    }
+
+    /// `sleep` in a private copy of our mount namespace, `unshare` given `flags` as well (e.g.
+    /// a user namespace).
+    pub fn unshared(flags: &[&str]) -> Helper {
+        let tail = ["--mount", "--propagation", "private", "sleep", "1000"];
+        Helper::spawn(&[&["unshare"], flags, &tail].concat(), "sleep")
     }
 
     /// The helper's view of a path (through /proc/PID/root).
@@ -73,4 +70,14 @@ impl Drop for Helper {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A tmpfs over `path` in `ns` (shared mounts refused).
+pub fn tmpfs_over(ns: &engine::ns::MountNs, path: &Path) -> engine::Result<engine::ns::MountGuard> {
+    engine::ns::mount_over(
+        ns,
+        path,
+        engine::ns::MountSource::Tmpfs,
+        engine::mountinfo::SharedPolicy::Refuse,
+    )
 }
