@@ -55,11 +55,13 @@ fn layered(n: usize, args: &[&str]) -> (tempfile::TempDir, PathBuf, PathBuf, Tes
 
 /// Bind `upper/many` over `lower_many` in the testee's mount namespace.
 fn mount_upper_many(t: &Testee, upper: &Path, lower_many: &Path) {
-    t.mount(&[
-        "--bind",
-        upper.join("many").to_str().expect("utf8"),
-        lower_many.to_str().expect("utf8"),
-    ]);
+    t.bind(&upper.join("many"), &lower_many);
+}
+
+/// The testee's "many" set is all on mount `mnt`, and the testee still answers.
+fn assert_on_and_alive(t: &mut Testee, mnt: u64) {
+    assert!(all_on(t.pid, mnt));
+    assert_eq!(t.ask("ping", "PONG"), "PONG");
 }
 
 /// Every fd of the testee's "many" set is on mount `mnt`.
@@ -130,12 +132,7 @@ fn swap_onto_upper_mount_and_back() {
 
     // The "upper" layer: same file names, different inodes, so we can tell where I/O lands.
     copy_files(&lower, &upper);
-    t.mount(&[
-        "--bind",
-        upper.to_str().expect("utf8"),
-        lower.to_str().expect("utf8"),
-    ]);
-    let upper_mnt = t.top_mount(&lower);
+    let upper_mnt = t.bind(&upper, &lower);
     assert_ne!(upper_mnt, lower_mnt);
 
     let report = swap(&[pid], &ScanOptions::new(&lower), &SwapOptions::default()).expect("swap");
@@ -311,11 +308,7 @@ fn dry_run_lists_without_stopping() {
     require_root();
     let (_tmp, lower) = tmp_with_lower();
     let t = Testee::spawn(&lower, &["--full", "--sleep-ms", "100"]);
-    t.mount(&[
-        "--bind",
-        lower.to_str().expect("utf8"),
-        lower.to_str().expect("utf8"),
-    ]);
+    t.bind(&lower, &lower);
     let plan = Plan::scan(&[t.pid], &ScanOptions::new(&lower)).expect("scan");
     let p = &plan.processes[0];
     let mut fds: Vec<i32> = p.fds.iter().map(|f| f.fd).collect();
@@ -369,12 +362,7 @@ fn many_fds_and_threads() {
     require_root();
     let (_tmp, lower) = tmp_with_lower();
     let mut t = Testee::spawn(&lower, &["--fds", "2000", "--threads", "32"]);
-    t.mount(&[
-        "--bind",
-        lower.to_str().expect("utf8"),
-        lower.to_str().expect("utf8"),
-    ]);
-    let top = t.top_mount(&lower);
+    let top = t.bind(&lower, &lower);
     let report = swap(&[t.pid], &ScanOptions::new(&lower), &SwapOptions::default()).expect("swap");
     assert!(report.first_error().is_none(), "{:?}", report.first_error());
     assert_eq!(report.swapped().count(), 2000);
@@ -443,11 +431,7 @@ fn failure_half_way(spare: bool) {
 fn kill_swapper_at_trap(int3: bool) -> (Testee, tempfile::TempDir, Option<i32>) {
     let (tmp, lower) = tmp_with_lower();
     let t = Testee::spawn(&lower, &["--full", "--sleep-ms", "100"]);
-    t.mount(&[
-        "--bind",
-        lower.to_str().expect("utf8"),
-        lower.to_str().expect("utf8"),
-    ]);
+    t.bind(&lower, &lower);
     let mut cmd = Command::new(TESTEE);
     cmd.args([
         "swap",
@@ -528,11 +512,7 @@ fn int3_trap_would_kill_the_target_control() {
     require_root();
     let (_tmp, lower) = tmp_with_lower();
     let mut t = Testee::spawn(&lower, &["--fds", "12000"]);
-    t.mount(&[
-        "--bind",
-        lower.to_str().expect("utf8"),
-        lower.to_str().expect("utf8"),
-    ]);
+    t.bind(&lower, &lower);
     let mut swapper = Command::new(TESTEE)
         .args([
             "swap",
@@ -557,12 +537,7 @@ fn sigkill_of_the_swapper_mid_stub_leaves_the_target_alive() {
     require_root();
     let (_tmp, lower) = tmp_with_lower();
     let mut t = Testee::spawn(&lower, &["--fds", "12000", "--threads", "4"]);
-    t.mount(&[
-        "--bind",
-        lower.to_str().expect("utf8"),
-        lower.to_str().expect("utf8"),
-    ]);
-    let mut top = t.top_mount(&lower);
+    let mut top = t.bind(&lower, &lower);
     let many = many_fds(t.pid);
     let first = many[0];
     let orig = fdinfo(t.pid, first).mnt_id;
@@ -604,12 +579,7 @@ fn sigkill_of_the_swapper_mid_stub_leaves_the_target_alive() {
         if m0 == top {
             let r = swap_back(&t, &lower, top);
             assert!(r.first_error().is_none(), "{:?}", r.first_error());
-            t.mount(&[
-                "--bind",
-                lower.to_str().expect("utf8"),
-                lower.to_str().expect("utf8"),
-            ]);
-            top = t.top_mount(&lower);
+            top = t.bind(&lower, &lower);
         }
     }
 }
@@ -619,11 +589,9 @@ fn threads_and_forks_coming_and_going() {
     require_root();
     let (_tmp, lower) = tmp_with_lower();
     let mut t = Testee::spawn(&lower, &["--fds", "200", "--churn", "--threads", "8"]);
-    let d = lower.to_str().expect("utf8");
     let orig = fdinfo(t.pid, many_fds(t.pid)[0]).mnt_id;
     for round in 0..5 {
-        t.mount(&["--bind", d, d]);
-        let top = t.top_mount(&lower);
+        let top = t.bind(&lower, &lower);
         let r = swap(&[t.pid], &ScanOptions::new(&lower), &SwapOptions::default()).expect("swap");
         assert!(
             r.first_error().is_none(),
@@ -637,8 +605,7 @@ fn threads_and_forks_coming_and_going() {
             "round {round}: {:?}",
             r.first_error()
         );
-        assert!(all_on(t.pid, orig));
-        assert_eq!(t.ask("ping", "PONG"), "PONG");
+        assert_on_and_alive(&mut t, orig);
     }
     // Nothing left stopped or traced.
     assert_untraced(t.pid);
@@ -650,8 +617,7 @@ fn a_thread_that_cannot_stop_fails_its_process_cleanly() {
     let (_tmp, lower) = tmp_with_lower();
     // One thread sits in vfork() for 3 s: PTRACE_INTERRUPT cannot stop it meanwhile.
     let mut t = Testee::spawn(&lower, &["--fds", "10", "--vfork-ms", "3000"]);
-    let d = lower.to_str().expect("utf8");
-    t.mount(&["--bind", d, d]);
+    t.bind(&lower, &lower);
     let orig = fdinfo(t.pid, many_fds(t.pid)[0]).mnt_id;
     let so = SwapOptions {
         stop_timeout: Duration::from_millis(300),
@@ -676,8 +642,7 @@ fn a_thread_that_cannot_stop_fails_its_process_cleanly() {
     let err = r.first_error().expect("must time out").to_string();
     assert!(err.contains("did not stop"), "{err}");
     // Nothing changed, nothing stays traced once the stuck thread could stop.
-    assert!(all_on(t.pid, orig));
-    assert_eq!(t.ask("ping", "PONG"), "PONG");
+    assert_on_and_alive(&mut t, orig);
     assert_untraced(t.pid);
 }
 
@@ -708,8 +673,7 @@ fn several_processes_in_one_swap() {
     assert_eq!(r.processes[1].swapped.len(), 70);
     for t in [&mut ta, &mut tb] {
         let top = t.top_mount(tmp.path());
-        assert!(all_on(t.pid, top));
-        assert_eq!(t.ask("ping", "PONG"), "PONG");
+        assert_on_and_alive(t, top);
     }
 }
 
@@ -718,9 +682,7 @@ fn a_thread_with_its_own_fd_table_and_cwd() {
     require_root();
     let (_tmp, lower) = tmp_with_lower();
     let mut t = Testee::spawn(&lower, &["--fds", "20", "--own-tables", "--threads", "2"]);
-    let d = lower.to_str().expect("utf8");
-    t.mount(&["--bind", d, d]);
-    let top = t.top_mount(&lower);
+    let top = t.bind(&lower, &lower);
     let (tid, fd) = (t.fd("own_tid"), t.fd("own_fd"));
     let task_fdinfo = |fd: i32| {
         let s = std::fs::read_to_string(format!("/proc/{}/task/{tid}/fdinfo/{fd}", t.pid))
@@ -799,13 +761,10 @@ fn a_target_in_its_own_pid_namespace() {
         .find(|l| l.starts_with("NSpid:"))
         .expect("NSpid");
     assert!(nspid.trim_end().ends_with("\t1"), "{nspid}");
-    let d = lower.to_str().expect("utf8");
-    t.mount(&["--bind", d, d]);
-    let top = t.top_mount(&lower);
+    let top = t.bind(&lower, &lower);
     let r = swap(&[t.pid], &ScanOptions::new(&lower), &SwapOptions::default()).expect("swap");
     assert!(r.first_error().is_none(), "{:?}", r.first_error());
-    assert!(all_on(t.pid, top));
-    assert_eq!(t.ask("ping", "PONG"), "PONG");
+    assert_on_and_alive(&mut t, top);
 }
 
 /// Files are reopened at their own fd numbers, the gaps below them filled for the time of the

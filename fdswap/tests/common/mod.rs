@@ -157,6 +157,13 @@ impl Testee {
     }
 
     /// Mount id of the top mount at `path` in the testee's namespace.
+    /// Bind `src` over `dst` in the testee's mount namespace; the new mount's id.
+    pub fn bind(&self, src: &Path, dst: &Path) -> u64 {
+        let utf8 = |p: &Path| p.to_str().expect("utf8").to_owned();
+        self.mount(&["--bind", &utf8(src), &utf8(dst)]);
+        self.top_mount(dst)
+    }
+
     pub fn top_mount(&self, path: &Path) -> u64 {
         fdswap::statx(
             &PathBuf::from(format!("/proc/{}/root", self.pid))
