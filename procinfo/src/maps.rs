@@ -31,6 +31,16 @@ impl MapLine {
 }
 
 /// Parse `maps` text; `None` if a line has not the kernel's shape.
+///
+/// ```
+/// let t = "7f00-7f10 rw-s 00001000 00:2e 12     /data/x (deleted)\n7f10-7f20 r--p 00000000 00:00 0 \n";
+/// let m = procinfo::parse_maps(t).expect("parses");
+/// assert!(m[0].shared());
+/// assert_eq!(m[0].offset, 0x1000);
+/// assert_eq!(m[0].path, "/data/x (deleted)");
+/// assert_eq!(m[1].path, "");
+/// assert!(procinfo::parse_maps("7f00 rw-s 0 00:2e 12\n").is_none());
+/// ```
 pub fn parse_maps(text: &str) -> Option<Vec<MapLine>> {
     text.lines().map(parse_map_line).collect()
 }
@@ -67,20 +77,4 @@ pub fn maps(pid: i32) -> Result<Vec<MapLine>> {
         path,
         detail: String::new(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn maps_parse() {
-        let t = "7f00-7f10 rw-s 00001000 00:2e 12     /data/x (deleted)\n7f10-7f20 r--p 00000000 00:00 0 \n";
-        let m = parse_maps(t).expect("parses");
-        assert!(m[0].shared());
-        assert_eq!(m[0].offset, 0x1000);
-        assert_eq!(m[0].path, "/data/x (deleted)");
-        assert_eq!(m[1].path, "");
-        assert!(parse_maps("7f00 rw-s 0 00:2e 12\n").is_none());
-    }
 }
