@@ -55,7 +55,7 @@ fn layered(n: usize, args: &[&str]) -> (tempfile::TempDir, PathBuf, PathBuf, Tes
 
 /// Bind `upper/many` over `lower_many` in the testee's mount namespace.
 fn mount_upper_many(t: &Testee, upper: &Path, lower_many: &Path) {
-    t.bind(&upper.join("many"), &lower_many);
+    t.bind(&upper.join("many"), lower_many);
 }
 
 /// The testee's "many" set is all on mount `mnt`, and the testee still answers.
