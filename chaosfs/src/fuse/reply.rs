@@ -122,6 +122,13 @@ impl Once {
     fn sender(&self) -> Option<&Sender> {
         self.0.as_ref()
     }
+    /// Register `fd` as a passthrough backing file on this request's connection.
+    fn open_backing(&self, fd: impl AsFd) -> io::Result<BackingId> {
+        let s = self
+            .sender()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
+        BackingId::open(&s.ch, fd)
+    }
 }
 
 impl Drop for Once {
@@ -438,31 +445,28 @@ fn statx_mode(mode: u32) -> u16 {
     u16::from_le_bytes([lo, hi])
 }
 
+/// `fuse_open_out` for handle `fh`; with a backing id, the open is in kernel passthrough mode.
+fn open_out(fh: FileHandle, flags: FopenFlags, backing: Option<&BackingId>) -> abi::OpenOut {
+    abi::OpenOut {
+        fh: fh.0,
+        open_flags: flags.bits() | backing.map_or(0, |_| abi::fopen::PASSTHROUGH),
+        backing_id: backing.map_or(0, BackingId::abi_id),
+    }
+}
+
 impl ReplyOpen {
     pub fn opened(mut self, fh: FileHandle, flags: FopenFlags) {
-        let o = abi::OpenOut {
-            fh: fh.0,
-            open_flags: flags.bits(),
-            backing_id: 0,
-        };
+        let o = open_out(fh, flags, None);
         self.0.send(0, &[o.as_bytes()]);
     }
 
     /// Register `fd` as a passthrough backing file on this request's connection.
     pub fn open_backing(&self, fd: impl AsFd) -> io::Result<BackingId> {
-        let s = self
-            .0
-            .sender()
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
-        BackingId::open(&s.ch, fd)
+        self.0.open_backing(fd)
     }
 
     pub fn opened_passthrough(mut self, fh: FileHandle, flags: FopenFlags, id: &BackingId) {
-        let o = abi::OpenOut {
-            fh: fh.0,
-            open_flags: flags.bits() | abi::fopen::PASSTHROUGH,
-            backing_id: id.abi_id(),
-        };
+        let o = open_out(fh, flags, Some(id));
         self.0.send(0, &[o.as_bytes()]);
     }
 }
@@ -477,21 +481,13 @@ impl ReplyCreate {
         flags: FopenFlags,
     ) {
         let e = entry_out(ttl, ttl, attr, g);
-        let o = abi::OpenOut {
-            fh: fh.0,
-            open_flags: flags.bits(),
-            backing_id: 0,
-        };
+        let o = open_out(fh, flags, None);
         self.0.send(0, &[e.as_bytes(), o.as_bytes()]);
     }
 
     /// Register `fd` as a passthrough backing file on this request's connection.
     pub fn open_backing(&self, fd: impl AsFd) -> io::Result<BackingId> {
-        let s = self
-            .0
-            .sender()
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
-        BackingId::open(&s.ch, fd)
+        self.0.open_backing(fd)
     }
 
     pub fn created_passthrough(
@@ -504,11 +500,7 @@ impl ReplyCreate {
         id: &BackingId,
     ) {
         let e = entry_out(ttl, ttl, attr, g);
-        let o = abi::OpenOut {
-            fh: fh.0,
-            open_flags: flags.bits() | abi::fopen::PASSTHROUGH,
-            backing_id: id.abi_id(),
-        };
+        let o = open_out(fh, flags, Some(id));
         self.0.send(0, &[e.as_bytes(), o.as_bytes()]);
     }
 }

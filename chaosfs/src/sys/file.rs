@@ -106,15 +106,9 @@ pub(crate) fn renameat2(
     Ok(rfs::renameat_with(olddir, old, newdir, new, flags)?)
 }
 
-pub(crate) fn linkat(
-    olddir: BorrowedFd<'_>,
-    old: &CStr,
-    newdir: BorrowedFd<'_>,
-    new: &CStr,
-    flags: i32,
-) -> io::Result<()> {
-    let flags = AtFlags::from_bits_retain(bits(flags));
-    Ok(rfs::linkat(olddir, old, newdir, new, flags)?)
+/// `linkat(fd, "", newdir, new, AT_EMPTY_PATH)`: a new name for the file `fd` refers to.
+pub(crate) fn link_fd(fd: BorrowedFd<'_>, newdir: BorrowedFd<'_>, new: &CStr) -> io::Result<()> {
+    Ok(rfs::linkat(fd, c"", newdir, new, AtFlags::EMPTY_PATH)?)
 }
 
 /// `readlinkat(2)` into a fresh buffer.

@@ -173,7 +173,7 @@ impl FsInner {
         let inode = tri!(self.inode(ino), reply);
         let np = tri!(self.inode(newparent), reply);
         let r = name_cstr(newname, |n| {
-            sys::file::linkat(inode.fd.as_fd(), c"", np.fd.as_fd(), n, libc::AT_EMPTY_PATH)
+            sys::file::link_fd(inode.fd.as_fd(), np.fd.as_fd(), n)
         });
         tri!(r, reply);
         let st = tri!(sys::file::fstat(inode.fd.as_fd()).map_err(errno), reply);
