@@ -30,6 +30,25 @@ pub(crate) fn saturating_u64(x: f64) -> u64 {
     x as u64
 }
 
+/// Serde for a checked text newtype `T(String)` with `T::parse(&str) -> Result<T, String>`:
+/// serialized as its text, deserialized through `parse` (with `#[serde(try_from = "String")]`).
+macro_rules! text_serde {
+    ($t:ident) => {
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        impl TryFrom<String> for $t {
+            type Error = String;
+            fn try_from(v: String) -> Result<Self, String> {
+                $t::parse(&v)
+            }
+        }
+    };
+}
+
 /// A user-facing op name and the ops it stands for (`"stat"` → getattr).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
@@ -119,18 +138,7 @@ fn build_glob(pattern: &str) -> std::result::Result<globset::Glob, globset::Erro
         .build()
 }
 
-impl Serialize for GlobPattern {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
-
-impl TryFrom<String> for GlobPattern {
-    type Error = String;
-    fn try_from(v: String) -> Result<Self, String> {
-        GlobPattern::parse(&v)
-    }
-}
+text_serde!(GlobPattern);
 
 /// A percentage, 0 to 100, decimals allowed.
 #[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Deserialize)]
@@ -263,18 +271,7 @@ fn truncate_utf8(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-impl Serialize for Comm {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
-
-impl TryFrom<String> for Comm {
-    type Error = String;
-    fn try_from(v: String) -> Result<Self, String> {
-        Comm::parse(&v)
-    }
-}
+text_serde!(Comm);
 
 /// A duration written the humantime way (`"200ms"`, `"1m 30s"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -331,29 +328,17 @@ impl Serialize for Perm {
 
 impl<'de> Deserialize<'de> for Perm {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Perm;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("octal text such as \"0644\" or a number such as 420")
+        let from_int = |v: i128| {
+            if v < 0 {
+                return Err(format!("{v} is negative"));
             }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Perm, E> {
-                Perm::from_bits(v).ok_or_else(|| {
-                    E::custom(format!(
-                        "{v} is more than 4095 (0o7777); write octal as \"0644\""
-                    ))
-                })
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Perm, E> {
-                u64::try_from(v)
-                    .map_err(|_| E::custom(format!("{v} is negative")))
-                    .and_then(|v| self.visit_u64(v))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Perm, E> {
-                Perm::parse_octal(v).map_err(E::custom)
-            }
-        }
-        d.deserialize_any(V)
+            u64::try_from(v)
+                .ok()
+                .and_then(Perm::from_bits)
+                .ok_or_else(|| format!("{v} is more than 4095 (0o7777); write octal as \"0644\""))
+        };
+        let expecting = "octal text such as \"0644\" or a number such as 420";
+        number_or_text(d, expecting, from_int, Perm::parse_octal)
     }
 }
 
@@ -394,26 +379,49 @@ impl Serialize for Timestamp {
 
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Timestamp;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("seconds since the epoch or RFC 3339 text")
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Timestamp, E> {
-                Ok(Timestamp(v))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Timestamp, E> {
-                i64::try_from(v)
-                    .map(Timestamp)
-                    .map_err(|_| E::custom(format!("{v} is too large")))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Timestamp, E> {
-                Timestamp::parse(v).map_err(E::custom)
-            }
-        }
-        d.deserialize_any(V)
+        let from_int = |v: i128| {
+            i64::try_from(v)
+                .map(Timestamp)
+                .map_err(|_| format!("{v} is too large"))
+        };
+        let expecting = "seconds since the epoch or RFC 3339 text";
+        number_or_text(d, expecting, from_int, Timestamp::parse)
     }
+}
+
+/// Deserialize a value written as an integer (any, widened to `i128`) or as text, each through
+/// its checked constructor; `expecting` is the error's description of the value.
+fn number_or_text<'de, D: Deserializer<'de>, T>(
+    d: D,
+    expecting: &'static str,
+    from_int: fn(i128) -> Result<T, String>,
+    from_text: fn(&str) -> Result<T, String>,
+) -> Result<T, D::Error> {
+    struct V<T> {
+        expecting: &'static str,
+        from_int: fn(i128) -> Result<T, String>,
+        from_text: fn(&str) -> Result<T, String>,
+    }
+    impl<T> Visitor<'_> for V<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.expecting)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+            (self.from_int)(i128::from(v)).map_err(E::custom)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+            (self.from_int)(i128::from(v)).map_err(E::custom)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+            (self.from_text)(v).map_err(E::custom)
+        }
+    }
+    d.deserialize_any(V {
+        expecting,
+        from_int,
+        from_text,
+    })
 }
 
 /// A file type for the `kind` attribute override.
