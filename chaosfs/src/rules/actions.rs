@@ -151,30 +151,54 @@ impl Serialize for LatencySpec {
 
 impl<'de> Deserialize<'de> for LatencySpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = LatencySpec;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(
-                    "a duration (\"200ms\") or {\"delay\": \"200ms\", \"jitter\": \"50ms\"}",
-                )
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<LatencySpec, E> {
-                Ok(LatencySpec {
-                    delay: parse_duration(v).map_err(E::custom)?,
-                    jitter: Duration::ZERO,
-                })
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<LatencySpec, A::Error> {
-                let m = LatencyMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(LatencySpec {
-                    delay: m.delay.0,
-                    jitter: m.jitter.0,
-                })
-            }
-        }
-        d.deserialize_any(V)
+        let expecting = "a duration (\"200ms\") or {\"delay\": \"200ms\", \"jitter\": \"50ms\"}";
+        let from_text = |v: &str| {
+            Ok(LatencySpec {
+                delay: parse_duration(v)?,
+                jitter: Duration::ZERO,
+            })
+        };
+        let from_map = |m: LatencyMap| {
+            Ok(LatencySpec {
+                delay: m.delay.0,
+                jitter: m.jitter.0,
+            })
+        };
+        text_or_map(d, expecting, from_text, from_map)
     }
+}
+
+/// Deserialize an action written as text (its short form) or as a map (`M`, the long form),
+/// each through its checked constructor; `expecting` is the error's description of the value.
+fn text_or_map<'de, D: Deserializer<'de>, T, M: Deserialize<'de>>(
+    d: D,
+    expecting: &'static str,
+    from_text: fn(&str) -> Result<T, String>,
+    from_map: fn(M) -> Result<T, String>,
+) -> Result<T, D::Error> {
+    struct V<T, M> {
+        expecting: &'static str,
+        from_text: fn(&str) -> Result<T, String>,
+        from_map: fn(M) -> Result<T, String>,
+    }
+    impl<'de, T, M: Deserialize<'de>> Visitor<'de> for V<T, M> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.expecting)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+            (self.from_text)(v).map_err(E::custom)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            let m = M::deserialize(de::value::MapAccessDeserializer::new(map))?;
+            (self.from_map)(m).map_err(de::Error::custom)
+        }
+    }
+    d.deserialize_any(V {
+        expecting,
+        from_text,
+        from_map,
+    })
 }
 
 /// The `attr` action: fields to override in returned attributes (at least one).
@@ -294,35 +318,29 @@ impl Serialize for CorruptSpec {
 
 impl<'de> Deserialize<'de> for CorruptSpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = CorruptSpec;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(
-                    "\"zeros\", \"random\", \"bitflip\" or {\"mode\": \"bitflip\", \"max_bytes\": 4}",
-                )
+        let expecting =
+            "\"zeros\", \"random\", \"bitflip\" or {\"mode\": \"bitflip\", \"max_bytes\": 4}";
+        let from_text = |v: &str| {
+            let mode =
+                CorruptMode::deserialize(de::value::StrDeserializer::<de::value::Error>::new(v))
+                    .map_err(|e| e.to_string())?;
+            Ok(CorruptSpec {
+                mode,
+                max_bytes: None,
+            })
+        };
+        let from_map = |m: CorruptMap| {
+            if m.max_bytes == Some(0) {
+                return Err(
+                    "max_bytes must be at least 1 (use times to limit occurrences)".to_owned(),
+                );
             }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<CorruptSpec, E> {
-                let mode = CorruptMode::deserialize(de::value::StrDeserializer::<E>::new(v))?;
-                Ok(CorruptSpec {
-                    mode,
-                    max_bytes: None,
-                })
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<CorruptSpec, A::Error> {
-                let m = CorruptMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                if m.max_bytes == Some(0) {
-                    return Err(de::Error::custom(
-                        "max_bytes must be at least 1 (use times to limit occurrences)",
-                    ));
-                }
-                Ok(CorruptSpec {
-                    mode: m.mode,
-                    max_bytes: m.max_bytes,
-                })
-            }
-        }
-        d.deserialize_any(V)
+            Ok(CorruptSpec {
+                mode: m.mode,
+                max_bytes: m.max_bytes,
+            })
+        };
+        text_or_map(d, expecting, from_text, from_map)
     }
 }
 
