@@ -326,6 +326,23 @@ impl Engine {
         self.uses_paths
     }
 
+    /// Rule `i` of a plan if it selects `call`: its index, the rule, and its match count
+    /// (the match's sequence number and whether it fires; counted only here).
+    fn matching(
+        &self,
+        i: u16,
+        call: &Call<'_>,
+        who: &mut Who<'_>,
+    ) -> Option<(usize, &Rule, u64, bool)> {
+        let i = usize::from(i);
+        let rule = &self.rules[i];
+        if !rule.selects(call, who) {
+            return None;
+        }
+        let (seq, fire) = rule.count(self.seed, i);
+        Some((i, rule, seq, fire))
+    }
+
     pub(crate) fn evaluate(&self, call: &Call<'_>) -> Verdict {
         let mut v = Verdict::default();
         let Some(plan) = self.plans.get(call.op as usize) else {
@@ -342,12 +359,9 @@ impl Engine {
 
         // Errno-class rules: the first that fires wins; the others only count the match.
         for &i in plan.failing.iter() {
-            let i = usize::from(i);
-            let rule = &self.rules[i];
-            if !rule.selects(call, &mut who) {
+            let Some((i, rule, seq, fire)) = self.matching(i, call, &mut who) else {
                 continue;
-            }
-            let (seq, fire) = rule.count(seed, i);
+            };
             if !fire || v.errno.is_some() || !rule.take() {
                 continue;
             }
@@ -374,12 +388,9 @@ impl Engine {
 
         // Everything else, in spec order.
         for &i in plan.others.iter() {
-            let i = usize::from(i);
-            let rule = &self.rules[i];
-            if !rule.selects(call, &mut who) {
+            let Some((i, rule, seq, fire)) = self.matching(i, call, &mut who) else {
                 continue;
-            }
-            let (seq, fire) = rule.count(seed, i);
+            };
             if !fire {
                 continue;
             }
