@@ -8,9 +8,9 @@
 
 use std::cell::Cell;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 
-use super::{cvt, cvt_long};
+use super::cvt_long;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum FsState {
@@ -37,14 +37,15 @@ pub(crate) fn ensure_private_fs(proc_fd_dir: BorrowedFd<'_>) -> bool {
         FsState::Shared => false,
         FsState::Unknown => {
             // SAFETY: unshare(CLONE_FS) only detaches this thread's root/cwd/umask from the
-            // other threads; it touches no memory of ours.
-            let ok = cvt(unsafe { libc::unshare(libc::CLONE_FS) }).is_ok()
-                // SAFETY: fchdir on a borrowed directory fd; affects only this thread's private
-                // fs_struct after the unshare above.
-                && cvt(unsafe { libc::fchdir(proc_fd_dir.as_raw_fd()) }).is_ok();
+            // other threads (no CLONE_FILES: the fd table stays shared, so every fd stays valid
+            // on every thread, the condition `unshare_unsafe` asks for).
+            let ok = unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FS) }
+                .is_ok()
+                // Only this thread's private fs_struct after the unshare above.
+                && rustix::process::fchdir(proc_fd_dir).is_ok();
             if ok {
-                // SAFETY: umask cannot fail; it now changes only this thread's fs_struct.
-                unsafe { libc::umask(0) };
+                // Only this thread's umask now that its fs_struct is private.
+                rustix::process::umask(rustix::fs::Mode::empty());
                 FS_STATE.with(|s| s.set(FsState::Private { umask: 0 }));
             } else {
                 tracing::warn!(
@@ -62,9 +63,8 @@ pub(crate) fn set_thread_umask(mask: u32) {
     if let FsState::Private { umask } = FS_STATE.with(Cell::get)
         && umask != mask
     {
-        // SAFETY: umask cannot fail; the thread has a private fs_struct, so only its own
-        // umask changes.
-        unsafe { libc::umask(mask as libc::mode_t) };
+        // The thread has a private fs_struct, so only its own umask changes.
+        rustix::process::umask(rustix::fs::Mode::from_bits_truncate(mask));
         FS_STATE.with(|s| s.set(FsState::Private { umask: mask }));
     }
 }
@@ -128,6 +128,8 @@ pub(crate) struct CallerCreds {
 
 impl CallerCreds {
     pub(crate) fn enter(uid: u32, gid: u32) -> io::Result<CallerCreds> {
+        // Raw libc: rustix 1.1 has no setfsuid/setfsgid (its `set_thread_uid` is setresuid,
+        // which would change the real/effective ids, not the per-thread fs ids).
         // setfsuid/setfsgid return the previous id as an `int`; its bits are the `uid_t`, so
         // `cast_unsigned` gives back the id (ids above i32::MAX come back negative).
         // SAFETY: getfsuid has no portable form; setfsuid(-1) only reports the current fsuid.
@@ -183,16 +185,20 @@ impl Drop for CallerCreds {
 
 /// Raise the soft `RLIMIT_NOFILE` to the hard limit; returns the new soft limit.
 pub(crate) fn raise_nofile_limit() -> io::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one `struct rlimit` to a live local.
-    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
-    if lim.rlim_cur < lim.rlim_max {
-        lim.rlim_cur = lim.rlim_max;
-        // SAFETY: setrlimit reads one `struct rlimit` from a live local.
-        cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let lim = getrlimit(Resource::Nofile);
+    // `None` is RLIM_INFINITY.
+    let (cur, max) = (
+        lim.current.unwrap_or(u64::MAX),
+        lim.maximum.unwrap_or(u64::MAX),
+    );
+    if cur < max {
+        let raised = Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
+        };
+        setrlimit(Resource::Nofile, raised)?;
+        return Ok(max);
     }
-    Ok(lim.rlim_cur)
+    Ok(cur)
 }
