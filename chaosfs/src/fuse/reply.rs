@@ -455,8 +455,10 @@ fn open_out(fh: FileHandle, flags: FopenFlags, backing: Option<&BackingId>) -> a
 }
 
 impl ReplyOpen {
-    pub fn opened(mut self, fh: FileHandle, flags: FopenFlags) {
-        let o = open_out(fh, flags, None);
+    /// The new handle `fh`; with `backing`, its reads and writes go through that backing file
+    /// (kernel passthrough).
+    pub fn opened(mut self, fh: FileHandle, flags: FopenFlags, backing: Option<&BackingId>) {
+        let o = open_out(fh, flags, backing);
         self.0.send(0, &[o.as_bytes()]);
     }
 
@@ -464,14 +466,11 @@ impl ReplyOpen {
     pub fn open_backing(&self, fd: impl AsFd) -> io::Result<BackingId> {
         self.0.open_backing(fd)
     }
-
-    pub fn opened_passthrough(mut self, fh: FileHandle, flags: FopenFlags, id: &BackingId) {
-        let o = open_out(fh, flags, Some(id));
-        self.0.send(0, &[o.as_bytes()]);
-    }
 }
 
 impl ReplyCreate {
+    /// The new entry and its handle `fh` (with `backing`, kernel passthrough as for
+    /// [`ReplyOpen::opened`]).
     pub fn created(
         mut self,
         ttl: &Duration,
@@ -479,29 +478,16 @@ impl ReplyCreate {
         g: Generation,
         fh: FileHandle,
         flags: FopenFlags,
+        backing: Option<&BackingId>,
     ) {
         let e = entry_out(ttl, ttl, attr, g);
-        let o = open_out(fh, flags, None);
+        let o = open_out(fh, flags, backing);
         self.0.send(0, &[e.as_bytes(), o.as_bytes()]);
     }
 
     /// Register `fd` as a passthrough backing file on this request's connection.
     pub fn open_backing(&self, fd: impl AsFd) -> io::Result<BackingId> {
         self.0.open_backing(fd)
-    }
-
-    pub fn created_passthrough(
-        mut self,
-        ttl: &Duration,
-        attr: &FileAttr,
-        g: Generation,
-        fh: FileHandle,
-        flags: FopenFlags,
-        id: &BackingId,
-    ) {
-        let e = entry_out(ttl, ttl, attr, g);
-        let o = open_out(fh, flags, Some(id));
-        self.0.send(0, &[e.as_bytes(), o.as_bytes()]);
     }
 }
 

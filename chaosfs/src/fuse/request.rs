@@ -343,21 +343,24 @@ fn entry_op<'a>(opcode: u32, a: &mut Args<'a>) -> Result<Option<Operation<'a>>, 
             let target = Path::new(a.name()?);
             Operation::Symlink { name, target }
         }
-        op::MKNOD => {
-            let m: abi::MknodIn = a.get()?;
-            Operation::Mknod {
-                name: a.name()?,
-                mode: m.mode,
-                rdev: m.rdev,
-                umask: m.umask,
-            }
-        }
-        op::MKDIR => {
-            let m: abi::MkdirIn = a.get()?;
-            Operation::Mkdir {
-                name: a.name()?,
-                mode: m.mode,
-                umask: m.umask,
+        op::MKNOD | op::MKDIR => {
+            // The same header but for mknod's device number, then the name.
+            let (mode, umask, rdev) = if opcode == op::MKNOD {
+                let m: abi::MknodIn = a.get()?;
+                (m.mode, m.umask, Some(m.rdev))
+            } else {
+                let m: abi::MkdirIn = a.get()?;
+                (m.mode, m.umask, None)
+            };
+            let name = a.name()?;
+            match rdev {
+                Some(rdev) => Operation::Mknod {
+                    name,
+                    mode,
+                    rdev,
+                    umask,
+                },
+                None => Operation::Mkdir { name, mode, umask },
             }
         }
         op::UNLINK => Operation::Unlink { name: a.name()? },

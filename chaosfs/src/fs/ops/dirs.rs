@@ -46,7 +46,7 @@ impl FsInner {
                 eof: false,
             })),
         });
-        reply.opened(FileHandle(fh), FopenFlags::empty());
+        reply.opened(FileHandle(fh), FopenFlags::empty(), None);
     }
 
     /// Walk the directory stream from `offset`, calling `add` per entry until it returns false

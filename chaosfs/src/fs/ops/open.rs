@@ -93,9 +93,20 @@ impl FsInner {
         let (fh, mode, pflags) = self.register_open(&inode, &mut st, fd, flags, path, |fd| {
             reply.open_backing(fd)
         });
+        let (flags, backing) = Self::reply_mode(mode, &st, pflags);
+        reply.opened(fh, flags, backing);
+    }
+
+    /// The open flags and backing id of the reply for a new handle in `mode` (`pflags` as
+    /// [`Self::register_open`] returns them).
+    fn reply_mode(
+        mode: OpenMode,
+        st: &OpenState,
+        pflags: FopenFlags,
+    ) -> (FopenFlags, Option<&BackingId>) {
         match (mode, &st.backing) {
-            (OpenMode::Passthrough, Some(id)) => reply.opened_passthrough(fh, pflags, id),
-            _ => reply.opened(fh, Self::DIRECT | pflags),
+            (OpenMode::Passthrough, Some(id)) => (pflags, Some(id)),
+            _ => (Self::DIRECT | pflags, None),
         }
     }
 
@@ -220,11 +231,7 @@ impl FsInner {
         let (fh, mode, pflags) = self.register_open(&inode, &mut ost, fd, flags, path, |fd| {
             reply.open_backing(fd)
         });
-        match (mode, &ost.backing) {
-            (OpenMode::Passthrough, Some(id)) => {
-                reply.created_passthrough(&ttl, &attr, GEN, fh, pflags, id)
-            }
-            _ => reply.created(&ttl, &attr, GEN, fh, Self::DIRECT | pflags),
-        }
+        let (flags, backing) = Self::reply_mode(mode, &ost, pflags);
+        reply.created(&ttl, &attr, GEN, fh, flags, backing);
     }
 }
