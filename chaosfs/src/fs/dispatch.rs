@@ -42,6 +42,21 @@ macro_rules! serve {
     }};
 }
 
+/// Serve a request answered by one handler: [`serve!`] a call of [`FsInner::answer`], which
+/// replies with the verdict's errno if it has one, else resolves `$key` (a handle, an inode, a
+/// pair, or `()`) and calls `$call` with the resolved `$x`, the verdict `$v` and the reply `$r`.
+macro_rules! answer {
+    ($s:expr, $verdict:expr => $key:expr, $reply:expr, [$($own:ident),*],
+     |$fs:ident, $x:pat, $v:ident, $r:ident| $call:expr) => {{
+        let verdict = $verdict;
+        let (key, reply) = ($key, $reply);
+        serve!($s, verdict, [$($own),*], |fs| fs.answer(&verdict, key, reply, |$x, $r| {
+            let ($fs, $v): (&FsInner, &crate::rules::Verdict) = (fs, &verdict);
+            $call
+        }))
+    }};
+}
+
 /// The header fields every request's dispatch needs.
 #[derive(Clone, Copy)]
 struct Ctx {
@@ -104,8 +119,8 @@ impl fuse::Filesystem for ChaosFs {
             }
             O::Fsyncdir { fh, datasync } => {
                 let v = self.verdict(cx, Op::Fsyncdir, Target::Node(cx.ino));
-                let r = ReplyEmpty::new(s);
-                serve!(self, v, [], |fs| fs.fsync(fh, datasync, &v, r))
+                answer!(self, v => fh, ReplyEmpty::new(s), [],
+                    |fs, h, _v, r| r.result(fs.fsync(&h, datasync)))
             }
             // Handled by the session loop; nothing else reaches here.
             O::Init { .. } | O::Destroy => s.error(fuse::Errno::EIO),
@@ -134,11 +149,11 @@ impl ChaosFs {
     fn entry_op(&self, cx: Ctx, op: Operation<'_>, s: Sender) {
         let Ctx { c, node, ino } = cx;
         let verdict = |op: Op, name| self.verdict(cx, op, Target::Child(ino, name));
+        let (entry, empty) = (ReplyEntry::new, ReplyEmpty::new);
         match op {
             Operation::Lookup { name } => {
-                let v = verdict(Op::Lookup, name);
-                let r = ReplyEntry::new(s);
-                serve!(self, v, [name], |fs| fs.lookup(node, &*name, &v, r))
+                answer!(self, verdict(Op::Lookup, name) => node, entry(s), [name],
+                    |fs, p, v, r| fs.lookup(&p, &*name, v, r))
             }
             Operation::Mknod {
                 name,
@@ -146,32 +161,27 @@ impl ChaosFs {
                 rdev,
                 umask,
             } => {
-                let v = verdict(Op::Mknod, name);
-                let r = ReplyEntry::new(s);
                 let n = NewNode::Special { mode, umask, rdev };
-                serve!(self, v, [name], |fs| fs
-                    .make_node(c, node, &*name, n, &v, r))
+                answer!(self, verdict(Op::Mknod, name) => node, entry(s), [name],
+                    |fs, p, v, r| fs.make_node(c, &p, &*name, n, v, r))
             }
             Operation::Mkdir { name, mode, umask } => {
-                let v = verdict(Op::Mkdir, name);
-                let r = ReplyEntry::new(s);
                 let n = NewNode::Dir { mode, umask };
-                serve!(self, v, [name], |fs| fs
-                    .make_node(c, node, &*name, n, &v, r))
+                answer!(self, verdict(Op::Mkdir, name) => node, entry(s), [name],
+                    |fs, p, v, r| fs.make_node(c, &p, &*name, n, v, r))
             }
             Operation::Symlink { name, target } => {
-                let v = verdict(Op::Symlink, name);
-                let r = ReplyEntry::new(s);
-                serve!(self, v, [name, target], |fs| {
+                answer!(self, verdict(Op::Symlink, name) => node, entry(s), [name, target],
+                |fs, p, v, r| {
                     let n = NewNode::Symlink { target: &*target };
-                    fs.make_node(c, node, &*name, n, &v, r)
+                    fs.make_node(c, &p, &*name, n, v, r)
                 })
             }
             Operation::Unlink { name } | Operation::Rmdir { name } => {
                 let rmdir = matches!(op, Operation::Rmdir { .. });
                 let v = verdict(if rmdir { Op::Rmdir } else { Op::Unlink }, name);
-                let r = ReplyEmpty::new(s);
-                serve!(self, v, [name], |fs| fs.unlink(node, &*name, rmdir, &v, r))
+                answer!(self, v => node, empty(s), [name],
+                    |_fs, p, _v, r| r.result(FsInner::unlink(&p, &*name, rmdir)))
             }
             Operation::Rename {
                 name,
@@ -180,40 +190,24 @@ impl ChaosFs {
                 flags,
             } => {
                 let v = verdict(Op::Rename, name);
-                let r = ReplyEmpty::new(s);
-                serve!(self, v, [name, newname], |fs| fs
-                    .rename(node, &*name, newparent, &*newname, flags, &v, r))
+                answer!(self, v => (node, newparent), empty(s), [name, newname],
+                    |fs, (p, np), _v, r| r.result(fs.rename((&p, &*name), (&np, &*newname), flags)))
             }
             Operation::Link { oldnode, newname } => {
-                let v = verdict(Op::Link, newname);
-                let r = ReplyEntry::new(s);
-                serve!(self, v, [newname], |fs| fs
-                    .link(oldnode, node, &*newname, &v, r))
+                answer!(self, verdict(Op::Link, newname) => (oldnode, node), entry(s), [newname],
+                    |fs, (i, np), v, r| fs.link((&i, &np), &*newname, v, r))
             }
             Operation::Create {
                 name,
                 mode,
                 umask,
                 flags,
-            } => {
-                let v = verdict(Op::Create, name);
-                let r = ReplyCreate::new(s);
-                serve!(self, v, [name], |fs| fs.create(
-                    c,
-                    node,
-                    Some(&*name),
-                    mode,
-                    umask,
-                    flags,
-                    &v,
-                    r
-                ))
-            }
+            } => answer!(self, verdict(Op::Create, name) => node, ReplyCreate::new(s), [name],
+                |fs, p, v, r| fs.create((c, &p), Some(&*name), (mode, umask, flags), v, r)),
             Operation::Tmpfile { mode, umask, flags } => {
                 let v = self.verdict(cx, Op::Create, Target::Node(ino));
-                let r = ReplyCreate::new(s);
-                serve!(self, v, [], |fs| fs
-                    .create(c, node, None, mode, umask, flags, &v, r))
+                answer!(self, v => node, ReplyCreate::new(s), [],
+                    |fs, p, v, r| fs.create((c, &p), None, (mode, umask, flags), v, r))
             }
             other => misrouted(&other, s),
         }
@@ -223,62 +217,44 @@ impl ChaosFs {
     fn node_op(&self, cx: Ctx, op: Operation<'_>, s: Sender) {
         let node = cx.node;
         let verdict = |op: Op| self.verdict(cx, op, Target::Node(cx.ino));
+        let empty = ReplyEmpty::new;
         match op {
             Operation::Getattr => {
-                let v = verdict(Op::Getattr);
-                let r = ReplyAttr::new(s);
-                serve!(self, v, [], |fs| fs.getattr(node, &v, r))
+                answer!(self, verdict(Op::Getattr) => node, ReplyAttr::new(s), [],
+                    |fs, i, v, r| fs.reply_attr(&i, v, r))
             }
-            Operation::Statx => {
-                let v = verdict(Op::Getattr);
-                let r = ReplyStatx::new(s);
-                serve!(self, v, [], |fs| fs.statx(node, &v, r))
-            }
+            Operation::Statx => answer!(self, verdict(Op::Getattr) => node, ReplyStatx::new(s), [],
+                |fs, i, v, r| fs.statx(&i, v, r)),
             Operation::Setattr(a) => {
-                let v = verdict(Op::Setattr);
-                let r = ReplyAttr::new(s);
-                serve!(self, v, [], |fs| fs.setattr(node, a, &v, r))
+                answer!(self, verdict(Op::Setattr) => node, ReplyAttr::new(s), [],
+                    |fs, i, v, r| fs.setattr(&i, a, v, r))
             }
             Operation::Readlink => {
-                let v = verdict(Op::Readlink);
-                let r = ReplyData::new(s);
-                serve!(self, v, [], |fs| fs.readlink(node, &v, r))
+                answer!(self, verdict(Op::Readlink) => node, ReplyData::new(s), [],
+                    |_fs, i, _v, r| FsInner::readlink(&i, r))
             }
-            Operation::Access { mask } => {
-                let v = verdict(Op::Access);
-                let r = ReplyEmpty::new(s);
-                serve!(self, v, [], |fs| fs.access(node, mask, &v, r))
-            }
-            Operation::Statfs => {
-                let v = verdict(Op::Statfs);
-                let r = ReplyStatfs::new(s);
-                serve!(self, v, [], |fs| fs.statfs(node, &v, r))
-            }
-            Operation::Syncfs => {
-                let v = verdict(Op::Fsync);
-                let r = ReplyEmpty::new(s);
-                serve!(self, v, [], |fs| fs.syncfs(&v, r))
-            }
+            Operation::Access { mask } => answer!(self, verdict(Op::Access) => node, empty(s), [],
+                |fs, i, _v, r| r.result(fs.access(&i, mask))),
+            // No lookup: a gone node is answered for the root's file system.
+            Operation::Statfs => answer!(self, verdict(Op::Statfs) => (), ReplyStatfs::new(s), [],
+                |fs, (), v, r| fs.statfs(node, v, r)),
+            Operation::Syncfs => answer!(self, verdict(Op::Fsync) => (), empty(s), [],
+                |fs, (), _v, r| r.result(fs.syncfs())),
             Operation::Setxattr { name, value, flags } => {
-                let v = verdict(Op::Setxattr);
-                let r = ReplyEmpty::new(s);
-                serve!(self, v, [name, value], |fs| fs
-                    .setxattr(node, &*name, &*value, flags, &v, r))
+                answer!(self, verdict(Op::Setxattr) => node, empty(s), [name, value],
+                    |fs, i, _v, r| r.result(fs.setxattr(&i, &*name, &*value, flags)))
             }
             Operation::Getxattr { name, size } => {
-                let v = verdict(Op::Getxattr);
-                let r = ReplyXattr::new(s);
-                serve!(self, v, [name], |fs| fs.getxattr(node, &*name, size, &v, r))
+                answer!(self, verdict(Op::Getxattr) => node, ReplyXattr::new(s), [name],
+                    |fs, i, _v, r| fs.getxattr(&i, &*name, size, r))
             }
             Operation::Listxattr { size } => {
-                let v = verdict(Op::Listxattr);
-                let r = ReplyXattr::new(s);
-                serve!(self, v, [], |fs| fs.listxattr(node, size, &v, r))
+                answer!(self, verdict(Op::Listxattr) => node, ReplyXattr::new(s), [],
+                    |fs, i, _v, r| fs.listxattr(&i, size, r))
             }
             Operation::Removexattr { name } => {
-                let v = verdict(Op::Removexattr);
-                let r = ReplyEmpty::new(s);
-                serve!(self, v, [name], |fs| fs.removexattr(node, &*name, &v, r))
+                answer!(self, verdict(Op::Removexattr) => node, empty(s), [name],
+                    |fs, i, _v, r| r.result(fs.removexattr(&i, &*name)))
             }
             other => misrouted(&other, s),
         }
@@ -287,68 +263,49 @@ impl ChaosFs {
     /// Requests on an open file (`open` itself included).
     fn file_op(&self, cx: Ctx, op: Operation<'_>, s: Sender) {
         let file = |op: Op, fh: FileHandle| self.verdict(cx, op, Target::File(fh.0, cx.ino));
+        let empty = ReplyEmpty::new;
         match op {
             Operation::Open {
                 flags,
                 kill_suidgid,
             } => {
                 let v = self.verdict(cx, Op::Open, Target::Node(cx.ino));
-                let r = ReplyOpen::new(s);
-                let node = cx.node;
-                serve!(self, v, [], |fs| fs.open(node, flags, kill_suidgid, &v, r))
+                answer!(self, v => cx.node, ReplyOpen::new(s), [],
+                    |fs, i, _v, r| fs.open(&i, flags, kill_suidgid, r))
             }
             Operation::Read { fh, offset, size } => {
-                let v = file(Op::Read, fh);
-                let r = ReplyData::new(s);
-                serve!(self, v, [], |fs| fs.read(fh, offset, size, &v, r))
+                answer!(self, file(Op::Read, fh) => fh, ReplyData::new(s), [],
+                    |fs, h, v, r| fs.read(&h, offset, size, v, r))
             }
             Operation::Write {
                 fh,
                 offset,
                 data,
                 kill_suidgid,
-            } => {
-                let v = file(Op::Write, fh);
-                let r = ReplyWrite::new(s);
-                serve!(self, v, [data], |fs| fs.write(
-                    fh,
-                    offset,
-                    &*data,
-                    kill_suidgid,
-                    &v,
-                    r
-                ))
-            }
-            Operation::Flush { fh } => {
-                let v = file(Op::Flush, fh);
-                let r = ReplyEmpty::new(s);
-                serve!(self, v, [], |fs| fs.flush(fh, &v, r))
-            }
+            } => answer!(self, file(Op::Write, fh) => fh, ReplyWrite::new(s), [data],
+                |fs, h, v, r| fs.write(&h, offset, &*data, kill_suidgid, v, r)),
+            // Nothing to do but check the handle: no writeback cache, POSIX locks are the kernel's.
+            Operation::Flush { fh } => answer!(self, file(Op::Flush, fh) => fh, empty(s), [],
+                |_fs, _h, _v, r| r.ok()),
+            // The handle is freed whatever the verdict: release takes the verdict itself.
             Operation::Release { fh } => {
-                let v = file(Op::Release, fh);
-                let r = ReplyEmpty::new(s);
+                let (v, r) = (file(Op::Release, fh), empty(s));
                 serve!(self, v, [], |fs| fs.release(fh, &v, r))
             }
             Operation::Fsync { fh, datasync } => {
-                let v = file(Op::Fsync, fh);
-                let r = ReplyEmpty::new(s);
-                serve!(self, v, [], |fs| fs.fsync(fh, datasync, &v, r))
+                answer!(self, file(Op::Fsync, fh) => fh, empty(s), [],
+                    |fs, h, _v, r| r.result(fs.fsync(&h, datasync)))
             }
             Operation::Fallocate {
                 fh,
                 offset,
                 length,
                 mode,
-            } => {
-                let v = file(Op::Fallocate, fh);
-                let r = ReplyEmpty::new(s);
-                serve!(self, v, [], |fs| fs
-                    .fallocate(fh, offset, length, mode, &v, r))
-            }
+            } => answer!(self, file(Op::Fallocate, fh) => fh, empty(s), [],
+                |fs, h, _v, r| r.result(fs.fallocate(&h, offset, length, mode))),
             Operation::Lseek { fh, offset, whence } => {
-                let v = file(Op::Lseek, fh);
-                let r = ReplyLseek::new(s);
-                serve!(self, v, [], |fs| fs.lseek(fh, offset, whence, &v, r))
+                answer!(self, file(Op::Lseek, fh) => fh, ReplyLseek::new(s), [],
+                    |fs, h, _v, r| fs.lseek(&h, offset, whence, r))
             }
             Operation::CopyFileRange {
                 fh_in,
@@ -359,9 +316,10 @@ impl ChaosFs {
                 flags,
             } => {
                 let v = file(Op::CopyFileRange, fh_in);
-                let r = ReplyWrite::new(s);
-                let ranges = ((fh_in, off_in), (fh_out, off_out), len);
-                serve!(self, v, [], |fs| fs.copy_file_range(ranges, flags, &v, r))
+                answer!(self, v => (fh_in, fh_out), ReplyWrite::new(s), [],
+                |fs, (hi, ho), _v, r| {
+                    fs.copy_file_range((&hi, off_in), (&ho, off_out), len, flags, r)
+                })
             }
             Operation::Ioctl {
                 fh,
@@ -370,9 +328,8 @@ impl ChaosFs {
                 out_size,
             } => {
                 let v = self.verdict(cx, Op::Ioctl, Target::Node(cx.ino));
-                let r = ReplyIoctl::new(s);
-                serve!(self, v, [in_data], |fs| fs
-                    .ioctl(fh, cmd, &*in_data, out_size, &v, r))
+                answer!(self, v => fh, ReplyIoctl::new(s), [in_data],
+                    |fs, h, _v, r| fs.ioctl(&h, (cmd, &*in_data), out_size, r))
             }
             other => misrouted(&other, s),
         }
@@ -382,25 +339,19 @@ impl ChaosFs {
     fn dir_op(&self, cx: Ctx, op: Operation<'_>, s: Sender) {
         let v = |op: Op| self.verdict(cx, op, Target::Node(cx.ino));
         match op {
-            Operation::Opendir => {
-                let v = v(Op::Opendir);
-                let r = ReplyOpen::new(s);
-                let node = cx.node;
-                serve!(self, v, [], |fs| fs.opendir(node, &v, r))
-            }
+            Operation::Opendir => answer!(self, v(Op::Opendir) => cx.node, ReplyOpen::new(s), [],
+                |fs, i, _v, r| fs.opendir(i, r)),
             Operation::Readdir { fh, offset, size } => {
-                let v = v(Op::Readdir);
-                let r = ReplyDirectory::new(s, size);
-                serve!(self, v, [], |fs| fs.readdir(fh, offset, &v, r))
+                answer!(self, v(Op::Readdir) => fh, ReplyDirectory::new(s, size), [],
+                    |fs, h, _v, r| fs.readdir(&h, offset, r))
             }
             Operation::Readdirplus { fh, offset, size } => {
-                let v = v(Op::Readdir);
-                let r = ReplyDirectoryPlus::new(s, size);
-                serve!(self, v, [], |fs| fs.readdirplus(fh, offset, &v, r))
+                answer!(self, v(Op::Readdir) => fh, ReplyDirectoryPlus::new(s, size), [],
+                    |fs, h, _v, r| fs.readdirplus(&h, offset, r))
             }
+            // As release: the handle is freed whatever the verdict.
             Operation::Releasedir { fh } => {
-                let v = v(Op::Releasedir);
-                let r = ReplyEmpty::new(s);
+                let (v, r) = (v(Op::Releasedir), ReplyEmpty::new(s));
                 serve!(self, v, [], |fs| fs.releasedir(fh, &v, r))
             }
             other => misrouted(&other, s),

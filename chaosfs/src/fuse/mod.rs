@@ -19,9 +19,9 @@ use std::sync::Arc;
 use zerocopy::IntoBytes;
 
 pub use reply::{
-    BackingId, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyStatx, ReplyWrite, ReplyXattr,
-    Sender,
+    BackingId, Reply, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyStatx, ReplyWrite,
+    ReplyXattr, Sender,
 };
 pub use request::{Operation, Request, SetattrArgs};
 pub use session::{Filesystem, KernelConfig, Session};

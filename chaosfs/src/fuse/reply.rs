@@ -143,6 +143,11 @@ impl Drop for Once {
     }
 }
 
+/// What every typed reply can do: answer with an error (for code that serves any request).
+pub trait Reply {
+    fn error(self, e: Errno);
+}
+
 macro_rules! reply_type {
     ($(#[$m:meta])* $name:ident) => {
         $(#[$m])*
@@ -156,6 +161,12 @@ macro_rules! reply_type {
             /// Answer with an error.
             pub fn error(mut self, e: Errno) {
                 self.0.error(e);
+            }
+        }
+
+        impl Reply for $name {
+            fn error(self, e: Errno) {
+                $name::error(self, e);
             }
         }
     };
@@ -213,6 +224,14 @@ reply_type!(
 impl ReplyEmpty {
     pub fn ok(mut self) {
         self.0.send(0, &[]);
+    }
+
+    /// Answer with success or the error.
+    pub fn result(self, r: Result<(), Errno>) {
+        match r {
+            Ok(()) => self.ok(),
+            Err(e) => self.error(e),
+        }
     }
 }
 
@@ -621,6 +640,12 @@ impl<const PLUS: bool> DirReply<PLUS> {
 
     pub fn error(mut self, e: Errno) {
         self.0.error(e);
+    }
+}
+
+impl<const PLUS: bool> Reply for DirReply<PLUS> {
+    fn error(self, e: Errno) {
+        DirReply::error(self, e);
     }
 }
 

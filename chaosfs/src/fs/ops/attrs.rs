@@ -6,7 +6,7 @@ use std::time::UNIX_EPOCH;
 
 use crate::fs::inode::Inode;
 use crate::fs::{FsInner, Target, errno};
-use crate::fuse::{INodeNo, ReplyAttr, ReplyEmpty, ReplyStatx, SetattrArgs, TimeOrNow};
+use crate::fuse::{Errno, ReplyAttr, ReplyStatx, SetattrArgs, TimeOrNow};
 use crate::rules::Verdict;
 use crate::sys;
 use crate::sys::FdName;
@@ -54,23 +54,15 @@ fn killed_mode(st_mode: u32) -> Option<u32> {
 }
 
 impl FsInner {
-    pub(crate) fn getattr(&self, ino: INodeNo, v: &Verdict, reply: ReplyAttr) {
-        fail_if_errno!(v, reply);
-        let inode = tri!(self.inode(ino), reply);
-        self.reply_attr(ino, &inode, v, reply);
-    }
-
     /// FUSE_STATX (the kernel asks when a caller wants more than the basic stats: birth time).
-    pub(crate) fn statx(&self, ino: INodeNo, v: &Verdict, reply: ReplyStatx) {
-        fail_if_errno!(v, reply);
-        let inode = tri!(self.inode(ino), reply);
+    pub(crate) fn statx(&self, inode: &Inode, v: &Verdict, reply: ReplyStatx) {
         let st = tri!(sys::file::fstat(inode.fd.as_fd()).map_err(errno), reply);
         let stx = tri!(sys::file::statx(inode.fd.as_fd()).map_err(errno), reply);
-        let attr = super::attr_for(&inode, &st, v);
-        reply.statx(&self.ttl(Target::Node(ino.0)), &attr, &stx);
+        let attr = super::attr_for(inode, &st, v);
+        reply.statx(&self.ttl(Target::Node(inode.nodeid)), &attr, &stx);
     }
 
-    pub(crate) fn setattr(&self, ino: INodeNo, a: SetattrArgs, v: &Verdict, reply: ReplyAttr) {
+    pub(crate) fn setattr(&self, inode: &Inode, a: SetattrArgs, v: &Verdict, reply: ReplyAttr) {
         let SetattrArgs {
             mode,
             uid,
@@ -81,8 +73,6 @@ impl FsInner {
             fh,
             kill_suidgid,
         } = a;
-        fail_if_errno!(v, reply);
-        let inode = tri!(self.inode(ino), reply);
         let handle = fh.and_then(|fh| self.handles.get(fh.0));
         let fdname = FdName::new(inode.fd.as_raw_fd());
         if let Some(mode) = mode {
@@ -106,7 +96,7 @@ impl FsInner {
             let r = match &handle {
                 Some(h) => sys::file::ftruncate(h.fd.as_fd(), size),
                 None => self
-                    .reopen(&inode, libc::O_WRONLY | libc::O_NONBLOCK)
+                    .reopen(inode, libc::O_WRONLY | libc::O_NONBLOCK)
                     .and_then(|fd| sys::file::ftruncate(fd.as_fd(), size)),
             };
             tri!(r.map_err(errno), reply);
@@ -126,9 +116,9 @@ impl FsInner {
         }
         if kill_suidgid {
             let fd = handle.as_ref().map(|h| h.fd.as_fd());
-            tri!(self.kill_suidgid(&inode, fd).map_err(errno), reply);
+            tri!(self.kill_suidgid(inode, fd).map_err(errno), reply);
         }
-        self.reply_attr(ino, &inode, v, reply);
+        self.reply_attr(inode, v, reply);
     }
 
     /// Clear the setuid bit, and setgid where group execute is set, of the regular file `inode`
@@ -150,16 +140,13 @@ impl FsInner {
         }
     }
 
-    pub(crate) fn access(&self, ino: INodeNo, mask: i32, v: &Verdict, reply: ReplyEmpty) {
-        fail_if_errno!(v, reply);
-        let inode = tri!(self.inode(ino), reply);
-        let r = sys::file::faccessat(
+    pub(crate) fn access(&self, inode: &Inode, mask: i32) -> Result<(), Errno> {
+        sys::file::faccessat(
             self.proc_fd.as_fd(),
             FdName::new(inode.fd.as_raw_fd()).as_cstr(),
             mask,
             libc::AT_EACCESS,
-        );
-        tri!(r.map_err(errno), reply);
-        reply.ok();
+        )
+        .map_err(errno)
     }
 }

@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::Ordering;
 
-use crate::fs::handle::{HandleKind, OpenMode};
+use crate::fs::handle::{Handle, HandleKind, OpenMode};
 use crate::fs::{FsInner, errno, stat_u64};
 use crate::fuse::{Errno, FileHandle, ReplyData, ReplyEmpty, ReplyLseek, ReplyWrite};
 use crate::rules::{DataFault, Verdict};
@@ -56,16 +56,7 @@ fn reply_written(reply: ReplyWrite, n: usize) {
 }
 
 impl FsInner {
-    pub(crate) fn read(
-        &self,
-        fh: FileHandle,
-        offset: u64,
-        size: u32,
-        v: &Verdict,
-        reply: ReplyData,
-    ) {
-        fail_if_errno!(v, reply);
-        let h = tri!(self.handle(fh), reply);
+    pub(crate) fn read(&self, h: &Handle, offset: u64, size: u32, v: &Verdict, reply: ReplyData) {
         let mut want = size as usize;
         if let Some(DataFault::Short(_)) = v.data {
             want = v.short_len(want);
@@ -115,15 +106,13 @@ impl FsInner {
 
     pub(crate) fn write(
         &self,
-        fh: FileHandle,
+        h: &Handle,
         offset: u64,
         data: &[u8],
         kill_suidgid: bool,
         v: &Verdict,
         reply: ReplyWrite,
     ) {
-        fail_if_errno!(v, reply);
-        let h = tri!(self.handle(fh), reply);
         // Before the write, as the kernel's `file_remove_privs` does.
         if kill_suidgid {
             tri!(
@@ -163,14 +152,6 @@ impl FsInner {
         }
     }
 
-    pub(crate) fn flush(&self, fh: FileHandle, v: &Verdict, reply: ReplyEmpty) {
-        fail_if_errno!(v, reply);
-        if self.handles.get(fh.0).is_none() {
-            return reply.error(Errno::EBADF);
-        }
-        reply.ok();
-    }
-
     pub(crate) fn release(&self, fh: FileHandle, v: &Verdict, reply: ReplyEmpty) {
         // The handle is released whatever the rules say: the kernel forgets it anyway.
         if let Some(h) = self.handles.remove(fh.0)
@@ -202,62 +183,36 @@ impl FsInner {
         }
     }
 
-    pub(crate) fn fsync(&self, fh: FileHandle, datasync: bool, v: &Verdict, reply: ReplyEmpty) {
-        fail_if_errno!(v, reply);
-        let h = tri!(self.handle(fh), reply);
-        tri!(
-            sys::file::fsync(h.fd.as_fd(), datasync).map_err(errno),
-            reply
-        );
-        reply.ok();
+    pub(crate) fn fsync(&self, h: &Handle, datasync: bool) -> Result<(), Errno> {
+        sys::file::fsync(h.fd.as_fd(), datasync).map_err(errno)
     }
 
     pub(crate) fn fallocate(
         &self,
-        fh: FileHandle,
+        h: &Handle,
         offset: u64,
         length: u64,
         mode: i32,
-        v: &Verdict,
-        reply: ReplyEmpty,
-    ) {
-        fail_if_errno!(v, reply);
-        let h = tri!(self.handle(fh), reply);
-        tri!(
-            sys::file::fallocate(h.fd.as_fd(), mode, offset, length).map_err(errno),
-            reply
-        );
-        reply.ok();
+    ) -> Result<(), Errno> {
+        sys::file::fallocate(h.fd.as_fd(), mode, offset, length).map_err(errno)
     }
 
-    pub(crate) fn lseek(
-        &self,
-        fh: FileHandle,
-        offset: i64,
-        whence: i32,
-        v: &Verdict,
-        reply: ReplyLseek,
-    ) {
-        fail_if_errno!(v, reply);
-        let h = tri!(self.handle(fh), reply);
-        let off = tri!(
-            sys::file::lseek(h.fd.as_fd(), offset, whence).map_err(errno),
-            reply
-        );
-        reply.offset(off);
+    pub(crate) fn lseek(&self, h: &Handle, offset: i64, whence: i32, reply: ReplyLseek) {
+        match sys::file::lseek(h.fd.as_fd(), offset, whence) {
+            Ok(off) => reply.offset(off),
+            Err(e) => reply.error(errno(e)),
+        }
     }
 
-    /// FUSE_COPY_FILE_RANGE of `len` bytes from `(fh_in, off_in)` to `(fh_out, off_out)`.
+    /// FUSE_COPY_FILE_RANGE of `len` bytes from `(hi, off_in)` to `(ho, off_out)`.
     pub(crate) fn copy_file_range(
         &self,
-        ((fh_in, off_in), (fh_out, off_out), len): ((FileHandle, u64), (FileHandle, u64), u64),
+        (hi, off_in): (&Handle, u64),
+        (ho, off_out): (&Handle, u64),
+        len: u64,
         flags: u64,
-        v: &Verdict,
         reply: ReplyWrite,
     ) {
-        fail_if_errno!(v, reply);
-        let hi = tri!(self.handle(fh_in), reply);
-        let ho = tri!(self.handle(fh_out), reply);
         let flags = tri!(u32::try_from(flags).map_err(|_| Errno::EINVAL), reply);
         let len = len.min(1 << 30) as usize;
         let n = tri!(

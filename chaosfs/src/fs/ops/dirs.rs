@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::GEN;
 use crate::fs::handle::{DirStream, Handle, HandleKind};
+use crate::fs::inode::Inode;
 use crate::fs::{FsInner, Target, attr_of, dtype_file_type, errno, file_type, reported_ino};
 use crate::fuse::{
     Errno, FileHandle, FileType, FopenFlags, INodeNo, ReplyDirectory, ReplyDirectoryPlus,
@@ -20,9 +21,7 @@ use crate::sys;
 const DIRBUF: usize = 32 * 1024;
 
 impl FsInner {
-    pub(crate) fn opendir(&self, ino: INodeNo, v: &Verdict, reply: ReplyOpen) {
-        fail_if_errno!(v, reply);
-        let inode = tri!(self.inode(ino), reply);
+    pub(crate) fn opendir(&self, inode: Arc<Inode>, reply: ReplyOpen) {
         let fd = tri!(
             sys::file::openat(
                 inode.fd.as_fd(),
@@ -105,16 +104,8 @@ impl FsInner {
         }
     }
 
-    pub(crate) fn readdir(
-        &self,
-        fh: FileHandle,
-        offset: u64,
-        v: &Verdict,
-        mut reply: ReplyDirectory,
-    ) {
-        fail_if_errno!(v, reply);
-        let h = tri!(self.handle(fh), reply);
-        let r = self.walk_dir(&h, offset, |dirfd, ino, off, typ, name| {
+    pub(crate) fn readdir(&self, h: &Handle, offset: u64, mut reply: ReplyDirectory) {
+        let r = self.walk_dir(h, offset, |dirfd, ino, off, typ, name| {
             let kind = match dtype_file_type(typ) {
                 Some(k) => k,
                 None => sys::with_cstr(name, |c| {
@@ -131,17 +122,9 @@ impl FsInner {
         }
     }
 
-    pub(crate) fn readdirplus(
-        &self,
-        fh: FileHandle,
-        offset: u64,
-        v: &Verdict,
-        mut reply: ReplyDirectoryPlus,
-    ) {
-        fail_if_errno!(v, reply);
-        let h = tri!(self.handle(fh), reply);
+    pub(crate) fn readdirplus(&self, h: &Handle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let dir = h.inode.clone();
-        let r = self.walk_dir(&h, offset, |dirfd, _ino, off, _typ, name| {
+        let r = self.walk_dir(h, offset, |dirfd, _ino, off, _typ, name| {
             let b = name.as_bytes();
             if b == b"." || b == b".." {
                 // The kernel does not take a lookup reference for these.

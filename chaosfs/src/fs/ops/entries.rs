@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::{GEN, name_cstr};
 use crate::fs::inode::Inode;
 use crate::fs::{Caller, FsInner, Target, decode_dev, errno, negative_attr};
-use crate::fuse::{Errno, INodeNo, ReplyData, ReplyEmpty, ReplyEntry};
+use crate::fuse::{Errno, ReplyData, ReplyEntry};
 use crate::rules::Verdict;
 use crate::sys;
 
@@ -25,11 +25,9 @@ pub(crate) enum NewNode<'a> {
 }
 
 impl FsInner {
-    pub(crate) fn lookup(&self, parent: INodeNo, name: &OsStr, v: &Verdict, reply: ReplyEntry) {
-        fail_if_errno!(v, reply);
-        let p = tri!(self.inode(parent), reply);
-        let ttl = self.ttl(Target::Child(parent.0, name));
-        match self.do_lookup(&p, name) {
+    pub(crate) fn lookup(&self, p: &Inode, name: &OsStr, v: &Verdict, reply: ReplyEntry) {
+        let ttl = self.ttl(Target::Child(p.nodeid, name));
+        match self.do_lookup(p, name) {
             Ok((inode, st)) => self.reply_entry(reply, &inode, &st, v, ttl, ttl),
             Err(e) if e == Errno::ENOENT && !ttl.is_zero() => {
                 // A negative entry the kernel may cache (node id 0).
@@ -43,9 +41,7 @@ impl FsInner {
         self.inodes.forget(ino, n);
     }
 
-    pub(crate) fn readlink(&self, ino: INodeNo, v: &Verdict, reply: ReplyData) {
-        fail_if_errno!(v, reply);
-        let inode = tri!(self.inode(ino), reply);
+    pub(crate) fn readlink(inode: &Inode, reply: ReplyData) {
         let target = tri!(
             sys::file::readlinkat(inode.fd.as_fd(), c"").map_err(errno),
             reply
@@ -73,14 +69,12 @@ impl FsInner {
     pub(crate) fn make_node(
         &self,
         c: Caller,
-        parent: INodeNo,
+        p: &Inode,
         name: &OsStr,
         node: NewNode<'_>,
         v: &Verdict,
         reply: ReplyEntry,
     ) {
-        fail_if_errno!(v, reply);
-        let p = tri!(self.inode(parent), reply);
         let dir = p.fd.as_fd();
         let as_caller = |make: &dyn Fn(&CStr) -> io::Result<()>| {
             sys::thread::CallerCreds::enter(c.uid, c.gid)
@@ -100,53 +94,33 @@ impl FsInner {
             }),
         };
         tri!(r.map_err(errno), reply);
-        self.finish_create(&p, name, v, reply);
+        self.finish_create(p, name, v, reply);
     }
 
-    pub(crate) fn unlink(
-        &self,
-        parent: INodeNo,
-        name: &OsStr,
-        rmdir: bool,
-        v: &Verdict,
-        reply: ReplyEmpty,
-    ) {
-        fail_if_errno!(v, reply);
-        let p = tri!(self.inode(parent), reply);
+    /// FUSE_UNLINK, or FUSE_RMDIR if `rmdir`.
+    pub(crate) fn unlink(p: &Inode, name: &OsStr, rmdir: bool) -> Result<(), Errno> {
         let flags = if rmdir { libc::AT_REMOVEDIR } else { 0 };
-        tri!(
-            name_cstr(name, |n| sys::file::unlinkat(p.fd.as_fd(), n, flags)),
-            reply
-        );
-        reply.ok();
+        name_cstr(name, |n| sys::file::unlinkat(p.fd.as_fd(), n, flags))
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// FUSE_RENAME(2) of `name` in `p` to `newname` in `np`.
     pub(crate) fn rename(
         &self,
-        parent: INodeNo,
-        name: &OsStr,
-        newparent: INodeNo,
-        newname: &OsStr,
+        (p, name): (&Inode, &OsStr),
+        (np, newname): (&Inode, &OsStr),
         flags: u32,
-        v: &Verdict,
-        reply: ReplyEmpty,
-    ) {
-        fail_if_errno!(v, reply);
-        let p = tri!(self.inode(parent), reply);
-        let np = tri!(self.inode(newparent), reply);
-        let r = name_cstr(name, |a| {
+    ) -> Result<(), Errno> {
+        name_cstr(name, |a| {
             sys::with_cstr(newname, |b| {
                 sys::file::renameat2(p.fd.as_fd(), a, np.fd.as_fd(), b, flags)
             })
-        });
-        tri!(r, reply);
+        })?;
         // Keep the names the rules see current (the kernel moves its dentry, no lookup follows).
-        self.renamed(&np, newname);
+        self.renamed(np, newname);
         if flags & libc::RENAME_EXCHANGE != 0 {
-            self.renamed(&p, name);
+            self.renamed(p, name);
         }
-        reply.ok();
+        Ok(())
     }
 
     /// `name` in `dir` now leads to an inode the kernel may know: remember it under that name.
@@ -161,17 +135,14 @@ impl FsInner {
         }
     }
 
+    /// FUSE_LINK: a new name `newname` in `np` for `inode`.
     pub(crate) fn link(
         &self,
-        ino: INodeNo,
-        newparent: INodeNo,
+        (inode, np): (&Inode, &Inode),
         newname: &OsStr,
         v: &Verdict,
         reply: ReplyEntry,
     ) {
-        fail_if_errno!(v, reply);
-        let inode = tri!(self.inode(ino), reply);
-        let np = tri!(self.inode(newparent), reply);
         let r = name_cstr(newname, |n| {
             sys::file::link_fd(inode.fd.as_fd(), np.fd.as_fd(), n)
         });
@@ -179,9 +150,9 @@ impl FsInner {
         let st = tri!(sys::file::fstat(inode.fd.as_fd()).map_err(errno), reply);
         let Some(same) = self.inodes.lookup_existing(st.st_dev, st.st_ino) else {
             // The entry was split off (rules changed): give the new name its own entry.
-            return self.finish_create(&np, newname, v, reply);
+            return self.finish_create(np, newname, v, reply);
         };
-        let ttl = self.ttl(Target::Child(newparent.0, newname));
+        let ttl = self.ttl(Target::Child(np.nodeid, newname));
         // Attribute time 0: the kernel adjusts the link count it caches after this reply, so
         // make it fetch the real one.
         self.reply_entry(reply, &same, &st, v, ttl, Duration::ZERO);

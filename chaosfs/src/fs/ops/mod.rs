@@ -1,5 +1,8 @@
-//! One method per FUSE request, each given the request's [`Verdict`]. They run either in a FUSE
-//! thread or, after a latency fault, in a delay worker; they never panic and always reply.
+//! One method per FUSE request. The dispatcher calls them through [`FsInner::answer`], which
+//! has already answered an errno fault and resolved the handle or inode the request names; they
+//! get that, the request's other arguments, the [`Verdict`] where its other faults apply, and
+//! the reply. They run either in a FUSE thread or, after a latency fault, in a delay worker;
+//! they never panic and always reply.
 //!
 //! Grouped by family: [`entries`] (lookup, create and remove names), [`attrs`] (getattr,
 //! setattr, statx, access), [`open`] (open modes, create), [`data`] (I/O on open files),
@@ -19,21 +22,11 @@ use super::inode::{Inode, ROOT};
 use super::{FsInner, Target, apply_override, attr_of, errno, reported_ino};
 use crate::fuse::abi::init as F;
 use crate::fuse::{
-    Errno, FileAttr, FileHandle, Generation, INodeNo, KernelConfig, ReplyAttr, ReplyEntry,
+    Errno, FileAttr, FileHandle, Generation, INodeNo, KernelConfig, Reply, ReplyAttr, ReplyEntry,
 };
 use crate::rules::Verdict;
 use crate::sys;
 use crate::sys::FdName;
-
-/// Reply with the verdict's errno if it has one; true if the request is answered.
-macro_rules! fail_if_errno {
-    ($v:expr, $reply:expr) => {
-        if let Some(e) = $v.errno {
-            $reply.error(crate::fuse::Errno::from_i32(e));
-            return;
-        }
-    };
-}
 
 /// Unwrap a `Result<_, Errno>` or reply with the error.
 macro_rules! tri {
@@ -76,7 +69,62 @@ fn attr_for(inode: &Inode, st: &crate::sys::file::Stat, v: &Verdict) -> FileAttr
     attr
 }
 
+/// What a request names that must exist before it is served: an open handle (EBADF if not),
+/// an inode (ESTALE if not), two of them, or nothing.
+pub(crate) trait Resolve {
+    type Out;
+    fn resolve(self, fs: &FsInner) -> Result<Self::Out, Errno>;
+}
+
+impl Resolve for () {
+    type Out = ();
+    fn resolve(self, _: &FsInner) -> Result<(), Errno> {
+        Ok(())
+    }
+}
+
+impl Resolve for FileHandle {
+    type Out = Arc<Handle>;
+    fn resolve(self, fs: &FsInner) -> Result<Arc<Handle>, Errno> {
+        fs.handles.get(self.0).ok_or(Errno::EBADF)
+    }
+}
+
+impl Resolve for INodeNo {
+    type Out = Arc<Inode>;
+    fn resolve(self, fs: &FsInner) -> Result<Arc<Inode>, Errno> {
+        fs.inode(self)
+    }
+}
+
+/// Both, the first first (its error wins).
+impl<A: Resolve, B: Resolve> Resolve for (A, B) {
+    type Out = (A::Out, B::Out);
+    fn resolve(self, fs: &FsInner) -> Result<Self::Out, Errno> {
+        Ok((self.0.resolve(fs)?, self.1.resolve(fs)?))
+    }
+}
+
 impl FsInner {
+    /// Serve a request whose verdict is `v`: reply with the verdict's errno if it has one, else
+    /// resolve what it names (`key`) and hand that and the reply to the handler `f`, or reply
+    /// with the error of the lookup.
+    pub(crate) fn answer<K: Resolve, R: Reply>(
+        &self,
+        v: &Verdict,
+        key: K,
+        reply: R,
+        f: impl FnOnce(K::Out, R),
+    ) {
+        if let Some(e) = v.errno {
+            return reply.error(Errno::from_i32(e));
+        }
+        match key.resolve(self) {
+            Ok(x) => f(x, reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
     pub(crate) fn init(&self, config: &mut KernelConfig) {
         for f in [
             F::ATOMIC_O_TRUNC,
@@ -191,13 +239,13 @@ impl FsInner {
             && self.rules.load().uses_paths
     }
 
-    fn handle(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
-        self.handles.get(fh.0).ok_or(Errno::EBADF)
-    }
-
-    /// Stat `inode` and reply with its attributes (overrides applied) for node `ino`.
-    fn reply_attr(&self, ino: INodeNo, inode: &Inode, v: &Verdict, reply: ReplyAttr) {
+    /// FUSE_GETATTR (and the reply of setattr): stat `inode` and reply with its attributes
+    /// (overrides applied).
+    pub(crate) fn reply_attr(&self, inode: &Inode, v: &Verdict, reply: ReplyAttr) {
         let st = tri!(sys::file::fstat(inode.fd.as_fd()).map_err(errno), reply);
-        reply.attr(&self.ttl(Target::Node(ino.0)), &attr_for(inode, &st, v));
+        reply.attr(
+            &self.ttl(Target::Node(inode.nodeid)),
+            &attr_for(inode, &st, v),
+        );
     }
 }

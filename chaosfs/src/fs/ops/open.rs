@@ -12,7 +12,7 @@ use super::GEN;
 use crate::fs::handle::{Handle, HandleKind, OpenMode};
 use crate::fs::inode::{Inode, OpenState, share_key};
 use crate::fs::{Caller, FsInner, Target, errno};
-use crate::fuse::{BackingId, Errno, FileHandle, FopenFlags, INodeNo, ReplyCreate, ReplyOpen};
+use crate::fuse::{BackingId, Errno, FileHandle, FopenFlags, ReplyCreate, ReplyOpen};
 use crate::rules::Verdict;
 use crate::sys;
 use crate::sys::FdName;
@@ -67,32 +67,27 @@ impl FsInner {
 
     pub(crate) fn open(
         &self,
-        ino: INodeNo,
+        inode: &Arc<Inode>,
         flags: i32,
         kill_suidgid: bool,
-        v: &Verdict,
         reply: ReplyOpen,
     ) {
-        fail_if_errno!(v, reply);
-        let inode = tri!(self.inode(ino), reply);
         let fd = tri!(
-            self.open_shared(&inode, flags)
-                .map_err(|e| self.fd_errno(e)),
+            self.open_shared(inode, flags).map_err(|e| self.fd_errno(e)),
             reply
         );
         if kill_suidgid && flags & libc::O_TRUNC != 0 {
             tri!(
-                self.kill_suidgid(&inode, Some(fd.as_fd())).map_err(errno),
+                self.kill_suidgid(inode, Some(fd.as_fd())).map_err(errno),
                 reply
             );
         }
-        let path = self.handle_path(&inode, None);
+        let path = self.handle_path(inode, None);
         let Ok(mut st) = inode.open.lock() else {
             return reply.error(Errno::EIO);
         };
-        let (fh, mode, pflags) = self.register_open(&inode, &mut st, fd, flags, path, |fd| {
-            reply.open_backing(fd)
-        });
+        let (fh, mode, pflags) =
+            self.register_open(inode, &mut st, fd, flags, path, |fd| reply.open_backing(fd));
         let (flags, backing) = Self::reply_mode(mode, &st, pflags);
         reply.opened(fh, flags, backing);
     }
@@ -171,20 +166,15 @@ impl FsInner {
 
     /// FUSE_CREATE of `name` in `parent`, or with no name FUSE_TMPFILE (`open(dir, O_TMPFILE)`:
     /// an unnamed file, linkable later unless `O_EXCL`). Created as the caller, then opened.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn create(
         &self,
-        c: Caller,
-        parent: INodeNo,
+        (c, p): (Caller, &Inode),
         name: Option<&OsStr>,
-        mode: u32,
-        umask: u32,
-        flags: i32,
+        (mode, umask, flags): (u32, u32, i32),
         v: &Verdict,
         reply: ReplyCreate,
     ) {
-        fail_if_errno!(v, reply);
-        let p = tri!(self.inode(parent), reply);
+        let parent = p.nodeid;
         let mode = self.prepare_umask(mode, umask) & 0o7777;
         let r = sys::thread::CallerCreds::enter(c.uid, c.gid).and_then(|_creds| match name {
             Some(name) => sys::with_cstr(name, |n| {
@@ -214,12 +204,12 @@ impl FsInner {
         let (ttl, path) = match name {
             Some(name) => {
                 inode.remember_name(p.nodeid, name);
-                let path = self.handle_path(&inode, Some((parent.0, name)));
-                (self.ttl(Target::Child(parent.0, name)), path)
+                let path = self.handle_path(&inode, Some((parent, name)));
+                (self.ttl(Target::Child(parent, name)), path)
             }
             // No name: rules see the path the kernel gives it ("DIR/#INO (deleted)").
             None => (
-                self.ttl(Target::Node(parent.0)),
+                self.ttl(Target::Node(parent)),
                 self.handle_path(&inode, None),
             ),
         };

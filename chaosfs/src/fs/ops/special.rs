@@ -2,25 +2,24 @@
 
 use std::os::fd::AsFd;
 
+use crate::fs::handle::Handle;
 use crate::fs::{FsInner, errno, stat_u32};
-use crate::fuse::{Errno, FileHandle, INodeNo, ReplyEmpty, ReplyIoctl, ReplyStatfs};
+use crate::fuse::{Errno, INodeNo, ReplyIoctl, ReplyStatfs};
 use crate::rules::Verdict;
 use crate::sys;
 
 impl FsInner {
     /// FUSE_SYNCFS: `syncfs` of the backing file system.
-    pub(crate) fn syncfs(&self, v: &Verdict, reply: ReplyEmpty) {
-        fail_if_errno!(v, reply);
+    pub(crate) fn syncfs(&self) -> Result<(), Errno> {
         let root = self.inodes.root().clone();
         // syncfs needs a real fd; the inode's is O_PATH.
-        let r = sys::file::openat(root.fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
-            .and_then(|d| sys::file::syncfs(d.as_fd()));
-        tri!(r.map_err(errno), reply);
-        reply.ok();
+        sys::file::openat(root.fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
+            .and_then(|d| sys::file::syncfs(d.as_fd()))
+            .map_err(errno)
     }
 
+    /// FUSE_STATFS of the file system holding `ino` (the root's if `ino` is gone).
     pub(crate) fn statfs(&self, ino: INodeNo, v: &Verdict, reply: ReplyStatfs) {
-        fail_if_errno!(v, reply);
         let inode = self
             .inode(ino)
             .unwrap_or_else(|_| self.inodes.root().clone());
@@ -44,15 +43,11 @@ impl FsInner {
 
     pub(crate) fn ioctl(
         &self,
-        fh: FileHandle,
-        cmd: u32,
-        in_data: &[u8],
+        h: &Handle,
+        (cmd, in_data): (u32, &[u8]),
         out_size: u32,
-        v: &Verdict,
         reply: ReplyIoctl,
     ) {
-        fail_if_errno!(v, reply);
-        let h = tri!(self.handle(fh), reply);
         let fd = h.fd.as_fd();
         let out = out_size as usize;
         let int_in =

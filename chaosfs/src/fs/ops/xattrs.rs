@@ -7,8 +7,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use super::name_cstr;
 use crate::fs::inode::Inode;
 use crate::fs::{FsInner, errno};
-use crate::fuse::{Errno, INodeNo, ReplyEmpty, ReplyXattr};
-use crate::rules::Verdict;
+use crate::fuse::{Errno, ReplyXattr};
 use crate::sys;
 use crate::sys::FdName;
 
@@ -52,19 +51,10 @@ impl FsInner {
         }
     }
 
-    pub(crate) fn getxattr(
-        &self,
-        ino: INodeNo,
-        name: &OsStr,
-        size: u32,
-        v: &Verdict,
-        reply: ReplyXattr,
-    ) {
-        fail_if_errno!(v, reply);
-        let inode = tri!(self.inode(ino), reply);
+    pub(crate) fn getxattr(&self, inode: &Inode, name: &OsStr, size: u32, reply: ReplyXattr) {
         let mut buf = vec![0u8; size as usize];
         let r = name_cstr(name, |n| {
-            self.with_xattr_target(&inode, |t| match t {
+            self.with_xattr_target(inode, |t| match t {
                 XTarget::Path(p) => sys::file::getxattr(p, n, &mut buf),
                 XTarget::Fd(fd) => sys::file::fgetxattr(fd, n, &mut buf),
             })
@@ -73,11 +63,9 @@ impl FsInner {
         reply_xattr(reply, size, &buf, len);
     }
 
-    pub(crate) fn listxattr(&self, ino: INodeNo, size: u32, v: &Verdict, reply: ReplyXattr) {
-        fail_if_errno!(v, reply);
-        let inode = tri!(self.inode(ino), reply);
+    pub(crate) fn listxattr(&self, inode: &Inode, size: u32, reply: ReplyXattr) {
         let mut buf = vec![0u8; size as usize];
-        let r = self.with_xattr_target(&inode, |t| match t {
+        let r = self.with_xattr_target(inode, |t| match t {
             XTarget::Path(p) => sys::file::listxattr(p, &mut buf),
             XTarget::Fd(fd) => sys::file::flistxattr(fd, &mut buf),
         });
@@ -87,35 +75,25 @@ impl FsInner {
 
     pub(crate) fn setxattr(
         &self,
-        ino: INodeNo,
+        inode: &Inode,
         name: &OsStr,
         value: &[u8],
         flags: i32,
-        v: &Verdict,
-        reply: ReplyEmpty,
-    ) {
-        fail_if_errno!(v, reply);
-        let inode = tri!(self.inode(ino), reply);
-        let r = name_cstr(name, |n| {
-            self.with_xattr_target(&inode, |t| match t {
+    ) -> Result<(), Errno> {
+        name_cstr(name, |n| {
+            self.with_xattr_target(inode, |t| match t {
                 XTarget::Path(p) => sys::file::setxattr(p, n, value, flags),
                 XTarget::Fd(fd) => sys::file::fsetxattr(fd, n, value, flags),
             })
-        });
-        tri!(r, reply);
-        reply.ok();
+        })
     }
 
-    pub(crate) fn removexattr(&self, ino: INodeNo, name: &OsStr, v: &Verdict, reply: ReplyEmpty) {
-        fail_if_errno!(v, reply);
-        let inode = tri!(self.inode(ino), reply);
-        let r = name_cstr(name, |n| {
-            self.with_xattr_target(&inode, |t| match t {
+    pub(crate) fn removexattr(&self, inode: &Inode, name: &OsStr) -> Result<(), Errno> {
+        name_cstr(name, |n| {
+            self.with_xattr_target(inode, |t| match t {
                 XTarget::Path(p) => sys::file::removexattr(p, n),
                 XTarget::Fd(fd) => sys::file::fremovexattr(fd, n),
             })
-        });
-        tri!(r, reply);
-        reply.ok();
+        })
     }
 }
