@@ -202,26 +202,18 @@ fn text_or_map<'de, D: Deserializer<'de>, T, M: Deserialize<'de>>(
 }
 
 /// The `attr` action: fields to override in returned attributes (at least one).
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AttrSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub perm: Option<Perm>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gid: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub atime: Option<Timestamp>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtime: Option<Timestamp>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ctime: Option<Timestamp>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nlink: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<FileKind>,
 }
 

@@ -95,17 +95,15 @@ pub use values::{Comm, FileKind, GlobPattern, OneOrMany, OpName, Percent, Perm, 
 
 /// The JSON spec (design.md "JSON spec"). Parse it with [`Spec::from_json`], which validates it
 /// completely; a spec built in code is validated by [`Spec::validate`] or [`RuleSet::new`].
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Spec {
     /// Path the spec applies to (informational for chaosfs; used by injectors).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// How long the injection lasts (humantime, e.g. "60s"); see [`Spec::duration_value`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration: Option<String>,
     /// Seed for every random choice; same seed + same request sequence = same faults.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
     /// Hold a 0 µs CPU wake-up latency request (`/dev/cpu_dma_latency`) while the faults are
     /// live: idle CPUs poll instead of sleeping, so each FUSE round trip wakes a running CPU

@@ -22,53 +22,39 @@ use crate::{Error, Result};
 /// Selection: `ops`, `glob`, `percent`, `pid`, `comm`, `uid`, `after`, `every`, `times`.
 /// Action (exactly one): `errno`, `latency`, `attr`, `corrupt`, `short`, `full`.
 /// See the module documentation for what each one means.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSpec {
     /// Operation names ([`Op::parse_names`]); default: the action's natural ops.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ops: Option<Vec<OpName>>,
     /// Glob over the path relative to the mount root.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub glob: Option<GlobPattern>,
     /// Chance that a selected request is faulted (default 100).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percent: Option<Percent>,
     /// Caller's process id (or thread id).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<OneOrMany<u32>>,
     /// Caller's command name, as in `/proc/PID/comm`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comm: Option<OneOrMany<Comm>>,
     /// Caller's (filesystem) user id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<OneOrMany<u32>>,
     /// Leave the first N selected requests alone.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<u64>,
     /// Fault only every Nth selected request (after `after`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub every: Option<u64>,
     /// Fault at most N times.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub times: Option<u64>,
     /// Action: fail the request with an errno.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub errno: Option<ErrnoSpec>,
     /// Action: delay the request.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency: Option<LatencySpec>,
     /// Action: override returned attributes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attr: Option<AttrSpec>,
     /// Action: corrupt read or written data.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub corrupt: Option<CorruptSpec>,
     /// Action: transfer fewer bytes than asked.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub short: Option<ShortSpec>,
     /// Action: behave as a full disk (must be `true`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub full: Option<bool>,
 }
 

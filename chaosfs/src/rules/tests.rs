@@ -27,6 +27,23 @@ fn error(json: &str) -> String {
     }
 }
 
+/// Run `error_of` on each input; each error must be one line containing its expected text.
+/// Returns the errors for further checks.
+fn expect_errors(cases: &[(&str, &str)], error_of: fn(&str) -> String) -> Vec<String> {
+    cases
+        .iter()
+        .map(|&(input, expected)| {
+            let got = error_of(input);
+            assert!(
+                got.contains(expected),
+                "{input}\n  expected to contain: {expected}\n  got: {got}"
+            );
+            assert!(!got.contains('\n'), "one line: {got}");
+            got
+        })
+        .collect()
+}
+
 fn rule_error(rule: &str) -> String {
     error(&format!(r#"{{"rules": [{{"errno": "EIO"}}, {rule}]}}"#))
 }
@@ -288,13 +305,7 @@ fn validation_errors_name_the_rule_and_field() {
             "rule 1: ops: full does not apply to read",
         ),
     ];
-    for (rule, expected) in cases {
-        let got = rule_error(rule);
-        assert!(
-            got.contains(expected),
-            "rule {rule}\n  expected to contain: {expected}\n  got: {got}"
-        );
-        assert!(!got.contains('\n'), "one line: {got}");
+    for got in expect_errors(&cases, rule_error) {
         assert!(!got.contains("line 1 column"), "no JSON positions: {got}");
     }
 }
@@ -957,12 +968,7 @@ fn shorthand_errors() {
             "--comm: \"waytoolongprocessname\" is longer than 15 bytes",
         ),
     ];
-    for (flags, expected) in cases {
-        let got = shorthand_error(flags);
-        assert!(
-            got.contains(expected),
-            "{flags}\n  expected to contain: {expected}\n  got: {got}"
-        );
+    for got in expect_errors(&cases, shorthand_error) {
         assert!(got.starts_with("invalid rule flags: "), "{got}");
     }
     assert_eq!(parse_shorthand(&[]).map(|s| s.rules.len()).ok(), Some(0));
