@@ -305,7 +305,7 @@ fn validation_errors_name_the_rule_and_field() {
             "rule 1: ops: full does not apply to read",
         ),
     ];
-    for got in expect_errors(&cases, rule_error) {
+    for got in expect_errors(cases, rule_error) {
         assert!(!got.contains("line 1 column"), "no JSON positions: {got}");
     }
 }
@@ -968,7 +968,7 @@ fn shorthand_errors() {
             "--comm: \"waytoolongprocessname\" is longer than 15 bytes",
         ),
     ];
-    for got in expect_errors(&cases, shorthand_error) {
+    for got in expect_errors(cases, shorthand_error) {
         assert!(got.starts_with("invalid rule flags: "), "{got}");
     }
     assert_eq!(parse_shorthand(&[]).map(|s| s.rules.len()).ok(), Some(0));
