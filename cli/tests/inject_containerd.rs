@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 
 use iochaos_testsupport::{Containerd, expect_success};
 
-use inject_common::{Env, Log, busybox_rootfs, check_data, inject_update_recover, workload_script};
+use inject_common::{
+    EIO_ON_WRITE, Env, Log, busybox_rootfs, check_data, inject_update_recover, workload_script,
+};
 
 /// `ctr run -d` a busybox container of `dir/rootfs` with `dir/vol` at /vol and `dir/log` at
 /// /log; returns its init pid.
@@ -62,33 +64,24 @@ fn containerd_containers_by_name() {
     env.assert_clean(&[], Some(pa));
 
     // Unknown container / namespace: one line, exit 1.
-    let (code, err) = env.fails(&[
-        "inject",
-        "nope",
-        "--containerd-state",
-        &state,
-        "--path",
-        "/vol",
-        "--errno",
-        "EIO",
-    ]);
+    let eio = &["--errno", "EIO"];
+    let (code, err) = env.inject_fails(&["nope", "--containerd-state", &state], "/vol", eio);
     assert_eq!(code, 1);
     assert!(
         err.contains("unknown container") && err.trim_end().lines().count() == 1,
         "{err}"
     );
-    let (code, err) = env.fails(&[
-        "inject",
-        "iochaos-a",
-        "--namespace",
-        "other",
-        "--containerd-state",
-        &state,
-        "--path",
+    let (code, err) = env.inject_fails(
+        &[
+            "iochaos-a",
+            "--namespace",
+            "other",
+            "--containerd-state",
+            &state,
+        ],
         "/vol",
-        "--errno",
-        "EIO",
-    ]);
+        eio,
+    );
     assert_eq!(code, 1, "{err}");
 
     // Two containers at once; recover one by container name, the other by --all.
@@ -96,15 +89,8 @@ fn containerd_containers_by_name() {
     let pb = run(&mut c, "iochaos-b", &db, &script);
     let lb = Log(db.join("log/log"));
     lb.wait_round(1);
-    let target = |id: &'static str| -> Vec<String> {
-        vec![id.into(), "--containerd-state".into(), state.clone()]
-    };
     for (id, l) in [("iochaos-a", &la), ("iochaos-b", &lb)] {
-        let mut args: Vec<String> = vec!["inject".into()];
-        args.extend(target(id));
-        args.extend(["--path", "/vol", "--errno", "EIO", "--ops", "write"].map(String::from));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        env.ok(&args);
+        env.inject(&[id, "--containerd-state", &state], "/vol", EIO_ON_WRITE);
         let at = l.last_round();
         l.wait_for('W', false, at);
         l.wait_for('H', false, at);

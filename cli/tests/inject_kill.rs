@@ -8,20 +8,29 @@ mod inject_common;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use inject_common::{Env, Workload, poll};
+use inject_common::{EIO_ON_WRITE, Env, Workload, inject_args, poll};
 use iochaos_testsupport::{Signal, kill};
 
 /// A running `iochaos` command, killed and reaped on drop.
 struct Cli(Child);
 
 impl Cli {
-    fn start(env: &Env, args: &[&str], failpoint: Option<&str>) -> Cli {
-        let mut c = env.command(args);
+    /// `iochaos inject --pid PID --path VOL RULES...` of the workload `w`, started.
+    fn inject(env: &Env, w: &Workload, rules: &[&str], failpoint: Option<&str>) -> Cli {
+        let pid = w.pid_arg();
+        let mut c = env.command(&inject_args(&["--pid", &pid], w.vol_str(), rules));
         if let Some(f) = failpoint {
             c.env("IOCHAOS_FAILPOINT", f);
         }
         c.stdout(Stdio::piped()).stderr(Stdio::piped());
         Cli(c.spawn().expect("iochaos"))
+    }
+
+    /// EIO on write injected into the workload `w` by a server that stops itself at
+    /// `failpoint`: the running command and, once it has stopped there, the server's pid.
+    fn inject_held_at(env: &Env, w: &Workload, failpoint: &str) -> (Cli, u32) {
+        let cli = Cli::inject(env, w, EIO_ON_WRITE, Some(failpoint));
+        (cli, server_stopped_at_failpoint(env))
     }
 
     /// Wait (bounded, as a hang detector) for the command to end: (exit code, stderr).
@@ -84,32 +93,23 @@ fn sigkill_and_reap(pid: u32) {
     });
 }
 
-fn inject_args(w: &Workload) -> Vec<String> {
-    let pid = w.pid_arg();
-    let args = [
-        "inject",
-        "--pid",
-        &pid,
-        "--path",
-        w.vol_str(),
-        "--errno",
-        "EIO",
-        "--ops",
-        "write",
-    ];
-    args.map(str::to_owned).to_vec()
-}
-
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
-
 /// Nothing of the injection is left: no ChaosFS mount, the workload's writes succeed again
 /// (through new opens and its held fd), no journal entry, `server` gone.
 fn assert_undone(env: &Env, w: &Workload, server: u32) {
     assert_eq!(w.chaosfs_mounts(), 0, "the mount was left");
     workload_writes(w);
     env.assert_clean(&[server], Some(w.pid()));
+}
+
+/// SIGKILL the `server` of the inject `cli` (of the workload `w`): the inject fails within
+/// `secs` seconds, exit 1, reporting the kill, and nothing is left; its stderr.
+fn kill_server_inject_fails(env: &Env, w: &Workload, server: u32, cli: Cli, secs: u64) -> String {
+    sigkill_and_reap(server);
+    let (code, out, err) = cli.finish(secs);
+    assert_eq!(code, 1, "stdout {out:?} stderr {err:?}");
+    assert!(err.contains("was killed by SIGKILL"), "{err:?}");
+    assert_undone(env, w, server);
+    err
 }
 
 /// The workload's writes succeed again, through new opens and its held fd.
@@ -133,9 +133,7 @@ fn workload_writes(w: &Workload) {
 fn server_killed_between_mount_and_journal_then_recover_pid() {
     let env = Env::new();
     let w = Workload::start(&env, "w");
-    let args = inject_args(&w);
-    let mut cli = Cli::start(&env, &strs(&args), Some("mounted"));
-    let server = server_stopped_at_failpoint(&env);
+    let (mut cli, server) = Cli::inject_held_at(&env, &w, "mounted");
     assert_eq!(
         w.chaosfs_mounts(),
         1,
@@ -148,10 +146,10 @@ fn server_killed_between_mount_and_journal_then_recover_pid() {
     let at = w.log.last_round();
     w.log.wait_for('W', false, at);
 
-    env.ok(&["recover", "--pid", &w.pid().to_string()]);
+    env.ok(&["recover", "--pid", &w.pid_arg()]);
     assert_undone(&env, &w, server);
     // And the path can be injected again.
-    let id = env.ok(&strs(&args));
+    let id = w.inject(&env, EIO_ON_WRITE);
     env.ok(&["recover", &id]);
     env.assert_clean(&[], Some(w.pid()));
 }
@@ -162,19 +160,14 @@ fn server_killed_between_mount_and_journal_then_recover_pid() {
 fn server_killed_after_mount_inject_reports_and_undoes() {
     let env = Env::new();
     let w = Workload::start(&env, "w");
-    let args = inject_args(&w);
-    let cli = Cli::start(&env, &strs(&args), Some("mounted"));
-    let server = server_stopped_at_failpoint(&env);
-    sigkill_and_reap(server);
-    let (code, out, err) = cli.finish(30);
-    assert_eq!(code, 1, "stdout {out:?} stderr {err:?}");
+    let (cli, server) = Cli::inject_held_at(&env, &w, "mounted");
+    let err = kill_server_inject_fails(&env, &w, server, cli, 30);
     assert_eq!(err.trim_end().lines().count(), 1, "{err:?}");
     assert!(
         err.contains(&format!("(pid {server}) was killed by SIGKILL")),
         "{err:?}"
     );
     assert!(err.contains("undone"), "{err:?}");
-    assert_undone(&env, &w, server);
 }
 
 /// The server dies while one of its own threads waits for its own ChaosFS: the swap's lookup of
@@ -187,22 +180,7 @@ fn server_killed_after_mount_inject_reports_and_undoes() {
 fn server_killed_while_its_own_request_is_parked_inject_does_not_hang() {
     let env = Env::new();
     let w = Workload::start(&env, "w");
-    let pid = w.pid().to_string();
-    let cli = Cli::start(
-        &env,
-        &[
-            "inject",
-            "--pid",
-            &pid,
-            "--path",
-            w.vol_str(),
-            "--latency",
-            "30s",
-            "--ops",
-            "lookup",
-        ],
-        None,
-    );
+    let cli = Cli::inject(&env, &w, &["--latency", "30s", "--ops", "lookup"], None);
     let (server, tid) = poll("a server thread waiting on FUSE", 30, || {
         let server = servers(&env).into_iter().next()?;
         let tasks = std::fs::read_dir(format!("/proc/{server}/task")).ok()?;
@@ -217,11 +195,7 @@ fn server_killed_while_its_own_request_is_parked_inject_does_not_hang() {
             .map(|tid| (server, tid))
     });
     eprintln!("server {server}: thread {tid} waits on FUSE");
-    sigkill_and_reap(server);
-    let (code, _, err) = cli.finish(20);
-    assert_eq!(code, 1, "{err:?}");
-    assert!(err.contains("was killed by SIGKILL"), "{err:?}");
-    assert_undone(&env, &w, server);
+    kill_server_inject_fails(&env, &w, server, cli, 20);
 }
 
 /// Two injects of one path at once: the first is held (stopped) right after it found the path
@@ -232,10 +206,8 @@ fn server_killed_while_its_own_request_is_parked_inject_does_not_hang() {
 fn two_injects_of_one_path_at_once_one_wins() {
     let env = Env::new();
     let w = Workload::start(&env, "w");
-    let args = inject_args(&w);
-    let first = Cli::start(&env, &strs(&args), Some("checked"));
-    let held = server_stopped_at_failpoint(&env);
-    let mut second = Cli::start(&env, &strs(&args), None);
+    let (first, held) = Cli::inject_held_at(&env, &w, "checked");
+    let mut second = Cli::inject(&env, &w, EIO_ON_WRITE, None);
     // Let the second run as far as it can while the first is held: to its end without the lock
     // (the race), or until it waits for the lock.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);

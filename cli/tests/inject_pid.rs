@@ -8,11 +8,28 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 
 use inject_common::{
-    Env, HOLDER_ARGS, HOLDER_ENV, Workload, check_data, inject_update_recover, poll, test_exe,
+    EIO_ON_WRITE, Env, HOLDER_ARGS, HOLDER_ENV, Workload, check_data, inject_args,
+    inject_update_recover, poll, test_exe,
 };
 
 fn server_pid(env: &Env) -> u32 {
     iochaos_testsupport::json_pid(&env.status()[0]["server_pid"])
+}
+
+/// `sh -c SCRIPT` in a private mount namespace, SCRIPT ending in `exec sleep 1000`; returns once
+/// it sleeps and `ready(its pid)` holds.
+fn private_sleeper(what: &str, script: &str, ready: impl Fn(u32) -> bool) -> Child {
+    let child = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("unshare");
+    let pid = child.id();
+    poll(what, 10, || {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        (comm.trim() == "sleep" && ready(pid)).then_some(())
+    });
+    child
 }
 
 #[test]
@@ -44,89 +61,35 @@ fn pid_errors_are_one_line_and_change_nothing() {
     let mut dead = Command::new("true").spawn().expect("true");
     let dead_pid = dead.id().to_string();
     dead.wait().expect("wait");
+    let eio = &["--errno", "EIO"];
+    let by_pid = &["--pid", pid.as_str()];
     one_line(
-        env.fails(&[
-            "inject", "--pid", &dead_pid, "--path", "/tmp", "--errno", "EIO",
-        ]),
+        env.inject_fails(&["--pid", &dead_pid], "/tmp", eio),
         1,
         "no process",
     );
     let missing = format!("{}/missing", w.vol_str());
-    one_line(
-        env.fails(&[
-            "inject", "--pid", &pid, "--path", &missing, "--errno", "EIO",
-        ]),
-        1,
-        "missing",
-    );
+    one_line(env.inject_fails(by_pid, &missing, eio), 1, "missing");
     let file = format!("{}/data", w.vol_str());
-    one_line(
-        env.fails(&["inject", "--pid", &pid, "--path", &file, "--errno", "EIO"]),
-        1,
-        "not a directory",
-    );
+    one_line(env.inject_fails(by_pid, &file, eio), 1, "not a directory");
     let bad = env.path().join("bad.json");
     std::fs::write(&bad, r#"{"rules":[{"errno":"EFOO"}]}"#).expect("write");
     let bad = bad.to_str().expect("utf-8");
-    one_line(
-        env.fails(&[
-            "inject",
-            "--pid",
-            &pid,
-            "--path",
-            w.vol_str(),
-            "--spec",
-            bad,
-        ]),
-        1,
-        "EFOO",
-    );
+    one_line(w.inject_fails(&env, &["--spec", bad]), 1, "EFOO");
     let unknown = r#"{"rules":[{"errno":"EIO","colour":"red"}]}"#;
     let unknown_file = env.path().join("unknown.json");
     std::fs::write(&unknown_file, unknown).expect("write");
+    let unknown_file = unknown_file.to_str().expect("utf-8");
+    one_line(w.inject_fails(&env, &["--spec", unknown_file]), 1, "colour");
     one_line(
-        env.fails(&[
-            "inject",
-            "--pid",
-            &pid,
-            "--path",
-            w.vol_str(),
-            "--spec",
-            unknown_file.to_str().expect("utf-8"),
-        ]),
-        1,
-        "colour",
-    );
-    one_line(
-        env.fails(&[
-            "inject",
-            "nosuchcontainer",
-            "--path",
-            "/vol",
-            "--errno",
-            "EIO",
-        ]),
+        env.inject_fails(&["nosuchcontainer"], "/vol", eio),
         1,
         "unknown container",
     );
-    one_line(
-        env.fails(&[
-            "inject", "--pid", &pid, "--path", "relative", "--errno", "EIO",
-        ]),
-        1,
-        "absolute",
-    );
+    one_line(env.inject_fails(by_pid, "relative", eio), 1, "absolute");
     // Not root.
     let out = env
-        .command(&[
-            "inject",
-            "--pid",
-            &pid,
-            "--path",
-            w.vol_str(),
-            "--errno",
-            "EIO",
-        ])
+        .command(&inject_args(by_pid, w.vol_str(), eio))
         .uid(65534)
         .gid(65534)
         .output()
@@ -140,11 +103,7 @@ fn pid_errors_are_one_line_and_change_nothing() {
         "root",
     );
     // Usage errors: exit 2.
-    one_line(
-        env.fails(&["inject", "--pid", &pid, "--path", w.vol_str()]),
-        2,
-        "rule",
-    );
+    one_line(w.inject_fails(&env, &[]), 2, "rule");
     one_line(env.fails(&["recover"]), 2, "recover");
     one_line(env.fails(&["inject", "--pid", &pid, "--frob"]), 2, "--frob");
     one_line(env.fails(&["recover", "0000000000zz"]), 1, "no injection");
@@ -154,52 +113,25 @@ fn pid_errors_are_one_line_and_change_nothing() {
     let shared = env.path().join("shared");
     std::fs::create_dir_all(&shared).expect("mkdir");
     let shared_s = shared.to_str().expect("utf-8");
-    let mut sh = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(format!(
+    let mut sh = private_sleeper(
+        "the shared mount",
+        &format!(
             "mount --bind {shared_s} {shared_s} && mount --make-shared {shared_s} && exec sleep 1000"
-        ))
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("unshare");
+        ),
+        |p| {
+            std::fs::read_to_string(format!("/proc/{p}/mountinfo"))
+                .is_ok_and(|mi| mi.contains("shared:"))
+        },
+    );
     let sh_pid = sh.id();
-    poll("the shared mount", 10, || {
-        let mi = std::fs::read_to_string(format!("/proc/{sh_pid}/mountinfo")).ok()?;
-        let comm = std::fs::read_to_string(format!("/proc/{sh_pid}/comm")).ok()?;
-        (comm.trim() == "sleep" && mi.contains("shared:")).then_some(())
-    });
-    let (code, err) = env.fails(&[
-        "inject",
-        "--pid",
-        &sh_pid.to_string(),
-        "--path",
-        shared_s,
-        "--errno",
-        "EIO",
-    ]);
+    let (code, err) = env.inject_fails(&["--pid", &sh_pid.to_string()], shared_s, eio);
     let _ = sh.kill();
     let _ = sh.wait();
     one_line((code, err), 1, "shared");
 
     // A second injection on the same path is refused, naming the first.
-    let id = env.ok(&[
-        "inject",
-        "--pid",
-        &pid,
-        "--path",
-        w.vol_str(),
-        "--errno",
-        "EIO",
-    ]);
-    let (code, err) = env.fails(&[
-        "inject",
-        "--pid",
-        &pid,
-        "--path",
-        w.vol_str(),
-        "--latency",
-        "1s",
-    ]);
+    let id = w.inject(&env, eio);
+    let (code, err) = w.inject_fails(&env, &["--latency", "1s"]);
     assert_eq!(code, 1);
     assert!(
         err.contains("already injected") && err.contains(&id),
@@ -215,18 +147,7 @@ fn pid_errors_are_one_line_and_change_nothing() {
 fn pid_server_sigkill_then_recover() {
     let env = Env::new();
     let mut w = Workload::start(&env, "w");
-    let pid = w.pid_arg();
-    let id = env.ok(&[
-        "inject",
-        "--pid",
-        &pid,
-        "--path",
-        w.vol_str(),
-        "--errno",
-        "EIO",
-        "--ops",
-        "write",
-    ]);
+    let id = w.inject(&env, EIO_ON_WRITE);
     let at = w.log.last_round();
     w.log.wait_for('H', false, at);
     let server = server_pid(&env);
@@ -304,7 +225,7 @@ fn pid_low_latency_is_held_by_the_server() {
             })
     };
     for (flag, expected) in [(Some("--low-latency"), true), (None, false)] {
-        let mut rules = vec!["--errno", "EIO", "--ops", "write"];
+        let mut rules = EIO_ON_WRITE.to_vec();
         rules.extend(flag);
         let id = w.inject(&env, &rules);
         let server = server_pid(&env);
@@ -350,7 +271,7 @@ fn pid_status_escapes_control_characters_in_paths() {
     let w = Workload::start(&env, "odd\nname\t\u{1b}[31m");
     // Deleted while open: fd 3 is left alone and reported (its path holds the newline too).
     std::fs::remove_file(w.vol.join("held")).expect("rm held");
-    let id = w.inject(&env, &["--errno", "EIO", "--ops", "write"]);
+    let id = w.inject(&env, EIO_ON_WRITE);
     let server = server_pid(&env);
     let st = env.status();
     assert_eq!(st.len(), 1);
@@ -444,30 +365,17 @@ fn pid_update_reports_files_escaping_the_new_rules() {
     std::fs::write(w.vol.join("notes.txt"), "n\n").expect("write");
     let dir = env.path().join("p");
     std::fs::create_dir_all(&dir).expect("mkdir");
-    let mut holder = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(format!("exec 4<{}/notes.txt; exec sleep 1000", w.vol_str()))
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("holder");
+    let mut holder = private_sleeper(
+        "the holder",
+        &format!("exec 4<{}/notes.txt; exec sleep 1000", w.vol_str()),
+        |p| std::fs::read_link(format!("/proc/{p}/fd/4")).is_ok(),
+    );
     let hp = holder.id();
-    poll("the holder", 10, || {
-        let c = std::fs::read_to_string(format!("/proc/{hp}/comm")).ok()?;
-        (c.trim() == "sleep" && std::fs::read_link(format!("/proc/{hp}/fd/4")).is_ok())
-            .then_some(())
-    });
-    let out = env.ok(&[
-        "inject",
-        "--pid",
-        &hp.to_string(),
-        "--path",
+    let out = env.inject(
+        &["--pid", &hp.to_string()],
         w.vol_str(),
-        "--errno",
-        "EIO",
-        "--glob",
-        "*.db",
-        "--json",
-    ]);
+        &["--errno", "EIO", "--glob", "*.db", "--json"],
+    );
     let st: serde_json::Value = serde_json::from_str(&out).expect("inject --json is JSON");
     let id = st["id"].as_str().expect("id").to_owned();
     assert!(

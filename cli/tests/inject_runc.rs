@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use iochaos_testsupport::Runc;
 
 use inject_common::{
-    Env, HOLDER_ARGS, HOLDER_ENV, Log, busybox_rootfs, check_data, fd_state, inject_update_recover,
-    test_exe, workload_script,
+    EIO_ON_WRITE, Env, HOLDER_ARGS, HOLDER_ENV, Log, busybox_rootfs, check_data, fd_state,
+    inject_update_recover, test_exe, workload_script,
 };
 
 /// Not a test: the holder process of `runc_thousand_files_in_16_threads` (ignored, so that a
@@ -20,6 +20,13 @@ use inject_common::{
 #[ignore = "not a test: the holder process runc_thousand_files_in_16_threads runs"]
 fn holder_process() {
     inject_common::holder_main();
+}
+
+/// A test's [`Env`] and runc with its state in there.
+fn env_and_runc() -> (Env, Runc) {
+    let env = Env::new();
+    let runc = env.runc();
+    (env, runc)
 }
 
 struct Dirs {
@@ -47,7 +54,9 @@ fn two_workloads() -> String {
     )
 }
 
-fn start(env: &Env, runc: &mut Runc, id: &str) -> (Dirs, u32) {
+/// Container `id` running [`two_workloads`]: its directories, init pid and the log of its
+/// workload on /vol.
+fn start(env: &Env, runc: &mut Runc, id: &str) -> (Dirs, u32, Log) {
     let d = dirs(env, id);
     let script = two_workloads();
     let pid = runc.run(
@@ -59,9 +68,10 @@ fn start(env: &Env, runc: &mut Runc, id: &str) -> (Dirs, u32) {
         &[],
         |_| {},
     );
-    Log(d.log.join("log")).wait_round(1);
+    let log = Log(d.log.join("log"));
+    log.wait_round(1);
     Log(d.log.join("b")).wait_round(1);
-    (d, pid)
+    (d, pid, log)
 }
 
 fn mountinfo(pid: u32) -> String {
@@ -80,10 +90,8 @@ fn maps(pid: u32) -> Vec<String> {
 
 #[test]
 fn runc_volume_inject_update_recover() {
-    let env = Env::new();
-    let mut runc = env.runc();
-    let (d, pid) = start(&env, &mut runc, "vol1");
-    let log = Log(d.log.join("log"));
+    let (env, mut runc) = env_and_runc();
+    let (d, pid, log) = start(&env, &mut runc, "vol1");
     let other = Log(d.log.join("b"));
     let mi_before = mountinfo(pid);
     let fd3_before = fd_state(pid, 3);
@@ -116,8 +124,7 @@ fn runc_volume_inject_update_recover() {
 /// ChaosFS belong to its host ids, and recover leaves its mounts and fds as they were.
 #[test]
 fn runc_user_namespace_inject_update_recover() {
-    let env = Env::new();
-    let mut runc = env.runc();
+    let (env, mut runc) = env_and_runc();
     let d = dirs(&env, "userns");
     // The mapped root must reach and own its bundle and volumes.
     let mut p = d.bundle.clone();
@@ -172,8 +179,7 @@ fn runc_user_namespace_inject_update_recover() {
 
 #[test]
 fn runc_plain_directory_of_a_read_only_rootfs() {
-    let env = Env::new();
-    let mut runc = env.runc();
+    let (env, mut runc) = env_and_runc();
     let d = dirs(&env, "ro1");
     let data = d.bundle.join("rootfs/data");
     std::fs::write(data.join("f"), "hello\n").expect("write");
@@ -203,17 +209,11 @@ fn runc_plain_directory_of_a_read_only_rootfs() {
             .lines()
             .any(|l| l.split(' ').nth(4) == Some("/data"))
     );
-    let id = env.ok(&[
-        "inject",
-        "--pid",
-        &pid.to_string(),
-        "--path",
+    let id = env.inject(
+        &["--pid", &pid.to_string()],
         "/data",
-        "--errno",
-        "EIO",
-        "--ops",
-        "read",
-    ]);
+        &["--errno", "EIO", "--ops", "read"],
+    );
     let at = log.last_round();
     let r = log.wait_for('R', false, at);
     // Nothing was created or moved in the container: the rootfs directory is untouched.
@@ -226,19 +226,9 @@ fn runc_plain_directory_of_a_read_only_rootfs() {
 
 #[test]
 fn runc_server_sigkill_then_recover() {
-    let env = Env::new();
-    let mut runc = env.runc();
-    let (d, pid) = start(&env, &mut runc, "kill1");
-    let log = Log(d.log.join("log"));
-    let id = env.ok(&[
-        "inject",
-        "--pid",
-        &pid.to_string(),
-        "--path",
-        "/vol",
-        "--latency",
-        "50ms",
-    ]);
+    let (env, mut runc) = env_and_runc();
+    let (d, pid, log) = start(&env, &mut runc, "kill1");
+    let id = env.inject(&["--pid", &pid.to_string()], "/vol", &["--latency", "50ms"]);
     let st = env.status();
     let server = iochaos_testsupport::json_pid(&st[0]["server_pid"]);
     iochaos_testsupport::kill(server, iochaos_testsupport::Signal::KILL).expect("kill");
@@ -253,33 +243,11 @@ fn runc_server_sigkill_then_recover() {
 
 #[test]
 fn runc_two_containers_at_once() {
-    let env = Env::new();
-    let mut runc = env.runc();
-    let (da, pa) = start(&env, &mut runc, "two-a");
-    let (db, pb) = start(&env, &mut runc, "two-b");
-    let (la, lb) = (Log(da.log.join("log")), Log(db.log.join("log")));
-    let ia = env.ok(&[
-        "inject",
-        "--pid",
-        &pa.to_string(),
-        "--path",
-        "/vol",
-        "--errno",
-        "EIO",
-        "--ops",
-        "write",
-    ]);
-    let ib = env.ok(&[
-        "inject",
-        "--pid",
-        &pb.to_string(),
-        "--path",
-        "/vol",
-        "--errno",
-        "EIO",
-        "--ops",
-        "write",
-    ]);
+    let (env, mut runc) = env_and_runc();
+    let (da, pa, la) = start(&env, &mut runc, "two-a");
+    let (db, pb, lb) = start(&env, &mut runc, "two-b");
+    let ia = env.inject(&["--pid", &pa.to_string()], "/vol", EIO_ON_WRITE);
+    let ib = env.inject(&["--pid", &pb.to_string()], "/vol", EIO_ON_WRITE);
     assert_ne!(ia, ib);
     for l in [&la, &lb] {
         let at = l.last_round();
@@ -308,8 +276,7 @@ fn runc_two_containers_at_once() {
 
 #[test]
 fn runc_thousand_files_in_16_threads() {
-    let env = Env::new();
-    let mut runc = env.runc();
+    let (env, mut runc) = env_and_runc();
     let d = dirs(&env, "holder");
     let hold = d.bundle.join("hold");
     std::fs::create_dir_all(hold.join("vol")).expect("mkdir");

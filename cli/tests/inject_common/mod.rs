@@ -13,6 +13,18 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// The rules most tests inject: EIO on write.
+pub const EIO_ON_WRITE: &[&str] = &["--errno", "EIO", "--ops", "write"];
+
+/// The arguments of `iochaos inject TARGET... --path PATH RULES...`.
+pub fn inject_args<'a>(target: &[&'a str], path: &'a str, rules: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["inject"];
+    args.extend_from_slice(target);
+    args.extend_from_slice(&["--path", path]);
+    args.extend_from_slice(rules);
+    args
+}
+
 /// These tests mount, trace and run containers: they need root and fail (never skip) without it.
 pub fn require_root() {
     iochaos_testsupport::require_root("it mounts FUSE, uses ptrace and runs containers");
@@ -83,6 +95,17 @@ impl Env {
         assert!(!out.status.success(), "iochaos {args:?} succeeded");
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         (out.status.code().unwrap_or(-1), err)
+    }
+
+    /// `iochaos inject TARGET... --path PATH RULES...`, which must succeed; its stdout (the
+    /// injection id, or JSON with `--json`).
+    pub fn inject(&self, target: &[&str], path: &str, rules: &[&str]) -> String {
+        self.ok(&inject_args(target, path, rules))
+    }
+
+    /// `iochaos inject TARGET... --path PATH RULES...`, which must fail; (exit code, stderr).
+    pub fn inject_fails(&self, target: &[&str], path: &str, rules: &[&str]) -> (i32, String) {
+        self.fails(&inject_args(target, path, rules))
     }
 
     pub fn server_log(&self) -> String {
@@ -268,11 +291,8 @@ pub fn check_data(vol: &Path, log: &Log) {
 pub fn inject_update_recover(env: &Env, target: &[&str], vol: &str, log: &Log) -> String {
     let start = log.last_round();
     log.wait_round(start + 2);
-    let mut args = vec!["inject"];
-    args.extend_from_slice(target);
-    args.extend_from_slice(&["--path", vol, "--errno", "EIO", "--ops", "write"]);
     let t0 = Instant::now();
-    let id = env.ok(&args);
+    let id = env.inject(target, vol, EIO_ON_WRITE);
     eprintln!("inject took {:?}", t0.elapsed());
     let injected_at = log.last_round();
     // Faults are live when inject returns: the next round fails both ways.
@@ -468,9 +488,7 @@ pub fn thousand_files(env: &Env, pid: u32, dir: &Path, vol: &str, target: Option
         "the holder's lock before inject"
     );
     let pid_s = pid.to_string();
-    env.ok(&[
-        "inject", "--pid", &pid_s, "--path", vol, "--errno", "EIO", "--ops", "write",
-    ]);
+    env.inject(&["--pid", &pid_s], vol, EIO_ON_WRITE);
     let st = env.status();
     let swapped = st[0]["swapped"].as_array().expect("swapped").len();
     assert!(swapped >= HOLDER_FILES, "only {swapped} fds swapped");
@@ -676,10 +694,12 @@ impl Workload {
 
     /// `iochaos inject --pid PID --path VOL RULES...`, which must succeed; the injection id.
     pub fn inject(&self, env: &Env, rules: &[&str]) -> String {
-        let pid = self.pid_arg();
-        let mut args = vec!["inject", "--pid", &pid, "--path", self.vol_str()];
-        args.extend_from_slice(rules);
-        env.ok(&args)
+        env.inject(&["--pid", &self.pid_arg()], self.vol_str(), rules)
+    }
+
+    /// The same, which must fail; (exit code, stderr).
+    pub fn inject_fails(&self, env: &Env, rules: &[&str]) -> (i32, String) {
+        env.inject_fails(&["--pid", &self.pid_arg()], self.vol_str(), rules)
     }
 
     /// ChaosFS mounts under the workload's directory in its mount table.
