@@ -4,9 +4,15 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn require_privileges() {
+/// A scratch directory of a test that mounts FUSE (it fails without root and /dev/fuse).
+fn privileged_tempdir() -> tempfile::TempDir {
     iochaos_testsupport::require_root("it mounts FUSE file systems");
     iochaos_testsupport::require_fuse();
+    tempfile::tempdir().expect("tempdir")
+}
+
+fn utf8(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
 }
 
 fn iochaos(args: &[&str]) -> Output {
@@ -14,6 +20,20 @@ fn iochaos(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("spawning iochaos")
+}
+
+/// The arguments of `iochaos run --path PATH RULES... -- COMMAND...`.
+fn run_args<'a>(path: &'a str, rules: &[&'a str], command: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["run", "--path", path];
+    args.extend_from_slice(rules);
+    args.push("--");
+    args.extend_from_slice(command);
+    args
+}
+
+/// `iochaos run --path PATH RULES... -- COMMAND...`.
+fn run(path: &str, rules: &[&str], command: &[&str]) -> Output {
+    iochaos(&run_args(path, rules, command))
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -33,23 +53,15 @@ fn host_mounts_of(dir: &Path) -> Vec<String> {
 
 #[test]
 fn write_fails_with_the_errno_the_rule_names_and_the_backing_file_is_untouched() {
-    require_privileges();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path().to_str().expect("utf-8 path");
+    let dir = privileged_tempdir();
+    let d = utf8(dir.path());
     std::fs::write(dir.path().join("f"), "before\n").expect("seeding");
-    let out = iochaos(&[
-        "run",
-        "--path",
+    let script = format!("cat {d}/f && echo after | tee {d}/f >/dev/null");
+    let out = run(
         d,
-        "--errno",
-        "ENOSPC",
-        "--ops",
-        "write",
-        "--",
-        "sh",
-        "-c",
-        &format!("cat {d}/f && echo after | tee {d}/f >/dev/null"),
-    ]);
+        &["--errno", "ENOSPC", "--ops", "write"],
+        &["sh", "-c", &script],
+    );
     let stderr = text(&out.stderr);
     assert_eq!(
         text(&out.stdout),
@@ -71,89 +83,54 @@ fn write_fails_with_the_errno_the_rule_names_and_the_backing_file_is_untouched()
 
 #[test]
 fn exit_status_of_the_command_is_returned() {
-    require_privileges();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path().to_str().expect("utf-8 path");
-    let out = iochaos(&[
-        "run", "--path", d, "--errno", "EIO", "--ops", "mkdir", "--", "sh", "-c", "exit 7",
-    ]);
+    let dir = privileged_tempdir();
+    let d = utf8(dir.path());
+    let out = run(
+        d,
+        &["--errno", "EIO", "--ops", "mkdir"],
+        &["sh", "-c", "exit 7"],
+    );
     assert_eq!(out.status.code(), Some(7), "stderr: {}", text(&out.stderr));
-    let out = iochaos(&[
-        "run",
-        "--path",
-        d,
-        "--errno",
-        "EIO",
-        "--",
-        "sh",
-        "-c",
-        "kill -TERM $$",
-    ]);
+    let out = run(d, &["--errno", "EIO"], &["sh", "-c", "kill -TERM $$"]);
     assert_eq!(out.status.code(), Some(128 + 15));
-    let out = iochaos(&[
-        "run",
-        "--path",
-        d,
-        "--errno",
-        "EIO",
-        "--",
-        "/nonexistent/cmd",
-    ]);
+    let out = run(d, &["--errno", "EIO"], &["/nonexistent/cmd"]);
     assert_eq!(out.status.code(), Some(127));
     assert!(text(&out.stderr).contains("cannot run /nonexistent/cmd"));
 }
 
 #[test]
 fn the_mount_is_only_visible_to_the_command_and_gone_after() {
-    require_privileges();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path().to_str().expect("utf-8 path");
-    let out = iochaos(&[
-        "run",
-        "--path",
+    let dir = privileged_tempdir();
+    let d = utf8(dir.path());
+    let script = format!("grep -c ' {d} .* - fuse.chaosfs ' /proc/self/mountinfo");
+    let out = run(
         d,
-        "--latency",
-        "1ms",
-        "--ops",
-        "statfs",
-        "--",
-        "sh",
-        "-c",
-        &format!("grep -c ' {d} .* - fuse.chaosfs ' /proc/self/mountinfo"),
-    ]);
-    assert_eq!(
-        text(&out.stdout).trim(),
-        "1",
-        "stderr: {}",
-        text(&out.stderr)
+        &["--latency", "1ms", "--ops", "statfs"],
+        &["sh", "-c", &script],
     );
+    let stderr = text(&out.stderr);
+    assert_eq!(text(&out.stdout).trim(), "1", "stderr: {stderr}");
     assert!(host_mounts_of(dir.path()).is_empty());
 }
 
 #[test]
 fn bad_input_is_one_line_exit_2_and_nothing_mounted() {
-    require_privileges();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path().to_str().expect("utf-8 path");
-    let cases: &[&[&str]] = &[
-        &["run", "--path", d, "--errno", "EWHAT", "--", "true"],
-        &["run", "--path", d, "--percent", "50", "--", "true"],
-        &["run", "--path", d, "--latency", "soon", "--", "true"],
-        &[
-            "run", "--path", d, "--errno", "EIO", "--ops", "wirte", "--", "true",
-        ],
-        &[
-            "run",
-            "--path",
-            "/nonexistent/dir",
-            "--errno",
-            "EIO",
-            "--",
-            "true",
-        ],
-        &["run", "--path", d, "--errno", "EIO"],
+    let dir = privileged_tempdir();
+    let d = utf8(dir.path());
+    let rules: [(&str, &[&str]); 5] = [
+        (d, &["--errno", "EWHAT"]),
+        (d, &["--percent", "50"]),
+        (d, &["--latency", "soon"]),
+        (d, &["--errno", "EIO", "--ops", "wirte"]),
+        ("/nonexistent/dir", &["--errno", "EIO"]),
     ];
-    for args in cases {
+    let mut cases: Vec<Vec<&str>> = rules
+        .iter()
+        .map(|(path, rules)| run_args(path, rules, &["true"]))
+        .collect();
+    // No command.
+    cases.push(vec!["run", "--path", d, "--errno", "EIO"]);
+    for args in &cases {
         let out = iochaos(args);
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
@@ -166,21 +143,10 @@ fn bad_input_is_one_line_exit_2_and_nothing_mounted() {
     }
     let spec = dir.path().join("spec.json");
     std::fs::write(&spec, r#"{"rules":[{"errno":"EIO","colour":"red"}]}"#).expect("writing");
-    let out = iochaos(&[
-        "run",
-        "--path",
-        d,
-        "--spec",
-        spec.to_str().expect("utf-8"),
-        "--",
-        "true",
-    ]);
+    let out = run(d, &["--spec", utf8(&spec)], &["true"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("colour"),
-        "{}",
-        text(&out.stderr)
-    );
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("colour"), "{stderr}");
     assert!(host_mounts_of(dir.path()).is_empty());
 }
 
@@ -189,15 +155,14 @@ fn bad_input_is_one_line_exit_2_and_nothing_mounted() {
 /// before the command starts).
 #[test]
 fn meaningless_rules_are_refused_before_anything_is_mounted() {
-    require_privileges();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path().to_str().expect("utf-8 path");
+    let dir = privileged_tempdir();
+    let d = utf8(dir.path());
     // Outside DIR, so that without the checks the command would run (not hang on a delay).
     let elsewhere = tempfile::tempdir().expect("tempdir");
     let marker = elsewhere.path().join("ran");
-    let touch = format!("touch {}", marker.to_str().expect("utf-8"));
+    let touch = format!("touch {}", utf8(&marker));
     let spec = dir.path().join("spec.json");
-    let spec_arg = spec.to_str().expect("utf-8");
+    let spec_arg = utf8(&spec);
     let cases: &[(Option<&str>, &[&str], &str)] = &[
         (
             None,
@@ -232,13 +197,13 @@ fn meaningless_rules_are_refused_before_anything_is_mounted() {
         ),
     ];
     for (json, flags, needle) in cases {
-        let mut args = vec!["run", "--path", d];
+        let mut rules = Vec::new();
         if let Some(json) = json {
             std::fs::write(&spec, json).expect("writing the spec");
-            args.extend(["--spec", spec_arg]);
+            rules.extend(["--spec", spec_arg]);
         }
-        args.extend_from_slice(flags);
-        args.extend(["--", "sh", "-c", &touch]);
+        rules.extend_from_slice(flags);
+        let args = run_args(d, &rules, &["sh", "-c", &touch]);
         let out = iochaos(&args);
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
@@ -258,9 +223,8 @@ fn meaningless_rules_are_refused_before_anything_is_mounted() {
 
 #[test]
 fn duration_removes_the_faults_while_the_command_goes_on() {
-    require_privileges();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path().to_str().expect("utf-8 path");
+    let dir = privileged_tempdir();
+    let d = utf8(dir.path());
     let spec = dir.path().join("spec.json");
     std::fs::write(
         &spec,
@@ -273,17 +237,7 @@ fn duration_removes_the_faults_while_the_command_goes_on() {
            if echo x > {d}/f 2>/dev/null; then echo ok failed=$failed; exit 0; fi; \
            failed=1; i=$((i+1)); sleep 0.05; done; echo never; exit 1"
     );
-    let out = iochaos(&[
-        "run",
-        "--path",
-        d,
-        "--spec",
-        spec.to_str().expect("utf-8"),
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ]);
+    let out = run(d, &["--spec", utf8(&spec)], &["sh", "-c", &script]);
     assert_eq!(
         text(&out.stdout).trim(),
         "ok failed=1",
@@ -300,34 +254,23 @@ fn duration_removes_the_faults_while_the_command_goes_on() {
 /// /dev/cpu_dma_latency) while the command runs, and only then.
 #[test]
 fn low_latency_holds_a_cpu_latency_request_while_the_command_runs() {
-    require_privileges();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path().to_str().expect("utf-8 path");
+    let dir = privileged_tempdir();
+    let d = utf8(dir.path());
     // The command's parent is `iochaos run` itself.
     let script = "ls -l /proc/$PPID/fd";
-    let with = iochaos(&[
-        "run",
-        "--path",
+    let rules = ["--errno", "EIO", "--ops", "fsync"];
+    let with = run(
         d,
-        "--errno",
-        "EIO",
-        "--ops",
-        "fsync",
-        "--low-latency",
-        "--",
-        "sh",
-        "-c",
-        script,
-    ]);
+        &[&rules[..], &["--low-latency"]].concat(),
+        &["sh", "-c", script],
+    );
     assert!(with.status.success(), "{}", text(&with.stderr));
     assert!(
         text(&with.stdout).contains("/dev/cpu_dma_latency"),
         "no latency request held: {}",
         text(&with.stdout)
     );
-    let without = iochaos(&[
-        "run", "--path", d, "--errno", "EIO", "--ops", "fsync", "--", "sh", "-c", script,
-    ]);
+    let without = run(d, &rules, &["sh", "-c", script]);
     assert!(without.status.success(), "{}", text(&without.stderr));
     assert!(
         !text(&without.stdout).contains("/dev/cpu_dma_latency"),
