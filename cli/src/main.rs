@@ -14,13 +14,7 @@ use std::process::ExitCode;
 use args::{Command, Usage};
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("IOCHAOS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    engine::logging::init_logging("warn");
 
     let result = match args::parse(std::env::args_os().skip(1).collect()) {
         Err(usage) => Err(anyhow::Error::new(usage)),

@@ -7,6 +7,8 @@ pub mod failpoint;
 pub mod fusectl;
 pub mod inject;
 pub mod journal;
+#[cfg(feature = "logging")]
+pub mod logging;
 pub mod mountinfo;
 pub mod ns;
 pub mod policy;

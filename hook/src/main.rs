@@ -4,6 +4,7 @@
 
 use std::process::ExitCode;
 
+use engine::logging::init_logging;
 use iochaos_hook::error::{one_line, report};
 use iochaos_hook::hook::{self, Env};
 use iochaos_hook::oci::Stage;
@@ -35,7 +36,7 @@ fn main() -> ExitCode {
         let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
         return ExitCode::SUCCESS;
     }
-    init_logging();
+    init_logging("warn");
     match hook::run(stage, std::io::stdin().lock(), &Env::from_env()) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
@@ -46,7 +47,7 @@ fn main() -> ExitCode {
 }
 
 fn serve(req: &str) -> ExitCode {
-    init_logging();
+    init_logging("warn");
     match server::serve(req) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -54,14 +55,4 @@ fn serve(req: &str) -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("IOCHAOS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
 }

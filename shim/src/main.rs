@@ -4,22 +4,18 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use engine::logging::init_plain_logging;
 use iochaos_shim::args::{self, Action};
 use iochaos_shim::error::one_line;
 
 /// Log to containerd: the `log` fifo containerd reads in the bundle (the daemon), else stderr
 /// (which containerd reports for `start` and `delete`).
+/// Without colour; `IOCHAOS_LOG`, else `debug` with containerd's `-debug`, else `info`.
 fn init_logging(debug: bool, to_fifo: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("IOCHAOS_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(if debug { "debug" } else { "info" })
-    });
-    let fifo = to_fifo.then(open_log_fifo).flatten();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false);
-    match fifo {
-        Some(f) => builder.with_writer(std::sync::Mutex::new(f)).init(),
-        None => builder.with_writer(std::io::stderr).init(),
+    let default_filter = if debug { "debug" } else { "info" };
+    match to_fifo.then(open_log_fifo).flatten() {
+        Some(f) => init_plain_logging(default_filter, std::sync::Mutex::new(f)),
+        None => init_plain_logging(default_filter, std::io::stderr),
     }
 }
 
