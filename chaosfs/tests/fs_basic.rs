@@ -297,8 +297,6 @@ fn o_direct_and_o_append() {
 
 #[test]
 fn shared_mmap_write_lands_in_backing_file() {
-    use nix::sys::mman::{MapFlags, MsFlags, ProtFlags, mmap, msync, munmap};
-    use std::num::NonZeroUsize;
     let m = mount();
     let f = fs::OpenOptions::new()
         .create(true)
@@ -308,27 +306,10 @@ fn shared_mmap_write_lands_in_backing_file() {
         .open(m.join("map"))
         .expect("create");
     f.set_len(4096).expect("set_len");
-    let len = NonZeroUsize::new(4096).expect("len");
-    // SAFETY: a fresh shared mapping of a file we own; nothing else aliases it, and it is
-    // unmapped below before `f` is dropped.
-    let ptr = unsafe {
-        mmap(
-            None,
-            len,
-            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-            MapFlags::MAP_SHARED,
-            f.as_fd(),
-            0,
-        )
-    }
-    .expect("mmap shared");
-    // SAFETY: the mapping is 4096 bytes long, readable and writable, and exclusively ours.
-    let bytes = unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr().cast::<u8>(), 4096) };
-    bytes[..5].copy_from_slice(b"mmap!");
-    // SAFETY: `ptr` and `len` describe the mapping created above.
-    unsafe { msync(ptr, 4096, MsFlags::MS_SYNC) }.expect("msync");
-    // SAFETY: as above; `bytes` is not used afterwards.
-    unsafe { munmap(ptr, 4096) }.expect("munmap");
+    let mut page = SharedPage::map(&f);
+    page.bytes()[..5].copy_from_slice(b"mmap!");
+    page.sync();
+    drop(page);
     let data = fs::read(m.backing("map")).expect("read backing");
     assert_eq!(&data[..5], b"mmap!");
 }

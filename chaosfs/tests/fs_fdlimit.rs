@@ -233,10 +233,7 @@ fn two_callers_open_one_file_more_often_than_the_server_limit_passthrough() {
 
 #[test]
 fn two_callers_open_one_file_more_often_than_the_server_limit_direct_io() {
-    two_callers_open_one_file_many_times(Config {
-        passthrough: false,
-        ..Config::default()
-    });
+    two_callers_open_one_file_many_times(direct_io());
 }
 
 /// Poll `f` until it succeeds (the kernel releases the flood's files asynchronously after the
@@ -313,10 +310,7 @@ fn server_out_of_fds_answers_enfile_and_keeps_serving_passthrough() {
 
 #[test]
 fn server_out_of_fds_answers_enfile_and_keeps_serving_direct_io() {
-    flood(Config {
-        passthrough: false,
-        ..Config::default()
-    });
+    flood(direct_io());
 }
 
 /// A caller that only looks files up (a `find`) makes the kernel cache entries the server holds
@@ -343,4 +337,12 @@ fn lookups_of_more_files_than_the_server_limit_succeed() {
     );
     assert!(!m.server().is_finished(), "the session ended");
     m.unmount();
+}
+
+/// The server's configuration without kernel passthrough: every read and write reaches it.
+fn direct_io() -> Config {
+    Config {
+        passthrough: false,
+        ..Config::default()
+    }
 }

@@ -5,7 +5,6 @@ mod fs_support;
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 
 use chaosfs::rules::RuleSet;
@@ -60,28 +59,11 @@ fn without_passthrough_every_file_uses_direct_io() {
     f.write_all(&vec![3u8; 300_000]).expect("write");
     assert_eq!(read_all(&mut f).expect("read").len(), 300_000);
     // Shared mmap still works with direct I/O (FUSE_DIRECT_IO_ALLOW_MMAP).
-    use nix::sys::mman::{MapFlags, MsFlags, ProtFlags, mmap, msync, munmap};
-    let len = std::num::NonZeroUsize::new(4096).expect("len");
-    // SAFETY: a fresh shared mapping of our own file, unmapped below before `f` is dropped.
-    let ptr = unsafe {
-        mmap(
-            None,
-            len,
-            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-            MapFlags::MAP_SHARED,
-            f.as_fd(),
-            0,
-        )
-    }
-    .expect("mmap shared on a direct-io file");
-    // SAFETY: the mapping is 4096 bytes, readable and writable, and exclusively ours.
-    let bytes = unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr().cast::<u8>(), 4096) };
-    assert_eq!(bytes[0], 3);
-    bytes[0] = 9;
-    // SAFETY: `ptr`/4096 describe the mapping above; `bytes` is not used afterwards.
-    unsafe { msync(ptr, 4096, MsFlags::MS_SYNC) }.expect("msync");
-    // SAFETY: as above.
-    unsafe { munmap(ptr, 4096) }.expect("munmap");
+    let mut page = SharedPage::map(&f);
+    assert_eq!(page.bytes()[0], 3);
+    page.bytes()[0] = 9;
+    page.sync();
+    drop(page);
     assert_eq!(fs::read(m.backing("d")).expect("backing")[0], 9);
     let s = m.server().open_stats();
     assert!(s.direct >= 1 && s.passthrough == 0, "{s:?}");

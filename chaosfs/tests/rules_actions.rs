@@ -4,7 +4,7 @@
 
 mod rules_support;
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::time::{Duration, Instant};
@@ -30,10 +30,7 @@ fn errno_on_read_write_open_and_stat() {
         ],
     );
     assert_eq!(errno(pread(&m.path("r"), 100)), Some(libc::EIO));
-    let w = OpenOptions::new()
-        .write(true)
-        .open(m.path("w"))
-        .expect("open w");
+    let w = open_write(&m.path("w"));
     assert_eq!(errno(w.write_at(b"x", 0)), Some(libc::EDQUOT));
     assert_eq!(errno(File::open(m.path("o"))), Some(libc::EACCES));
     assert_eq!(errno(std::fs::metadata(m.path("s"))), Some(libc::ESTALE));
@@ -77,10 +74,7 @@ fn latency_delays_the_call() {
         t.elapsed()
     );
 
-    let f = OpenOptions::new()
-        .write(true)
-        .open(m.path("fast"))
-        .expect("open");
+    let f = open_write(&m.path("fast"));
     let t = Instant::now();
     f.sync_all().expect("fsync");
     assert!(
@@ -155,10 +149,7 @@ fn corrupt_written_data_reaches_the_backing_file() {
         &[("w", b"")],
     );
     let data = pattern(4096);
-    let f = OpenOptions::new()
-        .write(true)
-        .open(m.path("w"))
-        .expect("open");
+    let f = open_write(&m.path("w"));
     assert_eq!(f.write_at(&data, 0).expect("write"), 4096);
     drop(f);
     let dir = m.unmount();
@@ -182,17 +173,11 @@ fn short_reads_and_writes() {
         assert_eq!(n, 100);
         assert_eq!(&buf[..100], &data[..100]);
 
-        let f = OpenOptions::new()
-            .write(true)
-            .open(m.path("w"))
-            .expect("open w");
+        let f = open_write(&m.path("w"));
         assert_eq!(f.write_at(&data, 0).expect("write"), 2048);
         // write_all retries and gets everything there in the end (a 1-byte write is served
         // whole).
-        let mut f = OpenOptions::new()
-            .write(true)
-            .open(m.path("w"))
-            .expect("open w");
+        let mut f = open_write(&m.path("w"));
         f.write_all(&data).expect("write_all");
     }
     let mut back = Vec::new();
@@ -209,10 +194,7 @@ fn full_disk() {
     let st = nix::sys::statvfs::statvfs(m.root()).expect("statvfs");
     assert_eq!(st.blocks_available(), 0);
     assert_eq!(st.blocks_free(), 0);
-    let f = OpenOptions::new()
-        .write(true)
-        .open(m.path("f"))
-        .expect("open for write");
+    let f = open_write(&m.path("f"));
     assert_eq!(errno(f.write_at(b"more", 4)), Some(libc::ENOSPC));
     assert_eq!(errno(File::create(m.path("new"))), Some(libc::ENOSPC));
     assert_eq!(errno(std::fs::create_dir(m.path("d"))), Some(libc::ENOSPC));

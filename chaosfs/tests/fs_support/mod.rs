@@ -110,3 +110,56 @@ pub fn run_as(uid: u32, gid: u32, script: &str) -> std::process::ExitStatus {
         .status()
         .expect("spawn sh")
 }
+
+/// The first 4 KiB of a file mapped shared and writable; unmapped on drop.
+pub struct SharedPage {
+    ptr: std::ptr::NonNull<std::ffi::c_void>,
+}
+
+impl SharedPage {
+    const LEN: usize = 4096;
+
+    /// Map the first page of `f` (open read-write, at least 4 KiB long).
+    pub fn map(f: &std::fs::File) -> SharedPage {
+        use nix::sys::mman::{MapFlags, ProtFlags, mmap};
+        use std::os::fd::AsFd;
+        let len = std::num::NonZeroUsize::new(Self::LEN).expect("len");
+        // SAFETY: a fresh shared mapping of a file the test owns; nothing else aliases it and
+        // it lives until `drop` unmaps it.
+        let ptr = unsafe {
+            mmap(
+                None,
+                len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                f.as_fd(),
+                0,
+            )
+        }
+        .expect("mmap shared");
+        SharedPage { ptr }
+    }
+
+    /// The mapped bytes.
+    pub fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: the mapping is LEN bytes, readable and writable, and only reachable through
+        // `self`, borrowed mutably here.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().cast::<u8>(), Self::LEN) }
+    }
+
+    /// `msync(MS_SYNC)`: the stores reach the file.
+    pub fn sync(&self) {
+        // SAFETY: `ptr`/LEN describe the live mapping.
+        unsafe { nix::sys::mman::msync(self.ptr, Self::LEN, nix::sys::mman::MsFlags::MS_SYNC) }
+            .expect("msync");
+    }
+}
+
+impl Drop for SharedPage {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/LEN describe the mapping made in `map`; no borrow of it outlives self.
+        if let Err(e) = unsafe { nix::sys::mman::munmap(self.ptr, Self::LEN) } {
+            eprintln!("munmap: {e}");
+        }
+    }
+}

@@ -177,3 +177,11 @@ pub fn pattern(len: usize) -> Vec<u8> {
         .map(|i| u8::try_from(i * 31 % 251).expect("below 251"))
         .collect()
 }
+
+/// Open `path` write-only (it must exist).
+pub fn open_write(path: &std::path::Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {} for writing: {e}", path.display()))
+}
