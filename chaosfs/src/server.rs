@@ -7,7 +7,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::fs::{ChaosFs, FsConfig, FsInner, OpenMode, OpenStats, UpdateReport};
+use crate::fs::{ChaosFs, FsConfig, FsInner, InterruptStats, OpenMode, OpenStats, UpdateReport};
 use crate::fuse::Session;
 use crate::mount::Connection;
 use crate::rules::{RuleSet, RuleStats};
@@ -160,6 +160,11 @@ impl Server {
     /// Requests parked in a latency fault or being served after one.
     pub fn pending_delays(&self) -> usize {
         self.inner.scheduler().pending()
+    }
+
+    /// Interrupts received from the kernel and requests they ended early.
+    pub fn interrupt_stats(&self) -> InterruptStats {
+        self.inner.interrupt_stats()
     }
 
     /// Opens by mode (passthrough vs direct I/O) since start, and handles open now.

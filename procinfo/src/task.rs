@@ -33,9 +33,11 @@ fn numbered_entries<N: std::str::FromStr + Ord>(dir: &Path) -> Result<Vec<N>> {
     Ok(out)
 }
 
-/// Signal masks of a task (`SigBlk`, `SigIgn`, `SigCgt` of `<task>/status`).
+/// Signal masks of a task (`SigPnd`/`ShdPnd`, `SigBlk`, `SigIgn`, `SigCgt` of `<task>/status`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SigMasks {
+    /// Pending: for this thread, or for the whole process (`SigPnd | ShdPnd`).
+    pub pending: u64,
     /// Blocked in this thread.
     pub blocked: u64,
     /// Ignored.
@@ -54,6 +56,7 @@ impl SigMasks {
             };
             let v = u64::from_str_radix(v.trim(), 16).unwrap_or(0);
             match k {
+                "SigPnd" | "ShdPnd" => m.pending |= v,
                 "SigBlk" => m.blocked = v,
                 "SigIgn" => m.ignored = v,
                 "SigCgt" => m.caught = v,
@@ -84,11 +87,13 @@ mod tests {
     #[test]
     fn sig_masks_parse() {
         let m = SigMasks::parse(
-            "Name:\tx\nSigBlk:\t0000000000010000\nSigIgn:\t0000000000000004\nSigCgt:\tzz\n",
+            "Name:\tx\nSigPnd:\t0000000000000100\nShdPnd:\t0000000000000001\n\
+             SigBlk:\t0000000000010000\nSigIgn:\t0000000000000004\nSigCgt:\tzz\n",
         );
         assert_eq!(
             m,
             SigMasks {
+                pending: 0x101,
                 blocked: 0x10000,
                 ignored: 4,
                 caught: 0

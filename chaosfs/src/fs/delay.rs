@@ -2,46 +2,90 @@
 //! FUSE thread. One timer thread keeps a deadline heap; when a deadline passes (or delays are
 //! cancelled) the request's work runs on a small worker pool.
 
-use std::cmp::Ordering;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-pub(crate) type Task = Box<dyn FnOnce() + Send + 'static>;
+use crate::fuse::{Errno, Reply};
+
+/// Work parked in the scheduler: run when due, or cut short when its caller is interrupted.
+pub(crate) trait Parked: Send {
+    /// Serve the request (its deadline passed, or delays were cancelled).
+    fn run(self: Box<Self>);
+    /// Answer the request with EINTR without serving it (its caller is dying).
+    fn interrupt(self: Box<Self>);
+}
+
+/// A request's work and the reply it answers through.
+pub(crate) struct Job<R, F> {
+    reply: R,
+    work: F,
+}
+
+impl<R, F> Job<R, F> {
+    pub(crate) fn new(reply: R, work: F) -> Self {
+        Job { reply, work }
+    }
+}
+
+impl<R: Reply + Send, F: FnOnce(R) + Send> Parked for Job<R, F> {
+    fn run(self: Box<Self>) {
+        (self.work)(self.reply);
+    }
+    fn interrupt(self: Box<Self>) {
+        self.reply.error(Errno::from_i32(libc::EINTR));
+    }
+}
+
+pub(crate) type Task = Box<dyn Parked>;
+
+/// Which request a parked task answers: its unique id and its caller's thread id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Key {
+    pub unique: u64,
+    pub pid: u32,
+}
 
 struct Entry {
-    deadline: Instant,
-    seq: u64,
+    key: Option<Key>,
     task: Task,
 }
 
-impl PartialEq for Entry {
-    fn eq(&self, o: &Self) -> bool {
-        self.deadline == o.deadline && self.seq == o.seq
-    }
-}
-impl Eq for Entry {}
-impl PartialOrd for Entry {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Entry {
-    // Reversed: BinaryHeap is a max-heap, the earliest deadline must come out first.
-    fn cmp(&self, o: &Self) -> Ordering {
-        o.deadline.cmp(&self.deadline).then(o.seq.cmp(&self.seq))
-    }
-}
+/// Interrupts of requests not parked (yet) remembered, newest last: an INTERRUPT can be read by
+/// one serving thread before another has parked the request it names. Bounded: an interrupt of
+/// a request answered without parking is never looked up again.
+const EARLY_INTERRUPTS: usize = 256;
 
 #[derive(Default)]
 struct State {
-    heap: BinaryHeap<Entry>,
+    /// Parked tasks by (deadline, sequence number).
+    heap: BTreeMap<(Instant, u64), Entry>,
+    /// Where the task answering a request is in `heap`.
+    by_unique: HashMap<u64, (Instant, u64)>,
+    early: VecDeque<u64>,
     ready: VecDeque<Task>,
     seq: u64,
     shutdown: bool,
     /// Tasks handed to workers and not yet finished.
     running: usize,
+}
+
+impl State {
+    fn pop_first(&mut self) -> Option<Task> {
+        let (_, e) = self.heap.pop_first()?;
+        if let Some(k) = e.key {
+            self.by_unique.remove(&k.unique);
+        }
+        Some(e.task)
+    }
+
+    /// Move every parked task to the ready queue.
+    fn release_all(&mut self) {
+        while let Some(t) = self.pop_first() {
+            self.ready.push_back(t);
+        }
+    }
 }
 
 struct Shared {
@@ -95,8 +139,15 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Run `task` after `delay` on a worker thread.
-    pub(crate) fn defer(&self, delay: Duration, task: Task) {
+    /// Run `task` after `delay` on a worker thread. With a `key`, an interrupt of that request
+    /// (before or while it is parked) whose caller `dying` says is dying answers it at once.
+    pub(crate) fn defer(
+        &self,
+        delay: Duration,
+        key: Option<Key>,
+        task: Task,
+        dying: impl Fn(u32) -> bool,
+    ) {
         let mut st = self.shared.lock();
         if st.shutdown {
             // Serving is ending: answer now rather than never.
@@ -105,27 +156,57 @@ impl Scheduler {
             self.shared.work_cv.notify_one();
             return;
         }
+        if let Some(k) = key
+            && let Some(i) = st.early.iter().position(|&u| u == k.unique)
+        {
+            st.early.remove(i);
+            if dying(k.pid) {
+                drop(st);
+                task.interrupt();
+                return;
+            }
+        }
         st.seq += 1;
         let seq = st.seq;
         let deadline = Instant::now()
             .checked_add(delay)
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(86400 * 365));
-        st.heap.push(Entry {
-            deadline,
-            seq,
-            task,
-        });
+        if let Some(k) = key {
+            st.by_unique.insert(k.unique, (deadline, seq));
+        }
+        st.heap.insert((deadline, seq), Entry { key, task });
         drop(st);
         self.shared.timer_cv.notify_one();
     }
 
+    /// The caller of request `unique` was interrupted: if the request is parked here and
+    /// `dying` says its caller is dying, answer it with EINTR now. Not parked (yet): remembered
+    /// for [`Scheduler::defer`]. Returns whether a parked request was answered.
+    pub(crate) fn interrupt(&self, unique: u64, dying: impl Fn(u32) -> bool) -> bool {
+        let mut st = self.shared.lock();
+        let Some(&pos) = st.by_unique.get(&unique) else {
+            if st.early.len() >= EARLY_INTERRUPTS {
+                st.early.pop_front();
+            }
+            st.early.push_back(unique);
+            return false;
+        };
+        let pid = st.heap.get(&pos).and_then(|e| e.key).map_or(0, |k| k.pid);
+        if !dying(pid) {
+            return false;
+        }
+        st.by_unique.remove(&unique);
+        let Some(e) = st.heap.remove(&pos) else {
+            return false;
+        };
+        drop(st);
+        e.task.interrupt();
+        true
+    }
+
     /// Serve every parked request now.
     pub(crate) fn cancel_all(&self) {
-        let mut st = self.shared.lock();
-        while let Some(e) = st.heap.pop() {
-            st.ready.push_back(e.task);
-        }
-        drop(st);
+        self.shared.lock().release_all();
         self.shared.work_cv.notify_all();
     }
 
@@ -140,9 +221,7 @@ impl Scheduler {
         {
             let mut st = self.shared.lock();
             st.shutdown = true;
-            while let Some(e) = st.heap.pop() {
-                st.ready.push_back(e.task);
-            }
+            st.release_all();
         }
         self.shared.timer_cv.notify_all();
         self.shared.work_cv.notify_all();
@@ -158,7 +237,7 @@ impl Scheduler {
         loop {
             let task = self.shared.lock().ready.pop_front();
             match task {
-                Some(t) => t(),
+                Some(t) => t.run(),
                 None => break,
             }
         }
@@ -173,16 +252,20 @@ fn timer(s: &Shared) {
         }
         let now = Instant::now();
         let mut moved = false;
-        while st.heap.peek().is_some_and(|e| e.deadline <= now) {
-            if let Some(e) = st.heap.pop() {
-                st.ready.push_back(e.task);
+        while st
+            .heap
+            .first_key_value()
+            .is_some_and(|((d, _), _)| *d <= now)
+        {
+            if let Some(t) = st.pop_first() {
+                st.ready.push_back(t);
                 moved = true;
             }
         }
         if moved {
             s.work_cv.notify_all();
         }
-        st = match st.heap.peek().map(|e| e.deadline) {
+        st = match st.heap.first_key_value().map(|((d, _), _)| *d) {
             Some(d) => {
                 let wait = d.saturating_duration_since(now);
                 s.timer_cv
@@ -203,7 +286,7 @@ fn worker(s: &Shared) {
             drop(st);
             // A panicking task must not take the worker down with it (its reply, dropped while
             // unwinding, answers EIO).
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(task));
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.run()));
             st = s.lock();
             st.running -= 1;
             continue;
@@ -226,38 +309,80 @@ mod tests {
     use super::*;
     use std::sync::mpsc;
 
+    /// A task that reports what became of it: `(id, served)`.
+    struct Probe(u32, mpsc::Sender<(u32, bool)>);
+
+    impl Parked for Probe {
+        fn run(self: Box<Self>) {
+            self.1.send((self.0, true)).unwrap_or(());
+        }
+        fn interrupt(self: Box<Self>) {
+            self.1.send((self.0, false)).unwrap_or(());
+        }
+    }
+
+    fn probe(id: u32, tx: &mpsc::Sender<(u32, bool)>) -> Task {
+        Box::new(Probe(id, tx.clone()))
+    }
+
+    fn key(unique: u64, pid: u32) -> Option<Key> {
+        Some(Key { unique, pid })
+    }
+
     #[test]
     fn runs_in_deadline_order_and_cancels() {
         let s = Scheduler::new();
         s.start(2).expect("start");
         let (tx, rx) = mpsc::channel();
-        let t1 = tx.clone();
-        s.defer(
-            Duration::from_millis(60),
-            Box::new(move || t1.send(2).unwrap_or(())),
+        let never = |_| false;
+        s.defer(Duration::from_millis(60), None, probe(2, &tx), never);
+        s.defer(Duration::from_millis(10), None, probe(1, &tx), never);
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(5)).ok(),
+            Some((1, true))
         );
-        let t2 = tx.clone();
-        s.defer(
-            Duration::from_millis(10),
-            Box::new(move || t2.send(1).unwrap_or(())),
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(5)).ok(),
+            Some((2, true))
         );
-        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).ok(), Some(1));
-        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).ok(), Some(2));
-        let t3 = tx.clone();
         let start = Instant::now();
-        s.defer(
-            Duration::from_secs(3600),
-            Box::new(move || t3.send(3).unwrap_or(())),
-        );
+        s.defer(Duration::from_secs(3600), None, probe(3, &tx), never);
         s.cancel_all();
-        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).ok(), Some(3));
-        assert!(start.elapsed() < Duration::from_secs(5));
-        let t4 = tx;
-        s.defer(
-            Duration::from_secs(3600),
-            Box::new(move || t4.send(4).unwrap_or(())),
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(5)).ok(),
+            Some((3, true))
         );
+        assert!(start.elapsed() < Duration::from_secs(5));
+        s.defer(Duration::from_secs(3600), None, probe(4, &tx), never);
         s.shutdown();
-        assert_eq!(rx.recv_timeout(Duration::from_secs(1)).ok(), Some(4));
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(1)).ok(),
+            Some((4, true))
+        );
+    }
+
+    #[test]
+    fn interrupts_answer_only_dying_callers() {
+        let s = Scheduler::new();
+        s.start(1).expect("start");
+        let (tx, rx) = mpsc::channel();
+        let dying = |pid| pid == 7;
+        s.defer(Duration::from_secs(3600), key(10, 7), probe(1, &tx), dying);
+        s.defer(Duration::from_secs(3600), key(12, 8), probe(2, &tx), dying);
+        // Caller 8 only got a signal it survives: the request stays parked.
+        assert!(!s.interrupt(12, dying));
+        assert!(s.interrupt(10, dying));
+        assert_eq!(rx.try_recv().ok(), Some((1, false)));
+        assert_eq!(s.pending(), 1);
+        // An interrupt read before its request was parked is applied when it parks.
+        assert!(!s.interrupt(14, dying));
+        s.defer(Duration::from_secs(3600), key(14, 7), probe(3, &tx), dying);
+        assert_eq!(rx.try_recv().ok(), Some((3, false)));
+        assert_eq!(s.pending(), 1);
+        s.cancel_all();
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(5)).ok(),
+            Some((2, true))
+        );
     }
 }

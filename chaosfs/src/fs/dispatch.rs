@@ -19,20 +19,18 @@ pub(crate) struct ChaosFs(pub(crate) Arc<FsInner>);
 
 /// Serve now, or park the work in the delay scheduler. In the deferred branch the listed
 /// borrowed arguments are first turned into owned copies (same names), so `$call` must use
-/// them through `&*name`.
+/// them through `&*name`; the reply `$r` is handed to `$call` by the scheduler, which answers
+/// it with EINTR instead if the caller dies while it waits.
 macro_rules! serve {
-    ($s:expr, $v:ident, [$($own:ident),*], |$fs:ident| $call:expr) => {{
+    ($s:expr, $v:ident, $r:ident, [$($own:ident),*], |$fs:ident| $call:expr) => {{
         match $v.delay {
             Some(d) => {
                 let inner = Arc::clone(&$s.0);
                 $(let $own = $own.to_owned();)*
-                $s.0.scheduler().defer(
-                    d,
-                    Box::new(move || {
-                        let $fs: &FsInner = &inner;
-                        $call
-                    }),
-                );
+                $s.0.park(d, $r, move |$r| {
+                    let $fs: &FsInner = &inner;
+                    $call
+                });
             }
             None => {
                 let $fs: &FsInner = &$s.0;
@@ -50,7 +48,7 @@ macro_rules! answer {
      |$fs:ident, $x:pat, $v:ident, $r:ident| $call:expr) => {{
         let verdict = $verdict;
         let (key, reply) = ($key, $reply);
-        serve!($s, verdict, [$($own),*], |fs| fs.answer(&verdict, key, reply, |$x, $r| {
+        serve!($s, verdict, reply, [$($own),*], |fs| fs.answer(&verdict, key, reply, |$x, $r| {
             let ($fs, $v): (&FsInner, &crate::rules::Verdict) = (fs, &verdict);
             $call
         }))
@@ -72,6 +70,10 @@ impl fuse::Filesystem for ChaosFs {
 
     fn forget(&self, ino: INodeNo, nlookup: u64) {
         self.0.forget(ino.0, nlookup);
+    }
+
+    fn interrupt(&self, unique: u64) {
+        self.0.interrupt(unique);
     }
 
     /// Route the request to its family's dispatcher.
@@ -125,7 +127,9 @@ impl fuse::Filesystem for ChaosFs {
             // Handled by the session loop; nothing else reaches here.
             O::Init { .. } | O::Destroy => s.error(fuse::Errno::EIO),
             // These take no reply.
-            O::Forget { .. } | O::BatchForget { .. } | O::Interrupt | O::NotifyReply => drop(s),
+            O::Forget { .. } | O::BatchForget { .. } | O::Interrupt { .. } | O::NotifyReply => {
+                drop(s)
+            }
             O::Unknown(_) => s.error(fuse::Errno::ENOSYS),
         }
     }
@@ -290,7 +294,7 @@ impl ChaosFs {
             // The handle is freed whatever the verdict: release takes the verdict itself.
             Operation::Release { fh } => {
                 let (v, r) = (file(Op::Release, fh), empty(s));
-                serve!(self, v, [], |fs| fs.release(fh, &v, r))
+                serve!(self, v, r, [], |fs| fs.release(fh, &v, r))
             }
             Operation::Fsync { fh, datasync } => {
                 answer!(self, file(Op::Fsync, fh) => fh, empty(s), [],
@@ -352,7 +356,7 @@ impl ChaosFs {
             // As release: the handle is freed whatever the verdict.
             Operation::Releasedir { fh } => {
                 let (v, r) = (v(Op::Releasedir), ReplyEmpty::new(s));
-                serve!(self, v, [], |fs| fs.releasedir(fh, &v, r))
+                serve!(self, v, r, [], |fs| fs.releasedir(fh, &v, r))
             }
             other => misrouted(&other, s),
         }

@@ -64,8 +64,20 @@ pub struct OpenStats {
     pub direct_now: u64,
 }
 
+/// `FUSE_INTERRUPT`s received since the server started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InterruptStats {
+    /// Interrupts the kernel sent (a caller got a signal while a request of its was out).
+    pub seen: u64,
+    /// Requests answered early because of one (EINTR: a dying caller's latency fault, a lock
+    /// wait).
+    pub answered: u64,
+}
+
 #[derive(Default)]
 struct Counters {
+    interrupts: AtomicU64,
+    interrupts_answered: AtomicU64,
     passthrough: AtomicU64,
     direct: AtomicU64,
     forced: AtomicU64,
@@ -198,6 +210,9 @@ pub(crate) struct FsInner {
     rules: ArcSwap<Loaded>,
     /// `/proc/self/fd` of this process, opened at construction (`O_PATH | O_DIRECTORY`).
     proc_fd: OwnedFd,
+    /// `/proc` as this process saw it at construction (`O_PATH | O_DIRECTORY`): callers' thread
+    /// ids are in the pid namespace of the mount, which is the server's own.
+    proc_root: OwnedFd,
     /// The backing root as `readlink(/proc/self/fd/N)` shows it, for paths given to the rules.
     root_path: Vec<u8>,
     notifier: OnceLock<Notifier>,
@@ -382,6 +397,8 @@ impl FsInner {
         }
         let proc_fd = sys::file::open(c"/proc/self/fd", libc::O_PATH | libc::O_DIRECTORY)
             .map_err(|e| crate::Error::sys("open /proc/self/fd", e))?;
+        let proc_root = sys::file::open(c"/proc", libc::O_PATH | libc::O_DIRECTORY)
+            .map_err(|e| crate::Error::sys("open /proc", e))?;
         let root_path = sys::file::readlinkat(
             proc_fd.as_fd(),
             sys::FdName::new(backing.as_raw_fd()).as_cstr(),
@@ -392,6 +409,7 @@ impl FsInner {
             handles: HandleTable::new(),
             rules: ArcSwap::from_pointee(Loaded::new(Arc::new(rules))),
             proc_fd,
+            proc_root,
             root_path,
             notifier: OnceLock::new(),
             cfg,
@@ -404,6 +422,62 @@ impl FsInner {
 
     pub(crate) fn scheduler(&self) -> &Scheduler {
         &self.sched
+    }
+
+    /// Park `work` with its `reply` in the delay scheduler for `delay`; if the caller dies
+    /// meanwhile (an interrupt for the request, the caller with a fatal signal pending), the
+    /// request is answered with EINTR at once.
+    pub(crate) fn park<R, F>(&self, delay: Duration, reply: R, work: F)
+    where
+        R: crate::fuse::Reply + Send + 'static,
+        F: FnOnce(R) + Send + 'static,
+    {
+        let key = reply
+            .request()
+            .map(|(unique, pid)| delay::Key { unique, pid });
+        self.sched
+            .defer(delay, key, Box::new(delay::Job::new(reply, work)), |pid| {
+                self.caller_dying(pid)
+            });
+    }
+
+    /// `FUSE_INTERRUPT` for request `unique`: answer it now if it is parked in a latency fault
+    /// and its caller is dying. A signal the caller survives leaves the delay as it is: a slow
+    /// disk does not cut a read short on a signal either.
+    pub(crate) fn interrupt(&self, unique: u64) {
+        self.counters.interrupts.fetch_add(1, Ordering::Relaxed);
+        if self.sched.interrupt(unique, |pid| self.caller_dying(pid)) {
+            self.counters
+                .interrupts_answered
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(unique, "parked request of a dying caller answered EINTR");
+        }
+    }
+
+    pub(crate) fn interrupt_stats(&self) -> InterruptStats {
+        InterruptStats {
+            seen: self.counters.interrupts.load(Ordering::Relaxed),
+            answered: self.counters.interrupts_answered.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether thread `pid` (of the mount's pid namespace) has SIGKILL pending, which is how the
+    /// kernel marks every thread of a process that is exiting from a fatal signal. A thread
+    /// that cannot be looked up (pid 0: outside our pid namespace) counts as dying: an
+    /// interrupted caller must never wait out a long delay unkillable.
+    fn caller_dying(&self, pid: u32) -> bool {
+        const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
+        if pid == 0 {
+            return true;
+        }
+        let path = format!("{pid}/status");
+        let Ok(text) = sys::with_cstr(OsStr::new(&path), |c| {
+            sys::file::read_small(self.proc_root.as_fd(), c)
+        }) else {
+            return true;
+        };
+        let m = procinfo::task::SigMasks::parse(&String::from_utf8_lossy(&text));
+        m.pending & SIGKILL_BIT != 0
     }
 
     pub(crate) fn set_notifier(&self, n: Notifier) {

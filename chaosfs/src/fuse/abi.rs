@@ -231,6 +231,13 @@ pub struct ForgetIn {
     pub nlookup: u64,
 }
 
+/// `fuse_interrupt_in`: the request the caller's signal interrupts.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct InterruptIn {
+    pub unique: u64,
+}
+
 #[repr(C)]
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct ForgetOne {

@@ -23,11 +23,22 @@ use crate::sys::fuse_dev;
 pub struct Sender {
     ch: Arc<OwnedFd>,
     unique: u64,
+    /// The caller's thread id (in the connection's pid namespace; 0 when unknown).
+    pid: u32,
 }
 
 impl Sender {
     pub(crate) fn new(ch: Arc<OwnedFd>, unique: u64) -> Sender {
-        Sender { ch, unique }
+        Sender { ch, unique, pid: 0 }
+    }
+
+    /// The sender of the reply to `req`.
+    pub(crate) fn of(ch: Arc<OwnedFd>, req: &super::Request) -> Sender {
+        Sender {
+            ch,
+            unique: req.unique,
+            pid: req.pid,
+        }
     }
 
     /// Answer with an error.
@@ -122,6 +133,9 @@ impl Once {
     fn sender(&self) -> Option<&Sender> {
         self.0.as_ref()
     }
+    fn request(&self) -> Option<(u64, u32)> {
+        self.0.as_ref().map(|s| (s.unique, s.pid))
+    }
     /// Register `fd` as a passthrough backing file on this request's connection.
     fn open_backing(&self, fd: impl AsFd) -> io::Result<BackingId> {
         let s = self
@@ -143,9 +157,12 @@ impl Drop for Once {
     }
 }
 
-/// What every typed reply can do: answer with an error (for code that serves any request).
+/// What every typed reply can do: answer with an error (for code that serves any request), and
+/// name its request.
 pub trait Reply {
     fn error(self, e: Errno);
+    /// The request's unique id and its caller's thread id; `None` once answered.
+    fn request(&self) -> Option<(u64, u32)>;
 }
 
 macro_rules! reply_type {
@@ -167,6 +184,9 @@ macro_rules! reply_type {
         impl Reply for $name {
             fn error(self, e: Errno) {
                 $name::error(self, e);
+            }
+            fn request(&self) -> Option<(u64, u32)> {
+                self.0.request()
             }
         }
     };
@@ -646,6 +666,9 @@ impl<const PLUS: bool> DirReply<PLUS> {
 impl<const PLUS: bool> Reply for DirReply<PLUS> {
     fn error(self, e: Errno) {
         DirReply::error(self, e);
+    }
+    fn request(&self) -> Option<(u64, u32)> {
+        self.0.request()
     }
 }
 

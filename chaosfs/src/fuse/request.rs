@@ -175,7 +175,10 @@ pub enum Operation<'a> {
         umask: u32,
         flags: i32,
     },
-    Interrupt,
+    /// The caller of request `unique` got a signal while waiting for it.
+    Interrupt {
+        unique: u64,
+    },
     NotifyReply,
     Ioctl {
         fh: FileHandle,
@@ -327,7 +330,9 @@ fn session_op<'a>(opcode: u32, a: &mut Args<'a>) -> Result<Option<Operation<'a>>
             }
             Operation::BatchForget { nodes }
         }
-        op::INTERRUPT => Operation::Interrupt,
+        op::INTERRUPT => Operation::Interrupt {
+            unique: a.get::<abi::InterruptIn>()?.unique,
+        },
         op::NOTIFY_REPLY => Operation::NotifyReply,
         _ => return Ok(None),
     }))

@@ -47,6 +47,11 @@ pub trait Filesystem: Send + Sync + 'static {
     fn init(&self, cfg: &mut KernelConfig);
     /// The kernel dropped `nlookup` references to `ino` (no reply).
     fn forget(&self, ino: INodeNo, nlookup: u64);
+    /// The caller of request `unique` got a signal while waiting (`FUSE_INTERRUPT`; no reply).
+    /// A request the file system holds back (a latency fault, a lock wait) may then be
+    /// answered at once; one it does not know (already answered, or not parked yet) is left
+    /// alone.
+    fn interrupt(&self, unique: u64);
     /// Serve one request; every request handed here must be answered through `reply`.
     fn dispatch(&self, req: &Request, op: Operation<'_>, reply: Sender);
 }
@@ -271,8 +276,9 @@ fn serve<FS: Filesystem>(fs: &FS, ch: Arc<OwnedFd>) -> io::Result<()> {
                     fs.forget(ino, n);
                 }
             }
-            // No reply is expected for these.
-            Operation::Interrupt | Operation::NotifyReply => {}
+            Operation::Interrupt { unique } => fs.interrupt(unique),
+            // No reply is expected.
+            Operation::NotifyReply => {}
             Operation::Init { .. } => {
                 tracing::warn!("FUSE INIT after the handshake");
                 Sender::new(ch.clone(), req.unique).error(Errno::EIO);
@@ -282,7 +288,7 @@ fn serve<FS: Filesystem>(fs: &FS, ch: Arc<OwnedFd>) -> io::Result<()> {
                 tracing::debug!("FUSE opcode {code} not implemented");
                 Sender::new(ch.clone(), req.unique).error(Errno::ENOSYS);
             }
-            op => fs.dispatch(&req, op, Sender::new(ch.clone(), req.unique)),
+            op => fs.dispatch(&req, op, Sender::of(ch.clone(), &req)),
         }
     }
 }

@@ -29,6 +29,15 @@ pub(crate) fn openat(
     Ok(rfs::openat(dir, name, flags, Mode::from_bits_retain(mode))?)
 }
 
+/// The whole content of a small file (a `/proc` status file) at `name` under `dir`.
+pub(crate) fn read_small(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let fd = openat(dir, name, libc::O_RDONLY, 0)?;
+    let mut out = Vec::with_capacity(2048);
+    std::fs::File::from(fd).read_to_end(&mut out)?;
+    Ok(out)
+}
+
 /// The current working directory as a directory "fd" for the `*at()` calls (`AT_FDCWD`).
 pub(crate) fn cwd() -> BorrowedFd<'static> {
     rfs::CWD
