@@ -34,6 +34,12 @@ pub struct Config {
     /// Open files no rule can touch in kernel passthrough mode. Default true; false serves every
     /// file with direct I/O (every read and write reaches the server).
     pub passthrough: bool,
+    /// Forward POSIX record locks and `flock` to the backing files (`FUSE_POSIX_LOCKS`,
+    /// `FUSE_FLOCK_LOCKS`), so processes outside the mount see them and theirs are seen here.
+    /// Default false: locks stay local to the mount. (fdswap moves a process's POSIX locks
+    /// onto ChaosFS at inject, but at recover its check that the native file is free of
+    /// conflicting locks would meet the server's own forwarded lock; see the crate README.)
+    pub forward_locks: bool,
     /// The FUSE connection, if known: [`Server::stop`] aborts it.
     pub connection: Option<Connection>,
 }
@@ -47,6 +53,7 @@ impl Default for Config {
             delay_workers: 4,
             ttl: Duration::from_secs(1),
             passthrough: true,
+            forward_locks: false,
             connection: None,
         }
     }
@@ -95,6 +102,7 @@ impl Server {
             FsConfig {
                 ttl: cfg.ttl,
                 passthrough: cfg.passthrough,
+                forward_locks: cfg.forward_locks,
             },
         )?);
         inner

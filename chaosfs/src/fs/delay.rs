@@ -204,6 +204,18 @@ impl Scheduler {
         true
     }
 
+    /// Whether an interrupt of `unique` arrived before it was parked (and forget it).
+    pub(crate) fn take_early(&self, unique: u64) -> bool {
+        let mut st = self.shared.lock();
+        match st.early.iter().position(|&u| u == unique) {
+            Some(i) => {
+                st.early.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Serve every parked request now.
     pub(crate) fn cancel_all(&self) {
         self.shared.lock().release_all();

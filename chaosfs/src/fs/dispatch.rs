@@ -8,8 +8,8 @@ use super::ops::entries::NewNode;
 use super::{Caller, FsInner, Target};
 use crate::fuse::{
     self, FileHandle, INodeNo, KernelConfig, Operation, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyStatx, ReplyWrite, ReplyXattr, Request, Sender,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyStatx, ReplyWrite, ReplyXattr, Request, Sender,
 };
 use crate::rules::Op;
 
@@ -116,6 +116,7 @@ impl fuse::Filesystem for ChaosFs {
             | O::Lseek { .. }
             | O::CopyFileRange { .. }
             | O::Ioctl { .. } => self.file_op(cx, op, s),
+            O::Getlk { .. } | O::Setlk { .. } => self.lock_op(cx, op, s),
             O::Opendir | O::Readdir { .. } | O::Readdirplus { .. } | O::Releasedir { .. } => {
                 self.dir_op(cx, op, s)
             }
@@ -288,11 +289,19 @@ impl ChaosFs {
                 kill_suidgid,
             } => answer!(self, file(Op::Write, fh) => fh, ReplyWrite::new(s), [data],
                 |fs, h, v, r| fs.write(&h, offset, &*data, kill_suidgid, v, r)),
-            // Nothing to do but check the handle: no writeback cache, POSIX locks are the kernel's.
-            Operation::Flush { fh } => answer!(self, file(Op::Flush, fh) => fh, empty(s), [],
-                |_fs, _h, _v, r| r.ok()),
+            // No writeback cache: nothing to do but drop the closing process's forwarded POSIX
+            // locks (whatever the verdict: close(2) drops them even when the flush fails) and
+            // check the handle.
+            Operation::Flush { fh, lock_owner } => {
+                self.0.drop_posix_locks(cx.ino, lock_owner);
+                answer!(self, file(Op::Flush, fh) => fh, empty(s), [],
+                    |_fs, _h, _v, r| r.ok())
+            }
             // The handle is freed whatever the verdict: release takes the verdict itself.
-            Operation::Release { fh } => {
+            Operation::Release { fh, flock_owner } => {
+                if let Some(o) = flock_owner {
+                    self.0.drop_flock(cx.ino, o);
+                }
                 let (v, r) = (file(Op::Release, fh), empty(s));
                 serve!(self, v, r, [], |fs| fs.release(fh, &v, r))
             }
@@ -335,6 +344,30 @@ impl ChaosFs {
                 answer!(self, v => fh, ReplyIoctl::new(s), [in_data],
                     |fs, h, _v, r| fs.ioctl(&h, (cmd, &*in_data), out_size, r))
             }
+            other => misrouted(&other, s),
+        }
+    }
+
+    /// Lock requests (sent only when locks are forwarded): served on the backing file, with no
+    /// rule (no op name selects them).
+    fn lock_op(&self, cx: Ctx, op: Operation<'_>, s: Sender) {
+        let inode = match self.0.inode(cx.node) {
+            Ok(i) => i,
+            Err(e) => return s.error(e),
+        };
+        match op {
+            Operation::Getlk { owner, lock } => {
+                self.0
+                    .getlk(&inode, owner, cx.c.pid, lock, ReplyLock::new(s))
+            }
+            Operation::Setlk {
+                owner,
+                lock,
+                sleep,
+                flock,
+            } => self
+                .0
+                .setlk(&inode, (owner, flock), lock, sleep, ReplyEmpty::new(s)),
             other => misrouted(&other, s),
         }
     }

@@ -14,6 +14,7 @@ mod delay;
 mod dispatch;
 mod handle;
 mod inode;
+mod locks;
 mod ops;
 
 use std::borrow::Cow;
@@ -46,6 +47,8 @@ pub(crate) struct FsConfig {
     pub ttl: Duration,
     /// Use kernel passthrough for files no rule can touch.
     pub passthrough: bool,
+    /// Forward POSIX locks and flock to the backing files.
+    pub forward_locks: bool,
 }
 
 /// Counts of file opens by mode since the server started, and how many are open now.
@@ -219,6 +222,9 @@ pub(crate) struct FsInner {
     cfg: FsConfig,
     /// The kernel accepted FUSE_PASSTHROUGH.
     passthrough_ok: AtomicBool,
+    /// The kernel accepted FUSE_POSIX_LOCKS: locks are forwarded to the backing files.
+    locks_on: AtomicBool,
+    locks: Arc<locks::Locks>,
     counters: Counters,
     sched: Scheduler,
     /// A [`FsInner::reclaim_fds`] pass is running.
@@ -414,6 +420,8 @@ impl FsInner {
             notifier: OnceLock::new(),
             cfg,
             passthrough_ok: AtomicBool::new(false),
+            locks_on: AtomicBool::new(false),
+            locks: locks::Locks::new(),
             counters: Counters::default(),
             sched: Scheduler::new(),
             reclaiming: Arc::new(AtomicBool::new(false)),
@@ -444,13 +452,19 @@ impl FsInner {
     /// `FUSE_INTERRUPT` for request `unique`: answer it now if it is parked in a latency fault
     /// and its caller is dying. A signal the caller survives leaves the delay as it is: a slow
     /// disk does not cut a read short on a signal either.
+    /// A lock wait (SETLKW) is always woken, with EINTR, as `fcntl` natively returns on a
+    /// signal.
     pub(crate) fn interrupt(&self, unique: u64) {
         self.counters.interrupts.fetch_add(1, Ordering::Relaxed);
-        if self.sched.interrupt(unique, |pid| self.caller_dying(pid)) {
+        let mut parked = false;
+        let waited = self.interrupt_lock_wait(unique, || {
+            parked = self.sched.interrupt(unique, |pid| self.caller_dying(pid));
+        });
+        if waited || parked {
             self.counters
                 .interrupts_answered
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(unique, "parked request of a dying caller answered EINTR");
+            tracing::debug!(unique, "interrupted request answered early");
         }
     }
 
@@ -467,17 +481,24 @@ impl FsInner {
     /// interrupted caller must never wait out a long delay unkillable.
     fn caller_dying(&self, pid: u32) -> bool {
         const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
-        if pid == 0 {
-            return true;
-        }
-        let path = format!("{pid}/status");
-        let Ok(text) = sys::with_cstr(OsStr::new(&path), |c| {
-            sys::file::read_small(self.proc_root.as_fd(), c)
-        }) else {
+        let Some(text) = self.proc_status(pid) else {
             return true;
         };
-        let m = procinfo::task::SigMasks::parse(&String::from_utf8_lossy(&text));
-        m.pending & SIGKILL_BIT != 0
+        procinfo::task::SigMasks::parse(&text).pending & SIGKILL_BIT != 0
+    }
+
+    /// `/proc/PID/status` of thread `pid` of the mount's pid namespace (`None` for pid 0, a
+    /// thread outside it, or one gone).
+    fn proc_status(&self, pid: u32) -> Option<String> {
+        if pid == 0 {
+            return None;
+        }
+        let path = format!("{pid}/status");
+        let text = sys::with_cstr(OsStr::new(&path), |c| {
+            sys::file::read_small(self.proc_root.as_fd(), c)
+        })
+        .ok()?;
+        Some(String::from_utf8_lossy(&text).into_owned())
     }
 
     pub(crate) fn set_notifier(&self, n: Notifier) {

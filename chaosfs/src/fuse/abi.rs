@@ -43,6 +43,9 @@ pub mod op {
     pub const READDIR: u32 = 28;
     pub const RELEASEDIR: u32 = 29;
     pub const FSYNCDIR: u32 = 30;
+    pub const GETLK: u32 = 31;
+    pub const SETLK: u32 = 32;
+    pub const SETLKW: u32 = 33;
     pub const ACCESS: u32 = 34;
     pub const CREATE: u32 = 35;
     pub const INTERRUPT: u32 = 36;
@@ -69,9 +72,11 @@ pub mod notify {
 /// `fuse_init_in.flags` / `flags2 << 32` capability bits.
 pub mod init {
     pub const ASYNC_READ: u64 = 1 << 0;
+    pub const POSIX_LOCKS: u64 = 1 << 1;
     pub const ATOMIC_O_TRUNC: u64 = 1 << 3;
     pub const BIG_WRITES: u64 = 1 << 5;
     pub const DONT_MASK: u64 = 1 << 6;
+    pub const FLOCK_LOCKS: u64 = 1 << 10;
     pub const HAS_IOCTL_DIR: u64 = 1 << 11;
     pub const AUTO_INVAL_DATA: u64 = 1 << 12;
     pub const DO_READDIRPLUS: u64 = 1 << 13;
@@ -118,6 +123,41 @@ pub const WRITE_KILL_SUIDGID: u32 = 1 << 2;
 pub const OPEN_KILL_SUIDGID: u32 = 1 << 0;
 
 pub const FSYNC_FDATASYNC: u32 = 1 << 0;
+
+/// `fuse_lk_in.lk_flags`: a `flock(2)` lock (owner: the open file), not a POSIX one.
+pub const LK_FLOCK: u32 = 1 << 0;
+
+/// `fuse_release_in.release_flags`: drop the flock of `lock_owner` (the file being released).
+pub const RELEASE_FLOCK_UNLOCK: u32 = 1 << 1;
+
+/// `fuse_file_lock`: bytes `start..=end` (`end` = `OFFSET_MAX` for "to EOF"), `typ` is
+/// `F_RDLCK`/`F_WRLCK`/`F_UNLCK`, `pid` the holder's (in the connection's pid namespace).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct FileLock {
+    pub start: u64,
+    pub end: u64,
+    pub typ: u32,
+    pub pid: u32,
+}
+
+/// `fuse_lk_in` (GETLK, SETLK, SETLKW).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct LkIn {
+    pub fh: u64,
+    pub owner: u64,
+    pub lk: FileLock,
+    pub lk_flags: u32,
+    pub padding: u32,
+}
+
+/// `fuse_lk_out` (GETLK).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct LkOut {
+    pub lk: FileLock,
+}
 
 /// Smallest read buffer the kernel accepts (`FUSE_MIN_READ_BUFFER`).
 pub const MIN_READ_BUFFER: usize = 8192;

@@ -18,10 +18,11 @@ use std::sync::Arc;
 
 use zerocopy::IntoBytes;
 
+pub use abi::FileLock;
 pub use reply::{
     BackingId, Reply, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyStatx, ReplyWrite,
-    ReplyXattr, Sender,
+    ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyStatx,
+    ReplyWrite, ReplyXattr, Sender,
 };
 pub use request::{Operation, Request, SetattrArgs};
 pub use session::{Filesystem, KernelConfig, Session};

@@ -240,6 +240,17 @@ reply_type!(
     /// A file offset (lseek).
     ReplyLseek
 );
+reply_type!(
+    /// The lock that would conflict (getlk).
+    ReplyLock
+);
+
+impl ReplyLock {
+    pub fn locked(mut self, lk: abi::FileLock) {
+        let out = abi::LkOut { lk };
+        self.0.send(0, &[out.as_bytes()]);
+    }
+}
 
 impl ReplyEmpty {
     pub fn ok(mut self) {

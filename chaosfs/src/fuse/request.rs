@@ -120,6 +120,8 @@ pub enum Operation<'a> {
     Statfs,
     Release {
         fh: FileHandle,
+        /// The flock owner to unlock (`FUSE_RELEASE_FLOCK_UNLOCK`), if any.
+        flock_owner: Option<u64>,
     },
     Fsync {
         fh: FileHandle,
@@ -142,6 +144,22 @@ pub enum Operation<'a> {
     },
     Flush {
         fh: FileHandle,
+        /// The closing process's POSIX lock owner: its locks on the file go.
+        lock_owner: u64,
+    },
+    /// Test for a lock that would conflict with `lock` of `owner`.
+    Getlk {
+        owner: u64,
+        lock: abi::FileLock,
+    },
+    /// Take or release a lock (the file handle is not needed: locks are per node and owner;
+    /// `sleep`: wait for it, SETLKW; `flock`: a `flock(2)` lock,
+    /// whose owner is the open file).
+    Setlk {
+        owner: u64,
+        lock: abi::FileLock,
+        sleep: bool,
+        flock: bool,
     },
     Opendir,
     Readdir {
@@ -513,9 +531,14 @@ fn file_op<'a>(opcode: u32, a: &mut Args<'a>) -> Result<Option<Operation<'a>>, M
                 kill_suidgid: w.write_flags & abi::WRITE_KILL_SUIDGID != 0,
             }
         }
-        op::RELEASE => Operation::Release {
-            fh: fh(a.get::<abi::ReleaseIn>()?.fh),
-        },
+        op::RELEASE => {
+            let r: abi::ReleaseIn = a.get()?;
+            Operation::Release {
+                fh: fh(r.fh),
+                flock_owner: (r.release_flags & abi::RELEASE_FLOCK_UNLOCK != 0)
+                    .then_some(r.lock_owner),
+            }
+        }
         op::RELEASEDIR => Operation::Releasedir {
             fh: fh(a.get::<abi::ReleaseIn>()?.fh),
         },
@@ -528,9 +551,29 @@ fn file_op<'a>(opcode: u32, a: &mut Args<'a>) -> Result<Option<Operation<'a>>, M
                 Operation::Fsyncdir { fh, datasync }
             }
         }
-        op::FLUSH => Operation::Flush {
-            fh: fh(a.get::<abi::FlushIn>()?.fh),
-        },
+        op::FLUSH => {
+            let f: abi::FlushIn = a.get()?;
+            Operation::Flush {
+                fh: fh(f.fh),
+                lock_owner: f.lock_owner,
+            }
+        }
+        op::GETLK | op::SETLK | op::SETLKW => {
+            let l: abi::LkIn = a.get()?;
+            if opcode == op::GETLK {
+                Operation::Getlk {
+                    owner: l.owner,
+                    lock: l.lk,
+                }
+            } else {
+                Operation::Setlk {
+                    owner: l.owner,
+                    lock: l.lk,
+                    sleep: opcode == op::SETLKW,
+                    flock: l.lk_flags & abi::LK_FLOCK != 0,
+                }
+            }
+        }
         op::IOCTL => {
             let i: abi::IoctlIn = a.get()?;
             Operation::Ioctl {

@@ -30,6 +30,11 @@ pub struct KernelConfig {
 }
 
 impl KernelConfig {
+    /// Whether the kernel offers every flag of `flags`.
+    pub fn offers(&self, flags: u64) -> bool {
+        self.offered & flags == flags
+    }
+
     /// Ask for `flag`; false (and nothing asked) if the kernel does not offer it.
     pub fn want(&mut self, flag: u64) -> bool {
         if self.offered & flag == flag {

@@ -3,6 +3,7 @@
 
 pub(crate) mod file;
 pub(crate) mod fuse_dev;
+pub(crate) mod lock;
 pub(crate) mod mount;
 pub(crate) mod thread;
 

@@ -141,6 +141,16 @@ impl FsInner {
         ] {
             config.want(f);
         }
+        if self.cfg.forward_locks {
+            // Both or neither: flock forwarded while POSIX locks stay local would make the two
+            // kinds conflict differently than on the backing file.
+            if config.offers(F::POSIX_LOCKS | F::FLOCK_LOCKS) {
+                config.want(F::POSIX_LOCKS | F::FLOCK_LOCKS);
+                self.locks_on.store(true, Ordering::Relaxed);
+            } else {
+                tracing::warn!("kernel lacks FUSE lock forwarding; locks stay local to the mount");
+            }
+        }
         if self.cfg.passthrough && config.want(F::PASSTHROUGH) {
             config.max_stack_depth = 1;
             self.passthrough_ok.store(true, Ordering::Relaxed);
@@ -153,7 +163,7 @@ impl FsInner {
     }
 
     /// Open a real fd of `inode` through its `/proc/self/fd` magic link.
-    fn reopen(&self, inode: &Inode, flags: i32) -> io::Result<OwnedFd> {
+    pub(super) fn reopen(&self, inode: &Inode, flags: i32) -> io::Result<OwnedFd> {
         let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW);
         sys::file::openat(
             self.proc_fd.as_fd(),

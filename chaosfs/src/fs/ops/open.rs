@@ -55,10 +55,11 @@ impl FsInner {
         FopenFlags::FOPEN_DIRECT_IO.union(FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES);
 
     /// No rule can select FLUSH on a file opened by `path`: the kernel need not send it (one
-    /// round trip less per close). Nothing else needs it here: there is no writeback cache to
-    /// flush, and POSIX locks are the kernel's own, released by `close` itself.
+    /// round trip less per close). Nothing else needs it here unless locks are forwarded (a
+    /// FLUSH is what drops the closing process's POSIX locks on the backing file); there is no
+    /// writeback cache to flush.
     pub(super) fn noflush_flag(&self, path: Option<&Path>) -> FopenFlags {
-        if self.may_touch_flush(path) {
+        if self.may_touch_flush(path) || self.locks_on.load(Ordering::Relaxed) {
             FopenFlags::empty()
         } else {
             FopenFlags::FOPEN_NOFLUSH
