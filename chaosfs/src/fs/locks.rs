@@ -16,6 +16,11 @@ use super::inode::Inode;
 use crate::fuse::{Errno, FileLock, Reply, ReplyEmpty, ReplyLock};
 use crate::sys;
 
+/// `SEEK_SET` and `F_UNLCK` as `struct flock` holds them (small constants: 0 and 2).
+const SEEK_SET: i16 = 0;
+const F_UNLCK: i16 = 2;
+const _: () = assert!(SEEK_SET as i32 == libc::SEEK_SET && F_UNLCK as i32 == libc::F_UNLCK);
+
 /// `OFFSET_MAX`: a lock's end when it runs to EOF.
 const OFFSET_MAX: u64 = i64::MAX as u64;
 
@@ -52,7 +57,7 @@ fn to_flock(lk: &FileLock) -> libc::flock {
     };
     libc::flock {
         l_type: i16::try_from(lk.typ).unwrap_or(i16::MAX),
-        l_whence: libc::SEEK_SET as i16,
+        l_whence: SEEK_SET,
         l_start: i64::try_from(lk.start).unwrap_or(i64::MAX),
         l_len: i64::try_from(len).unwrap_or(0),
         l_pid: 0,
@@ -161,7 +166,7 @@ impl FsInner {
             && fl.l_pid > 0
             && self.tgid_of(caller) == Some(fl.l_pid)
         {
-            fl.l_type = libc::F_UNLCK as i16;
+            fl.l_type = F_UNLCK;
         }
         let mut out = from_flock(&fl);
         if i32::from(fl.l_type) == libc::F_UNLCK {
