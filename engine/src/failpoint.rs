@@ -5,7 +5,8 @@
 //!
 //! Points: `checked` (inject: the target and path were checked under the journal lock, nothing
 //! is written yet), `mounted` (inject: ChaosFS is mounted, the journal does not record the
-//! mount yet), `swapping` (inject: the swap is about to start).
+//! mount yet), `swapping` (inject: the swap is about to start), `swapped` (inject: the swap is
+//! done, the journal does not record it yet).
 
 use std::sync::OnceLock;
 

@@ -3,6 +3,7 @@
 //! when asked over the API, when `duration` is over, on SIGTERM/SIGINT/SIGHUP, or when every
 //! process of the target has exited; then it exits.
 
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -130,28 +131,44 @@ fn recover_quietly<S: Swapper>(inj: &Live<S>, why: &str) {
     }
 }
 
+/// How often the target is scanned while no pidfd of it can be opened (the server out of fds).
+const NO_PIDFD_RESCAN: Duration = Duration::from_millis(100);
+
 /// Block until no process is left in the mount namespace `ns` (true), or watching fails
-/// (false). Waits on pidfds, never polls on a timer.
+/// (false). Waits on pidfds; while none can be opened, scans again every
+/// [`NO_PIDFD_RESCAN`].
 fn wait_ns_empty(ns: NsId) -> bool {
+    let open = |pid: u32| {
+        let pid = Pid::from_raw(i32::try_from(pid).ok()?)?;
+        pidfd_open(pid, PidfdFlags::empty()).ok()
+    };
+    let scan =
+        || processes_in_mnt_ns(ns).map(|procs| procs.iter().map(|p| p.pid).collect::<Vec<_>>());
+    wait_all_exited(scan, open, || std::thread::sleep(NO_PIDFD_RESCAN))
+}
+
+/// The loop of [`wait_ns_empty`]: `scan` lists the processes, `open` gives a pidfd of one,
+/// `pause` waits before the next scan when not one pidfd could be opened.
+fn wait_all_exited(
+    mut scan: impl FnMut() -> Result<Vec<u32>>,
+    open: impl Fn(u32) -> Option<OwnedFd>,
+    mut pause: impl FnMut(),
+) -> bool {
     loop {
-        let procs = match processes_in_mnt_ns(ns) {
+        let pids = match scan() {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot watch the target");
                 return false;
             }
         };
-        if procs.is_empty() {
+        if pids.is_empty() {
             return true;
         }
-        let fds: Vec<_> = procs
-            .iter()
-            .filter_map(|p| {
-                let pid = Pid::from_raw(i32::try_from(p.pid).ok()?)?;
-                pidfd_open(pid, PidfdFlags::empty()).ok()
-            })
-            .collect();
+        let fds: Vec<OwnedFd> = pids.into_iter().filter_map(&open).collect();
         if fds.is_empty() {
+            // Out of fds (or every process just exited): never spin on the scan.
+            pause();
             continue;
         }
         let mut polls: Vec<PollFd<'_>> = fds
@@ -168,5 +185,30 @@ fn wait_ns_empty(ns: NsId) -> bool {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No pidfd can be opened (the server out of fds): the loop waits between scans instead
+    /// of scanning again at once (it spun on `/proc` before), and still ends when the
+    /// processes are gone.
+    #[test]
+    fn without_pidfds_the_watch_pauses_between_scans() {
+        let events = std::cell::RefCell::new(Vec::new());
+        let mut left = 3;
+        let scan = || {
+            events.borrow_mut().push("scan");
+            left -= 1;
+            Ok(if left > 0 { vec![1234] } else { Vec::new() })
+        };
+        let ended = wait_all_exited(scan, |_| None, || events.borrow_mut().push("pause"));
+        assert!(ended);
+        assert_eq!(
+            events.into_inner(),
+            ["scan", "pause", "scan", "pause", "scan"]
+        );
     }
 }

@@ -52,9 +52,13 @@ impl FsLauncher for TmpfsLauncher {
 }
 
 impl FsServer for TmpfsServer {
-    fn update_rules(&self, spec: &Value) -> engine::Result<Vec<engine::inject::EscapedFile>> {
+    type Rules = Value;
+    fn parse_rules(&self, spec: &Value) -> engine::Result<Value> {
+        Ok(spec.clone())
+    }
+    fn update_rules(&self, spec: Value) -> Vec<engine::inject::EscapedFile> {
         self.0.push(format!("update {spec}"));
-        Ok(Vec::new())
+        Vec::new()
     }
     fn rule_counters(&self) -> Vec<(u64, u64)> {
         vec![(10, 4)]

@@ -86,16 +86,22 @@ impl FsLauncher for ChaosLauncher {
 }
 
 impl FsServer for ChaosServer {
-    fn update_rules(&self, spec: &Value) -> Result<Vec<EscapedFile>> {
-        let report = self.server.update_rules(rule_set(spec)?);
-        Ok(report
+    type Rules = RuleSet;
+
+    fn parse_rules(&self, spec: &Value) -> Result<RuleSet> {
+        rule_set(spec)
+    }
+
+    fn update_rules(&self, rules: RuleSet) -> Vec<EscapedFile> {
+        let report = self.server.update_rules(rules);
+        report
             .escaped
             .into_iter()
             .map(|e| EscapedFile {
                 ino: e.ino,
                 path: e.path,
             })
-            .collect())
+            .collect()
     }
 
     fn read_ahead(&self) -> fdswap::ReadAhead {

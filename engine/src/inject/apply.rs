@@ -9,6 +9,7 @@ use std::time::Instant;
 use crate::error::{Error, Result};
 use crate::journal::{Entry, Journal, MountRecord};
 use crate::ns::{self, CHAOSFS_SUBTYPE, MountGuard, MountNs, MountSource};
+use crate::target::processes_in_mnt_ns;
 
 use super::check::{Checked, check};
 use super::{
@@ -60,9 +61,14 @@ pub fn inject<L: FsLauncher, S: Swapper>(
     let (guard, server, outcome) =
         swap_in(&swapper, &pids, &path, guard, server).map_err(undo_journal)?;
     tracing::debug!(elapsed = ?t0.elapsed(), "swapped");
+    crate::failpoint::hit("swapped");
     entry.swapped = outcome.swapped;
-    // Faults are live: the fsyncs need not delay telling the caller.
-    journal.update_pending(&entry)?;
+    // Faults are live: the fsyncs need not delay telling the caller. Should the journal fail
+    // now, the target is on a server that is about to stop: swap it back first.
+    if let Err(e) = journal.update_pending(&entry) {
+        undo_swap(&swapper, &pids, &path, guard, server);
+        return Err(undo_journal(e));
+    }
     journal.sync_in_background(&entry.id);
     tracing::info!(id = %entry.id, path = %path.display(), pid = target.pid, "injected");
     Ok(Injection {
@@ -122,7 +128,7 @@ fn mount_and_serve<L: FsLauncher>(
 }
 
 /// Move `pids` onto the mount. On an error, fdswap rolled back the process it failed in, but
-/// others may have moved: detach, move them back, then stop the server.
+/// others may have moved: undo the swap ([`undo_swap`]).
 fn swap_in<F: FsServer, S: Swapper>(
     swapper: &S,
     pids: &[u32],
@@ -130,21 +136,39 @@ fn swap_in<F: FsServer, S: Swapper>(
     guard: MountGuard,
     server: F,
 ) -> Result<(MountGuard, F, SwapOutcome)> {
-    let mnt_id = guard.mnt_id();
-    match swapper.swap_in(pids, path, mnt_id, server.read_ahead()) {
+    match swapper.swap_in(pids, path, guard.mnt_id(), server.read_ahead()) {
         Ok(outcome) => Ok((guard, server, outcome)),
         Err(e) => {
-            if let Err(d) = guard.detach() {
-                tracing::warn!(error = %d, "could not detach the mount");
-            }
-            if let Err(s) = swapper.swap_out(pids, path, mnt_id) {
-                tracing::warn!(error = %s, "could not swap back after a failed injection");
-            }
-            if let Err(s) = server.stop() {
-                tracing::warn!(error = %s, "could not stop the filesystem server");
-            }
+            undo_swap(swapper, pids, path, guard, server);
             Err(e)
         }
+    }
+}
+
+/// A failure once the swap (or part of it) is done: detach, move everyone in the namespace back
+/// (`pids`, and any process started since: it inherited its parent's fds on the mount), then
+/// stop the server. Best effort: each failure is logged.
+fn undo_swap<F: FsServer, S: Swapper>(
+    swapper: &S,
+    pids: &[u32],
+    path: &Path,
+    guard: MountGuard,
+    server: F,
+) {
+    let mnt_id = guard.mnt_id();
+    let mut all: Vec<u32> = processes_in_mnt_ns(guard.ns().id)
+        .map(|p| p.iter().map(|p| p.pid).collect())
+        .unwrap_or_default();
+    let extra: Vec<u32> = pids.iter().copied().filter(|p| !all.contains(p)).collect();
+    all.extend(extra);
+    if let Err(d) = guard.detach() {
+        tracing::warn!(error = %d, "could not detach the mount");
+    }
+    if let Err(s) = swapper.swap_out(&all, path, mnt_id) {
+        tracing::warn!(error = %s, "could not swap back after a failed injection");
+    }
+    if let Err(s) = server.stop() {
+        tracing::warn!(error = %s, "could not stop the filesystem server");
     }
 }
 

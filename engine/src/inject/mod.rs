@@ -80,9 +80,14 @@ pub struct EscapedFile {
 
 /// A running filesystem server (wiring: [`crate::adapters::chaosfs::ChaosServer`]).
 pub trait FsServer: Send + Sync + 'static {
-    /// Replace the rules with those of `spec` (already valid JSON; the rule engine validates).
-    /// Returns the files open in a mode the new rules cannot reach until they are reopened.
-    fn update_rules(&self, spec: &Value) -> Result<Vec<EscapedFile>>;
+    /// Rules checked and ready to go live.
+    type Rules: Send;
+    /// Check the rules of `spec` (already valid JSON; the rule engine validates) without making
+    /// them live: `update` journals them between this and [`FsServer::update_rules`].
+    fn parse_rules(&self, spec: &Value) -> Result<Self::Rules>;
+    /// Make `rules` live. Returns the files open in a mode the new rules cannot reach until
+    /// they are reopened.
+    fn update_rules(&self, rules: Self::Rules) -> Vec<EscapedFile>;
     /// Recover begins: stop injecting and release requests held in latency faults, so that no
     /// thread of the target is still waiting on a fault when it is swapped back.
     fn quiesce(&self) {}

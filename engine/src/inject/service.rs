@@ -71,11 +71,11 @@ impl<F: FsServer, S: Swapper> ChaosService for Injection<F, S> {
         let spec: Value =
             serde_json::from_str(spec_json).map_err(|e| Error::InvalidSpec(Box::new(e)))?;
         let mut st = self.lock()?;
-        if st.server.is_none() {
+        let Some(server) = st.server.as_ref() else {
             return Err(Error::Recovered {
                 id: st.entry.id.to_string(),
             });
-        }
+        };
         if let Some(p) = spec.get("path").and_then(Value::as_str)
             && p != st.entry.path
             && st.entry.spec.get("path").and_then(Value::as_str) != Some(p)
@@ -88,17 +88,21 @@ impl<F: FsServer, S: Swapper> ChaosService for Injection<F, S> {
                 .into(),
             ));
         }
+        let rules = server.parse_rules(&spec)?;
+        // The journal first: a crash between the two must never leave rules live that
+        // `status` and recover do not know about. A failed write changes nothing.
+        let mut entry = st.entry.clone();
+        entry.spec = spec;
+        self.journal.update(&entry)?;
         let escaped = match st.server.as_ref() {
-            Some(server) => server.update_rules(&spec)?,
+            Some(server) => server.update_rules(rules),
             None => Vec::new(),
         };
         st.escaped = match &st.guard {
             Some(g) if !escaped.is_empty() => escaped_fds(g, &st.entry.path, &escaped),
             _ => Vec::new(),
         };
-        st.entry.spec = spec;
-        let entry = st.entry.clone();
-        self.journal.update(&entry)?;
+        st.entry = entry;
         Ok(status_of(&st))
     }
 
