@@ -5,32 +5,25 @@
 
 mod inject_common;
 
-use std::process::{Child, Stdio};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use inject_common::{EIO_ON_WRITE, Env, Workload, inject_args, poll};
+use inject_common::{Env, Workload, fds_under, poll};
 use iochaos_testsupport::{Signal, kill};
 
 /// A running `iochaos` command, killed and reaped on drop.
 struct Cli(Child);
 
 impl Cli {
-    /// `iochaos inject --pid PID --path VOL RULES...` of the workload `w`, started.
-    fn inject(env: &Env, w: &Workload, rules: &[&str], failpoint: Option<&str>) -> Cli {
-        let pid = w.pid_arg();
-        let mut c = env.command(&inject_args(&["--pid", &pid], w.vol_str(), rules));
+    fn start(env: &Env, args: &[&str], failpoint: Option<&str>) -> Cli {
+        let mut c = env.command(args);
         if let Some(f) = failpoint {
             c.env("IOCHAOS_FAILPOINT", f);
         }
         c.stdout(Stdio::piped()).stderr(Stdio::piped());
         Cli(c.spawn().expect("iochaos"))
-    }
-
-    /// EIO on write injected into the workload `w` by a server that stops itself at
-    /// `failpoint`: the running command and, once it has stopped there, the server's pid.
-    fn inject_held_at(env: &Env, w: &Workload, failpoint: &str) -> (Cli, u32) {
-        let cli = Cli::inject(env, w, EIO_ON_WRITE, Some(failpoint));
-        (cli, server_stopped_at_failpoint(env))
     }
 
     /// Wait (bounded, as a hang detector) for the command to end: (exit code, stderr).
@@ -93,23 +86,32 @@ fn sigkill_and_reap(pid: u32) {
     });
 }
 
+fn inject_args(w: &Workload) -> Vec<String> {
+    let pid = w.pid_arg();
+    let args = [
+        "inject",
+        "--pid",
+        &pid,
+        "--path",
+        w.vol_str(),
+        "--errno",
+        "EIO",
+        "--ops",
+        "write",
+    ];
+    args.map(str::to_owned).to_vec()
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 /// Nothing of the injection is left: no ChaosFS mount, the workload's writes succeed again
 /// (through new opens and its held fd), no journal entry, `server` gone.
 fn assert_undone(env: &Env, w: &Workload, server: u32) {
     assert_eq!(w.chaosfs_mounts(), 0, "the mount was left");
     workload_writes(w);
     env.assert_clean(&[server], Some(w.pid()));
-}
-
-/// SIGKILL the `server` of the inject `cli` (of the workload `w`): the inject fails within
-/// `secs` seconds, exit 1, reporting the kill, and nothing is left; its stderr.
-fn kill_server_inject_fails(env: &Env, w: &Workload, server: u32, cli: Cli, secs: u64) -> String {
-    sigkill_and_reap(server);
-    let (code, out, err) = cli.finish(secs);
-    assert_eq!(code, 1, "stdout {out:?} stderr {err:?}");
-    assert!(err.contains("was killed by SIGKILL"), "{err:?}");
-    assert_undone(env, w, server);
-    err
 }
 
 /// The workload's writes succeed again, through new opens and its held fd.
@@ -133,7 +135,9 @@ fn workload_writes(w: &Workload) {
 fn server_killed_between_mount_and_journal_then_recover_pid() {
     let env = Env::new();
     let w = Workload::start(&env, "w");
-    let (mut cli, server) = Cli::inject_held_at(&env, &w, "mounted");
+    let args = inject_args(&w);
+    let mut cli = Cli::start(&env, &strs(&args), Some("mounted"));
+    let server = server_stopped_at_failpoint(&env);
     assert_eq!(
         w.chaosfs_mounts(),
         1,
@@ -146,28 +150,237 @@ fn server_killed_between_mount_and_journal_then_recover_pid() {
     let at = w.log.last_round();
     w.log.wait_for('W', false, at);
 
-    env.ok(&["recover", "--pid", &w.pid_arg()]);
+    env.ok(&["recover", "--pid", &w.pid().to_string()]);
     assert_undone(&env, &w, server);
     // And the path can be injected again.
-    let id = w.inject(&env, EIO_ON_WRITE);
+    let id = env.ok(&strs(&args));
     env.ok(&["recover", &id]);
     env.assert_clean(&[], Some(w.pid()));
 }
 
-/// The server dies at the same point while its CLI waits: the CLI reports the death at once
-/// (it watches the server with a pidfd) and undoes what the server left.
-#[test]
-fn server_killed_after_mount_inject_reports_and_undoes() {
-    let env = Env::new();
-    let w = Workload::start(&env, "w");
-    let (cli, server) = Cli::inject_held_at(&env, &w, "mounted");
-    let err = kill_server_inject_fails(&env, &w, server, cli, 30);
+/// What a workload holds under its volume: `fd -> (path, mnt_id)`.
+type Held = std::collections::BTreeMap<i32, (String, String)>;
+
+/// The server was SIGKILLed while its CLI waited: the CLI reports the death at once (it watches
+/// the server with a pidfd) and undoes what the server left; the workload is alive and every
+/// fd it holds under the volume is back on the mount it was on before (`before`).
+fn assert_killed_and_undone(env: &Env, cli: Cli, w: &mut Workload, server: u32, before: &Held) {
+    let (code, out, err) = cli.finish(30);
+    assert_eq!(code, 1, "stdout {out:?} stderr {err:?}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err:?}");
     assert!(
         err.contains(&format!("(pid {server}) was killed by SIGKILL")),
         "{err:?}"
     );
-    assert!(err.contains("undone"), "{err:?}");
+    assert!(
+        err.contains("undone") || err.contains("it had changed nothing"),
+        "{err:?}"
+    );
+    assert!(
+        w.child.try_wait().expect("try_wait").is_none(),
+        "the workload died"
+    );
+    assert_eq!(&fds_under(w.pid(), w.vol_str()), before, "held fds");
+    assert_undone(env, w, server);
+}
+
+/// `inject` whose server stops itself at `failpoint` and is SIGKILLed there.
+fn server_killed_at(failpoint: &str) {
+    let env = Env::new();
+    let mut w = Workload::start(&env, "w");
+    let before = fds_under(w.pid(), w.vol_str());
+    assert!(
+        before.contains_key(&3),
+        "the workload's held fd: {before:?}"
+    );
+    let args = inject_args(&w);
+    let cli = Cli::start(&env, &strs(&args), Some(failpoint));
+    let server = server_stopped_at_failpoint(&env);
+    sigkill_and_reap(server);
+    assert_killed_and_undone(&env, cli, &mut w, server, &before);
+}
+
+/// Killed before the mount (checked under the journal lock, nothing written yet).
+#[test]
+fn server_killed_before_mount_inject_reports_and_undoes() {
+    server_killed_at("checked");
+}
+
+/// Killed after mounting ChaosFS, before the journal records the mount.
+#[test]
+fn server_killed_after_mount_inject_reports_and_undoes() {
+    server_killed_at("mounted");
+}
+
+/// Killed after the swap, before the journal records it: the held fd is on a dead ChaosFS
+/// connection until the CLI swaps it back.
+#[test]
+fn server_killed_after_swap_inject_reports_and_undoes() {
+    server_killed_at("swapped");
+}
+
+/// Killed in the middle of the swap: the target's stub waits in the reopen of its held fd
+/// through ChaosFS (a 30 s latency on opening `held`), traced and stopped by the server. The
+/// connection dies with the server, the open fails, the stub rolls back; the target runs on
+/// with its fd where it was.
+#[test]
+fn server_killed_mid_swap_inject_reports_and_undoes() {
+    let env = Env::new();
+    let mut w = Workload::start(&env, "w");
+    let before = fds_under(w.pid(), w.vol_str());
+    let pid = w.pid_arg();
+    let args = [
+        "inject",
+        "--pid",
+        &pid,
+        "--path",
+        w.vol_str(),
+        "--latency",
+        "30s",
+        "--ops",
+        "open",
+        "--glob",
+        "held",
+    ];
+    let cli = Cli::start(&env, &args, None);
+    let ns = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).expect("mount namespace");
+    let (server, parked) = poll("a traced thread of the target waiting on FUSE", 30, || {
+        let server = servers(&env).into_iter().next()?;
+        traced_and_waiting_on_fuse(&ns).map(|p| (server, p))
+    });
+    eprintln!("server {server}: process {parked} waits on FUSE in the stub");
+    sigkill_and_reap(server);
+    assert_killed_and_undone(&env, cli, &mut w, server, &before);
+}
+
+/// A traced process of the mount namespace `ns` (its `/proc/PID/ns/mnt` link) with a thread
+/// waiting for the answer of a FUSE request (its kernel stack).
+fn traced_and_waiting_on_fuse(ns: &std::path::Path) -> Option<u32> {
+    let pids = std::fs::read_dir("/proc").ok()?;
+    pids.flatten()
+        .filter_map(|d| d.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).is_ok_and(|l| l == ns))
+        .find(|pid| {
+            let traced = std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+                s.lines()
+                    .any(|l| l.starts_with("TracerPid:") && l.trim_end() != "TracerPid:\t0")
+            });
+            traced
+                && std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|tasks| {
+                    tasks.flatten().any(|t| {
+                        std::fs::read_to_string(t.path().join("stack"))
+                            .is_ok_and(|s| s.contains("request_wait_answer"))
+                    })
+                })
+        })
+}
+
+/// A small tmpfs as the test's journal directory, to make the journal's writes fail (ENOSPC)
+/// at a chosen moment. Unmounted on drop.
+struct TmpfsJournal(PathBuf);
+
+impl TmpfsJournal {
+    fn mount(env: &Env) -> TmpfsJournal {
+        std::fs::create_dir_all(&env.run).expect("journal dir");
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                "size=64k,mode=0700",
+                "iochaos-test-journal",
+            ])
+            .arg(&env.run)
+            .output()
+            .expect("mount");
+        assert!(out.status.success(), "mount tmpfs: {out:?}");
+        TmpfsJournal(env.run.clone())
+    }
+
+    /// From now on every write fails with ENOSPC (removing files still works).
+    fn fill(&self) {
+        let mut f = std::fs::File::create(self.0.join("filler")).expect("filler");
+        let e = loop {
+            if let Err(e) = f.write_all(&[0; 4096]) {
+                break e;
+            }
+        };
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+    }
+
+    fn unfill(&self) {
+        std::fs::remove_file(self.0.join("filler")).expect("remove filler");
+    }
+}
+
+impl Drop for TmpfsJournal {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The journal cannot be written once the swap is done (full): before, inject returned that
+/// error without swapping back, and the workload's held fd stayed on a ChaosFS mount whose
+/// server then stopped (ENOTCONN). Now the swap is undone first: the CLI reports the error,
+/// the held fd is back on its mount, nothing is left.
+#[test]
+fn journal_failing_after_the_swap_swaps_back() {
+    let env = Env::new();
+    let journal = TmpfsJournal::mount(&env);
+    let w = Workload::start(&env, "w");
+    let before = fds_under(w.pid(), w.vol_str());
+    let args = inject_args(&w);
+    let cli = Cli::start(&env, &strs(&args), Some("swapped"));
+    let server = server_stopped_at_failpoint(&env);
+    assert_ne!(
+        fds_under(w.pid(), w.vol_str())[&3],
+        before[&3],
+        "the held fd is on ChaosFS at the failpoint"
+    );
+    journal.fill();
+    kill(server, Signal::CONT).expect("continue the server");
+    let (code, out, err) = cli.finish(30);
+    assert_eq!(code, 1, "stdout {out:?} stderr {err:?}");
+    assert!(err.contains("No space left on device"), "{err:?}");
+    assert_eq!(fds_under(w.pid(), w.vol_str()), before, "held fds");
+    journal.unfill();
+    assert_undone(&env, &w, server);
+}
+
+/// `update` when the journal cannot be written: before, the new rules went live first and the
+/// journal failed after (rules live that `status` from the journal and recover did not know
+/// of). Now the journal comes first: `update` fails and the old rules stay, in force and in
+/// `status`.
+#[test]
+fn update_with_a_failing_journal_changes_nothing() {
+    let env = Env::new();
+    let journal = TmpfsJournal::mount(&env);
+    let w = Workload::start(&env, "w");
+    let id = w.inject(&env, &["--errno", "EIO", "--ops", "write"]);
+    w.log.wait_for('W', false, w.log.last_round());
+    journal.fill();
+    let (code, err) = env.fails(&["update", &id, "--latency", "1ms", "--ops", "write"]);
+    assert_eq!(code, 1, "{err:?}");
+    assert!(err.contains("No space left on device"), "{err:?}");
+    let st = env.status();
+    assert_eq!(st[0]["rules"][0]["spec"]["errno"], "EIO", "{st:?}");
+    // The workload's writes still fail: two whole rounds after the update.
+    let at = w.log.last_round();
+    w.log.wait_round(at + 2);
+    let after: Vec<_> = w
+        .log
+        .lines()
+        .into_iter()
+        .filter(|l| l.round > at && l.kind == 'W')
+        .collect();
+    assert!(
+        !after.is_empty() && after.iter().all(|l| !l.ok),
+        "{after:?}"
+    );
+    journal.unfill();
+    env.ok(&["recover", &id]);
+    workload_writes(&w);
+    env.assert_clean(&[], Some(w.pid()));
 }
 
 /// The server dies while one of its own threads waits for its own ChaosFS: the swap's lookup of
@@ -180,7 +393,22 @@ fn server_killed_after_mount_inject_reports_and_undoes() {
 fn server_killed_while_its_own_request_is_parked_inject_does_not_hang() {
     let env = Env::new();
     let w = Workload::start(&env, "w");
-    let cli = Cli::inject(&env, &w, &["--latency", "30s", "--ops", "lookup"], None);
+    let pid = w.pid().to_string();
+    let cli = Cli::start(
+        &env,
+        &[
+            "inject",
+            "--pid",
+            &pid,
+            "--path",
+            w.vol_str(),
+            "--latency",
+            "30s",
+            "--ops",
+            "lookup",
+        ],
+        None,
+    );
     let (server, tid) = poll("a server thread waiting on FUSE", 30, || {
         let server = servers(&env).into_iter().next()?;
         let tasks = std::fs::read_dir(format!("/proc/{server}/task")).ok()?;
@@ -195,7 +423,11 @@ fn server_killed_while_its_own_request_is_parked_inject_does_not_hang() {
             .map(|tid| (server, tid))
     });
     eprintln!("server {server}: thread {tid} waits on FUSE");
-    kill_server_inject_fails(&env, &w, server, cli, 20);
+    sigkill_and_reap(server);
+    let (code, _, err) = cli.finish(20);
+    assert_eq!(code, 1, "{err:?}");
+    assert!(err.contains("was killed by SIGKILL"), "{err:?}");
+    assert_undone(&env, &w, server);
 }
 
 /// Two injects of one path at once: the first is held (stopped) right after it found the path
@@ -206,8 +438,10 @@ fn server_killed_while_its_own_request_is_parked_inject_does_not_hang() {
 fn two_injects_of_one_path_at_once_one_wins() {
     let env = Env::new();
     let w = Workload::start(&env, "w");
-    let (first, held) = Cli::inject_held_at(&env, &w, "checked");
-    let mut second = Cli::inject(&env, &w, EIO_ON_WRITE, None);
+    let args = inject_args(&w);
+    let first = Cli::start(&env, &strs(&args), Some("checked"));
+    let held = server_stopped_at_failpoint(&env);
+    let mut second = Cli::start(&env, &strs(&args), None);
     // Let the second run as far as it can while the first is held: to its end without the lock
     // (the race), or until it waits for the lock.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);

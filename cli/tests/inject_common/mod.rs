@@ -420,7 +420,7 @@ pub fn fd_state(pid: u32, fd: i32) -> (String, String) {
 }
 
 /// [`fd_state`] of every fd of `pid` on a file under `dir` (as `pid` sees it), by fd number.
-fn fds_under(pid: u32, dir: &str) -> std::collections::BTreeMap<i32, (String, String)> {
+pub fn fds_under(pid: u32, dir: &str) -> std::collections::BTreeMap<i32, (String, String)> {
     let prefix = format!("{dir}/");
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("fd dir")
