@@ -1,12 +1,14 @@
 //! Serving the Chaos API: the injection server implements [`ChaosService`]; [`ApiServer`] puts
 //! it on a unix socket (mode 0600) with ttrpc.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
+use ttrpc::ConnectionDataExt;
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 
@@ -62,13 +64,40 @@ impl chaos_ttrpc::Chaos for Adapter {
         _req: pb::RecoverRequest,
     ) -> ttrpc::Result<pb::RecoverResponse> {
         let report = self.service.recover()?;
-        let conn = crate::sys::dup_request_connection(ctx).ok();
+        let conn = ctx
+            .conn_ctx
+            .data
+            .get_typed::<OwnedFd>(CONNECTION)
+            .and_then(|fd| fd.try_clone().ok());
         let (lock, cv) = &*self.recovered;
         if let Ok(mut st) = lock.lock() {
             st.done = Some(conn);
             cv.notify_all();
         }
         Ok((&report).into())
+    }
+}
+
+/// The key of a connection's own duplicate of its fd in ttrpc's per-connection data.
+const CONNECTION: &str = "iochaos.connection";
+
+/// Keeps a duplicate of each accepted connection in its per-connection data, taken at accept
+/// time, so that `Recover` can watch its caller hang up. The fd number a handler gets
+/// (`TtrpcContext::fd`) is no such handle: ttrpc may close the connection while the handler
+/// still runs (its reaper closes it once the reading side ended), and the number may then
+/// name another connection or file.
+#[derive(Debug)]
+struct KeepConnection;
+
+impl ttrpc::AcceptHook for KeepConnection {
+    fn on_accept(&self, fd: RawFd) -> std::result::Result<ttrpc::HookOutput, ttrpc::HookError> {
+        let conn = crate::sys::dup_accepted_connection(fd).map_err(ttrpc::HookError::Io)?;
+        let mut data = ttrpc::ConnectionData::new();
+        data.insert(CONNECTION.to_owned(), Box::new(conn));
+        Ok(ttrpc::HookOutput {
+            data,
+            payload_transform: None,
+        })
     }
 }
 
@@ -116,6 +145,7 @@ impl ApiServer {
         let mut server = ttrpc::Server::new()
             .add_listener(listener.as_raw_fd())
             .map_err(rpc_err)?
+            .set_accept_hook(KeepConnection)
             .register_service(chaos_ttrpc::create_chaos(adapter));
         server.start().map_err(rpc_err)?;
         Ok(ApiServer {

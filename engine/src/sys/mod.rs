@@ -1,17 +1,20 @@
-//! The engine's only unsafe code: raw file descriptors handed to us by ttrpc, a private file
+//! The engine's only unsafe code: the raw fd of a connection ttrpc has just accepted, a private file
 //! table for the threads that do I/O on their own process's FUSE mount, and `unshare` of the
 //! fs info (rustix marks `unshare` unsafe for its `CLONE_FILES` case).
 
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 
-/// Duplicate the connection fd of the ttrpc request being handled (to learn when the caller
-/// hangs up).
-pub(crate) fn dup_request_connection(ctx: &ttrpc::TtrpcContext) -> std::io::Result<OwnedFd> {
-    // SAFETY: ttrpc passes the connection's fd in the handler's context and keeps the
-    // connection (and so the fd) open until the handler returns; `ctx` borrows from that
-    // handler, and the borrowed fd does not outlive this call (it is duplicated into a new,
+/// Duplicate the connection ttrpc's sync server has just accepted, from its accept hook.
+pub(crate) fn dup_accepted_connection(fd: RawFd) -> std::io::Result<OwnedFd> {
+    // SAFETY: ttrpc's sync server calls the accept hook on its accept thread with the fd it has
+    // just accepted (`PipeConnection::id`), before it starts any thread of that connection; it
+    // closes a connection only after the hook returned (a rejected one, on the same thread) or
+    // from its reaper once that connection's threads have ended. So the fd is open and is this
+    // connection's for the whole call, and the borrow ends with it (the duplicate is a new,
     // owned descriptor).
-    let fd = unsafe { BorrowedFd::borrow_raw(ctx.fd) };
+    // (A handler's `TtrpcContext::fd` has no such guarantee: the reaper may close the
+    // connection while a handler still runs, and the number may then name another file.)
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
     fd.try_clone_to_owned()
 }
 
