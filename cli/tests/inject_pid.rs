@@ -8,7 +8,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 
 use inject_common::{
-    EIO_ON_WRITE, Env, HOLDER_ARGS, HOLDER_ENV, Workload, check_data, inject_args,
+    EIO_ON_WRITE, Env, HOLDER_ARGS, HOLDER_ENV, HOLDER_SIZE_ENV, Workload, check_data, inject_args,
     inject_update_recover, poll, test_exe,
 };
 
@@ -331,18 +331,46 @@ fn holder_process() {
 
 #[test]
 fn thousand_files_in_16_threads() {
+    many_files(None);
+}
+
+/// How many files the big holder holds: as many as inject can take today under a 20,000 fd
+/// limit (the swap still needs a second fd per file in the target; 10,000 once it does not).
+const MANY_FILES: usize = 9_900;
+
+/// A holder of [`MANY_FILES`] files in 64 threads, it and every `iochaos` process under a hard
+/// `RLIMIT_NOFILE` of 20,000: inject, then recover (before, recover failed with EMFILE in the
+/// injection server and left the injection live), every fd back on its mount.
+#[test]
+fn many_files_in_64_threads_under_a_20000_fd_limit() {
+    // This process's limit, inherited by the holder, the CLI and the injection server.
+    use rustix::process::{Resource, Rlimit, setrlimit};
+    let limit = Rlimit {
+        current: Some(20_000),
+        maximum: Some(20_000),
+    };
+    setrlimit(Resource::Nofile, limit).expect("RLIMIT_NOFILE 20000");
+    many_files(Some((MANY_FILES, 64, 50)));
+}
+
+/// A holder of `(files, threads, pause ms)` (1,000 in 16 threads without) in a private mount
+/// namespace, through inject and recover ([`inject_common::held_files`]).
+fn many_files(size: Option<(usize, usize, u64)>) {
     let env = Env::new();
     let dir = env.path().join("holder");
     std::fs::create_dir_all(dir.join("vol")).expect("mkdir");
-    let mut child = Command::new("unshare")
+    let mut holder = Command::new("unshare");
+    holder
         .args(["--mount", "--propagation", "private"])
         .arg(test_exe())
         .args(HOLDER_ARGS)
         .env(HOLDER_ENV, &dir)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("holder");
+        .stdout(Stdio::null());
+    if let Some((files, threads, pause)) = size {
+        holder.env(HOLDER_SIZE_ENV, format!("{files} {threads} {pause}"));
+    }
+    let mut child = holder.spawn().expect("holder");
     struct Kill<'a>(&'a mut Child);
     impl Drop for Kill<'_> {
         fn drop(&mut self) {
@@ -354,7 +382,109 @@ fn thousand_files_in_16_threads() {
     let _kill = Kill(&mut child);
     let vol = dir.join("vol");
     let vol = vol.to_str().expect("utf-8");
-    inject_common::thousand_files(&env, pid, &dir, vol, Some(pid));
+    match size {
+        Some((files, ..)) => inject_common::held_files(&env, pid, &dir, vol, Some(pid), files),
+        None => inject_common::thousand_files(&env, pid, &dir, vol, Some(pid)),
+    }
+}
+
+/// The injection server's fd limit for [`recover_when_the_server_has_no_fds_left`].
+const SERVER_NOFILE: usize = 4_000;
+
+/// The target opens files through ChaosFS until the injection server, which holds about two fds
+/// per file, has none left (the target's opens then fail), then closes two: enough for the
+/// server to accept `recover`'s connection, nothing more. Before, recover then failed with
+/// EMFILE reading `/proc` and the injection stayed live; now fds held back since the swap-in are
+/// released for it: recover succeeds and every fd is back on the original mount.
+#[test]
+fn recover_when_the_server_has_no_fds_left() {
+    let env = Env::new();
+    let dir = env.path().join("grower");
+    let vol = dir.join("vol");
+    std::fs::create_dir_all(&vol).expect("mkdir");
+    let fifo = dir.join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("fifo");
+    let (v, d) = (vol.to_str().expect("utf-8"), dir.to_str().expect("utf-8"));
+    // Commands come through the fifo (read without forking: a child would inherit every fd).
+    let script = format!(
+        "exec 9<>'{d}/fifo'; exec 3>>'{v}/held'; echo > '{d}/ready'; read -u 9 cmd; \
+         i=0; a=3; b=3; \
+         while exec {{fd}}>>'{v}/g'$i; do a=$b; b=$fd; i=$((i+1)); done 2>/dev/null; \
+         echo $i > '{d}/grown'; read -u 9 cmd; exec {{a}}>&- {{b}}>&-; echo > '{d}/shrunk'; \
+         while read -u 9 cmd; do :; done"
+    );
+    let mut child = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "bash", "-c", &script])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("grower");
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let pid = child.id();
+    let _kill = Kill(&mut child);
+    poll("the grower", 10, || {
+        dir.join("ready").exists().then_some(())
+    });
+    let before = inject_common::fds_under(pid, v);
+    let pid_s = pid.to_string();
+    let nofile = format!("--nofile={SERVER_NOFILE}:{SERVER_NOFILE}");
+    let out = env
+        .command_via(
+            &["prlimit", &nofile, "--"],
+            &[
+                "inject", "--pid", &pid_s, "--path", v, "--errno", "EIO", "--ops", "write",
+            ],
+        )
+        .output()
+        .expect("inject");
+    assert!(
+        out.status.success(),
+        "inject: {out:?}\n{}",
+        env.server_log()
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let server = server_pid(&env);
+    let send = |cmd: &str| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&fifo)
+            .expect("fifo");
+        std::io::Write::write_all(&mut f, format!("{cmd}\n").as_bytes()).expect("command");
+    };
+    send("grow");
+    let grown = poll("the grower to run out", 120, || {
+        std::fs::read_to_string(dir.join("grown")).ok()
+    });
+    let server_fds = || std::fs::read_dir(format!("/proc/{server}/fd")).map_or(0, Iterator::count);
+    eprintln!(
+        "{} files opened; the server holds {} fds",
+        grown.trim(),
+        server_fds()
+    );
+    assert!(server_fds() >= SERVER_NOFILE - 1, "the server has fds left");
+    send("shrink");
+    poll("the grower to close two files", 10, || {
+        dir.join("shrunk").exists().then_some(())
+    });
+    poll("ChaosFS to release them", 10, || {
+        (server_fds() <= SERVER_NOFILE - 2).then_some(())
+    });
+
+    env.ok(&["recover", &id]);
+    let orig = &before[&3].1;
+    let after = inject_common::fds_under(pid, v);
+    assert_eq!(after[&3], before[&3], "the held fd");
+    let off: Vec<_> = after.iter().filter(|(_, (_, m))| m != orig).collect();
+    assert!(
+        off.is_empty(),
+        "fds not back on the original mount: {off:?}"
+    );
+    env.assert_clean(&[server], Some(pid));
 }
 
 #[test]

@@ -4,6 +4,7 @@ pub mod adapters;
 pub mod api;
 pub mod error;
 pub mod failpoint;
+pub mod fdlimit;
 pub mod fusectl;
 pub mod inject;
 pub mod journal;

@@ -265,6 +265,12 @@ impl MountGuard {
         self.detach_inner()
     }
 
+    /// [`MountGuard::detach`] keeping the guard: after a failure it still owns the mount, so
+    /// the detach can be tried again (or happens on drop).
+    pub fn detach_in_place(&mut self) -> Result<()> {
+        self.detach_inner()
+    }
+
     /// Keep the mount after the guard is gone (its lifetime passes to the journal); returns a
     /// duplicate of the backing fd.
     pub fn leak(mut self) -> Result<OwnedFd> {
@@ -276,8 +282,9 @@ impl MountGuard {
         Ok(backing)
     }
 
+    /// Detach; the guard forgets the mount only once it is detached.
     fn detach_inner(&mut self) -> Result<()> {
-        let Some(root) = self.mount_root.take() else {
+        let Some(root) = self.mount_root.as_ref() else {
             return Ok(());
         };
         let proc = host_proc()?;
@@ -297,7 +304,7 @@ impl MountGuard {
                 )
             })
         });
-        match r {
+        let r = match r {
             // EINVAL: no longer a mount (detached by someone else, or its namespace died).
             Err(Error::Sys { source, .. })
                 if rustix::io::Errno::from_io_error(&source) == Some(rustix::io::Errno::INVAL) =>
@@ -305,7 +312,11 @@ impl MountGuard {
                 Ok(())
             }
             r => r,
+        };
+        if r.is_ok() {
+            self.mount_root = None;
         }
+        r
     }
 }
 

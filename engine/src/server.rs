@@ -53,6 +53,8 @@ pub fn serve_with<S: Swapper>(
     signals
         .thread_block()
         .map_err(|e| Error::sys("blocking signals", std::io::Error::from(e)))?;
+    // ChaosFS holds about two fds per file the target has open through it: all we may have.
+    crate::fdlimit::raise_soft_limit();
 
     let inj: Arc<Live<S>> = match inject(journal, &ChaosLauncher::default(), swapper, req) {
         Ok(i) => Arc::new(i),

@@ -60,7 +60,20 @@ impl Env {
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_iochaos"));
+        self.command_via(&[], args)
+    }
+
+    /// [`Env::command`] run through `wrapper` (a command that runs the rest of its arguments,
+    /// like `prlimit --nofile=N:N --`).
+    pub fn command_via(&self, wrapper: &[&str], args: &[&str]) -> Command {
+        let mut c = match wrapper {
+            [] => Command::new(env!("CARGO_BIN_EXE_iochaos")),
+            [w, rest @ ..] => {
+                let mut c = Command::new(w);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_iochaos"));
+                c
+            }
+        };
         c.args(args)
             .env("IOCHAOS_RUN_DIR", &self.run)
             .env("IOCHAOS_SERVER_LOG", self.dir.path().join("server.log"))
@@ -455,11 +468,24 @@ fn whole_file_lock(kind: i32) -> libc::flock {
     }
 }
 
+/// The environment variable that makes `holder_process` hold `FILES THREADS PAUSE_MS` instead
+/// of 1,000 files in 16 threads writing each every 5 ms.
+pub const HOLDER_SIZE_ENV: &str = "IOCHAOS_TEST_HOLDER_SIZE";
+
 /// Not a test: the holder's entry point. When [`HOLDER_ENV`] names a directory, hold 1,000
-/// files open under DIR/vol in 16 threads (never returns); otherwise return at once.
+/// files (or what [`HOLDER_SIZE_ENV`] says) open under DIR/vol in 16 threads (never returns);
+/// otherwise return at once.
 pub fn holder_main() {
     if let Some(dir) = std::env::var_os(HOLDER_ENV) {
-        hold_files(Path::new(&dir), HOLDER_FILES, HOLDER_THREADS);
+        let size = std::env::var(HOLDER_SIZE_ENV).unwrap_or_default();
+        let mut size = size.split(' ').filter_map(|n| n.parse::<usize>().ok());
+        let (files, threads, pause) = (size.next(), size.next(), size.next());
+        hold_files(
+            Path::new(&dir),
+            files.unwrap_or(HOLDER_FILES),
+            threads.unwrap_or(HOLDER_THREADS),
+            Duration::from_millis(pause.map_or(5, |p| u64::try_from(p).expect("pause"))),
+        );
     }
 }
 
@@ -474,12 +500,23 @@ pub fn holder_main() {
 /// * once the holder stopped, every write it counted as done is in the files and none it
 ///   counted as failed: the files hold exactly 2 bytes ("x\n") per successful write.
 pub fn thousand_files(env: &Env, pid: u32, dir: &Path, vol: &str, target: Option<u32>) {
+    held_files(env, pid, dir, vol, target, HOLDER_FILES);
+}
+
+/// [`thousand_files`] for a holder of `n` files.
+pub fn held_files(env: &Env, pid: u32, dir: &Path, vol: &str, target: Option<u32>, n: usize) {
     poll("the holder to open its files", 30, || {
         counts(dir).filter(|c| c.0 > 0)
     });
     let before = fds_under(pid, vol);
     // The files, and the lock's fd on f0.
-    assert_eq!(before.len(), HOLDER_FILES + 1, "held fds: {before:?}");
+    assert_eq!(
+        before.len(),
+        n + 1,
+        "held fds: {} of {}",
+        before.len(),
+        n + 1
+    );
     let owner = i32::try_from(pid).expect("pid");
     let f0 = dir.join("vol/f0");
     assert_eq!(
@@ -491,7 +528,7 @@ pub fn thousand_files(env: &Env, pid: u32, dir: &Path, vol: &str, target: Option
     env.inject(&["--pid", &pid_s], vol, EIO_ON_WRITE);
     let st = env.status();
     let swapped = st[0]["swapped"].as_array().expect("swapped").len();
-    assert!(swapped >= HOLDER_FILES, "only {swapped} fds swapped");
+    assert!(swapped >= n, "only {swapped} fds swapped");
     let server = st[0]["server_pid"]
         .as_u64()
         .and_then(|p| u32::try_from(p).ok())
@@ -511,8 +548,9 @@ pub fn thousand_files(env: &Env, pid: u32, dir: &Path, vol: &str, target: Option
         );
     }
     let (_, e0) = counts(dir).expect("counts");
-    poll("errors from all files", 30, || {
-        counts(dir).filter(|c| c.1 >= e0 + 2000)
+    let n64 = u64::try_from(n).expect("file count");
+    poll("errors from all files", 60, || {
+        counts(dir).filter(|c| c.1 >= e0 + 2 * n64)
     });
     env.ok(&["recover", "--pid", &pid_s]);
     assert_holder_recovered(dir);
@@ -530,7 +568,7 @@ pub fn thousand_files(env: &Env, pid: u32, dir: &Path, vol: &str, target: Option
     });
     assert!(err > 0, "no write failed");
     let mut bytes = 0;
-    for i in 0..HOLDER_FILES {
+    for i in 0..n {
         let data = std::fs::read(dir.join(format!("vol/f{i}"))).expect("held file");
         assert!(
             data.chunks(2).all(|c| c == b"x\n"),
@@ -566,7 +604,7 @@ pub fn assert_holder_recovered(dir: &Path) {
 /// Open `n` files under DIR/vol in `threads` threads (and hold a POSIX write lock on f0), write
 /// "x\n" to each of them continuously, and keep DIR/counts up to date with "OK ERR" totals.
 /// Once DIR/stop exists, every thread stops writing and the final totals go to DIR/final.
-pub fn hold_files(dir: &Path, n: usize, threads: usize) -> ! {
+pub fn hold_files(dir: &Path, n: usize, threads: usize, pause: Duration) -> ! {
     let ok = Arc::new(AtomicU64::new(0));
     let err = Arc::new(AtomicU64::new(0));
     let ready = Arc::new(AtomicU64::new(0));
@@ -598,7 +636,7 @@ pub fn hold_files(dir: &Path, n: usize, threads: usize) -> ! {
                         Err(_) => err.fetch_add(1, Ordering::Relaxed),
                     };
                 }
-                std::thread::sleep(Duration::from_millis(5));
+                std::thread::sleep(pause);
             }
             stopped.fetch_add(1, Ordering::SeqCst);
             loop {

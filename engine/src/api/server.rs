@@ -78,6 +78,9 @@ impl chaos_ttrpc::Chaos for Adapter {
     }
 }
 
+/// How long ttrpc waits to accept again after running out of fds.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
 /// The key of a connection's own duplicate of its fd in ttrpc's per-connection data.
 const CONNECTION: &str = "iochaos.connection";
 
@@ -146,6 +149,9 @@ impl ApiServer {
             .add_listener(listener.as_raw_fd())
             .map_err(rpc_err)?
             .set_accept_hook(KeepConnection)
+            // Out of fds (ChaosFS holds two per file open through it), ttrpc waits this long
+            // before it accepts again (10 s by default): recover frees fds, `recover` waits.
+            .set_accept_retry_interval(ACCEPT_RETRY)
             .register_service(chaos_ttrpc::create_chaos(adapter));
         server.start().map_err(rpc_err)?;
         Ok(ApiServer {

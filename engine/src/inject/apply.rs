@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::fdlimit::FdReserve;
 use crate::journal::{Entry, Journal, MountRecord};
 use crate::ns::{self, CHAOSFS_SUBTYPE, MountGuard, MountNs, MountSource};
 use crate::target::processes_in_mnt_ns;
@@ -57,6 +58,9 @@ pub fn inject<L: FsLauncher, S: Swapper>(
     let (guard, server) = mount_and_serve(journal, launcher, req, (&mns, &path), &mut entry, t0)
         .map_err(undo_journal)?;
     tracing::debug!(elapsed = ?t0.elapsed(), "serving");
+    // Before the target's files are on ChaosFS: what ChaosFS may take ends this much short of
+    // the limit, so that recover has what it needs.
+    let fd_reserve = FdReserve::take();
     crate::failpoint::hit("swapping");
     let (guard, server, outcome) =
         swap_in(&swapper, &pids, &path, guard, server).map_err(undo_journal)?;
@@ -82,6 +86,7 @@ pub fn inject<L: FsLauncher, S: Swapper>(
             guard: Some(guard),
             detached: None,
             server: Some(server),
+            fd_reserve: Some(fd_reserve),
         }),
     })
 }
@@ -180,27 +185,13 @@ fn undo_swap<F: FsServer, S: Swapper>(
 /// other thread (the injection server, before any: not even a joined thread that may not have
 /// released the table yet), the growth costs nothing; the table never shrinks. Best effort.
 fn reserve_fd_slots(pids: &[u32], any_fd: BorrowedFd<'_>) {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let held: usize = pids
         .iter()
         .filter_map(|p| std::fs::read_dir(format!("/proc/{p}/fd")).ok())
         .map(Iterator::count)
         .sum();
-    let lim = getrlimit(Resource::Nofile);
-    let (soft, hard) = (
-        lim.current.unwrap_or(u64::MAX),
-        lim.maximum.unwrap_or(u64::MAX),
-    );
     // ChaosFS raises the soft limit to the hard one when it starts: do it first.
-    let raised = Rlimit {
-        current: lim.maximum,
-        maximum: lim.maximum,
-    };
-    let soft = if soft < hard && setrlimit(Resource::Nofile, raised).is_ok() {
-        hard
-    } else {
-        soft
-    };
+    let soft = crate::fdlimit::raise_soft_limit().unwrap_or(u64::MAX);
     // Two per fd held and some room; a count of fds that does not fit in u64 cannot exist.
     let want = u64::try_from(held)
         .unwrap_or(u64::MAX)

@@ -191,6 +191,8 @@ struct State<F> {
     /// Set once the mount is detached (mount id, namespace), until the swap back succeeded.
     detached: Option<(u64, NsId)>,
     server: Option<F>,
+    /// fds held back for recover (see [`crate::fdlimit`]), released when it begins.
+    fd_reserve: Option<crate::fdlimit::FdReserve>,
 }
 
 impl<F: FsServer, S: Swapper> std::fmt::Debug for Injection<F, S> {

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::api::RecoverReport;
 use crate::error::{Error, Result};
+use crate::fdlimit::explain_shortage;
 use crate::fusectl::FuseCtl;
 use crate::journal::{Entry, InjectionId, Journal, ProcessRecord};
 use crate::mountinfo::Mount;
@@ -20,17 +21,23 @@ impl<F: FsServer, S: Swapper> Injection<F, S> {
     pub(super) fn recover_live(&self) -> Result<RecoverReport> {
         let _latency = fdswap::CpuLatency::hold();
         let mut st = self.lock()?;
+        // The fds held back since the swap-in are this one's: the detach and the scans below
+        // need some, and ChaosFS may have taken every other one.
+        if let Some(reserve) = st.fd_reserve.take() {
+            tracing::debug!(fds = reserve.len(), "fd reserve released");
+        }
         if let Some(server) = st.server.as_ref() {
             server.quiesce();
         }
+        if let Some(guard) = st.guard.as_mut() {
+            // What is open through ChaosFS keeps working. Not detached, nothing could move
+            // back (the path still leads to ChaosFS): fail, the guard kept for a retry.
+            guard
+                .detach_in_place()
+                .map_err(|e| explain_shortage(e, "recover: detaching the ChaosFS mount"))?;
+        }
         if let Some(guard) = st.guard.take() {
-            let ids = (guard.mnt_id(), guard.ns().id);
-            // What is open through ChaosFS keeps working.
-            if let Err(e) = guard.detach() {
-                // The guard is gone; its drop retried the detach once more.
-                tracing::warn!(error = %e, "detaching the ChaosFS mount");
-            }
-            st.detached = Some(ids);
+            st.detached = Some((guard.mnt_id(), guard.ns().id));
         }
         let Some((mnt_id, ns_id)) = st.detached else {
             return Err(Error::Recovered {
@@ -40,8 +47,15 @@ impl<F: FsServer, S: Swapper> Injection<F, S> {
         let t0 = std::time::Instant::now();
         let path = PathBuf::from(&st.entry.path);
         // Everyone in the namespace now, including processes started after the injection.
-        let pids: Vec<u32> = processes_in_mnt_ns(ns_id)?.iter().map(|p| p.pid).collect();
-        let outcome = self.swapper.swap_out(&pids, &path, mnt_id)?;
+        let pids: Vec<u32> = processes_in_mnt_ns(ns_id)
+            .map_err(|e| explain_shortage(e, "recover: listing the target's processes"))?
+            .iter()
+            .map(|p| p.pid)
+            .collect();
+        let outcome = self
+            .swapper
+            .swap_out(&pids, &path, mnt_id)
+            .map_err(|e| explain_shortage(e, "recover: swapping back"))?;
         st.detached = None;
         tracing::debug!(elapsed = ?t0.elapsed(), "swapped back");
         if let Some(server) = st.server.take()
