@@ -102,6 +102,24 @@ fn inject_args(w: &Workload) -> Vec<String> {
     args.map(str::to_owned).to_vec()
 }
 
+/// `inject` with a 30 s latency on `--ops` followed by `ops` (ops and more selectors).
+fn parked_args(w: &Workload, ops: &[&str]) -> Vec<String> {
+    let pid = w.pid_arg();
+    let args = [
+        "inject",
+        "--pid",
+        &pid,
+        "--path",
+        w.vol_str(),
+        "--latency",
+        "30s",
+        "--ops",
+    ];
+    let mut args: Vec<String> = args.map(str::to_owned).to_vec();
+    args.extend(ops.iter().map(|s| (*s).to_owned()));
+    args
+}
+
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
@@ -229,20 +247,8 @@ fn server_killed_mid_swap_inject_reports_and_undoes() {
     let mut w = Workload::start(&env, "w");
     let before = fds_under(w.pid(), w.vol_str());
     let pid = w.pid_arg();
-    let args = [
-        "inject",
-        "--pid",
-        &pid,
-        "--path",
-        w.vol_str(),
-        "--latency",
-        "30s",
-        "--ops",
-        "open",
-        "--glob",
-        "held",
-    ];
-    let cli = Cli::start(&env, &args, None);
+    let args = parked_args(&w, &["open", "--glob", "held"]);
+    let cli = Cli::start(&env, &strs(&args), None);
     let ns = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).expect("mount namespace");
     let (server, parked) = poll("a traced thread of the target waiting on FUSE", 30, || {
         let server = servers(&env).into_iter().next()?;
@@ -393,22 +399,7 @@ fn update_with_a_failing_journal_changes_nothing() {
 fn server_killed_while_its_own_request_is_parked_inject_does_not_hang() {
     let env = Env::new();
     let w = Workload::start(&env, "w");
-    let pid = w.pid().to_string();
-    let cli = Cli::start(
-        &env,
-        &[
-            "inject",
-            "--pid",
-            &pid,
-            "--path",
-            w.vol_str(),
-            "--latency",
-            "30s",
-            "--ops",
-            "lookup",
-        ],
-        None,
-    );
+    let cli = Cli::start(&env, &strs(&parked_args(&w, &["lookup"])), None);
     let (server, tid) = poll("a server thread waiting on FUSE", 30, || {
         let server = servers(&env).into_iter().next()?;
         let tasks = std::fs::read_dir(format!("/proc/{server}/task")).ok()?;

@@ -12,6 +12,16 @@ use inject_common::{
     inject_update_recover, poll, test_exe,
 };
 
+/// A child killed and reaped on drop.
+struct Kill<'a>(&'a mut Child);
+
+impl Drop for Kill<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn server_pid(env: &Env) -> u32 {
     iochaos_testsupport::json_pid(&env.status()[0]["server_pid"])
 }
@@ -371,13 +381,6 @@ fn many_files(size: Option<(usize, usize, u64)>) {
         holder.env(HOLDER_SIZE_ENV, format!("{files} {threads} {pause}"));
     }
     let mut child = holder.spawn().expect("holder");
-    struct Kill<'a>(&'a mut Child);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let pid = child.id();
     let _kill = Kill(&mut child);
     let vol = dir.join("vol");
@@ -418,13 +421,6 @@ fn recover_when_the_server_has_no_fds_left() {
         .stdin(Stdio::null())
         .spawn()
         .expect("grower");
-    struct Kill<'a>(&'a mut Child);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let pid = child.id();
     let _kill = Kill(&mut child);
     poll("the grower", 10, || {
