@@ -2,15 +2,14 @@
 //! it on a unix socket (mode 0600) with ttrpc.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
-use ttrpc::ConnectionDataExt;
 
 use rustix::event::{PollFd, PollFlags, Timespec};
+use ttrpc::ConnectionDataExt;
 
 use super::proto::{chaos as pb, chaos_ttrpc};
 use super::{RecoverReport, Status};
