@@ -86,38 +86,23 @@ fn sigkill_and_reap(pid: u32) {
     });
 }
 
+/// `inject --pid P --path VOL` followed by `rule`.
+fn inject_with(w: &Workload, rule: &[&str]) -> Vec<String> {
+    let mut args = vec!["inject".to_owned(), "--pid".to_owned(), w.pid_arg()];
+    args.extend(["--path", w.vol_str()].map(str::to_owned));
+    args.extend(rule.iter().map(|s| (*s).to_owned()));
+    args
+}
+
 fn inject_args(w: &Workload) -> Vec<String> {
-    let pid = w.pid_arg();
-    let args = [
-        "inject",
-        "--pid",
-        &pid,
-        "--path",
-        w.vol_str(),
-        "--errno",
-        "EIO",
-        "--ops",
-        "write",
-    ];
-    args.map(str::to_owned).to_vec()
+    inject_with(w, &["--errno", "EIO", "--ops", "write"])
 }
 
 /// `inject` with a 30 s latency on `--ops` followed by `ops` (ops and more selectors).
 fn parked_args(w: &Workload, ops: &[&str]) -> Vec<String> {
-    let pid = w.pid_arg();
-    let args = [
-        "inject",
-        "--pid",
-        &pid,
-        "--path",
-        w.vol_str(),
-        "--latency",
-        "30s",
-        "--ops",
-    ];
-    let mut args: Vec<String> = args.map(str::to_owned).to_vec();
-    args.extend(ops.iter().map(|s| (*s).to_owned()));
-    args
+    let mut rule = vec!["--latency", "30s", "--ops"];
+    rule.extend_from_slice(ops);
+    inject_with(w, &rule)
 }
 
 fn strs(v: &[String]) -> Vec<&str> {
@@ -194,10 +179,8 @@ fn assert_killed_and_undone(env: &Env, cli: Cli, w: &mut Workload, server: u32, 
         err.contains("undone") || err.contains("it had changed nothing"),
         "{err:?}"
     );
-    assert!(
-        w.child.try_wait().expect("try_wait").is_none(),
-        "the workload died"
-    );
+    let died = w.child.try_wait().expect("try_wait");
+    assert!(died.is_none(), "the workload died: {died:?}");
     assert_eq!(&fds_under(w.pid(), w.vol_str()), before, "held fds");
     assert_undone(env, w, server);
 }
