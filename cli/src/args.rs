@@ -1,14 +1,19 @@
-//! Command-line parsing.
+//! Command-line parsing (clap derive).
 //!
 //! Rule shorthand flags are order-sensitive (`--errno EIO --percent 50 --latency 1s --ops fsync`
-//! makes two rules), which a declarative parser cannot express, so the command line is split
-//! here: the flags of the subcommand itself are taken out, the rest goes to
-//! `chaosfs::rules::parse_shorthand` in the order given.
+//! makes two rules: an action flag starts a rule, selector flags refine the rule before them).
+//! clap declares them (so they appear in `--help`, completions and man pages) and checks each
+//! value with the shorthand parser itself ([`rule_value`]); then the flags are put back in the
+//! order given (clap's argument indices) and handed, whole, to `chaosfs::rules::parse_shorthand`,
+//! the one parser of their meaning. Every mistake is found here and is a usage error (exit 2).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-/// A usage error: printed as one line, exit status 2.
+use clap::error::ErrorKind;
+use clap::{ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+
+/// A usage error found after parsing (a bad `--spec` file): printed as one line, exit status 2.
 #[derive(Debug)]
 pub struct Usage(pub String);
 
@@ -20,45 +25,458 @@ impl std::fmt::Display for Usage {
 
 impl std::error::Error for Usage {}
 
-fn usage(msg: impl Into<String>) -> Usage {
-    Usage(msg.into())
+/// `0.1.0 (commit 5f8fb87c1d2e)`: the version and the git commit built from (see build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("IOCHAOS_GIT_COMMIT"),
+    ")"
+);
+
+/// containerd's default namespace and state directory.
+pub const DEFAULT_NAMESPACE: &str = "default";
+pub const DEFAULT_CONTAINERD_STATE: &str = "/run/containerd";
+
+const EXIT_CODES: &str = "\
+Exit status: 0 success, 1 failure (one line on stderr saying why), 2 usage error (a mistake on \
+the command line or in a --spec file; nothing was changed). `run` exits with its command's status.
+
+See `iochaos help SUBCOMMAND`, `man iochaos-SUBCOMMAND`, docs/cli.md.";
+
+macro_rules! rules_help {
+    () => {
+        "\
+Rules (shorthand): each action flag (--errno, --latency, --attr, --corrupt, --short, --full)
+starts a rule; the selector flags after it (--ops, --glob, --percent, --comm, --uid, --after,
+--every, --times) refine that rule. `--errno EIO --ops write --latency 200ms --ops fsync` is two
+rules. --spec FILE|- gives the JSON spec of docs/rules.md instead."
+    };
 }
 
-pub const HELP: &str = "\
-iochaos — inject filesystem faults into running processes and containers
+macro_rules! run_examples {
+    () => {
+        "\
+Examples:
+  # every write under /tmp/data fails with EIO
+  iochaos run --path /tmp/data --errno EIO --ops write -- sh -c 'echo hi > /tmp/data/f'
+  # half of the fsyncs of *.db files take 200ms
+  iochaos run --path /var/lib/app --latency 200ms --ops fsync --glob '*.db' --percent 50 -- ./app
+  # the rules from a JSON spec
+  iochaos run --path /tmp/data --spec rules.json -- ./app"
+    };
+}
 
-USAGE:
-    iochaos run --path DIR RULE... -- CMD [ARGS...]
-        Start CMD in a private mount namespace with ChaosFS over DIR: faults from its
-        first syscall, CMD's exit status is returned, the mount disappears with it.
-    iochaos inject (--pid PID | CONTAINER [--namespace NS]) --path PATH RULE... [--duration D]
-                   [--json] [--allow-shared] [--host-namespace] [--containerd-state DIR]
-        Inject faults into a running process (every process of its mount namespace) or a
-        containerd container, at PATH as it sees it. Prints the injection id once faults are
-        live. `--pid` always names the target here (the rule selector needs --spec).
-        A process in the host's mount namespace (that of PID 1) is refused unless
-        --host-namespace is given; PID 1 and iochaos's ancestors are always refused.
-    iochaos recover (ID | --pid PID | CONTAINER [--namespace NS] | --all)
-        Remove injections: detach, move every fd back, stop the server, clear the journal.
-    iochaos status [ID | CONTAINER [--namespace NS]] [--json]
-        Live injections: target, path, pids, server, rules with counters, swapped/skipped fds.
-    iochaos update (ID | CONTAINER [--namespace NS]) (--spec FILE|- | RULE...)
-        Replace the rules of a live injection.
-    A CONTAINER run by containerd-shim-iochaos-v2 is reached through its shim (the task
-    directory's `address` under --containerd-state DIR, default /run/containerd).
-    iochaos demo
-        Show faults appearing and disappearing under a small workload (no container runtime).
-    iochaos help
+macro_rules! inject_examples {
+    () => {
+        "\
+Examples:
+  # writes of process 4242 under /data fail with EIO for a minute
+  iochaos inject --pid 4242 --path /data --errno EIO --ops write --duration 60s
+  # a containerd container (namespace k8s.io), rules from stdin
+  echo '{\"rules\":[{\"ops\":[\"fsync\"],\"latency\":\"200ms\"}]}' |
+    iochaos inject web --namespace k8s.io --path /var/lib/db --spec -
+  # the status object instead of the id
+  iochaos inject --pid 4242 --path /data --errno ENOSPC --json"
+    };
+}
 
-RULES (shorthand; each action flag starts a rule, selector flags refine the rule before them):
-    actions:    --errno EIO[,ENOSPC|EIO:3,ENOSPC:1]   --latency 200ms[~50ms]
-                --attr perm=0000,uid=0,...  --corrupt zeros|random|bitflip[:N]
-                --short BYTES  --full
-    selectors:  --ops read,write  --glob '*.db'  --percent P  --pid PID  --comm NAME
-                --uid UID  --after N  --every N  --times N
-    global:     --seed N   --low-latency (idle CPUs poll while faults are live)
-                --spec FILE|-   (the JSON spec of docs/rules.md instead of flags)
-";
+const RECOVER_EXAMPLES: &str = "\
+Examples:
+  iochaos recover 0f3c2a9e7b1d
+  iochaos recover --pid 4242
+  iochaos recover web --namespace k8s.io
+  iochaos recover --all --json";
+
+const STATUS_EXAMPLES: &str = "\
+Examples:
+  iochaos status
+  iochaos status 0f3c2a9e7b1d
+  iochaos --json status";
+
+macro_rules! update_examples {
+    () => {
+        "\
+Examples:
+  iochaos update 0f3c2a9e7b1d --latency 50ms --ops read
+  iochaos update 0f3c2a9e7b1d --spec rules.json --json"
+    };
+}
+
+const COMPLETIONS_EXAMPLES: &str = "\
+Examples:
+  iochaos completions bash > /usr/share/bash-completion/completions/iochaos
+  iochaos completions zsh > /usr/share/zsh/vendor-completions/_iochaos
+  iochaos completions fish > /usr/share/fish/vendor_completions.d/iochaos.fish";
+
+const MAN_EXAMPLES: &str = "\
+Examples:
+  iochaos man | man -l -
+  iochaos man inject | man -l -
+  iochaos man --dir /usr/share/man/man1";
+
+/// The `iochaos` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "iochaos",
+    version = VERSION,
+    about = "Inject filesystem faults into running processes and containers",
+    propagate_version = true,
+    subcommand_required = true,
+    after_help = EXIT_CODES,
+)]
+pub struct Cli {
+    /// Print JSON (inject, status, recover, update); the schema is docs/schema/
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Sub,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Sub {
+    /// Start a command with faults from its first syscall (private mount namespace, no runtime)
+    #[command(
+        long_about = "Start CMD in a private mount namespace with ChaosFS over DIR: faults from \
+                      its first syscall; CMD's exit status is returned and the mount disappears \
+                      with it.",
+        after_help = run_examples!(),
+        after_long_help = concat!(rules_help!(), "\n\n", run_examples!())
+    )]
+    Run(RunCli),
+    /// Inject faults into a running process or container
+    #[command(
+        long_about = "Inject faults into a running process (every process of its mount \
+                      namespace) or a containerd container, at PATH as it sees it. Prints the \
+                      injection id once faults are live. --pid always names the target here (the \
+                      --pid rule selector needs --spec). A process in the host's mount namespace \
+                      (that of PID 1) is refused unless --host-namespace is given; PID 1 and \
+                      iochaos's ancestors are always refused.",
+        after_help = inject_examples!(),
+        after_long_help = concat!(rules_help!(), "\n\n", inject_examples!())
+    )]
+    Inject(InjectCli),
+    /// Remove injections: detach, move every fd back, stop the server, clear the journal
+    #[command(after_help = RECOVER_EXAMPLES)]
+    Recover(RecoverCli),
+    /// Show live injections: target, path, pids, server, rules with counters, fds
+    #[command(after_help = STATUS_EXAMPLES)]
+    Status(StatusCli),
+    /// Replace the rules of a live injection
+    #[command(
+        after_help = update_examples!(),
+        after_long_help = concat!(rules_help!(), "\n\n", update_examples!())
+    )]
+    Update(UpdateCli),
+    /// Show faults appearing and disappearing under a small workload (no container runtime)
+    #[command(after_help = "Example:\n  iochaos demo")]
+    Demo,
+    /// Print a shell completion script (bash, zsh, fish) to stdout
+    #[command(after_help = COMPLETIONS_EXAMPLES)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print a man page (roff) to stdout, or write all of them to a directory
+    #[command(after_help = MAN_EXAMPLES)]
+    Man {
+        /// The subcommand whose page to print (default: the iochaos page)
+        subcommand: Option<String>,
+        /// Write iochaos.1 and one iochaos-SUBCOMMAND.1 per subcommand into DIR
+        #[arg(long, value_name = "DIR", conflicts_with = "subcommand")]
+        dir: Option<PathBuf>,
+    },
+    /// Internal: the injection server (a JSON request; see `inject::ServeRequest`)
+    #[command(name = "__serve", hide = true)]
+    Serve { request: String },
+    /// Internal: the demo's workload process
+    #[command(name = "__demo-workload", hide = true)]
+    DemoWorkload { dir: PathBuf },
+}
+
+/// `--namespace` and `--containerd-state`, for a CONTAINER.
+#[derive(Debug, Args)]
+pub struct ContainerOpts {
+    /// containerd namespace of CONTAINER
+    #[arg(long, value_name = "NS", default_value = DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// containerd's state directory (where a task directory names its shim)
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_CONTAINERD_STATE)]
+    pub containerd_state: PathBuf,
+}
+
+const ACTIONS: &str = "Rule actions (each starts a rule)";
+const SELECTORS: &str = "Rule selectors (refine the rule before them)";
+const RULE_OPTIONS: &str = "Rule options";
+
+/// The rule shorthand flags and `--spec`. Their values are read back in order from the
+/// [`ArgMatches`] ([`ordered_rule_flags`]); the fields only document them.
+#[derive(Debug, Args)]
+pub struct RuleFlags {
+    /// Fail with this errno: EIO, EIO,ENOSPC (either), EIO:3,ENOSPC:1 (weighted)
+    #[arg(long, value_name = "ERRNO", action = ArgAction::Append, help_heading = ACTIONS,
+          value_parser = rule_value("errno"))]
+    errno: Vec<String>,
+    /// Delay the request: 200ms, or 200ms~50ms (with jitter)
+    #[arg(long, value_name = "DELAY", action = ArgAction::Append, help_heading = ACTIONS,
+          value_parser = rule_value("latency"))]
+    latency: Vec<String>,
+    /// Override attributes: perm=0000,uid=0,size=0,mtime=2024-01-01T00:00:00Z,kind=dir
+    #[arg(long, value_name = "FIELD=VALUE,...", action = ArgAction::Append, help_heading = ACTIONS,
+          value_parser = rule_value("attr"))]
+    attr: Vec<String>,
+    /// Corrupt data read or written: zeros, random or bitflip[:MAX_BYTES]
+    #[arg(long, value_name = "MODE", action = ArgAction::Append, help_heading = ACTIONS,
+          value_parser = rule_value("corrupt"))]
+    corrupt: Vec<String>,
+    /// Short reads/writes: BYTES, a fraction (0.5) or a percentage (50%)
+    #[arg(long, value_name = "LEN", action = ArgAction::Append, help_heading = ACTIONS,
+          value_parser = rule_value("short"))]
+    short: Vec<String>,
+    /// Writes fail with ENOSPC as if the disk were full
+    #[arg(long, action = ArgAction::Count, help_heading = ACTIONS)]
+    full: u8,
+    /// Only these ops: read,write,fsync,open,getattr,... (docs/rules.md)
+    #[arg(long, value_name = "OP,...", action = ArgAction::Append, help_heading = SELECTORS,
+          value_parser = rule_value("ops"))]
+    ops: Vec<String>,
+    /// Only paths matching this glob ('*.db')
+    #[arg(long, value_name = "GLOB", action = ArgAction::Append, help_heading = SELECTORS,
+          value_parser = rule_value("glob"))]
+    glob: Vec<String>,
+    /// Only this share of the selected requests (0-100)
+    #[arg(long, value_name = "P", action = ArgAction::Append, help_heading = SELECTORS,
+          value_parser = rule_value("percent"))]
+    percent: Vec<String>,
+    /// Only requests of processes with these command names
+    #[arg(long, value_name = "NAME,...", action = ArgAction::Append, help_heading = SELECTORS,
+          value_parser = rule_value("comm"))]
+    comm: Vec<String>,
+    /// Only requests of these uids
+    #[arg(long, value_name = "UID,...", action = ArgAction::Append, help_heading = SELECTORS,
+          value_parser = rule_value("uid"))]
+    uid: Vec<String>,
+    /// Only after the first N selected requests
+    #[arg(long, value_name = "N", action = ArgAction::Append, help_heading = SELECTORS,
+          value_parser = rule_value("after"))]
+    after: Vec<String>,
+    /// Only every Nth selected request
+    #[arg(long, value_name = "N", action = ArgAction::Append, help_heading = SELECTORS,
+          value_parser = rule_value("every"))]
+    every: Vec<String>,
+    /// At most N times
+    #[arg(long, value_name = "N", action = ArgAction::Append, help_heading = SELECTORS,
+          value_parser = rule_value("times"))]
+    times: Vec<String>,
+    /// Seed of the random choices (percent, errno choices, corruption)
+    #[arg(long, value_name = "N", action = ArgAction::Append, help_heading = RULE_OPTIONS,
+          value_parser = rule_value("seed"))]
+    seed: Vec<String>,
+    /// Idle CPUs poll while faults are live (lower latency, more CPU)
+    #[arg(long, action = ArgAction::Count, help_heading = RULE_OPTIONS)]
+    low_latency: u8,
+    /// The rules as a JSON spec (docs/rules.md) from FILE, or stdin with -
+    #[arg(long, value_name = "FILE|-", help_heading = RULE_OPTIONS)]
+    spec: Option<PathBuf>,
+}
+
+/// The `--pid` rule selector, where `--pid` is not the target (run, update).
+#[derive(Debug, Args)]
+pub struct PidSelector {
+    /// Only requests of these processes (as ChaosFS sees them)
+    #[arg(long = "pid", id = "pid_selector", value_name = "PID,...", action = ArgAction::Append,
+          help_heading = SELECTORS, value_parser = rule_value("pid"))]
+    pid_selector: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunCli {
+    /// The directory to put ChaosFS over
+    #[arg(long, value_name = "DIR")]
+    path: PathBuf,
+    #[command(flatten)]
+    rules: RuleFlags,
+    #[command(flatten)]
+    pid: PidSelector,
+    /// The command to run, after `--`
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    group = clap::ArgGroup::new("target").required(true).args(["pid", "container"]),
+)]
+pub struct InjectCli {
+    /// The target process (with every process of its mount namespace)
+    #[arg(long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..),
+          conflicts_with_all = ["namespace", "containerd_state"])]
+    pid: Option<u32>,
+    /// The target containerd container
+    #[arg(value_name = "CONTAINER")]
+    container: Option<String>,
+    #[command(flatten)]
+    container_opts: ContainerOpts,
+    /// The directory, absolute, as the target sees it (or the spec's "path")
+    #[arg(long, value_name = "PATH", value_parser = absolute_path)]
+    path: Option<PathBuf>,
+    #[command(flatten)]
+    rules: RuleFlags,
+    /// Remove the faults after D (60s, 5m; the spec's "duration")
+    #[arg(long, value_name = "D", value_parser = duration)]
+    duration: Option<String>,
+    /// Inject even where the path lies in a shared mount (the mount propagates to its peers)
+    #[arg(long)]
+    allow_shared: bool,
+    /// Allow a target in the host's mount namespace
+    #[arg(long)]
+    host_namespace: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("what").required(true).args(["name", "pid", "all"]))]
+pub struct RecoverCli {
+    /// An injection id, or a containerd container
+    #[arg(value_name = "ID|CONTAINER")]
+    name: Option<String>,
+    /// Every injection whose target (or its mount namespace) holds PID
+    #[arg(long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..),
+          conflicts_with_all = ["namespace", "containerd_state"])]
+    pid: Option<u32>,
+    /// Every injection
+    #[arg(long)]
+    all: bool,
+    #[command(flatten)]
+    container_opts: ContainerOpts,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusCli {
+    /// An injection id, or a containerd container (default: every injection)
+    #[arg(value_name = "ID|CONTAINER")]
+    id: Option<String>,
+    #[command(flatten)]
+    container_opts: ContainerOpts,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateCli {
+    /// An injection id, or a containerd container
+    #[arg(value_name = "ID|CONTAINER")]
+    id: String,
+    #[command(flatten)]
+    rules: RuleFlags,
+    #[command(flatten)]
+    pid: PidSelector,
+    #[command(flatten)]
+    container_opts: ContainerOpts,
+}
+
+/// The arg ids of the rule shorthand flags and the flag each stands for.
+const RULE_ARGS: &[(&str, &str)] = &[
+    ("errno", "errno"),
+    ("latency", "latency"),
+    ("attr", "attr"),
+    ("corrupt", "corrupt"),
+    ("short", "short"),
+    ("full", "full"),
+    ("ops", "ops"),
+    ("glob", "glob"),
+    ("percent", "percent"),
+    ("comm", "comm"),
+    ("uid", "uid"),
+    ("after", "after"),
+    ("every", "every"),
+    ("times", "times"),
+    ("seed", "seed"),
+    ("low_latency", "low-latency"),
+    ("pid_selector", "pid"),
+];
+
+/// A value parser for rule flag `--FLAG`: the shorthand parser itself checks the value alone
+/// (a selector after a neutral action), so `--errno EBOGUS` is refused by clap, naming the flag.
+fn rule_value(flag: &'static str) -> impl Fn(&str) -> Result<String, String> + Clone {
+    move |value: &str| {
+        let mut args = Vec::with_capacity(4);
+        // The label the shorthand parser starts its messages with, which clap's own context
+        // ("invalid value 'X' for '--flag'") replaces.
+        let label = if is_action(flag) {
+            format!("--{flag} {value}: ")
+        } else {
+            if flag != "seed" {
+                args.extend(["--latency".to_owned(), "0ms".to_owned()]);
+            }
+            format!("--latency 0ms --{flag}: ")
+        };
+        args.extend([format!("--{flag}"), value.to_owned()]);
+        chaosfs::rules::parse_shorthand(&args)
+            .map(|_| value.to_owned())
+            .map_err(|e| {
+                let msg = shorthand_message(&e);
+                msg.strip_prefix(&label)
+                    .or_else(|| msg.strip_prefix(&format!("--{flag}: ")))
+                    .unwrap_or(&msg)
+                    .to_owned()
+            })
+    }
+}
+
+fn is_action(flag: &str) -> bool {
+    matches!(
+        flag,
+        "errno" | "latency" | "attr" | "corrupt" | "short" | "full"
+    )
+}
+
+/// chaosfs's message without its own prefix (`rule shorthand: `), which clap's context replaces.
+fn shorthand_message(e: &chaosfs::Error) -> String {
+    match e {
+        chaosfs::Error::Shorthand(m) => m.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn absolute_path(value: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(value);
+    if p.is_absolute() {
+        Ok(p)
+    } else {
+        Err("must be absolute (the path as seen inside the target)".into())
+    }
+}
+
+fn duration(value: &str) -> Result<String, String> {
+    chaosfs::rules::Spec::parse_duration(value)
+        .map(|_| value.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+/// The rule flags of `m` in the order they were given, as `parse_shorthand` takes them.
+fn ordered_rule_flags(m: &ArgMatches) -> Vec<String> {
+    let mut found: Vec<(usize, String, Option<String>)> = Vec::new();
+    for id in m.ids() {
+        let Some((_, flag)) = RULE_ARGS.iter().find(|(i, _)| *i == id.as_str()) else {
+            continue;
+        };
+        if m.value_source(id.as_str()) != Some(clap::parser::ValueSource::CommandLine) {
+            continue;
+        }
+        let indices = m.indices_of(id.as_str()).into_iter().flatten();
+        match m.try_get_many::<String>(id.as_str()) {
+            Ok(Some(values)) => {
+                for (i, v) in indices.zip(values) {
+                    found.push((i, format!("--{flag}"), Some(v.clone())));
+                }
+            }
+            // Count flags (--full, --low-latency) hold no strings.
+            _ => found.extend(indices.map(|i| (i, format!("--{flag}"), None))),
+        }
+    }
+    found.sort_by_key(|(i, _, _)| *i);
+    found
+        .into_iter()
+        .flat_map(|(_, flag, value)| std::iter::once(flag).chain(value))
+        .collect()
+}
 
 /// `iochaos run` arguments.
 #[derive(Debug)]
@@ -73,7 +491,7 @@ pub struct RunArgs {
 pub enum SpecSource {
     /// `--spec FILE` or `--spec -`.
     File(PathBuf),
-    /// Shorthand flags, in order.
+    /// Shorthand flags, in order (already checked by `parse_shorthand`).
     Flags(Vec<String>),
 }
 
@@ -119,13 +537,15 @@ pub enum RecoverWhat {
 /// A parsed command line.
 #[derive(Debug)]
 pub enum Command {
-    Help,
     Run(RunArgs),
     Demo,
     /// Internal: the demo's workload process.
     DemoWorkload(PathBuf),
     Inject(InjectArgs),
-    Recover(RecoverWhat),
+    Recover {
+        what: RecoverWhat,
+        json: bool,
+    },
     /// `id`: an injection id, or a container (through its iochaos shim, or the journal).
     Status {
         id: Option<String>,
@@ -136,387 +556,294 @@ pub enum Command {
     Update {
         id: String,
         spec: SpecSource,
+        json: bool,
         namespace: String,
         state_dir: PathBuf,
+    },
+    Completions(clap_complete::Shell),
+    Man {
+        subcommand: Option<String>,
+        dir: Option<PathBuf>,
     },
     /// Internal: the injection server (a JSON request; see `inject::ServeRequest`).
     Serve(String),
 }
 
-/// containerd's default namespace and state directory.
-pub const DEFAULT_NAMESPACE: &str = "default";
-pub const DEFAULT_CONTAINERD_STATE: &str = "/run/containerd";
-
-/// Parse `args` (without the program name).
-pub fn parse(args: Vec<OsString>) -> Result<Command, Usage> {
-    let mut it = args.into_iter();
-    let Some(sub) = it.next() else {
-        return Err(usage("missing subcommand (try `iochaos help`)"));
+/// Parse `args` (with the program name first). Help and version requests come back as the
+/// clap error that prints them (exit 0).
+pub fn parse(args: Vec<OsString>) -> Result<Command, clap::Error> {
+    let mut cmd = Cli::command();
+    let matches = cmd.try_get_matches_from_mut(args)?;
+    let cli = Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))?;
+    let sub_matches = matches.subcommand().map(|(_, m)| m);
+    let rules_of = |name: &str, rules: &RuleFlags, cmd: &mut clap::Command| {
+        let flags = sub_matches.map(ordered_rule_flags).unwrap_or_default();
+        spec_source(name, rules.spec.clone(), flags, cmd)
     };
-    match sub.to_str() {
-        Some("help" | "--help" | "-h") => Ok(Command::Help),
-        Some("run") => parse_run(it.collect()).map(Command::Run),
-        Some("demo") => match it.next() {
-            None => Ok(Command::Demo),
-            Some(extra) => Err(usage(format!(
-                "demo takes no arguments, got {}",
-                extra.to_string_lossy()
-            ))),
-        },
-        Some("__demo-workload") => match (it.next(), it.next()) {
-            (Some(dir), None) => Ok(Command::DemoWorkload(dir.into())),
-            _ => Err(usage("__demo-workload takes one directory")),
-        },
-        Some("inject") => parse_inject(strings(it)?).map(Command::Inject),
-        Some("recover") => parse_recover(strings(it)?).map(Command::Recover),
-        Some("status") => parse_status(strings(it)?),
-        Some("update") => parse_update(strings(it)?),
-        Some("__serve") => match (it.next().map(|s| s.into_string()), it.next()) {
-            (Some(Ok(req)), None) => Ok(Command::Serve(req)),
-            _ => Err(usage("__serve takes one JSON request")),
-        },
-        _ => Err(usage(format!(
-            "unknown subcommand {:?} (try `iochaos help`)",
-            sub.to_string_lossy()
-        ))),
-    }
-}
-
-fn strings(it: impl Iterator<Item = OsString>) -> Result<Vec<String>, Usage> {
-    it.map(|a| {
-        a.into_string().map_err(|a| {
-            usage(format!(
-                "argument {:?} is not valid UTF-8",
-                a.to_string_lossy()
-            ))
-        })
-    })
-    .collect()
-}
-
-/// Own flags that take a value, and flags that do not.
-struct Flags<'a> {
-    valued: &'a [&'a str],
-    switches: &'a [&'a str],
-}
-
-/// Split `args` into own flags (name → value), rule shorthand flags (in order), positionals.
-#[allow(clippy::type_complexity)]
-fn split(
-    args: Vec<String>,
-    own: &Flags<'_>,
-) -> Result<(Vec<(String, Option<String>)>, Vec<String>, Vec<String>), Usage> {
-    let mut mine = Vec::new();
-    let mut rules = Vec::new();
-    let mut positional = Vec::new();
-    let mut it = args.into_iter();
-    while let Some(arg) = it.next() {
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
-            _ => (arg.clone(), None),
-        };
-        if own.valued.contains(&name.as_str()) {
-            let v = match inline {
-                Some(v) => v,
-                None => it
-                    .next()
-                    .ok_or_else(|| usage(format!("{name} needs a value")))?,
-            };
-            if mine.iter().any(|(n, _)| *n == name) {
-                return Err(usage(format!("{name} given twice")));
-            }
-            mine.push((name, Some(v)));
-        } else if own.switches.contains(&name.as_str()) {
-            mine.push((name, None));
-        } else if chaosfs::rules::is_shorthand_flag(&arg) {
-            rules.push(arg);
-            if inline.is_none() && chaosfs::rules::shorthand_takes_value(&name) {
-                rules.push(
-                    it.next()
-                        .ok_or_else(|| usage(format!("{name} needs a value")))?,
-                );
-            }
-        } else if arg.starts_with('-') && arg.len() > 1 {
-            return Err(usage(format!("unknown flag {arg}")));
-        } else {
-            positional.push(arg);
+    let no_json = |name: &str, cmd: &mut clap::Command| -> Result<(), clap::Error> {
+        if cli.json {
+            return Err(sub_error(
+                cmd,
+                name,
+                ErrorKind::ArgumentConflict,
+                format!("{name} prints no state: --json does not apply"),
+            ));
         }
-    }
-    Ok((mine, rules, positional))
-}
-
-fn get(mine: &[(String, Option<String>)], name: &str) -> Option<String> {
-    mine.iter()
-        .find(|(n, _)| n == name)
-        .and_then(|(_, v)| v.clone())
-}
-
-fn has(mine: &[(String, Option<String>)], name: &str) -> bool {
-    mine.iter().any(|(n, _)| n == name)
-}
-
-fn spec_source(spec: Option<String>, rules: Vec<String>, cmd: &str) -> Result<SpecSource, Usage> {
-    match spec {
-        Some(file) if rules.is_empty() => Ok(SpecSource::File(PathBuf::from(file))),
-        Some(_) => Err(usage(format!(
-            "--spec cannot be combined with rule flags ({})",
-            rules.join(" ")
-        ))),
-        None if rules.is_empty() => Err(usage(format!(
-            "{cmd} needs at least one rule (e.g. --errno EIO) or --spec FILE"
-        ))),
-        None => Ok(SpecSource::Flags(rules)),
-    }
-}
-
-fn parse_pid(v: &str) -> Result<u32, Usage> {
-    v.parse::<u32>()
-        .ok()
-        .filter(|p| *p > 0)
-        .ok_or_else(|| usage(format!("--pid {v:?} is not a process id")))
-}
-
-fn parse_inject(args: Vec<String>) -> Result<InjectArgs, Usage> {
-    let own = Flags {
-        valued: &[
-            "--pid",
-            "--namespace",
-            "--containerd-state",
-            "--path",
-            "--spec",
-            "--duration",
-        ],
-        switches: &["--json", "--allow-shared", "--host-namespace"],
+        Ok(())
     };
-    let (mine, rules, positional) = split(args, &own)?;
-    let target = match (get(&mine, "--pid"), positional.as_slice()) {
-        (Some(pid), []) => {
-            if has(&mine, "--namespace") || has(&mine, "--containerd-state") {
-                return Err(usage(
-                    "--namespace and --containerd-state go with a CONTAINER, not --pid",
+    Ok(match cli.command {
+        Sub::Run(r) => {
+            no_json("run", &mut cmd)?;
+            Command::Run(RunArgs {
+                spec: rules_of("run", &r.rules, &mut cmd)?,
+                path: r.path,
+                command: r.command,
+            })
+        }
+        Sub::Inject(i) => Command::Inject(InjectArgs {
+            spec: rules_of("inject", &i.rules, &mut cmd)?,
+            target: match (i.pid, i.container) {
+                (Some(pid), _) => TargetArg::Pid(pid),
+                (None, Some(id)) => TargetArg::Container {
+                    id,
+                    namespace: i.container_opts.namespace,
+                    state_dir: i.container_opts.containerd_state,
+                },
+                // The "target" group is required: clap has said so already.
+                (None, None) => {
+                    return Err(sub_error(
+                        &mut cmd,
+                        "inject",
+                        ErrorKind::MissingRequiredArgument,
+                        "inject needs a target: --pid PID or CONTAINER".into(),
+                    ));
+                }
+            },
+            path: i.path,
+            duration: i.duration,
+            json: cli.json,
+            allow_shared: i.allow_shared,
+            host_namespace: i.host_namespace,
+        }),
+        Sub::Recover(r) => Command::Recover {
+            what: match (r.all, r.pid, r.name) {
+                (true, _, _) => RecoverWhat::All,
+                (false, Some(pid), _) => RecoverWhat::Pid(pid),
+                (false, None, Some(name)) => RecoverWhat::IdOrContainer {
+                    name,
+                    namespace: r.container_opts.namespace,
+                    state_dir: r.container_opts.containerd_state,
+                },
+                (false, None, None) => {
+                    return Err(sub_error(
+                        &mut cmd,
+                        "recover",
+                        ErrorKind::MissingRequiredArgument,
+                        "recover needs ID, --pid PID, CONTAINER or --all".into(),
+                    ));
+                }
+            },
+            json: cli.json,
+        },
+        Sub::Status(s) => Command::Status {
+            id: s.id,
+            json: cli.json,
+            namespace: s.container_opts.namespace,
+            state_dir: s.container_opts.containerd_state,
+        },
+        Sub::Update(u) => Command::Update {
+            spec: rules_of("update", &u.rules, &mut cmd)?,
+            id: u.id,
+            json: cli.json,
+            namespace: u.container_opts.namespace,
+            state_dir: u.container_opts.containerd_state,
+        },
+        Sub::Demo => {
+            no_json("demo", &mut cmd)?;
+            Command::Demo
+        }
+        Sub::Completions { shell } => Command::Completions(shell),
+        Sub::Man { subcommand, dir } => {
+            if let Some(name) = &subcommand
+                && !visible_subcommands().any(|s| s == *name)
+            {
+                return Err(sub_error(
+                    &mut cmd,
+                    "man",
+                    ErrorKind::InvalidValue,
+                    format!(
+                        "no subcommand {name:?} (one of: {})",
+                        visible_subcommands().collect::<Vec<_>>().join(", ")
+                    ),
                 ));
             }
-            TargetArg::Pid(parse_pid(&pid)?)
+            Command::Man { subcommand, dir }
         }
-        (None, [id]) => TargetArg::Container {
-            id: id.clone(),
-            namespace: get(&mine, "--namespace").unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
-            state_dir: get(&mine, "--containerd-state")
-                .unwrap_or_else(|| DEFAULT_CONTAINERD_STATE.into())
-                .into(),
-        },
-        (None, []) => return Err(usage("inject needs a target: --pid PID or CONTAINER")),
-        (Some(_), [_, ..]) => {
-            return Err(usage("inject takes --pid PID or CONTAINER, not both"));
-        }
-        (None, [_, extra, ..]) => return Err(usage(format!("unexpected argument {extra:?}"))),
-    };
-    Ok(InjectArgs {
-        target,
-        path: get(&mine, "--path").map(PathBuf::from),
-        spec: spec_source(get(&mine, "--spec"), rules, "inject")?,
-        duration: get(&mine, "--duration"),
-        json: has(&mine, "--json"),
-        allow_shared: has(&mine, "--allow-shared"),
-        host_namespace: has(&mine, "--host-namespace"),
+        Sub::Serve { request } => Command::Serve(request),
+        Sub::DemoWorkload { dir } => Command::DemoWorkload(dir),
     })
 }
 
-/// `--containerd-state`, default `/run/containerd`.
-fn containerd_state(mine: &[(String, Option<String>)]) -> PathBuf {
-    get(mine, "--containerd-state")
-        .unwrap_or_else(|| DEFAULT_CONTAINERD_STATE.into())
-        .into()
+/// The names of the subcommands a user sees (not the hidden internal ones, not `help`).
+pub fn visible_subcommands() -> impl Iterator<Item = String> {
+    Cli::command()
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set())
+        .map(|s| s.get_name().to_owned())
+        .collect::<Vec<_>>()
+        .into_iter()
 }
 
-fn parse_recover(args: Vec<String>) -> Result<RecoverWhat, Usage> {
-    let own = Flags {
-        valued: &["--pid", "--namespace", "--containerd-state"],
-        switches: &["--all"],
-    };
-    let (mine, rules, positional) = split(args, &own)?;
-    if let Some(r) = rules.first() {
-        return Err(usage(format!("recover takes no rule flags ({r})")));
-    }
-    let what = match (
-        has(&mine, "--all"),
-        get(&mine, "--pid"),
-        positional.as_slice(),
-    ) {
-        (true, None, []) => RecoverWhat::All,
-        (false, Some(pid), []) => RecoverWhat::Pid(parse_pid(&pid)?),
-        (false, None, [name]) => RecoverWhat::IdOrContainer {
-            name: name.clone(),
-            namespace: get(&mine, "--namespace").unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
-            state_dir: containerd_state(&mine),
-        },
-        (false, None, []) => return Err(usage("recover needs ID, --pid PID, CONTAINER or --all")),
-        _ => {
-            return Err(usage(
-                "recover takes one of ID, --pid PID, CONTAINER, --all",
-            ));
-        }
-    };
-    if (has(&mine, "--namespace") || has(&mine, "--containerd-state"))
-        && !matches!(what, RecoverWhat::IdOrContainer { .. })
-    {
-        return Err(usage(
-            "--namespace and --containerd-state go with a CONTAINER",
-        ));
-    }
-    Ok(what)
-}
-
-fn parse_status(args: Vec<String>) -> Result<Command, Usage> {
-    let own = Flags {
-        valued: &["--namespace", "--containerd-state"],
-        switches: &["--json"],
-    };
-    let (mine, rules, positional) = split(args, &own)?;
-    if let Some(r) = rules.first() {
-        return Err(usage(format!("status takes no rule flags ({r})")));
-    }
-    match positional.as_slice() {
-        [] | [_] => Ok(Command::Status {
-            id: positional.first().cloned(),
-            json: has(&mine, "--json"),
-            namespace: get(&mine, "--namespace").unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
-            state_dir: containerd_state(&mine),
-        }),
-        [_, extra, ..] => Err(usage(format!("unexpected argument {extra:?}"))),
+/// A usage error of subcommand `name`, with its usage line.
+fn sub_error(cmd: &mut clap::Command, name: &str, kind: ErrorKind, msg: String) -> clap::Error {
+    cmd.build();
+    match cmd.find_subcommand_mut(name) {
+        Some(sub) => sub.error(kind, msg),
+        None => cmd.error(kind, msg),
     }
 }
 
-fn parse_update(args: Vec<String>) -> Result<Command, Usage> {
-    let own = Flags {
-        valued: &["--spec", "--namespace", "--containerd-state"],
-        switches: &[],
-    };
-    let (mine, rules, positional) = split(args, &own)?;
-    let id = match positional.as_slice() {
-        [id] => id.clone(),
-        [] => return Err(usage("update needs an injection ID")),
-        [_, extra, ..] => return Err(usage(format!("unexpected argument {extra:?}"))),
-    };
-    Ok(Command::Update {
-        id,
-        spec: spec_source(get(&mine, "--spec"), rules, "update")?,
-        namespace: get(&mine, "--namespace").unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
-        state_dir: containerd_state(&mine),
-    })
-}
-
-fn parse_run(args: Vec<OsString>) -> Result<RunArgs, Usage> {
-    let mut path = None;
-    let mut spec_file = None;
-    let mut flags = Vec::new();
-    let mut command = None;
-    let mut it = args.into_iter();
-    while let Some(arg) = it.next() {
-        if arg == "--" {
-            command = Some(it.by_ref().collect::<Vec<_>>());
-            break;
-        }
-        let Some(text) = arg.to_str() else {
-            return Err(usage(format!(
-                "argument {:?} is not valid UTF-8",
-                arg.to_string_lossy()
-            )));
-        };
-        let (name, inline) = match text.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(OsString::from(v))),
-            _ => (text.to_owned(), None),
-        };
-        match name.as_str() {
-            "--path" | "--spec" => {
-                let value = match inline {
-                    Some(v) => v,
-                    None => it
-                        .next()
-                        .ok_or_else(|| usage(format!("{name} needs a value")))?,
-                };
-                let slot = if name == "--path" {
-                    &mut path
-                } else {
-                    &mut spec_file
-                };
-                if slot.replace(PathBuf::from(value)).is_some() {
-                    return Err(usage(format!("{name} given twice")));
-                }
-            }
-            _ => flags.push(text.to_owned()),
-        }
-    }
-    let path = path.ok_or_else(|| usage("run needs --path DIR"))?;
-    let command = match command {
-        Some(c) if !c.is_empty() => c,
-        _ => return Err(usage("run needs a command after `--`")),
-    };
-    let spec = match spec_file {
-        Some(file) if flags.is_empty() => SpecSource::File(file),
-        Some(_) => {
-            return Err(usage(format!(
+/// The rules: `--spec FILE` or the shorthand flags (checked whole here: a selector before any
+/// action, a flag given twice for one rule, a selector that does not fit its action).
+fn spec_source(
+    name: &str,
+    spec: Option<PathBuf>,
+    flags: Vec<String>,
+    cmd: &mut clap::Command,
+) -> Result<SpecSource, clap::Error> {
+    match spec {
+        Some(file) if flags.is_empty() => Ok(SpecSource::File(file)),
+        Some(_) => Err(sub_error(
+            cmd,
+            name,
+            ErrorKind::ArgumentConflict,
+            format!(
                 "--spec cannot be combined with rule flags ({})",
                 flags.join(" ")
-            )));
+            ),
+        )),
+        None if flags.is_empty() => Err(sub_error(
+            cmd,
+            name,
+            ErrorKind::MissingRequiredArgument,
+            format!("{name} needs at least one rule (e.g. --errno EIO) or --spec FILE"),
+        )),
+        None => {
+            let source = SpecSource::Flags(flags);
+            crate::run::load_spec(&source)
+                .map_err(|u| sub_error(cmd, name, ErrorKind::ValueValidation, u.0))?;
+            Ok(source)
         }
-        None if flags.is_empty() => {
-            return Err(usage(
-                "run needs at least one rule (e.g. --errno EIO) or --spec FILE",
-            ));
+    }
+}
+
+/// A clap error as one line: `unexpected argument '--erno' found (tip: a similar argument
+/// exists: '--errno'); usage: iochaos inject ...`.
+pub fn one_line(err: &clap::Error) -> String {
+    let text = err.render().to_string();
+    let mut message = String::new();
+    let mut tips = Vec::new();
+    let mut usage = None;
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if let Some(m) = line.strip_prefix("error: ") {
+            message = m.to_owned();
+        } else if line.starts_with("tip: ") {
+            tips.push(line.to_owned());
+        } else if let Some(u) = line.strip_prefix("Usage: ") {
+            usage = Some(u.to_owned());
+        } else if line.starts_with("For more information") {
+        } else if message.is_empty() {
+            message = line.to_owned();
+        } else {
+            tips.push(line.to_owned());
         }
-        None => SpecSource::Flags(flags),
-    };
-    Ok(RunArgs {
-        path,
-        spec,
-        command,
-    })
+    }
+    if !tips.is_empty() {
+        message = format!("{message} ({})", tips.join("; "));
+    }
+    match usage {
+        Some(u) => format!("{message}; usage: {u}"),
+        None => message,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn args(s: &[&str]) -> Vec<OsString> {
-        s.iter().map(OsString::from).collect()
+    fn parse_ok(a: &[&str]) -> Command {
+        let mut args = vec![OsString::from("iochaos")];
+        args.extend(a.iter().map(OsString::from));
+        parse(args).unwrap_or_else(|e| panic!("{a:?}: {}", one_line(&e)))
     }
 
-    /// The usage message for `a`, which must not parse.
+    /// The one-line usage message for `a`, which must not parse.
     fn err(a: &[&str]) -> String {
-        match parse(args(a)) {
-            Err(Usage(m)) => m,
+        let mut args = vec![OsString::from("iochaos")];
+        args.extend(a.iter().map(OsString::from));
+        match parse(args) {
+            Err(e) => {
+                assert_eq!(e.exit_code(), 2, "{a:?}: {e}");
+                one_line(&e)
+            }
             Ok(c) => panic!("{a:?} parsed as {c:?}"),
         }
     }
 
     #[test]
-    fn run_splits_own_flags_rules_and_command() {
-        let Ok(Command::Run(run)) = parse(args(&[
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_keeps_rule_flags_in_order() {
+        let Command::Run(run) = parse_ok(&[
             "run",
             "--errno",
             "EIO",
             "--path",
             "/d",
             "--ops=write",
+            "--full",
+            "--pid",
+            "7",
+            "--latency",
+            "1ms",
+            "--ops",
+            "fsync",
             "--",
             "ls",
             "--path",
-        ])) else {
-            panic!("did not parse")
+        ]) else {
+            panic!("not run")
         };
         assert_eq!(run.path, PathBuf::from("/d"));
-        assert_eq!(run.command, args(&["ls", "--path"]));
+        assert_eq!(run.command, ["ls", "--path"].map(OsString::from));
         match run.spec {
-            SpecSource::Flags(f) => assert_eq!(f, ["--errno", "EIO", "--ops=write"]),
+            SpecSource::Flags(f) => assert_eq!(
+                f,
+                [
+                    "--errno",
+                    "EIO",
+                    "--ops",
+                    "write",
+                    "--full",
+                    "--pid",
+                    "7",
+                    "--latency",
+                    "1ms",
+                    "--ops",
+                    "fsync"
+                ]
+            ),
             SpecSource::File(_) => panic!("expected flags"),
         }
     }
 
     #[test]
-    fn run_usage_errors() {
+    fn usage_errors() {
         assert!(err(&["run", "--errno", "EIO", "--", "true"]).contains("--path"));
-        assert!(err(&["run", "--path", "/d", "--errno", "EIO"]).contains("command"));
+        assert!(err(&["run", "--path", "/d", "--errno", "EIO"]).contains("CMD"));
         assert!(err(&["run", "--path", "/d", "--", "true"]).contains("rule"));
         assert!(
             err(&[
@@ -524,37 +851,43 @@ mod tests {
             ])
             .contains("cannot be combined")
         );
-        assert!(err(&["run", "--path"]).contains("needs a value"));
-        assert!(err(&["frobnicate"]).contains("unknown subcommand"));
-        assert!(err(&[]).contains("missing subcommand"));
+        assert!(err(&["run", "--path", "/d", "--errno", "EBOGUS", "--", "x"]).contains("EBOGUS"));
+        assert!(err(&["run", "--path", "/d", "--percent", "5", "--", "x"]).contains("action"));
+        assert!(err(&["inject", "--pid", "1", "--errno", "EBOGUS"]).contains("EBOGUS"));
+        assert!(err(&["inject", "--pid", "1", "--path", "rel", "--full"]).contains("absolute"));
+        assert!(err(&["inject", "--pid", "x", "--errno", "EIO"]).contains("--pid"));
+        assert!(err(&["inject", "--pid", "1", "c", "--errno", "EIO"]).contains("cannot be used"));
+        assert!(err(&["inject", "--path", "/d", "--errno", "EIO"]).contains("required"));
+        assert!(err(&["inject", "--pid", "1", "--duration", "soon", "--full"]).contains("soon"));
+        assert!(err(&["inject", "--pid", "1", "--namespace", "x", "--full"]).contains("--pid"));
+        assert!(err(&["inject", "--pid", "1", "--erno", "EIO"]).contains("'--errno'"));
+        assert!(err(&["injct"]).contains("'inject'"));
+        assert!(err(&["recover"]).contains("required"));
+        assert!(err(&["recover", "--all", "x"]).contains("cannot be used"));
+        assert!(err(&["status", "a", "b"]).contains("unexpected"));
+        assert!(err(&["update", "--spec", "f"]).contains("required"));
+        assert!(err(&["--json", "run", "--path", "/d", "--full", "--", "x"]).contains("--json"));
+        assert!(err(&["man", "nosuch"]).contains("nosuch"));
+        assert!(err(&[]).contains("Usage") || err(&[]).contains("usage"));
     }
 
     #[test]
-    fn inject_targets_rules_and_flags() {
-        let Ok(Command::Inject(a)) = parse(args(&[
-            "inject",
-            "--pid",
-            "42",
-            "--path",
-            "/vol",
-            "--errno",
-            "EIO",
-            "--ops=write",
-            "--full",
-            "--duration",
-            "5s",
-            "--json",
-        ])) else {
-            panic!("did not parse")
-        };
-        assert_eq!(a.target, TargetArg::Pid(42));
-        assert_eq!(a.path, Some(PathBuf::from("/vol")));
-        assert_eq!(a.duration.as_deref(), Some("5s"));
-        assert!(a.json && !a.allow_shared);
-        assert!(
-            matches!(a.spec, SpecSource::Flags(f) if f == ["--errno", "EIO", "--ops=write", "--full"])
-        );
-        let Ok(Command::Inject(a)) = parse(args(&[
+    fn global_flags_go_anywhere() {
+        for a in [&["--json", "status"][..], &["status", "--json"]] {
+            assert!(matches!(parse_ok(a), Command::Status { json: true, .. }));
+        }
+        assert!(matches!(
+            parse_ok(&["--json", "recover", "--all"]),
+            Command::Recover {
+                what: RecoverWhat::All,
+                json: true
+            }
+        ));
+    }
+
+    #[test]
+    fn inject_targets() {
+        let Command::Inject(a) = parse_ok(&[
             "inject",
             "web",
             "--namespace",
@@ -563,8 +896,8 @@ mod tests {
             "/d",
             "--spec",
             "-",
-        ])) else {
-            panic!("did not parse")
+        ]) else {
+            panic!("not inject")
         };
         assert_eq!(
             a.target,
@@ -574,33 +907,22 @@ mod tests {
                 state_dir: DEFAULT_CONTAINERD_STATE.into()
             }
         );
-    }
-
-    #[test]
-    fn inject_recover_status_update_usage_errors() {
-        assert!(err(&["inject", "--path", "/d", "--errno", "EIO"]).contains("target"));
-        assert!(err(&["inject", "--pid", "1", "c", "--errno", "EIO"]).contains("not both"));
-        assert!(err(&["inject", "--pid", "x", "--errno", "EIO"]).contains("process id"));
-        assert!(err(&["inject", "--pid", "1", "--path", "/d"]).contains("rule"));
-        assert!(err(&["inject", "--pid", "1", "--bogus"]).contains("unknown flag"));
-        assert!(err(&["recover"]).contains("needs"));
-        assert!(err(&["recover", "--all", "x"]).contains("one of"));
-        assert!(err(&["status", "a", "b"]).contains("unexpected"));
-        assert!(err(&["update", "--spec", "f"]).contains("ID"));
-        assert_eq!(
-            parse(args(&["recover", "--all"]))
-                .ok()
-                .map(|c| format!("{c:?}")),
-            Some("Recover(All)".into())
-        );
-    }
-
-    #[test]
-    fn spec_file_source() {
-        let Ok(Command::Run(run)) = parse(args(&["run", "--path", "/d", "--spec", "-", "--", "x"]))
-        else {
-            panic!("did not parse")
+        assert!(matches!(a.spec, SpecSource::File(p) if p == std::path::Path::new("-")));
+        let Command::Inject(a) = parse_ok(&[
+            "inject",
+            "--pid",
+            "42",
+            "--path",
+            "/vol",
+            "--errno",
+            "EIO",
+            "--ops=write",
+            "--duration",
+            "5s",
+        ]) else {
+            panic!("not inject")
         };
-        assert!(matches!(run.spec, SpecSource::File(p) if p == std::path::Path::new("-")));
+        assert_eq!(a.target, TargetArg::Pid(42));
+        assert_eq!(a.duration.as_deref(), Some("5s"));
     }
 }

@@ -19,7 +19,7 @@ use engine::mountinfo::SharedPolicy;
 use engine::policy::HostNamespace;
 use serde_json::Value;
 
-use crate::args::{InjectArgs, SpecSource, TargetArg};
+use crate::args::{InjectArgs, SpecSource, TargetArg, Usage};
 use crate::run::{check_privileges, load_spec};
 
 /// The journal and socket directory: `/run/iochaos`, or `$IOCHAOS_RUN_DIR` (tests).
@@ -30,9 +30,10 @@ pub fn journal() -> anyhow::Result<Journal> {
     Journal::open(&dir).with_context(|| format!("opening the journal {}", dir.display()))
 }
 
-/// The spec of `source` as JSON, validated. A bad spec is a failure (exit 1), not a usage error.
+/// The spec of `source` as JSON, validated. A bad spec is a usage error (exit 2), as a bad rule
+/// flag is.
 pub fn spec_json(source: &SpecSource) -> anyhow::Result<Value> {
-    let spec = load_spec(source).map_err(|u| anyhow!(u.0))?;
+    let spec = load_spec(source)?;
     serde_json::to_value(&spec).context("encoding the spec")
 }
 
@@ -55,20 +56,31 @@ pub fn inject(args: InjectArgs) -> anyhow::Result<i32> {
     let spec_path = spec.get("path").and_then(Value::as_str).map(PathBuf::from);
     let path = match (&args.path, spec_path) {
         (Some(p), Some(s)) if *p != s => {
-            bail!(
+            return Err(Usage(format!(
                 "--path {} and the spec's path {} differ",
                 p.display(),
                 s.display()
-            )
+            ))
+            .into());
         }
         (Some(p), _) => p.clone(),
         (None, Some(s)) => s,
-        (None, None) => bail!("inject needs --path PATH (or a spec with \"path\")"),
+        (None, None) => {
+            return Err(Usage("inject needs --path PATH (or a spec with \"path\")".into()).into());
+        }
     };
     if !path.is_absolute() {
-        bail!(
-            "--path {} must be absolute (as seen inside the target)",
+        return Err(Usage(format!(
+            "the spec's path {} must be absolute (as seen inside the target)",
             path.display()
+        ))
+        .into());
+    }
+    if let Some(obj) = spec.as_object_mut() {
+        // The status then shows the path in its spec, as injections by the hook and the shim do.
+        obj.insert(
+            "path".into(),
+            Value::String(path.to_string_lossy().into_owned()),
         );
     }
     let duration_text = args.duration.clone().or_else(|| {
@@ -78,7 +90,7 @@ pub fn inject(args: InjectArgs) -> anyhow::Result<i32> {
     });
     let duration = duration_text
         .as_deref()
-        .map(|d| chaosfs::rules::Spec::parse_duration(d).map_err(|e| anyhow!(e)))
+        .map(|d| chaosfs::rules::Spec::parse_duration(d).map_err(|e| Usage(e.to_string())))
         .transpose()?;
     if let (Some(d), Some(obj)) = (&duration_text, spec.as_object_mut()) {
         obj.insert("duration".into(), Value::String(d.clone()));
@@ -113,10 +125,7 @@ pub fn inject(args: InjectArgs) -> anyhow::Result<i32> {
         let status = ChaosClient::connect(&journal.socket_path(&id))
             .and_then(|c| c.status())
             .with_context(|| format!("status of injection {id}"))?;
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&status).context("encoding the status")?
-        );
+        crate::output::print_json(&crate::output::injection_json(&status, true)?)?;
     } else {
         println!("{id}");
     }

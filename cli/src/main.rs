@@ -4,6 +4,8 @@
 mod args;
 mod demo;
 mod inject;
+mod manual;
+mod output;
 mod recover;
 mod run;
 mod status;
@@ -14,32 +16,33 @@ use std::process::ExitCode;
 use args::{Command, Usage};
 
 fn main() -> ExitCode {
+    let command = match args::parse(std::env::args_os().collect()) {
+        Ok(c) => c,
+        Err(err) => return usage_exit(&err),
+    };
     engine::logging::init_logging("warn");
-
-    let result = match args::parse(std::env::args_os().skip(1).collect()) {
-        Err(usage) => Err(anyhow::Error::new(usage)),
-        Ok(Command::Help) => {
-            print!("{}", args::HELP);
-            Ok(0)
-        }
-        Ok(Command::Run(run_args)) => run::run(run_args),
-        Ok(Command::Demo) => demo::demo().map(|()| 0),
-        Ok(Command::DemoWorkload(dir)) => demo::workload(&dir).map(|()| 0),
-        Ok(Command::Inject(a)) => inject::inject(a),
-        Ok(Command::Serve(req)) => inject::serve(&req),
-        Ok(Command::Recover(what)) => recover::recover(what),
-        Ok(Command::Status {
+    let result = match command {
+        Command::Run(run_args) => run::run(run_args),
+        Command::Demo => demo::demo().map(|()| 0),
+        Command::DemoWorkload(dir) => demo::workload(&dir).map(|()| 0),
+        Command::Inject(a) => inject::inject(a),
+        Command::Serve(req) => inject::serve(&req),
+        Command::Recover { what, json } => recover::recover(what, json),
+        Command::Status {
             id,
             json,
             namespace,
             state_dir,
-        }) => status::status(id, json, &namespace, &state_dir),
-        Ok(Command::Update {
+        } => status::status(id, json, &namespace, &state_dir),
+        Command::Update {
             id,
             spec,
+            json,
             namespace,
             state_dir,
-        }) => status::update(&id, &spec, &namespace, &state_dir),
+        } => status::update(&id, &spec, json, &namespace, &state_dir),
+        Command::Completions(shell) => manual::completions(shell).map(|()| 0),
+        Command::Man { subcommand, dir } => manual::man(subcommand.as_deref(), dir.as_deref()),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
@@ -49,6 +52,26 @@ fn main() -> ExitCode {
             // control characters (a newline in a path) escaped.
             eprintln!("iochaos: {}", status::escape(&format!("{err:#}")));
             ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
+}
+
+/// Help and version go to stdout (exit 0); a usage error is one line on stderr (exit 2).
+fn usage_exit(err: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = err.print();
+            ExitCode::SUCCESS
+        }
+        // `iochaos` alone: the help, on stderr, as a usage error.
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = err.print();
+            ExitCode::from(2)
+        }
+        _ => {
+            eprintln!("iochaos: {}", status::escape(&args::one_line(err)));
+            ExitCode::from(2)
         }
     }
 }

@@ -20,7 +20,7 @@ const RECOVER_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long to wait for a recovered server to exit.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub fn recover(what: RecoverWhat) -> anyhow::Result<i32> {
+pub fn recover(what: RecoverWhat, json: bool) -> anyhow::Result<i32> {
     check_privileges()?;
     // Until everything is gone: every step wakes another thread or process (see CpuLatency).
     let _latency = engine::adapters::fdswap::CpuLatency::hold();
@@ -64,6 +64,13 @@ pub fn recover(what: RecoverWhat) -> anyhow::Result<i32> {
                     format!("recovering container {namespace}/{name} through its shim")
                 })?;
                 report_recovered(&id, &report);
+                if json {
+                    crate::output::print_json(&serde_json::Value::Array(vec![
+                        crate::output::recovered_json(&id, &report)?,
+                    ]))?;
+                } else {
+                    println!("{id}");
+                }
                 return Ok(0);
             } else {
                 let v: Vec<Entry> = entries
@@ -89,11 +96,22 @@ pub fn recover(what: RecoverWhat) -> anyhow::Result<i32> {
         }
     };
     let mut failed = Vec::new();
+    let mut recovered = Vec::new();
     for e in &selected {
         match recover_one(&journal, e) {
-            Ok(report) => report_recovered(&e.id, &report),
+            Ok(report) => {
+                report_recovered(&e.id, &report);
+                if json {
+                    recovered.push(crate::output::recovered_json(e.id.as_str(), &report)?);
+                } else {
+                    println!("{}", e.id);
+                }
+            }
             Err(err) => failed.push(format!("{}: {}", e.id, one_line(err.as_ref()))),
         }
+    }
+    if json {
+        crate::output::print_json(&serde_json::Value::Array(recovered))?;
     }
     match failed.as_slice() {
         [] => Ok(0),
@@ -168,11 +186,10 @@ fn recover_one(
     Ok(report)
 }
 
-/// The fds a recovery left on the old mount (stderr), then the recovered injection's id.
+/// The fds a recovery left on the old mount (stderr).
 fn report_recovered(id: &impl std::fmt::Display, report: &RecoverReport) {
     for f in &report.failed {
         let (fd, reason) = fd_entry(f);
         eprintln!("iochaos: {id}: {fd} left on the old mount: {reason}");
     }
-    println!("{id}");
 }

@@ -132,84 +132,130 @@ pub fn status(
             .collect(),
     };
     if json {
-        let mut out = Vec::new();
-        for (s, answering) in &all {
-            let mut v = serde_json::to_value(s).context("encoding the status")?;
-            if let Some(o) = v.as_object_mut() {
-                o.insert(
-                    "server".into(),
-                    Value::String(
-                        if *answering {
-                            "running"
-                        } else {
-                            "not answering"
-                        }
-                        .into(),
-                    ),
-                );
-            }
-            out.push(v);
-        }
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&out).context("encoding the status")?
-        );
+        let out = all
+            .iter()
+            .map(|(s, answering)| crate::output::injection_json(s, *answering))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        crate::output::print_json(&Value::Array(out))?;
         return Ok(0);
     }
     if all.is_empty() {
         println!("no injections");
-    }
-    for (s, answering) in &all {
-        let target = match (&s.target.container, &s.target.namespace) {
-            (Some(c), Some(ns)) => format!(
-                "container {}/{} (pid {})",
-                escape(ns),
-                escape(c),
-                s.target.pid
-            ),
-            _ => format!("pid {}", s.target.pid),
-        };
-        println!(
-            "{}  {}  {}  server {} ({})",
-            s.id,
-            target,
-            escape(&s.path),
-            s.server_pid,
-            if *answering {
-                "running"
-            } else {
-                "not answering: `iochaos recover` cleans up from the journal"
-            }
-        );
-        println!(
-            "  pids: {}",
-            s.pids
-                .iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
-        for (i, r) in s.rules.iter().enumerate() {
-            println!(
-                "  rule {}: {}  matched {}  injected {}",
-                i + 1,
-                r.spec,
-                r.matched,
-                r.injected
-            );
-        }
-        println!("  swapped: {} fds", s.swapped.len());
-        for k in &s.skipped {
-            let (fd, reason) = fd_entry(k);
-            println!("  skipped: {fd}: {reason}");
+    } else if crate::output::is_tty() {
+        print!("{}", status_table(&all));
+    } else {
+        for (s, answering) in &all {
+            print_status(s, *answering);
         }
     }
     Ok(0)
 }
 
+fn target_text(s: &Status) -> String {
+    match (&s.target.container, &s.target.namespace) {
+        (Some(c), Some(ns)) => format!(
+            "container {}/{} (pid {})",
+            escape(ns),
+            escape(c),
+            s.target.pid
+        ),
+        _ => format!("pid {}", s.target.pid),
+    }
+}
+
+/// For a terminal: one aligned row per injection, then one per rule, then skipped fds.
+fn status_table(all: &[(Status, bool)]) -> String {
+    let header = |cells: &[&str]| cells.iter().map(|c| (*c).to_owned()).collect::<Vec<_>>();
+    let mut injections = vec![header(&[
+        "ID", "TARGET", "PATH", "SERVER", "STATE", "PIDS", "SWAPPED", "SKIPPED",
+    ])];
+    let mut rules = vec![header(&["ID", "RULE", "MATCHED", "INJECTED", "SPEC"])];
+    let mut skipped = Vec::new();
+    for (s, answering) in all {
+        injections.push(vec![
+            s.id.clone(),
+            target_text(s),
+            escape(&s.path).into_owned(),
+            s.server_pid.to_string(),
+            if *answering {
+                "running"
+            } else {
+                "not answering"
+            }
+            .to_owned(),
+            s.pids.len().to_string(),
+            s.swapped.len().to_string(),
+            s.skipped.len().to_string(),
+        ]);
+        for (i, r) in s.rules.iter().enumerate() {
+            rules.push(vec![
+                s.id.clone(),
+                (i + 1).to_string(),
+                r.matched.to_string(),
+                r.injected.to_string(),
+                r.spec.to_string(),
+            ]);
+        }
+        for k in &s.skipped {
+            let (fd, reason) = fd_entry(k);
+            skipped.push(format!("{}  skipped {fd}: {reason}", s.id));
+        }
+    }
+    let mut out = crate::output::table(&injections);
+    out.push('\n');
+    out.push_str(&crate::output::table(&rules));
+    if all.iter().any(|(_, answering)| !answering) {
+        out.push_str("\nnot answering: `iochaos recover` cleans up from the journal\n");
+    }
+    for line in skipped {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// Plain output (a pipe, a file): a header line per injection and indented details.
+fn print_status(s: &Status, answering: bool) {
+    println!(
+        "{}  {}  {}  server {} ({})",
+        s.id,
+        target_text(s),
+        escape(&s.path),
+        s.server_pid,
+        if answering {
+            "running"
+        } else {
+            "not answering: `iochaos recover` cleans up from the journal"
+        }
+    );
+    println!(
+        "  pids: {}",
+        s.pids
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    for (i, r) in s.rules.iter().enumerate() {
+        println!(
+            "  rule {}: {}  matched {}  injected {}",
+            i + 1,
+            r.spec,
+            r.matched,
+            r.injected
+        );
+    }
+    println!("  swapped: {} fds", s.swapped.len());
+    for k in &s.skipped {
+        let (fd, reason) = fd_entry(k);
+        println!("  skipped: {fd}: {reason}");
+    }
+}
+
 pub fn update(
     id: &str,
     spec: &SpecSource,
+    json: bool,
     namespace: &str,
     state_dir: &Path,
 ) -> anyhow::Result<i32> {
@@ -251,7 +297,11 @@ pub fn update(
              reopened (see `iochaos status {id}`)"
         );
     }
-    println!("{id}");
+    if json {
+        crate::output::print_json(&crate::output::injection_json(&status, true)?)?;
+    } else {
+        println!("{id}");
+    }
     Ok(0)
 }
 

@@ -85,18 +85,18 @@ fn pid_errors_are_one_line_and_change_nothing() {
     let bad = env.path().join("bad.json");
     std::fs::write(&bad, r#"{"rules":[{"errno":"EFOO"}]}"#).expect("write");
     let bad = bad.to_str().expect("utf-8");
-    one_line(w.inject_fails(&env, &["--spec", bad]), 1, "EFOO");
+    one_line(w.inject_fails(&env, &["--spec", bad]), 2, "EFOO");
     let unknown = r#"{"rules":[{"errno":"EIO","colour":"red"}]}"#;
     let unknown_file = env.path().join("unknown.json");
     std::fs::write(&unknown_file, unknown).expect("write");
     let unknown_file = unknown_file.to_str().expect("utf-8");
-    one_line(w.inject_fails(&env, &["--spec", unknown_file]), 1, "colour");
+    one_line(w.inject_fails(&env, &["--spec", unknown_file]), 2, "colour");
     one_line(
         env.inject_fails(&["nosuchcontainer"], "/vol", eio),
         1,
         "unknown container",
     );
-    one_line(env.inject_fails(by_pid, "relative", eio), 1, "absolute");
+    one_line(env.inject_fails(by_pid, "relative", eio), 2, "absolute");
     // Not root.
     let out = env
         .command(&inject_args(by_pid, w.vol_str(), eio))

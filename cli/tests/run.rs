@@ -167,7 +167,7 @@ fn meaningless_rules_are_refused_before_anything_is_mounted() {
         (
             None,
             &["--latency", "1000000h"],
-            "--latency 1000000h: the delay is more than 1h",
+            "the delay is more than 1h",
         ),
         (
             None,
