@@ -9,8 +9,19 @@ use clap::CommandFactory;
 
 use crate::args::Cli;
 
+/// The command line without the hidden internal subcommands (`__serve`, `__demo-workload`),
+/// which clap_complete would otherwise offer.
+fn public_command() -> clap::Command {
+    let full = Cli::command();
+    clap::Command::new("iochaos")
+        .version(crate::args::VERSION)
+        .about(full.get_about().cloned().unwrap_or_default())
+        .args(full.get_arguments().cloned())
+        .subcommands(full.get_subcommands().filter(|s| !s.is_hide_set()).cloned())
+}
+
 pub fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
-    let mut cmd = Cli::command();
+    let mut cmd = public_command();
     let mut out = Vec::new();
     clap_complete::generate(shell, &mut cmd, "iochaos", &mut out);
     std::io::stdout()

@@ -11,7 +11,7 @@ use engine::inject::status_from_entry;
 use engine::journal::{Entry, InjectionId, Journal};
 use serde_json::Value;
 
-use crate::args::SpecSource;
+use crate::args::{SpecSource, Usage};
 use crate::inject::{journal, spec_json};
 use crate::run::check_privileges;
 
@@ -259,17 +259,17 @@ pub fn update(
     namespace: &str,
     state_dir: &Path,
 ) -> anyhow::Result<i32> {
-    let spec = spec_json(spec)?;
+    let mut spec = spec_json(spec)?;
     if spec.get("duration").is_some() {
-        bail!("update cannot change the duration of a live injection (remove \"duration\")");
+        return Err(Usage(
+            "update cannot change the duration of a live injection (remove \"duration\")".into(),
+        )
+        .into());
     }
     check_privileges()?;
     let journal = journal()?;
-    let text = serde_json::to_string(&spec).context("encoding the spec")?;
-    let status = if let Some(shim) = shim_for(id, namespace, state_dir)? {
-        shim.with_timeout(TIMEOUT)
-            .update_rules(&text)
-            .with_context(|| format!("updating container {namespace}/{id} through its shim"))?
+    let (client, what) = if let Some(shim) = shim_for(id, namespace, state_dir)? {
+        (shim, format!("container {namespace}/{id} through its shim"))
     } else {
         let e = if InjectionId::parse(id).is_err() {
             match container_entries(&journal, id, namespace)?.as_slice() {
@@ -280,12 +280,32 @@ pub fn update(
             entry(&journal, id)?
         };
         let client = ChaosClient::connect(&journal.socket_path(&e.id))
-            .with_context(|| format!("injection {}: its server does not answer", e.id))?
-            .with_timeout(TIMEOUT);
-        client
-            .update_rules(&text)
-            .with_context(|| format!("updating injection {}", e.id))?
+            .with_context(|| format!("injection {}: its server does not answer", e.id))?;
+        (client, format!("injection {}", e.id))
     };
+    let client = client.with_timeout(TIMEOUT);
+    // The new spec keeps the injection's path (status shows it in every spec).
+    let path = client
+        .status()
+        .with_context(|| format!("status of {what}"))?
+        .path;
+    match spec.get("path").and_then(Value::as_str) {
+        Some(p) if p != path => {
+            return Err(Usage(format!(
+                "update cannot move an injection: the spec's path {p} is not its path {path}"
+            ))
+            .into());
+        }
+        _ => {
+            if let Some(o) = spec.as_object_mut() {
+                o.insert("path".into(), Value::String(path));
+            }
+        }
+    }
+    let text = serde_json::to_string(&spec).context("encoding the spec")?;
+    let status = client
+        .update_rules(&text)
+        .with_context(|| format!("updating {what}"))?;
     let id = status.id.as_str();
     if status.skipped.iter().any(|k| {
         k.reason

@@ -262,3 +262,57 @@ fn a_bad_spec_file_exits_2_everywhere() {
         usage_error(args, "EBOGUS");
     }
 }
+
+#[test]
+fn completions_name_every_subcommand() {
+    for shell in ["bash", "zsh", "fish"] {
+        let script = ok(&["completions", shell]);
+        assert!(!script.is_empty(), "{shell}");
+        for sub in SUBCOMMANDS {
+            assert!(script.contains(sub), "{shell} completion lacks {sub}");
+        }
+        // fish writes `-l errno`, the others `--errno`.
+        for flag in ["errno", "path", "json", "namespace"] {
+            assert!(script.contains(flag), "{shell} completion lacks --{flag}");
+        }
+        assert!(!script.contains("__serve"), "{shell}: a hidden subcommand");
+    }
+}
+
+#[test]
+fn man_pages_for_iochaos_and_each_subcommand() {
+    let top = ok(&["man"]);
+    assert!(
+        top.starts_with(".ie") || top.contains(".TH iochaos"),
+        "{top}"
+    );
+    for sub in SUBCOMMANDS {
+        assert!(top.contains(sub), "iochaos.1 lacks {sub}");
+        let page = ok(&["man", sub]);
+        assert!(
+            page.contains(&format!(".TH iochaos-{sub}")),
+            "{sub}: {page}"
+        );
+    }
+    assert!(ok(&["man", "inject"]).contains("errno"));
+    // --dir writes them all.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listed = ok(&["man", "--dir", dir.path().to_str().expect("utf-8")]);
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut want: Vec<String> = SUBCOMMANDS
+        .iter()
+        .map(|s| format!("iochaos-{s}.1"))
+        .chain(["iochaos.1".to_owned()])
+        .collect();
+    want.sort();
+    assert_eq!(names, want);
+    assert_eq!(listed.lines().count(), want.len());
+    for n in &names {
+        let len = std::fs::metadata(dir.path().join(n)).expect("stat").len();
+        assert!(len > 0, "{n} is empty");
+    }
+}
