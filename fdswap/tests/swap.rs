@@ -873,3 +873,71 @@ fn fd_gaps_churning_in_another_thread() {
         .count();
     assert_eq!(placeholders, 0, "no placeholder left");
 }
+
+/// fd, link text, offset and flags of each fd of the testee's "many" set.
+fn many_state(pid: i32) -> Vec<(i32, String, u64, u32)> {
+    many_fds(pid)
+        .into_iter()
+        .map(|fd| {
+            let i = fdinfo(pid, fd);
+            (fd, link(pid, fd), i.pos, i.flags)
+        })
+        .collect()
+}
+
+/// The soft and hard RLIMIT_NOFILE of `pid`, from /proc/PID/limits.
+fn nofile_limits(pid: i32) -> (u64, u64) {
+    let l = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = l
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files");
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (v[0], v[1])
+}
+
+/// The slots of `pid`'s fd table (`FDSize`): the kernel grows it, in powers of two, to hold
+/// the highest fd number ever used, and never shrinks it.
+fn fd_table_size(pid: i32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    s.lines()
+        .find_map(|l| l.strip_prefix("FDSize:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("FDSize")
+}
+
+/// A target holding 10,000 files with `RLIMIT_NOFILE` 20,000 soft and hard (the hard limit
+/// cannot be raised here: no CAP_SYS_RESOURCE): swapped and back, every fd keeps its path,
+/// offset and flags, and the swap never needed more than a batch of extra fds in the target
+/// (its fd table, 16,384 slots for 10,000 fds, did not grow).
+#[test]
+fn ten_thousand_fds_under_a_limit_of_twenty_thousand() {
+    require_root();
+    let (_tmp, lower) = tmp_with_lower();
+    let mut t = Testee::spawn(&lower, &["--fds", "10000", "--varied", "--nofile", "20000"]);
+    // The swapper cannot raise the hard limit here (no CAP_SYS_RESOURCE) or, where it can,
+    // must not need to: the swap fits in what the target has.
+    assert_eq!(nofile_limits(t.pid), (20000, 20000));
+    let before = many_state(t.pid);
+    assert_eq!(before.len(), 10000);
+    let orig = fdinfo(t.pid, before[0].0).mnt_id;
+    let slots = fd_table_size(t.pid);
+    assert_eq!(slots, 16384);
+    let top = t.bind(&lower, &lower);
+    let report = swap(&[t.pid], &ScanOptions::new(&lower), &SwapOptions::default()).expect("swap");
+    assert!(report.first_error().is_none(), "{:?}", report.first_error());
+    assert_eq!(report.swapped().count(), 10000);
+    assert_eq!(many_state(t.pid), before, "paths, offsets and flags kept");
+    assert_eq!(fd_table_size(t.pid), slots, "extra fds beyond a batch");
+    assert_on_and_alive(&mut t, top);
+    let back = swap_back(&t, &lower, top);
+    assert!(back.first_error().is_none(), "{:?}", back.first_error());
+    assert_eq!(back.swapped().count(), 10000);
+    assert_eq!(many_state(t.pid), before, "paths, offsets and flags kept");
+    assert_eq!(fd_table_size(t.pid), slots, "extra fds beyond a batch");
+    assert_on_and_alive(&mut t, orig);
+    assert_eq!(nofile_limits(t.pid), (20000, 20000));
+}

@@ -4,7 +4,10 @@
 //!
 //! ```text
 //! fdswap-testee serve DIR [--full] [--fds N] [--threads T] [--sleep-ms MS] [--unshare]
-//!     [--churn] [--fd-churn] [--own-tables] [--vfork-ms MS]
+//!     [--churn] [--fd-churn] [--own-tables] [--vfork-ms MS] [--varied] [--nofile N]
+//!     (--varied: file k of --fds is written k % 13 bytes, opened O_APPEND when k % 3 == 1
+//!     and O_CLOEXEC when k % 3 == 2; --nofile: RLIMIT_NOFILE soft and hard N, else both the
+//!     hard limit)
 //!     prints "FD name n" lines then "READY"; stdin commands: write, wake, ping, quit,
 //!     open-null (opens /dev/null at the lowest free fd), close FD
 //! fdswap-testee swap PID PATH [--from-mnt M] [--pause-at-trap MS] [--int3]
@@ -109,6 +112,8 @@ struct ServeArgs {
     full: bool,
     churn: bool,
     fd_churn: bool,
+    varied: bool,
+    nofile: Option<u64>,
     vfork_ms: u64,
     own_tables: bool,
     nfds: usize,
@@ -130,6 +135,8 @@ impl ServeArgs {
                 "--full" => a.full = true,
                 "--churn" => a.churn = true,
                 "--fd-churn" => a.fd_churn = true,
+                "--varied" => a.varied = true,
+                "--nofile" => a.nofile = Some(value().parse().expect("--nofile N")),
                 "--own-tables" => a.own_tables = true,
                 "--vfork-ms" => a.vfork_ms = value().parse().expect("--vfork-ms MS"),
                 "--fds" => a.nfds = value().parse().expect("--fds N"),
@@ -171,9 +178,9 @@ fn map_file(path: &Path, len: u64, flags: i32) -> *mut u8 {
 
 fn serve(args: &[String]) {
     let a = ServeArgs::parse(args);
-    raise_nofile();
+    set_nofile(a.nofile);
     let out = Arc::new(Mutex::new(()));
-    let keep = open_many(&a.dir, a.nfds, &out);
+    let keep = open_many(&a.dir, a.nfds, a.varied, &out);
     let (full, wakers) = if a.full {
         let full = open_full(&a.dir, &out);
         (Some(full), spawn_blockers(&out, a.sleep_ms))
@@ -214,10 +221,10 @@ fn serve(args: &[String]) {
     let _ = unsafe { File::from_raw_fd(libc::dup(1)) };
 }
 
-/// Like many servers: use the hard limit of open files.
-fn raise_nofile() {
+/// Like many servers: use the hard limit of open files (or `n`, soft and hard).
+fn set_nofile(n: Option<u64>) {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let hard = getrlimit(Resource::Nofile).maximum;
+    let hard = n.or(getrlimit(Resource::Nofile).maximum);
     let want = Rlimit {
         current: hard,
         maximum: hard,
@@ -227,14 +234,22 @@ fn raise_nofile() {
     }
 }
 
-/// `n` files `many/f*`, kept open.
-fn open_many(dir: &Path, n: usize, out: &Mutex<()>) -> Vec<RawFd> {
+/// `n` files `many/f*`, kept open (`varied`: with different offsets and flags).
+fn open_many(dir: &Path, n: usize, varied: bool, out: &Mutex<()>) -> Vec<RawFd> {
     let mut keep = Vec::new();
     if n > 0 {
         let many = dir.join("many");
         fs::create_dir_all(&many).expect("mkdir many");
         for k in 0..n {
-            let f = open(&many.join(format!("f{k}")), libc::O_RDWR, 0o644);
+            let flags = match k % 3 {
+                1 if varied => libc::O_RDWR | libc::O_APPEND,
+                2 if varied => libc::O_RDWR | libc::O_CLOEXEC,
+                _ => libc::O_RDWR,
+            };
+            let mut f = open(&many.join(format!("f{k}")), flags, 0o644);
+            if varied {
+                f.write_all(&vec![b'x'; k % 13]).expect("write many");
+            }
             keep.push(f.into_raw_fd());
         }
         report_fd(out, "many_first", keep[0]);

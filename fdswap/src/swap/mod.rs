@@ -31,8 +31,10 @@ pub struct SwapOptions {
     /// Test hook: sleep this long while the stub thread sits at its trap, before reading the
     /// results (to kill the swapper there).
     pub pause_at_trap: Option<Duration>,
-    /// At most this many open file descriptions per transaction (batch). Batches are otherwise
-    /// only used when the target's fd limit leaves no room for one spare fd per description.
+    /// At most this many open file descriptions per transaction (batch); default 253. Each
+    /// description of the current batch holds one extra fd in the target until the batch
+    /// commits, so this bounds the fds the swap needs; a target whose fd limit leaves less
+    /// room gets smaller batches.
     pub max_batch: Option<usize>,
     /// Hold a [`crate::CpuLatency`] request for the time of the swap (default: yes).
     pub low_latency: bool,

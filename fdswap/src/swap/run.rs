@@ -87,6 +87,12 @@ pub(crate) struct Prepared {
     _nofile: NofileGuard,
 }
 
+/// Open file descriptions per transaction unless [`SwapOptions::max_batch`] says otherwise:
+/// the stub holds at most this many fds of its own (plus a few) at any time, so a target
+/// using nearly all of its `RLIMIT_NOFILE` can be swapped. (253 is also what one `SCM_RIGHTS`
+/// message carries.)
+pub(crate) const BATCH: usize = 253;
+
 /// At most this many fd gaps are filled to reopen files in place; a sparser table has its
 /// files reopened through spare fds.
 const MAX_GAPS: usize = 4096;
@@ -171,13 +177,14 @@ pub(crate) fn prepare(
     // (The placeholders in fd gaps take numbers below `max_fd`: no room needed for them.)
     let gaps = fd_gaps(unit, stopped);
     let base = max_fd + 1 + 2 * unit.maps.len() as u64 + dirs + 24;
-    let (nofile, limit) = NofileGuard::raise(pid, base + ngroups)?;
-    let batch = if limit >= base + ngroups {
-        usize::MAX
+    let wanted = so.max_batch.unwrap_or(BATCH).max(1);
+    let spares = ngroups.min(u64::try_from(wanted).unwrap_or(u64::MAX));
+    let (nofile, limit) = NofileGuard::raise(pid, base + spares)?;
+    let batch = if limit >= base + spares {
+        wanted
     } else {
-        usize::try_from(limit.saturating_sub(base).max(1)).unwrap_or(usize::MAX)
+        usize::try_from(limit.saturating_sub(base).max(1)).unwrap_or(wanted)
     };
-    let batch = so.max_batch.map_or(batch, |m| batch.min(m.max(1)));
     let built = build(unit, trapsig, batch, gaps.as_deref());
     let body = built.program.serialize();
     let layout = built.program.layout(stub.code.len());
