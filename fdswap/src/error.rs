@@ -60,9 +60,21 @@ pub enum Error {
         /// The returned error.
         errno: Errno,
     },
-    /// One step of the stub failed; the process was rolled back to its original files (all of
-    /// them, unless the swap had to be split into batches for lack of spare fds: then `kept`
-    /// lists the fds of the batches committed before).
+    /// The stub could not connect to the injector to receive the pre-opened files (seccomp,
+    /// a network namespace without unix sockets): nothing changed; fdswap runs the stub again
+    /// with in-stub opens.
+    #[error("process {pid}: the stub could not {step} ({errno}); nothing changed")]
+    HandoffRefused {
+        /// The process.
+        pid: i32,
+        /// The step that failed.
+        step: String,
+        /// The errno it returned.
+        errno: Errno,
+    },
+    /// One step of the stub failed; its batch was rolled back to the original files (the
+    /// whole process when the swap was one batch: at most 253 descriptions); `kept` lists the
+    /// fds of the batches committed before, which stay moved.
     #[error(
         "process {pid}: {step} failed with {errno}; rolled back{}",
         kept_note(kept)

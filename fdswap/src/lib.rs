@@ -18,5 +18,5 @@ pub use plan::{
     CwdItem, FdItem, Item, MapItem, Plan, PosixLock, ProcessPlan, ReadAhead, ScanOptions,
     SkipReason, Skipped,
 };
-pub use swap::{ProcessReport, Report, SwapOptions, Swapped, swap, swap_plan};
+pub use swap::{OpenMode, ProcessReport, Report, SwapOptions, Swapped, swap, swap_plan};
 pub use sys::{FileId, statx};

@@ -170,6 +170,9 @@ pub(crate) struct Program {
     pub ops: Vec<Op>,
     data: Vec<Vec<u8>>,
     final_part: bool,
+    /// Pointers inside data items: (item, offset in it, the item it points to). Serialised
+    /// relative to the header and made absolute by [`Program::relocate`].
+    pointers: Vec<(usize, usize, usize)>,
 }
 
 /// Where a laid-out program lives in the remote mapping (offsets from the mapping's start).
@@ -193,6 +196,33 @@ impl Program {
     pub(crate) fn data(&mut self, bytes: Vec<u8>) -> usize {
         self.data.push(bytes);
         self.data.len() - 1
+    }
+
+    /// Make the 8 bytes at `off` in data item `item` a pointer to data item `to` (for the
+    /// kernel: a `msghdr`'s iovec and control buffer).
+    pub(crate) fn pointer(&mut self, item: usize, off: usize, to: usize) {
+        self.pointers.push((item, off, to));
+    }
+
+    /// Offsets in the body of each data item.
+    fn data_at(&self) -> Vec<usize> {
+        let mut data_at = Vec::with_capacity(self.data.len());
+        let mut at = self.data_off();
+        for d in &self.data {
+            data_at.push(at);
+            at += round_up(d.len().max(1), 8);
+        }
+        data_at
+    }
+
+    /// Turn the pointers of a serialised body into addresses, the header being at `header`.
+    pub(crate) fn relocate(&self, body: &mut [u8], header: u64) {
+        let data_at = self.data_at();
+        for &(item, off, _) in &self.pointers {
+            let o = data_at[item] + off;
+            let rel = u64::from_le_bytes(body[o..o + 8].try_into().unwrap_or([0; 8]));
+            body[o..o + 8].copy_from_slice(&(rel + header).to_le_bytes());
+        }
     }
 
     /// From now on, ops are after the point of no return (failures are counted, not undone).
@@ -277,12 +307,7 @@ impl Program {
     /// header. The per-stop header words are filled in by [`patch_header`].
     pub(crate) fn serialize(&self) -> Vec<u8> {
         // Offsets in the body as indices (`*_at`) and as the u64 words the stub adds to r15.
-        let mut data_at = Vec::with_capacity(self.data.len());
-        let mut at = self.data_off();
-        for d in &self.data {
-            data_at.push(at);
-            at += round_up(d.len().max(1), 8);
-        }
+        let data_at = self.data_at();
         let data_off: Vec<u64> = data_at.iter().map(|&a| a as u64).collect();
         let op_at = |n: usize| Self::ops_off() + n * op::SIZE as usize;
         let op_off = |n: usize| op_at(n) as u64;
@@ -371,6 +396,9 @@ impl Program {
         }
         for (d, &o) in self.data.iter().zip(&data_at) {
             out[o..o + d.len()].copy_from_slice(d);
+        }
+        for &(item, off, to) in &self.pointers {
+            put(&mut out, data_at[item] + off, data_off[to]);
         }
         out
     }

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use fdswap::{Item, Plan, ScanOptions, SkipReason, SwapOptions, swap, swap_plan};
+use fdswap::{Item, OpenMode, Plan, ScanOptions, SkipReason, SwapOptions, swap, swap_plan};
 
 const SWAPPED_FDS: &[&str] = &[
     "append",
@@ -137,6 +137,7 @@ fn swap_onto_upper_mount_and_back() {
 
     let report = swap(&[pid], &ScanOptions::new(&lower), &SwapOptions::default()).expect("swap");
     assert!(report.first_error().is_none(), "{:?}", report.first_error());
+    assert_eq!(report.processes[0].open_mode, Some(OpenMode::Handoff));
     let pause = report.max_pause();
     eprintln!("pause {pause:?}, total {:?}", report.total);
 
@@ -930,6 +931,7 @@ fn ten_thousand_fds_under_a_limit_of_twenty_thousand() {
     let report = swap(&[t.pid], &ScanOptions::new(&lower), &SwapOptions::default()).expect("swap");
     assert!(report.first_error().is_none(), "{:?}", report.first_error());
     assert_eq!(report.swapped().count(), 10000);
+    assert_eq!(report.processes[0].open_mode, Some(OpenMode::Handoff));
     assert_eq!(many_state(t.pid), before, "paths, offsets and flags kept");
     assert_eq!(fd_table_size(t.pid), slots, "extra fds beyond a batch");
     assert_on_and_alive(&mut t, top);
@@ -940,4 +942,23 @@ fn ten_thousand_fds_under_a_limit_of_twenty_thousand() {
     assert_eq!(fd_table_size(t.pid), slots, "extra fds beyond a batch");
     assert_on_and_alive(&mut t, orig);
     assert_eq!(nofile_limits(t.pid), (20000, 20000));
+}
+
+/// Where the target may not make a socket (a seccomp filter: `socket` fails with EPERM), the
+/// stub cannot receive pre-opened files: it opens them itself, and the report says so.
+#[test]
+fn no_socket_in_the_target_falls_back_to_in_stub_opens() {
+    require_root();
+    let (_tmp, lower) = tmp_with_lower();
+    let mut t = Testee::spawn(&lower, &["--fds", "300", "--varied", "--no-socket"]);
+    let before = many_state(t.pid);
+    let top = t.bind(&lower, &lower);
+    let report = swap(&[t.pid], &ScanOptions::new(&lower), &SwapOptions::default()).expect("swap");
+    assert!(report.first_error().is_none(), "{:?}", report.first_error());
+    assert_eq!(report.swapped().count(), 300);
+    assert_eq!(report.processes[0].open_mode, Some(OpenMode::InStubOpen));
+    assert_eq!(many_state(t.pid), before, "paths, offsets and flags kept");
+    assert_on_and_alive(&mut t, top);
+    // The filter is there: the testee itself cannot make a socket.
+    assert_eq!(t.ask("socket", "SOCKET"), "SOCKET EPERM");
 }

@@ -248,11 +248,13 @@ impl FdSwapper {
                 stub_time: Duration::ZERO,
                 threads: 0,
                 error: None,
+                open_mode: None,
             }));
         tracing::debug!(
             total = ?report.total,
             max_pause = ?report.max_pause(),
             swapped = report.swapped().count(),
+            open_modes = ?report.processes.iter().map(|p| (p.pid, p.open_mode)).collect::<Vec<_>>(),
             "swap"
         );
         Ok((plan, report))

@@ -4,10 +4,11 @@
 //!
 //! ```text
 //! fdswap-testee serve DIR [--full] [--fds N] [--threads T] [--sleep-ms MS] [--unshare]
-//!     [--churn] [--fd-churn] [--own-tables] [--vfork-ms MS] [--varied] [--nofile N]
+//!     [--churn] [--fd-churn] [--own-tables] [--vfork-ms MS] [--varied] [--nofile N] [--no-socket]
 //!     (--varied: file k of --fds is written k % 13 bytes, opened O_APPEND when k % 3 == 1
 //!     and O_CLOEXEC when k % 3 == 2; --nofile: RLIMIT_NOFILE soft and hard N, else both the
-//!     hard limit)
+//!     hard limit; --no-socket: a seccomp filter makes socket(2) fail with EPERM; stdin
+//!     command `socket` answers "SOCKET ok|ERRNO")
 //!     prints "FD name n" lines then "READY"; stdin commands: write, wake, ping, quit,
 //!     open-null (opens /dev/null at the lowest free fd), close FD
 //! fdswap-testee swap PID PATH [--from-mnt M] [--pause-at-trap MS] [--int3]
@@ -114,6 +115,7 @@ struct ServeArgs {
     fd_churn: bool,
     varied: bool,
     nofile: Option<u64>,
+    no_socket: bool,
     vfork_ms: u64,
     own_tables: bool,
     nfds: usize,
@@ -136,6 +138,7 @@ impl ServeArgs {
                 "--churn" => a.churn = true,
                 "--fd-churn" => a.fd_churn = true,
                 "--varied" => a.varied = true,
+                "--no-socket" => a.no_socket = true,
                 "--nofile" => a.nofile = Some(value().parse().expect("--nofile N")),
                 "--own-tables" => a.own_tables = true,
                 "--vfork-ms" => a.vfork_ms = value().parse().expect("--vfork-ms MS"),
@@ -179,6 +182,9 @@ fn map_file(path: &Path, len: u64, flags: i32) -> *mut u8 {
 fn serve(args: &[String]) {
     let a = ServeArgs::parse(args);
     set_nofile(a.nofile);
+    if a.no_socket {
+        forbid_socket();
+    }
     let out = Arc::new(Mutex::new(()));
     let keep = open_many(&a.dir, a.nfds, a.varied, &out);
     let (full, wakers) = if a.full {
@@ -219,6 +225,40 @@ fn serve(args: &[String]) {
     // Make the stdout pipe see EOF cleanly.
     // SAFETY: fd 1 is ours to close at exit.
     let _ = unsafe { File::from_raw_fd(libc::dup(1)) };
+}
+
+/// A seccomp filter (this thread and those it creates): `socket(2)` fails with EPERM, like
+/// a container profile that allows no sockets.
+fn forbid_socket() {
+    const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+    const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+    let ld = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    let jeq = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    let ret = (libc::BPF_RET | libc::BPF_K) as u16;
+    let insn = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    let nr = u32::try_from(libc::SYS_socket).expect("a syscall number");
+    let eperm = u32::try_from(libc::EPERM).expect("an errno");
+    let mut filter = [
+        insn(ld, 0, 0, 0), // seccomp_data.nr
+        insn(jeq, 0, 1, nr),
+        insn(ret, 0, 0, SECCOMP_RET_ERRNO | eperm),
+        insn(ret, 0, 0, SECCOMP_RET_ALLOW),
+    ];
+    let prog = libc::sock_fprog {
+        len: u16::try_from(filter.len()).expect("a short filter"),
+        filter: filter.as_mut_ptr(),
+    };
+    // SAFETY: integer arguments; then `prog` points to a valid filter program that lives
+    // across the call (the kernel copies it).
+    let r = unsafe {
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    assert_eq!(r, 0, "seccomp filter: {}", std::io::Error::last_os_error());
 }
 
 /// Like many servers: use the hard limit of open files (or `n`, soft and hard).
@@ -508,6 +548,19 @@ fn commands(out: &Mutex<()>, full: Option<&Full>, mut wakers: Vec<Box<dyn FnOnce
         let Ok(line) = line else { break };
         match line.trim() {
             "ping" => say(out, "PONG"),
+            "socket" => match std::os::unix::net::UnixDatagram::unbound() {
+                Ok(_) => say(out, "SOCKET ok"),
+                Err(e) => say(
+                    out,
+                    &format!(
+                        "SOCKET {}",
+                        match e.raw_os_error() {
+                            Some(libc::EPERM) => "EPERM".to_owned(),
+                            _ => e.to_string(),
+                        }
+                    ),
+                ),
+            },
             "write" => {
                 // SAFETY: writes to fds we own.
                 let r1 = unsafe { libc::write(a_fd, b"W".as_ptr().cast(), 1) };

@@ -5,11 +5,15 @@
 //! until its batch commits, so a target near its hard RLIMIT_NOFILE (which cannot be raised
 //! without CAP_SYS_RESOURCE) is done in several transactions within the same stop.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use libc::{
+    AF_UNIX, F_SETFD, MSG_CMSG_CLOEXEC, SCM_RIGHTS, SO_RCVTIMEO, SOCK_CLOEXEC, SOCK_STREAM,
+    SOL_SOCKET, SYS_connect, SYS_recvmsg, SYS_setsockopt, SYS_socket,
+};
 use libc::{
     AT_EMPTY_PATH, AT_FDCWD, AT_STATX_DONT_SYNC, F_DUPFD_CLOEXEC, F_GETFD, F_GETFL, F_GETLK,
     F_RDLCK, F_SETLK, F_UNLCK, F_WRLCK, MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED,
@@ -19,6 +23,9 @@ use libc::{
     SYS_fchdir, SYS_fcntl, SYS_lseek, SYS_mmap, SYS_mremap, SYS_munmap, SYS_openat,
     SYS_rt_sigprocmask, SYS_statx,
 };
+
+/// How long the stub waits for the injector's files before it rolls back.
+const RECEIVE_TIMEOUT_S: u64 = 10;
 
 use crate::plan::{CwdItem, FdItem, MapItem, ProcessPlan};
 use crate::program::{Arg, Call, Check, Desc, Program, on_fd, on_map, step};
@@ -30,25 +37,58 @@ pub(super) struct Built {
     /// Per batch: the index of its commit op (`usize::MAX` for the last batch, which commits
     /// when the stub ends) and the fds it moves.
     pub(super) batches: Vec<(usize, Vec<i32>)>,
+    /// Per `SCM_RIGHTS` message the stub receives, in order: the lowest fd of each
+    /// description whose new file comes in it (see `handoff.rs`).
+    pub(super) messages: Vec<Vec<i32>>,
+    /// The ops that set up the connection to the injector: a failure there (seccomp, a
+    /// network namespace without unix sockets) means "open in the stub instead".
+    pub(super) connect_ops: std::ops::Range<usize>,
+}
+
+/// What the stub needs to receive pre-opened files: the descriptions that have one (by
+/// their lowest fd) and the `sockaddr_un` to connect to.
+pub(super) struct Handoff<'a> {
+    pub(super) handed: &'a HashSet<i32>,
+    pub(super) addr: &'a [u8],
 }
 
 /// Build the op table for one unit. `gaps`: the free fd numbers below the highest fd to reopen
 /// in place (see `run::in_place_top`), as they are when the program runs; `None`: reopen
 /// nothing in place.
-pub(super) fn build(unit: &ProcessPlan, trapsig: i32, batch: usize, gaps: Option<&[i32]>) -> Built {
+pub(super) fn build(
+    unit: &ProcessPlan,
+    trapsig: i32,
+    batch: usize,
+    gaps: Option<&[i32]>,
+    handoff: Option<&Handoff<'_>>,
+) -> Built {
     let mut b = Builder::new(unit, gaps);
     b.block_signals(trapsig);
     let batch_groups = b.batch_groups(batch);
     b.find_lock_carriers();
+    let start = b.pr.ops.len();
+    if let Some(h) = handoff
+        && gaps.is_some()
+    {
+        b.handed = h.handed.clone();
+        if (0..b.groups.len()).any(|g| b.handed_off(g)) {
+            b.connect(h.addr);
+        } else {
+            b.handed.clear();
+        }
+    }
+    let connect_ops = start..b.pr.ops.len();
     let n = batch_groups.len();
     let batches = batch_groups
         .iter()
         .enumerate()
-        .map(|(i, groups)| b.batch(groups, i + 1 == n))
+        .map(|(i, groups)| b.batch(groups, i == 0, i + 1 == n))
         .collect();
     Built {
         program: b.pr,
         batches,
+        messages: b.messages,
+        connect_ops,
     }
 }
 
@@ -131,6 +171,11 @@ struct Builder<'u> {
     /// Description groups (indices into `unit.fds`), a file's groups next to each other.
     groups: Vec<Vec<usize>>,
     locks: Vec<LockSlot>,
+    /// Descriptions (by lowest fd) whose new file the injector hands in.
+    handed: HashSet<i32>,
+    /// The op whose result is the socket to the injector.
+    socket: Option<usize>,
+    messages: Vec<Vec<i32>>,
 }
 
 impl<'u> Builder<'u> {
@@ -148,6 +193,9 @@ impl<'u> Builder<'u> {
             orig_mask,
             groups: Vec::new(),
             locks: Vec::new(),
+            handed: HashSet::new(),
+            socket: None,
+            messages: Vec::new(),
         }
     }
 
@@ -170,10 +218,10 @@ impl<'u> Builder<'u> {
 
     /// Push "dup3 the file opened by step `from` onto `f`'s number, with its close-on-exec";
     /// with `undo_from`, undone by dup3 of that step's file (the saved old description) back.
-    fn dup3_onto(&mut self, from: usize, f: &FdItem, undo_from: Option<usize>) {
-        let dup3 = |src: usize| {
+    fn dup3_onto(&mut self, from: Arg, f: &FdItem, undo_from: Option<Arg>) {
+        let dup3 = |src: Arg| {
             let cl = f.flags & O_CLOEXEC;
-            Call::sys(SYS_dup3, &[Arg::Result(src), int(f.fd), int(cl)])
+            Call::sys(SYS_dup3, &[src, int(f.fd), int(cl)])
         };
         self.pr.push(
             on_fd("dup3 onto", f.fd),
@@ -305,15 +353,29 @@ impl<'u> Builder<'u> {
 
     /// One batch: the open phase (undoable), then its final part; returns its commit op and
     /// the fds it moves.
-    fn batch(&mut self, groups: &[usize], last: bool) -> (usize, Vec<i32>) {
+    fn batch(&mut self, groups: &[usize], first: bool, last: bool) -> (usize, Vec<i32>) {
+        if let Some(sock) = self.socket.filter(|_| !first) {
+            // A rollback of this batch stops at the commit before it: close the socket then.
+            self.pr.push(
+                step("(close the socket to the injector on rollback)"),
+                Call::nothing(),
+                Check::None,
+                Some(Call::sys(SYS_close, &[Arg::Result(sock)])),
+            );
+        }
         self.retake_locks_on_rollback(groups);
+        let (handed, opened): (Vec<usize>, Vec<usize>) =
+            groups.iter().partition(|&&g| self.handed_off(g));
         let mut ops = BatchOps {
             placeholders: self.fill_gaps(groups),
-            dir_ops: self.open_parent_dirs(groups),
+            dir_ops: self.open_parent_dirs(&opened),
             ..BatchOps::default()
         };
-        for &g in groups {
+        for &g in &opened {
             self.reopen_group(g, &mut ops);
+        }
+        if !handed.is_empty() {
+            self.receive_groups(handed, &mut ops);
         }
         if last {
             for m in &self.unit.maps {
@@ -457,17 +519,210 @@ impl<'u> Builder<'u> {
     }
 
     /// Nobody else holds a conflicting lock on the new file (op `n`) of group `g`.
-    fn probe_locks(&mut self, g: usize, n: usize) {
+    fn probe_locks(&mut self, g: usize, n: Arg) {
         for l in self.locks.iter().filter(|l| l.group == g) {
             self.pr.push(
                 on_fd("F_GETLK on the new file for", l.fd),
-                Self::fcntl(Arg::Result(n), F_GETLK, Arg::Data(l.probe)),
+                Self::fcntl(n, F_GETLK, Arg::Data(l.probe)),
                 Check::NonNeg,
                 None,
             );
             self.pr.push(
                 on_fd("a conflicting lock on the new file for", l.fd),
                 Call::compare_data(l.probe, 0, reg(F_UNLCK)),
+                Check::NonNeg,
+                None,
+            );
+        }
+    }
+
+    /// The injector hands in group `g`'s new file (it is reopened in place).
+    fn handed_off(&self, g: usize) -> bool {
+        self.in_place(g) && self.handed.contains(&self.fd(g).fd)
+    }
+
+    /// Connect to the injector: `socket`, moved above every fd the program counts on (so
+    /// that the fd gaps stay as listed), `connect`, and a receive timeout (should the
+    /// injector never send, the stub rolls back instead of waiting for ever).
+    fn connect(&mut self, addr: &[u8]) {
+        let top = self.unit.fds.iter().map(|f| f.fd).max().unwrap_or(0);
+        let s0 = self.pr.push(
+            step("socket(AF_UNIX) to receive the new files"),
+            Call::sys(
+                SYS_socket,
+                &[int(AF_UNIX), int(SOCK_STREAM | SOCK_CLOEXEC), int(0)],
+            ),
+            Check::NonNeg,
+            None,
+        );
+        self.pr.ops[s0].set_undo(Call::sys(SYS_close, &[Arg::Result(s0)]));
+        let s = self.pr.push(
+            step("F_DUPFD_CLOEXEC of the socket"),
+            Self::fcntl(Arg::Result(s0), F_DUPFD_CLOEXEC, int(top.saturating_add(1))),
+            Check::NonNeg,
+            None,
+        );
+        self.pr.ops[s].set_undo(Call::sys(SYS_close, &[Arg::Result(s)]));
+        self.pr.push(
+            step("close of the first socket fd"),
+            Call::sys(SYS_close, &[Arg::Result(s0)]),
+            Check::NonNeg,
+            None,
+        );
+        let a = self.pr.data(addr.to_vec());
+        let len = u64::try_from(addr.len()).unwrap_or(0);
+        self.pr.push(
+            step("connect to the injector"),
+            Call::sys(SYS_connect, &[Arg::Result(s), Arg::Data(a), Arg::Imm(len)]),
+            Check::NonNeg,
+            None,
+        );
+        let mut tv = Vec::with_capacity(16);
+        tv.extend_from_slice(&RECEIVE_TIMEOUT_S.to_le_bytes());
+        tv.extend_from_slice(&0u64.to_le_bytes());
+        let tv = self.pr.data(tv);
+        self.pr.push(
+            step("SO_RCVTIMEO on the socket"),
+            Call::sys(
+                SYS_setsockopt,
+                &[
+                    Arg::Result(s),
+                    int(SOL_SOCKET),
+                    int(SO_RCVTIMEO),
+                    Arg::Data(tv),
+                    int(16),
+                ],
+            ),
+            Check::NonNeg,
+            None,
+        );
+        self.socket = Some(s);
+    }
+
+    /// Groups whose new file the injector hands in: check each old description, keep it in
+    /// a spare fd and free its number (every number below them is taken: the freed ones are
+    /// the lowest free), then receive the new files in one `recvmsg`, which installs them at
+    /// the lowest free numbers in order: exactly the freed ones. Then each fd's close-on-exec,
+    /// offset, the lock probe, and the other fds of the description. Nothing here waits for
+    /// the filesystem of the new file.
+    fn receive_groups(&mut self, mut hs: Vec<usize>, ops: &mut BatchOps<'u>) {
+        let Some(sock) = self.socket else { return };
+        hs.sort_by_key(|&g| self.fd(g).fd);
+        let mut kept = Vec::new();
+        for &g in &hs {
+            let f0 = self.fd(g);
+            self.check_old(g);
+            let seekable = f0.flags & O_PATH == 0 && !f0.is_dir();
+            let pos = seekable.then(|| {
+                self.pr.push(
+                    on_fd("lseek of", f0.fd),
+                    Call::sys(SYS_lseek, &[int(f0.fd), int(0), int(SEEK_CUR)]),
+                    Check::NonNeg,
+                    None,
+                )
+            });
+            let s = self.pr.push(
+                on_fd("F_DUPFD_CLOEXEC of", f0.fd),
+                Self::fcntl(int(f0.fd), F_DUPFD_CLOEXEC, int(0)),
+                Check::NonNeg,
+                None,
+            );
+            self.pr.ops[s].set_undo(Call::sys(SYS_close, &[Arg::Result(s)]));
+            kept.push((g, pos, s));
+        }
+        for &(g, _, s) in &kept {
+            let f0 = self.fd(g);
+            self.pr.push(
+                on_fd("close of", f0.fd),
+                Call::sys(SYS_close, &[int(f0.fd)]),
+                Check::None,
+                Some(Call::sys(
+                    SYS_dup3,
+                    &[Arg::Result(s), int(f0.fd), int(f0.flags & O_CLOEXEC)],
+                )),
+            );
+        }
+        let fds: Vec<i32> = hs.iter().map(|&g| self.fd(g).fd).collect();
+        self.recvmsg(sock, &fds);
+        let unit = self.unit;
+        for (g, pos, s) in kept {
+            let f0 = self.fd(g);
+            if f0.flags & O_CLOEXEC == 0 {
+                self.pr.push(
+                    on_fd("F_SETFD (close-on-exec off) of the new file for", f0.fd),
+                    Self::fcntl(int(f0.fd), F_SETFD, int(0)),
+                    Check::NonNeg,
+                    None,
+                );
+            }
+            if let Some(pos) = pos {
+                self.pr.push(
+                    on_fd("lseek of the new file for", f0.fd),
+                    Call::sys(SYS_lseek, &[int(f0.fd), Arg::Result(pos), int(SEEK_SET)]),
+                    Check::EqResult(pos),
+                    None,
+                );
+            }
+            self.probe_locks(g, int(f0.fd));
+            let others: Vec<&FdItem> = self.groups[g][1..].iter().map(|&i| &unit.fds[i]).collect();
+            for f in others {
+                self.dup3_onto(int(f0.fd), f, Some(Arg::Result(s)));
+            }
+            ops.opened.push(Opened::InPlace { saved: s });
+            ops.moved
+                .extend(self.groups[g].iter().map(|&i| unit.fds[i].fd));
+        }
+        self.messages.push(fds);
+    }
+
+    /// `recvmsg` of one message carrying `fds.len()` files, checked: one byte, one
+    /// `SCM_RIGHTS` header of the right length, and the files installed at `fds` in order.
+    fn recvmsg(&mut self, sock: usize, fds: &[i32]) {
+        let k = fds.len();
+        let space = 16 + (4 * k).div_ceil(8) * 8;
+        let buf = self.pr.data(vec![0u8; 8]);
+        let iov = self
+            .pr
+            .data([0u64.to_le_bytes(), 1u64.to_le_bytes()].concat());
+        self.pr.pointer(iov, 0, buf);
+        let control = self.pr.data(vec![0u8; space]);
+        let mut hdr = vec![0u8; 56];
+        hdr[24..32].copy_from_slice(&1u64.to_le_bytes());
+        hdr[40..48].copy_from_slice(&(space as u64).to_le_bytes());
+        let msg = self.pr.data(hdr);
+        self.pr.pointer(msg, 16, iov);
+        self.pr.pointer(msg, 32, control);
+        let first = fds.first().copied().unwrap_or(-1);
+        self.pr.push(
+            on_fd("recvmsg of the new files, from", first),
+            Call::sys(
+                SYS_recvmsg,
+                &[Arg::Result(sock), Arg::Data(msg), int(MSG_CMSG_CLOEXEC)],
+            ),
+            Check::Eq(1),
+            None,
+        );
+        let len = 16 + 4 * k as u64;
+        self.pr.push(
+            on_fd("the SCM_RIGHTS message (length), from", first),
+            Call::compare_data(control, 0, len),
+            Check::NonNeg,
+            None,
+        );
+        let kind =
+            u64::from(SOL_SOCKET.cast_unsigned()) | (u64::from(SCM_RIGHTS.cast_unsigned()) << 32);
+        self.pr.push(
+            on_fd("the SCM_RIGHTS message (type), from", first),
+            Call::compare_data(control, 8, kind),
+            Check::NonNeg,
+            None,
+        );
+        for (i, pair) in fds.chunks(2).enumerate() {
+            let lo = u64::from(pair[0].cast_unsigned());
+            let hi = pair.get(1).map_or(0, |&f| u64::from(f.cast_unsigned()));
+            self.pr.push(
+                on_fd("the new file received at the number of", pair[0]),
+                Call::compare_data(control, 16 + 8 * i as u64, lo | (hi << 32)),
                 Check::NonNeg,
                 None,
             );
@@ -536,7 +791,7 @@ impl<'u> Builder<'u> {
                 None,
             );
         }
-        self.probe_locks(g, n);
+        self.probe_locks(g, Arg::Result(n));
         let unit = self.unit;
         match saved {
             Some(s) => {
@@ -544,7 +799,7 @@ impl<'u> Builder<'u> {
                 let others: Vec<&FdItem> =
                     self.groups[g][1..].iter().map(|&i| &unit.fds[i]).collect();
                 for f in others {
-                    self.dup3_onto(n, f, Some(s));
+                    self.dup3_onto(Arg::Result(n), f, Some(Arg::Result(s)));
                 }
                 ops.opened.push(Opened::InPlace { saved: s });
             }
@@ -687,7 +942,7 @@ impl<'u> Builder<'u> {
                     let fds: Vec<&FdItem> =
                         self.groups[group].iter().map(|&i| &unit.fds[i]).collect();
                     for f in fds {
-                        self.dup3_onto(new, f, None);
+                        self.dup3_onto(Arg::Result(new), f, None);
                     }
                     let (what, call) = close(
                         on_fd("close of the spare new file for", self.fd(group).fd),
@@ -727,6 +982,10 @@ impl<'u> Builder<'u> {
             );
         }
         if last {
+            if let Some(sock) = self.socket {
+                let (what, call) = close(step("close the socket to the injector"), sock);
+                self.pr.push(what, call, Check::None, None);
+            }
             let restore = self.restore_mask_call();
             self.pr.push(
                 step("restore the signal mask"),

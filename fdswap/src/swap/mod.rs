@@ -4,6 +4,7 @@
 //! stopped target, `remote.rs` holds the remote-syscall and remote-memory helpers.
 
 mod build;
+mod handoff;
 mod remote;
 mod run;
 
@@ -18,7 +19,7 @@ use crate::procfs;
 use crate::program::Stub;
 use crate::sys::{self, Kcmp};
 use crate::tracer::Tracee;
-use run::{Prepared, prepare, run_unit};
+use run::{HandIn, Prepared, prepare, run_unit};
 
 /// How to swap.
 #[derive(Debug, Clone)]
@@ -38,6 +39,9 @@ pub struct SwapOptions {
     pub max_batch: Option<usize>,
     /// Hold a [`crate::CpuLatency`] request for the time of the swap (default: yes).
     pub low_latency: bool,
+    /// Open the new files before the stop and hand them in (default: yes; see
+    /// docs/fdswap.md). Off, or where it cannot be done, the stub opens them itself.
+    pub handoff: bool,
 }
 
 impl Default for SwapOptions {
@@ -48,6 +52,7 @@ impl Default for SwapOptions {
             pause_at_trap: None,
             max_batch: None,
             low_latency: true,
+            handoff: true,
         }
     }
 }
@@ -85,6 +90,27 @@ pub struct ProcessReport {
     pub threads: usize,
     /// Why this process was not (fully) swapped.
     pub error: Option<Error>,
+    /// How its new files were opened (`None`: no file was reopened).
+    pub open_mode: Option<OpenMode>,
+}
+
+/// How a process's new files were opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// By fdswap before the stop, handed in over a unix socket (`SCM_RIGHTS`); files it
+    /// could not pre-open were opened by the stub.
+    Handoff,
+    /// By the stub, while the process was stopped.
+    InStubOpen,
+}
+
+impl std::fmt::Display for OpenMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OpenMode::Handoff => "handoff",
+            OpenMode::InStubOpen => "in-stub open",
+        })
+    }
 }
 
 /// What a swap did.
@@ -139,12 +165,19 @@ pub fn swap_plan(plan: &Plan, swap_options: &SwapOptions) -> Result<Report> {
     let _latency = swap_options.low_latency.then(CpuLatency::hold);
     let stub = arch::assemble()?;
     // Build every program before anything is stopped: the pause is what targets feel.
+    // Open the new files while the targets run, and listen for their stubs.
+    let mut hands: Vec<Option<HandIn>> = plan
+        .processes
+        .iter()
+        .map(|p| swap_options.handoff.then(|| hand_in(p)).flatten())
+        .collect();
     let mut prepared: Vec<Option<Prepared>> = plan
         .processes
         .iter()
-        .map(|p| {
+        .zip(&hands)
+        .map(|(p, h)| {
             let work = !p.fds.is_empty() || !p.maps.is_empty() || p.cwd.is_some();
-            work.then(|| prepare(p, &stub, swap_options, false).ok())
+            work.then(|| prepare(p, &stub, swap_options, false, h.as_ref()).ok())
                 .flatten()
         })
         .collect();
@@ -166,6 +199,7 @@ pub fn swap_plan(plan: &Plan, swap_options: &SwapOptions) -> Result<Report> {
             stub_time: Duration::ZERO,
             threads: 0,
             error: None,
+            open_mode: None,
         };
         match tracee {
             Err(e) => report.error = Some(e),
@@ -176,6 +210,7 @@ pub fn swap_plan(plan: &Plan, swap_options: &SwapOptions) -> Result<Report> {
                     &mut t,
                     p,
                     prepared[i].take(),
+                    hands[i].take(),
                     &plan.options,
                     &stub,
                     swap_options,
@@ -209,6 +244,7 @@ fn swap_process(
     t: &mut Tracee,
     p: &ProcessPlan,
     mut prepared: Option<Prepared>,
+    mut hand: Option<HandIn>,
     options: &ScanOptions,
     stub: &Stub,
     so: &SwapOptions,
@@ -227,22 +263,60 @@ fn swap_process(
     }
     if units.first().is_none_or(|u| u.tid != p.tid) {
         prepared = None;
+        hand = None;
     }
     for unit in &units {
         if unit.fds.is_empty() && unit.maps.is_empty() && unit.cwd.is_none() {
             continue;
         }
-        if let Err(e) = run_unit(t, unit, stub, so, prepared.take()) {
-            // Batches committed before a failure stay swapped: report them as such.
-            if let Error::StubStep { kept, .. } = &e {
-                let kept = unit.fds.iter().filter(|f| kept.contains(&f.fd));
-                report.swapped.extend(kept.map(|f| fd_swapped(t.pid, f)));
+        match run_unit(t, unit, stub, so, prepared.take(), hand.take()) {
+            Err(e) => {
+                // Batches committed before a failure stay swapped: report them as such.
+                if let Error::StubStep { kept, .. } = &e {
+                    let kept = unit.fds.iter().filter(|f| kept.contains(&f.fd));
+                    report.swapped.extend(kept.map(|f| fd_swapped(t.pid, f)));
+                }
+                return Err(e);
             }
-            return Err(e);
+            Ok(handed) if !unit.fds.is_empty() => {
+                let mode = if handed {
+                    OpenMode::Handoff
+                } else {
+                    OpenMode::InStubOpen
+                };
+                report.open_mode = report.open_mode.or(Some(mode));
+            }
+            Ok(_) => {}
         }
         report_swapped(t.pid, unit, report);
     }
     Ok(())
+}
+
+/// Pre-open the new file of each description of `p` that is reopened in place (see
+/// `run::in_place_top`) and listen in its network namespace; `None` when there is nothing to
+/// hand in or no socket can be made there.
+fn hand_in(p: &ProcessPlan) -> Option<HandIn> {
+    let mut firsts: Vec<&FdItem> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for f in &p.fds {
+        if seen.insert(f.description) && !f.old_close_costs {
+            firsts.push(f);
+        }
+    }
+    if firsts.is_empty() {
+        return None;
+    }
+    let listener = match handoff::Listener::new(p.pid) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::info!(pid = p.pid, error = %e, "no socket in its network namespace");
+            return None;
+        }
+    };
+    let files = handoff::preopen(p, &firsts);
+    tracing::debug!(pid = p.pid, files = files.files.len(), "pre-opened");
+    (!files.files.is_empty()).then_some(HandIn { files, listener })
 }
 
 /// The units of a stopped process: one per fd table (and per fs_struct for cwd), the scanned

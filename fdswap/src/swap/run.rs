@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 
 use super::SwapOptions;
-use super::build::{Built, build};
+use super::build::{Built, Handoff, build};
+use super::handoff::{Listener, PreOpened, Sender};
 use super::remote::{
     Trampoline, back_to_event_stop, find_syscall_insn, read_mem, remote_syscall, write_mem,
 };
@@ -78,7 +79,7 @@ impl Drop for NofileGuard {
 
 /// A unit's program, built and serialised before its process is stopped.
 pub(crate) struct Prepared {
-    built: Built,
+    pub(super) built: Built,
     body: Vec<u8>,
     layout: crate::program::Layout,
     trapsig: i32,
@@ -143,6 +144,7 @@ pub(crate) fn prepare(
     stub: &Stub,
     so: &SwapOptions,
     stopped: bool,
+    hand: Option<&HandIn>,
 ) -> Result<Prepared> {
     let pid = unit.pid;
     let trapsig = if so.force_int3 {
@@ -185,7 +187,14 @@ pub(crate) fn prepare(
     } else {
         usize::try_from(limit.saturating_sub(base).max(1)).unwrap_or(wanted)
     };
-    let built = build(unit, trapsig, batch, gaps.as_deref());
+    let handed: HashSet<i32> = hand
+        .map(|h| h.files.files.keys().copied().collect())
+        .unwrap_or_default();
+    let handoff = hand.map(|h| Handoff {
+        handed: &handed,
+        addr: &h.listener.addr,
+    });
+    let built = build(unit, trapsig, batch, gaps.as_deref(), handoff.as_ref());
     let body = built.program.serialize();
     let layout = built.program.layout(stub.code.len());
     Ok(Prepared {
@@ -198,12 +207,40 @@ pub(crate) fn prepare(
     })
 }
 
+/// A process's pre-opened new files and the socket they are handed in through.
+pub(crate) struct HandIn {
+    pub(crate) files: PreOpened,
+    pub(crate) listener: Listener,
+}
+
+/// Run a unit's program; with `hand`, the pre-opened files are handed in, and if the stub
+/// cannot connect to receive them, the program runs again with in-stub opens. Returns
+/// whether files were handed in.
 pub(super) fn run_unit(
     t: &mut Tracee,
     unit: &ProcessPlan,
     stub: &Stub,
     so: &SwapOptions,
     prepared: Option<Prepared>,
+    hand: Option<HandIn>,
+) -> Result<bool> {
+    let handing = hand.is_some();
+    match run_unit_once(t, unit, stub, so, prepared, hand) {
+        Err(Error::HandoffRefused { pid, step, errno }) => {
+            tracing::info!(pid, step, %errno, "no handoff: opening in the stub");
+            run_unit_once(t, unit, stub, so, None, None).map(|()| false)
+        }
+        r => r.map(|()| handing),
+    }
+}
+
+fn run_unit_once(
+    t: &mut Tracee,
+    unit: &ProcessPlan,
+    stub: &Stub,
+    so: &SwapOptions,
+    prepared: Option<Prepared>,
+    mut hand: Option<HandIn>,
 ) -> Result<()> {
     let pid = t.pid;
     let tid = unit.tid;
@@ -225,7 +262,7 @@ pub(super) fn run_unit(
         Some(p) if still_good(&p)? && p.gaps == fd_gaps(unit, true) => p,
         _ => {
             tracing::debug!(pid, tid, "program prepared again while stopped");
-            prepare(unit, stub, so, true)?
+            prepare(unit, stub, so, true, hand.as_ref())?
         }
     };
     let trapsig = prepared.trapsig;
@@ -257,7 +294,17 @@ pub(super) fn run_unit(
     // munmap runs on the original registers, so that the trampoline would restore all of them.
     let result = mapped.and_then(|addr| {
         let addr = arch::word(addr);
-        let ran = run_stub(t, unit, stub, so, &mut prepared, addr, trapsig, &orig);
+        let ran = run_stub(
+            t,
+            unit,
+            stub,
+            so,
+            &mut prepared,
+            hand.take(),
+            addr,
+            trapsig,
+            &orig,
+        );
         let unmapped = remote_syscall(
             t,
             tid,
@@ -282,6 +329,7 @@ fn run_stub(
     stub: &Stub,
     so: &SwapOptions,
     prepared: &mut Prepared,
+    hand: Option<HandIn>,
     addr: u64,
     trapsig: i32,
     orig: &Regs,
@@ -301,8 +349,22 @@ fn run_stub(
             regs: regs_block,
         },
     );
+    let header = addr + layout.code_len as u64;
+    prepared.built.program.relocate(&mut prepared.body, header);
     write_mem(tid, addr, &code)?;
-    write_mem(tid, addr + layout.code_len as u64, &prepared.body)?;
+    write_mem(tid, header, &prepared.body)?;
+    // The files the stub receives, one message per batch, in its order.
+    let sender = hand.and_then(|mut h| {
+        let messages = &prepared.built.messages;
+        if messages.is_empty() {
+            return None;
+        }
+        let batches = messages
+            .iter()
+            .map(|m| m.iter().filter_map(|fd| h.files.files.remove(fd)).collect())
+            .collect();
+        Some(Sender::start(h.listener, pid, batches))
+    });
     let stack_top = addr + layout.total as u64 - 64;
     tracer::setregs(
         tid,
@@ -336,6 +398,11 @@ fn run_stub(
             Seen::Exited => return Err(Error::Gone { pid }),
         }
     }
+    if let Some(s) = sender {
+        if let Err(e) = s.finish() {
+            tracing::debug!(pid, error = %e, "handing the files in");
+        }
+    }
     if let Some(d) = so.pause_at_trap {
         std::thread::sleep(d);
     }
@@ -352,6 +419,15 @@ fn run_stub(
             step: op_what(out.final_index),
             errno: errno(out.final_result),
         }),
+        status::ROLLED_BACK
+            if usize::try_from(out.fail_index).is_ok_and(|i| built.connect_ops.contains(&i)) =>
+        {
+            Err(Error::HandoffRefused {
+                pid,
+                step: op_what(out.fail_index),
+                errno: errno(out.fail_result),
+            })
+        }
         status::ROLLED_BACK => Err(Error::StubStep {
             pid,
             step: op_what(out.fail_index),
