@@ -540,8 +540,7 @@ fn sigkill_of_the_swapper_mid_stub_leaves_the_target_alive() {
     let mut t = Testee::spawn(&lower, &["--fds", "12000", "--threads", "4"]);
     let mut top = t.bind(&lower, &lower);
     let many = many_fds(t.pid);
-    let first = many[0];
-    let orig = fdinfo(t.pid, first).mnt_id;
+    let orig = fdinfo(t.pid, many[0]).mnt_id;
     for round in 0..6 {
         let mut swapper = Command::new(TESTEE)
             .args(["swap", &t.pid.to_string(), lower.to_str().expect("utf8")])
@@ -566,18 +565,24 @@ fn sigkill_of_the_swapper_mid_stub_leaves_the_target_alive() {
             "PONG",
             "round {round}: target not alive"
         );
-        // All or nothing: every fd is on the same mount.
-        let m0 = fdinfo(t.pid, first).mnt_id;
-        assert!(m0 == top || m0 == orig);
-        for &fd in many.iter().step_by(997) {
-            assert_eq!(fdinfo(t.pid, fd).mnt_id, m0, "round {round}: fd {fd} split");
-        }
-        eprintln!(
-            "round {round}: fds on {}",
-            if m0 == top { "new mount" } else { "old mount" }
+        // Each fd wholly on one of the two mounts. The stub runs to its end, but its batches
+        // still waiting for their files see the dead swapper's socket close: those roll back,
+        // the batches before stay moved (docs/fdswap.md, "When fdswap itself is SIGKILLed").
+        let on_top = many
+            .iter()
+            .filter(|&&fd| {
+                let m = fdinfo(t.pid, fd).mnt_id;
+                assert!(m == top || m == orig, "round {round}: fd {fd} on mount {m}");
+                m == top
+            })
+            .count();
+        assert!(
+            on_top % 253 == 0 || on_top == many.len(),
+            "round {round}: {on_top} fds moved, not whole batches"
         );
+        eprintln!("round {round}: {on_top} fds on the new mount");
         // Put them back on the old mount for the next round.
-        if m0 == top {
+        if on_top > 0 {
             let r = swap_back(&t, &lower, top);
             assert!(r.first_error().is_none(), "{:?}", r.first_error());
             top = t.bind(&lower, &lower);
