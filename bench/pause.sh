@@ -6,13 +6,17 @@
 # `iochaos recover`, each minus idle; and, in the same run, the same swap with no FUSE at all
 # (fdswap onto a bind mount of the directory over itself) as the ratio's base. Also the
 # wall time of inject and recover. Run as root:  bash bench/pause.sh
-# (REPS=n rounds per case, default 5, medians; IOCHAOS=path to compare another build.)
+# (REPS=n rounds per case, default 5, medians; CASES="FILES THREADS,..." (default
+# "1000 16,10000 64"); BEFORE=path of another iochaos build, run interleaved with this one
+# in the same rounds, e.g. main's, for a before/after table.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-if [ -z "${IOCHAOS:-}" ]; then cargo build --release -q -p iochaos; fi
-cargo build --release -q -p fdswap --bins
-B="${IOCHAOS:-$CARGO_TARGET_DIR/release/iochaos}"
+cargo build --release -q -p iochaos -p fdswap --bins
+B="$CARGO_TARGET_DIR/release/iochaos"
+bins=("$B")
+names=(this)
+if [ -n "${BEFORE:-}" ]; then bins=("$BEFORE" "$B"); names=(before this); fi
 T="$CARGO_TARGET_DIR/release/fdswap-testee"
 REPS=${REPS:-5}
 tmp=$(mktemp -d)
@@ -81,8 +85,8 @@ C
 cc -O2 -pthread -o "$tmp/w" "$tmp/w.c"
 
 now_us() { local t=${EPOCHREALTIME/./}; echo "$t"; }
-# The workload's longest gap (µs) since the last reset, over a window of `s` seconds.
-gap_after() {
+# The workload's longest gap (µs) since the last reset.
+gap_now() {
     rm -f "$tmp/gap"; kill -USR2 "$w"
     while [ ! -s "$tmp/gap" ]; do sleep 0.005; done
     cat "$tmp/gap"
@@ -90,43 +94,62 @@ gap_after() {
 reset() { kill -USR1 "$w"; sleep 0.01; }
 median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 ms() { awk -v u="$1" 'BEGIN {printf "%.1f", u/1000}'; }
+# median of a list minus idle, in ms
+med_ms() { local m; m=$(printf '%s\n' "$@" | median); ms $((m - idle_med)); }
 
-echo "pause felt by a workload writing every 1 ms per thread; medians of $REPS; $(nproc) CPUs, kernel $(uname -r)"
-printf '%6s %7s | %9s %9s %9s %7s | %9s %9s | %11s %12s\n' files threads idle \
-    inject recover base ratio inj-wall rec-wall "inject/5ms" "recover/5ms"
-for case in "1000 16" "10000 64"; do
-    set -- $case; files=$1 threads=$2
+echo "pause felt by a workload writing every 1 ms per thread (longest gap minus idle), medians of"
+echo "$REPS rounds; $(nproc) CPUs, kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
+printf '%6s %7s %-7s | %8s %9s %9s %9s | %9s %9s | %7s %7s\n' files threads build idle \
+    inject recover "no-FUSE" "inj wall" "rec wall" "inj/tgt" "rec/tgt"
+IFS=, read -ra cases <<< "${CASES:-1000 16,10000 64}"
+for case in "${cases[@]}"; do
+    read -r files threads <<< "$case"
     vol="$tmp/$files/vol"; mkdir -p "$vol"
-    unshare --mount --propagation private "$tmp/w" "$vol" "$files" "$threads" "$tmp/gap" > "$tmp/ready" &
+    unshare --mount --propagation private "$tmp/w" "$vol" "$files" "$threads" "$tmp/gap" \
+        > "$tmp/ready" &
     w=$!
     while ! grep -q READY "$tmp/ready" 2>/dev/null; do sleep 0.01; done
-    idle=() inj=() rec=() base=() iw=() rw=()
+    declare -A inj=() rec=() iw=() rw=()
+    idle=() base=() failed=
     for _ in $(seq "$REPS"); do
-        reset; sleep 0.3; idle+=($(gap_after))
-        reset; t0=$(now_us)
-        id=$("$B" inject --pid "$w" --path "$vol" --errno EIO --ops fsync)
-        t1=$(now_us); sleep 0.05; inj+=($(gap_after)); iw+=($((t1 - t0)))
-        reset; t0=$(now_us)
-        "$B" recover "$id" >/dev/null
-        t1=$(now_us); sleep 0.05; rec+=($(gap_after)); rw+=($((t1 - t0)))
-        # The same swap with no FUSE: a bind mount of the directory over itself.
+        reset; sleep 0.3; idle+=("$(gap_now)")
+        for k in "${!bins[@]}"; do
+            reset; t0=$(now_us)
+            if ! id=$("${bins[$k]}" inject --pid "$w" --path "$vol" --errno EIO --ops fsync); then
+                failed="${names[$k]}"; break 2
+            fi
+            t1=$(now_us); sleep 0.05; inj[$k]+=" $(gap_now)"; iw[$k]+=" $((t1 - t0))"
+            reset; t0=$(now_us)
+            "${bins[$k]}" recover "$id" >/dev/null
+            t1=$(now_us); sleep 0.05; rec[$k]+=" $(gap_now)"; rw[$k]+=" $((t1 - t0))"
+        done
+        # The same swap with no FUSE: a bind mount of the directory over itself; then back.
         nsenter -t "$w" -m mount --bind "$vol" "$vol"
-        reset; "$T" swap "$w" "$vol" >/dev/null; sleep 0.05; base+=($(gap_after))
+        m=$(awk -v p="$vol" '$5 == p {m=$1} END {print m}' "/proc/$w/mountinfo")
+        reset; "$T" swap "$w" "$vol" >/dev/null; sleep 0.05; base+=("$(gap_now)")
         nsenter -t "$w" -m umount -l "$vol"
+        "$T" swap "$w" "$vol" --from-mnt "$m" >/dev/null
     done
-    i=$(printf '%s\n' "${idle[@]}" | median)
-    a=$(printf '%s\n' "${inj[@]}" | median); a=$((a - i))
-    r=$(printf '%s\n' "${rec[@]}" | median); r=$((r - i))
-    b=$(printf '%s\n' "${base[@]}" | median); b=$((b - i))
-    iwm=$(printf '%s\n' "${iw[@]}" | median); rwm=$(printf '%s\n' "${rw[@]}" | median)
-    target=$([ "$files" = 1000 ] && echo 5000 || echo 30000)
-    printf '%6s %7s | %6s ms %6s ms %6s ms %6s ms %6sx | %6s ms %6s ms | %11s %12s\n' \
-        "$files" "$threads" "$(ms "$i")" "$(ms "$a")" "$(ms "$r")" "$(ms "$b")" \
-        "$(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.2f", (b > 0 ? a / b : 0)}')" \
-        "$(ms "$iwm")" "$(ms "$rwm")" \
-        "$(awk -v a="$a" -v t="$target" 'BEGIN {printf "%.2f", a / t}')" \
-        "$(awk -v a="$r" -v t="$target" 'BEGIN {printf "%.2f", a / t}')"
+    if [ -n "$failed" ]; then
+        echo "$files files, $threads threads: inject ($failed) failed (above)"
+    else
+        idle_med=$(printf '%s\n' "${idle[@]}" | median)
+        target=$(( files <= 1000 ? 5000 : 30000 ))
+        for k in "${!bins[@]}"; do
+            # shellcheck disable=SC2086
+            a=$(printf '%s\n' ${inj[$k]} | median); r=$(printf '%s\n' ${rec[$k]} | median)
+            # shellcheck disable=SC2086
+            printf '%6s %7s %-7s | %5s ms %6s ms %6s ms %6s ms | %6s ms %6s ms | %7s %7s\n' \
+                "$files" "$threads" "${names[$k]}" "$(ms "$idle_med")" \
+                "$(ms $((a - idle_med)))" "$(ms $((r - idle_med)))" "$(med_ms "${base[@]}")" \
+                "$(ms "$(printf '%s\n' ${iw[$k]} | median)")" \
+                "$(ms "$(printf '%s\n' ${rw[$k]} | median)")" \
+                "$(awk -v a=$((a - idle_med)) -v t="$target" 'BEGIN {printf "%.2f", a / t}')" \
+                "$(awk -v a=$((r - idle_med)) -v t="$target" 'BEGIN {printf "%.2f", a / t}')"
+        done
+    fi
+    unset inj rec iw rw
     kill "$w"; wait "$w" 2>/dev/null || true; w=
 done
-echo "(pause columns: longest gap minus idle; base: fdswap onto a bind mount, no FUSE; ratio: inject / base;"
-echo " inject/5ms, recover/5ms: pause / target (5 ms at 1,000 fds, 30 ms at 10,000); ≤ 1 meets it)"
+echo "(no-FUSE: fdswap onto a bind mount of the directory over itself, same rounds; inj/tgt,"
+echo " rec/tgt: pause / target (5 ms up to 1,000 fds, 30 ms above), <= 1 meets it)"

@@ -11,7 +11,7 @@
 //!     command `socket` answers "SOCKET ok|ERRNO")
 //!     prints "FD name n" lines then "READY"; stdin commands: write, wake, ping, quit,
 //!     open-null (opens /dev/null at the lowest free fd), close FD
-//! fdswap-testee swap PID PATH [--from-mnt M] [--pause-at-trap MS] [--int3]
+//! fdswap-testee swap PID PATH [--from-mnt M] [--pause-at-trap MS] [--int3] [--no-handoff]
 //! ```
 
 use std::fs::{self, File, OpenOptions};
@@ -621,6 +621,7 @@ fn swap(args: &[String]) {
                 so.pause_at_trap = Some(Duration::from_millis(args[i].parse().expect("ms")));
             }
             "--int3" => so.force_int3 = true,
+            "--no-handoff" => so.handoff = false,
             a => panic!("unknown argument {a}"),
         }
         i += 1;
@@ -628,9 +629,12 @@ fn swap(args: &[String]) {
     match fdswap::swap(&[pid], &opts, &so) {
         Ok(r) => {
             println!(
-                "swapped {} skipped {}",
+                "swapped {} skipped {} pause {:?} total {:?} open {:?}",
                 r.swapped().count(),
-                r.skipped().count()
+                r.skipped().count(),
+                r.max_pause(),
+                r.total,
+                r.processes.iter().map(|p| p.open_mode).collect::<Vec<_>>()
             );
             if let Some(e) = r.first_error() {
                 eprintln!("error: {e}");
