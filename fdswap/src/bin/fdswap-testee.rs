@@ -289,6 +289,12 @@ fn open_many(dir: &Path, n: usize, varied: bool, out: &Mutex<()>) -> Vec<RawFd> 
             let mut f = open(&many.join(format!("f{k}")), flags, 0o644);
             if varied {
                 f.write_all(&vec![b'x'; k % 13]).expect("write many");
+                if flags & libc::O_CLOEXEC == 0 {
+                    // std opens everything close-on-exec.
+                    // SAFETY: F_SETFD with an integer argument on an fd we own.
+                    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFD, 0) };
+                    assert_eq!(r, 0, "F_SETFD");
+                }
             }
             keep.push(f.into_raw_fd());
         }

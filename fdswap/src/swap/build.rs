@@ -11,8 +11,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use libc::{
-    AF_UNIX, F_SETFD, MSG_CMSG_CLOEXEC, SCM_RIGHTS, SO_RCVTIMEO, SOCK_CLOEXEC, SOCK_STREAM,
-    SOL_SOCKET, SYS_connect, SYS_recvmsg, SYS_setsockopt, SYS_socket,
+    AF_UNIX, F_SETFD, FD_CLOEXEC, MSG_CMSG_CLOEXEC, SCM_RIGHTS, SO_RCVTIMEO, SOCK_CLOEXEC,
+    SOCK_STREAM, SOL_SOCKET, SYS_connect, SYS_recvmsg, SYS_setsockopt, SYS_socket,
 };
 use libc::{
     AT_EMPTY_PATH, AT_FDCWD, AT_STATX_DONT_SYNC, F_DUPFD_CLOEXEC, F_GETFD, F_GETFL, F_GETLK,
@@ -647,14 +647,18 @@ impl<'u> Builder<'u> {
         let unit = self.unit;
         for (g, pos, s) in kept {
             let f0 = self.fd(g);
-            if f0.flags & O_CLOEXEC == 0 {
-                self.pr.push(
-                    on_fd("F_SETFD (close-on-exec off) of the new file for", f0.fd),
-                    Self::fcntl(int(f0.fd), F_SETFD, int(0)),
-                    Check::NonNeg,
-                    None,
-                );
-            }
+            // Its own close-on-exec (whatever the received fd came with).
+            let cloexec = if f0.flags & O_CLOEXEC == 0 {
+                0
+            } else {
+                FD_CLOEXEC
+            };
+            self.pr.push(
+                on_fd("F_SETFD of the new file for", f0.fd),
+                Self::fcntl(int(f0.fd), F_SETFD, int(cloexec)),
+                Check::NonNeg,
+                None,
+            );
             if let Some(pos) = pos {
                 self.pr.push(
                     on_fd("lseek of the new file for", f0.fd),
