@@ -2,14 +2,16 @@
 # Wall time of `iochaos inject` (call -> faults live: the CLI returns once the server reports
 # the swap done) and `iochaos recover` (call -> gone: mount detached, fds back, server exited,
 # journal empty), against a process holding 0 and 1,000 files open under the injected path.
-# Run as root:  bash bench/inject.sh          (N=20 rounds per case by default)
+# Run as root:  bash bench/inject.sh          (N=20 rounds per case by default;
+# IOCHAOS=path to time another build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 : "${CARGO_TARGET_DIR:=target}"
 export CARGO_TARGET_DIR
 cargo build --release -p iochaos --quiet
-B="$CARGO_TARGET_DIR/release/iochaos"
+# IOCHAOS=path: time another build instead (e.g. main's, for a before/after).
+B="${IOCHAOS:-$CARGO_TARGET_DIR/release/iochaos}"
 N=${N:-20}
 tmp=$(mktemp -d)
 export IOCHAOS_RUN_DIR="$tmp/run"
