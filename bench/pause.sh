@@ -105,6 +105,7 @@ IFS=, read -ra cases <<< "${CASES:-1000 16,10000 64}"
 for case in "${cases[@]}"; do
     read -r files threads <<< "$case"
     vol="$tmp/$files/vol"; mkdir -p "$vol"
+    rm -f "$tmp/ready"
     unshare --mount --propagation private "$tmp/w" "$vol" "$files" "$threads" "$tmp/gap" \
         > "$tmp/ready" &
     w=$!
