@@ -232,9 +232,10 @@ fn serve(args: &[String]) {
 fn forbid_socket() {
     const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
     const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
-    let ld = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
-    let jeq = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
-    let ret = (libc::BPF_RET | libc::BPF_K) as u16;
+    let code = |c: u32| u16::try_from(c).expect("BPF opcodes fit 16 bits");
+    let ld = code(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS);
+    let jeq = code(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K);
+    let ret = code(libc::BPF_RET | libc::BPF_K);
     let insn = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
     let nr = u32::try_from(libc::SYS_socket).expect("a syscall number");
     let eperm = u32::try_from(libc::EPERM).expect("an errno");

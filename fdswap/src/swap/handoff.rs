@@ -159,7 +159,7 @@ impl Sender {
         self.stop.store(true, Ordering::SeqCst);
         self.thread
             .take()
-            .map_or(Ok(0), |t| t.join().unwrap_or_else(|_| Ok(0)))
+            .map_or(Ok(0), |t| t.join().unwrap_or(Ok(0)))
     }
 }
 

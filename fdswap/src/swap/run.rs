@@ -398,10 +398,10 @@ fn run_stub(
             Seen::Exited => return Err(Error::Gone { pid }),
         }
     }
-    if let Some(s) = sender {
-        if let Err(e) = s.finish() {
-            tracing::debug!(pid, error = %e, "handing the files in");
-        }
+    if let Some(s) = sender
+        && let Err(e) = s.finish()
+    {
+        tracing::debug!(pid, error = %e, "handing the files in");
     }
     if let Some(d) = so.pause_at_trap {
         std::thread::sleep(d);
