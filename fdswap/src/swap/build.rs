@@ -498,10 +498,45 @@ impl<'u> Builder<'u> {
         }
     }
 
+    /// Check group `g`'s old description; returns the op reading its offset (none for a
+    /// directory or `O_PATH` fd).
+    fn check_old_and_pos(&mut self, g: usize) -> Option<usize> {
+        let f0 = self.fd(g);
+        self.check_old(g);
+        let seekable = f0.flags & O_PATH == 0 && !f0.is_dir();
+        seekable.then(|| {
+            self.pr.push(
+                on_fd("lseek of", f0.fd),
+                Call::sys(SYS_lseek, &[int(f0.fd), int(0), int(SEEK_CUR)]),
+                Check::NonNeg,
+                None,
+            )
+        })
+    }
+
+    /// The new file `new` (for `fd`) at the old offset read by op `pos`, if any.
+    fn seek_new(&mut self, new: Arg, pos: Option<usize>, fd: i32) {
+        if let Some(pos) = pos {
+            self.pr.push(
+                on_fd("lseek of the new file for", fd),
+                Call::sys(SYS_lseek, &[new, Arg::Result(pos), int(SEEK_SET)]),
+                Check::EqResult(pos),
+                None,
+            );
+        }
+    }
+
     /// Keep the old description of `f0` in a new fd and free `f0`'s number, which the openat
     /// then takes; returns the op holding the old description.
     fn free_number(&mut self, f0: &FdItem) -> usize {
-        let cl0 = f0.flags & O_CLOEXEC;
+        let s = self.save_old(f0);
+        self.close_saved(f0, s);
+        s
+    }
+
+    /// Keep the old description of `f0` in a new fd (closed again on rollback); returns the op
+    /// holding it.
+    fn save_old(&mut self, f0: &FdItem) -> usize {
         let s = self.pr.push(
             on_fd("F_DUPFD_CLOEXEC of", f0.fd),
             Self::fcntl(int(f0.fd), F_DUPFD_CLOEXEC, int(0)),
@@ -509,13 +544,21 @@ impl<'u> Builder<'u> {
             None,
         );
         self.pr.ops[s].set_undo(Call::sys(SYS_close, &[Arg::Result(s)]));
+        s
+    }
+
+    /// Close `f0`'s number; on rollback, the old description kept by op `saved` goes back on
+    /// it.
+    fn close_saved(&mut self, f0: &FdItem, saved: usize) {
         self.pr.push(
             on_fd("close of", f0.fd),
             Call::sys(SYS_close, &[int(f0.fd)]),
             Check::None,
-            Some(Call::sys(SYS_dup3, &[Arg::Result(s), int(f0.fd), int(cl0)])),
+            Some(Call::sys(
+                SYS_dup3,
+                &[Arg::Result(saved), int(f0.fd), int(f0.flags & O_CLOEXEC)],
+            )),
         );
-        s
     }
 
     /// Nobody else holds a conflicting lock on the new file (op `n`) of group `g`.
@@ -611,36 +654,13 @@ impl<'u> Builder<'u> {
         let mut kept = Vec::new();
         for &g in &hs {
             let f0 = self.fd(g);
-            self.check_old(g);
-            let seekable = f0.flags & O_PATH == 0 && !f0.is_dir();
-            let pos = seekable.then(|| {
-                self.pr.push(
-                    on_fd("lseek of", f0.fd),
-                    Call::sys(SYS_lseek, &[int(f0.fd), int(0), int(SEEK_CUR)]),
-                    Check::NonNeg,
-                    None,
-                )
-            });
-            let s = self.pr.push(
-                on_fd("F_DUPFD_CLOEXEC of", f0.fd),
-                Self::fcntl(int(f0.fd), F_DUPFD_CLOEXEC, int(0)),
-                Check::NonNeg,
-                None,
-            );
-            self.pr.ops[s].set_undo(Call::sys(SYS_close, &[Arg::Result(s)]));
+            let pos = self.check_old_and_pos(g);
+            let s = self.save_old(f0);
             kept.push((g, pos, s));
         }
         for &(g, _, s) in &kept {
             let f0 = self.fd(g);
-            self.pr.push(
-                on_fd("close of", f0.fd),
-                Call::sys(SYS_close, &[int(f0.fd)]),
-                Check::None,
-                Some(Call::sys(
-                    SYS_dup3,
-                    &[Arg::Result(s), int(f0.fd), int(f0.flags & O_CLOEXEC)],
-                )),
-            );
+            self.close_saved(f0, s);
         }
         let fds: Vec<i32> = hs.iter().map(|&g| self.fd(g).fd).collect();
         self.recvmsg(sock, &fds);
@@ -659,14 +679,7 @@ impl<'u> Builder<'u> {
                 Check::NonNeg,
                 None,
             );
-            if let Some(pos) = pos {
-                self.pr.push(
-                    on_fd("lseek of the new file for", f0.fd),
-                    Call::sys(SYS_lseek, &[int(f0.fd), Arg::Result(pos), int(SEEK_SET)]),
-                    Check::EqResult(pos),
-                    None,
-                );
-            }
+            self.seek_new(int(f0.fd), pos, f0.fd);
             self.probe_locks(g, int(f0.fd));
             let others: Vec<&FdItem> = self.groups[g][1..].iter().map(|&i| &unit.fds[i]).collect();
             for f in others {
@@ -737,16 +750,7 @@ impl<'u> Builder<'u> {
     /// same flags and offset, and check that.
     fn reopen_group(&mut self, g: usize, ops: &mut BatchOps<'u>) {
         let f0 = self.fd(g);
-        self.check_old(g);
-        let seekable = f0.flags & O_PATH == 0 && !f0.is_dir();
-        let pos = seekable.then(|| {
-            self.pr.push(
-                on_fd("lseek of", f0.fd),
-                Call::sys(SYS_lseek, &[int(f0.fd), int(0), int(SEEK_CUR)]),
-                Check::NonNeg,
-                None,
-            )
-        });
+        let pos = self.check_old_and_pos(g);
         // Open the new one: same flags, through the mount now on top.
         let (dirfd, path) = match (f0.path.parent(), f0.path.file_name()) {
             (Some(d), Some(name)) if ops.dir_ops.contains_key(d) => (
@@ -784,17 +788,7 @@ impl<'u> Builder<'u> {
             &f0.to,
             on_fd("check of the new file for", f0.fd),
         );
-        if let Some(pos) = pos {
-            self.pr.push(
-                on_fd("lseek of the new file for", f0.fd),
-                Call::sys(
-                    SYS_lseek,
-                    &[Arg::Result(n), Arg::Result(pos), int(SEEK_SET)],
-                ),
-                Check::EqResult(pos),
-                None,
-            );
-        }
+        self.seek_new(Arg::Result(n), pos, f0.fd);
         self.probe_locks(g, Arg::Result(n));
         let unit = self.unit;
         match saved {
