@@ -6,9 +6,6 @@
 
 mod fs_support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use chaosfs::Config;
@@ -22,71 +19,6 @@ fn locks() -> Config {
     }
 }
 
-/// A python3 process driven line by line: each command line is `exec`ed, then "ok" or the
-/// exception's repr is printed.
-struct Py {
-    child: Child,
-    stdin: ChildStdin,
-    out: BufReader<ChildStdout>,
-}
-
-const DRIVER: &str = r#"
-import fcntl, os, sys, struct, sqlite3
-for line in sys.stdin:
-    try:
-        exec(line)
-        print("ok", flush=True)
-    except Exception as e:
-        print(repr(e), flush=True)
-"#;
-
-impl Py {
-    fn start() -> Py {
-        iochaos_testsupport::require_tools(&["python3"]);
-        let mut child = Command::new("python3")
-            .args(["-c", DRIVER])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn python3");
-        let stdin = child.stdin.take().expect("stdin");
-        let out = BufReader::new(child.stdout.take().expect("stdout"));
-        Py { child, stdin, out }
-    }
-
-    fn send(&mut self, line: &str) {
-        writeln!(self.stdin, "{line}").expect("write to python");
-        self.stdin.flush().expect("flush");
-    }
-
-    fn answer(&mut self) -> String {
-        let mut s = String::new();
-        self.out.read_line(&mut s).expect("read from python");
-        s.trim().to_owned()
-    }
-
-    /// Run one line, return "ok" or the error.
-    fn run(&mut self, line: &str) -> String {
-        self.send(line);
-        self.answer()
-    }
-
-    fn ok(&mut self, line: &str) {
-        assert_eq!(self.run(line), "ok", "{line}");
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Py {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.try_wait();
-    }
-}
-
 /// Wait until `py` blocks in syscall `nr` (its main thread, as `/proc/PID/syscall` shows).
 fn wait_in_syscall(py: &Py, nr: i64) {
     let want = format!("{nr} ");
@@ -94,10 +26,6 @@ fn wait_in_syscall(py: &Py, nr: i64) {
         std::fs::read_to_string(format!("/proc/{}/syscall", py.pid()))
             .is_ok_and(|s| s.starts_with(&want))
     });
-}
-
-fn py_path(p: &Path) -> String {
-    format!("{:?}", p.display().to_string())
 }
 
 /// F_GETLK of a whole-file write lock from `py` on its fd `f`: prints the holder's type and pid.

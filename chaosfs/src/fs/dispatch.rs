@@ -156,6 +156,13 @@ impl ChaosFs {
         let verdict = |op: Op, name| self.verdict(cx, op, Target::Child(ino, name));
         let (entry, empty) = (ReplyEntry::new, ReplyEmpty::new);
         match op {
+            // "." names the node itself, which the table may have forgotten (a file handle
+            // decoded, FUSE_EXPORT_SUPPORT).
+            Operation::Lookup { name } if name.as_encoded_bytes() == b"." => {
+                let v = self.verdict(cx, Op::Lookup, Target::Node(ino));
+                answer!(self, v => (), entry(s), [],
+                    |fs, (), v, r| fs.lookup_self(ino, v, r))
+            }
             Operation::Lookup { name } => {
                 answer!(self, verdict(Op::Lookup, name) => node, entry(s), [name],
                     |fs, p, v, r| fs.lookup(&p, &*name, v, r))

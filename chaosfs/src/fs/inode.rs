@@ -6,22 +6,29 @@
 //! the root (node id 1) and for a backing inode whose number is already taken by another entry
 //! (a second device under the directory, or a split-off entry, see [`InodeTable::detach`]): those
 //! get a synthetic node id from a high range.
+//!
+//! Each entry has a generation (see [`InodeTable::insert`]): the kernel puts node id and
+//! generation in the file handles it makes (`name_to_handle_at`), and refuses with `ESTALE` a
+//! handle whose generation differs from the inode's, so a handle of a deleted file does not open
+//! another file that got the same inode number.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsStr;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
-use crate::fuse::BackingId;
+use crate::fuse::{BackingId, Generation};
 
 /// Node id of the root.
 pub(crate) const ROOT: u64 = 1;
 /// First synthetic node id.
 const SYNTHETIC_BASE: u64 = 1 << 62;
 const SHARDS: usize = 64;
+/// How many entries the kernel forgot keep their backing file handle (some 100 bytes each).
+const FORGOTTEN: usize = 1 << 16;
 
 /// A fast hasher for integer keys (ids spread well in their low bits after a multiply).
 #[derive(Default)]
@@ -59,6 +66,9 @@ pub(crate) struct OpenState {
 
 pub(crate) struct Inode {
     pub nodeid: u64,
+    /// Generation given to the kernel with the node id (fixed for the life of the entry: the
+    /// kernel keeps the first it sees).
+    pub generation: Generation,
     /// `O_PATH | O_NOFOLLOW` fd of the backing inode.
     pub fd: OwnedFd,
     pub dev: u64,
@@ -97,9 +107,15 @@ pub(crate) fn share_key(flags: i32) -> i32 {
 }
 
 impl Inode {
-    fn new(nodeid: u64, fd: OwnedFd, st: &crate::sys::file::Stat, nlookup: u64) -> Inode {
+    fn new(
+        (nodeid, generation): (u64, Generation),
+        fd: OwnedFd,
+        st: &crate::sys::file::Stat,
+        nlookup: u64,
+    ) -> Inode {
         Inode {
             nodeid,
+            generation,
             fd,
             dev: st.st_dev,
             ino: st.st_ino,
@@ -145,7 +161,11 @@ impl Inode {
         fd
     }
 
+    /// `name` in `parent` leads to this inode (".." is no name of it).
     pub(crate) fn remember_name(&self, parent: u64, name: &OsStr) {
+        if name.as_encoded_bytes() == b".." {
+            return;
+        }
         if let Ok(mut n) = self.name.lock() {
             match &*n {
                 Some((p, old)) if *p == parent && &**old == name => {}
@@ -170,7 +190,39 @@ pub(crate) struct InodeTable {
     by_node: Box<[Shard<u64>]>,
     by_key: Box<[Shard<(u64, u64)>]>,
     next_synthetic: AtomicU64,
+    /// Generations of entries whose backing file system gives no file handle.
+    next_generation: AtomicU32,
+    forgotten: Mutex<Forgotten>,
     root: Arc<Inode>,
+}
+
+/// The backing file handles of the last [`FORGOTTEN`] entries the kernel forgot, by node id: a
+/// file handle the kernel made of one still leads to its backing inode (see
+/// [`InodeTable::forgotten`]).
+#[derive(Default)]
+struct Forgotten {
+    /// node id → (sequence number, handle type, handle bytes).
+    by_node: IdMap<u64, (u64, i32, Box<[u8]>)>,
+    /// (sequence number, node id), oldest first.
+    order: VecDeque<(u64, u64)>,
+    seq: u64,
+}
+
+impl Forgotten {
+    fn remember(&mut self, nodeid: u64, (kind, bytes): (i32, Box<[u8]>)) {
+        self.seq += 1;
+        self.by_node.insert(nodeid, (self.seq, kind, bytes));
+        self.order.push_back((self.seq, nodeid));
+        while self.order.len() > FORGOTTEN {
+            let Some((seq, old)) = self.order.pop_front() else {
+                break;
+            };
+            // Only if not remembered again since.
+            if self.by_node.get(&old).is_some_and(|e| e.0 == seq) {
+                self.by_node.remove(&old);
+            }
+        }
+    }
 }
 
 fn shard_of(n: u64) -> usize {
@@ -183,11 +235,14 @@ fn new_shards<K>() -> Box<[Shard<K>]> {
 
 impl InodeTable {
     pub(crate) fn new(root_fd: OwnedFd, st: &crate::sys::file::Stat) -> Self {
-        let root = Arc::new(Inode::new(ROOT, root_fd, st, u64::MAX / 2));
+        // The kernel makes the root inode itself, with generation 0.
+        let root = Arc::new(Inode::new((ROOT, Generation(0)), root_fd, st, u64::MAX / 2));
         let t = InodeTable {
             by_node: new_shards(),
             by_key: new_shards(),
             next_synthetic: AtomicU64::new(SYNTHETIC_BASE),
+            next_generation: AtomicU32::new(1),
+            forgotten: Mutex::new(Forgotten::default()),
             root: root.clone(),
         };
         if let Ok(mut s) = t.by_node[shard_of(ROOT)].write() {
@@ -230,6 +285,44 @@ impl InodeTable {
         Some(inode.clone())
     }
 
+    /// Count one more kernel lookup on `inode`, named by its node id (a LOOKUP of "."), if it
+    /// is still in the table; `false` if the kernel's last lookup of it was already forgotten.
+    pub(crate) fn lookup_again(&self, inode: &Arc<Inode>) -> bool {
+        // `forget` removes an entry under the key shard's write lock, after checking its count.
+        let Ok(_kshard) = self.by_key[shard_of(inode.ino)].read() else {
+            return false;
+        };
+        let present = self.by_node[shard_of(inode.nodeid)]
+            .read()
+            .is_ok_and(|s| s.get(&inode.nodeid).is_some_and(|i| Arc::ptr_eq(i, inode)));
+        if present {
+            inode.nlookup.fetch_add(1, Ordering::AcqRel);
+        }
+        present
+    }
+
+    /// The generation of a new entry for the backing inode `fd`: 32 bits (the kernel's
+    /// `i_generation`) of a hash of the backing file system's file handle, which holds that file
+    /// system's own generation — so it is the same each time a live file is looked up again, and
+    /// changes when its inode number is reused, wherever the backing file system tells the two
+    /// apart (natively, `open_by_handle_at` there does too). Where the backing file system gives
+    /// no handle, a per-server counter: a reused number still gets a new generation, but a live
+    /// file forgotten by the kernel and looked up again does too.
+    fn generation(&self, fd: &OwnedFd) -> Generation {
+        match crate::sys::file::file_handle(fd.as_fd()) {
+            Ok((kind, bytes)) => {
+                let mut h = IdHasher::default();
+                h.write_i32(kind);
+                h.write(&bytes);
+                let x = h.finish();
+                Generation((x ^ (x >> 32)) & u64::from(u32::MAX))
+            }
+            Err(_) => Generation(u64::from(
+                self.next_generation.fetch_add(1, Ordering::Relaxed),
+            )),
+        }
+    }
+
     /// Find or insert the entry of the backing inode described by `st`, counting one kernel
     /// lookup. `fd` (an `O_PATH` fd of that inode) is used if a new entry is created, else
     /// dropped.
@@ -240,9 +333,15 @@ impl InodeTable {
             inode.nlookup.fetch_add(1, Ordering::AcqRel);
             return Some(inode.clone());
         }
+        let generation = self.generation(&fd);
         let mut fd = Some(fd);
         let mut make = |nodeid: u64| -> Option<Arc<Inode>> {
-            Some(Arc::new(Inode::new(nodeid, fd.take()?, st, 1)))
+            Some(Arc::new(Inode::new(
+                (nodeid, generation),
+                fd.take()?,
+                st,
+                1,
+            )))
         };
         // Prefer the backing inode number as node id (so st_ino matches the backing file).
         let candidate = st.st_ino;
@@ -303,6 +402,23 @@ impl InodeTable {
         if let Ok(mut nshard) = self.by_node[shard_of(nodeid)].write() {
             nshard.remove(&nodeid);
         }
+        drop(kshard);
+        // On the root's file system (where `forgotten`'s handles are opened), and if it has
+        // file handles.
+        if inode.dev == self.root.dev
+            && let Ok(h) = crate::sys::file::file_handle(inode.fd.as_fd())
+            && let Ok(mut f) = self.forgotten.lock()
+        {
+            f.remember(nodeid, h);
+        }
+    }
+
+    /// The backing file handle of node `nodeid`, which the kernel forgot (one of the last
+    /// [`FORGOTTEN`]), for `open_by_handle_at` on the root's file system.
+    pub(crate) fn forgotten(&self, nodeid: u64) -> Option<(i32, Box<[u8]>)> {
+        let f = self.forgotten.lock().ok()?;
+        let (_, kind, bytes) = f.by_node.get(&nodeid)?;
+        Some((*kind, bytes.clone()))
     }
 
     /// Take `inode` out of the key index: the next lookup of its backing inode creates a new

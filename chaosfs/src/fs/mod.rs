@@ -229,6 +229,9 @@ pub(crate) struct FsInner {
     sched: Scheduler,
     /// A [`FsInner::reclaim_fds`] pass is running.
     reclaiming: Arc<AtomicBool>,
+    /// The backing root opened for reading, the `mount_fd` of `open_by_handle_at` (which
+    /// refuses `O_PATH` fds); opened when first needed.
+    export_fd: OnceLock<OwnedFd>,
 }
 
 /// The errno a caller sees for a failed backing call: the real one, except that the server
@@ -425,6 +428,7 @@ impl FsInner {
             counters: Counters::default(),
             sched: Scheduler::new(),
             reclaiming: Arc::new(AtomicBool::new(false)),
+            export_fd: OnceLock::new(),
         })
     }
 

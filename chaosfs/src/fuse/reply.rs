@@ -411,20 +411,24 @@ fn entry_out(
 }
 
 impl ReplyEntry {
+    /// An entry whose node id is `attr.ino`. A node id of 0 with a non-zero `ttl` caches a
+    /// negative entry.
     pub fn entry(self, ttl: &Duration, attr: &FileAttr, g: Generation) {
-        self.entry_with_ttls(ttl, ttl, attr, g);
+        self.node_entry(attr.ino, (ttl, ttl), attr, g);
     }
 
-    /// An entry whose attributes (`attr_ttl`) and name (`entry_ttl`) are cached for different
-    /// times. A node id of 0 with a non-zero `entry_ttl` caches a negative entry.
-    pub fn entry_with_ttls(
+    /// An entry for node `nodeid` (which may differ from the `st_ino` in `attr`: the root's
+    /// node id is 1) whose attributes and name are cached for different times
+    /// (`(attr_ttl, entry_ttl)`).
+    pub fn node_entry(
         mut self,
-        attr_ttl: &Duration,
-        entry_ttl: &Duration,
+        nodeid: INodeNo,
+        (attr_ttl, entry_ttl): (&Duration, &Duration),
         attr: &FileAttr,
         g: Generation,
     ) {
-        let e = entry_out(attr_ttl, entry_ttl, attr, g);
+        let mut e = entry_out(attr_ttl, entry_ttl, attr, g);
+        e.nodeid = nodeid.0;
         self.0.send(0, &[e.as_bytes()]);
     }
 }

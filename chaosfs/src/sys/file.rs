@@ -38,6 +38,15 @@ pub(crate) fn read_small(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec<u8>
     Ok(out)
 }
 
+/// An `O_PATH` fd of the parent of directory `dir`, if reaching it crosses no mount point
+/// (`openat2` with `RESOLVE_NO_XDEV`; `EXDEV` otherwise — also when a mount covers the parent,
+/// as ChaosFS covers the directory it serves).
+pub(crate) fn parent_same_mount(dir: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let flags = OFlags::PATH | OFlags::CLOEXEC;
+    let resolve = rfs::ResolveFlags::NO_XDEV;
+    Ok(rfs::openat2(dir, c"..", flags, Mode::empty(), resolve)?)
+}
+
 /// The current working directory as a directory "fd" for the `*at()` calls (`AT_FDCWD`).
 pub(crate) fn cwd() -> BorrowedFd<'static> {
     rfs::CWD
@@ -69,6 +78,72 @@ pub(crate) fn statx(fd: BorrowedFd<'_>) -> io::Result<Statx> {
     let flags = AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW;
     let mask = rfs::StatxFlags::BASIC_STATS | rfs::StatxFlags::BTIME;
     Ok(rfs::statx(fd, c"", flags, mask)?)
+}
+
+/// `struct file_handle` with room for `MAX_HANDLE_SZ` bytes (libc's has a flexible array).
+#[repr(C)]
+struct FileHandleBuf {
+    handle_bytes: u32,
+    handle_type: libc::c_int,
+    f_handle: [u8; MAX_HANDLE],
+}
+
+const MAX_HANDLE: usize = 128; // MAX_HANDLE_SZ
+
+/// The file system's file handle of what an fd refers to (`name_to_handle_at(2)` with
+/// `AT_EMPTY_PATH`, so it works on `O_PATH` fds and on symlinks): its type and bytes. File
+/// systems put the inode's generation in it (ext4, xfs, btrfs, tmpfs), so it changes when an
+/// inode number is reused. Raw: rustix has no such call.
+pub(crate) fn file_handle(fd: BorrowedFd<'_>) -> io::Result<(i32, Box<[u8]>)> {
+    let mut h = FileHandleBuf {
+        handle_bytes: 128,
+        handle_type: 0,
+        f_handle: [0; MAX_HANDLE],
+    };
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: `h` is a `struct file_handle` whose `handle_bytes` (128) is the size of the
+    // `f_handle` array that follows it, so the kernel writes at most that many bytes after the
+    // header; `mount_id` is a live `int`; the name is a NUL-terminated empty string.
+    cvt(unsafe {
+        libc::name_to_handle_at(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            (&raw mut h).cast::<libc::file_handle>(),
+            &raw mut mount_id,
+            libc::AT_EMPTY_PATH,
+        )
+    })?;
+    let n = usize::try_from(h.handle_bytes).map_or(MAX_HANDLE, |n| n.min(MAX_HANDLE));
+    Ok((h.handle_type, h.f_handle[..n].into()))
+}
+
+/// `open_by_handle_at(2)` of a handle from [`file_handle`], on the file system of `mount`
+/// (needs `CAP_DAC_READ_SEARCH`); `ESTALE` if the file is gone. `O_CLOEXEC` is always added.
+pub(crate) fn open_by_handle(
+    mount: BorrowedFd<'_>,
+    (kind, bytes): (i32, &[u8]),
+    flags: i32,
+) -> io::Result<OwnedFd> {
+    let mut h = FileHandleBuf {
+        handle_bytes: 0,
+        handle_type: kind,
+        f_handle: [0; MAX_HANDLE],
+    };
+    let n = bytes.len().min(MAX_HANDLE);
+    h.f_handle[..n].copy_from_slice(&bytes[..n]);
+    h.handle_bytes = u32::try_from(n).unwrap_or(0);
+    // SAFETY: `h` is a `struct file_handle` whose `handle_bytes` bytes of `f_handle` are
+    // initialised (n ≤ 128, the array's size); the kernel only reads it. On success the
+    // returned fd is new and owned by nobody else.
+    let fd = cvt(unsafe {
+        libc::open_by_handle_at(
+            mount.as_raw_fd(),
+            (&raw mut h).cast::<libc::file_handle>(),
+            flags | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: `fd` was just returned by the kernel, is open, and nothing else owns it.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
 /// `syncfs(2)`.

@@ -3,6 +3,10 @@
 
 #![allow(dead_code)]
 
+mod py;
+#[allow(unused_imports)] // not every test drives python
+pub use py::{Py, py_path};
+
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 

@@ -6,7 +6,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::GEN;
+use super::NO_GEN;
 use crate::fs::handle::{DirStream, Handle, HandleKind};
 use crate::fs::inode::Inode;
 use crate::fs::{FsInner, Target, attr_of, dtype_file_type, errno, file_type, reported_ino};
@@ -140,7 +140,7 @@ impl FsInner {
                     st.st_ino
                 };
                 let attr = attr_of(ino, &st);
-                return !reply.add(INodeNo(ino), off, name, &Duration::ZERO, &attr, GEN);
+                return !reply.add(INodeNo(ino), off, name, &Duration::ZERO, &attr, NO_GEN);
             }
             let (inode, st) = match self.do_lookup(&dir, name) {
                 Ok(x) => x,
@@ -155,7 +155,7 @@ impl FsInner {
                         return true;
                     };
                     let attr = attr_of(st.st_ino, &st);
-                    return !reply.add(INodeNo(0), off, name, &Duration::ZERO, &attr, GEN);
+                    return !reply.add(INodeNo(0), off, name, &Duration::ZERO, &attr, NO_GEN);
                 }
             };
             let mut ttl = self.ttl(Target::Child(dir.nodeid, name));
@@ -163,7 +163,14 @@ impl FsInner {
                 ttl = Duration::ZERO;
             }
             let attr = attr_of(reported_ino(&inode), &st);
-            if reply.add(INodeNo(attr.ino.0), off, name, &ttl, &attr, GEN) {
+            if reply.add(
+                INodeNo(attr.ino.0),
+                off,
+                name,
+                &ttl,
+                &attr,
+                inode.generation,
+            ) {
                 // Did not fit: the kernel will not see it, so it takes no reference.
                 self.inodes.forget(inode.nodeid, 1);
                 return false;

@@ -7,7 +7,7 @@ use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::Duration;
 
-use super::{GEN, name_cstr};
+use super::{NO_GEN, name_cstr};
 use crate::fs::inode::Inode;
 use crate::fs::{Caller, FsInner, Target, decode_dev, errno, negative_attr};
 use crate::fuse::{Errno, ReplyData, ReplyEntry};
@@ -31,8 +31,17 @@ impl FsInner {
             Ok((inode, st)) => self.reply_entry(reply, &inode, &st, v, ttl, ttl),
             Err(e) if e == Errno::ENOENT && !ttl.is_zero() => {
                 // A negative entry the kernel may cache (node id 0).
-                reply.entry(&ttl, &negative_attr(), GEN);
+                reply.entry(&ttl, &negative_attr(), NO_GEN);
             }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// FUSE_LOOKUP of "." (see [`FsInner::lookup_node`]).
+    pub(crate) fn lookup_self(&self, nodeid: u64, v: &Verdict, reply: ReplyEntry) {
+        let ttl = self.ttl(Target::Node(nodeid));
+        match self.lookup_node(nodeid) {
+            Ok((inode, st)) => self.reply_entry(reply, &inode, &st, v, ttl, ttl),
             Err(e) => reply.error(e),
         }
     }

@@ -49,8 +49,9 @@ mod open;
 mod special;
 mod xattrs;
 
-/// Generation number of every entry (inode numbers are never reused while the kernel knows them).
-const GEN: Generation = Generation(0);
+/// Generation of the entries that name no inode of the table: negative entries, "." and ".."
+/// in READDIRPLUS (the kernel takes no reference for either).
+const NO_GEN: Generation = Generation(0);
 
 fn name_cstr<T>(
     name: &OsStr,
@@ -138,6 +139,10 @@ impl FsInner {
             F::ASYNC_DIO,
             F::DIRECT_IO_ALLOW_MMAP,
             F::HANDLE_KILLPRIV_V2,
+            // File handles (`name_to_handle_at`) of files the kernel has evicted come back as a
+            // LOOKUP of "." in their node id: served while the node is in the table (ESTALE
+            // otherwise), and the generation tells a reused inode number apart.
+            F::EXPORT_SUPPORT,
         ] {
             config.want(f);
         }
@@ -209,8 +214,8 @@ impl FsInner {
         parent: &Inode,
         name: &OsStr,
     ) -> Result<(Arc<Inode>, crate::sys::file::Stat), Errno> {
-        if parent.nodeid == ROOT && name.as_bytes() == b".." {
-            return Err(Errno::ENOENT);
+        if name.as_bytes() == b".." {
+            return self.lookup_parent(parent);
         }
         let st = name_cstr(name, |c| {
             sys::file::fstatat(parent.fd.as_fd(), c, libc::AT_SYMLINK_NOFOLLOW)
@@ -220,6 +225,75 @@ impl FsInner {
             return Ok((inode, st));
         }
         self.entry_of_new(parent, name)
+    }
+
+    /// LOOKUP of "." in node `nodeid`: the kernel decodes a file handle (`open_by_handle_at`)
+    /// of an inode it evicted (FUSE_EXPORT_SUPPORT). The node itself if the table still holds
+    /// it, else its backing inode found again through the backing file handle kept when the
+    /// kernel forgot it (with the same node id and generation, so the kernel accepts it);
+    /// ESTALE if it is gone (deleted, or forgotten too long ago).
+    fn lookup_node(&self, nodeid: u64) -> Result<(Arc<Inode>, crate::sys::file::Stat), Errno> {
+        if let Some(inode) = self.inodes.get(nodeid)
+            && self.inodes.lookup_again(&inode)
+        {
+            return match sys::file::fstat(inode.fd.as_fd()) {
+                Ok(st) => Ok((inode, st)),
+                Err(e) => {
+                    self.inodes.forget(nodeid, 1);
+                    Err(errno(e))
+                }
+            };
+        }
+        let (kind, bytes) = self.inodes.forgotten(nodeid).ok_or(Errno::ESTALE)?;
+        let root = match self.export_fd.get() {
+            Some(fd) => fd,
+            None => {
+                let fd = self.reopen(self.inodes.root(), libc::O_RDONLY | libc::O_DIRECTORY);
+                let fd = fd.map_err(|e| self.fd_errno(e))?;
+                self.export_fd.get_or_init(|| fd)
+            }
+        };
+        let fd = sys::file::open_by_handle(root.as_fd(), (kind, &bytes), libc::O_PATH);
+        let fd = fd.map_err(|e| match e.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE) => self.fd_errno(e),
+            _ => Errno::ESTALE,
+        })?;
+        let st = sys::file::fstat(fd.as_fd()).map_err(errno)?;
+        let inode = self.inodes.insert(fd, &st).ok_or(Errno::EIO)?;
+        if inode.nodeid != nodeid {
+            // Its number is another entry's node id now: this node cannot come back.
+            self.inodes.forget(inode.nodeid, 1);
+            return Err(Errno::ESTALE);
+        }
+        Ok((inode, st))
+    }
+
+    /// LOOKUP of ".." in `dir`: the kernel reconnects a directory it decoded from a file handle
+    /// to the root. Never leaves the mount, and never goes through it: a plain `..` from a child
+    /// of the backing root would land on ChaosFS itself, mounted over it, so the parent is
+    /// opened without crossing mounts and a crossing from the root's file system is the root
+    /// (node 1, see `reply_entry`). The parent of a directory at the root of another file system
+    /// mounted under the backing directory is not resolved (ESTALE).
+    fn lookup_parent(&self, dir: &Inode) -> Result<(Arc<Inode>, crate::sys::file::Stat), Errno> {
+        let root = self.inodes.root();
+        if dir.nodeid == ROOT {
+            return Err(Errno::ENOENT);
+        }
+        match sys::file::parent_same_mount(dir.fd.as_fd()) {
+            Ok(fd) => {
+                let st = sys::file::fstat(fd.as_fd()).map_err(errno)?;
+                match self.inodes.lookup_existing(st.st_dev, st.st_ino) {
+                    Some(inode) => Ok((inode, st)),
+                    None => Ok((self.inodes.insert(fd, &st).ok_or(Errno::EIO)?, st)),
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) && dir.dev == root.dev => {
+                let st = sys::file::fstat(root.fd.as_fd()).map_err(errno)?;
+                Ok((root.clone(), st))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => Err(Errno::ESTALE),
+            Err(e) => Err(self.fd_errno(e)),
+        }
     }
 
     fn reply_entry(
@@ -237,7 +311,8 @@ impl FsInner {
         } else {
             ttl
         };
-        reply.entry_with_ttls(&attr_ttl, &ttl, &attr, GEN);
+        let ttls = (&attr_ttl, &ttl);
+        reply.node_entry(INodeNo(inode.nodeid), ttls, &attr, inode.generation);
     }
 
     /// A file with several names, while rules select by path: the kernel must look the name up

@@ -8,7 +8,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::GEN;
 use crate::fs::handle::{Handle, HandleKind, OpenMode};
 use crate::fs::inode::{Inode, OpenState, share_key};
 use crate::fs::{Caller, FsInner, Target, errno};
@@ -223,6 +222,6 @@ impl FsInner {
             reply.open_backing(fd)
         });
         let (flags, backing) = Self::reply_mode(mode, &ost, pflags);
-        reply.created(&ttl, &attr, GEN, fh, flags, backing);
+        reply.created(&ttl, &attr, inode.generation, fh, flags, backing);
     }
 }
