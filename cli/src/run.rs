@@ -102,7 +102,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     signals.thread_block().context("blocking signals")?;
 
     enter_private_mount_namespace()?;
-    let mounted = chaosfs::mount_over(&dir, rules, chaosfs::server::Config::default())
+    // No fd is swapped here (the command starts on the mount), so its record locks and flocks
+    // can be real locks on the backing files, seen by processes outside the run.
+    let config = chaosfs::server::Config {
+        forward_locks: true,
+        ..chaosfs::server::Config::default()
+    };
+    let mounted = chaosfs::mount_over(&dir, rules, config)
         .with_context(|| format!("mounting ChaosFS over {}", dir.display()))?;
 
     let mut command = std::process::Command::new(&args.command[0]);

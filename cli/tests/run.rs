@@ -278,3 +278,61 @@ fn low_latency_holds_a_cpu_latency_request_while_the_command_runs() {
         text(&without.stdout)
     );
 }
+
+/// F_GETLK of a whole-file write lock on `path`, from a process outside the run (python3):
+/// the type of the lock that would block it (`F_UNLCK` if none).
+fn outside_getlk(path: &Path) -> i32 {
+    let script = "import fcntl, struct, sys; f = open(sys.argv[1], 'r+'); \
+        r = fcntl.fcntl(f, fcntl.F_GETLK, struct.pack('hhqqi', fcntl.F_WRLCK, 0, 0, 0, 0)); \
+        print(struct.unpack('hhqqi', r)[0])";
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(path)
+        .output()
+        .expect("spawning python3");
+    let t = iochaos_testsupport::expect_success(&out, "F_GETLK from outside");
+    t.trim().parse().expect("a lock type")
+}
+
+#[test]
+fn a_lock_the_command_holds_is_seen_from_outside_the_run() {
+    use std::io::{BufRead, BufReader};
+    let dir = privileged_tempdir();
+    iochaos_testsupport::require_tools(&["python3"]);
+    let db = dir.path().join("db");
+    std::fs::write(&db, "data").expect("seeding");
+    // The command takes a write lock through ChaosFS, says so, and holds it until its stdin
+    // closes.
+    let script = format!(
+        "import fcntl, sys; f = open({:?}, 'r+'); fcntl.lockf(f, fcntl.LOCK_EX); \
+         print('locked', flush=True); sys.stdin.read()",
+        utf8(&db)
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_iochaos"))
+        .args(run_args(
+            utf8(dir.path()),
+            &["--errno", "EIO", "--ops", "mkdir"],
+            &["python3", "-c", &script],
+        ))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning iochaos run");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("reading the command's output");
+    assert_eq!(line.trim(), "locked");
+    // Outside the run's mount namespace the path is the backing directory.
+    let seen = outside_getlk(&db);
+    drop(child.stdin.take());
+    let status = child.wait().expect("waiting for iochaos run");
+    assert_eq!(
+        (seen, libc::F_UNLCK),
+        (libc::F_WRLCK, libc::F_UNLCK),
+        "the lock type the outsider saw (F_UNLCK: none)"
+    );
+    assert!(status.success(), "{status}");
+    // Released with the command's exit.
+    assert_eq!(outside_getlk(&db), libc::F_UNLCK);
+}
