@@ -6,6 +6,7 @@
 
 mod fs_support;
 
+use std::process::Command;
 use std::time::Duration;
 
 use chaosfs::Config;
@@ -135,9 +136,49 @@ fn flock_is_forwarded_both_ways() {
     outsider.ok("fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)");
 }
 
+/// A second path to a directory that does not go through the ChaosFS mounted over it later: a
+/// private bind mount, unmounted on drop. (SQLite resolves the symlinks of a database path, so
+/// `TestMount::backing`'s `/proc/PID/fd/N` path would lead it back onto the mount.)
+struct Bind {
+    dir: tempfile::TempDir,
+}
+
+impl Bind {
+    fn new() -> Bind {
+        Bind {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn of(&self, src: &std::path::Path) {
+        for args in [
+            vec![
+                "--bind".as_ref(),
+                src.as_os_str(),
+                self.dir.path().as_os_str(),
+            ],
+            vec!["--make-private".as_ref(), self.dir.path().as_os_str()],
+        ] {
+            let out = Command::new("mount").args(args).output().expect("mount");
+            iochaos_testsupport::expect_success(&out, "mount --bind");
+        }
+    }
+}
+
+impl Drop for Bind {
+    fn drop(&mut self) {
+        // Lazily: the killed python processes may not have closed their files yet.
+        let _ = Command::new("umount")
+            .arg("--lazy")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
 #[test]
 fn sqlite_wal_shared_between_the_mount_and_outside_keeps_exclusion() {
-    let m = mount_with(RuleSet::empty(), locks(), |_| {});
+    let outside = Bind::new();
+    let m = mount_with(RuleSet::empty(), locks(), |d| outside.of(d));
     let mut target = Py::start();
     let mut outsider = Py::start();
     target.ok(&format!(
@@ -147,18 +188,31 @@ fn sqlite_wal_shared_between_the_mount_and_outside_keeps_exclusion() {
     target.ok("c.execute('pragma journal_mode=wal'); c.execute('create table t(k integer primary key, n integer)'); c.execute('insert into t values (1, 0)')");
     outsider.ok(&format!(
         "c = sqlite3.connect({}, timeout=30, isolation_level=None)",
-        py_path(&m.backing("t.db"))
+        py_path(&outside.dir.path().join("t.db"))
     ));
-    // The target holds the write lock: the outsider cannot write meanwhile.
+    // The outsider holds the write lock (WAL: a lock on a byte of the -shm file): the target
+    // must not get it through ChaosFS meanwhile ("database is locked" at once: no busy
+    // timeout). Without forwarding it would, as its lock would be local to the mount.
+    outsider.ok("c.execute('begin immediate'); c.execute('update t set n = n + 1')");
+    target.ok("c.execute('pragma busy_timeout=0')");
+    assert!(
+        target
+            .run("c.execute('begin immediate')")
+            .contains("locked"),
+        "the target got the write lock the outsider holds"
+    );
+    // And the other way round.
+    outsider.ok("c.execute('commit')");
     target.ok("c.execute('begin immediate'); c.execute('update t set n = n + 1')");
     outsider.ok("c.execute('pragma busy_timeout=0')");
     assert!(
         outsider
             .run("c.execute('begin immediate')")
             .contains("locked"),
-        "the outsider wrote while the target held the write lock"
+        "the outsider got the write lock the target holds"
     );
     target.ok("c.execute('commit')");
+    target.ok("c.execute('pragma busy_timeout=30000')");
     outsider.ok("c.execute('pragma busy_timeout=30000')");
     // Both increment 200 times each, interleaved.
     let inc = "for _ in range(200): c.execute('begin immediate'); c.execute('update t set n = n + 1'); c.execute('commit')";
@@ -169,7 +223,7 @@ fn sqlite_wal_shared_between_the_mount_and_outside_keeps_exclusion() {
     outsider.send("print(c.execute('select n from t').fetchone()[0], c.execute('pragma integrity_check').fetchone()[0])");
     assert_eq!(
         outsider.answer(),
-        "401 ok",
+        "402 ok",
         "lost updates or a damaged database"
     );
     assert_eq!(outsider.answer(), "ok");
