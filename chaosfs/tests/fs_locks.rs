@@ -131,9 +131,11 @@ fn flock_is_forwarded_both_ways() {
     wait_in_syscall(&target, libc::SYS_flock);
     outsider.ok("fcntl.flock(f, fcntl.LOCK_UN)");
     assert_eq!(target.answer(), "ok");
-    // Closing the last fd of the file (RELEASE) drops the flock.
+    // Closing the last fd of the file drops the flock: the kernel sends RELEASE (with its
+    // flock-unlock flag) in the background after close() returned, so the outsider waits for
+    // it (a blocking flock; the alarm only ends a test that would otherwise hang).
     target.ok("f.close()");
-    outsider.ok("fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)");
+    outsider.ok("import signal; signal.alarm(60); fcntl.flock(f, fcntl.LOCK_EX); signal.alarm(0)");
 }
 
 /// A second path to a directory that does not go through the ChaosFS mounted over it later: a
