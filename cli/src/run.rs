@@ -44,8 +44,17 @@ pub fn load_spec(source: &SpecSource) -> Result<Spec, Usage> {
 
 /// Check that this process can mount FUSE at all, with a reason a user can act on.
 pub fn check_privileges() -> anyhow::Result<()> {
-    if !rustix::process::geteuid().is_root() {
-        bail!("iochaos must run as root (it mounts a FUSE filesystem)");
+    use caps::{CapSet, Capability};
+    for (cap, why) in [
+        (Capability::CAP_SYS_ADMIN, "it mounts a FUSE filesystem"),
+        (
+            Capability::CAP_SYS_PTRACE,
+            "it reads and traces the target processes",
+        ),
+    ] {
+        if !caps::has_cap(None, CapSet::Effective, cap).context("reading our capabilities")? {
+            bail!("iochaos needs {cap} ({why}): run it as root with its full capability set");
+        }
     }
     if !Path::new("/dev/fuse").exists() {
         bail!("/dev/fuse is missing: load the fuse module (modprobe fuse) or expose the device");

@@ -77,6 +77,19 @@ pub enum Error {
         first: String,
     },
 
+    /// The hook runs without a capability an injection needs.
+    #[error(
+        "missing capability {cap} (needed for {why}): run the hook as root with its full capability set"
+    )]
+    MissingCapability {
+        cap: caps::Capability,
+        why: &'static str,
+    },
+
+    /// The process's capability sets could not be read.
+    #[error("reading this process's capabilities: {0}")]
+    Capabilities(#[source] caps::errors::CapsError),
+
     /// The engine failed (target, mount, journal, API).
     #[error(transparent)]
     Engine(#[from] engine::Error),

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::config::HookConfig;
 use crate::error::{Error, Result, one_line};
-use crate::oci::{Action, Container, Stage, State};
+use crate::oci::{Action, Container, Stage, read_state};
 use crate::server::{self, ServeRequest};
 
 /// Where the hook finds its files. Runtimes run hooks with the environment of the hook's
@@ -67,18 +67,18 @@ pub fn run(stage: Stage, stdin: impl Read, env: &Env) -> Result<Outcome> {
     match stage.action() {
         Action::Nothing => Ok(Outcome::Nothing),
         Action::Inject => {
-            let mut c = Container::new(State::read(stdin)?);
+            let mut c = Container::new(read_state(stdin)?);
             let Some(spec) = c.annotation(crate::ANNOTATION)? else {
                 return Ok(Outcome::Nothing);
             };
             inject(stage, &mut c, &spec, env)
         }
         Action::Cleanup => {
-            let mut c = Container::new(State::read(stdin)?);
+            let mut c = Container::new(read_state(stdin)?);
             if c.annotation(crate::ANNOTATION)?.is_none() {
                 return Ok(Outcome::Nothing);
             }
-            cleanup(&c.state, env)
+            cleanup(c.id(), env)
         }
     }
 }
@@ -130,29 +130,28 @@ pub fn parse_spec(text: &str) -> Result<ParsedSpec> {
 fn inject(stage: Stage, c: &mut Container, spec: &str, env: &Env) -> Result<Outcome> {
     let cfg = HookConfig::load(&env.config)?;
     let annotations = c.annotations()?;
-    cfg.check_container(&c.state.id, &annotations)?;
+    cfg.check_container(c.id(), &annotations)?;
     let parsed = parse_spec(spec)?;
     cfg.check_path(&parsed.path)?;
-    let pid = match c.state.pid {
-        Some(p) if p > 0 => p,
-        _ => {
-            return Err(Error::NoPid {
-                stage: stage.name(),
-            });
-        }
+    crate::privileges::require(crate::privileges::INJECT)?;
+    let Some(pid) = c.pid() else {
+        return Err(Error::NoPid {
+            stage: stage.name(),
+        });
     };
     let journal = Journal::open(&env.run_dir)?;
     // Registered on both createRuntime and prestart: the first one injects.
     let start_time = ProcStat::read(pid).map_err(engine::Error::from)?.start_time;
-    if let Some(e) = journal.list()?.into_iter().find(|e| {
-        is_ours(e, &c.state.id) && e.target.pid == pid && e.target.start_time == start_time
-    }) {
+    if let Some(e) = journal
+        .list()?
+        .into_iter()
+        .find(|e| is_ours(e, c.id()) && e.target.pid == pid && e.target.start_time == start_time)
+    {
         return Ok(Outcome::AlreadyInjected(e.id.to_string()));
     }
-    let bundle = c.state.bundle.clone();
-    let rootfs = c.config()?.rootfs(&bundle);
+    let rootfs = c.rootfs()?;
     let req = ServeRequest {
-        container_id: c.state.id.clone(),
+        container_id: c.id().to_owned(),
         pid,
         rootfs,
         path: parsed.path,
@@ -167,7 +166,7 @@ fn inject(stage: Stage, c: &mut Container, spec: &str, env: &Env) -> Result<Outc
     };
     let log = env.server_log.as_ref().or(cfg.server_log.as_ref());
     let id = server::start(&req, log)?;
-    tracing::info!(container = %c.state.id, %id, "injected");
+    tracing::info!(container = %c.id(), %id, "injected");
     Ok(Outcome::Injected(id.to_string()))
 }
 
@@ -191,7 +190,7 @@ const RECOVER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a recovered server has to exit.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn cleanup(state: &State, env: &Env) -> Result<Outcome> {
+fn cleanup(container_id: &str, env: &Env) -> Result<Outcome> {
     if !env.run_dir.exists() {
         return Ok(Outcome::Removed(0));
     }
@@ -201,7 +200,7 @@ fn cleanup(state: &State, env: &Env) -> Result<Outcome> {
     for e in journal
         .list()?
         .into_iter()
-        .filter(|e| is_ours(e, &state.id))
+        .filter(|e| is_ours(e, container_id))
     {
         if target_alive(&e) {
             // Another container with the same id (another runtime root) that still runs.
@@ -216,7 +215,7 @@ fn cleanup(state: &State, env: &Env) -> Result<Outcome> {
     // Servers that recovered by themselves (they saw the container exit and removed their
     // journal entry) may still be shutting down: wait for them, so nothing is left once the
     // runtime has deleted the container.
-    for pid in servers_of(&state.id, journal.dir()) {
+    for pid in servers_of(container_id, journal.dir()) {
         if !engine::target::wait_exit(pid, EXIT_TIMEOUT) {
             tracing::warn!(pid, "server did not exit: SIGTERM");
             terminate(pid);
@@ -224,7 +223,7 @@ fn cleanup(state: &State, env: &Env) -> Result<Outcome> {
     }
     if let Some(first) = failed.first() {
         return Err(Error::Cleanup {
-            id: state.id.clone(),
+            id: container_id.to_owned(),
             failed: failed.len(),
             first: first.clone(),
         });

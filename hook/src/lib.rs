@@ -4,6 +4,7 @@ pub mod config;
 pub mod error;
 pub mod hook;
 pub mod oci;
+pub mod privileges;
 pub mod server;
 mod sys;
 

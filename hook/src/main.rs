@@ -4,33 +4,59 @@
 
 use std::process::ExitCode;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{Parser, Subcommand};
 use engine::logging::init_logging;
 use iochaos_hook::error::{one_line, report};
 use iochaos_hook::hook::{self, Env};
-use iochaos_hook::oci::Stage;
+use iochaos_hook::oci::{Action, Stage};
 use iochaos_hook::server;
 
-const USAGE: &str = "usage: iochaos-hook STAGE   (prestart, createRuntime, createContainer, \
-                     startContainer, poststart, poststop; the OCI state on stdin)";
+/// OCI runtime hook: iochaos faults in a container from its first instruction, asked for by
+/// the container's `dev.iochaos.spec` annotation.
+#[derive(Parser)]
+#[command(
+    name = "iochaos-hook",
+    version,
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true,
+    after_help = "The runtime runs the hook with the stage name and writes the OCI state on its \
+                  stdin. createRuntime (or prestart) injects, poststop removes the container's \
+                  injections, other stages do nothing. Registered by \
+                  /usr/share/containers/oci/hooks.d/iochaos-*.json (podman) or config.json's \
+                  \"hooks\"; see docs/hook.md.\n\nExamples:\n  \
+                  iochaos-hook createRuntime < state.json\n  \
+                  iochaos-hook poststop < state.json"
+)]
+struct Cli {
+    /// The OCI hook stage the runtime runs the hook at.
+    #[arg(
+        required = true,
+        value_parser = PossibleValuesParser::new(Stage::ALL.map(Stage::name))
+            .try_map(|s| s.parse::<Stage>()),
+    )]
+    stage: Option<Stage>,
+
+    #[command(subcommand)]
+    serve: Option<Internal>,
+}
+
+#[derive(Subcommand)]
+enum Internal {
+    /// The injection server the hook starts (internal).
+    #[command(name = server::SERVE_ARG, hide = true)]
+    Serve { request: String },
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let stage = match args.as_slice() {
-        [s, req] if s == server::SERVE_ARG => return serve(req),
-        [s] => s,
-        _ => {
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
+    let cli = Cli::parse();
+    let stage = match (cli.serve, cli.stage) {
+        (Some(Internal::Serve { request }), _) => return serve(&request),
+        (None, Some(stage)) => stage,
+        // clap requires one of the two.
+        (None, None) => return ExitCode::from(2),
     };
-    let stage: Stage = match stage.parse() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("iochaos-hook: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if stage.action() == iochaos_hook::oci::Action::Nothing {
+    if stage.action() == Action::Nothing {
         // Drain the state: crun fails the container ("writing to pipe: Broken pipe") when a
         // hook exits before it has written it.
         let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());

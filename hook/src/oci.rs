@@ -20,6 +20,16 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// Every stage, in the order of a container's life.
+    pub const ALL: [Stage; 6] = [
+        Stage::Prestart,
+        Stage::CreateRuntime,
+        Stage::CreateContainer,
+        Stage::StartContainer,
+        Stage::Poststart,
+        Stage::Poststop,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Stage::Prestart => "prestart",
@@ -68,62 +78,30 @@ pub enum Action {
     Nothing,
 }
 
-/// The OCI state a runtime writes on a hook's stdin (runtime-spec `runtime.md`, "State").
-/// Unknown fields are ignored: runtimes add their own.
-#[derive(Debug, Clone, serde::Deserialize)]
-pub struct State {
-    #[serde(rename = "ociVersion", default)]
-    pub oci_version: String,
-    pub id: String,
-    #[serde(default)]
-    pub status: String,
-    /// The container's init process (absent or 0 once it is gone).
-    #[serde(default)]
-    pub pid: Option<u32>,
-    /// The bundle directory (absolute).
-    pub bundle: PathBuf,
-    /// runc and crun copy config.json's annotations here; when absent, config.json is read.
-    #[serde(default)]
-    pub annotations: Option<BTreeMap<String, String>>,
+pub use oci_spec::runtime::{Spec, State};
+
+/// The OCI state a runtime writes on a hook's stdin (runtime-spec `runtime.md`, "State"),
+/// read with `oci-spec`. Unknown fields are ignored: runtimes add their own.
+pub fn read_state(r: impl Read) -> Result<State> {
+    serde_json::from_reader(r).map_err(Error::State)
 }
 
-impl State {
-    pub fn read(r: impl Read) -> Result<State> {
-        serde_json::from_reader(r).map_err(Error::State)
-    }
+/// The bundle's `<bundle>/config.json`, read with `oci-spec` (only `root` and `annotations`
+/// are used).
+pub fn read_config(bundle: &Path) -> Result<Spec> {
+    let path = bundle.join("config.json");
+    let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    serde_json::from_slice(&text)
+        .map_err(|source| Error::Engine(engine::Error::Json { path, source }))
 }
 
-/// What the hook uses of the bundle's `config.json` (other fields are ignored).
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-pub struct BundleConfig {
-    #[serde(default)]
-    pub root: Option<Root>,
-    #[serde(default)]
-    pub annotations: Option<BTreeMap<String, String>>,
-}
-
-#[derive(Debug, Clone, serde::Deserialize)]
-pub struct Root {
-    pub path: PathBuf,
-}
-
-impl BundleConfig {
-    /// `<bundle>/config.json`.
-    pub fn read(bundle: &Path) -> Result<BundleConfig> {
-        let path = bundle.join("config.json");
-        let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        serde_json::from_slice(&text)
-            .map_err(|source| Error::Engine(engine::Error::Json { path, source }))
-    }
-
-    /// The container's root filesystem as an absolute path (a relative `root.path` is
-    /// relative to the bundle).
-    pub fn rootfs(&self, bundle: &Path) -> PathBuf {
-        match &self.root {
-            Some(r) if r.path.is_absolute() => r.path.clone(),
-            Some(r) => bundle.join(&r.path),
-            None => bundle.join("rootfs"),
-        }
+/// The container's root filesystem as an absolute path (a relative `root.path` is relative
+/// to the bundle).
+pub fn rootfs(config: &Spec, bundle: &Path) -> PathBuf {
+    match config.root() {
+        Some(r) if r.path().is_absolute() => r.path().clone(),
+        Some(r) => bundle.join(r.path()),
+        None => bundle.join("rootfs"),
     }
 }
 
@@ -131,7 +109,7 @@ impl BundleConfig {
 #[derive(Debug)]
 pub struct Container {
     pub state: State,
-    config: Option<BundleConfig>,
+    config: Option<Spec>,
 }
 
 impl Container {
@@ -143,25 +121,51 @@ impl Container {
     }
 
     /// config.json, read on first use.
-    pub fn config(&mut self) -> Result<&BundleConfig> {
-        if self.config.is_none() {
-            self.config = Some(BundleConfig::read(&self.state.bundle)?);
-        }
-        Ok(self.config.get_or_insert_default())
+    pub fn config(&mut self) -> Result<&Spec> {
+        let config = match self.config.take() {
+            Some(c) => c,
+            None => read_config(self.state.bundle())?,
+        };
+        Ok(self.config.insert(config))
+    }
+
+    /// The container's id.
+    pub fn id(&self) -> &str {
+        self.state.id()
+    }
+
+    /// The pid of the container's init, if the state names a live one.
+    pub fn pid(&self) -> Option<u32> {
+        self.state
+            .pid()
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| *p > 0)
+    }
+
+    /// The container's root filesystem (absolute).
+    pub fn rootfs(&mut self) -> Result<PathBuf> {
+        let bundle = self.state.bundle().clone();
+        Ok(rootfs(self.config()?, &bundle))
     }
 
     /// The container's annotations: from the state when the runtime put them there (no file
     /// is read), else from config.json.
     pub fn annotations(&mut self) -> Result<BTreeMap<String, String>> {
-        if let Some(a) = &self.state.annotations {
-            return Ok(a.clone());
+        if let Some(a) = self.state.annotations() {
+            return Ok(a.clone().into_iter().collect());
         }
-        Ok(self.config()?.annotations.clone().unwrap_or_default())
+        Ok(self
+            .config()?
+            .annotations()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect())
     }
 
     /// The value of annotation `key`, if the container carries it.
     pub fn annotation(&mut self, key: &str) -> Result<Option<String>> {
-        if let Some(a) = &self.state.annotations {
+        if let Some(a) = self.state.annotations() {
             if let Some(v) = a.get(key) {
                 return Ok(Some(v.clone()));
             }
@@ -172,7 +176,7 @@ impl Container {
         }
         Ok(self
             .config()?
-            .annotations
+            .annotations()
             .as_ref()
             .and_then(|a| a.get(key).cloned()))
     }
@@ -184,14 +188,7 @@ mod tests {
 
     #[test]
     fn stages_round_trip() {
-        for s in [
-            Stage::Prestart,
-            Stage::CreateRuntime,
-            Stage::CreateContainer,
-            Stage::StartContainer,
-            Stage::Poststart,
-            Stage::Poststop,
-        ] {
+        for s in Stage::ALL {
             assert_eq!(s.name().parse::<Stage>().ok(), Some(s));
         }
         assert!("create_runtime".parse::<Stage>().is_err());
@@ -199,13 +196,13 @@ mod tests {
 
     #[test]
     fn state_from_runc() {
-        let s = State::read(
+        let s = read_state(
             br#"{"ociVersion":"1.0.2-dev","id":"c1","status":"created","pid":42,
                 "bundle":"/b","annotations":{"dev.iochaos.spec":"{}"},"extra":1}"#
                 .as_slice(),
         )
         .expect("state");
-        assert_eq!(s.pid, Some(42));
+        assert_eq!(*s.pid(), Some(42));
         let mut c = Container::new(s);
         assert_eq!(
             c.annotation(crate::ANNOTATION).expect("annotation"),
@@ -214,7 +211,7 @@ mod tests {
         // Present annotations without ours: answered without reading config.json (/b does
         // not exist).
         let mut c = Container::new(
-            State::read(br#"{"id":"c","bundle":"/b","annotations":{"a":"b"}}"#.as_slice())
+            read_state(br#"{"id":"c","bundle":"/b","annotations":{"a":"b"}}"#.as_slice())
                 .expect("state"),
         );
         assert_eq!(c.annotation(crate::ANNOTATION).expect("no read"), None);
@@ -222,10 +219,9 @@ mod tests {
 
     #[test]
     fn rootfs_relative_to_bundle() {
-        let c: BundleConfig =
-            serde_json::from_str(r#"{"root":{"path":"rootfs"}}"#).expect("config");
-        assert_eq!(c.rootfs(Path::new("/b")), PathBuf::from("/b/rootfs"));
-        let c: BundleConfig = serde_json::from_str(r#"{"root":{"path":"/r"}}"#).expect("config");
-        assert_eq!(c.rootfs(Path::new("/b")), PathBuf::from("/r"));
+        let c: Spec = serde_json::from_str(r#"{"root":{"path":"rootfs"}}"#).expect("config");
+        assert_eq!(rootfs(&c, Path::new("/b")), PathBuf::from("/b/rootfs"));
+        let c: Spec = serde_json::from_str(r#"{"root":{"path":"/r"}}"#).expect("config");
+        assert_eq!(rootfs(&c, Path::new("/b")), PathBuf::from("/r"));
     }
 }

@@ -11,11 +11,18 @@ use iochaos_shim::error::one_line;
 /// Log to containerd: the `log` fifo containerd reads in the bundle (the daemon), else stderr
 /// (which containerd reports for `start` and `delete`).
 /// Without colour; `IOCHAOS_LOG`, else `debug` with containerd's `-debug`, else `info`.
-fn init_logging(debug: bool, to_fifo: bool) {
+/// True when the log is the fifo (not the stderr that the final error line goes to).
+fn init_logging(debug: bool, to_fifo: bool) -> bool {
     let default_filter = if debug { "debug" } else { "info" };
     match to_fifo.then(open_log_fifo).flatten() {
-        Some(f) => init_plain_logging(default_filter, std::sync::Mutex::new(f)),
-        None => init_plain_logging(default_filter, std::io::stderr),
+        Some(f) => {
+            init_plain_logging(default_filter, std::sync::Mutex::new(f));
+            true
+        }
+        None => {
+            init_plain_logging(default_filter, std::io::stderr);
+            false
+        }
     }
 }
 
@@ -41,7 +48,7 @@ fn main() -> ExitCode {
         }
     };
     let action = args.action();
-    init_logging(args.debug, action == Action::Serve);
+    let log_is_fifo = init_logging(args.debug, action == Action::Serve);
     let result = match action {
         Action::Version => {
             println!(
@@ -74,7 +81,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %one_line(&e), "{action:?} failed");
+            // Once: in containerd's log when that is where the log goes, and on stderr.
+            if log_is_fifo {
+                tracing::error!(error = %one_line(&e), "{action:?} failed");
+            }
             eprintln!("{}: {}", engine::api::shim::BINARY, one_line(&e));
             ExitCode::FAILURE
         }

@@ -1,5 +1,6 @@
 //! The annotation `dev.iochaos.spec` of a bundle's config.json.
 
+use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -15,15 +16,14 @@ pub struct Parsed {
     pub duration: Option<Duration>,
 }
 
-/// The annotations of `<bundle>/config.json`.
-pub fn annotations(bundle: &Path) -> Result<serde_json::Map<String, Value>> {
+/// The annotations of `<bundle>/config.json`, read with `oci-spec` (the rest of the spec is
+/// runc's business).
+pub fn annotations(bundle: &Path) -> Result<HashMap<String, String>> {
     let path = bundle.join("config.json");
     let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    let v: Value = serde_json::from_slice(&text).map_err(|e| Error::json(&path, e))?;
-    Ok(match v.get("annotations") {
-        Some(Value::Object(m)) => m.clone(),
-        _ => serde_json::Map::new(),
-    })
+    let spec: oci_spec::runtime::Spec =
+        serde_json::from_slice(&text).map_err(|e| Error::json(&path, e))?;
+    Ok(spec.annotations().clone().unwrap_or_default())
 }
 
 /// CRI's annotation telling a pod's sandbox (pause) container from its workloads.
@@ -33,16 +33,13 @@ pub const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 /// annotations too (`pod_annotations`), but faults are for the workloads: it gets none.
 pub fn of_bundle(bundle: &Path) -> Result<Option<Parsed>> {
     let annotations = annotations(bundle)?;
-    if annotations.get(CRI_CONTAINER_TYPE).and_then(Value::as_str) == Some("sandbox") {
+    if annotations.get(CRI_CONTAINER_TYPE).map(String::as_str) == Some("sandbox") {
         return Ok(None);
     }
-    match annotations.get(engine::api::shim::ANNOTATION) {
-        None => Ok(None),
-        Some(Value::String(s)) => parse(s).map(Some),
-        Some(_) => Err(Error::Annotation {
-            reason: "not a string".into(),
-        }),
-    }
+    annotations
+        .get(engine::api::shim::ANNOTATION)
+        .map(|s| parse(s))
+        .transpose()
 }
 
 pub fn parse(text: &str) -> Result<Parsed> {

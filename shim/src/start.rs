@@ -158,8 +158,8 @@ fn group(bundle: &Path, id: &str) -> String {
     };
     GROUP_LABELS
         .iter()
-        .find_map(|l| annotations.get(*l).and_then(Value::as_str))
-        .map_or_else(|| id.to_owned(), str::to_owned)
+        .find_map(|l| annotations.get(*l))
+        .map_or_else(|| id.to_owned(), String::clone)
 }
 
 /// Our socket: like runc's shim (`unix:///run/containerd/s/<sha256>`), hashed from
