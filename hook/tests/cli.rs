@@ -101,3 +101,40 @@ fn a_bad_state_is_one_line_and_exit_1() {
         "{err}"
     );
 }
+
+#[test]
+fn without_cap_sys_admin_the_error_names_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = serde_json::json!({
+        "id": "c", "bundle": dir.path().join("bundle"), "pid": 1,
+        "annotations": {"dev.iochaos.spec": r#"{"path":"/data","rules":[{"errno":"EIO"}]}"#}
+    });
+    let mut child = Command::new("setpriv")
+        .args([
+            "--bounding-set",
+            "-sys_admin",
+            "--inh-caps=-all",
+            HOOK,
+            "createRuntime",
+        ])
+        .env("IOCHAOS_HOOK_CONFIG", dir.path().join("hook.toml"))
+        .env("IOCHAOS_RUN_DIR", dir.path().join("run"))
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("setpriv (util-linux)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(state.to_string().as_bytes())
+        .expect("state");
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with("iochaos-hook: createRuntime: missing capability CAP_SYS_ADMIN"),
+        "{err}"
+    );
+    assert!(!dir.path().join("run").exists(), "something was started");
+}
