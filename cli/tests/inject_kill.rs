@@ -221,22 +221,42 @@ fn server_killed_after_swap_inject_reports_and_undoes() {
 }
 
 /// Killed in the middle of the swap: the target's stub waits in the reopen of its held fd
-/// through ChaosFS (a 30 s latency on opening `held`), traced and stopped by the server. The
-/// connection dies with the server, the open fails, the stub rolls back; the target runs on
-/// with its fd where it was.
+/// through ChaosFS (a 30 s latency on opening `held` by the workload, `--comm sh`), traced and
+/// stopped by the server. The server's own open of `held` before the stop (the handoff) fails
+/// (`--comm iochaos`), so the stub opens that file itself. The connection dies with the server,
+/// the open fails, the stub rolls back; the target runs on with its fd where it was.
 ///
-/// Known failure (2026-12-07): in about 1 of 6 runs of this file (tests in parallel), the
-/// target dies by SIGTRAP as soon as the server is killed, before anything swaps it back: the
-/// fdswap stub does not survive its tracer's death at every point while it waits on a FUSE open
-/// the dying server aborts. Run with `--ignored` until fdswap is fixed.
+/// Known failure (2026-12-07, about 1 run in 2): the stub of a target whose thread blocks or
+/// catches every candidate trap signal at the stop ends in `int3`, and the target dies by
+/// SIGTRAP (`exc_int3` in the kernel's signal_generate stack) once its tracer is gone.
 #[test]
-#[ignore = "fdswap: the target sometimes dies by SIGTRAP when its tracer is killed mid-stub"]
+#[ignore = "fdswap: int3 trap fallback kills the target when its tracer dies mid-stub"]
 fn server_killed_mid_swap_inject_reports_and_undoes() {
     let env = Env::new();
     let mut w = Workload::start(&env, "w");
     let before = fds_under(w.pid(), w.vol_str());
     let pid = w.pid_arg();
-    let args = parked_args(&w, &["open", "--glob", "held"]);
+    let args = inject_with(
+        &w,
+        &[
+            "--errno",
+            "EACCES",
+            "--ops",
+            "open",
+            "--glob",
+            "held",
+            "--comm",
+            "iochaos",
+            "--latency",
+            "30s",
+            "--ops",
+            "open",
+            "--glob",
+            "held",
+            "--comm",
+            "sh",
+        ],
+    );
     let cli = Cli::start(&env, &strs(&args), None);
     let ns = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).expect("mount namespace");
     let (server, parked) = poll("a traced thread of the target waiting on FUSE", 30, || {
