@@ -64,11 +64,18 @@ pub(crate) struct OpenState {
     pub backing: Option<BackingId>,
 }
 
+/// A backing file system's file handle: `(handle_type, bytes)` of `name_to_handle_at`.
+type Handle = (i32, Box<[u8]>);
+
 pub(crate) struct Inode {
     pub nodeid: u64,
     /// Generation given to the kernel with the node id (fixed for the life of the entry: the
     /// kernel keeps the first it sees).
     pub generation: Generation,
+    /// The backing file system's file handle of the inode (kind, bytes), read once when the
+    /// entry is made: its generation comes from it, and it is kept for `open_by_handle_at`
+    /// once the kernel forgets the node. `None` where the file system gives no handle.
+    handle: Option<Handle>,
     /// `O_PATH | O_NOFOLLOW` fd of the backing inode.
     pub fd: OwnedFd,
     pub dev: u64,
@@ -109,13 +116,14 @@ pub(crate) fn share_key(flags: i32) -> i32 {
 impl Inode {
     fn new(
         (nodeid, generation): (u64, Generation),
-        fd: OwnedFd,
+        (fd, handle): (OwnedFd, Option<Handle>),
         st: &crate::sys::file::Stat,
         nlookup: u64,
     ) -> Inode {
         Inode {
             nodeid,
             generation,
+            handle,
             fd,
             dev: st.st_dev,
             ino: st.st_ino,
@@ -236,7 +244,12 @@ fn new_shards<K>() -> Box<[Shard<K>]> {
 impl InodeTable {
     pub(crate) fn new(root_fd: OwnedFd, st: &crate::sys::file::Stat) -> Self {
         // The kernel makes the root inode itself, with generation 0.
-        let root = Arc::new(Inode::new((ROOT, Generation(0)), root_fd, st, u64::MAX / 2));
+        let root = Arc::new(Inode::new(
+            (ROOT, Generation(0)),
+            (root_fd, None),
+            st,
+            u64::MAX / 2,
+        ));
         let t = InodeTable {
             by_node: new_shards(),
             by_key: new_shards(),
@@ -308,16 +321,16 @@ impl InodeTable {
     /// apart (natively, `open_by_handle_at` there does too). Where the backing file system gives
     /// no handle, a per-server counter: a reused number still gets a new generation, but a live
     /// file forgotten by the kernel and looked up again does too.
-    fn generation(&self, fd: &OwnedFd) -> Generation {
-        match crate::sys::file::file_handle(fd.as_fd()) {
-            Ok((kind, bytes)) => {
+    fn generation(&self, handle: Option<&Handle>) -> Generation {
+        match handle {
+            Some((kind, bytes)) => {
                 let mut h = IdHasher::default();
-                h.write_i32(kind);
-                h.write(&bytes);
+                h.write_i32(*kind);
+                h.write(bytes);
                 let x = h.finish();
                 Generation((x ^ (x >> 32)) & u64::from(u32::MAX))
             }
-            Err(_) => Generation(u64::from(
+            None => Generation(u64::from(
                 self.next_generation.fetch_add(1, Ordering::Relaxed),
             )),
         }
@@ -333,8 +346,9 @@ impl InodeTable {
             inode.nlookup.fetch_add(1, Ordering::AcqRel);
             return Some(inode.clone());
         }
-        let generation = self.generation(&fd);
-        let mut fd = Some(fd);
+        let handle = crate::sys::file::file_handle(fd.as_fd()).ok();
+        let generation = self.generation(handle.as_ref());
+        let mut fd = Some((fd, handle));
         let mut make = |nodeid: u64| -> Option<Arc<Inode>> {
             Some(Arc::new(Inode::new(
                 (nodeid, generation),
@@ -406,7 +420,7 @@ impl InodeTable {
         // On the root's file system (where `forgotten`'s handles are opened), and if it has
         // file handles.
         if inode.dev == self.root.dev
-            && let Ok(h) = crate::sys::file::file_handle(inode.fd.as_fd())
+            && let Some(h) = inode.handle.clone()
             && let Ok(mut f) = self.forgotten.lock()
         {
             f.remember(nodeid, h);
