@@ -127,6 +127,21 @@ pub enum Error {
         /// What was seen.
         what: String,
     },
+    /// The thread the stub would run on catches every signal whose default action is to
+    /// ignore it (a Go program does): the stub's trap would then either run one of its
+    /// handlers or, as an `int3`, kill it if the injector died mid-swap. Refused before
+    /// anything changed.
+    #[error(
+        "process {pid}: thread {tid} catches SIGURG, SIGWINCH, SIGCHLD and SIGCONT, so the swap \
+         has no trap that would be harmless to it if the injector died mid-swap; not swapped, \
+         nothing changed"
+    )]
+    NoTrapSignal {
+        /// The process.
+        pid: i32,
+        /// The thread.
+        tid: i32,
+    },
     /// No `syscall` instruction was found in the target's vDSO or executable mappings.
     #[error("process {pid}: no syscall instruction found")]
     NoSyscallInstruction {

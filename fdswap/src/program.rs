@@ -25,6 +25,8 @@ pub(crate) enum Arg {
     Data(usize),
     /// The result of op `n` (loaded when the call runs).
     Result(usize),
+    /// The address of the header word at this offset (`hdr::*`).
+    Header(i32),
 }
 
 /// What is checked of an op's result.
@@ -335,6 +337,10 @@ impl Program {
                         mask |= (op::REL | op::LOAD) << i;
                         op_off(n) + op::RESULT as u64
                     }
+                    Arg::Header(off) => {
+                        mask |= op::REL << i;
+                        u64::from(off.cast_unsigned())
+                    }
                 };
             }
             let (kind, nr) = match c.kind {
@@ -423,6 +429,7 @@ pub(crate) fn patch_header(body: &mut [u8], h: &Header) {
     put(hdr::TGID as usize, int(h.tgid));
     put(hdr::TID as usize, int(h.tid));
     put(hdr::TRAPSIG as usize, int(h.trapsig));
+    put(hdr::ORIG_MASK as usize, hdr::NO_MASK);
     for (i, w) in h.regs.iter().enumerate() {
         put(hdr::REGS as usize + 8 * i, *w);
     }

@@ -306,6 +306,10 @@ pub(crate) fn setregs(tid: i32, regs: Regs) -> Result<()> {
     ptrace::setregs(tid, &regs).map_err(perr("SETREGS", tid))
 }
 
+pub(crate) fn setsigmask(tid: i32, mask: u64) -> Result<()> {
+    ptrace::setsigmask(tid, mask).map_err(perr("SETSIGMASK", tid))
+}
+
 pub(crate) fn interrupt(tid: i32) -> Result<()> {
     ptrace::interrupt(tid).map_err(perr("INTERRUPT", tid))
 }

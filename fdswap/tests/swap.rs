@@ -404,12 +404,14 @@ fn failure_half_way(spare: bool) {
     let many = many_fds(t.pid);
     assert_eq!(many.len(), 50);
     let before: Vec<Info> = many.iter().map(|&fd| fdinfo(t.pid, fd)).collect();
+    let masks = sig_blocked(t.pid);
     let report = swap_plan(&plan, &SwapOptions::default()).expect("swap");
     let err = report.first_error().expect("must fail").to_string();
     assert!(
         err.contains("openat") && err.contains("f39") && err.contains("ENOENT"),
         "{err}"
     );
+    assert_eq!(sig_blocked(t.pid), masks, "signal masks after the rollback");
     assert!(err.contains("rolled back"), "{err}");
     assert_eq!(report.swapped().count(), 0);
     let after: Vec<Info> = many.iter().map(|&fd| fdinfo(t.pid, fd)).collect();
@@ -428,11 +430,19 @@ fn failure_half_way(spare: bool) {
     assert!(!maps(t.pid).contains("rwxp"), "stub mapping left behind");
 }
 
-/// Start a swapper process that stops at the stub's trap, SIGKILL it there.
-fn kill_swapper_at_trap(int3: bool) -> (Testee, tempfile::TempDir, Option<i32>) {
+/// Start a swapper process that stops at the stub's trap, SIGKILL it there. Returns the
+/// signal the target died of, if it did, and its threads' signal masks before the swap.
+#[allow(clippy::type_complexity)]
+fn kill_swapper_at_trap() -> (
+    Testee,
+    tempfile::TempDir,
+    Option<i32>,
+    Vec<(String, String)>,
+) {
     let (tmp, lower) = tmp_with_lower();
     let t = Testee::spawn(&lower, &["--full", "--sleep-ms", "100"]);
     t.bind(&lower, &lower);
+    let masks = sig_blocked(t.pid);
     let mut cmd = Command::new(TESTEE);
     cmd.args([
         "swap",
@@ -441,9 +451,6 @@ fn kill_swapper_at_trap(int3: bool) -> (Testee, tempfile::TempDir, Option<i32>) 
         "--pause-at-trap",
         "10000",
     ]);
-    if int3 {
-        cmd.arg("--int3");
-    }
     let mut swapper = cmd.spawn().expect("spawn swapper");
     // The stub has run when the main thread sits stopped in the trap with the mapping present.
     let pid = t.pid;
@@ -477,15 +484,21 @@ fn kill_swapper_at_trap(int3: bool) -> (Testee, tempfile::TempDir, Option<i32>) 
             std::thread::sleep(Duration::from_millis(5));
         }
     };
-    (t, tmp, code)
+    (t, tmp, code, masks)
 }
 
 #[test]
 fn sigkill_of_the_swapper_at_the_trap_leaves_the_target_alive() {
     require_root();
-    let (mut t, tmp, died) = kill_swapper_at_trap(false);
+    let (mut t, tmp, died, masks) = kill_swapper_at_trap();
     assert_eq!(died, None, "target died");
     assert!(t.alive());
+    // (Threads of `--full` come and go: the ones still there.)
+    for (tid, m) in sig_blocked(t.pid) {
+        if let Some((_, before)) = masks.iter().find(|(k, _)| *k == tid) {
+            assert_eq!(&m, before, "thread {tid}: signal mask");
+        }
+    }
     assert_eq!(t.ask("ping", "PONG"), "PONG");
     // The stub had finished: the fds are on the new mount, and the process carries on.
     let lower = tmp.path().join("lower");
@@ -506,10 +519,11 @@ fn sigkill_of_the_swapper_at_the_trap_leaves_the_target_alive() {
 }
 
 #[test]
-fn int3_trap_would_kill_the_target_control() {
-    // Negative control for the tracer-death tests: with a plain `int3` at the end of the stub, a
-    // swapper killed while the stub runs leaves the target to hit the int3 untraced, and SIGTRAP
-    // kills it. This is why fdswap traps with a signal whose default action is to ignore it.
+fn fatal_trap_would_kill_the_target_control() {
+    // Negative control for the tracer-death tests: with a trap whose default action is fatal
+    // (SIGTRAP, what an `int3` raises), a swapper killed while the stub runs leaves the target
+    // to take it untraced, and it dies. This is why fdswap traps only with a signal the thread
+    // does not catch and whose default action is to ignore it, and never with `int3`.
     require_root();
     let (_tmp, lower) = tmp_with_lower();
     let mut t = Testee::spawn(&lower, &["--fds", "12000"]);
@@ -519,7 +533,8 @@ fn int3_trap_would_kill_the_target_control() {
             "swap",
             &t.pid.to_string(),
             lower.to_str().expect("utf8"),
-            "--int3",
+            "--trap-signal",
+            &libc::SIGTRAP.to_string(),
         ])
         .spawn()
         .expect("spawn swapper");
@@ -529,25 +544,55 @@ fn int3_trap_would_kill_the_target_control() {
     let _ = swapper.wait();
     use std::os::unix::process::ExitStatusExt;
     let st = wait_exit(&mut t.child, Duration::from_secs(10))
-        .expect("the target survived an untraced int3?");
+        .expect("the target survived an untraced SIGTRAP?");
     assert_eq!(st.signal(), Some(libc::SIGTRAP), "{st:?}");
 }
 
 #[test]
 fn sigkill_of_the_swapper_mid_stub_leaves_the_target_alive() {
+    kill_the_swapper_mid_stub(&["--fds", "12000", "--threads", "4"], 6);
+}
+
+/// A thread that blocks every signal (dash does around vfork) has no harmless trap signal
+/// unblocked: the stub must still end in a trap that an untraced thread survives, and leave
+/// the mask as it was.
+#[test]
+fn sigkill_of_the_swapper_mid_stub_with_every_signal_blocked() {
+    kill_the_swapper_mid_stub(&["--fds", "12000", "--threads", "2", "--block-all"], 4);
+}
+
+/// The blocked signal mask (`SigBlk`) of each thread of `pid`.
+fn sig_blocked(pid: i32) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task dir")
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let st = std::fs::read_to_string(e.path().join("status")).ok()?;
+            let blk = st.lines().find(|l| l.starts_with("SigBlk:"))?.to_owned();
+            Some((e.file_name().to_string_lossy().into_owned(), blk))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// SIGKILL a swapper `rounds` times, early (injecting the mmap) and at various points of the
+/// stub: the target lives on, each fd wholly on one of the two mounts, every thread's signal
+/// mask as it was.
+fn kill_the_swapper_mid_stub(args: &[&str], rounds: u64) {
     require_root();
     let (_tmp, lower) = tmp_with_lower();
-    let mut t = Testee::spawn(&lower, &["--fds", "12000", "--threads", "4"]);
+    let mut t = Testee::spawn(&lower, args);
     let mut top = t.bind(&lower, &lower);
     let many = many_fds(t.pid);
     let orig = fdinfo(t.pid, many[0]).mnt_id;
-    for round in 0..6 {
+    let masks = sig_blocked(t.pid);
+    for round in 0..rounds {
         let mut swapper = Command::new(TESTEE)
             .args(["swap", &t.pid.to_string(), lower.to_str().expect("utf8")])
             .spawn()
             .expect("spawn swapper");
         let pid = t.pid;
-        // Kill early (injecting the mmap), or while the stub runs, at various points.
         if round == 0 {
             wait_for("the stub mapping", Duration::from_secs(30), || {
                 stub_range(pid).is_some() || matches!(swapper.try_wait(), Ok(Some(_)))
@@ -560,6 +605,9 @@ fn sigkill_of_the_swapper_mid_stub_leaves_the_target_alive() {
         }
         swapper.kill().expect("kill");
         let _ = swapper.wait();
+        if let Some(st) = wait_exit(&mut t.child, Duration::from_millis(300)) {
+            panic!("round {round}: the target died: {st:?}");
+        }
         assert_eq!(
             t.ask("ping", "PONG"),
             "PONG",
@@ -580,14 +628,71 @@ fn sigkill_of_the_swapper_mid_stub_leaves_the_target_alive() {
             on_top % 253 == 0 || on_top == many.len(),
             "round {round}: {on_top} fds moved, not whole batches"
         );
+        assert_eq!(sig_blocked(t.pid), masks, "round {round}: signal masks");
         eprintln!("round {round}: {on_top} fds on the new mount");
         // Put them back on the old mount for the next round.
         if on_top > 0 {
             let r = swap_back(&t, &lower, top);
             assert!(r.first_error().is_none(), "{:?}", r.first_error());
+            assert_eq!(
+                sig_blocked(t.pid),
+                masks,
+                "round {round}: masks after swap back"
+            );
             top = t.bind(&lower, &lower);
         }
     }
+}
+
+/// A swap of a process whose threads block every signal: the fds move and every thread's
+/// mask is what it was.
+#[test]
+fn every_signal_blocked_swap_keeps_the_mask() {
+    require_root();
+    let (_tmp, lower) = tmp_with_lower();
+    let mut t = Testee::spawn(&lower, &["--fds", "40", "--threads", "2", "--block-all"]);
+    let masks = sig_blocked(t.pid);
+    let harmless = [libc::SIGURG, libc::SIGWINCH, libc::SIGCHLD, libc::SIGCONT];
+    let blocked = |m: &str| {
+        let w = u64::from_str_radix(m.trim_start_matches("SigBlk:").trim(), 16).expect("hex");
+        harmless.iter().all(|&s| w & (1 << (s - 1)) != 0)
+    };
+    assert!(masks.iter().all(|(_, m)| blocked(m)), "{masks:?}");
+    let top = t.bind(&lower, &lower);
+    let r = swap(&[t.pid], &ScanOptions::new(&lower), &SwapOptions::default()).expect("swap");
+    assert!(r.first_error().is_none(), "{:?}", r.first_error());
+    for fd in many_fds(t.pid) {
+        assert_eq!(fdinfo(t.pid, fd).mnt_id, top, "fd {fd}");
+    }
+    assert_eq!(sig_blocked(t.pid), masks);
+    assert_eq!(t.ask("ping", "PONG"), "PONG");
+}
+
+/// A process that catches every signal whose default action is to ignore it (a Go program)
+/// has no trap signal its death would leave harmless: it is refused with the reason, nothing
+/// changed.
+#[test]
+fn every_harmless_signal_caught_is_refused() {
+    require_root();
+    let (_tmp, lower) = tmp_with_lower();
+    let mut t = Testee::spawn(&lower, &["--fds", "40", "--catch-all"]);
+    let masks = sig_blocked(t.pid);
+    let many = many_fds(t.pid);
+    let orig = fdinfo(t.pid, many[0]).mnt_id;
+    t.bind(&lower, &lower);
+    let r = swap(&[t.pid], &ScanOptions::new(&lower), &SwapOptions::default()).expect("swap");
+    let err = r.first_error().expect("must be refused").to_string();
+    assert!(
+        err.contains("SIGURG") && err.contains("SIGCONT") && err.contains("catches"),
+        "{err}"
+    );
+    assert_eq!(r.swapped().count(), 0);
+    for fd in many {
+        assert_eq!(fdinfo(t.pid, fd).mnt_id, orig, "fd {fd}");
+    }
+    assert!(!maps(t.pid).contains("rwxp"), "stub mapping left behind");
+    assert_eq!(sig_blocked(t.pid), masks);
+    assert_eq!(t.ask("ping", "PONG"), "PONG");
 }
 
 #[test]

@@ -3,10 +3,12 @@
 //! The stub is position independent. The tracer enters it with `r15` = the data header and `rsp`
 //! = the top of a stack inside the remote mapping (the target's own stack and red zone are never
 //! touched). It interprets the op table (see `program.rs`), then traps with
-//! `tgkill(getpid(), gettid(), trapsig)` (or `int3` when no harmless signal exists). If no tracer is left
-//! to catch that trap, the signal is ignored by default and the code after it restores every
-//! register from the header and jumps back to the interrupted code, with the syscall restart the
-//! kernel would have done.
+//! `tgkill(getpid(), gettid(), trapsig)`, `trapsig` a signal the thread does not catch and whose
+//! default action is to ignore it, sent while the stub's own mask (everything blocked but
+//! `trapsig`) is in force. If no tracer is left to catch that trap, the signal is ignored, and
+//! the code after it restores the thread's signal mask and every register from the header and
+//! jumps back to the interrupted code, with the syscall restart the kernel would have done.
+//! There is no `int3` (untraced, its SIGTRAP kills the target).
 
 use dynasmrt::{DynasmApi, DynasmLabelApi, dynasm};
 
@@ -59,11 +61,18 @@ pub(crate) mod hdr {
         UNDOS: 8,
         /// rax rbx rcx rdx rsi rdi rbp rsp r8 … r15 rflags, for the tracer-less return.
         REGS: 8 * 17,
+        /// The thread's signal mask before the stub's first op blocked signals (written by
+        /// that op); [`NO_MASK`] until then. Restored after the trap, by the stub itself or
+        /// by the tracer.
+        ORIG_MASK: 8,
         END: 0,
     }
     pub const REGS_LEN: usize = 17;
     pub const SIZE: usize = 256;
-    const _: () = assert!(REGS == 104 && END <= 256);
+    /// `ORIG_MASK` before the stub saved the mask: no mask the kernel keeps has every bit set
+    /// (SIGKILL and SIGSTOP are never blocked).
+    pub const NO_MASK: u64 = u64::MAX;
+    const _: () = assert!(REGS == 104 && ORIG_MASK == 240 && END <= 256);
 }
 
 /// Layout of an op and of a call. Must match `program.rs`.
@@ -112,10 +121,8 @@ pub(crate) struct Stub {
     pub code: Vec<u8>,
     /// Entry point.
     pub entry: usize,
-    /// `rip` after the trapping `tgkill` returns.
+    /// `rip` after the trapping `tgkill` returns (the tracer-less return path starts here).
     pub after_tgkill: usize,
-    /// `rip` after the `int3` (the tracer-less return path starts here).
-    pub trap_ret: usize,
     /// 8-byte slot holding the address to return to.
     pub rip_slot: usize,
 }
@@ -136,13 +143,6 @@ pub(crate) fn assemble() -> Result<Stub> {
     emit_op_loop(&mut ops);
     emit_rollback(&mut ops)?;
     let after_tgkill = emit_trap(&mut ops)?;
-    dynasm!(ops
-        ; .arch x64
-        ; jmp ->epilogue
-        ; breakpoint:
-        ; int3
-    );
-    let trap_ret = ops.offset().0;
     let rip_slot = emit_epilogue(&mut ops);
     emit_undo_of(&mut ops);
     emit_exec_args(&mut ops);
@@ -154,7 +154,6 @@ pub(crate) fn assemble() -> Result<Stub> {
         code,
         entry,
         after_tgkill,
-        trap_ret,
         rip_slot,
     })
 }
@@ -231,11 +230,6 @@ fn emit_rollback(ops: &mut Asm) -> Result<()> {
         ; call ->undo_of
         ; jmp ->undo_next
         ; undone:
-        // Op 0's undo restores the signal mask; a rollback that stopped at a commit point
-        // has not run it.
-        ; mov rbx, [r15 + hdr::OPS]
-        ; add rbx, r15
-        ; call ->undo_of
         ; mov QWORD [r15 + hdr::STATUS], rolled_back
         ; jmp ->trap
         ; ->success:
@@ -244,16 +238,17 @@ fn emit_rollback(ops: &mut Asm) -> Result<()> {
     Ok(())
 }
 
-/// The trap the tracer waits for; returns the offset after the trapping `tgkill`.
+/// The trap the tracer waits for, then (no tracer caught it, or it let the stub go on) the
+/// signal mask restored; returns the offset after the trapping `tgkill`.
 fn emit_trap(ops: &mut Asm) -> Result<usize> {
     let tgkill = imm32(libc::SYS_tgkill)?;
     let getpid = imm32(libc::SYS_getpid)?;
     let gettid = imm32(libc::SYS_gettid)?;
+    let sigprocmask = imm32(libc::SYS_rt_sigprocmask)?;
+    let setmask = libc::SIG_SETMASK;
     dynasm!(ops
         ; .arch x64
         ; ->trap:
-        ; cmp QWORD [r15 + hdr::TRAPSIG], 0
-        ; je >breakpoint
         // tgkill(getpid(), gettid(), trapsig): the ids as the target sees them (its pid
         // namespace), not as the tracer does.
         ; mov eax, getpid
@@ -267,7 +262,21 @@ fn emit_trap(ops: &mut Asm) -> Result<usize> {
         ; mov eax, tgkill
         ; syscall
     );
-    Ok(ops.offset().0)
+    let after_tgkill = ops.offset().0;
+    dynasm!(ops
+        ; .arch x64
+        // rt_sigprocmask(SIG_SETMASK, &ORIG_MASK, NULL, 8), if the first op saved it.
+        ; lea rsi, [r15 + hdr::ORIG_MASK]
+        ; cmp QWORD [rsi], -1
+        ; je ->epilogue
+        ; mov edi, setmask
+        ; xor edx, edx
+        ; mov r10d, 8
+        ; mov eax, sigprocmask
+        ; syscall
+        ; jmp ->epilogue
+    );
+    Ok(after_tgkill)
 }
 
 /// No tracer caught the trap: restore the interrupted state and return to it. Returns the
@@ -583,7 +592,6 @@ mod tests {
         let s = assemble().expect("assembles");
         assert!(s.code.len() < 4096);
         assert_eq!(&s.code[s.after_tgkill - 2..s.after_tgkill], &SYSCALL_INSN);
-        assert_eq!(s.code[s.trap_ret - 1], 0xcc);
         assert_eq!(
             &s.code[s.rip_slot - 6..s.rip_slot],
             &[0xff, 0x25, 0, 0, 0, 0]

@@ -8,10 +8,12 @@
 //!     (--varied: file k of --fds is written k % 13 bytes, opened O_APPEND when k % 3 == 1
 //!     and O_CLOEXEC when k % 3 == 2; --nofile: RLIMIT_NOFILE soft and hard N, else both the
 //!     hard limit; --no-socket: a seccomp filter makes socket(2) fail with EPERM; stdin
-//!     command `socket` answers "SOCKET ok|ERRNO")
+//!     command `socket` answers "SOCKET ok|ERRNO"; --block-all: every thread blocks every
+//!     signal, as dash does around vfork; --catch-all: handlers for SIGURG, SIGWINCH,
+//!     SIGCHLD and SIGCONT, as a Go program has)
 //!     prints "FD name n" lines then "READY"; stdin commands: write, wake, ping, quit,
 //!     open-null (opens /dev/null at the lowest free fd), close FD
-//! fdswap-testee swap PID PATH [--from-mnt M] [--pause-at-trap MS] [--int3] [--no-handoff]
+//! fdswap-testee swap PID PATH [--from-mnt M] [--pause-at-trap MS] [--trap-signal N] [--no-handoff]
 //! ```
 
 use std::fs::{self, File, OpenOptions};
@@ -116,6 +118,8 @@ struct ServeArgs {
     varied: bool,
     nofile: Option<u64>,
     no_socket: bool,
+    block_all: bool,
+    catch_all: bool,
     vfork_ms: u64,
     own_tables: bool,
     nfds: usize,
@@ -139,6 +143,8 @@ impl ServeArgs {
                 "--fd-churn" => a.fd_churn = true,
                 "--varied" => a.varied = true,
                 "--no-socket" => a.no_socket = true,
+                "--block-all" => a.block_all = true,
+                "--catch-all" => a.catch_all = true,
                 "--nofile" => a.nofile = Some(value().parse().expect("--nofile N")),
                 "--own-tables" => a.own_tables = true,
                 "--vfork-ms" => a.vfork_ms = value().parse().expect("--vfork-ms MS"),
@@ -152,6 +158,28 @@ impl ServeArgs {
             }
         }
         a
+    }
+}
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// Catch every signal whose default action is to ignore it (a Go program catches them all).
+fn catch_harmless_signals() {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let act = SigAction::new(
+        SigHandler::Handler(ignore_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for s in [
+        Signal::SIGURG,
+        Signal::SIGWINCH,
+        Signal::SIGCHLD,
+        Signal::SIGCONT,
+    ] {
+        // SAFETY: the handler does nothing (async-signal-safe), and no other handler of these
+        // signals is installed that this one would displace.
+        unsafe { sigaction(s, &act) }.expect("sigaction");
     }
 }
 
@@ -184,6 +212,18 @@ fn serve(args: &[String]) {
     set_nofile(a.nofile);
     if a.no_socket {
         forbid_socket();
+    }
+    if a.catch_all {
+        catch_harmless_signals();
+    }
+    if a.block_all {
+        // Before any thread starts: they all inherit it.
+        nix::sys::signal::pthread_sigmask(
+            nix::sys::signal::SigmaskHow::SIG_SETMASK,
+            Some(&nix::sys::signal::SigSet::all()),
+            None,
+        )
+        .expect("block every signal");
     }
     let out = Arc::new(Mutex::new(()));
     let keep = open_many(&a.dir, a.nfds, a.varied, &out);
@@ -627,7 +667,10 @@ fn swap(args: &[String]) {
                 i += 1;
                 so.pause_at_trap = Some(Duration::from_millis(args[i].parse().expect("ms")));
             }
-            "--int3" => so.force_int3 = true,
+            "--trap-signal" => {
+                i += 1;
+                so.force_trap_signal = Some(args[i].parse().expect("signal number"));
+            }
             "--no-handoff" => so.handoff = false,
             a => panic!("unknown argument {a}"),
         }

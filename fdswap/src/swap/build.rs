@@ -19,14 +19,15 @@ use libc::{
     F_RDLCK, F_SETLK, F_UNLCK, F_WRLCK, MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED,
     MREMAP_FIXED, MREMAP_MAYMOVE, O_ACCMODE, O_CLOEXEC, O_CREAT, O_DIRECTORY, O_EXCL, O_NOCTTY,
     O_PATH, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY, PROT_EXEC, PROT_NONE, PROT_READ, PROT_WRITE,
-    SEEK_CUR, SEEK_SET, SIG_SETMASK, SIGTRAP, STATX_INO, STATX_MNT_ID, SYS_close, SYS_dup3,
-    SYS_fchdir, SYS_fcntl, SYS_lseek, SYS_mmap, SYS_mremap, SYS_munmap, SYS_openat,
-    SYS_rt_sigprocmask, SYS_statx,
+    SEEK_CUR, SEEK_SET, SIG_SETMASK, STATX_INO, STATX_MNT_ID, SYS_close, SYS_dup3, SYS_fchdir,
+    SYS_fcntl, SYS_lseek, SYS_mmap, SYS_mremap, SYS_munmap, SYS_openat, SYS_rt_sigprocmask,
+    SYS_statx,
 };
 
 /// How long the stub waits for the injector's files before it rolls back.
 const RECEIVE_TIMEOUT_S: u64 = 10;
 
+use crate::arch::hdr;
 use crate::plan::{CwdItem, FdItem, MapItem, ProcessPlan};
 use crate::program::{Arg, Call, Check, Desc, Program, on_fd, on_map, step};
 use crate::sys::FileId;
@@ -166,8 +167,6 @@ struct Builder<'u> {
     empty: usize,
     /// A `struct statx` buffer.
     stx: usize,
-    /// The signal mask the stub thread had.
-    orig_mask: usize,
     /// Description groups (indices into `unit.fds`), a file's groups next to each other.
     groups: Vec<Vec<usize>>,
     locks: Vec<LockSlot>,
@@ -183,14 +182,12 @@ impl<'u> Builder<'u> {
         let mut pr = Program::default();
         let empty = pr.data(b"\0".to_vec());
         let stx = pr.data(vec![0u8; 256]);
-        let orig_mask = pr.data(vec![0u8; 8]);
         Builder {
             unit,
             gaps,
             pr,
             empty,
             stx,
-            orig_mask,
             groups: Vec::new(),
             locks: Vec::new(),
             handed: HashSet::new(),
@@ -259,12 +256,13 @@ impl<'u> Builder<'u> {
         Call::sys(SYS_fcntl, &[fd, int(cmd), arg])
     }
 
-    /// The stub runs with every signal blocked but the trap signal; undone on rollback.
+    /// The stub runs with every signal blocked but the trap signal, the thread's mask saved in
+    /// the header. Not undone here: the stub restores it after its trap (the tracer, at the
+    /// trap), so that the trap is sent with the trap signal unblocked whatever the thread's
+    /// own mask is.
     fn block_signals(&mut self, trapsig: i32) {
-        let trap = if trapsig > 0 { trapsig } else { SIGTRAP };
-        let block: u64 = !(1u64 << (trap - 1));
+        let block: u64 = !(1u64 << (trapsig - 1));
         let block_d = self.pr.data(block.to_le_bytes().to_vec());
-        let restore = self.restore_mask_call();
         self.pr.push(
             step("block signals"),
             Call::sys(
@@ -272,20 +270,13 @@ impl<'u> Builder<'u> {
                 &[
                     int(SIG_SETMASK),
                     Arg::Data(block_d),
-                    Arg::Data(self.orig_mask),
+                    Arg::Header(hdr::ORIG_MASK),
                     int(8),
                 ],
             ),
             Check::NonNeg,
-            Some(restore),
+            None,
         );
-    }
-
-    fn restore_mask_call(&self) -> Call {
-        Call::sys(
-            SYS_rt_sigprocmask,
-            &[int(SIG_SETMASK), Arg::Data(self.orig_mask), int(0), int(8)],
-        )
     }
 
     /// Group the fds by description, a file's groups kept together, and cut the groups into
@@ -984,13 +975,6 @@ impl<'u> Builder<'u> {
                 let (what, call) = close(step("close the socket to the injector"), sock);
                 self.pr.push(what, call, Check::None, None);
             }
-            let restore = self.restore_mask_call();
-            self.pr.push(
-                step("restore the signal mask"),
-                restore,
-                Check::NonNeg,
-                None,
-            );
             (usize::MAX, ops.moved)
         } else {
             self.pr.end_final();

@@ -26,9 +26,9 @@ use run::{HandIn, Prepared, prepare, run_unit};
 pub struct SwapOptions {
     /// How long to wait for a thread to stop before giving up on its process.
     pub stop_timeout: Duration,
-    /// Force the `int3` trap even when a harmless trap signal exists (tests only: it makes a
-    /// tracer's death fatal for the target).
-    pub force_int3: bool,
+    /// Trap with this signal whatever the target does with it (tests only: with one whose
+    /// default action is fatal, such as SIGTRAP, a tracer's death mid-stub kills the target).
+    pub force_trap_signal: Option<i32>,
     /// Test hook: sleep this long while the stub thread sits at its trap, before reading the
     /// results (to kill the swapper there).
     pub pause_at_trap: Option<Duration>,
@@ -48,7 +48,7 @@ impl Default for SwapOptions {
     fn default() -> Self {
         Self {
             stop_timeout: Duration::from_secs(5),
-            force_int3: false,
+            force_trap_signal: None,
             pause_at_trap: None,
             max_batch: None,
             low_latency: true,

@@ -20,17 +20,29 @@ use crate::program::{Header, Outcome, Stub, patch_header};
 use crate::sys;
 use crate::tracer::{self, Seen, Tracee};
 
-/// Pick a trap signal the target neither catches nor blocks and whose default is to ignore it:
-/// if the tracer dies, the trap is then a no-op. 0: none (use `int3`).
-fn trap_signal(pid: i32, tid: i32) -> Result<i32> {
+/// The signals whose default action is to ignore them (signal(7); real-time signals
+/// terminate), in the order tried. SIGCONT last: sending it drops pending stop signals.
+const HARMLESS: [i32; 4] = [libc::SIGURG, libc::SIGWINCH, libc::SIGCHLD, libc::SIGCONT];
+
+/// Is `sig` not caught by thread `tid` (default action or ignored)? Its blocked mask does not
+/// matter: the stub sends the trap with its own mask in force.
+fn not_caught(pid: i32, tid: i32, sig: i32) -> Result<bool> {
     let m = procfs::sig_masks(Path::new(&format!("/proc/{pid}/task/{tid}")))?;
-    for s in [libc::SIGURG, libc::SIGWINCH, libc::SIGCHLD, libc::SIGCONT] {
-        let bit = 1u64 << (s - 1);
-        if m.caught & bit == 0 && m.blocked & bit == 0 {
+    Ok(m.caught & (1u64 << (sig - 1)) == 0)
+}
+
+/// Pick the trap signal: one the thread does not catch and whose default is to ignore it, so
+/// that if the tracer dies, the trap is a no-op. None: the thread is refused.
+fn trap_signal(pid: i32, tid: i32, so: &SwapOptions) -> Result<i32> {
+    if let Some(s) = so.force_trap_signal {
+        return Ok(s);
+    }
+    for s in HARMLESS {
+        if not_caught(pid, tid, s)? {
             return Ok(s);
         }
     }
-    Ok(0)
+    Err(Error::NoTrapSignal { pid, tid })
 }
 
 /// Raise RLIMIT_NOFILE while the stub needs temporaries; restores on drop.
@@ -147,11 +159,7 @@ pub(crate) fn prepare(
     hand: Option<&HandIn>,
 ) -> Result<Prepared> {
     let pid = unit.pid;
-    let trapsig = if so.force_int3 {
-        0
-    } else {
-        trap_signal(pid, unit.tid)?
-    };
+    let trapsig = trap_signal(pid, unit.tid, so)?;
     let ngroups = unit
         .fds
         .iter()
@@ -250,12 +258,7 @@ fn run_unit_once(
     let orig = th.regs;
     // A program prepared before the stop is good if its trap signal still is.
     let still_good = |p: &Prepared| -> Result<bool> {
-        if p.trapsig == 0 {
-            return Ok(so.force_int3);
-        }
-        let m = procfs::sig_masks(Path::new(&format!("/proc/{pid}/task/{tid}")))?;
-        let bit = 1u64 << (p.trapsig - 1);
-        Ok(m.caught & bit == 0 && m.blocked & bit == 0)
+        Ok(so.force_trap_signal.is_some() || not_caught(pid, tid, p.trapsig)?)
     };
     // ... and if the fd gaps it fills are still the gaps (the table is stopped now).
     let mut prepared = match prepared {
@@ -305,6 +308,8 @@ fn run_unit_once(
             trapsig,
             &orig,
         );
+        // The thread's own signal mask back, before it leaves the stub in any way.
+        let restored = restore_mask(tid, addr + layout.code_len as u64);
         let unmapped = remote_syscall(
             t,
             tid,
@@ -314,12 +319,25 @@ fn run_unit_once(
             "munmap",
             [addr, total, 0, 0, 0, 0],
         );
-        ran.and(unmapped.map(|_| ()))
+        ran.and(restored).and(unmapped.map(|_| ()))
     });
     let back = back_to_event_stop(t, tid).and_then(|()| tracer::setregs(tid, orig));
     drop(prepared);
     let untrampoline = tramp.as_ref().map_or(Ok(()), Trampoline::restore);
     result.and(back).and(untrampoline)
+}
+
+/// Put back the signal mask the stub saved in its header at `header` (if it saved one): at
+/// its trap (the stub would do it itself after the trap, but the tracer takes the thread
+/// elsewhere from there), or wherever a failure left it.
+fn restore_mask(tid: i32, header: u64) -> Result<()> {
+    let mut w = [0u8; 8];
+    read_mem(tid, header + hdr::ORIG_MASK as u64, &mut w)?;
+    let mask = u64::from_le_bytes(w);
+    if mask == hdr::NO_MASK {
+        return Ok(());
+    }
+    tracer::setsigmask(tid, mask)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -376,20 +394,15 @@ fn run_stub(
         ),
     )?;
     tracer::cont(tid, None)?;
-    let trap_sig = if trapsig > 0 { trapsig } else { libc::SIGTRAP };
-    let trap_rip = if trapsig > 0 {
-        addr + stub.after_tgkill as u64
-    } else {
-        addr + stub.trap_ret as u64
-    };
+    let trap_rip = addr + stub.after_tgkill as u64;
     loop {
         match t.wait(tid, None)? {
             Seen::Signal(sig) => {
                 let r = tracer::getregs(tid)?;
-                if sig == trap_sig && arch::ip(&r) == trap_rip {
+                if sig == trapsig && arch::ip(&r) == trap_rip {
                     break;
                 }
-                if trapsig == 0 || sig != trapsig {
+                if sig != trapsig {
                     t.keep_stray(tid);
                 }
                 tracer::cont(tid, None)?;

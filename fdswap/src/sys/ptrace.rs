@@ -85,6 +85,23 @@ pub(crate) fn setregs(tid: i32, regs: &Regs) -> Result<(), Errno> {
     request(libc::PTRACE_SETREGS, tid, p.cast_mut().cast())
 }
 
+/// `PTRACE_SETSIGMASK`: the thread's blocked signal mask (64 signals, as the kernel keeps it
+/// on x86_64).
+pub(crate) fn setsigmask(tid: i32, mask: u64) -> Result<(), Errno> {
+    let p: *const u64 = &mask;
+    // SAFETY: `addr` is the size of the set the kernel reads (8 bytes, `sizeof(sigset_t)` of
+    // the kernel); `data` points to that many live bytes, only read.
+    let r = unsafe {
+        libc::ptrace(
+            libc::PTRACE_SETSIGMASK,
+            tid,
+            std::ptr::without_provenance_mut::<c_void>(8),
+            p.cast_mut().cast::<c_void>(),
+        )
+    };
+    if r == -1 { Err(Errno::last()) } else { Ok(()) }
+}
+
 /// `PTRACE_GETEVENTMSG` (the new thread's id at a `PTRACE_EVENT_CLONE` stop).
 pub(crate) fn geteventmsg(tid: i32) -> Result<libc::c_ulong, Errno> {
     let mut msg: libc::c_ulong = 0;
