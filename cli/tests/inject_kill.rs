@@ -224,13 +224,10 @@ fn server_killed_after_swap_inject_reports_and_undoes() {
 /// through ChaosFS (a 30 s latency on opening `held` by the workload, `--comm sh`), traced and
 /// stopped by the server. The server's own open of `held` before the stop (the handoff) fails
 /// (`--comm iochaos`), so the stub opens that file itself. The connection dies with the server,
-/// the open fails, the stub rolls back; the target runs on with its fd where it was.
-///
-/// Known failure (2026-12-07, about 1 run in 2): the stub of a target whose thread blocks or
-/// catches every candidate trap signal at the stop ends in `int3`, and the target dies by
-/// SIGTRAP (`exc_int3` in the kernel's signal_generate stack) once its tracer is gone.
+/// the open fails, the stub rolls back; the target runs on with its fd where it was. (The
+/// workload is dash, which blocks every signal around vfork: a stop there once made the stub
+/// end in an `int3`, and the target died of SIGTRAP without its tracer.)
 #[test]
-#[ignore = "fdswap: int3 trap fallback kills the target when its tracer dies mid-stub"]
 fn server_killed_mid_swap_inject_reports_and_undoes() {
     let env = Env::new();
     let mut w = Workload::start(&env, "w");
