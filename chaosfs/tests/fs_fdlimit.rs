@@ -26,6 +26,10 @@ const LOW_SOFT: u64 = 128;
 const OPENS: usize = 300;
 /// Files of the flood test: more than the server can hold open.
 const FLOOD_FILES: usize = 1000;
+/// Files a caller holds open at once in the big test, and the server's (soft = hard) fd limit
+/// there: at two fds per open file the server could not hold them.
+const MANY_FILES: usize = 10_000;
+const MANY_LIMIT: u64 = 20_000;
 
 const CHILD_ENV: &str = "CHAOSFS_FDLIMIT_CHILD";
 /// Lines of the child protocol carry this tag (the test harness prints lines of its own).
@@ -173,6 +177,43 @@ fn open_many(paths: &[String], probe: bool) {
     drop(files);
 }
 
+/// Open `dir/f0`.. `dir/f{n-1}` and keep them all open, then read each back through its own fd
+/// and compare it with what [`content`] wrote: `"opened N errno E"`, then `"wrong W"` (files
+/// whose bytes differ). Then wait for stdin to close.
+fn hold_and_read(dir: &std::path::Path, n: usize) {
+    let mut files = Vec::new();
+    let mut err = 0;
+    for i in 0..n {
+        match std::fs::File::open(dir.join(format!("f{i}"))) {
+            Ok(f) => files.push(f),
+            Err(e) => {
+                err = e.raw_os_error().unwrap_or(-1);
+                break;
+            }
+        }
+    }
+    println!("{TAG}opened {} errno {err}", files.len());
+    let wrong = files
+        .iter()
+        .enumerate()
+        .filter(|(i, f)| {
+            let mut b = vec![0u8; 64];
+            let got = std::os::unix::fs::FileExt::read_at(*f, &mut b, 0).map(|k| b[..k].to_vec());
+            got.ok().as_deref() != Some(content(*i).as_slice())
+        })
+        .count();
+    println!("{TAG}wrong {wrong}");
+    std::io::stdout().flush().expect("flush");
+    let mut rest = String::new();
+    let _ = std::io::stdin().read_line(&mut rest);
+    drop(files);
+}
+
+/// The bytes of file `f{i}` in the big test (each file its own).
+fn content(i: usize) -> Vec<u8> {
+    format!("file {i}\n").into_bytes()
+}
+
 /// The caller side (only when started by a test with [`CHILD_ENV`]), with its soft fd limit
 /// raised to the hard one: `same PATH N` opens PATH N times; `flood PATH...` opens each PATH
 /// once. Not a test of its own: ignored, so it is never counted as one that passed; the tests
@@ -189,6 +230,10 @@ fn child() {
             open_many(&vec![args[1].clone(); n], false);
         }
         Some("flood") => open_many(&args[1..], true),
+        Some("hold") => {
+            let n: usize = args[2].parse().expect("count");
+            hold_and_read(std::path::Path::new(&args[1]), n);
+        }
         other => panic!("unknown child mode {other:?}"),
     }
 }
@@ -337,6 +382,105 @@ fn lookups_of_more_files_than_the_server_limit_succeed() {
     );
     assert!(!m.server().is_finished(), "the session ended");
     m.unmount();
+}
+
+/// A caller holds [`MANY_FILES`] different files open through the mount while the server's fd
+/// limit (soft and hard) is [`MANY_LIMIT`]: every open succeeds and every file reads back its
+/// own bytes, because an open file costs the server one fd (its node's fd is the open file's),
+/// not two (an `O_PATH` fd per node plus the open fd).
+fn many_files_under_a_limit_of_twice_as_many(cfg: Config) {
+    let _serial = serial();
+    let lim = libc::rlimit {
+        rlim_cur: MANY_LIMIT,
+        rlim_max: MANY_LIMIT,
+    };
+    // SAFETY: setrlimit reads one struct rlimit from a live local.
+    let r = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    assert_eq!(
+        r,
+        0,
+        "RLIMIT_NOFILE {MANY_LIMIT}: {}",
+        std::io::Error::last_os_error()
+    );
+    let m = mount_with(RuleSet::empty(), cfg, |d| {
+        for i in 0..MANY_FILES {
+            std::fs::write(d.join(format!("f{i}")), content(i)).expect("create");
+        }
+    });
+    assert_eq!(getrlimit(), (MANY_LIMIT, MANY_LIMIT));
+    let fds_before = fd_count();
+    let dir = m.path().display().to_string();
+    let mut c = Caller::spawn(&["hold".to_owned(), dir, MANY_FILES.to_string()]);
+    assert_eq!(
+        c.line(),
+        format!("opened {MANY_FILES} errno 0"),
+        "a caller holding {MANY_FILES} files under a server limit of {MANY_LIMIT}"
+    );
+    assert_eq!(c.line(), "wrong 0", "files read back through their fds");
+    let held = fd_count().saturating_sub(fds_before);
+    println!("server fds for {MANY_FILES} open files: {held}");
+    assert!(
+        held <= MANY_FILES + 16,
+        "the server holds {held} fds for {MANY_FILES} open files"
+    );
+    c.finish();
+    // Once every handle is released (RELEASE comes in the background after the close), the
+    // server holds none of the files open any more: only `O_PATH` fds of the nodes the kernel
+    // still caches.
+    eventually(|| {
+        let st = m.server().open_stats();
+        match st.passthrough_now + st.direct_now {
+            0 => Ok(()),
+            n => Err(std::io::Error::other(format!("{n} handles not released"))),
+        }
+    });
+    assert_eq!(
+        open_files_under(&m),
+        0,
+        "files the server still holds open after every release"
+    );
+    assert!(!m.server().is_finished(), "the session ended");
+    m.unmount();
+}
+
+/// How many fds of this process (the server) are open files (not `O_PATH`) of files in the
+/// directory under `m`.
+fn open_files_under(m: &TestMount) -> usize {
+    let dir = m.path().to_path_buf();
+    let mut n = 0;
+    for e in std::fs::read_dir("/proc/self/fd")
+        .expect("list fds")
+        .flatten()
+    {
+        let Ok(link) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        if link.parent() != Some(dir.as_path()) {
+            continue;
+        }
+        let info =
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", e.file_name().display()))
+                .unwrap_or_default();
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|f| i32::from_str_radix(f.trim(), 8).ok())
+            .unwrap_or(libc::O_PATH);
+        if flags & libc::O_PATH == 0 {
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn ten_thousand_files_under_a_limit_of_twenty_thousand_passthrough() {
+    many_files_under_a_limit_of_twice_as_many(Config::default());
+}
+
+#[test]
+fn ten_thousand_files_under_a_limit_of_twenty_thousand_direct_io() {
+    many_files_under_a_limit_of_twice_as_many(direct_io());
 }
 
 /// The server's configuration without kernel passthrough: every read and write reaches it.

@@ -16,9 +16,11 @@ use std::collections::{HashMap, VecDeque};
 use std::ffi::OsStr;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
+
+use arc_swap::{ArcSwap, Guard};
 
 use crate::fuse::{BackingId, Generation};
 
@@ -76,8 +78,10 @@ pub(crate) struct Inode {
     /// entry is made: its generation comes from it, and it is kept for `open_by_handle_at`
     /// once the kernel forgets the node. `None` where the file system gives no handle.
     handle: Option<Handle>,
-    /// `O_PATH | O_NOFOLLOW` fd of the backing inode.
-    pub fd: OwnedFd,
+    /// An fd of the backing inode ([`Inode::fd`]): `O_PATH | O_NOFOLLOW`, or for a regular file
+    /// with open handles, one of their open fds (so an open file costs the server one fd, not
+    /// two).
+    fd: ArcSwap<OwnedFd>,
     pub dev: u64,
     pub ino: u64,
     /// `S_IFMT` bits of the backing inode.
@@ -90,8 +94,16 @@ pub(crate) struct Inode {
     /// Removed from the key index: new lookups of the same backing inode get a fresh node id.
     pub detached: AtomicBool,
     /// Open fds of the backing file shared by the file handles opened with the same
-    /// [`share_key`]: (key, fd). An fd closes when its last handle is released.
-    files: Mutex<Vec<(i32, Weak<OwnedFd>)>>,
+    /// [`share_key`]: (key, fd), and whether `fd` is one of them. An fd closes when its last
+    /// handle is released and it is not `fd`.
+    files: Mutex<Files>,
+}
+
+#[derive(Default)]
+struct Files {
+    shared: Vec<(i32, Weak<OwnedFd>)>,
+    /// The inode's `fd` is an open file's fd (see [`Inode::adopt`]).
+    node_fd_open: bool,
 }
 
 /// Open flags that only act at open time (creation, truncation, the fd's close-on-exec): two
@@ -124,7 +136,7 @@ impl Inode {
             nodeid,
             generation,
             handle,
-            fd,
+            fd: ArcSwap::from_pointee(fd),
             dev: st.st_dev,
             ino: st.st_ino,
             kind: st.st_mode & libc::S_IFMT,
@@ -132,7 +144,50 @@ impl Inode {
             open: Mutex::new(OpenState::default()),
             name: Mutex::new(None),
             detached: AtomicBool::new(false),
-            files: Mutex::new(Vec::new()),
+            files: Mutex::new(Files::default()),
+        }
+    }
+
+    /// The fd of the backing inode, for `*at()` calls, `fstat`, `/proc/self/fd/N` paths (keep
+    /// the guard while the number is in use: the fd may be swapped, see [`Inode::adopt`]). Any
+    /// use works on it whether it is `O_PATH` or an open file's fd.
+    pub(crate) fn fd(&self) -> Guard<Arc<OwnedFd>> {
+        self.fd.load()
+    }
+
+    /// A regular file got a newly opened shared `fd`: while its node fd is `O_PATH`, that open
+    /// fd becomes the node fd and the `O_PATH` fd closes (one fd for node and handles). Called
+    /// with `files` locked.
+    fn adopt(&self, files: &mut Files, fd: &Arc<OwnedFd>) {
+        if self.kind == libc::S_IFREG && !files.node_fd_open {
+            self.fd.store(fd.clone());
+            files.node_fd_open = true;
+        }
+    }
+
+    /// The last handle of the inode was released: if its node fd is an open file's fd, go back
+    /// to an `O_PATH` fd of the same inode (reopened through `proc_fd`, `/proc/self/fd`) and
+    /// let the open fd close, so the server holds no open file nobody has open (a write fd would
+    /// make `execve` of the file fail with ETXTBSY, a read fd break others' write leases).
+    /// Out of fds, the open fd stays the node fd (one fd either way).
+    pub(crate) fn release_node_fd(&self, proc_fd: BorrowedFd<'_>) {
+        let Ok(mut files) = self.files.lock() else {
+            return;
+        };
+        if !files.node_fd_open {
+            return;
+        }
+        let cur = self.fd.load_full();
+        let name = crate::sys::FdName::new(cur.as_raw_fd());
+        match crate::sys::file::openat(proc_fd, name.as_cstr(), libc::O_PATH, 0) {
+            Ok(path_fd) => {
+                self.fd.store(Arc::new(path_fd));
+                files.node_fd_open = false;
+            }
+            Err(e) => tracing::debug!(
+                "inode {}: no O_PATH fd ({e}); keeping the open fd",
+                self.nodeid
+            ),
         }
     }
 
@@ -147,11 +202,12 @@ impl Inode {
             .files
             .lock()
             .map_err(|_| io::Error::from_raw_os_error(libc::EIO))?;
-        if let Some(fd) = live(&mut files, key) {
+        if let Some(fd) = live(&mut files.shared, key) {
             return Ok(fd);
         }
         let fd = Arc::new(open()?);
-        files.push((key, Arc::downgrade(&fd)));
+        files.shared.push((key, Arc::downgrade(&fd)));
+        self.adopt(&mut files, &fd);
         Ok(fd)
     }
 
@@ -161,11 +217,12 @@ impl Inode {
         let Ok(mut files) = self.files.lock() else {
             return Arc::new(fd);
         };
-        if let Some(shared) = live(&mut files, key) {
+        if let Some(shared) = live(&mut files.shared, key) {
             return shared;
         }
         let fd = Arc::new(fd);
-        files.push((key, Arc::downgrade(&fd)));
+        files.shared.push((key, Arc::downgrade(&fd)));
+        self.adopt(&mut files, &fd);
         fd
     }
 
@@ -468,11 +525,5 @@ impl InodeTable {
             .iter()
             .map(|s| s.read().map(|s| s.len()).unwrap_or(0))
             .sum()
-    }
-}
-
-impl AsFd for Inode {
-    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.fd.as_fd()
     }
 }

@@ -561,7 +561,8 @@ impl FsInner {
         if inode.nodeid == ROOT {
             return PathBuf::new();
         }
-        let name = sys::FdName::new(inode.fd.as_raw_fd());
+        let node_fd = inode.fd();
+        let name = sys::FdName::new(node_fd.as_raw_fd());
         let Ok(mut p) = sys::file::readlinkat(self.proc_fd.as_fd(), name.as_cstr()) else {
             return PathBuf::new();
         };
@@ -588,7 +589,7 @@ impl FsInner {
             && let Some(p) = self.inodes.get(parent)
         {
             let same = sys::with_cstr(&name, |c| {
-                sys::file::fstatat(p.fd.as_fd(), c, libc::AT_SYMLINK_NOFOLLOW)
+                sys::file::fstatat(p.fd().as_fd(), c, libc::AT_SYMLINK_NOFOLLOW)
             })
             .is_ok_and(|st| st.st_dev == inode.dev && st.st_ino == inode.ino);
             if same {

@@ -56,8 +56,8 @@ fn killed_mode(st_mode: u32) -> Option<u32> {
 impl FsInner {
     /// FUSE_STATX (the kernel asks when a caller wants more than the basic stats: birth time).
     pub(crate) fn statx(&self, inode: &Inode, v: &Verdict, reply: ReplyStatx) {
-        let st = tri!(sys::file::fstat(inode.fd.as_fd()).map_err(errno), reply);
-        let stx = tri!(sys::file::statx(inode.fd.as_fd()).map_err(errno), reply);
+        let st = tri!(sys::file::fstat(inode.fd().as_fd()).map_err(errno), reply);
+        let stx = tri!(sys::file::statx(inode.fd().as_fd()).map_err(errno), reply);
         let attr = super::attr_for(inode, &st, v);
         reply.statx(&self.ttl(Target::Node(inode.nodeid)), &attr, &stx);
     }
@@ -74,7 +74,8 @@ impl FsInner {
             kill_suidgid,
         } = a;
         let handle = fh.and_then(|fh| self.handles.get(fh.0));
-        let fdname = FdName::new(inode.fd.as_raw_fd());
+        let node_fd = inode.fd();
+        let fdname = FdName::new(node_fd.as_raw_fd());
         if let Some(mode) = mode {
             let r = match &handle {
                 Some(h) => sys::file::fchmod(h.fd.as_fd(), mode & 0o7777),
@@ -84,7 +85,7 @@ impl FsInner {
         }
         if uid.is_some() || gid.is_some() {
             let r = sys::file::fchownat(
-                inode.fd.as_fd(),
+                inode.fd().as_fd(),
                 c"",
                 uid,
                 gid,
@@ -107,7 +108,7 @@ impl FsInner {
                 last_modification: timespec(mtime),
             };
             let r = sys::file::utimensat(
-                inode.fd.as_fd(),
+                inode.fd().as_fd(),
                 c"",
                 &times,
                 libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
@@ -127,14 +128,15 @@ impl FsInner {
     /// backing file system would keep them. Nothing is changed (no ctime update) when neither
     /// bit is to go.
     pub(super) fn kill_suidgid(&self, inode: &Inode, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
-        let st = sys::file::fstat(inode.fd.as_fd())?;
+        let st = sys::file::fstat(inode.fd().as_fd())?;
         let Some(mode) = killed_mode(st.st_mode) else {
             return Ok(());
         };
         match fd {
             Some(fd) => sys::file::fchmod(fd, mode),
             None => {
-                let fdname = FdName::new(inode.fd.as_raw_fd());
+                let node_fd = inode.fd();
+                let fdname = FdName::new(node_fd.as_raw_fd());
                 sys::file::fchmodat(self.proc_fd.as_fd(), fdname.as_cstr(), mode)
             }
         }
@@ -143,7 +145,7 @@ impl FsInner {
     pub(crate) fn access(&self, inode: &Inode, mask: i32) -> Result<(), Errno> {
         sys::file::faccessat(
             self.proc_fd.as_fd(),
-            FdName::new(inode.fd.as_raw_fd()).as_cstr(),
+            FdName::new(inode.fd().as_raw_fd()).as_cstr(),
             mask,
             libc::AT_EACCESS,
         )

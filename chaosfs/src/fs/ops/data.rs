@@ -175,6 +175,9 @@ impl FsInner {
                         c.direct_now.fetch_sub(1, Ordering::Relaxed);
                     }
                 }
+                if st.passthrough == 0 && st.direct == 0 {
+                    h.inode.release_node_fd(self.proc_fd.as_fd());
+                }
             }
         }
         match v.errno {

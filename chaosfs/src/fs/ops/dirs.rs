@@ -24,7 +24,7 @@ impl FsInner {
     pub(crate) fn opendir(&self, inode: Arc<Inode>, reply: ReplyOpen) {
         let fd = tri!(
             sys::file::openat(
-                inode.fd.as_fd(),
+                inode.fd().as_fd(),
                 c".",
                 libc::O_RDONLY | libc::O_DIRECTORY,
                 0

@@ -52,7 +52,7 @@ impl FsInner {
 
     pub(crate) fn readlink(inode: &Inode, reply: ReplyData) {
         let target = tri!(
-            sys::file::readlinkat(inode.fd.as_fd(), c"").map_err(errno),
+            sys::file::readlinkat(inode.fd().as_fd(), c"").map_err(errno),
             reply
         );
         reply.data(&target);
@@ -84,7 +84,8 @@ impl FsInner {
         v: &Verdict,
         reply: ReplyEntry,
     ) {
-        let dir = p.fd.as_fd();
+        let dir_fd = p.fd();
+        let dir = dir_fd.as_fd();
         let as_caller = |make: &dyn Fn(&CStr) -> io::Result<()>| {
             sys::thread::CallerCreds::enter(c.uid, c.gid)
                 .and_then(|_creds| sys::with_cstr(name, make))
@@ -109,7 +110,7 @@ impl FsInner {
     /// FUSE_UNLINK, or FUSE_RMDIR if `rmdir`.
     pub(crate) fn unlink(p: &Inode, name: &OsStr, rmdir: bool) -> Result<(), Errno> {
         let flags = if rmdir { libc::AT_REMOVEDIR } else { 0 };
-        name_cstr(name, |n| sys::file::unlinkat(p.fd.as_fd(), n, flags))
+        name_cstr(name, |n| sys::file::unlinkat(p.fd().as_fd(), n, flags))
     }
 
     /// FUSE_RENAME(2) of `name` in `p` to `newname` in `np`.
@@ -121,7 +122,7 @@ impl FsInner {
     ) -> Result<(), Errno> {
         name_cstr(name, |a| {
             sys::with_cstr(newname, |b| {
-                sys::file::renameat2(p.fd.as_fd(), a, np.fd.as_fd(), b, flags)
+                sys::file::renameat2(p.fd().as_fd(), a, np.fd().as_fd(), b, flags)
             })
         })?;
         // Keep the names the rules see current (the kernel moves its dentry, no lookup follows).
@@ -135,7 +136,7 @@ impl FsInner {
     /// `name` in `dir` now leads to an inode the kernel may know: remember it under that name.
     pub(super) fn renamed(&self, dir: &Inode, name: &OsStr) {
         let st = sys::with_cstr(name, |c| {
-            sys::file::fstatat(dir.fd.as_fd(), c, libc::AT_SYMLINK_NOFOLLOW)
+            sys::file::fstatat(dir.fd().as_fd(), c, libc::AT_SYMLINK_NOFOLLOW)
         });
         if let Ok(st) = st
             && let Some(inode) = self.inodes.find(st.st_dev, st.st_ino)
@@ -153,10 +154,10 @@ impl FsInner {
         reply: ReplyEntry,
     ) {
         let r = name_cstr(newname, |n| {
-            sys::file::link_fd(inode.fd.as_fd(), np.fd.as_fd(), n)
+            sys::file::link_fd(inode.fd().as_fd(), np.fd().as_fd(), n)
         });
         tri!(r, reply);
-        let st = tri!(sys::file::fstat(inode.fd.as_fd()).map_err(errno), reply);
+        let st = tri!(sys::file::fstat(inode.fd().as_fd()).map_err(errno), reply);
         let Some(same) = self.inodes.lookup_existing(st.st_dev, st.st_ino) else {
             // The entry was split off (rules changed): give the new name its own entry.
             return self.finish_create(np, newname, v, reply);

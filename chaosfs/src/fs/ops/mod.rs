@@ -172,7 +172,7 @@ impl FsInner {
         let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW);
         sys::file::openat(
             self.proc_fd.as_fd(),
-            FdName::new(inode.fd.as_raw_fd()).as_cstr(),
+            FdName::new(inode.fd().as_raw_fd()).as_cstr(),
             flags,
             0,
         )
@@ -198,7 +198,7 @@ impl FsInner {
         name: &OsStr,
     ) -> Result<(Arc<Inode>, crate::sys::file::Stat), Errno> {
         let fd = sys::with_cstr(name, |c| {
-            sys::file::openat(parent.fd.as_fd(), c, libc::O_PATH | libc::O_NOFOLLOW, 0)
+            sys::file::openat(parent.fd().as_fd(), c, libc::O_PATH | libc::O_NOFOLLOW, 0)
         })
         .map_err(|e| self.fd_errno(e))?;
         let st = sys::file::fstat(fd.as_fd()).map_err(errno)?;
@@ -218,7 +218,7 @@ impl FsInner {
             return self.lookup_parent(parent);
         }
         let st = name_cstr(name, |c| {
-            sys::file::fstatat(parent.fd.as_fd(), c, libc::AT_SYMLINK_NOFOLLOW)
+            sys::file::fstatat(parent.fd().as_fd(), c, libc::AT_SYMLINK_NOFOLLOW)
         })?;
         if let Some(inode) = self.inodes.lookup_existing(st.st_dev, st.st_ino) {
             inode.remember_name(parent.nodeid, name);
@@ -236,7 +236,7 @@ impl FsInner {
         if let Some(inode) = self.inodes.get(nodeid)
             && self.inodes.lookup_again(&inode)
         {
-            return match sys::file::fstat(inode.fd.as_fd()) {
+            return match sys::file::fstat(inode.fd().as_fd()) {
                 Ok(st) => Ok((inode, st)),
                 Err(e) => {
                     self.inodes.forget(nodeid, 1);
@@ -279,7 +279,7 @@ impl FsInner {
         if dir.nodeid == ROOT {
             return Err(Errno::ENOENT);
         }
-        match sys::file::parent_same_mount(dir.fd.as_fd()) {
+        match sys::file::parent_same_mount(dir.fd().as_fd()) {
             Ok(fd) => {
                 let st = sys::file::fstat(fd.as_fd()).map_err(errno)?;
                 match self.inodes.lookup_existing(st.st_dev, st.st_ino) {
@@ -288,7 +288,7 @@ impl FsInner {
                 }
             }
             Err(e) if e.raw_os_error() == Some(libc::EXDEV) && dir.dev == root.dev => {
-                let st = sys::file::fstat(root.fd.as_fd()).map_err(errno)?;
+                let st = sys::file::fstat(root.fd().as_fd()).map_err(errno)?;
                 Ok((root.clone(), st))
             }
             Err(e) if e.raw_os_error() == Some(libc::EXDEV) => Err(Errno::ESTALE),
@@ -327,7 +327,7 @@ impl FsInner {
     /// FUSE_GETATTR (and the reply of setattr): stat `inode` and reply with its attributes
     /// (overrides applied).
     pub(crate) fn reply_attr(&self, inode: &Inode, v: &Verdict, reply: ReplyAttr) {
-        let st = tri!(sys::file::fstat(inode.fd.as_fd()).map_err(errno), reply);
+        let st = tri!(sys::file::fstat(inode.fd().as_fd()).map_err(errno), reply);
         reply.attr(
             &self.ttl(Target::Node(inode.nodeid)),
             &attr_for(inode, &st, v),

@@ -179,13 +179,13 @@ impl FsInner {
         let r = sys::thread::CallerCreds::enter(c.uid, c.gid).and_then(|_creds| match name {
             Some(name) => sys::with_cstr(name, |n| {
                 let oflags = (flags & !libc::O_NOCTTY) | libc::O_CREAT;
-                sys::file::openat(p.fd.as_fd(), n, oflags, mode)
+                sys::file::openat(p.fd().as_fd(), n, oflags, mode)
             }),
             None => {
                 // O_TMPFILE carries O_DIRECTORY; O_EXCL (never linkable) is kept.
                 let drop = libc::O_CREAT | libc::O_NOCTTY | libc::O_TRUNC;
                 let oflags = (flags & !drop) | libc::O_TMPFILE;
-                sys::file::openat(p.fd.as_fd(), c".", oflags, mode)
+                sys::file::openat(p.fd().as_fd(), c".", oflags, mode)
             }
         });
         let fd = tri!(r.map_err(|e| self.fd_errno(e)), reply);

@@ -13,9 +13,14 @@ impl FsInner {
     pub(crate) fn syncfs(&self) -> Result<(), Errno> {
         let root = self.inodes.root().clone();
         // syncfs needs a real fd; the inode's is O_PATH.
-        sys::file::openat(root.fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
-            .and_then(|d| sys::file::syncfs(d.as_fd()))
-            .map_err(errno)
+        sys::file::openat(
+            root.fd().as_fd(),
+            c".",
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )
+        .and_then(|d| sys::file::syncfs(d.as_fd()))
+        .map_err(errno)
     }
 
     /// FUSE_STATFS of the file system holding `ino` (the root's if `ino` is gone).
@@ -23,7 +28,7 @@ impl FsInner {
         let inode = self
             .inode(ino)
             .unwrap_or_else(|_| self.inodes.root().clone());
-        let s = tri!(sys::file::fstatfs(inode.fd.as_fd()).map_err(errno), reply);
+        let s = tri!(sys::file::fstatfs(inode.fd().as_fd()).map_err(errno), reply);
         let (bfree, bavail) = if v.full {
             (0, 0)
         } else {

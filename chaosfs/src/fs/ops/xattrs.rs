@@ -42,7 +42,7 @@ impl FsInner {
         f: impl FnOnce(XTarget<'_>) -> io::Result<T>,
     ) -> io::Result<T> {
         if sys::thread::ensure_private_fs(self.proc_fd.as_fd()) {
-            f(XTarget::Path(FdName::new(inode.fd.as_raw_fd()).as_cstr()))
+            f(XTarget::Path(FdName::new(inode.fd().as_raw_fd()).as_cstr()))
         } else if inode.kind == libc::S_IFREG || inode.kind == libc::S_IFDIR {
             let fd = self.reopen(inode, libc::O_RDONLY | libc::O_NONBLOCK)?;
             f(XTarget::Fd(fd.as_fd()))
