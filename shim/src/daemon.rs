@@ -185,13 +185,12 @@ impl Shim {
         req.service = TASK_SERVICES[0].into();
         req.method = "Connect".into();
         req.timeout_nano = 10_000_000_000;
-        req.payload = wire::encode_strings(&[(1, "")]);
+        req.payload = wire::encode(&wire::ConnectRequest::new())?;
         let res = self.runc.request(req).map_err(|source| Error::Rpc {
             address: self.runc_address.clone(),
             source,
         })?;
-        let pid = wire::varint(&res.payload, 1)?;
-        u32::try_from(pid).map_err(|_| Error::Wire(format!("runc shim pid {pid}")))
+        Ok(wire::decode::<wire::ConnectResponse>(&res.payload)?.shim_pid)
     }
 
     fn forward(&self, req: Request) -> Response {
@@ -203,10 +202,8 @@ impl Shim {
     }
 
     fn create(self: &Arc<Self>, req: Request) -> Response {
-        let fields =
-            wire::string(&req.payload, 1).and_then(|id| Ok((id, wire::string(&req.payload, 2)?)));
-        let (id, bundle) = match fields {
-            Ok(f) => f,
+        let (id, bundle) = match wire::decode::<wire::CreateTaskRequest>(&req.payload) {
+            Ok(r) => (r.id, r.bundle),
             Err(e) => return status_response(Code::INVALID_ARGUMENT, e),
         };
         // A bad annotation fails the create before runc sees it.
@@ -222,8 +219,8 @@ impl Shim {
         let Some(spec) = spec else {
             return res;
         };
-        let pid = match wire::varint(&res.payload, 1) {
-            Ok(p) => u32::try_from(p).unwrap_or_default(),
+        let pid = match wire::decode::<wire::CreateTaskResponse>(&res.payload) {
+            Ok(r) => r.pid,
             Err(e) => return status_response(Code::INTERNAL, e),
         };
         // The container is created, its workload not started: containerd calls Start once we
@@ -315,10 +312,9 @@ impl Shim {
     }
 
     fn delete(&self, req: Request) -> Response {
-        let ids =
-            wire::string(&req.payload, 1).and_then(|id| Ok((id, wire::string(&req.payload, 2)?)));
+        let ids = wire::decode::<wire::DeleteRequest>(&req.payload);
         let res = self.forward(req);
-        let Ok((id, exec_id)) = ids else {
+        let Ok(wire::DeleteRequest { id, exec_id, .. }) = ids else {
             return res;
         };
         let gone = res.non_ok().is_none_or(|s| s.code() == Code::NOT_FOUND);

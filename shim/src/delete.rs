@@ -66,12 +66,21 @@ fn release_runc_daemon(bundle: &Path, id: &str) {
     };
     let address = address.trim();
     if let Ok(client) = ttrpc::Client::connect(address) {
-        for method in ["Delete", "Shutdown"] {
+        let delete = wire::encode(&wire::DeleteRequest {
+            id: id.to_owned(),
+            ..Default::default()
+        });
+        let shutdown = wire::encode(&wire::ShutdownRequest {
+            id: id.to_owned(),
+            ..Default::default()
+        });
+        for (method, payload) in [("Delete", delete), ("Shutdown", shutdown)] {
+            let Ok(payload) = payload else { continue };
             let mut req = ttrpc::Request::new();
             req.service = "containerd.task.v2.Task".into();
             req.method = method.into();
             req.timeout_nano = i64::try_from(CALL_TIMEOUT.as_nanos()).unwrap_or(i64::MAX);
-            req.payload = wire::encode_strings(&[(1, id)]);
+            req.payload = payload;
             if let Err(e) = client.request(req) {
                 tracing::debug!(method, error = %e, "runc shim");
             }
