@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::run::check_privileges;
+use crate::run::{Needs, check_privileges};
 
 /// Kills and reaps the workload, and recovers the injection, whatever happens.
 struct Session {
@@ -60,7 +60,7 @@ impl Drop for Session {
 }
 
 pub fn demo() -> anyhow::Result<()> {
-    check_privileges()?;
+    check_privileges(Needs::MountAndTrace)?;
     let base = std::env::temp_dir().join("iochaos-demo-XXXXXX");
     let dir = nix::unistd::mkdtemp(&base).context("creating the demo directory")?;
     let result = demo_in(&dir);

@@ -20,7 +20,7 @@ use engine::policy::HostNamespace;
 use serde_json::Value;
 
 use crate::args::{InjectArgs, SpecSource, TargetArg, Usage};
-use crate::run::{check_privileges, load_spec};
+use crate::run::{Needs, check_privileges, load_spec};
 
 /// The journal and socket directory: `/run/iochaos`, or `$IOCHAOS_RUN_DIR` (tests).
 pub fn journal() -> anyhow::Result<Journal> {
@@ -95,7 +95,7 @@ pub fn inject(args: InjectArgs) -> anyhow::Result<i32> {
     if let (Some(d), Some(obj)) = (&duration_text, spec.as_object_mut()) {
         obj.insert("duration".into(), Value::String(d.clone()));
     }
-    check_privileges()?;
+    check_privileges(Needs::MountAndTrace)?;
     // Until faults are live: every step wakes another thread or process (see CpuLatency).
     let _latency = engine::adapters::fdswap::CpuLatency::hold();
     let journal = journal()?;

@@ -12,7 +12,7 @@ use engine::target::NsId;
 
 use crate::args::RecoverWhat;
 use crate::inject::{journal, one_line};
-use crate::run::check_privileges;
+use crate::run::{Needs, check_privileges};
 use crate::status::fd_entry;
 
 /// How long a server has to answer `Recover` (it swaps every fd back).
@@ -21,7 +21,7 @@ const RECOVER_TIMEOUT: Duration = Duration::from_secs(60);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn recover(what: RecoverWhat, json: bool) -> anyhow::Result<i32> {
-    check_privileges()?;
+    check_privileges(Needs::MountAndTrace)?;
     // Until everything is gone: every step wakes another thread or process (see CpuLatency).
     let _latency = engine::adapters::fdswap::CpuLatency::hold();
     let journal = journal()?;

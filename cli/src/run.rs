@@ -42,16 +42,27 @@ pub fn load_spec(source: &SpecSource) -> Result<Spec, Usage> {
     Ok(spec)
 }
 
-/// Check that this process can mount FUSE at all, with a reason a user can act on.
-pub fn check_privileges() -> anyhow::Result<()> {
+/// What a command is about to do, for [`check_privileges`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// Mount ChaosFS (`run`).
+    Mount,
+    /// Mount ChaosFS or take it away, and trace the target's processes (`inject`, `recover`).
+    MountAndTrace,
+}
+
+/// Check that this process may do what the command needs, with a reason a user can act on.
+/// Commands that only read the journal (`status`) check nothing.
+pub fn check_privileges(needs: Needs) -> anyhow::Result<()> {
     use caps::{CapSet, Capability};
-    for (cap, why) in [
-        (Capability::CAP_SYS_ADMIN, "it mounts a FUSE filesystem"),
-        (
+    let mut wanted = vec![(Capability::CAP_SYS_ADMIN, "it mounts a FUSE filesystem")];
+    if needs == Needs::MountAndTrace {
+        wanted.push((
             Capability::CAP_SYS_PTRACE,
             "it reads and traces the target processes",
-        ),
-    ] {
+        ));
+    }
+    for (cap, why) in wanted {
         if !caps::has_cap(None, CapSet::Effective, cap).context("reading our capabilities")? {
             bail!("iochaos needs {cap} ({why}): run it as root with its full capability set");
         }
@@ -87,7 +98,7 @@ pub fn enter_private_mount_namespace() -> anyhow::Result<()> {
 pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     // Validate everything before changing anything.
     let spec = load_spec(&args.spec)?;
-    check_privileges()?;
+    check_privileges(Needs::Mount)?;
     let dir = existing_dir(&args.path)?;
     let duration = spec.duration_value().map_err(|e| Usage(e.to_string()))?;
     // Held until the command is done and ChaosFS is gone (spec `low_latency`).

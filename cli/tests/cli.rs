@@ -316,3 +316,53 @@ fn man_pages_for_iochaos_and_each_subcommand() {
         assert!(len > 0, "{n} is empty");
     }
 }
+
+/// `iochaos args` with `drop` taken out of the capability bounding set (so the process runs as
+/// root without it).
+fn iochaos_without(drop: &str, args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args(["--bounding-set", &format!("-{drop}"), "--inh-caps=-all"])
+        .arg(env!("CARGO_BIN_EXE_iochaos"))
+        .args(args)
+        .env(
+            "IOCHAOS_RUN_DIR",
+            std::env::temp_dir().join("iochaos-cli-test-none"),
+        )
+        .output()
+        .expect("setpriv (util-linux)")
+}
+
+#[test]
+fn each_command_asks_for_the_capabilities_it_uses_and_names_a_missing_one() {
+    // Dropping a capability from the bounding set needs CAP_SETPCAP: fail loudly without it.
+    assert!(rustix::process::geteuid().is_root(), "needs root");
+    let d = std::env::temp_dir();
+    let d = d.to_str().expect("utf-8");
+    let fails_naming = |drop: &str, args: &[&str], cap: &str| {
+        let out = iochaos_without(drop, args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?} without {drop}: {err}");
+        assert!(
+            err.starts_with("iochaos: ") && err.contains(cap) && err.lines().count() == 1,
+            "{args:?} without {drop}: {err:?}"
+        );
+    };
+    // Tracing is for inject and recover; mounting for those and run.
+    fails_naming(
+        "sys_ptrace",
+        &["inject", "--pid", "1", "--path", d, "--errno", "EIO"],
+        "CAP_SYS_PTRACE",
+    );
+    fails_naming("sys_ptrace", &["recover", "0000000000zz"], "CAP_SYS_PTRACE");
+    fails_naming(
+        "sys_admin",
+        &["run", "--path", d, "--errno", "EIO", "--", "true"],
+        "CAP_SYS_ADMIN",
+    );
+    // status reads the journal only: it needs neither.
+    for drop in ["sys_ptrace", "sys_admin"] {
+        let out = iochaos_without(drop, &["status", "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).trim(), "[]");
+    }
+}
