@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod adapters;
+pub mod annotation;
 pub mod api;
 pub mod error;
 pub mod failpoint;

@@ -2,16 +2,16 @@
 //! elsewhere.
 
 use std::io::Read;
-use std::path::{Component, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use engine::adapters::start::StartSwapper;
+use engine::annotation::ContainerSpec;
 use engine::api::ChaosClient;
 use engine::inject::recover_from_journal;
 use engine::journal::{Entry, Journal};
 use engine::target::OCI_NAMESPACE;
 use engine::target::ProcStat;
-use serde_json::Value;
 
 use crate::config::HookConfig;
 use crate::error::{Error, Result, one_line};
@@ -83,48 +83,9 @@ pub fn run(stage: Stage, stdin: impl Read, env: &Env) -> Result<Outcome> {
     }
 }
 
-/// The annotation's spec, validated: JSON, rules the engine accepts, an absolute path.
-pub struct ParsedSpec {
-    pub spec: Value,
-    pub path: PathBuf,
-    pub duration: Option<Duration>,
-}
-
-pub fn parse_spec(text: &str) -> Result<ParsedSpec> {
-    let invalid = |source: Box<dyn std::error::Error + Send + Sync>| Error::InvalidSpec { source };
-    let spec: Value = serde_json::from_str(text).map_err(|e| invalid(e.into()))?;
-    engine::adapters::chaosfs::rule_set(&spec).map_err(|e| match e {
-        // The rule engine's own error, without the engine's "invalid spec" wrapper.
-        engine::Error::InvalidSpec(inner) => invalid(inner),
-        e => invalid(e.into()),
-    })?;
-    let path = match spec.get("path") {
-        Some(Value::String(p)) => PathBuf::from(p),
-        Some(_) => return Err(invalid("\"path\" must be a string".into())),
-        None => return Err(invalid("the spec needs a \"path\"".into())),
-    };
-    if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
-        return Err(invalid(
-            format!(
-                "path {:?} must be absolute, without .. (as the container sees it)",
-                path.display()
-            )
-            .into(),
-        ));
-    }
-    let duration = match spec.get("duration") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(d)) => Some(
-            humantime::parse_duration(d)
-                .map_err(|e| invalid(format!("duration {d:?}: {e}").into()))?,
-        ),
-        Some(_) => return Err(invalid("\"duration\" must be a string like \"60s\"".into())),
-    };
-    Ok(ParsedSpec {
-        spec,
-        path,
-        duration,
-    })
+/// The annotation's spec, validated (the shim's parser: [`engine::annotation::parse`]).
+pub fn parse_spec(text: &str) -> Result<ContainerSpec> {
+    engine::annotation::parse(text).map_err(|e| Error::InvalidSpec { source: e.into() })
 }
 
 fn inject(stage: Stage, c: &mut Container, spec: &str, env: &Env) -> Result<Outcome> {

@@ -11,4 +11,4 @@ mod sys;
 pub use error::{Error, Result};
 
 /// The annotation that carries the JSON spec.
-pub const ANNOTATION: &str = "dev.iochaos.spec";
+pub use engine::annotation::ANNOTATION;

@@ -18,8 +18,7 @@ use crate::target::ContainerdTask;
 pub const RUNTIME: &str = "io.containerd.iochaos.v2";
 /// The shim's binary name (containerd derives it from [`RUNTIME`]).
 pub const BINARY: &str = "containerd-shim-iochaos-v2";
-/// The OCI annotation carrying the JSON spec to inject at creation.
-pub const ANNOTATION: &str = "dev.iochaos.spec";
+pub use crate::annotation::ANNOTATION;
 /// ttrpc metadata key naming the container a Chaos call is about.
 pub const CONTAINER_KEY: &str = "iochaos-container";
 
