@@ -7,7 +7,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::fs::{ChaosFs, FsConfig, FsInner, InterruptStats, OpenMode, OpenStats, UpdateReport};
+use crate::fs::{
+    ChaosFs, CrashedFile, FsConfig, FsInner, InterruptStats, OpenMode, OpenStats, UpdateReport,
+};
 use crate::fuse::Session;
 use crate::mount::Connection;
 use crate::rules::{RuleSet, RuleStats};
@@ -151,6 +153,19 @@ impl Server {
     }
 
     /// Per-rule counters of the current rules.
+    /// Crash mode (docs/crash.md): cut the power. Every file is rolled back to its last durable
+    /// state and every later change fails with EIO. Call it once every process that wrote
+    /// through the mount is dead. What each file lost, by path.
+    pub fn crash(&self) -> Vec<CrashedFile> {
+        self.inner.crash()
+    }
+
+    /// Crash mode: bytes of undo state held now (saved old bytes not yet made obsolete by an
+    /// fsync).
+    pub fn crash_saved_bytes(&self) -> u64 {
+        self.inner.crash_saved_bytes()
+    }
+
     pub fn stats(&self) -> Vec<RuleStats> {
         self.inner.rules().stats()
     }

@@ -274,6 +274,9 @@ pub struct RuleFlags {
     /// Idle CPUs poll while faults are live (lower latency, more CPU)
     #[arg(long, action = ArgAction::Count, help_heading = RULE_OPTIONS)]
     low_latency: u8,
+    /// Keep an undo log so `iochaos crash` loses exactly what was not fsynced (docs/crash.md)
+    #[arg(long, action = ArgAction::Count, help_heading = RULE_OPTIONS)]
+    crash_mode: u8,
     /// The rules as a JSON spec (docs/rules.md) from FILE, or stdin with -
     #[arg(long, value_name = "FILE|-", help_heading = RULE_OPTIONS)]
     spec: Option<PathBuf>,
@@ -389,6 +392,7 @@ const RULE_ARGS: &[(&str, &str)] = &[
     ("times", "times"),
     ("seed", "seed"),
     ("low_latency", "low-latency"),
+    ("crash_mode", "crash-mode"),
     ("pid_selector", "pid"),
 ];
 
@@ -467,7 +471,7 @@ fn ordered_rule_flags(m: &ArgMatches) -> Vec<String> {
                     found.push((i, format!("--{flag}"), Some(v.clone())));
                 }
             }
-            // Count flags (--full, --low-latency) hold no strings.
+            // Count flags (--full, --low-latency, --crash-mode) hold no strings.
             _ => found.extend(indices.map(|i| (i, format!("--{flag}"), None))),
         }
     }

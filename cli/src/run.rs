@@ -32,6 +32,7 @@ pub fn load_spec(source: &SpecSource) -> Result<Spec, Usage> {
             let spec = Spec {
                 seed: parsed.seed,
                 low_latency: parsed.low_latency,
+                crash_mode: parsed.crash_mode,
                 rules: parsed.rules,
                 ..Spec::default()
             };

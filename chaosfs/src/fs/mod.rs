@@ -10,6 +10,7 @@
 //!   special); `dispatch`: the [`crate::fuse::Filesystem`] impl that routes each request to its
 //!   family, evaluates the rules once per request and runs or defers the op.
 
+mod crash;
 mod delay;
 mod dispatch;
 mod handle;
@@ -38,6 +39,7 @@ use inode::{Inode, InodeTable, ROOT};
 use crate::rules::{AttrOverride, Call, Op, RuleSet, Verdict};
 use crate::sys;
 
+pub use crash::CrashedFile;
 pub(crate) use dispatch::ChaosFs;
 
 /// Settings of the file system part of a server.
@@ -232,6 +234,8 @@ pub(crate) struct FsInner {
     /// The backing root opened for reading, the `mount_fd` of `open_by_handle_at` (which
     /// refuses `O_PATH` fds); opened when first needed.
     export_fd: OnceLock<OwnedFd>,
+    /// Crash mode's undo log (docs/crash.md); empty unless the rules ask for crash mode.
+    crash: crash::CrashLog,
 }
 
 /// The errno a caller sees for a failed backing call: the real one, except that the server
@@ -429,6 +433,7 @@ impl FsInner {
             sched: Scheduler::new(),
             reclaiming: Arc::new(AtomicBool::new(false)),
             export_fd: OnceLock::new(),
+            crash: crash::CrashLog::default(),
         })
     }
 
@@ -800,6 +805,10 @@ impl FsInner {
         let new = Arc::new(new);
         let loaded = Arc::new(Loaded::new(new.clone()));
         self.rules.store(loaded.clone());
+        if !new.crash_mode() {
+            // Out of crash mode (a plain recover ends here too): everything written is kept.
+            self.crash.clear();
+        }
         let mut report = UpdateReport::default();
         let all = self.inodes.all();
         for inode in &all {

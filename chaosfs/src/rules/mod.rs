@@ -112,6 +112,12 @@ pub struct Spec {
     /// request ends when they stop. Default false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub low_latency: bool,
+    /// Crash mode (docs/crash.md): ChaosFS keeps what it needs to roll every file back to its
+    /// last durable state, so that a crash (`iochaos crash`) loses exactly what was never
+    /// made durable. Every file is then served with direct I/O (no kernel passthrough). The
+    /// only field a spec needs: `rules` may be empty. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub crash_mode: bool,
     /// The rules, evaluated in order.
     #[serde(default)]
     pub rules: Vec<RuleSpec>,
@@ -270,6 +276,11 @@ impl RuleSet {
             .map_or(self.spec.seed.unwrap_or(0), engine::Engine::seed)
     }
 
+    /// The spec asks for crash mode ([`Spec::crash_mode`]).
+    pub fn crash_mode(&self) -> bool {
+        self.spec.crash_mode
+    }
+
     /// True if there are no rules.
     pub fn is_empty(&self) -> bool {
         self.engine.is_none()
@@ -294,8 +305,9 @@ impl RuleSet {
     /// false are opened in kernel passthrough mode, so their reads/writes never reach the rules.
     /// (A rule counts if its ops include read or write and its glob matches `path`; pid, comm,
     /// uid and percent are ignored.)
+    /// In crash mode every file counts (its writes must reach the undo log).
     pub fn may_touch_data(&self, path: &Path) -> bool {
-        self.engine.as_ref().is_some_and(|e| e.may_touch_data(path))
+        self.spec.crash_mode || self.engine.as_ref().is_some_and(|e| e.may_touch_data(path))
     }
 
     /// Could any rule affect a metadata op (lookup, getattr, readdir, access, readlink, ...) on

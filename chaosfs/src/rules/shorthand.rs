@@ -8,7 +8,7 @@
 //! --corrupt zeros|random|bitflip[:MAX_BYTES]     --short BYTES | 0.5 | 50%     --full
 //! selectors: --ops read,write  --glob '*.db'  --percent P  --pid 1,2  --comm NAME,NAME
 //!            --uid 0,1000  --after N  --every N  --times N
-//! global:    --seed N  --low-latency
+//! global:    --seed N  --low-latency  --crash-mode
 //! ```
 //!
 //! `--flag=value` works as well as `--flag value`. Each rule is turned into the JSON a spec would
@@ -29,6 +29,8 @@ pub struct Shorthand {
     pub seed: Option<u64>,
     /// `--low-latency` (the spec's `low_latency`).
     pub low_latency: bool,
+    /// `--crash-mode` (the spec's `crash_mode`).
+    pub crash_mode: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +39,7 @@ enum Flag {
     Selector(&'static str),
     Seed,
     LowLatency,
+    CrashMode,
 }
 
 const ACTIONS: &[&str] = &["errno", "latency", "attr", "corrupt", "short", "full"];
@@ -50,6 +53,9 @@ fn flag(name: &str) -> Option<Flag> {
     }
     if name == "low-latency" {
         return Some(Flag::LowLatency);
+    }
+    if name == "crash-mode" {
+        return Some(Flag::CrashMode);
     }
     if let Some(a) = ACTIONS.iter().find(|a| **a == name) {
         return Some(Flag::Action(a));
@@ -69,7 +75,7 @@ pub fn is_shorthand_flag(arg: &str) -> bool {
 }
 
 /// True if the shorthand flag `arg` (`--errno`, not `--errno=EIO`) is followed by a value
-/// (`--full` and `--low-latency` are not).
+/// (`--full`, `--low-latency` and `--crash-mode` are not).
 pub fn shorthand_takes_value(arg: &str) -> bool {
     arg.strip_prefix("--")
         .and_then(flag)
@@ -78,7 +84,10 @@ pub fn shorthand_takes_value(arg: &str) -> bool {
 
 impl Flag {
     fn takes_value(self) -> bool {
-        !matches!(self, Flag::Action("full") | Flag::LowLatency)
+        !matches!(
+            self,
+            Flag::Action("full") | Flag::LowLatency | Flag::CrashMode
+        )
     }
 }
 
@@ -127,6 +136,7 @@ pub fn parse_shorthand(args: &[String]) -> Result<Shorthand> {
         };
         match kind {
             Flag::LowLatency => out.low_latency = true,
+            Flag::CrashMode => out.crash_mode = true,
             Flag::Seed => {
                 let seed = value
                     .parse::<u64>()

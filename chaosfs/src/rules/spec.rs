@@ -81,9 +81,10 @@ impl Spec {
     /// valid duration. [`RuleSet::new`](super::RuleSet::new) calls this too.
     pub fn validate(&self) -> Result<()> {
         self.duration_value()?;
-        if self.rules.is_empty() {
+        if self.rules.is_empty() && !self.crash_mode {
             return Err(Error::SpecInvalid(
-                "rules: at least one rule is needed (to remove every fault, recover the injection)"
+                "rules: at least one rule is needed (to remove every fault, recover the injection; \
+                 crash_mode alone needs none)"
                     .into(),
             ));
         }

@@ -272,6 +272,17 @@ pub(crate) fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
     }?)
 }
 
+/// The file status flags of `fd` (`fcntl(F_GETFL)`): access mode, `O_APPEND`, `O_DSYNC`…
+pub(crate) fn getfl(fd: BorrowedFd<'_>) -> io::Result<i32> {
+    let bits = rfs::fcntl_getfl(fd)?.bits();
+    i32::try_from(bits).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// A new anonymous memory file (`memfd_create`, close-on-exec): private to this process.
+pub(crate) fn memfd(name: &CStr) -> io::Result<OwnedFd> {
+    Ok(rfs::memfd_create(name, rfs::MemfdFlags::CLOEXEC)?)
+}
+
 pub(crate) fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> io::Result<()> {
     let mode = rfs::FallocateFlags::from_bits_retain(bits(mode));
     Ok(rfs::fallocate(fd, mode, off(offset)?, off(len)?)?)

@@ -4,6 +4,9 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::UNIX_EPOCH;
 
+use std::sync::Arc;
+
+use crate::fs::crash::Touch;
 use crate::fs::inode::Inode;
 use crate::fs::{FsInner, Target, errno};
 use crate::fuse::{Errno, ReplyAttr, ReplyStatx, SetattrArgs, TimeOrNow};
@@ -62,7 +65,13 @@ impl FsInner {
         reply.statx(&self.ttl(Target::Node(inode.nodeid)), &attr, &stx);
     }
 
-    pub(crate) fn setattr(&self, inode: &Inode, a: SetattrArgs, v: &Verdict, reply: ReplyAttr) {
+    pub(crate) fn setattr(
+        &self,
+        inode: &Arc<Inode>,
+        a: SetattrArgs,
+        v: &Verdict,
+        reply: ReplyAttr,
+    ) {
         let SetattrArgs {
             mode,
             uid,
@@ -94,13 +103,16 @@ impl FsInner {
             tri!(r.map_err(errno), reply);
         }
         if let Some(size) = size {
-            let r = match &handle {
-                Some(h) => sys::file::ftruncate(h.fd.as_fd(), size),
-                None => self
-                    .reopen(inode, libc::O_WRONLY | libc::O_NONBLOCK)
-                    .and_then(|fd| sys::file::ftruncate(fd.as_fd(), size)),
-            };
-            tri!(r.map_err(errno), reply);
+            let r = self.changing(inode, Touch::From(size), false, || {
+                match &handle {
+                    Some(h) => sys::file::ftruncate(h.fd.as_fd(), size),
+                    None => self
+                        .reopen(inode, libc::O_WRONLY | libc::O_NONBLOCK)
+                        .and_then(|fd| sys::file::ftruncate(fd.as_fd(), size)),
+                }
+                .map_err(errno)
+            });
+            tri!(r, reply);
         }
         if atime.is_some() || mtime.is_some() {
             let times = Timestamps {

@@ -6,6 +6,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::Ordering;
 
+use crate::fs::crash::Touch;
 use crate::fs::handle::{Handle, HandleKind, OpenMode};
 use crate::fs::{FsInner, errno, stat_u64};
 use crate::fuse::{Errno, FileHandle, ReplyData, ReplyEmpty, ReplyLseek, ReplyWrite};
@@ -52,6 +53,19 @@ fn reply_written(reply: ReplyWrite, n: usize) {
     match u32::try_from(n) {
         Ok(n) => reply.written(n),
         Err(_) => reply.error(Errno::EIO),
+    }
+}
+
+/// The bytes a `fallocate` of `mode` may destroy: the range for a punched or zeroed hole,
+/// everything from `offset` on for a collapsed or inserted range (they shift the rest).
+fn fallocate_touch(mode: i32, offset: u64, length: u64) -> Touch {
+    if mode & (libc::FALLOC_FL_COLLAPSE_RANGE | libc::FALLOC_FL_INSERT_RANGE) != 0 {
+        Touch::From(offset)
+    } else if mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0 {
+        Touch::Range(offset, length)
+    } else {
+        // Allocation only: no byte changes; a size it extends is cut back by a crash.
+        Touch::Range(offset, 0)
     }
 }
 
@@ -127,28 +141,32 @@ impl FsInner {
         }
         let o_direct = matches!(h.kind, HandleKind::File { o_direct: true, .. });
         let corrupt = matches!(v.data, Some(DataFault::Corrupt));
-        let r = if o_direct {
-            match AlignedBuf::new(data.len()) {
-                Some(mut buf) => {
-                    let b = buf.as_mut_slice();
-                    b.copy_from_slice(data);
-                    if corrupt {
-                        v.apply_data(b);
+        let touch = Touch::Range(offset, data.len() as u64);
+        let r = self.changing_file(h, touch, || {
+            if o_direct {
+                match AlignedBuf::new(data.len()) {
+                    Some(mut buf) => {
+                        let b = buf.as_mut_slice();
+                        b.copy_from_slice(data);
+                        if corrupt {
+                            v.apply_data(b);
+                        }
+                        sys::file::pwrite(h.fd.as_fd(), b, offset)
                     }
-                    sys::file::pwrite(h.fd.as_fd(), b, offset)
+                    None => Err(io::Error::from_raw_os_error(libc::ENOMEM)),
                 }
-                None => Err(io::Error::from_raw_os_error(libc::ENOMEM)),
+            } else if corrupt {
+                let mut b = data.to_vec();
+                v.apply_data(&mut b);
+                sys::file::pwrite(h.fd.as_fd(), &b, offset)
+            } else {
+                sys::file::pwrite(h.fd.as_fd(), data, offset)
             }
-        } else if corrupt {
-            let mut b = data.to_vec();
-            v.apply_data(&mut b);
-            sys::file::pwrite(h.fd.as_fd(), &b, offset)
-        } else {
-            sys::file::pwrite(h.fd.as_fd(), data, offset)
-        };
+            .map_err(errno)
+        });
         match r {
             Ok(n) => reply_written(reply, n),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -187,7 +205,9 @@ impl FsInner {
     }
 
     pub(crate) fn fsync(&self, h: &Handle, datasync: bool) -> Result<(), Errno> {
-        sys::file::fsync(h.fd.as_fd(), datasync).map_err(errno)
+        sys::file::fsync(h.fd.as_fd(), datasync).map_err(errno)?;
+        self.synced(&h.inode);
+        Ok(())
     }
 
     pub(crate) fn fallocate(
@@ -197,7 +217,9 @@ impl FsInner {
         length: u64,
         mode: i32,
     ) -> Result<(), Errno> {
-        sys::file::fallocate(h.fd.as_fd(), mode, offset, length).map_err(errno)
+        self.changing_file(h, fallocate_touch(mode, offset, length), || {
+            sys::file::fallocate(h.fd.as_fd(), mode, offset, length).map_err(errno)
+        })
     }
 
     pub(crate) fn lseek(&self, h: &Handle, offset: i64, whence: i32, reply: ReplyLseek) {
@@ -219,8 +241,17 @@ impl FsInner {
         let flags = tri!(u32::try_from(flags).map_err(|_| Errno::EINVAL), reply);
         let len = len.min(1 << 30) as usize;
         let n = tri!(
-            sys::file::copy_file_range(hi.fd.as_fd(), off_in, ho.fd.as_fd(), off_out, len, flags)
-                .map_err(errno),
+            self.changing_file(ho, Touch::Range(off_out, len as u64), || {
+                sys::file::copy_file_range(
+                    hi.fd.as_fd(),
+                    off_in,
+                    ho.fd.as_fd(),
+                    off_out,
+                    len,
+                    flags,
+                )
+                .map_err(errno)
+            }),
             reply
         );
         reply_written(reply, n);

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::fs::crash::Touch;
 use crate::fs::handle::{Handle, HandleKind, OpenMode};
 use crate::fs::inode::{Inode, OpenState, share_key};
 use crate::fs::{Caller, FsInner, Target, errno};
@@ -72,10 +73,15 @@ impl FsInner {
         kill_suidgid: bool,
         reply: ReplyOpen,
     ) {
-        let fd = tri!(
-            self.open_shared(inode, flags).map_err(|e| self.fd_errno(e)),
-            reply
-        );
+        // O_TRUNC empties the file: a change like any other in crash mode.
+        let fd = if flags & libc::O_TRUNC != 0 {
+            self.changing(inode, Touch::From(0), false, || {
+                self.open_shared(inode, flags).map_err(|e| self.fd_errno(e))
+            })
+        } else {
+            self.open_shared(inode, flags).map_err(|e| self.fd_errno(e))
+        };
+        let fd = tri!(fd, reply);
         if kill_suidgid && flags & libc::O_TRUNC != 0 {
             tri!(
                 self.kill_suidgid(inode, Some(fd.as_fd())).map_err(errno),

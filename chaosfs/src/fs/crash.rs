@@ -1,0 +1,459 @@
+//! Crash mode (docs/crash.md): an undo log that can roll every file back to its last durable
+//! state.
+//!
+//! Before the first change of a byte range of a file since its last durable point, the bytes
+//! it will destroy are copied into a memfd of the server (outside the target's view), and the
+//! file's size at that point is kept. An `fsync`/`fdatasync` of the file makes it durable: its
+//! undo state is dropped (and the memfd space punched out). A write through an `O_SYNC` /
+//! `O_DSYNC` fd is durable at once: its range leaves the undo state. A crash puts the saved
+//! bytes back and truncates each file to its durable size; from then on every change is
+//! refused with EIO (the target is dead; nothing may land after the rollback).
+//!
+//! Only bytes below the durable size are ever saved: whatever lies above it is cut off by the
+//! truncation, so appending costs no copy at all. Each byte is saved once per durable point.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex, RwLock};
+
+use super::FsInner;
+use super::handle::Handle;
+use super::inode::Inode;
+use crate::fuse::Errno;
+use crate::sys;
+
+/// What a change may destroy of a file's current bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Touch {
+    /// Bytes `[offset, offset + len)` (a write, a hole punched).
+    Range(u64, u64),
+    /// Everything from `offset` on (a truncation, a collapsed or inserted range).
+    From(u64),
+}
+
+impl Touch {
+    fn end(self) -> u64 {
+        match self {
+            Touch::Range(o, l) => o.saturating_add(l),
+            Touch::From(_) => u64::MAX,
+        }
+    }
+
+    fn start(self) -> u64 {
+        match self {
+            Touch::Range(o, _) | Touch::From(o) => o,
+        }
+    }
+}
+
+/// One saved range of a file: `len` bytes that were at the file offset it is keyed by.
+#[derive(Debug, Clone, Copy)]
+struct Saved {
+    len: u64,
+    /// Where the old bytes are in the store; `None`: they were zeros (a gap that an
+    /// `O_DSYNC` write past the durable size made durable).
+    at: Option<u64>,
+}
+
+/// The undo state of one file since its last durable point.
+struct FileUndo {
+    inode: Arc<Inode>,
+    /// Read-write fd of the file (the handles' own may be write-only or `O_APPEND`).
+    fd: OwnedFd,
+    /// Size at the last durable point.
+    durable_size: u64,
+    /// Saved ranges by file offset; they never overlap.
+    saved: BTreeMap<u64, Saved>,
+}
+
+/// What a crash did to one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrashedFile {
+    /// Path relative to the mount root.
+    pub path: std::path::PathBuf,
+    /// Size when the power was cut.
+    pub size_at_crash: u64,
+    /// Size after the rollback (at its last durable point).
+    pub durable_size: u64,
+    /// Bytes put back where they had been overwritten, punched or truncated away.
+    pub restored_bytes: u64,
+    /// Byte positions whose content the crash took back: `restored_bytes` plus what lay past
+    /// the durable size.
+    pub dropped_bytes: u64,
+}
+
+/// The memfd holding saved bytes, allocated at increasing offsets (a sparse file: space of
+/// dropped ranges is punched out).
+struct Store {
+    fd: OwnedFd,
+    next: u64,
+}
+
+/// The undo log of a crash-mode server.
+#[derive(Default)]
+pub(crate) struct CrashLog {
+    /// Shared while a change is saved and made; exclusive while a crash rolls back. True once
+    /// the crash happened: changes are refused from then on.
+    gate: RwLock<bool>,
+    files: Mutex<HashMap<(u64, u64), Arc<Mutex<FileUndo>>>>,
+    store: Mutex<Option<Store>>,
+}
+
+fn eio<T>(_: T) -> Errno {
+    Errno::EIO
+}
+
+fn io_errno(e: &io::Error) -> Errno {
+    e.raw_os_error().map_or(Errno::EIO, Errno::from_i32)
+}
+
+impl CrashLog {
+    /// Run `change` (which may destroy `touch` of `inode`'s bytes) after saving what it
+    /// destroys; `sync`: the change is durable once made (an `O_SYNC`/`O_DSYNC` write).
+    /// `open` gives a read-write fd of the file the first time it is touched.
+    pub(crate) fn guard<T>(
+        &self,
+        inode: &Arc<Inode>,
+        touch: Touch,
+        sync: bool,
+        open: impl FnOnce() -> io::Result<OwnedFd>,
+        change: impl FnOnce() -> Result<T, Errno>,
+    ) -> Result<T, Errno> {
+        let gate = self.gate.read().map_err(eio)?;
+        if *gate {
+            return Err(Errno::EIO);
+        }
+        let file = self.file(inode, open)?;
+        let mut f = file.lock().map_err(eio)?;
+        self.save(&mut f, touch)?;
+        let r = change()?;
+        if sync {
+            self.synced(&mut f, touch);
+        }
+        Ok(r)
+    }
+
+    /// The undo state of `inode`, made (with its size now as the durable size) if it has none.
+    fn file(
+        &self,
+        inode: &Arc<Inode>,
+        open: impl FnOnce() -> io::Result<OwnedFd>,
+    ) -> Result<Arc<Mutex<FileUndo>>, Errno> {
+        let mut files = self.files.lock().map_err(eio)?;
+        if let Some(f) = files.get(&(inode.dev, inode.ino)) {
+            return Ok(f.clone());
+        }
+        let fd = open().map_err(|e| io_errno(&e))?;
+        let st = sys::file::fstat(fd.as_fd()).map_err(|e| io_errno(&e))?;
+        let f = Arc::new(Mutex::new(FileUndo {
+            inode: inode.clone(),
+            fd,
+            durable_size: super::stat_u64(st.st_size),
+            saved: BTreeMap::new(),
+        }));
+        files.insert((inode.dev, inode.ino), f.clone());
+        Ok(f)
+    }
+
+    /// Save the bytes of `touch` below the durable size that no saved range holds yet.
+    fn save(&self, f: &mut FileUndo, touch: Touch) -> Result<(), Errno> {
+        let end = touch.end().min(f.durable_size);
+        let mut pos = touch.start();
+        let mut gaps = Vec::new();
+        // The saved range that starts before `pos` may cover it.
+        if let Some((&s, r)) = f.saved.range(..=pos).next_back() {
+            pos = pos.max(s + r.len);
+        }
+        if pos >= end {
+            return Ok(());
+        }
+        for (&s, r) in f.saved.range(pos..end) {
+            if s > pos {
+                gaps.push((pos, s - pos));
+            }
+            pos = pos.max(s + r.len);
+        }
+        if pos < end {
+            gaps.push((pos, end - pos));
+        }
+        for (off, len) in gaps {
+            let at = self.copy_out(f.fd.as_fd(), off, len)?;
+            f.saved.insert(off, Saved { len, at: Some(at) });
+        }
+        Ok(())
+    }
+
+    /// Copy `len` bytes at `off` of `fd` into the store; where they are.
+    fn copy_out(&self, fd: std::os::fd::BorrowedFd<'_>, off: u64, len: u64) -> Result<u64, Errno> {
+        let mut store = self.store.lock().map_err(eio)?;
+        if store.is_none() {
+            let fd = sys::file::memfd(c"iochaos-crash-undo").map_err(|e| io_errno(&e))?;
+            *store = Some(Store { fd, next: 0 });
+        }
+        let Some(st) = store.as_mut() else {
+            return Err(Errno::EIO);
+        };
+        let at = st.next;
+        let mut buf = vec![0u8; usize::try_from(len.min(1 << 20)).unwrap_or(1 << 20)];
+        let mut done = 0u64;
+        while done < len {
+            let want = usize::try_from((len - done).min(buf.len() as u64)).unwrap_or(buf.len());
+            let n = sys::file::pread(fd, &mut buf[..want], off + done).map_err(|e| io_errno(&e))?;
+            // Past the end of the file (a size above what the file holds): zeros.
+            if n < want {
+                buf[n..want].fill(0);
+            }
+            write_all(st.fd.as_fd(), &buf[..want], at + done)?;
+            done += want as u64;
+        }
+        st.next = at + len;
+        Ok(at)
+    }
+
+    /// `touch` was made durable (an `O_SYNC`/`O_DSYNC` write): its bytes leave the undo state,
+    /// and the durable size grows to its end (what lies between the old durable size and it is
+    /// zeros after a crash: unsynced data there is lost).
+    fn synced(&self, f: &mut FileUndo, touch: Touch) {
+        let Touch::Range(off, len) = touch else {
+            return;
+        };
+        let end = off.saturating_add(len);
+        let mut freed = Vec::new();
+        let starts: Vec<u64> = f
+            .saved
+            .range(..end)
+            .filter(|(s, r)| *s + r.len > off)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in starts {
+            let Some(r) = f.saved.remove(&s) else {
+                continue;
+            };
+            // Keep the parts outside [off, end).
+            if s < off {
+                f.saved.insert(
+                    s,
+                    Saved {
+                        len: off - s,
+                        at: r.at,
+                    },
+                );
+            }
+            let r_end = s + r.len;
+            if r_end > end {
+                f.saved.insert(
+                    end,
+                    Saved {
+                        len: r_end - end,
+                        at: r.at.map(|a| a + (end - s)),
+                    },
+                );
+            }
+            if let Some(a) = r.at {
+                let lo = s.max(off);
+                let hi = r_end.min(end);
+                freed.push((a + (lo - s), hi - lo));
+            }
+        }
+        if end > f.durable_size {
+            if off > f.durable_size {
+                f.saved.insert(
+                    f.durable_size,
+                    Saved {
+                        len: off - f.durable_size,
+                        at: None,
+                    },
+                );
+            }
+            f.durable_size = end;
+        }
+        self.free(&freed);
+    }
+
+    /// An `fsync`/`fdatasync` of `inode` returned success: it is durable as it is now.
+    pub(crate) fn durable(&self, inode: &Inode) {
+        let Ok(_gate) = self.gate.read() else { return };
+        let removed = self
+            .files
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(&(inode.dev, inode.ino)));
+        let Some(file) = removed else { return };
+        let Ok(f) = file.lock() else { return };
+        let freed: Vec<(u64, u64)> = f
+            .saved
+            .values()
+            .filter_map(|r| r.at.map(|a| (a, r.len)))
+            .collect();
+        self.free(&freed);
+    }
+
+    /// Give the store space of `ranges` back (punch holes in the memfd).
+    fn free(&self, ranges: &[(u64, u64)]) {
+        let Ok(store) = self.store.lock() else { return };
+        let Some(st) = store.as_ref() else { return };
+        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        for &(at, len) in ranges {
+            if let Err(e) = sys::file::fallocate(st.fd.as_fd(), mode, at, len) {
+                tracing::debug!("crash undo store: punching {len} bytes at {at}: {e}");
+            }
+        }
+    }
+
+    /// Cut the power: refuse every later change, then roll every file back to its durable
+    /// state (saved bytes back in place, size cut to the durable size). `path` names a file
+    /// for the report.
+    pub(crate) fn crash(&self, path: impl Fn(&Inode) -> std::path::PathBuf) -> Vec<CrashedFile> {
+        let mut gate = match self.gate.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        *gate = true;
+        let files: Vec<Arc<Mutex<FileUndo>>> = match self.files.lock() {
+            Ok(mut m) => m.drain().map(|(_, f)| f).collect(),
+            Err(_) => Vec::new(),
+        };
+        let mut out = Vec::new();
+        for file in files {
+            let Ok(f) = file.lock() else { continue };
+            match self.roll_back(&f) {
+                Ok(c) => out.push(CrashedFile {
+                    path: path(&f.inode),
+                    ..c
+                }),
+                Err(e) => tracing::warn!(
+                    ino = f.inode.ino,
+                    "crash: rolling the file back failed: {e:?}"
+                ),
+            }
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        out
+    }
+
+    fn roll_back(&self, f: &FileUndo) -> Result<CrashedFile, Errno> {
+        let size_at_crash = sys::file::fstat(f.fd.as_fd())
+            .map(|st| super::stat_u64(st.st_size))
+            .map_err(|e| io_errno(&e))?;
+        let store = self.store.lock().map_err(eio)?;
+        let mut restored = 0u64;
+        let mut buf = Vec::new();
+        for (&off, r) in f.saved.iter().rev() {
+            let len = usize::try_from(r.len).map_err(eio)?;
+            buf.clear();
+            buf.resize(len, 0);
+            if let (Some(at), Some(st)) = (r.at, store.as_ref()) {
+                let n = sys::file::pread(st.fd.as_fd(), &mut buf, at).map_err(|e| io_errno(&e))?;
+                if n < len {
+                    return Err(Errno::EIO);
+                }
+            }
+            write_all(f.fd.as_fd(), &buf, off)?;
+            restored += r.len;
+        }
+        sys::file::ftruncate(f.fd.as_fd(), f.durable_size).map_err(|e| io_errno(&e))?;
+        Ok(CrashedFile {
+            path: std::path::PathBuf::new(),
+            size_at_crash,
+            durable_size: f.durable_size,
+            restored_bytes: restored,
+            dropped_bytes: restored + size_at_crash.saturating_sub(f.durable_size),
+        })
+    }
+
+    /// Drop every file's undo state (crash mode turned off, or a plain recover: everything
+    /// written is kept).
+    pub(crate) fn clear(&self) {
+        let files: Vec<Arc<Mutex<FileUndo>>> = match self.files.lock() {
+            Ok(mut m) => m.drain().map(|(_, f)| f).collect(),
+            Err(_) => return,
+        };
+        drop(files);
+        if let Ok(mut store) = self.store.lock() {
+            *store = None;
+        }
+    }
+
+    /// Bytes of undo state kept now (saved ranges not yet dropped), for status and benches.
+    pub(crate) fn saved_bytes(&self) -> u64 {
+        let Ok(files) = self.files.lock() else {
+            return 0;
+        };
+        files
+            .values()
+            .filter_map(|f| {
+                f.lock()
+                    .ok()
+                    .map(|f| f.saved.values().map(|r| r.len).sum::<u64>())
+            })
+            .sum()
+    }
+}
+
+fn write_all(fd: std::os::fd::BorrowedFd<'_>, mut buf: &[u8], mut off: u64) -> Result<(), Errno> {
+    while !buf.is_empty() {
+        let n = sys::file::pwrite(fd, buf, off).map_err(|e| io_errno(&e))?;
+        if n == 0 {
+            return Err(Errno::EIO);
+        }
+        buf = &buf[n..];
+        off += n as u64;
+    }
+    Ok(())
+}
+
+impl FsInner {
+    /// Make a change of `inode` that may destroy `touch` of its bytes: in crash mode through
+    /// the undo log ([`CrashLog::guard`]), else as is. `sync`: durable once made.
+    pub(crate) fn changing<T>(
+        &self,
+        inode: &Arc<Inode>,
+        touch: Touch,
+        sync: bool,
+        change: impl FnOnce() -> Result<T, Errno>,
+    ) -> Result<T, Errno> {
+        if !self.crash_mode() {
+            return change();
+        }
+        let open = || self.reopen(inode, libc::O_RDWR | libc::O_CLOEXEC);
+        self.crash.guard(inode, touch, sync, open, change)
+    }
+
+    /// [`FsInner::changing`] through an open handle: durable at once if its fd is `O_SYNC` or
+    /// `O_DSYNC`.
+    pub(crate) fn changing_file<T>(
+        &self,
+        h: &Handle,
+        touch: Touch,
+        change: impl FnOnce() -> Result<T, Errno>,
+    ) -> Result<T, Errno> {
+        if !self.crash_mode() {
+            return change();
+        }
+        let sync = sys::file::getfl(h.fd.as_fd()).is_ok_and(|f| f & libc::O_DSYNC != 0);
+        self.changing(&h.inode, touch, sync, change)
+    }
+
+    /// An `fsync`/`fdatasync` of `inode` succeeded.
+    pub(crate) fn synced(&self, inode: &Inode) {
+        if self.crash_mode() {
+            self.crash.durable(inode);
+        }
+    }
+
+    fn crash_mode(&self) -> bool {
+        self.rules.load().set.crash_mode()
+    }
+
+    /// Cut the power: roll every file back to its last durable state and refuse every later
+    /// change (EIO).
+    pub(crate) fn crash(&self) -> Vec<CrashedFile> {
+        self.crash.crash(|i| self.path_of(i))
+    }
+
+    /// Bytes of undo state held now.
+    pub(crate) fn crash_saved_bytes(&self) -> u64 {
+        self.crash.saved_bytes()
+    }
+}
