@@ -102,6 +102,12 @@ Examples:
     };
 }
 
+const CRASH_EXAMPLES: &str = "\
+Examples:
+  iochaos inject --pid 4242 --path /data --crash-mode
+  iochaos crash 0f3c2a9e7b1d
+  iochaos crash 0f3c2a9e7b1d --seed 7 --json";
+
 const COMPLETIONS_EXAMPLES: &str = "\
 Examples:
   iochaos completions bash > /usr/share/bash-completion/completions/iochaos
@@ -167,6 +173,9 @@ pub enum Sub {
         after_long_help = concat!(rules_help!(), "\n\n", update_examples!())
     )]
     Update(UpdateCli),
+    /// Crash mode: cut the power (SIGKILL the target, lose what was never fsynced), then recover
+    #[command(after_help = CRASH_EXAMPLES)]
+    Crash(CrashCli),
     /// Show faults appearing and disappearing under a small workload (no container runtime)
     #[command(after_help = "Example:\n  iochaos demo")]
     Demo,
@@ -359,6 +368,16 @@ pub struct StatusCli {
     id: Option<String>,
     #[command(flatten)]
     container_opts: ContainerOpts,
+}
+
+#[derive(Debug, Args)]
+pub struct CrashCli {
+    /// An injection id (injected with --crash-mode)
+    #[arg(value_name = "ID")]
+    id: String,
+    /// Seed of the crash's random choices (recorded in the report)
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -564,6 +583,12 @@ pub enum Command {
         namespace: String,
         state_dir: PathBuf,
     },
+    /// `iochaos crash ID [--seed N]`.
+    Crash {
+        id: String,
+        seed: Option<u64>,
+        json: bool,
+    },
     Completions(clap_complete::Shell),
     Man {
         subcommand: Option<String>,
@@ -661,6 +686,11 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, clap::Error> {
             json: cli.json,
             namespace: u.container_opts.namespace,
             state_dir: u.container_opts.containerd_state,
+        },
+        Sub::Crash(c) => Command::Crash {
+            id: c.id,
+            seed: c.seed,
+            json: cli.json,
         },
         Sub::Demo => {
             no_json("demo", &mut cmd)?;

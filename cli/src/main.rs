@@ -2,6 +2,7 @@
 //! (0 success, 1 failure with a one-line reason, 2 usage error; `run` returns its command's code).
 
 mod args;
+mod crash;
 mod demo;
 mod inject;
 mod manual;
@@ -41,6 +42,7 @@ fn main() -> ExitCode {
             namespace,
             state_dir,
         } => status::update(&id, &spec, json, &namespace, &state_dir),
+        Command::Crash { id, seed, json } => crash::crash(&id, seed, json),
         Command::Completions(shell) => manual::completions(shell).map(|()| 0),
         Command::Man { subcommand, dir } => manual::man(subcommand.as_deref(), dir.as_deref()),
     };

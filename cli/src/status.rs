@@ -22,7 +22,7 @@ pub fn fd_entry(f: &FdEntry) -> (String, Cow<'_, str>) {
     (fd, escape(f.reason.as_deref().unwrap_or("?")))
 }
 
-fn entry(journal: &Journal, id: &str) -> anyhow::Result<Entry> {
+pub fn entry(journal: &Journal, id: &str) -> anyhow::Result<Entry> {
     let id = InjectionId::parse(id)?;
     Ok(journal.read(&id)?)
 }

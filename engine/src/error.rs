@@ -112,6 +112,17 @@ pub enum Error {
     #[error("invalid injection id {id:?}")]
     InvalidId { id: String },
 
+    /// `crash` of an injection that keeps no undo log (docs/crash.md).
+    #[error(
+        "injection {id} is not in crash mode: nothing to roll back (inject with --crash-mode, \
+         spec \"crash_mode\": true)"
+    )]
+    NotCrashMode { id: String },
+
+    /// `crash`: processes of the target still alive after SIGKILL.
+    #[error("crash: processes {pids:?} of the target are still alive after SIGKILL")]
+    Unkillable { pids: Vec<u32> },
+
     /// No journal entry for this id.
     #[error("no injection {id}")]
     NoSuchInjection { id: String },
@@ -232,7 +243,9 @@ impl Error {
             Error::InjectionExists { .. }
             | Error::AlreadyInjected { .. }
             | Error::NestedInjection { .. } => ttrpc::Code::ALREADY_EXISTS,
-            Error::Recovered { .. } => ttrpc::Code::FAILED_PRECONDITION,
+            Error::Recovered { .. } | Error::NotCrashMode { .. } => {
+                ttrpc::Code::FAILED_PRECONDITION
+            }
             Error::SharedMount { .. }
             | Error::ProtectedProcess { .. }
             | Error::HostNamespace { .. }

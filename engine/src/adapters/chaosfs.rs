@@ -7,6 +7,7 @@ use chaosfs::rules::{RuleSet, Spec};
 use chaosfs::server::{Config, Server};
 use serde_json::Value;
 
+use crate::api::CrashedFile;
 use crate::error::{Error, Result};
 use crate::inject::{Device, EscapedFile, FsLauncher, FsServer, Mounted};
 
@@ -123,6 +124,20 @@ impl FsServer for ChaosServer {
             .stats()
             .into_iter()
             .map(|s| (s.matched, s.injected))
+            .collect()
+    }
+
+    fn crash(&self) -> Vec<CrashedFile> {
+        self.server
+            .crash()
+            .into_iter()
+            .map(|f| CrashedFile {
+                path: f.path.display().to_string(),
+                size_at_crash: f.size_at_crash,
+                durable_size: f.durable_size,
+                restored_bytes: f.restored_bytes,
+                dropped_bytes: f.dropped_bytes,
+            })
             .collect()
     }
 

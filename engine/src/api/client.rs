@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::proto::{chaos as pb, chaos_ttrpc};
-use super::{RecoverReport, Status};
+use super::{CrashReport, RecoverReport, Status};
 use crate::error::{Error, Result};
 
 /// Default per-call timeout.
@@ -137,6 +137,20 @@ impl ChaosClient {
         let r = self
             .inner
             .recover(self.ctx(), &pb::RecoverRequest::new())
+            .map_err(|e| self.err(e))?;
+        Ok(r.into())
+    }
+
+    /// `Crash` (crash mode, docs/crash.md).
+    pub fn crash(&self, seed: Option<u64>) -> Result<CrashReport> {
+        let req = pb::CrashRequest {
+            seed: seed.unwrap_or_default(),
+            seeded: seed.is_some(),
+            ..Default::default()
+        };
+        let r = self
+            .inner
+            .crash(self.ctx(), &req)
             .map_err(|e| self.err(e))?;
         Ok(r.into())
     }

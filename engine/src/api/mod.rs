@@ -78,6 +78,85 @@ pub struct RecoverReport {
     pub failed: Vec<FdEntry>,
 }
 
+/// What a crash did to one file (`iochaos crash`, docs/crash.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CrashedFile {
+    /// Path as the target sees it.
+    pub path: String,
+    /// Size when the power was cut.
+    pub size_at_crash: u64,
+    /// Size after the rollback (its last durable point).
+    pub durable_size: u64,
+    /// Bytes put back where they had been overwritten, punched or truncated away.
+    pub restored_bytes: u64,
+    /// Byte positions whose content the crash took back: `restored_bytes` plus what was cut
+    /// past the durable size.
+    pub dropped_bytes: u64,
+}
+
+/// What `Crash` did: `iochaos crash --json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CrashReport {
+    /// The processes killed (SIGKILL).
+    pub killed: Vec<u32>,
+    /// Every file changed since its last durable point, rolled back.
+    pub files: Vec<CrashedFile>,
+    /// The recovery that followed.
+    pub recovered: RecoverReport,
+    /// The crash's seed, when one was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+}
+
+impl From<&CrashReport> for pb::CrashResponse {
+    fn from(r: &CrashReport) -> Self {
+        pb::CrashResponse {
+            killed: r.killed.clone(),
+            files: r
+                .files
+                .iter()
+                .map(|f| pb::CrashedFile {
+                    path: f.path.clone(),
+                    size_at_crash: f.size_at_crash,
+                    durable_size: f.durable_size,
+                    restored_bytes: f.restored_bytes,
+                    dropped_bytes: f.dropped_bytes,
+                    ..Default::default()
+                })
+                .collect(),
+            recovered: protobuf::MessageField::some((&r.recovered).into()),
+            seed: r.seed.unwrap_or_default(),
+            seeded: r.seed.is_some(),
+            ..Default::default()
+        }
+    }
+}
+
+impl From<pb::CrashResponse> for CrashReport {
+    fn from(r: pb::CrashResponse) -> Self {
+        CrashReport {
+            killed: r.killed,
+            files: r
+                .files
+                .into_iter()
+                .map(|f| CrashedFile {
+                    path: f.path,
+                    size_at_crash: f.size_at_crash,
+                    durable_size: f.durable_size,
+                    restored_bytes: f.restored_bytes,
+                    dropped_bytes: f.dropped_bytes,
+                })
+                .collect(),
+            recovered: r
+                .recovered
+                .into_option()
+                .map(Into::into)
+                .unwrap_or_default(),
+            seed: r.seeded.then_some(r.seed),
+        }
+    }
+}
+
 fn to_json(v: &Value) -> String {
     // Serializing a Value cannot fail (its map keys are strings).
     serde_json::to_string(v).unwrap_or_default()

@@ -12,7 +12,7 @@ use rustix::event::{PollFd, PollFlags, Timespec};
 use ttrpc::ConnectionDataExt;
 
 use super::proto::{chaos as pb, chaos_ttrpc};
-use super::{RecoverReport, Status};
+use super::{CrashReport, RecoverReport, Status};
 use crate::error::{Error, Result};
 
 /// What an injection server does when asked over the API. Called from ttrpc's worker threads,
@@ -27,6 +27,16 @@ pub trait ChaosService: Send + Sync + 'static {
     /// [`ApiServer::wait_recovered`] and [`ApiServer::shutdown`], so this answer reaches the
     /// caller.
     fn recover(&self) -> Result<RecoverReport>;
+    /// Crash mode: cut the power (SIGKILL every process of the target, roll the files back to
+    /// their durable state), then recover. Like [`ChaosService::recover`], the server keeps
+    /// serving until its owner shuts it down. Default: not supported.
+    fn crash(&self, seed: Option<u64>) -> Result<CrashReport> {
+        let _ = seed;
+        Err(Error::Remote {
+            code: ttrpc::Code::UNIMPLEMENTED,
+            message: "this server cannot crash an injection".into(),
+        })
+    }
 }
 
 #[derive(Default)]
@@ -63,6 +73,25 @@ impl chaos_ttrpc::Chaos for Adapter {
         _req: pb::RecoverRequest,
     ) -> ttrpc::Result<pb::RecoverResponse> {
         let report = self.service.recover()?;
+        self.recovered_by(ctx);
+        Ok((&report).into())
+    }
+
+    fn crash(
+        &self,
+        ctx: &ttrpc::TtrpcContext,
+        req: pb::CrashRequest,
+    ) -> ttrpc::Result<pb::CrashResponse> {
+        let report = self.service.crash(req.seeded.then_some(req.seed))?;
+        self.recovered_by(ctx);
+        Ok((&report).into())
+    }
+}
+
+impl Adapter {
+    /// The injection was recovered by the call of `ctx`: the server may end once that caller
+    /// has read the answer (closed its connection).
+    fn recovered_by(&self, ctx: &ttrpc::TtrpcContext) {
         let conn = ctx
             .conn_ctx
             .data
@@ -73,7 +102,6 @@ impl chaos_ttrpc::Chaos for Adapter {
             st.done = Some(conn);
             cv.notify_all();
         }
-        Ok((&report).into())
     }
 }
 

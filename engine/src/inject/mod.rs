@@ -14,6 +14,7 @@
 
 mod apply;
 mod check;
+mod crash;
 mod recover;
 mod service;
 
@@ -23,7 +24,7 @@ use std::sync::Mutex;
 
 use serde_json::Value;
 
-use crate::api::FdEntry;
+use crate::api::{CrashedFile, FdEntry};
 use crate::error::{Error, Result};
 use crate::journal::{Entry, InjectionId, Journal, SwappedFd};
 use crate::mountinfo::SharedPolicy;
@@ -98,6 +99,12 @@ pub trait FsServer: Send + Sync + 'static {
     }
     /// `(matched, injected)` per rule, in spec order.
     fn rule_counters(&self) -> Vec<(u64, u64)>;
+    /// Crash mode: roll every file back to its last durable state and refuse every later
+    /// change (docs/crash.md). Called once every process of the target is dead. What each
+    /// file lost, paths relative to the mount root. Default: nothing is kept to roll back.
+    fn crash(&self) -> Vec<CrashedFile> {
+        Vec::new()
+    }
     /// Stop serving (the mount is already detached and the fds swapped back).
     fn stop(self) -> Result<()>;
 }

@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::api::{ChaosService, FdEntry, RecoverReport, RuleStatus, Status, TargetStatus};
+use crate::api::{
+    ChaosService, CrashReport, FdEntry, RecoverReport, RuleStatus, Status, TargetStatus,
+};
 use crate::error::{Error, Result};
 use crate::journal::Entry;
 use crate::ns::MountGuard;
@@ -108,6 +110,10 @@ impl<F: FsServer, S: Swapper> ChaosService for Injection<F, S> {
 
     fn recover(&self) -> Result<RecoverReport> {
         self.recover_live()
+    }
+
+    fn crash(&self, seed: Option<u64>) -> Result<CrashReport> {
+        self.crash_live(seed)
     }
 }
 

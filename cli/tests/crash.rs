@@ -1,0 +1,300 @@
+//! Crash mode (docs/crash.md) end to end: a real writer process in its own mount namespace,
+//! `iochaos inject --crash-mode` into it, then `iochaos crash` (or a plain `recover`), and the
+//! bytes left on disk compared with what the writer saw acknowledged (privileged: root, FUSE,
+//! ptrace; fails without them).
+
+mod inject_common;
+
+use std::io::Write;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use inject_common::{Env, poll, test_exe};
+use serde_json::Value;
+
+/// Names the writer's directory; the writer runs only when it is set.
+const WRITER_ENV: &str = "IOCHAOS_TEST_CRASH_WRITER";
+/// The writer's mode: `fsync10`, `nofsync` or `dsync`.
+const MODE_ENV: &str = "IOCHAOS_TEST_CRASH_MODE";
+/// Records each writer writes.
+const RECORDS: u64 = 25;
+/// The content of the file the `nofsync` writer starts from (made durable before the injection).
+const BASE_LEN: usize = 4096;
+
+fn record(i: u64) -> String {
+    format!("rec {i:05}\n")
+}
+
+fn records(n: u64) -> String {
+    (1..=n).map(record).collect()
+}
+
+fn base() -> Vec<u8> {
+    (0..BASE_LEN).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+/// Not a test: the writer's entry point (run by [`Writer::start`] with [`WRITER_ENV`] set).
+/// Opens DIR/vol/data, says `ready`, waits for DIR/go, writes, logs each acknowledged fsync to
+/// DIR/acks, says `done`, then sleeps until killed.
+#[test]
+#[ignore = "helper process of the crash tests"]
+fn crash_writer() {
+    let Some(dir) = std::env::var_os(WRITER_ENV) else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let mode = std::env::var(MODE_ENV).expect("mode");
+    let data = dir.join("vol/data");
+    let mut opts = std::fs::OpenOptions::new();
+    match mode.as_str() {
+        "fsync10" => opts.append(true).create(true),
+        "dsync" => opts.append(true).create(true).custom_flags(libc::O_DSYNC),
+        "nofsync" => opts.read(true).write(true),
+        other => panic!("unknown writer mode {other}"),
+    };
+    let mut f = opts.open(&data).expect("open data");
+    let mut acks = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(dir.join("acks"))
+        .expect("open acks");
+    std::fs::write(dir.join("ready"), "").expect("ready");
+    while !dir.join("go").exists() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if mode == "nofsync" {
+        // Overwrite, append, truncate, punch a hole, extend again: never synced.
+        f.write_all_at(&[b'X'; 100], 1000).expect("overwrite");
+        for i in 1..=RECORDS {
+            f.write_all_at(record(i).as_bytes(), BASE_LEN as u64 + 10 * (i - 1))
+                .expect("append");
+        }
+        f.set_len(2048).expect("ftruncate");
+        nix::fcntl::fallocate(
+            &f,
+            nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            0,
+            512,
+        )
+        .expect("punch hole");
+        f.write_all_at(&[b'Y'; 50], 3000).expect("extend");
+    } else {
+        for i in 1..=RECORDS {
+            f.write_all(record(i).as_bytes()).expect("write record");
+            if mode == "fsync10" && i % 10 == 0 {
+                f.sync_all().expect("fsync");
+                writeln!(acks, "fsync {i}").expect("ack");
+            } else if mode == "dsync" {
+                writeln!(acks, "write {i}").expect("ack");
+            }
+        }
+    }
+    std::fs::write(dir.join("done"), "").expect("done");
+    loop {
+        std::thread::sleep(Duration::from_secs(1000));
+    }
+}
+
+/// The writer in a private mount namespace (its own process group, killed on drop).
+struct Writer {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Writer {
+    /// Start a writer of `mode` on ENV/name/vol/data (`initial`: the data file's content,
+    /// written and fsynced natively first) and wait until it has the file open.
+    fn start(env: &Env, name: &str, mode: &str, initial: &[u8]) -> Writer {
+        let dir = env.path().join(name);
+        std::fs::create_dir_all(dir.join("vol")).expect("mkdir vol");
+        let f = std::fs::File::create(dir.join("vol/data")).expect("create data");
+        f.write_all_at(initial, 0).expect("initial data");
+        f.sync_all().expect("fsync initial data");
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private"])
+            .arg(test_exe())
+            .args([
+                "--exact",
+                "crash_writer",
+                "--ignored",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env(WRITER_ENV, &dir)
+            .env(MODE_ENV, mode)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("unshare");
+        poll("the writer to be ready", 20, || {
+            dir.join("ready").exists().then_some(())
+        });
+        Writer { child, dir }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn vol(&self) -> String {
+        self.dir.join("vol").display().to_string()
+    }
+
+    /// `iochaos inject --pid PID --path VOL --crash-mode`; the injection id.
+    fn inject(&self, env: &Env) -> String {
+        env.inject(
+            &["--pid", &self.pid().to_string()],
+            &self.vol(),
+            &["--crash-mode"],
+        )
+    }
+
+    /// Let it write, and wait until it is done.
+    fn go(&self) {
+        std::fs::write(self.dir.join("go"), "").expect("go");
+        poll("the writer to finish writing", 20, || {
+            self.dir.join("done").exists().then_some(())
+        });
+    }
+
+    fn data(&self) -> Vec<u8> {
+        std::fs::read(self.dir.join("vol/data")).expect("read data")
+    }
+
+    fn acks(&self) -> String {
+        std::fs::read_to_string(self.dir.join("acks")).unwrap_or_default()
+    }
+
+    /// Wait for the writer to die; it must have been killed by SIGKILL.
+    fn assert_killed(&mut self) {
+        let st = self.child.wait().expect("wait writer");
+        assert_eq!(st.signal(), Some(libc::SIGKILL), "writer status {st}");
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let _ = iochaos_testsupport::kill_group(self.child.id(), iochaos_testsupport::Signal::KILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// `iochaos crash ID --json`, checked: the writer killed, one file reported; the report.
+fn crash(env: &Env, id: &str, w: &mut Writer) -> Value {
+    let out = env.ok(&["crash", id, "--json", "--seed", "7"]);
+    let report: Value = serde_json::from_str(&out).expect("crash --json is JSON");
+    assert_eq!(report["id"], id, "{report}");
+    assert_eq!(report["seed"], 7, "{report}");
+    let killed: Vec<u64> = report["killed"]
+        .as_array()
+        .expect("killed")
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    assert!(killed.contains(&u64::from(w.pid())), "{report}");
+    w.assert_killed();
+    env.assert_clean(&[], None);
+    report
+}
+
+/// The report's entry for the data file: (dropped, size at crash, durable size).
+fn data_entry(report: &Value, w: &Writer) -> (u64, u64, u64) {
+    let path = format!("{}/data", w.vol());
+    let files = report["files"].as_array().expect("files");
+    let f = files
+        .iter()
+        .find(|f| f["path"] == path.as_str())
+        .unwrap_or_else(|| panic!("no entry for {path}: {report}"));
+    let n = |k: &str| f[k].as_u64().unwrap_or_else(|| panic!("{k}: {report}"));
+    (n("dropped_bytes"), n("size_at_crash"), n("durable_size"))
+}
+
+/// Appending records with an fsync after every 10th: after the crash exactly the records up
+/// to the last acknowledged fsync are on disk.
+#[test]
+fn crash_keeps_exactly_what_fsync_acknowledged() {
+    let env = Env::new();
+    let mut w = Writer::start(&env, "w", "fsync10", b"");
+    let id = w.inject(&env);
+    w.go();
+    assert_eq!(w.acks(), "fsync 10\nfsync 20\n");
+    assert_eq!(w.data(), records(RECORDS).into_bytes(), "before the crash");
+    let report = crash(&env, &id, &mut w);
+    assert_eq!(
+        String::from_utf8_lossy(&w.data()),
+        records(20),
+        "after the crash"
+    );
+    assert_eq!(data_entry(&report, &w), (50, 250, 200));
+}
+
+/// A writer that never syncs (overwrite, append, ftruncate, punched hole, extension) loses
+/// everything since the injection: the file is byte for byte what it was.
+#[test]
+fn crash_without_fsync_loses_every_change() {
+    let env = Env::new();
+    let mut w = Writer::start(&env, "w", "nofsync", &base());
+    let id = w.inject(&env);
+    w.go();
+    let before = w.data();
+    assert_eq!(before.len(), 3050, "truncated to 2048, extended to 3050");
+    assert_ne!(before[..2048], base()[..2048]);
+    let report = crash(&env, &id, &mut w);
+    assert!(
+        w.data() == base(),
+        "after the crash the file is not the base"
+    );
+    let (dropped, at_crash, durable) = data_entry(&report, &w);
+    assert_eq!((at_crash, durable), (3050, BASE_LEN as u64));
+    // Restored: [0, 512) punched, [1000, 1100) overwritten, [2048, 4096) truncated.
+    assert_eq!(dropped, 512 + 100 + 2048);
+}
+
+/// Every write through an O_DSYNC fd is durable when it returns: nothing is lost.
+#[test]
+fn crash_keeps_every_o_dsync_write() {
+    let env = Env::new();
+    let mut w = Writer::start(&env, "w", "dsync", b"");
+    let id = w.inject(&env);
+    w.go();
+    assert_eq!(w.acks().lines().count(), RECORDS as usize);
+    let report = crash(&env, &id, &mut w);
+    assert_eq!(String::from_utf8_lossy(&w.data()), records(RECORDS));
+    assert_eq!(data_entry(&report, &w), (0, 250, 250));
+}
+
+/// A plain recover of a crash-mode injection keeps everything, and the writer lives on.
+#[test]
+fn recover_of_a_crash_mode_injection_keeps_everything() {
+    let env = Env::new();
+    let w = Writer::start(&env, "w", "fsync10", b"");
+    let id = w.inject(&env);
+    w.go();
+    assert_eq!(env.ok(&["recover", &id]), id);
+    env.assert_clean(&[], Some(w.pid()));
+    assert_eq!(String::from_utf8_lossy(&w.data()), records(RECORDS));
+    assert!(Path::new(&format!("/proc/{}", w.pid())).exists());
+}
+
+/// `crash` of an injection without crash mode is refused and changes nothing.
+#[test]
+fn crash_without_crash_mode_is_refused() {
+    let env = Env::new();
+    let w = Writer::start(&env, "w", "fsync10", b"");
+    let id = env.inject(
+        &["--pid", &w.pid().to_string()],
+        &w.vol(),
+        &["--errno", "EIO", "--ops", "mkdir"],
+    );
+    let (code, err) = env.fails(&["crash", &id]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not in crash mode"), "{err}");
+    assert!(Path::new(&format!("/proc/{}", w.pid())).exists());
+    assert_eq!(env.ok(&["recover", &id]), id);
+}
