@@ -33,7 +33,12 @@ fn records(n: u64) -> String {
 }
 
 fn base() -> Vec<u8> {
-    (0..BASE_LEN).map(|i| b'a' + (i % 26) as u8).collect()
+    b"abcdefghijklmnopqrstuvwxyz"
+        .iter()
+        .copied()
+        .cycle()
+        .take(BASE_LEN)
+        .collect()
 }
 
 /// Not a test: the writer's entry point (run by [`Writer::start`] with [`WRITER_ENV`] set).
@@ -263,7 +268,7 @@ fn crash_keeps_every_o_dsync_write() {
     let mut w = Writer::start(&env, "w", "dsync", b"");
     let id = w.inject(&env);
     w.go();
-    assert_eq!(w.acks().lines().count(), RECORDS as usize);
+    assert_eq!(w.acks().lines().count() as u64, RECORDS);
     let report = crash(&env, &id, &mut w);
     assert_eq!(String::from_utf8_lossy(&w.data()), records(RECORDS));
     assert_eq!(data_entry(&report, &w), (0, 250, 250));

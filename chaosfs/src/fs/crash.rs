@@ -83,6 +83,9 @@ pub struct CrashedFile {
     pub dropped_bytes: u64,
 }
 
+/// One file's undo state, shared by the requests changing it.
+type Shared = Arc<Mutex<FileUndo>>;
+
 /// The memfd holding saved bytes, allocated at increasing offsets (a sparse file: space of
 /// dropped ranges is punched out).
 struct Store {
@@ -96,7 +99,7 @@ pub(crate) struct CrashLog {
     /// Shared while a change is saved and made; exclusive while a crash rolls back. True once
     /// the crash happened: changes are refused from then on.
     gate: RwLock<bool>,
-    files: Mutex<HashMap<(u64, u64), Arc<Mutex<FileUndo>>>>,
+    files: Mutex<HashMap<(u64, u64), Shared>>,
     store: Mutex<Option<Store>>,
 }
 
@@ -139,7 +142,7 @@ impl CrashLog {
         &self,
         inode: &Arc<Inode>,
         open: impl FnOnce() -> io::Result<OwnedFd>,
-    ) -> Result<Arc<Mutex<FileUndo>>, Errno> {
+    ) -> Result<Shared, Errno> {
         let mut files = self.files.lock().map_err(eio)?;
         if let Some(f) = files.get(&(inode.dev, inode.ino)) {
             return Ok(f.clone());
@@ -310,7 +313,7 @@ impl CrashLog {
             Err(p) => p.into_inner(),
         };
         *gate = true;
-        let files: Vec<Arc<Mutex<FileUndo>>> = match self.files.lock() {
+        let files: Vec<Shared> = match self.files.lock() {
             Ok(mut m) => m.drain().map(|(_, f)| f).collect(),
             Err(_) => Vec::new(),
         };
@@ -365,7 +368,7 @@ impl CrashLog {
     /// Drop every file's undo state (crash mode turned off, or a plain recover: everything
     /// written is kept).
     pub(crate) fn clear(&self) {
-        let files: Vec<Arc<Mutex<FileUndo>>> = match self.files.lock() {
+        let files: Vec<Shared> = match self.files.lock() {
             Ok(mut m) => m.drain().map(|(_, f)| f).collect(),
             Err(_) => return,
         };
