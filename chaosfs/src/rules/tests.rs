@@ -879,6 +879,24 @@ fn shorthand_several_rules_and_seed() {
     assert!(RuleSet::new(from_flags).is_ok());
 }
 
+/// `crash_mode` alone is a whole spec (and `--crash-mode` a whole command line); it makes every
+/// file one the rules may touch (no passthrough: its writes must reach the undo log).
+#[test]
+fn crash_mode_needs_no_rule_and_touches_every_file() {
+    let j = spec(r#"{"crash_mode": true}"#);
+    assert!(j.crash_mode && j.rules.is_empty());
+    let set = RuleSet::new(j).expect("crash mode alone compiles");
+    assert!(set.crash_mode());
+    assert!(set.may_touch_data(std::path::Path::new("any/file")));
+    let s = parse_shorthand(&args("--crash-mode")).expect("parse");
+    assert!(s.crash_mode && s.rules.is_empty());
+    let e = parse_shorthand(&args("--crash-mode=1")).expect_err("a value is refused");
+    assert!(e.to_string().contains("--crash-mode takes no value"), "{e}");
+    let off = spec(r#"{"rules": [{"errno": "EIO"}]}"#);
+    let text = serde_json::to_string(&off).expect("serialize");
+    assert!(!text.contains("crash_mode"), "{text}");
+}
+
 #[test]
 fn low_latency_from_flags_and_json() {
     let s = parse_shorthand(&args("--errno EIO --low-latency")).expect("parse");
@@ -1031,7 +1049,7 @@ fn a_spec_is_an_object() {
 
 #[test]
 fn an_injection_needs_a_rule() {
-    let want = "invalid spec: rules: at least one rule is needed (to remove every fault, recover the injection)";
+    let want = "invalid spec: rules: at least one rule is needed (to remove every fault, recover the injection; crash_mode alone needs none)";
     assert_eq!(error(r#"{"rules": []}"#), want);
     assert_eq!(error(r#"{"path": "/data"}"#), want);
     // Built in code: refused when compiled; the set without rules is RuleSet::empty().
