@@ -51,6 +51,7 @@ const SUBCOMMANDS: &[&str] = &[
     "recover",
     "status",
     "update",
+    "crash",
     "demo",
     "completions",
     "man",
