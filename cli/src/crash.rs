@@ -7,7 +7,7 @@ use anyhow::Context;
 use engine::api::ChaosClient;
 
 use crate::inject::journal;
-use crate::run::check_privileges;
+use crate::run::{Needs, check_privileges};
 use crate::status::{entry, escape};
 
 /// How long the server has to kill, roll back and recover.
@@ -16,7 +16,7 @@ const CRASH_TIMEOUT: Duration = Duration::from_secs(120);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn crash(id: &str, seed: Option<u64>, json: bool) -> anyhow::Result<i32> {
-    check_privileges()?;
+    check_privileges(Needs::MountAndTrace)?;
     let journal = journal()?;
     let e = entry(&journal, id)?;
     let client = ChaosClient::connect(&journal.socket_path(&e.id))
