@@ -72,6 +72,8 @@ macro_rules! inject_examples {
 Examples:
   # writes of process 4242 under /data fail with EIO for a minute
   iochaos inject --pid 4242 --path /data --errno EIO --ops write --duration 60s
+  # a Docker container by name (or id, or unique id prefix); podman://NAME alike
+  iochaos inject docker://web --path /data --errno EIO --ops write
   # a containerd container (namespace k8s.io), rules from stdin
   echo '{\"rules\":[{\"ops\":[\"fsync\"],\"latency\":\"200ms\"}]}' |
     iochaos inject web --namespace k8s.io --path /var/lib/db --spec -
@@ -85,12 +87,14 @@ Examples:
   iochaos recover 0f3c2a9e7b1d
   iochaos recover --pid 4242
   iochaos recover web --namespace k8s.io
+  iochaos recover docker://web
   iochaos recover --all --json";
 
 const STATUS_EXAMPLES: &str = "\
 Examples:
   iochaos status
   iochaos status 0f3c2a9e7b1d
+  iochaos status containerd://k8s.io/web
   iochaos --json status";
 
 macro_rules! update_examples {
@@ -152,7 +156,8 @@ pub enum Sub {
     /// Inject faults into a running process or container
     #[command(
         long_about = "Inject faults into a running process (every process of its mount \
-                      namespace) or a containerd container, at PATH as it sees it. Prints the \
+                      namespace) or a container (docker://NAME, podman://NAME, containerd://[NS/]ID, or a \
+                      containerd ID with --namespace), at PATH as it sees it. Prints the \
                       injection id once faults are live. --pid always names the target here (the \
                       --pid rule selector needs --spec). A process in the host's mount namespace \
                       (that of PID 1) is refused unless --host-namespace is given; PID 1 and \
@@ -205,7 +210,7 @@ pub enum Sub {
 /// `--namespace` and `--containerd-state`, for a CONTAINER.
 #[derive(Debug, Args)]
 pub struct ContainerOpts {
-    /// containerd namespace of CONTAINER
+    /// containerd namespace of a plain CONTAINER id (or containerd://ID)
     #[arg(long, value_name = "NS", default_value = DEFAULT_NAMESPACE)]
     pub namespace: String,
     /// containerd's state directory (where a task directory names its shim)
@@ -323,7 +328,7 @@ pub struct InjectCli {
     #[arg(long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..),
           conflicts_with_all = ["namespace", "containerd_state"])]
     pid: Option<u32>,
-    /// The target containerd container
+    /// The target container: docker://NAME_OR_ID, podman://NAME_OR_ID, containerd://[NS/]ID, or a containerd ID
     #[arg(value_name = "CONTAINER")]
     container: Option<String>,
     #[command(flatten)]
@@ -347,7 +352,7 @@ pub struct InjectCli {
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("what").required(true).args(["name", "pid", "all"]))]
 pub struct RecoverCli {
-    /// An injection id, or a containerd container
+    /// An injection id, or a container (docker://, podman://, containerd://[NS/]ID, or a containerd ID)
     #[arg(value_name = "ID|CONTAINER")]
     name: Option<String>,
     /// Every injection whose target (or its mount namespace) holds PID
@@ -363,7 +368,7 @@ pub struct RecoverCli {
 
 #[derive(Debug, Args)]
 pub struct StatusCli {
-    /// An injection id, or a containerd container (default: every injection)
+    /// An injection id, or a container as for inject (default: every injection)
     #[arg(value_name = "ID|CONTAINER")]
     id: Option<String>,
     #[command(flatten)]
@@ -382,7 +387,7 @@ pub struct CrashCli {
 
 #[derive(Debug, Args)]
 pub struct UpdateCli {
-    /// An injection id, or a containerd container
+    /// An injection id, or a container (docker://, podman://, containerd://[NS/]ID, or a containerd ID)
     #[arg(value_name = "ID|CONTAINER")]
     id: String,
     #[command(flatten)]

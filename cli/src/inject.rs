@@ -17,6 +17,7 @@ use engine::inject::{InjectRequest, TargetSpec};
 use engine::journal::Journal;
 use engine::mountinfo::SharedPolicy;
 use engine::policy::HostNamespace;
+use engine::target::ContainerRef;
 use serde_json::Value;
 
 use crate::args::{InjectArgs, SpecSource, TargetArg, Usage};
@@ -43,6 +44,8 @@ pub fn spec_json(source: &SpecSource) -> anyhow::Result<Value> {
 pub struct ServeRequest {
     pub pid: Option<u32>,
     pub container: Option<(String, String, PathBuf)>,
+    /// With `pid`: the container a runtime named (`docker://`, `podman://`) as (namespace, id).
+    pub recorded_as: Option<(String, String)>,
     pub path: PathBuf,
     pub spec: Value,
     pub duration_ms: Option<u64>,
@@ -99,19 +102,24 @@ pub fn inject(args: InjectArgs) -> anyhow::Result<i32> {
     // Until faults are live: every step wakes another thread or process (see CpuLatency).
     let _latency = engine::adapters::fdswap::CpuLatency::hold();
     let journal = journal()?;
+    let (pid, container, recorded_as) = match &args.target {
+        TargetArg::Pid(p) => (Some(*p), None, None),
+        TargetArg::Container {
+            id,
+            namespace,
+            state_dir,
+        } => {
+            let named = crate::targets::resolve(id, namespace)?;
+            match crate::targets::running_pid(id, &named)? {
+                Some(pid) => (Some(pid), None, Some((named.namespace, named.id))),
+                None => (None, Some((named.id, named.namespace, state_dir.clone())), None),
+            }
+        }
+    };
     let req = ServeRequest {
-        pid: match &args.target {
-            TargetArg::Pid(p) => Some(*p),
-            TargetArg::Container { .. } => None,
-        },
-        container: match &args.target {
-            TargetArg::Pid(_) => None,
-            TargetArg::Container {
-                id,
-                namespace,
-                state_dir,
-            } => Some((id.clone(), namespace.clone(), state_dir.clone())),
-        },
+        pid,
+        container,
+        recorded_as,
         path,
         spec,
         // At most MAX_DURATION (parse_duration checks it), so the milliseconds fit.
@@ -275,9 +283,13 @@ fn server_died(child: &mut std::process::Child, run_dir: &std::path::Path) -> an
 pub fn serve(request: &str) -> anyhow::Result<i32> {
     let req: ServeRequest = serde_json::from_str(request).context("the server request")?;
     let journal = Journal::open(&req.run_dir).context("opening the journal")?;
-    let target = match (req.pid, req.container) {
-        (Some(pid), None) => TargetSpec::Pid(pid),
-        (None, Some((id, namespace, state_dir))) => TargetSpec::Container {
+    let target = match (req.pid, req.container, req.recorded_as) {
+        (Some(pid), None, None) => TargetSpec::Pid(pid),
+        (Some(pid), None, Some((namespace, id))) => TargetSpec::Runtime {
+            pid,
+            container: ContainerRef { id, namespace },
+        },
+        (None, Some((id, namespace, state_dir)), None) => TargetSpec::Container {
             id,
             namespace,
             state_dir,

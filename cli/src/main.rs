@@ -11,6 +11,7 @@ mod recover;
 mod run;
 mod status;
 mod sys;
+mod targets;
 
 use std::process::ExitCode;
 
@@ -28,20 +29,27 @@ fn main() -> ExitCode {
         Command::DemoWorkload(dir) => demo::workload(&dir).map(|()| 0),
         Command::Inject(a) => inject::inject(a),
         Command::Serve(req) => inject::serve(&req),
-        Command::Recover { what, json } => recover::recover(what, json),
+        Command::Recover { what, json } => recover::resolve(what).and_then(|w| recover::recover(w, json)),
         Command::Status {
             id,
             json,
             namespace,
             state_dir,
-        } => status::status(id, json, &namespace, &state_dir),
+        } => id
+            .map(|id| targets::resolve(&id, &namespace))
+            .transpose()
+            .and_then(|n| match n {
+                Some(n) => status::status(Some(n.id), json, &n.namespace, &state_dir),
+                None => status::status(None, json, &namespace, &state_dir),
+            }),
         Command::Update {
             id,
             spec,
             json,
             namespace,
             state_dir,
-        } => status::update(&id, &spec, json, &namespace, &state_dir),
+        } => targets::resolve(&id, &namespace)
+            .and_then(|n| status::update(&n.id, &spec, json, &n.namespace, &state_dir)),
         Command::Crash { id, seed, json } => crash::crash(&id, seed, json),
         Command::Completions(shell) => manual::completions(shell).map(|()| 0),
         Command::Man { subcommand, dir } => manual::man(subcommand.as_deref(), dir.as_deref()),

@@ -20,6 +20,26 @@ const RECOVER_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long to wait for a recovered server to exit.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// `recover CONTAINER` with CONTAINER in any syntax of [`crate::targets`]: its id and namespace
+/// as the journal records them.
+pub fn resolve(what: RecoverWhat) -> anyhow::Result<RecoverWhat> {
+    Ok(match what {
+        RecoverWhat::IdOrContainer {
+            name,
+            namespace,
+            state_dir,
+        } => {
+            let n = crate::targets::resolve(&name, &namespace)?;
+            RecoverWhat::IdOrContainer {
+                name: n.id,
+                namespace: n.namespace,
+                state_dir,
+            }
+        }
+        other => other,
+    })
+}
+
 pub fn recover(what: RecoverWhat, json: bool) -> anyhow::Result<i32> {
     check_privileges(Needs::MountAndTrace)?;
     // Until everything is gone: every step wakes another thread or process (see CpuLatency).
@@ -88,7 +108,7 @@ pub fn recover(what: RecoverWhat, json: bool) -> anyhow::Result<i32> {
                     }
                     bail!(
                         "no injection {name:?}: neither an injection id nor an injected container \
-                         in containerd namespace {namespace:?}"
+                         {namespace}/{name}"
                     );
                 }
                 v

@@ -96,7 +96,7 @@ fn container_entries(journal: &Journal, name: &str, namespace: &str) -> anyhow::
         .collect();
     if v.is_empty() {
         bail!(
-            "no injection {name:?}: neither an injection id nor an injected container in containerd namespace {namespace:?}"
+            "no injection {name:?}: neither an injection id nor an injected container {namespace}/{name}"
         );
     }
     Ok(v)

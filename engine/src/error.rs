@@ -33,6 +33,31 @@ pub enum Error {
         pid: u32,
     },
 
+    /// A runtime (Docker, podman) could not be asked: no socket, no binary, or an answer we
+    /// could not read.
+    #[error("{runtime} at {endpoint}: {reason}")]
+    RuntimeEndpoint {
+        runtime: &'static str,
+        endpoint: String,
+        reason: String,
+    },
+
+    /// The runtime does not know the container (unknown, or an ambiguous id prefix): its words.
+    #[error("{runtime} container {name:?}: {message}")]
+    RuntimeLookup {
+        runtime: &'static str,
+        name: String,
+        message: String,
+    },
+
+    /// The runtime knows the container but it does not run.
+    #[error("{runtime} container {name:?} (id {id}) is not running")]
+    RuntimeContainerNotRunning {
+        runtime: &'static str,
+        name: String,
+        id: String,
+    },
+
     /// A file under /proc, the task directory or the journal could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {

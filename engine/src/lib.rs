@@ -15,6 +15,7 @@ pub mod mountinfo;
 pub mod ns;
 pub mod policy;
 pub mod resolve;
+pub mod runtimes;
 pub mod server;
 mod sys;
 pub mod target;

@@ -28,7 +28,10 @@ pub(super) struct Checked {
 /// Find the target and the path and refuse what iochaos never injects. Errors about the path
 /// come before anything changes.
 pub(super) fn check(journal: &Journal, req: &InjectRequest) -> Result<Checked> {
-    if let TargetSpec::Pid(pid) | TargetSpec::OciCreate { pid, .. } = &req.target {
+    if let TargetSpec::Pid(pid)
+    | TargetSpec::Runtime { pid, .. }
+    | TargetSpec::OciCreate { pid, .. } = &req.target
+    {
         policy::check_pid(*pid)?;
     }
     let target = find_target(&req.target)?;

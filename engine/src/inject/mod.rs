@@ -30,7 +30,7 @@ use crate::journal::{Entry, InjectionId, Journal, SwappedFd};
 use crate::mountinfo::SharedPolicy;
 use crate::ns::MountGuard;
 use crate::policy::HostNamespace;
-use crate::target::{ContainerdTask, NsId, Target};
+use crate::target::{ContainerRef, ContainerdTask, NsId, Target};
 
 pub use apply::inject;
 pub use recover::recover_from_journal;
@@ -143,6 +143,10 @@ pub enum TargetSpec {
         /// containerd's state directory (default `/run/containerd`).
         state_dir: PathBuf,
     },
+    /// A container a runtime named (`docker://`, `podman://`): injected by its init pid, recorded
+    /// as `container` (the runtime's name as namespace, the full id) so that `status` and
+    /// `recover` find it by name again.
+    Runtime { pid: u32, container: ContainerRef },
     /// An OCI container being created (runtime hook at `createRuntime`/`prestart`): its init
     /// process, which may not have pivoted into the container's root yet, and that root as a
     /// path in the init's mount namespace (the bundle's `root.path`, absolute). See
@@ -177,6 +181,11 @@ pub fn find_target(spec: &TargetSpec) -> Result<Target> {
             namespace,
             state_dir,
         } => Target::from_container(&ContainerdTask::find_in(state_dir, namespace, id)?),
+        TargetSpec::Runtime { pid, container } => {
+            let mut target = Target::from_pid(*pid)?;
+            target.container = Some(container.clone());
+            Ok(target)
+        }
         TargetSpec::OciCreate { pid, rootfs, id } => Target::from_oci_create(*pid, rootfs, id),
     }
 }

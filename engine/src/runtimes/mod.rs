@@ -1,0 +1,80 @@
+//! Containers named by the runtime that runs them (`docker://NAME`, `podman://NAME`): asked of
+//! that runtime, they come back as their full id and init pid, and are then injected by pid.
+//! containerd containers need no lookup here: their task directory names them
+//! ([`crate::target::ContainerdTask`]).
+
+pub mod docker;
+pub mod podman;
+
+use crate::error::{Error, Result};
+
+/// What a runtime says about a container: enough to inject into it by pid and to find its
+/// injections again by id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeContainer {
+    /// `docker` or `podman`: also the "namespace" recorded in the journal, so `status` shows
+    /// `docker/ID`.
+    pub runtime: &'static str,
+    /// The full id (64 hex digits).
+    pub id: String,
+    /// The init process, when the container runs.
+    pub pid: Option<u32>,
+}
+
+impl RuntimeContainer {
+    /// The init pid of a running container; "not running" otherwise.
+    pub fn running_pid(&self, name: &str) -> Result<u32> {
+        self.pid.ok_or_else(|| Error::RuntimeContainerNotRunning {
+            runtime: self.runtime,
+            name: name.to_owned(),
+            id: self.id.clone(),
+        })
+    }
+}
+
+/// Container names and id prefixes as Docker and podman accept them
+/// (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`): anything else is refused before it reaches a URL or an
+/// argument list.
+pub(crate) fn check_name(runtime: &'static str, name: &str) -> Result<()> {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
+        Ok(())
+    } else {
+        Err(Error::InvalidContainerName {
+            what: runtime,
+            value: name.to_owned(),
+        })
+    }
+}
+
+/// The init pid a runtime reports: 0 (or less) means none.
+pub(crate) fn pid_of(running: bool, pid: i64) -> Option<u32> {
+    if running {
+        u32::try_from(pid).ok().filter(|p| *p > 0)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_docker_accepts_pass_others_are_refused() {
+        for ok in ["web", "a1b2c3", "my_app.v2-1"] {
+            check_name("docker", ok).unwrap();
+        }
+        for bad in ["", "-x", "../x", "a/b", "a b", "x?y", "é"] {
+            assert!(check_name("docker", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_stopped_container_has_no_pid() {
+        assert_eq!(pid_of(true, 42), Some(42));
+        assert_eq!(pid_of(false, 42), None);
+        assert_eq!(pid_of(true, 0), None);
+    }
+}
