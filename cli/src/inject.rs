@@ -112,7 +112,11 @@ pub fn inject(args: InjectArgs) -> anyhow::Result<i32> {
             let named = crate::targets::resolve(id, namespace)?;
             match crate::targets::running_pid(id, &named)? {
                 Some(pid) => (Some(pid), None, Some((named.namespace, named.id))),
-                None => (None, Some((named.id, named.namespace, state_dir.clone())), None),
+                None => (
+                    None,
+                    Some((named.id, named.namespace, state_dir.clone())),
+                    None,
+                ),
             }
         }
     };

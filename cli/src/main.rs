@@ -29,7 +29,9 @@ fn main() -> ExitCode {
         Command::DemoWorkload(dir) => demo::workload(&dir).map(|()| 0),
         Command::Inject(a) => inject::inject(a),
         Command::Serve(req) => inject::serve(&req),
-        Command::Recover { what, json } => recover::resolve(what).and_then(|w| recover::recover(w, json)),
+        Command::Recover { what, json } => {
+            recover::resolve(what).and_then(|w| recover::recover(w, json))
+        }
         Command::Status {
             id,
             json,

@@ -99,7 +99,10 @@ mod tests {
         let n = resolve("containerd://web", "moby").unwrap();
         assert_eq!((n.id.as_str(), n.namespace.as_str()), ("web", "moby"));
         let n = resolve("web", "moby").unwrap();
-        assert_eq!((n.id.as_str(), n.namespace.as_str(), n.runtime), ("web", "moby", None));
+        assert_eq!(
+            (n.id.as_str(), n.namespace.as_str(), n.runtime),
+            ("web", "moby", None)
+        );
     }
 
     #[test]

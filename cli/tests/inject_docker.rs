@@ -140,7 +140,10 @@ fn docker_by_name_inject_update_recover() {
     let id = docker_ok(&["inspect", "--format", "{{.Id}}", &n]);
     let short = format!("docker://{}", &id[..12]);
     let inj = env.inject(&[&short], "/data", EIO_ON_WRITE);
-    assert!(!exec_write(&n, "/data/exec"), "a write through docker exec succeeded");
+    assert!(
+        !exec_write(&n, "/data/exec"),
+        "a write through docker exec succeeded"
+    );
     let st: serde_json::Value =
         serde_json::from_str(&env.ok(&["status", "--json", &target])).expect("status JSON");
     let st = st.as_array().expect("an array");
@@ -159,11 +162,15 @@ fn docker_by_name_inject_update_recover() {
 }
 
 #[test]
-fn docker_unknown_ambiguous_and_stopped_containers() {
+fn docker_unknown_ambiguous_stopped_and_invalid_containers() {
     let env = Env::new();
     image(&env);
     // Unknown: Docker's words, one line, exit 1, nothing changed.
-    let (code, err) = env.inject_fails(&["docker://iochaos-no-such-container"], "/data", EIO_ON_WRITE);
+    let (code, err) = env.inject_fails(
+        &["docker://iochaos-no-such-container"],
+        "/data",
+        EIO_ON_WRITE,
+    );
     assert_eq!(code, 1, "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("No such container"), "{err}");
@@ -179,9 +186,32 @@ fn docker_unknown_ambiguous_and_stopped_containers() {
     let (code, err) = env.fails(&["status", &format!("docker://{n}")]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("no injection"), "{err}");
+    // Ambiguous: a one-digit id prefix two containers share (at most 17 containers for two
+    // to share one of the 16 digits).
+    let mut created: Vec<(Container, String)> = Vec::new();
+    let prefix = loop {
+        let n = name(&format!("amb{}", created.len()));
+        let c = Container { name: n.clone() };
+        let id = docker_ok(&["create", "--name", &n, IMAGE, "/bin/true"]);
+        let first = id[..1].to_owned();
+        if created.iter().any(|(_, p)| *p == first) {
+            created.push((c, first.clone()));
+            break first;
+        }
+        created.push((c, first));
+    };
+    let (code, err) = env.inject_fails(&[&format!("docker://{prefix}")], "/data", EIO_ON_WRITE);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("Multiple IDs found"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    drop(created);
     // A name Docker would never accept is refused before any request.
     let (code, err) = env.inject_fails(&["docker://../x"], "/data", EIO_ON_WRITE);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("invalid container"), "{err}");
-    assert!(env.run_dir_entries().is_empty(), "{:?}", env.run_dir_entries());
+    assert!(
+        env.run_dir_entries().is_empty(),
+        "{:?}",
+        env.run_dir_entries()
+    );
 }

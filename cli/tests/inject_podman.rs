@@ -41,7 +41,10 @@ impl Podman {
     /// The environment that points podman (and iochaos's `podman inspect`) at this storage.
     fn env(&self) -> [(&'static str, PathBuf); 2] {
         [
-            ("CONTAINERS_STORAGE_CONF", self.dir.path().join("storage.conf")),
+            (
+                "CONTAINERS_STORAGE_CONF",
+                self.dir.path().join("storage.conf"),
+            ),
             ("CONTAINERS_CONF", self.dir.path().join("containers.conf")),
         ]
     }

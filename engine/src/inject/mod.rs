@@ -146,7 +146,10 @@ pub enum TargetSpec {
     /// A container a runtime named (`docker://`, `podman://`): injected by its init pid, recorded
     /// as `container` (the runtime's name as namespace, the full id) so that `status` and
     /// `recover` find it by name again.
-    Runtime { pid: u32, container: ContainerRef },
+    Runtime {
+        pid: u32,
+        container: ContainerRef,
+    },
     /// An OCI container being created (runtime hook at `createRuntime`/`prestart`): its init
     /// process, which may not have pivoted into the container's root yet, and that root as a
     /// path in the init's mount namespace (the bundle's `root.path`, absolute). See

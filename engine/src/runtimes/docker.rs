@@ -152,7 +152,10 @@ mod tests {
         let err = inspect_at(&dir.path().join("none.sock"), "web")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("none.sock") && err.contains("cannot connect"), "{err}");
+        assert!(
+            err.contains("none.sock") && err.contains("cannot connect"),
+            "{err}"
+        );
         assert!(!err.contains('\n'));
     }
 }
