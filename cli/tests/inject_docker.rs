@@ -157,7 +157,16 @@ fn docker_by_name_inject_update_recover() {
     assert!(exec_write(&n, "/data/exec"), "a write failed after recover");
     assert_eq!(mountinfo(pid), mi_before);
     assert!(env.status().is_empty());
+
+    // `docker stop` while injected: the server sees the container's init exit, recovers and
+    // removes its journal entry.
+    env.inject(&[&target], "/data", EIO_ON_WRITE);
+    let server = iochaos_testsupport::json_pid(&env.status()[0]["server_pid"]);
     docker_ok(&["stop", "-t", "1", &n]);
+    inject_common::poll("the journal entry to go", 10, || {
+        env.status().is_empty().then_some(())
+    });
+    env.assert_clean(&[server], None);
     check_data(&vol, &log);
 }
 
