@@ -87,18 +87,18 @@ mod tests {
     use super::*;
 
     fn usage(arg: &str) -> String {
-        let e = resolve(arg, "default").unwrap_err();
+        let e = resolve(arg, "default").expect_err(arg);
         assert!(e.downcast_ref::<Usage>().is_some(), "{e:#}");
         e.to_string()
     }
 
     #[test]
     fn containerd_with_and_without_namespace() {
-        let n = resolve("containerd://k8s.io/web", "default").unwrap();
+        let n = resolve("containerd://k8s.io/web", "default").expect("resolves");
         assert_eq!((n.id.as_str(), n.namespace.as_str()), ("web", "k8s.io"));
-        let n = resolve("containerd://web", "moby").unwrap();
+        let n = resolve("containerd://web", "moby").expect("resolves");
         assert_eq!((n.id.as_str(), n.namespace.as_str()), ("web", "moby"));
-        let n = resolve("web", "moby").unwrap();
+        let n = resolve("web", "moby").expect("resolves");
         assert_eq!(
             (n.id.as_str(), n.namespace.as_str(), n.runtime),
             ("web", "moby", None)

@@ -38,7 +38,7 @@ fn image(env: &Env) {
         return;
     }
     let rootfs = busybox_rootfs(&env.path().join("image"));
-    let tar = Command::new("tar")
+    let mut tar = Command::new("tar")
         .arg("-C")
         .arg(&rootfs)
         .args(["-c", "."])
@@ -47,9 +47,13 @@ fn image(env: &Env) {
         .expect("tar");
     let out = Command::new("docker")
         .args(["import", "-", IMAGE])
-        .stdin(tar.stdout.expect("tar's stdout"))
+        .stdin(tar.stdout.take().expect("tar's stdout"))
         .output()
         .expect("docker import");
+    assert!(
+        tar.wait().expect("tar").success(),
+        "tar of the busybox rootfs"
+    );
     assert!(
         out.status.success(),
         "docker import: {}",

@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 
-use super::{RuntimeContainer, check_name, pid_of};
+use super::{Inspect, RuntimeContainer, check_name};
 use crate::error::{Error, Result};
 
 /// The daemon's default socket.
@@ -65,31 +65,12 @@ pub fn inspect_at(socket: &Path, name: &str) -> Result<RuntimeContainer> {
         endpoint: socket.display().to_string(),
         reason: format!("unexpected answer to GET /containers/{name}/json: {e}"),
     })?;
-    Ok(RuntimeContainer {
-        runtime: "docker",
-        id: c.id,
-        pid: pid_of(c.state.running, c.state.pid),
-    })
+    Ok(c.into_container("docker"))
 }
 
 #[derive(serde::Deserialize)]
 struct ApiError {
     message: String,
-}
-
-/// The part of `docker inspect`'s answer we use.
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct Inspect {
-    id: String,
-    state: State,
-}
-
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct State {
-    running: bool,
-    pid: i64,
 }
 
 /// One GET over the unix socket: the status and the whole body.
@@ -139,18 +120,21 @@ mod tests {
 
     #[test]
     fn docker_host_must_be_a_unix_socket() {
-        let err = socket_from(Some("tcp://127.0.0.1:2375".into())).unwrap_err();
+        let err = socket_from(Some("tcp://127.0.0.1:2375".into())).expect_err("tcp:// refused");
         assert!(err.to_string().contains("only unix://"), "{err}");
-        let ok = socket_from(Some("unix:///tmp/d.sock".into())).unwrap();
+        let ok = socket_from(Some("unix:///tmp/d.sock".into())).expect("unix://");
         assert_eq!(ok, PathBuf::from("/tmp/d.sock"));
-        assert_eq!(socket_from(None).unwrap(), PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(
+            socket_from(None).expect("default"),
+            PathBuf::from(DEFAULT_SOCKET)
+        );
     }
 
     #[test]
     fn no_daemon_is_one_line_naming_the_socket() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("tempdir");
         let err = inspect_at(&dir.path().join("none.sock"), "web")
-            .unwrap_err()
+            .expect_err("no daemon")
             .to_string();
         assert!(
             err.contains("none.sock") && err.contains("cannot connect"),

@@ -32,6 +32,32 @@ impl RuntimeContainer {
     }
 }
 
+/// The part of `docker inspect`'s and `podman container inspect`'s answer we use (both spell
+/// it the same way).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct Inspect {
+    id: String,
+    state: InspectState,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InspectState {
+    running: bool,
+    pid: i64,
+}
+
+impl Inspect {
+    pub(crate) fn into_container(self, runtime: &'static str) -> RuntimeContainer {
+        RuntimeContainer {
+            runtime,
+            id: self.id,
+            pid: pid_of(self.state.running, self.state.pid),
+        }
+    }
+}
+
 /// Container names and id prefixes as Docker and podman accept them
 /// (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`): anything else is refused before it reaches a URL or an
 /// argument list.
@@ -49,7 +75,7 @@ pub(crate) fn check_name(runtime: &'static str, name: &str) -> Result<()> {
 }
 
 /// The init pid a runtime reports: 0 (or less) means none.
-pub(crate) fn pid_of(running: bool, pid: i64) -> Option<u32> {
+fn pid_of(running: bool, pid: i64) -> Option<u32> {
     if running {
         u32::try_from(pid).ok().filter(|p| *p > 0)
     } else {
@@ -64,7 +90,7 @@ mod tests {
     #[test]
     fn names_docker_accepts_pass_others_are_refused() {
         for ok in ["web", "a1b2c3", "my_app.v2-1"] {
-            check_name("docker", ok).unwrap();
+            check_name("docker", ok).expect(ok);
         }
         for bad in ["", "-x", "../x", "a/b", "a b", "x?y", "é"] {
             assert!(check_name("docker", bad).is_err(), "{bad:?}");

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use super::{RuntimeContainer, check_name, pid_of};
+use super::{Inspect, RuntimeContainer, check_name};
 use crate::error::{Error, Result};
 
 /// The container podman knows as `name` (a name, a full id or a unique id prefix).
@@ -49,23 +49,5 @@ pub fn inspect(name: &str) -> Result<RuntimeContainer> {
             });
         }
     };
-    Ok(RuntimeContainer {
-        runtime: "podman",
-        id: c.id,
-        pid: pid_of(c.state.running, c.state.pid),
-    })
-}
-
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct Inspect {
-    id: String,
-    state: State,
-}
-
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct State {
-    running: bool,
-    pid: i64,
+    Ok(c.into_container("podman"))
 }
