@@ -32,8 +32,14 @@ fn docker_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// Import the test image unless dockerd has it.
+/// Import the test image unless dockerd has it (once per test binary: the tests run in
+/// parallel).
 fn image(env: &Env) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| import(env));
+}
+
+fn import(env: &Env) {
     if docker(&["image", "inspect", IMAGE]).status.success() {
         return;
     }
