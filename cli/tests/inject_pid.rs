@@ -394,11 +394,12 @@ fn many_files(size: Option<(usize, usize, u64)>) {
 /// The injection server's fd limit for [`recover_when_the_server_has_no_fds_left`].
 const SERVER_NOFILE: usize = 4_000;
 
-/// The target opens files through ChaosFS until the injection server, which holds about two fds
-/// per file, has none left (the target's opens then fail), then closes two: enough for the
-/// server to accept `recover`'s connection, nothing more. Before, recover then failed with
-/// EMFILE reading `/proc` and the injection stayed live; now fds held back since the swap-in are
-/// released for it: recover succeeds and every fd is back on the original mount.
+/// The target opens files through ChaosFS until the injection server, which holds one fd per
+/// open file, has no room for another (a new file needs two for a moment: its lookup and its
+/// open; the target's opens then fail), then closes two (their fds go back to the server only
+/// once the kernel forgets them, which it is asked to do when the server is out of fds). Before, recover then failed with EMFILE reading `/proc`
+/// and the injection stayed live; now fds held back since the swap-in are released for it:
+/// recover succeeds and every fd is back on the original mount.
 #[test]
 fn recover_when_the_server_has_no_fds_left() {
     let env = Env::new();
@@ -467,9 +468,7 @@ fn recover_when_the_server_has_no_fds_left() {
     poll("the grower to close two files", 10, || {
         dir.join("shrunk").exists().then_some(())
     });
-    poll("ChaosFS to release them", 10, || {
-        (server_fds() <= SERVER_NOFILE - 2).then_some(())
-    });
+    eprintln!("after two closes the server holds {} fds", server_fds());
 
     env.ok(&["recover", &id]);
     let orig = &before[&3].1;

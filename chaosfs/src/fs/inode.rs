@@ -169,13 +169,15 @@ impl Inode {
     /// to an `O_PATH` fd of the same inode (reopened through `proc_fd`, `/proc/self/fd`) and
     /// let the open fd close, so the server holds no open file nobody has open (a write fd would
     /// make `execve` of the file fail with ETXTBSY, a read fd break others' write leases).
-    /// Out of fds, the open fd stays the node fd (one fd either way).
-    pub(crate) fn release_node_fd(&self, proc_fd: BorrowedFd<'_>) {
+    /// Out of fds, the open fd stays the node fd (one fd either way) and this returns true: the
+    /// caller then has the kernel forget files nobody holds open ([`super::FsInner::reclaim_fds`]),
+    /// this one included, since closing it gave the server no fd back.
+    pub(crate) fn release_node_fd(&self, proc_fd: BorrowedFd<'_>) -> bool {
         let Ok(mut files) = self.files.lock() else {
-            return;
+            return false;
         };
         if !files.node_fd_open {
-            return;
+            return false;
         }
         let cur = self.fd.load_full();
         let name = crate::sys::FdName::new(cur.as_raw_fd());
@@ -183,11 +185,15 @@ impl Inode {
             Ok(path_fd) => {
                 self.fd.store(Arc::new(path_fd));
                 files.node_fd_open = false;
+                false
             }
-            Err(e) => tracing::debug!(
-                "inode {}: no O_PATH fd ({e}); keeping the open fd",
-                self.nodeid
-            ),
+            Err(e) => {
+                tracing::debug!(
+                    "inode {}: no O_PATH fd ({e}); keeping the open fd",
+                    self.nodeid
+                );
+                matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+            }
         }
     }
 

@@ -176,6 +176,7 @@ impl FsInner {
             && let HandleKind::File { mode, noflush, .. } = h.kind
         {
             let c = &self.counters;
+            let mut out_of_fds = false;
             if let Ok(mut st) = h.inode.open.lock() {
                 if noflush {
                     st.noflush = st.noflush.saturating_sub(1);
@@ -194,8 +195,12 @@ impl FsInner {
                     }
                 }
                 if st.passthrough == 0 && st.direct == 0 {
-                    h.inode.release_node_fd(self.proc_fd.as_fd());
+                    out_of_fds = h.inode.release_node_fd(self.proc_fd.as_fd());
                 }
+            }
+            // After the open state's lock is dropped: the reclaim reads every inode's.
+            if out_of_fds {
+                self.reclaim_fds();
             }
         }
         match v.errno {
