@@ -181,6 +181,20 @@ pub enum Sub {
     /// Crash mode: cut the power (SIGKILL the target, lose what was never fsynced), then recover
     #[command(after_help = CRASH_EXAMPLES)]
     Crash(CrashCli),
+    /// Print the JSON spec (docs/rules.md) that a Chaos Mesh IOChaos file stands for
+    #[command(
+        after_help = "Example:\n  iochaos convert --from chaos-mesh iochaos.yaml > spec.json\n\n\
+                            Every field iochaos cannot honour is an error naming it (exit 2); \
+                            docs/chaos-mesh.md maps each one."
+    )]
+    Convert {
+        /// The format of FILE
+        #[arg(long, value_enum)]
+        from: ConvertFrom,
+        /// The file, or - for stdin
+        #[arg(value_name = "FILE|-")]
+        file: PathBuf,
+    },
     /// Show faults appearing and disappearing under a small workload (no container runtime)
     #[command(after_help = "Example:\n  iochaos demo")]
     Demo,
@@ -205,6 +219,13 @@ pub enum Sub {
     /// Internal: the demo's workload process
     #[command(name = "__demo-workload", hide = true)]
     DemoWorkload { dir: PathBuf },
+}
+
+/// What `convert` reads.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ConvertFrom {
+    /// A Chaos Mesh IOChaos document (chaos-mesh.org/v1alpha1)
+    ChaosMesh,
 }
 
 /// `--namespace` and `--containerd-state`, for a CONTAINER.
@@ -294,6 +315,9 @@ pub struct RuleFlags {
     /// The rules as a JSON spec (docs/rules.md) from FILE, or stdin with -
     #[arg(long, value_name = "FILE|-", help_heading = RULE_OPTIONS)]
     spec: Option<PathBuf>,
+    /// The rules from a Chaos Mesh IOChaos YAML file (docs/chaos-mesh.md), or stdin with -
+    #[arg(long, value_name = "FILE|-", help_heading = RULE_OPTIONS, conflicts_with = "spec")]
+    chaos_mesh: Option<PathBuf>,
 }
 
 /// The `--pid` rule selector, where `--pid` is not the target (run, update).
@@ -521,6 +545,9 @@ pub enum SpecSource {
     File(PathBuf),
     /// Shorthand flags, in order (already checked by `parse_shorthand`).
     Flags(Vec<String>),
+    /// `--chaos-mesh FILE`: an IOChaos document, and the name of the container named on the
+    /// command line (which its `containerNames` must list).
+    ChaosMesh(PathBuf, Option<String>),
 }
 
 /// Which process or container to inject into (or recover).
@@ -594,6 +621,8 @@ pub enum Command {
         seed: Option<u64>,
         json: bool,
     },
+    /// `iochaos convert --from chaos-mesh FILE`.
+    Convert(PathBuf),
     Completions(clap_complete::Shell),
     Man {
         subcommand: Option<String>,
@@ -612,7 +641,11 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, clap::Error> {
     let sub_matches = matches.subcommand().map(|(_, m)| m);
     let rules_of = |name: &str, rules: &RuleFlags, cmd: &mut clap::Command| {
         let flags = sub_matches.map(ordered_rule_flags).unwrap_or_default();
-        spec_source(name, rules.spec.clone(), flags, cmd)
+        let spec = match &rules.chaos_mesh {
+            Some(file) => Some(SpecSource::ChaosMesh(file.clone(), None)),
+            None => rules.spec.clone().map(SpecSource::File),
+        };
+        spec_source(name, spec, flags, cmd)
     };
     let no_json = |name: &str, cmd: &mut clap::Command| -> Result<(), clap::Error> {
         if cli.json {
@@ -635,7 +668,12 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, clap::Error> {
             })
         }
         Sub::Inject(i) => Command::Inject(InjectArgs {
-            spec: rules_of("inject", &i.rules, &mut cmd)?,
+            spec: match rules_of("inject", &i.rules, &mut cmd)? {
+                SpecSource::ChaosMesh(file, _) => {
+                    SpecSource::ChaosMesh(file, i.container.as_deref().map(container_name))
+                }
+                other => other,
+            },
             target: match (i.pid, i.container) {
                 (Some(pid), _) => TargetArg::Pid(pid),
                 (None, Some(id)) => TargetArg::Container {
@@ -701,6 +739,10 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, clap::Error> {
             no_json("demo", &mut cmd)?;
             Command::Demo
         }
+        Sub::Convert {
+            from: ConvertFrom::ChaosMesh,
+            file,
+        } => Command::Convert(file),
         Sub::Completions { shell } => Command::Completions(shell),
         Sub::Man { subcommand, dir } => {
             if let Some(name) = &subcommand
@@ -746,18 +788,23 @@ fn sub_error(cmd: &mut clap::Command, name: &str, kind: ErrorKind, msg: String) 
 /// action, a flag given twice for one rule, a selector that does not fit its action).
 fn spec_source(
     name: &str,
-    spec: Option<PathBuf>,
+    spec: Option<SpecSource>,
     flags: Vec<String>,
     cmd: &mut clap::Command,
 ) -> Result<SpecSource, clap::Error> {
     match spec {
-        Some(file) if flags.is_empty() => Ok(SpecSource::File(file)),
-        Some(_) => Err(sub_error(
+        Some(source) if flags.is_empty() => Ok(source),
+        Some(source) => Err(sub_error(
             cmd,
             name,
             ErrorKind::ArgumentConflict,
             format!(
-                "--spec cannot be combined with rule flags ({})",
+                "{} cannot be combined with rule flags ({})",
+                if matches!(source, SpecSource::File(_)) {
+                    "--spec"
+                } else {
+                    "--chaos-mesh"
+                },
                 flags.join(" ")
             ),
         )),
@@ -774,6 +821,15 @@ fn spec_source(
             Ok(source)
         }
     }
+}
+
+/// The name a Chaos Mesh `containerNames` entry would give CONTAINER: what follows its scheme
+/// and containerd namespace (`docker://web` → `web`, `containerd://k8s.io/ID` → `ID`).
+fn container_name(container: &str) -> String {
+    let name = container
+        .split_once("://")
+        .map_or(container, |(_, rest)| rest);
+    name.rsplit('/').next().unwrap_or(name).to_owned()
 }
 
 /// A clap error as one line: `unexpected argument '--erno' found (tip: a similar argument
@@ -875,7 +931,7 @@ mod tests {
                     "fsync"
                 ]
             ),
-            SpecSource::File(_) => panic!("expected flags"),
+            SpecSource::File(_) | SpecSource::ChaosMesh(..) => panic!("expected flags"),
         }
     }
 

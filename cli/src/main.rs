@@ -2,6 +2,7 @@
 //! (0 success, 1 failure with a one-line reason, 2 usage error; `run` returns its command's code).
 
 mod args;
+mod chaos_mesh;
 mod crash;
 mod demo;
 mod inject;
@@ -53,6 +54,7 @@ fn main() -> ExitCode {
         } => targets::resolve(&id, &namespace)
             .and_then(|n| status::update(&n.id, &spec, json, &n.namespace, &state_dir)),
         Command::Crash { id, seed, json } => crash::crash(&id, seed, json),
+        Command::Convert(file) => run::convert(&file).map(|()| 0),
         Command::Completions(shell) => manual::completions(shell).map(|()| 0),
         Command::Man { subcommand, dir } => manual::man(subcommand.as_deref(), dir.as_deref()),
     };

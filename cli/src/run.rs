@@ -18,14 +18,12 @@ use crate::args::{RunArgs, SpecSource, Usage};
 pub fn load_spec(source: &SpecSource) -> Result<Spec, Usage> {
     let spec = match source {
         SpecSource::File(path) => {
-            let mut text = String::new();
-            let read = if path == Path::new("-") {
-                std::io::stdin().read_to_string(&mut text).map(|_| ())
-            } else {
-                std::fs::File::open(path).and_then(|mut f| f.read_to_string(&mut text).map(|_| ()))
-            };
-            read.map_err(|e| Usage(format!("cannot read spec {}: {e}", path.display())))?;
-            Spec::from_json(&text).map_err(|e| Usage(e.to_string()))?
+            Spec::from_json(&read_input(path, "spec")?).map_err(|e| Usage(e.to_string()))?
+        }
+        SpecSource::ChaosMesh(path, target) => {
+            let json = chaos_mesh_spec(path, target.as_deref())?;
+            Spec::from_json(&json.to_string())
+                .map_err(|e| Usage(format!("{}: converted to {json}: {e}", path.display())))?
         }
         SpecSource::Flags(flags) => {
             let parsed = parse_shorthand(flags).map_err(|e| Usage(e.to_string()))?;
@@ -41,6 +39,41 @@ pub fn load_spec(source: &SpecSource) -> Result<Spec, Usage> {
         }
     };
     Ok(spec)
+}
+
+/// The JSON spec of the Chaos Mesh IOChaos file `path` (`-`: stdin), not yet validated.
+pub fn chaos_mesh_spec(path: &Path, target: Option<&str>) -> Result<serde_json::Value, Usage> {
+    let text = read_input(path, "Chaos Mesh IOChaos")?;
+    crate::chaos_mesh::convert(&text, target).map_err(|e| {
+        Usage(format!(
+            "invalid Chaos Mesh IOChaos {}: {e}",
+            path.display()
+        ))
+    })
+}
+
+/// `iochaos convert --from chaos-mesh FILE`: the JSON spec, checked as `--spec` checks it.
+pub fn convert(path: &Path) -> anyhow::Result<()> {
+    let json = chaos_mesh_spec(path, None)?;
+    Spec::from_json(&json.to_string())
+        .map_err(|e| Usage(format!("{}: converted to {json}: {e}", path.display())))?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json).context("encoding the spec")?
+    );
+    Ok(())
+}
+
+/// The text of FILE, or stdin for `-`.
+fn read_input(path: &Path, what: &str) -> Result<String, Usage> {
+    let mut text = String::new();
+    let read = if path == Path::new("-") {
+        std::io::stdin().read_to_string(&mut text).map(|_| ())
+    } else {
+        std::fs::File::open(path).and_then(|mut f| f.read_to_string(&mut text).map(|_| ()))
+    };
+    read.map_err(|e| Usage(format!("cannot read {what} {}: {e}", path.display())))?;
+    Ok(text)
 }
 
 /// What a command is about to do, for [`check_privileges`].
