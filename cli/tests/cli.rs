@@ -52,6 +52,7 @@ const SUBCOMMANDS: &[&str] = &[
     "status",
     "update",
     "crash",
+    "convert",
     "demo",
     "completions",
     "man",
