@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use error::{Error, Result};
-pub use fs::{CrashedFile, Escaped, InterruptStats, OpenMode, OpenStats, UpdateReport};
+pub use fs::{
+    CrashedFile, Escaped, ForwardedLock, InterruptStats, OpenMode, OpenStats, UpdateReport,
+};
 pub use mount::{Connection, MountOptions};
 pub use server::{Config, Server};
 

@@ -201,6 +201,13 @@ impl Server {
         self.inner.open_mode_of(ino)
     }
 
+    /// The POSIX locks processes hold through this mount now (with `forward_locks`), each
+    /// with its holder: the kernel keeps no record of them on the ChaosFS files, so whoever
+    /// moves a holder off the mount (recover) learns them here and takes them again.
+    pub fn forwarded_posix_locks(&self) -> Vec<crate::ForwardedLock> {
+        self.inner.forwarded_posix_locks()
+    }
+
     /// Inodes the kernel currently holds references to.
     pub fn inode_count(&self) -> usize {
         self.inner.inode_count()

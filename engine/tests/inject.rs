@@ -97,7 +97,13 @@ impl Swapper for RecordingSwapper {
             skipped: vec![],
         })
     }
-    fn swap_out(&self, pids: &[u32], path: &Path, from_mnt: u64) -> engine::Result<SwapOutcome> {
+    fn swap_out(
+        &self,
+        pids: &[u32],
+        path: &Path,
+        from_mnt: u64,
+        _locks: &[(u32, fdswap::PosixLock)],
+    ) -> engine::Result<SwapOutcome> {
         self.0
             .push(format!("out {pids:?} {} {from_mnt}", path.display()));
         Ok(SwapOutcome::default())

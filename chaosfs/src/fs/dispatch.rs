@@ -372,9 +372,13 @@ impl ChaosFs {
                 lock,
                 sleep,
                 flock,
-            } => self
-                .0
-                .setlk(&inode, (owner, flock), lock, sleep, ReplyEmpty::new(s)),
+            } => self.0.setlk(
+                &inode,
+                (owner, flock, cx.c.pid),
+                lock,
+                sleep,
+                ReplyEmpty::new(s),
+            ),
             other => misrouted(&other, s),
         }
     }

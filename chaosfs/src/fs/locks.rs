@@ -44,6 +44,8 @@ struct Waiter {
 #[derive(Default)]
 pub(crate) struct Locks {
     files: Mutex<HashMap<Owner, Arc<OwnedFd>>>,
+    /// The process (thread group id) whose request last set a POSIX lock of an owner.
+    setters: Mutex<HashMap<Owner, i32>>,
     /// Waiting SETLKWs by request unique id.
     waiting: Mutex<HashMap<u64, Arc<Waiter>>>,
 }
@@ -116,6 +118,9 @@ impl FsInner {
         if let Ok(mut files) = self.locks.files.lock() {
             files.remove(&o);
         }
+        if let Ok(mut setters) = self.locks.setters.lock() {
+            setters.remove(&o);
+        }
     }
 
     /// FLUSH: the closing process's POSIX locks on the file go (as `close(2)` drops them).
@@ -183,7 +188,7 @@ impl FsInner {
     pub(crate) fn setlk(
         &self,
         inode: &Inode,
-        (owner, flock): (u64, bool),
+        (owner, flock, caller): (u64, bool, u32),
         lk: FileLock,
         sleep: bool,
         r: ReplyEmpty,
@@ -197,6 +202,12 @@ impl FsInner {
             Ok(f) => f,
             Err(e) => return r.error(e),
         };
+        if !flock
+            && let Some(tgid) = self.tgid_of(caller)
+            && let Ok(mut setters) = self.locks.setters.lock()
+        {
+            setters.insert(o, tgid);
+        }
         let take = move |wait: bool| {
             if flock {
                 sys::lock::flock(fd.as_fd(), lock_type(&lk), wait)
@@ -303,6 +314,68 @@ impl FsInner {
             };
         }
         true
+    }
+}
+
+/// A POSIX lock a process holds through ChaosFS: an OFD lock of the server on the backing file
+/// (the kernel keeps no record of it on the ChaosFS file, so `/proc/PID/fdinfo` of the holder
+/// does not list it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardedLock {
+    /// The holder (thread group id, in the server's pid namespace).
+    pub pid: i32,
+    /// Exclusive.
+    pub write: bool,
+    /// First byte.
+    pub start: u64,
+    /// Last byte (`None`: to EOF).
+    pub end: Option<u64>,
+    /// The backing file's device (major, minor).
+    pub dev: (u32, u32),
+    /// The backing file's inode number.
+    pub ino: u64,
+}
+
+impl FsInner {
+    /// The POSIX locks held through ChaosFS now, each with the process that set it, read from
+    /// the kernel (the fdinfo of each owner's lock file: what is really held, after merges and
+    /// splits).
+    pub(crate) fn forwarded_posix_locks(&self) -> Vec<ForwardedLock> {
+        use std::os::fd::AsRawFd;
+        let owners: Vec<(i32, Arc<OwnedFd>)> = {
+            let (Ok(files), Ok(setters)) = (self.locks.files.lock(), self.locks.setters.lock())
+            else {
+                return Vec::new();
+            };
+            setters
+                .iter()
+                .filter_map(|(o, &pid)| Some((pid, files.get(o)?.clone())))
+                .collect()
+        };
+        let mut out = Vec::new();
+        for (pid, fd) in owners {
+            let path = format!("/proc/thread-self/fdinfo/{}", fd.as_raw_fd());
+            let Some(info) = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| procinfo::parse_fdinfo(&t))
+            else {
+                continue;
+            };
+            out.extend(
+                info.locks
+                    .into_iter()
+                    .filter(|l| l.kind == "OFDLCK")
+                    .map(|l| ForwardedLock {
+                        pid,
+                        write: l.write,
+                        start: l.start,
+                        end: l.end,
+                        dev: l.dev,
+                        ino: l.ino,
+                    }),
+            );
+        }
+        out
     }
 }
 

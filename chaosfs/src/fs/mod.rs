@@ -35,6 +35,7 @@ pub(crate) use delay::Scheduler;
 use handle::HandleTable;
 pub use handle::OpenMode;
 use inode::{Inode, InodeTable, ROOT};
+pub use locks::ForwardedLock;
 
 use crate::rules::{AttrOverride, Call, Op, RuleSet, Verdict};
 use crate::sys;

@@ -24,7 +24,12 @@ pub struct ChaosLauncher {
 impl Default for ChaosLauncher {
     fn default() -> Self {
         ChaosLauncher {
-            config: Config::default(),
+            // Locks taken through ChaosFS are real locks on the backing files, seen by
+            // processes outside the injection; the swap hands the target's over both ways.
+            config: Config {
+                forward_locks: true,
+                ..Config::default()
+            },
             grace: Duration::from_secs(2),
         }
     }
@@ -117,6 +122,24 @@ impl FsServer for ChaosServer {
         // Only release what is parked: replacing the rules now would invalidate every cached
         // entry, and the swap back would then wait on the server for each file.
         self.server.cancel_delays();
+    }
+
+    fn forwarded_locks(&self) -> Vec<(u32, fdswap::PosixLock)> {
+        self.server
+            .forwarded_posix_locks()
+            .into_iter()
+            .filter_map(|l| {
+                let lock = fdswap::PosixLock {
+                    write: l.write,
+                    start: l.start,
+                    end: l.end,
+                    dev: l.dev,
+                    ino: l.ino,
+                    forwarded: true,
+                };
+                Some((u32::try_from(l.pid).ok()?, lock))
+            })
+            .collect()
     }
 
     fn rule_counters(&self) -> Vec<(u64, u64)> {

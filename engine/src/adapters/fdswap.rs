@@ -277,6 +277,7 @@ impl Swapper for FdSwapper {
             from_mnt: None,
             to_mnt: Some(to_mnt),
             read_ahead,
+            forwarded_locks: Vec::new(),
         };
         let (plan, mut report) = crate::sys::on_private_fd_table(|| self.run(pids, options))?;
         // A process that could not be moved would keep bypassing the faults: fail the injection
@@ -297,7 +298,13 @@ impl Swapper for FdSwapper {
         Ok(outcome(&plan, &report))
     }
 
-    fn swap_out(&self, pids: &[u32], path: &Path, from_mnt: u64) -> Result<SwapOutcome> {
+    fn swap_out(
+        &self,
+        pids: &[u32],
+        path: &Path,
+        from_mnt: u64,
+        locks: &[(u32, fdswap::PosixLock)],
+    ) -> Result<SwapOutcome> {
         if pids.is_empty() {
             return Ok(SwapOutcome::default());
         }
@@ -307,6 +314,10 @@ impl Swapper for FdSwapper {
             from_mnt: Some(from_mnt),
             to_mnt: None,
             read_ahead: ReadAhead::never(),
+            forwarded_locks: locks
+                .iter()
+                .filter_map(|(pid, l)| Some((fdswap_pid(*pid)?, l.clone())))
+                .collect(),
         };
         let (plan, report) = crate::sys::on_private_fd_table(|| self.run(pids, options))?;
         Ok(outcome(&plan, &report))

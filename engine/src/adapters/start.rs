@@ -29,7 +29,13 @@ impl Swapper for StartSwapper {
         Ok(SwapOutcome::default())
     }
 
-    fn swap_out(&self, pids: &[u32], path: &Path, from_mnt: u64) -> Result<SwapOutcome> {
-        self.0.swap_out(pids, path, from_mnt)
+    fn swap_out(
+        &self,
+        pids: &[u32],
+        path: &Path,
+        from_mnt: u64,
+        locks: &[(u32, fdswap::PosixLock)],
+    ) -> Result<SwapOutcome> {
+        self.0.swap_out(pids, path, from_mnt, locks)
     }
 }

@@ -169,7 +169,8 @@ fn undo_swap<F: FsServer, S: Swapper>(
     if let Err(d) = guard.detach() {
         tracing::warn!(error = %d, "could not detach the mount");
     }
-    if let Err(s) = swapper.swap_out(&all, path, mnt_id) {
+    let locks = server.forwarded_locks();
+    if let Err(s) = swapper.swap_out(&all, path, mnt_id, &locks) {
         tracing::warn!(error = %s, "could not swap back after a failed injection");
     }
     if let Err(s) = server.stop() {

@@ -97,6 +97,12 @@ pub trait FsServer: Send + Sync + 'static {
     fn read_ahead(&self) -> fdswap::ReadAhead {
         fdswap::ReadAhead::never()
     }
+    /// The POSIX locks processes hold through the filesystem (one that forwards locks to the
+    /// backing files): (pid, lock on the backing file). The swap back takes them again on
+    /// the original files. Default: none.
+    fn forwarded_locks(&self) -> Vec<(u32, fdswap::PosixLock)> {
+        Vec::new()
+    }
     /// `(matched, injected)` per rule, in spec order.
     fn rule_counters(&self) -> Vec<(u64, u64)>;
     /// Crash mode: roll every file back to its last durable state and refuse every later
@@ -130,7 +136,15 @@ pub trait Swapper: Send + Sync + 'static {
     ) -> Result<SwapOutcome>;
     /// Make `pids` reopen what they hold on mount `from_mnt` under `path` through whatever
     /// `path` resolves to now (the original, once the ChaosFS mount is detached).
-    fn swap_out(&self, pids: &[u32], path: &Path, from_mnt: u64) -> Result<SwapOutcome>;
+    /// `locks`: what the filesystem holds for them ([`FsServer::forwarded_locks`]), taken
+    /// again on the original files.
+    fn swap_out(
+        &self,
+        pids: &[u32],
+        path: &Path,
+        from_mnt: u64,
+        locks: &[(u32, fdswap::PosixLock)],
+    ) -> Result<SwapOutcome>;
 }
 
 /// What to inject into.

@@ -52,9 +52,17 @@ impl<F: FsServer, S: Swapper> Injection<F, S> {
             .iter()
             .map(|p| p.pid)
             .collect();
+        // Held by the server for the target (lock forwarding): taken again natively as the
+        // swap closes the ChaosFS files (whose FLUSH makes the server let go of them).
+        let locks = st
+            .server
+            .as_ref()
+            .map(FsServer::forwarded_locks)
+            .unwrap_or_default();
+        tracing::debug!(?locks, "locks held through the filesystem");
         let outcome = self
             .swapper
-            .swap_out(&pids, &path, mnt_id)
+            .swap_out(&pids, &path, mnt_id, &locks)
             .map_err(|e| explain_shortage(e, "recover: swapping back"))?;
         st.detached = None;
         tracing::debug!(elapsed = ?t0.elapsed(), "swapped back");
@@ -159,7 +167,8 @@ fn undo_mount<S: Swapper>(
     }
     ns::detach_at(ns, path, mnt_id)?;
     let pids: Vec<u32> = processes_in_mnt_ns(ns.id)?.iter().map(|p| p.pid).collect();
-    let outcome = swapper.swap_out(&pids, path, mnt_id)?;
+    // The server is gone, and the locks it held for the target with it.
+    let outcome = swapper.swap_out(&pids, path, mnt_id, &[])?;
     Ok(RecoverReport {
         restored: fd_entries(&outcome.swapped),
         failed: outcome.skipped,

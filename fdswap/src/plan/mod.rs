@@ -27,6 +27,12 @@ pub struct ScanOptions {
     /// Which directories the scan may read before resolving the files in them (see
     /// [`ReadAhead`]). Default: all.
     pub read_ahead: ReadAhead,
+    /// POSIX locks the processes hold through the filesystem they move off (a FUSE server
+    /// that forwards locks holds them on its backing file), as (pid, lock on the file the path
+    /// resolves to now). The kernel keeps no record of them on the old file, so the scan
+    /// cannot find them; they are taken again on the new file right after the old one's last
+    /// close (which makes the server release them). Default: none.
+    pub forwarded_locks: Vec<(i32, PosixLock)>,
 }
 
 impl ScanOptions {
@@ -37,6 +43,7 @@ impl ScanOptions {
             from_mnt: None,
             to_mnt: None,
             read_ahead: ReadAhead::default(),
+            forwarded_locks: Vec::new(),
         }
     }
 }
@@ -281,6 +288,10 @@ pub struct PosixLock {
     pub dev: (u32, u32),
     /// The file.
     pub ino: u64,
+    /// Held for the process by the old file's filesystem server, not by the kernel on the old
+    /// file (see [`ScanOptions::forwarded_locks`]): a conflict check on the new file before
+    /// the old one is closed would meet the server's own lock.
+    pub forwarded: bool,
 }
 
 /// What one fd table / fs / mm of a process would swap.

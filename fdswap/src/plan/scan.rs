@@ -86,6 +86,7 @@ pub(crate) fn scan_unit(
     }
     group_descriptions(pid, &mut plan.fds);
     carry_locks(&locks, &mut plan);
+    carry_forwarded_locks(&options.forwarded_locks, &mut plan);
 
     if with_cwd {
         scan_cwd(pid, tid, &task, &view, &resolver, options, &mut plan);
@@ -486,6 +487,7 @@ fn carry_locks(mine: &[LockLine], plan: &mut ProcessPlan) {
                 end: l.end,
                 dev: l.dev,
                 ino: l.ino,
+                forwarded: false,
             });
         }
     }
@@ -503,6 +505,26 @@ fn carry_locks(mine: &[LockLine], plan: &mut ProcessPlan) {
             item: Item::Fd(f.fd),
             path: f.path.to_string_lossy().into_owned(),
             reason: SkipReason::LockedFileStays,
+        });
+    }
+}
+
+/// Attach the locks the old file's filesystem holds for this process (given by the file they
+/// are on now, the one its path resolves to) to the fds that move onto that file.
+fn carry_forwarded_locks(held: &[(i32, PosixLock)], plan: &mut ProcessPlan) {
+    for (_, l) in held.iter().filter(|(pid, _)| *pid == plan.pid) {
+        let Some(f) = plan
+            .fds
+            .iter()
+            .find(|f| (f.to.ino, f.to.dev) == (l.ino, l.dev))
+        else {
+            continue;
+        };
+        plan.locks.push(PosixLock {
+            dev: f.from.dev,
+            ino: f.from.ino,
+            forwarded: true,
+            ..l.clone()
         });
     }
 }

@@ -136,6 +136,8 @@ struct LockSlot {
     take: usize,
     /// `struct flock` for the `F_GETLK` probe on the new file.
     probe: usize,
+    /// Held for the process by the old file's server (see `PosixLock::forwarded`): no probe.
+    forwarded: bool,
 }
 
 /// What a group leaves for after the point of no return.
@@ -143,8 +145,9 @@ enum Opened {
     /// The new file is open in a spare fd (result of op `new`): put it on the fds of group
     /// `group`, then close the spare.
     Spare { new: usize, group: usize },
-    /// The new file is on the fds already; the old description is kept open here.
-    InPlace { saved: usize },
+    /// The new file is on the fds of group `group` already; the old description is kept
+    /// open here.
+    InPlace { saved: usize, group: usize },
 }
 
 /// What one batch's open phase leaves for its final part.
@@ -337,6 +340,7 @@ impl<'u> Builder<'u> {
                     group,
                     take,
                     probe,
+                    forwarded: l.forwarded,
                 });
             }
         }
@@ -552,9 +556,11 @@ impl<'u> Builder<'u> {
         );
     }
 
-    /// Nobody else holds a conflicting lock on the new file (op `n`) of group `g`.
+    /// Nobody else holds a conflicting lock on the new file (op `n`) of group `g`. Not for
+    /// locks the old file's server holds: the probe would meet the server's own lock, which
+    /// goes only with the old file's last close; the `F_SETLK` after it is the check.
     fn probe_locks(&mut self, g: usize, n: Arg) {
-        for l in self.locks.iter().filter(|l| l.group == g) {
+        for l in self.locks.iter().filter(|l| l.group == g && !l.forwarded) {
             self.pr.push(
                 on_fd("F_GETLK on the new file for", l.fd),
                 Self::fcntl(n, F_GETLK, Arg::Data(l.probe)),
@@ -568,6 +574,45 @@ impl<'u> Builder<'u> {
                 None,
             );
         }
+    }
+
+    /// Group `g` was reopened in place: its new file is on its lowest fd, and the close of its
+    /// old fd dropped the process's POSIX locks on the old file (any close does). Take them on
+    /// the new file at once, before the point of no return (a conflict rolls the batch back),
+    /// so that the lock is free for others only for the open or receive between that close
+    /// and this. Through a filesystem that forwards locks (ChaosFS) this is what makes the lock
+    /// visible outside again. Not when the new file is the old one (a bind mount of the same
+    /// directory): closes still to come would drop them; nor when the group carries no lock.
+    /// Returns whether it took any (then no probe is needed). The final part takes them again
+    /// (idempotent): a mapping's temporary fd of the same file, closed there, drops them.
+    fn take_locks_now(&mut self, g: usize) -> bool {
+        let f0 = self.fd(g);
+        if (f0.to.dev, f0.to.ino) == (f0.from.dev, f0.from.ino) {
+            return false;
+        }
+        let takes: Vec<usize> = self
+            .locks
+            .iter()
+            .filter(|l| l.group == g)
+            .map(|l| l.take)
+            .collect();
+        for &take in &takes {
+            self.pr.push(
+                on_fd(
+                    "F_SETLK (taken by another process meanwhile?) on the new file for",
+                    f0.fd,
+                ),
+                Self::fcntl(int(f0.fd), F_SETLK, Arg::Data(take)),
+                Check::NonNeg,
+                None,
+            );
+        }
+        !takes.is_empty()
+    }
+
+    /// Does group `g` carry a POSIX lock?
+    fn carries_lock(&self, g: usize) -> bool {
+        self.locks.iter().any(|l| l.group == g)
     }
 
     /// The injector hands in group `g`'s new file (it is reopened in place).
@@ -649,12 +694,21 @@ impl<'u> Builder<'u> {
             let s = self.save_old(f0);
             kept.push((g, pos, s));
         }
-        for &(g, _, s) in &kept {
+        // The locked files' fds last: their locks are free for others from this close to the
+        // F_SETLK right after the receive.
+        let mut closing: Vec<(usize, usize)> = kept.iter().map(|&(g, _, s)| (g, s)).collect();
+        closing.sort_by_key(|&(g, _)| self.carries_lock(g));
+        for (g, s) in closing {
             let f0 = self.fd(g);
             self.close_saved(f0, s);
         }
         let fds: Vec<i32> = hs.iter().map(|&g| self.fd(g).fd).collect();
         self.recvmsg(sock, &fds);
+        let taken: HashSet<usize> = hs
+            .iter()
+            .copied()
+            .filter(|&g| self.take_locks_now(g))
+            .collect();
         let unit = self.unit;
         for (g, pos, s) in kept {
             let f0 = self.fd(g);
@@ -671,12 +725,14 @@ impl<'u> Builder<'u> {
                 None,
             );
             self.seek_new(int(f0.fd), pos, f0.fd);
-            self.probe_locks(g, int(f0.fd));
+            if !taken.contains(&g) {
+                self.probe_locks(g, int(f0.fd));
+            }
             let others: Vec<&FdItem> = self.groups[g][1..].iter().map(|&i| &unit.fds[i]).collect();
             for f in others {
                 self.dup3_onto(int(f0.fd), f, Some(Arg::Result(s)));
             }
-            ops.opened.push(Opened::InPlace { saved: s });
+            ops.opened.push(Opened::InPlace { saved: s, group: g });
             ops.moved
                 .extend(self.groups[g].iter().map(|&i| unit.fds[i].fd));
         }
@@ -763,6 +819,7 @@ impl<'u> Builder<'u> {
             path,
             oflags,
         );
+        let mut taken = false;
         if saved.is_some() {
             self.pr.push(
                 on_fd(
@@ -773,6 +830,7 @@ impl<'u> Builder<'u> {
                 Check::NonNeg,
                 None,
             );
+            taken = self.take_locks_now(g);
         }
         self.check_file(
             Arg::Result(n),
@@ -780,7 +838,9 @@ impl<'u> Builder<'u> {
             on_fd("check of the new file for", f0.fd),
         );
         self.seek_new(Arg::Result(n), pos, f0.fd);
-        self.probe_locks(g, Arg::Result(n));
+        if !taken {
+            self.probe_locks(g, Arg::Result(n));
+        }
         let unit = self.unit;
         match saved {
             Some(s) => {
@@ -790,7 +850,7 @@ impl<'u> Builder<'u> {
                 for f in others {
                     self.dup3_onto(Arg::Result(n), f, Some(Arg::Result(s)));
                 }
-                ops.opened.push(Opened::InPlace { saved: s });
+                ops.opened.push(Opened::InPlace { saved: s, group: g });
             }
             None => ops.opened.push(Opened::Spare { new: n, group: g }),
         }
@@ -924,7 +984,24 @@ impl<'u> Builder<'u> {
     fn final_part(&mut self, groups: &[usize], ops: BatchOps<'u>, last: bool) -> (usize, Vec<i32>) {
         self.pr.begin_final();
         let close = |what: Desc, fd: usize| (what, Call::sys(SYS_close, &[Arg::Result(fd)]));
-        for o in ops.opened {
+        // The groups of locked files last, so that their locks are re-taken right after the
+        // closes that drop them (on a lock-forwarding filesystem, the FLUSH of the first old
+        // fd makes the server let go of the process's lock).
+        let locked: HashSet<(u32, u32, u64)> = self
+            .locks
+            .iter()
+            .map(|l| {
+                let f = self.fd(l.group);
+                (f.from.dev.0, f.from.dev.1, f.from.ino)
+            })
+            .collect();
+        let mut opened = ops.opened;
+        opened.sort_by_key(|o| {
+            let (Opened::Spare { group, .. } | Opened::InPlace { group, .. }) = *o;
+            let f = self.fd(group);
+            locked.contains(&(f.from.dev.0, f.from.dev.1, f.from.ino))
+        });
+        for o in opened {
             match o {
                 Opened::Spare { new, group } => {
                     let unit = self.unit;
@@ -939,7 +1016,7 @@ impl<'u> Builder<'u> {
                     );
                     self.pr.push(what, call, Check::None, None);
                 }
-                Opened::InPlace { saved } => {
+                Opened::InPlace { saved, .. } => {
                     let (what, call) = close(step("close a kept old description"), saved);
                     self.pr.push(what, call, Check::None, None);
                 }
