@@ -60,6 +60,22 @@ pub enum Error {
         /// The returned error.
         errno: Errno,
     },
+    /// Another process took a POSIX lock of the target in the moment it was handed over (after
+    /// the close of the old fd dropped it, before the new file had it): the batch was rolled
+    /// back, but the lock could not be given back to the target if the other process still
+    /// holds it. Not worth a retry: the caller must report it.
+    #[error(
+        "process {pid}: {step} failed with {errno}: another process took the target's lock \
+         while it was handed over; rolled back, the target may have lost the lock"
+    )]
+    LockTaken {
+        /// The process.
+        pid: i32,
+        /// The step.
+        step: String,
+        /// The errno (EAGAIN).
+        errno: Errno,
+    },
     /// The stub could not connect to the injector to receive the pre-opened files (seccomp,
     /// a network namespace without unix sockets): nothing changed; fdswap runs the stub again
     /// with in-stub opens.

@@ -256,6 +256,12 @@ impl Program {
     }
 
     /// Describe op `i` for an error message.
+    /// The step name of op `i`, if there is one.
+    pub(crate) fn step_of(&self, i: u64) -> Option<&'static str> {
+        let o = usize::try_from(i).ok().and_then(|i| self.ops.get(i))?;
+        Some(o.what.step)
+    }
+
     pub(crate) fn describe(&self, i: u64, unit: &ProcessPlan) -> String {
         let Some(o) = usize::try_from(i).ok().and_then(|i| self.ops.get(i)) else {
             return format!("op {i}");

@@ -24,6 +24,10 @@ use libc::{
     SYS_statx,
 };
 
+/// The step taking a lock on the new file in place (its failure: `Error::LockTaken`).
+pub(super) const TAKE_LOCK_NOW: &str =
+    "F_SETLK (taken by another process meanwhile?) on the new file for";
+
 /// How long the stub waits for the injector's files before it rolls back.
 const RECEIVE_TIMEOUT_S: u64 = 10;
 
@@ -598,10 +602,7 @@ impl<'u> Builder<'u> {
             .collect();
         for &take in &takes {
             self.pr.push(
-                on_fd(
-                    "F_SETLK (taken by another process meanwhile?) on the new file for",
-                    f0.fd,
-                ),
+                on_fd(TAKE_LOCK_NOW, f0.fd),
                 Self::fcntl(int(f0.fd), F_SETLK, Arg::Data(take)),
                 Check::NonNeg,
                 None,

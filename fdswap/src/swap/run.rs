@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 
 use super::SwapOptions;
-use super::build::{Built, Handoff, build};
+use super::build::{Built, Handoff, TAKE_LOCK_NOW, build};
 use super::handoff::{Listener, PreOpened, Sender};
 use super::remote::{
     Trampoline, back_to_event_stop, find_syscall_insn, read_mem, remote_syscall, write_mem,
@@ -436,6 +436,13 @@ fn run_stub(
             if usize::try_from(out.fail_index).is_ok_and(|i| built.connect_ops.contains(&i)) =>
         {
             Err(Error::HandoffRefused {
+                pid,
+                step: op_what(out.fail_index),
+                errno: errno(out.fail_result),
+            })
+        }
+        status::ROLLED_BACK if built.program.step_of(out.fail_index) == Some(TAKE_LOCK_NOW) => {
+            Err(Error::LockTaken {
                 pid,
                 step: op_what(out.fail_index),
                 errno: errno(out.fail_result),
