@@ -152,12 +152,25 @@ impl Server {
         self.inner.update_rules(rules)
     }
 
-    /// Per-rule counters of the current rules.
     /// Crash mode (docs/crash.md): cut the power. Every file is rolled back to its last durable
     /// state and every later change fails with EIO. Call it once every process that wrote
     /// through the mount is dead. What each file lost, by path.
     pub fn crash(&self) -> Vec<CrashedFile> {
         self.inner.crash()
+    }
+
+    /// Crash mode: what a `crash` rule does when it fires, after closing the gate and before
+    /// the rollback: send SIGKILL to every process that may write through the mount (without
+    /// waiting: the request that fired the rule is answered only after this returns). Run at
+    /// once if a rule already fired.
+    pub fn on_power_cut(&self, kill: impl Fn() + Send + Sync + 'static) {
+        self.inner.on_power_cut(Box::new(kill));
+    }
+
+    /// Crash mode: what the power cut of a `crash` rule dropped, per file; `None` while no
+    /// `crash` rule fired.
+    pub fn power_cut_report(&self) -> Option<Vec<CrashedFile>> {
+        self.inner.power_cut_report()
     }
 
     /// Crash mode: bytes of undo state held now (saved old bytes not yet made obsolete by an
@@ -166,6 +179,7 @@ impl Server {
         self.inner.crash_saved_bytes()
     }
 
+    /// Per-rule counters of the current rules.
     pub fn stats(&self) -> Vec<RuleStats> {
         self.inner.rules().stats()
     }

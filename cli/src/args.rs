@@ -46,8 +46,8 @@ See `iochaos help SUBCOMMAND`, `man iochaos-SUBCOMMAND`, docs/cli.md.";
 macro_rules! rules_help {
     () => {
         "\
-Rules (shorthand): each action flag (--errno, --latency, --attr, --corrupt, --short, --full)
-starts a rule; the selector flags after it (--ops, --glob, --percent, --comm, --uid, --after,
+Rules (shorthand): each action flag (--errno, --latency, --attr, --corrupt, --short, --full,
+--crash) starts a rule; the selector flags after it (--ops, --glob, --percent, --comm, --uid, --after,
 --every, --times) refine that rule. `--errno EIO --ops write --latency 200ms --ops fsync` is two
 rules. --spec FILE|- gives the JSON spec of docs/rules.md instead."
     };
@@ -270,6 +270,9 @@ pub struct RuleFlags {
     /// Writes fail with ENOSPC as if the disk were full
     #[arg(long, action = ArgAction::Count, help_heading = ACTIONS)]
     full: u8,
+    /// Cut the power before the selected request (needs --crash-mode; docs/crash.md)
+    #[arg(long, action = ArgAction::Count, help_heading = ACTIONS)]
+    crash: u8,
     /// Only these ops: read,write,fsync,open,getattr,... (docs/rules.md)
     #[arg(long, value_name = "OP,...", action = ArgAction::Append, help_heading = SELECTORS,
           value_parser = rule_value("ops"))]
@@ -430,6 +433,7 @@ const RULE_ARGS: &[(&str, &str)] = &[
     ("corrupt", "corrupt"),
     ("short", "short"),
     ("full", "full"),
+    ("crash", "crash"),
     ("ops", "ops"),
     ("glob", "glob"),
     ("percent", "percent"),
@@ -475,7 +479,7 @@ fn rule_value(flag: &'static str) -> impl Fn(&str) -> Result<String, String> + C
 fn is_action(flag: &str) -> bool {
     matches!(
         flag,
-        "errno" | "latency" | "attr" | "corrupt" | "short" | "full"
+        "errno" | "latency" | "attr" | "corrupt" | "short" | "full" | "crash"
     )
 }
 
@@ -519,7 +523,7 @@ fn ordered_rule_flags(m: &ArgMatches) -> Vec<String> {
                     found.push((i, format!("--{flag}"), Some(v.clone())));
                 }
             }
-            // Count flags (--full, --low-latency, --crash-mode) hold no strings.
+            // Count flags (--full, --crash, --low-latency, --crash-mode) hold no strings.
             _ => found.extend(indices.map(|i| (i, format!("--{flag}"), None))),
         }
     }

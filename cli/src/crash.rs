@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use engine::api::ChaosClient;
+use engine::api::{ChaosClient, CrashedFile};
 
 use crate::inject::journal;
 use crate::run::{Needs, check_privileges};
@@ -43,8 +43,19 @@ pub fn crash(id: &str, seed: Option<u64>, json: bool) -> anyhow::Result<i32> {
         report.killed.len(),
         report.files.len()
     );
-    for f in &report.files {
-        println!(
+    print_files(&report.files, false);
+    for f in &report.recovered.failed {
+        let (fd, reason) = crate::status::fd_entry(f);
+        eprintln!("iochaos: {}: {fd} left on the old mount: {reason}", e.id);
+    }
+    Ok(0)
+}
+
+/// One line per file of what a crash dropped, on stdout (or stderr: `iochaos run`, whose
+/// stdout is its command's).
+pub fn print_files(files: &[CrashedFile], stderr: bool) {
+    for f in files {
+        let line = format!(
             "  {}: dropped {} bytes (size {} -> {}, {} bytes restored)",
             escape(&f.path),
             f.dropped_bytes,
@@ -52,10 +63,10 @@ pub fn crash(id: &str, seed: Option<u64>, json: bool) -> anyhow::Result<i32> {
             f.durable_size,
             f.restored_bytes
         );
+        if stderr {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
     }
-    for f in &report.recovered.failed {
-        let (fd, reason) = crate::status::fd_entry(f);
-        eprintln!("iochaos: {}: {fd} left on the old mount: {reason}", e.id);
-    }
-    Ok(0)
 }

@@ -165,6 +165,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     let mounted = chaosfs::mount_over(&dir, rules, config)
         .with_context(|| format!("mounting ChaosFS over {}", dir.display()))?;
 
+    // Crash mode: a `crash` rule kills every process of the run (the rollback follows).
+    let ns = engine::target::NsId::of(std::process::id(), "mnt").context("our mount namespace")?;
+    mounted.server().on_power_cut(move || {
+        if let Err(e) = engine::inject::kill_now(ns) {
+            tracing::warn!("crash rule: killing the command failed: {e}");
+        }
+    });
+
     let mut command = std::process::Command::new(&args.command[0]);
     command.args(&args.command[1..]);
     crate::sys::unblock_in_child(&mut command, signals);
@@ -219,6 +227,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         status
     })?;
 
+    if let Some(files) = mounted.server().power_cut_report() {
+        eprintln!("iochaos: a crash rule cut the power");
+        crate::crash::print_files(&files_report(&dir, files), true);
+    }
     mounted.unmount().context("unmounting ChaosFS")?;
     Ok(exit_code(status))
 }
@@ -229,4 +241,18 @@ fn exit_code(status: ExitStatus) -> i32 {
         .code()
         .or_else(|| status.signal().map(|s| 128 + s))
         .unwrap_or(1)
+}
+
+/// A `crash` rule's report as `iochaos crash` prints it, paths under `dir`.
+fn files_report(dir: &Path, files: Vec<chaosfs::CrashedFile>) -> Vec<engine::api::CrashedFile> {
+    files
+        .into_iter()
+        .map(|f| engine::api::CrashedFile {
+            path: dir.join(&f.path).display().to_string(),
+            size_at_crash: f.size_at_crash,
+            durable_size: f.durable_size,
+            restored_bytes: f.restored_bytes,
+            dropped_bytes: f.dropped_bytes,
+        })
+        .collect()
 }

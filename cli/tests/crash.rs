@@ -303,3 +303,113 @@ fn crash_without_crash_mode_is_refused() {
     assert!(Path::new(&format!("/proc/{}", w.pid())).exists());
     assert_eq!(env.ok(&["recover", &id]), id);
 }
+
+/// Appends `rec N` records to DIR/data, fsyncing each and printing `fsync N` once it returned.
+const FSYNC_EACH: &str = "\
+import os, sys
+f = os.open(sys.argv[1] + '/data', os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+for i in range(1, 11):
+    os.write(f, b'rec %05d\\n' % i)
+    os.fsync(f)
+    print('fsync', i, flush=True)
+";
+
+/// `iochaos run --path DIR RULES -- python3 -c FSYNC_EACH DIR`: (exit code, stdout, stderr).
+fn run_fsync_each(env: &Env, dir: &Path, rules: &[&str]) -> (i32, String, String) {
+    let d = dir.to_str().expect("utf-8 path");
+    let mut args = vec!["run", "--path", d];
+    args.extend_from_slice(rules);
+    args.extend(["--", "python3", "-c", FSYNC_EACH, d]);
+    let out = env.run(&args);
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}
+
+fn fsync_acks(n: u64) -> String {
+    (1..=n).map(|i| format!("fsync {i}\n")).collect()
+}
+
+/// `--crash --ops fsync --after 3`: the 4th fsync fires the rule before it is served. The
+/// command dies of SIGKILL (run returns 137) without seeing it return, and the file holds
+/// exactly the 3 records the fsyncs let through (the 4th was written, never synced).
+#[test]
+fn crash_rule_cuts_the_power_before_the_nth_fsync() {
+    let env = Env::new();
+    let dir = env.path().join("vol");
+    std::fs::create_dir_all(&dir).expect("mkdir vol");
+    let rules = ["--crash-mode", "--crash", "--ops", "fsync", "--after", "3"];
+    let (code, out, err) = run_fsync_each(&env, &dir, &rules);
+    assert_eq!(code, 137, "stdout {out:?}, stderr {err}");
+    assert_eq!(out, fsync_acks(3));
+    let data = std::fs::read(dir.join("data")).expect("read data");
+    assert_eq!(String::from_utf8_lossy(&data), records(3));
+    assert!(err.contains("a crash rule cut the power"), "{err}");
+    assert!(
+        err.contains("/data: dropped 10 bytes (size 40 -> 30, 0 bytes restored)"),
+        "{err}"
+    );
+}
+
+/// `"crash": {"when": "after"}` on the 4th fsync: the fsync is served (its record is
+/// durable) but the command is killed before it returns.
+#[test]
+fn crash_rule_after_the_nth_fsync_keeps_what_it_synced() {
+    let env = Env::new();
+    let dir = env.path().join("vol");
+    std::fs::create_dir_all(&dir).expect("mkdir vol");
+    let spec = env.path().join("spec.json");
+    std::fs::write(
+        &spec,
+        r#"{"crash_mode": true, "rules": [{"crash": {"when": "after"}, "ops": ["fsync"], "after": 3}]}"#,
+    )
+    .expect("spec");
+    let spec = spec.to_str().expect("utf-8 path");
+    let (code, out, err) = run_fsync_each(&env, &dir, &["--spec", spec]);
+    assert_eq!(code, 137, "stdout {out:?}, stderr {err}");
+    assert_eq!(out, fsync_acks(3));
+    let data = std::fs::read(dir.join("data")).expect("read data");
+    assert_eq!(String::from_utf8_lossy(&data), records(4));
+}
+
+/// A crash rule is refused without crash mode, before anything is mounted.
+#[test]
+fn crash_rule_needs_crash_mode() {
+    let env = Env::new();
+    let dir = env.path().join("vol");
+    std::fs::create_dir_all(&dir).expect("mkdir vol");
+    let (code, out, err) = run_fsync_each(&env, &dir, &["--crash", "--ops", "fsync"]);
+    assert_eq!(code, 2, "stdout {out:?}, stderr {err}");
+    assert!(err.contains("needs crash mode"), "{err}");
+    assert!(!dir.join("data").exists());
+}
+
+/// The crash rule in an injection into a running writer (fsync after every 10th record):
+/// the 2nd fsync fires it. The writer dies of SIGKILL, the file holds records 1-10, and the
+/// injection is recovered with nothing left behind.
+#[test]
+fn crash_rule_in_an_injection_kills_rolls_back_and_recovers() {
+    let env = Env::new();
+    let mut w = Writer::start(&env, "w", "fsync10", b"");
+    env.inject(
+        &["--pid", &w.pid().to_string()],
+        &w.vol(),
+        &["--crash-mode", "--crash", "--ops", "fsync", "--after", "1"],
+    );
+    std::fs::write(w.dir.join("go"), "").expect("go");
+    w.assert_killed();
+    assert_eq!(w.acks(), "fsync 10\n");
+    assert_eq!(String::from_utf8_lossy(&w.data()), records(10));
+    poll("the injection to be recovered", 20, || {
+        env.run_dir_entries().is_empty().then_some(())
+    });
+    env.assert_clean(&[], None);
+    assert!(
+        env.server_log().contains("crash rule"),
+        "{}",
+        env.server_log()
+    );
+}

@@ -63,6 +63,10 @@ pub fn serve_with<S: Swapper>(
             return Err(e);
         }
     };
+    // Crash mode: a `crash` rule kills the target (then the target-exit watch recovers).
+    if let Err(e) = inj.kill_on_power_cut() {
+        tracing::warn!(error = %e, "crash rules cannot kill the target");
+    }
     // Spec `low_latency`: idle CPUs poll while the faults are live (until this returns).
     let _low_latency = req
         .spec

@@ -15,12 +15,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use super::FsInner;
 use super::handle::Handle;
 use super::inode::Inode;
-use crate::fuse::Errno;
+use crate::fuse::{Errno, Reply};
+use crate::rules::{CrashWhen, Verdict};
 use crate::sys;
 
 /// What a change may destroy of a file's current bytes.
@@ -93,6 +95,9 @@ struct Store {
     next: u64,
 }
 
+/// What kills the target when a `crash` rule cuts the power ([`CrashLog::on_power_cut`]).
+type Kill = Box<dyn Fn() + Send + Sync>;
+
 /// The undo log of a crash-mode server.
 #[derive(Default)]
 pub(crate) struct CrashLog {
@@ -101,6 +106,12 @@ pub(crate) struct CrashLog {
     gate: RwLock<bool>,
     files: Mutex<HashMap<(u64, u64), Shared>>,
     store: Mutex<Option<Store>>,
+    /// A `crash` rule cut the power.
+    cut: AtomicBool,
+    /// Sends SIGKILL to every process of the target (set by whoever serves the mount).
+    kill: OnceLock<Kill>,
+    /// What every rollback so far dropped, per file.
+    report: Mutex<Vec<(Arc<Inode>, CrashedFile)>>,
 }
 
 fn eio<T>(_: T) -> Errno {
@@ -274,9 +285,13 @@ impl CrashLog {
         self.free(&freed);
     }
 
-    /// An `fsync`/`fdatasync` of `inode` returned success: it is durable as it is now.
+    /// An `fsync`/`fdatasync` of `inode` returned success: it is durable as it is now (unless
+    /// the power went meanwhile).
     pub(crate) fn durable(&self, inode: &Inode) {
-        let Ok(_gate) = self.gate.read() else { return };
+        let Ok(gate) = self.gate.read() else { return };
+        if *gate {
+            return;
+        }
         let removed = self
             .files
             .lock()
@@ -304,10 +319,37 @@ impl CrashLog {
         }
     }
 
+    /// A `crash` rule fired: close the gate (every later change fails with EIO, an fsync
+    /// returning now makes nothing durable) and kill the target, once. The rollback follows
+    /// ([`CrashLog::crash`]).
+    fn cut(&self) {
+        if self.cut.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        match self.gate.write() {
+            Ok(mut g) => *g = true,
+            Err(p) => *p.into_inner() = true,
+        }
+        tracing::info!("crash rule fired: power cut");
+        if let Some(kill) = self.kill.get() {
+            kill();
+        }
+    }
+
+    /// What kills the target when a `crash` rule fires (run at once if one already did).
+    pub(crate) fn on_power_cut(&self, kill: Kill) {
+        if self.kill.set(kill).is_ok()
+            && self.cut.load(Ordering::Acquire)
+            && let Some(kill) = self.kill.get()
+        {
+            kill();
+        }
+    }
+
     /// Cut the power: refuse every later change, then roll every file back to its durable
-    /// state (saved bytes back in place, size cut to the durable size). `path` names a file
-    /// for the report.
-    pub(crate) fn crash(&self, path: impl Fn(&Inode) -> std::path::PathBuf) -> Vec<CrashedFile> {
+    /// state (saved bytes back in place, size cut to the durable size). What each file lost
+    /// is added to the report.
+    pub(crate) fn crash(&self) {
         let mut gate = match self.gate.write() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -321,18 +363,39 @@ impl CrashLog {
         for file in files {
             let Ok(f) = file.lock() else { continue };
             match self.roll_back(&f) {
-                Ok(c) => out.push(CrashedFile {
-                    path: path(&f.inode),
-                    ..c
-                }),
+                Ok(c) => out.push((f.inode.clone(), c)),
                 Err(e) => tracing::warn!(
                     ino = f.inode.ino,
                     "crash: rolling the file back failed: {e:?}"
                 ),
             }
         }
+        match self.report.lock() {
+            Ok(mut r) => r.extend(out),
+            Err(p) => p.into_inner().extend(out),
+        }
+    }
+
+    /// What every rollback so far dropped, with `path` naming each file, sorted by path.
+    fn report(&self, path: impl Fn(&Inode) -> std::path::PathBuf) -> Vec<CrashedFile> {
+        let Ok(r) = self.report.lock() else {
+            return Vec::new();
+        };
+        let mut out: Vec<CrashedFile> = r
+            .iter()
+            .map(|(inode, c)| CrashedFile {
+                path: path(inode),
+                ..c.clone()
+            })
+            .collect();
         out.sort_by(|a, b| a.path.cmp(&b.path));
         out
+    }
+
+    /// A `crash` rule fired: cut the power (kill the target) and roll back.
+    fn power_cut(&self) {
+        self.cut();
+        self.crash();
     }
 
     fn roll_back(&self, f: &FileUndo) -> Result<CrashedFile, Errno> {
@@ -368,6 +431,9 @@ impl CrashLog {
     /// Drop every file's undo state (crash mode turned off, or a plain recover: everything
     /// written is kept).
     pub(crate) fn clear(&self) {
+        if self.cut.load(Ordering::Acquire) {
+            return;
+        }
         let files: Vec<Shared> = match self.files.lock() {
             Ok(mut m) => m.drain().map(|(_, f)| f).collect(),
             Err(_) => return,
@@ -450,9 +516,43 @@ impl FsInner {
     }
 
     /// Cut the power: roll every file back to its last durable state and refuse every later
-    /// change (EIO).
+    /// change (EIO). What every rollback so far dropped (a `crash` rule's included).
     pub(crate) fn crash(&self) -> Vec<CrashedFile> {
-        self.crash.crash(|i| self.path_of(i))
+        self.crash.crash();
+        self.crash.report(|i| self.path_of(i))
+    }
+
+    /// A `crash` rule fired for the request answered by `reply` (verdict `v`). Before it is
+    /// served: cut the power (the target is killed), roll back, answer EIO (`None`: nothing
+    /// is left to serve). After: the same is tied to the reply, right before it is written,
+    /// and the reply is handed back to serve the request.
+    pub(crate) fn crash_rule<R: Reply>(&self, v: &Verdict, mut reply: R) -> Option<R> {
+        match v.crash {
+            None => Some(reply),
+            Some(CrashWhen::Before) => {
+                self.crash.power_cut();
+                reply.error(Errno::EIO);
+                None
+            }
+            Some(CrashWhen::After) => {
+                let log = self.crash.clone();
+                reply.before_reply(Box::new(move || log.power_cut()));
+                Some(reply)
+            }
+        }
+    }
+
+    /// What kills the target when a `crash` rule cuts the power.
+    pub(crate) fn on_power_cut(&self, kill: Kill) {
+        self.crash.on_power_cut(kill);
+    }
+
+    /// What the power cut of a `crash` rule dropped, once one fired.
+    pub(crate) fn power_cut_report(&self) -> Option<Vec<CrashedFile>> {
+        self.crash
+            .cut
+            .load(Ordering::Acquire)
+            .then(|| self.crash.report(|i| self.path_of(i)))
     }
 
     /// Bytes of undo state held now.

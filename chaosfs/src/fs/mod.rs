@@ -236,7 +236,7 @@ pub(crate) struct FsInner {
     /// refuses `O_PATH` fds); opened when first needed.
     export_fd: OnceLock<OwnedFd>,
     /// Crash mode's undo log (docs/crash.md); empty unless the rules ask for crash mode.
-    crash: crash::CrashLog,
+    crash: Arc<crash::CrashLog>,
 }
 
 /// The errno a caller sees for a failed backing call: the real one, except that the server
@@ -434,7 +434,7 @@ impl FsInner {
             sched: Scheduler::new(),
             reclaiming: Arc::new(AtomicBool::new(false)),
             export_fd: OnceLock::new(),
-            crash: crash::CrashLog::default(),
+            crash: Arc::default(),
         })
     }
 

@@ -117,13 +117,28 @@ impl Drop for BackingId {
     }
 }
 
-/// The common part: a sender used at most once.
+/// Work to do right before a reply is written ([`Reply::before_reply`]).
+pub struct BeforeReply(Box<dyn FnOnce() + Send>);
+
+impl std::fmt::Debug for BeforeReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BeforeReply")
+    }
+}
+
+/// The common part: a sender used at most once, and what to do right before it is used.
 #[derive(Debug)]
-struct Once(Option<Sender>);
+struct Once(Option<Sender>, Option<BeforeReply>);
 
 impl Once {
+    fn new(s: Sender) -> Once {
+        Once(Some(s), None)
+    }
     fn send(&mut self, error: i32, parts: &[&[u8]]) {
         if let Some(s) = self.0.take() {
+            if let Some(BeforeReply(f)) = self.1.take() {
+                f();
+            }
             s.send(error, parts);
         }
     }
@@ -147,12 +162,12 @@ impl Once {
 
 impl Drop for Once {
     fn drop(&mut self) {
-        if let Some(s) = self.0.take() {
+        if let Some(s) = self.0.as_ref() {
             tracing::warn!(
                 "request {} dropped without a reply; answering EIO",
                 s.unique
             );
-            s.send(libc::EIO, &[]);
+            self.send(libc::EIO, &[]);
         }
     }
 }
@@ -163,6 +178,9 @@ pub trait Reply {
     fn error(self, e: Errno);
     /// The request's unique id and its caller's thread id; `None` once answered.
     fn request(&self) -> Option<(u64, u32)>;
+    /// Run `f` right before the reply is written, whatever it is (nothing runs if the reply
+    /// was already sent).
+    fn before_reply(&mut self, f: Box<dyn FnOnce() + Send>);
 }
 
 macro_rules! reply_type {
@@ -173,7 +191,7 @@ macro_rules! reply_type {
 
         impl $name {
             pub(crate) fn new(s: Sender) -> Self {
-                $name(Once(Some(s)))
+                $name(Once::new(s))
             }
             /// Answer with an error.
             pub fn error(mut self, e: Errno) {
@@ -187,6 +205,9 @@ macro_rules! reply_type {
             }
             fn request(&self) -> Option<(u64, u32)> {
                 self.0.request()
+            }
+            fn before_reply(&mut self, f: Box<dyn FnOnce() + Send>) {
+                self.0.1 = Some(BeforeReply(f));
             }
         }
     };
@@ -665,7 +686,7 @@ pub type ReplyDirectoryPlus = DirReply<true>;
 
 impl<const PLUS: bool> DirReply<PLUS> {
     pub(crate) fn new(s: Sender, size: u32) -> Self {
-        DirReply(Once(Some(s)), DirBuf::new(size as usize))
+        DirReply(Once::new(s), DirBuf::new(size as usize))
     }
 
     pub fn ok(mut self) {
@@ -684,6 +705,9 @@ impl<const PLUS: bool> Reply for DirReply<PLUS> {
     }
     fn request(&self) -> Option<(u64, u32)> {
         self.0.request()
+    }
+    fn before_reply(&mut self, f: Box<dyn FnOnce() + Send>) {
+        self.0.1 = Some(BeforeReply(f));
     }
 }
 

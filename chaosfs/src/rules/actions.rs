@@ -421,3 +421,25 @@ fn short_bytes<E: de::Error>(n: u64) -> Result<ShortSpec, E> {
     }
     Ok(ShortSpec::Bytes(n))
 }
+
+/// The `crash` action (crash mode, docs/crash.md): cut the power when the rule fires.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrashSpec {
+    /// When the power goes relative to the request that fired the rule.
+    #[serde(default)]
+    pub when: CrashWhen,
+}
+
+/// When a `crash` rule cuts the power.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CrashWhen {
+    /// Before the request is served: it never happens (an fsync that fired the rule makes
+    /// nothing durable).
+    #[default]
+    Before,
+    /// Right after the request was served, before its reply is sent: it happened (an fsync is
+    /// durable) but the caller never learns it.
+    After,
+}

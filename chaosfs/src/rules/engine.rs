@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use globset::GlobMatcher;
 
-use super::actions::{LatencySpec, ShortSpec};
+use super::actions::{CrashWhen, LatencySpec, ShortSpec};
 use super::caller::{Caller, CallerCache};
 use super::data::{CorruptPlan, Purpose, decide};
 use super::errno::Errno;
@@ -52,6 +52,7 @@ enum Action {
     },
     Short(ShortSpec),
     Full,
+    Crash(CrashWhen),
 }
 
 /// One compiled rule with its counters.
@@ -132,6 +133,7 @@ impl Rule {
                     .ok_or_else(|| RuleError::new(Some("short"), "missing"))?,
             ),
             ActionKind::Full => Action::Full,
+            ActionKind::Crash => Action::Crash(spec.crash.unwrap_or_default().when),
         };
         let list = |v: &Option<OneOrMany<u32>>| -> Box<[u32]> {
             v.as_ref().map(|l| l.0.clone()).unwrap_or_default().into()
@@ -431,6 +433,12 @@ impl Engine {
                     // statfs (ENOSPC ops are in the failing list).
                     if v.errno.is_none() && rule.take() {
                         v.full = true;
+                    }
+                }
+                Action::Crash(when) => {
+                    // Whatever else the request would get, the power goes.
+                    if v.crash.is_none() && rule.take() {
+                        v.crash = Some(*when);
                     }
                 }
                 Action::Errno { .. } => {}

@@ -41,6 +41,7 @@
 //! | `corrupt` | `"zeros"`, `"random"`, `"bitflip"` or `{"mode": ..., "max_bytes": N}`; `max_bytes` defaults to 1 for bitflip and to the whole buffer otherwise | read, write (only these allowed) |
 //! | `short` | `{"bytes": N}` (at most N ≥ 1 bytes) or `{"fraction": 0.5}` (0 < f < 1); always at least 1 byte and fewer than asked (a 1-byte request is served whole) | read, write (only these allowed) |
 //! | `full` | `true`: ENOSPC on write, create, mknod, mkdir, symlink, link, fallocate, setxattr; statfs reports no free space | those + statfs (only these allowed) |
+//! | `crash` | `{}` or `{"when": "before" \| "after"}`: cut the power (crash mode only, docs/crash.md): before the request is served (default; it never happens) or right after (before its reply) | all |
 //!
 //! # Deciding one request
 //!
@@ -56,7 +57,9 @@
 //!   match only);
 //! * `attr` overrides of firing rules merge in spec order, a later rule overriding the fields it
 //!   sets;
-//! * the first firing `corrupt` or `short` rule changes the data; later ones count the match only.
+//! * the first firing `corrupt` or `short` rule changes the data; later ones count the match only;
+//! * a firing `crash` rule cuts the power whatever the others decided (the first in spec order
+//!   says before or after; once the power is cut every change fails with EIO).
 //!
 //! Randomness (percent, the weighted errno choice, jitter, corrupted bytes) is a hash of (seed,
 //! rule index, the rule's sequence number, purpose): the same seed and the same sequence of
@@ -85,7 +88,7 @@ mod spec;
 mod tests;
 mod values;
 
-pub use actions::{AttrSpec, CorruptSpec, ErrnoSpec, LatencySpec, ShortSpec};
+pub use actions::{AttrSpec, CorruptSpec, CrashSpec, CrashWhen, ErrnoSpec, LatencySpec, ShortSpec};
 pub use caller::prepare_proc;
 pub use errno::Errno;
 pub use op::{Op, OpSet};
@@ -188,6 +191,9 @@ pub struct Verdict {
     /// Behave as a full disk: statfs reports no free blocks; write/create/fallocate/mkdir/... fail
     /// with ENOSPC (the engine already sets `errno` for those; statfs uses this flag).
     pub full: bool,
+    /// Cut the power (a `crash` rule fired): before serving the request (it fails with EIO and
+    /// never happens) or right after (before its reply is sent). Crash mode only.
+    pub crash: Option<CrashWhen>,
     /// Opaque state for [`Verdict::apply_data`] (the firing rule's mode and random stream).
     corrupt: Option<data::CorruptPlan>,
     /// Opaque state for [`Verdict::short_len`].
@@ -202,6 +208,7 @@ impl Verdict {
             && self.attr.is_none()
             && self.data.is_none()
             && !self.full
+            && self.crash.is_none()
     }
 
     /// Corrupt `buf` in place as the firing rule asked (no-op unless `data == Some(Corrupt)`).

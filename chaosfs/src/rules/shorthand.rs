@@ -6,6 +6,7 @@
 //! --errno EIO | EIO,ENOSPC | EIO:3,ENOSPC:1     --latency 200ms | 200ms~50ms
 //! --attr perm=0000,uid=0,mtime=2024-01-01T00:00:00Z,kind=dir
 //! --corrupt zeros|random|bitflip[:MAX_BYTES]     --short BYTES | 0.5 | 50%     --full
+//! --crash (cut the power before the request; needs --crash-mode)
 //! selectors: --ops read,write  --glob '*.db'  --percent P  --pid 1,2  --comm NAME,NAME
 //!            --uid 0,1000  --after N  --every N  --times N
 //! global:    --seed N  --low-latency  --crash-mode
@@ -42,7 +43,9 @@ enum Flag {
     CrashMode,
 }
 
-const ACTIONS: &[&str] = &["errno", "latency", "attr", "corrupt", "short", "full"];
+const ACTIONS: &[&str] = &[
+    "errno", "latency", "attr", "corrupt", "short", "full", "crash",
+];
 const SELECTORS: &[&str] = &[
     "ops", "glob", "percent", "pid", "comm", "uid", "after", "every", "times",
 ];
@@ -75,7 +78,7 @@ pub fn is_shorthand_flag(arg: &str) -> bool {
 }
 
 /// True if the shorthand flag `arg` (`--errno`, not `--errno=EIO`) is followed by a value
-/// (`--full`, `--low-latency` and `--crash-mode` are not).
+/// (`--full`, `--crash`, `--low-latency` and `--crash-mode` are not).
 pub fn shorthand_takes_value(arg: &str) -> bool {
     arg.strip_prefix("--")
         .and_then(flag)
@@ -86,7 +89,7 @@ impl Flag {
     fn takes_value(self) -> bool {
         !matches!(
             self,
-            Flag::Action("full") | Flag::LowLatency | Flag::CrashMode
+            Flag::Action("full" | "crash") | Flag::LowLatency | Flag::CrashMode
         )
     }
 }
@@ -160,7 +163,7 @@ pub fn parse_shorthand(args: &[String]) -> Result<Shorthand> {
                 let Some(rule) = rules.last_mut() else {
                     return Err(err(format!(
                         "--{field} must follow an action flag (--errno, --latency, --attr, \
-                         --corrupt, --short, --full)"
+                         --corrupt, --short, --full, --crash)"
                     )));
                 };
                 let json = selector_value(field, &value)?;
@@ -279,6 +282,7 @@ fn action_value(field: &str, value: &str) -> Result<Value> {
             }
         }
         "full" => Value::Bool(true),
+        "crash" => Value::Object(Map::new()),
         _ => return Err(err(format!("unknown rule flag --{field}"))),
     })
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::actions::{AttrSpec, CorruptSpec, ErrnoSpec, LatencySpec, ShortSpec};
+use super::actions::{AttrSpec, CorruptSpec, CrashSpec, ErrnoSpec, LatencySpec, ShortSpec};
 use super::op::Op;
 use super::values::{
     Comm, GlobPattern, OneOrMany, OpName, Percent, RuleError, format_duration, parse_duration,
@@ -20,7 +20,7 @@ use crate::{Error, Result};
 /// One rule as written in a spec: a selection (every field optional) plus exactly one action.
 ///
 /// Selection: `ops`, `glob`, `percent`, `pid`, `comm`, `uid`, `after`, `every`, `times`.
-/// Action (exactly one): `errno`, `latency`, `attr`, `corrupt`, `short`, `full`.
+/// Action (exactly one): `errno`, `latency`, `attr`, `corrupt`, `short`, `full`, `crash`.
 /// See the module documentation for what each one means.
 #[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -56,6 +56,8 @@ pub struct RuleSpec {
     pub short: Option<ShortSpec>,
     /// Action: behave as a full disk (must be `true`).
     pub full: Option<bool>,
+    /// Action: cut the power (crash mode only, docs/crash.md).
+    pub crash: Option<CrashSpec>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -90,6 +92,16 @@ impl Spec {
         }
         for (i, rule) in self.rules.iter().enumerate() {
             rule.check().map_err(|e| Error::SpecInvalid(e.in_rule(i)))?;
+            if rule.crash.is_some() && !self.crash_mode {
+                return Err(Error::SpecInvalid(
+                    RuleError::new(
+                        Some("crash"),
+                        "needs crash mode (\"crash_mode\": true, --crash-mode): without the undo \
+                         log there is nothing to roll back",
+                    )
+                    .in_rule(i),
+                ));
+            }
         }
         // The delays of every firing latency rule add up on one request.
         let total = self
@@ -238,6 +250,7 @@ pub(crate) enum ActionKind {
     Corrupt,
     Short,
     Full,
+    Crash,
 }
 
 impl ActionKind {
@@ -249,13 +262,14 @@ impl ActionKind {
             ActionKind::Corrupt => "corrupt",
             ActionKind::Short => "short",
             ActionKind::Full => "full",
+            ActionKind::Crash => "crash",
         }
     }
 
     /// The ops a rule with this action applies to when it names none.
     pub(crate) fn natural_ops(self) -> super::OpSet {
         match self {
-            ActionKind::Errno | ActionKind::Latency => super::OpSet::ALL,
+            ActionKind::Errno | ActionKind::Latency | ActionKind::Crash => super::OpSet::ALL,
             ActionKind::Attr => ATTR_OPS,
             ActionKind::Corrupt | ActionKind::Short => DATA_OPS,
             ActionKind::Full => FULL_OPS,
@@ -265,7 +279,7 @@ impl ActionKind {
     /// The ops this action can apply to at all (`None`: any).
     fn allowed_ops(self) -> Option<super::OpSet> {
         match self {
-            ActionKind::Errno | ActionKind::Latency => None,
+            ActionKind::Errno | ActionKind::Latency | ActionKind::Crash => None,
             ActionKind::Attr => Some(ATTR_OPS),
             ActionKind::Corrupt | ActionKind::Short => Some(DATA_OPS),
             ActionKind::Full => Some(FULL_OPS),
@@ -292,6 +306,9 @@ impl RuleSpec {
         if self.short.is_some() {
             kinds.push(ActionKind::Short);
         }
+        if self.crash.is_some() {
+            kinds.push(ActionKind::Crash);
+        }
         match self.full {
             Some(true) => kinds.push(ActionKind::Full),
             Some(false) => {
@@ -306,7 +323,7 @@ impl RuleSpec {
             [kind] => Ok(kind),
             [] => Err(RuleError::new(
                 None,
-                "no action: give one of errno, latency, attr, corrupt, short, full",
+                "no action: give one of errno, latency, attr, corrupt, short, full, crash",
             )),
             _ => Err(RuleError::new(
                 None,

@@ -164,6 +164,10 @@ impl FsServer for ChaosServer {
             .collect()
     }
 
+    fn on_power_cut(&self, kill: Box<dyn Fn() + Send + Sync>) {
+        self.server.on_power_cut(kill);
+    }
+
     fn stop(self) -> Result<()> {
         // No faults for whatever is still open on the detached mount, nothing left parked.
         self.server.update_rules(RuleSet::empty());

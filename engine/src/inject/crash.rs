@@ -81,16 +81,9 @@ fn kill_all(ns: NsId) -> Result<Vec<u32>> {
         if pids.is_empty() {
             return Ok(killed);
         }
-        // Open every pidfd first, then signal them back to back: the "same instant".
-        let fds: Vec<(u32, OwnedFd)> = pids
-            .iter()
-            .filter_map(|&p| {
-                let pid = Pid::from_raw(i32::try_from(p).ok()?)?;
-                pidfd_open(pid, PidfdFlags::empty()).ok().map(|fd| (p, fd))
-            })
-            .collect();
-        for (p, fd) in &fds {
-            if pidfd_send_signal(fd, Signal::KILL).is_ok() && !killed.contains(p) {
+        let fds = signal_all(&pids);
+        for (p, _) in &fds {
+            if !killed.contains(p) {
                 killed.push(*p);
             }
         }
@@ -104,6 +97,34 @@ fn kill_all(ns: NsId) -> Result<Vec<u32>> {
             }
         }
     }
+}
+
+/// SIGKILL `pids`: every pidfd is opened first, then they are signalled back to back (the
+/// "same instant"). The processes signalled, with their pidfds.
+fn signal_all(pids: &[u32]) -> Vec<(u32, OwnedFd)> {
+    let fds: Vec<(u32, OwnedFd)> = pids
+        .iter()
+        .filter_map(|&p| {
+            let pid = Pid::from_raw(i32::try_from(p).ok()?)?;
+            pidfd_open(pid, PidfdFlags::empty()).ok().map(|fd| (p, fd))
+        })
+        .collect();
+    fds.into_iter()
+        .filter(|(_, fd)| pidfd_send_signal(fd, Signal::KILL).is_ok())
+        .collect()
+}
+
+/// SIGKILL every process of mount namespace `ns` but this one, without waiting for them:
+/// what a `crash` rule does when it cuts the power (the request that fired it is answered
+/// once this returns, so its caller never sees the answer). The processes signalled.
+pub fn kill_now(ns: NsId) -> Result<Vec<u32>> {
+    let me = std::process::id();
+    let pids: Vec<u32> = processes_in_mnt_ns(ns)?
+        .iter()
+        .map(|p| p.pid)
+        .filter(|&p| p != me)
+        .collect();
+    Ok(signal_all(&pids).into_iter().map(|(p, _)| p).collect())
 }
 
 /// Wait until the process of `pidfd` has exited, or `deadline`.

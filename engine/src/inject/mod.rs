@@ -33,6 +33,7 @@ use crate::policy::HostNamespace;
 use crate::target::{ContainerRef, ContainerdTask, NsId, Target};
 
 pub use apply::inject;
+pub use crash::kill_now;
 pub use recover::recover_from_journal;
 pub use service::status_from_entry;
 
@@ -111,6 +112,9 @@ pub trait FsServer: Send + Sync + 'static {
     fn crash(&self) -> Vec<CrashedFile> {
         Vec::new()
     }
+    /// Crash mode: `kill` is what a `crash` rule runs when it cuts the power (before the
+    /// filesystem rolls back). Default: no crash rule can fire.
+    fn on_power_cut(&self, _kill: Box<dyn Fn() + Send + Sync>) {}
     /// Stop serving (the mount is already detached and the fds swapped back).
     fn stop(self) -> Result<()>;
 }
@@ -249,6 +253,22 @@ impl<F: FsServer, S: Swapper> Injection<F, S> {
             .as_ref()
             .map(|g| g.ns().id)
             .or(st.detached.map(|(_, ns)| ns))
+    }
+
+    /// Crash mode: when a `crash` rule fires, SIGKILL every process of the target at once
+    /// (the filesystem then rolls back, and the target-exit watch recovers).
+    pub fn kill_on_power_cut(&self) -> Result<()> {
+        let st = self.lock()?;
+        let (Some(server), Some(guard)) = (st.server.as_ref(), st.guard.as_ref()) else {
+            return Ok(());
+        };
+        let ns = guard.ns().id;
+        let id = st.entry.id.to_string();
+        server.on_power_cut(Box::new(move || match crash::kill_now(ns) {
+            Ok(pids) => tracing::info!(id, killed = pids.len(), "crash rule: power cut"),
+            Err(e) => tracing::warn!(id, error = %e, "crash rule: killing the target failed"),
+        }));
+        Ok(())
     }
 
     /// The journal entry as it stands.

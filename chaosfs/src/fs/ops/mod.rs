@@ -117,12 +117,16 @@ impl FsInner {
         reply: R,
         f: impl FnOnce(K::Out, R),
     ) {
+        let Some(reply) = self.crash_rule(v, reply) else {
+            return;
+        };
         if let Some(e) = v.errno {
-            return reply.error(Errno::from_i32(e));
-        }
-        match key.resolve(self) {
-            Ok(x) => f(x, reply),
-            Err(e) => reply.error(e),
+            reply.error(Errno::from_i32(e));
+        } else {
+            match key.resolve(self) {
+                Ok(x) => f(x, reply),
+                Err(e) => reply.error(e),
+            }
         }
     }
 
