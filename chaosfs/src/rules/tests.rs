@@ -1222,3 +1222,36 @@ fn numbers_are_bounded_and_echoed_short() {
     let text = serde_json::to_string(&s).expect("serialize");
     assert!(text.contains(r#""percent":1e-300"#), "{text}");
 }
+
+#[test]
+fn crash_rule_fires_on_the_selected_request_and_needs_crash_mode() {
+    let j = spec(
+        r#"{"crash_mode": true, "rules": [{"crash": {}, "ops": ["fsync"], "after": 2},
+            {"crash": {"when": "after"}, "glob": "*.wal", "ops": ["write"]}]}"#,
+    );
+    let set = RuleSet::new(j).expect("compiles");
+    assert_eq!(set.evaluate(&call(Op::Write, "a/db")).crash, None);
+    assert_eq!(set.evaluate(&call(Op::Fsync, "a/db")).crash, None);
+    assert_eq!(set.evaluate(&call(Op::Fsync, "a/db")).crash, None);
+    let v = set.evaluate(&call(Op::Fsync, "a/db"));
+    assert_eq!(v.crash, Some(CrashWhen::Before));
+    assert!(!v.is_pass());
+    assert_eq!(
+        set.evaluate(&call(Op::Write, "a/x.wal")).crash,
+        Some(CrashWhen::After)
+    );
+    let e = Spec::from_json(r#"{"rules": [{"crash": {}}]}"#).expect_err("no crash mode");
+    assert!(
+        e.to_string().contains("rule 0: crash: needs crash mode"),
+        "{e}"
+    );
+    let e = Spec::from_json(r#"{"crash_mode": true, "rules": [{"crash": {"when": "later"}}]}"#)
+        .expect_err("bad when");
+    assert!(e.to_string().contains("when"), "{e}");
+    let s = parse_shorthand(&args("--crash-mode --crash --ops fsync --after 99")).expect("parse");
+    assert_eq!(s.rules.len(), 1);
+    assert_eq!(s.rules[0].crash, Some(CrashSpec::default()));
+    assert_eq!(s.rules[0].after, Some(99));
+    let e = parse_shorthand(&args("--crash=1")).expect_err("a value is refused");
+    assert!(e.to_string().contains("--crash takes no value"), "{e}");
+}
