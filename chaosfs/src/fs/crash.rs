@@ -292,18 +292,36 @@ impl CrashLog {
         if *gate {
             return;
         }
-        let removed = self
-            .files
-            .lock()
-            .ok()
-            .and_then(|mut m| m.remove(&(inode.dev, inode.ino)));
-        let Some(file) = removed else { return };
-        let Ok(f) = file.lock() else { return };
-        let freed: Vec<(u64, u64)> = f
-            .saved
+        let key = (inode.dev, inode.ino);
+        let Some(file) = self.files.lock().ok().and_then(|m| m.get(&key).cloned()) else {
+            return;
+        };
+        let Ok(mut f) = file.lock() else { return };
+        // The file's fd and entry stay for its next durable period (no reopen, no lookup);
+        // only its saved ranges go, and its size now is the new durable size.
+        match sys::file::fstat(f.fd.as_fd()) {
+            Ok(st) => f.durable_size = super::stat_u64(st.st_size),
+            Err(e) => {
+                tracing::debug!("crash undo: fstat after fsync: {e}");
+                if let Ok(mut m) = self.files.lock() {
+                    m.remove(&key);
+                }
+            }
+        }
+        let saved = std::mem::take(&mut f.saved);
+        // Ranges saved one after the other sit side by side in the store: one punch each run.
+        let mut freed: Vec<(u64, u64)> = Vec::new();
+        let mut at: Vec<(u64, u64)> = saved
             .values()
             .filter_map(|r| r.at.map(|a| (a, r.len)))
             .collect();
+        at.sort_unstable();
+        for (a, len) in at {
+            match freed.last_mut() {
+                Some((b, l)) if *b + *l == a => *l += len,
+                _ => freed.push((a, len)),
+            }
+        }
         self.free(&freed);
     }
 
