@@ -31,8 +31,16 @@ pub struct Config {
     /// Threads that run requests released from a latency fault. Default 4.
     pub delay_workers: usize,
     /// How long the kernel may cache entries and attributes of paths no rule's metadata ops can
-    /// touch. Default 1 s.
+    /// touch, when outside changes are not watched. Default 1 s.
     pub ttl: Duration,
+    /// Watch the backing file system for changes made outside the mount (fanotify) and drop
+    /// the kernel's cached entries and attributes as they happen; while that runs, `watched_ttl`
+    /// replaces `ttl`. Default true. A watch that cannot start (not a local file system,
+    /// fanotify refused) leaves `ttl` in force and says so in the log.
+    pub watch: bool,
+    /// Cache time of entries and attributes no rule can touch while outside changes are
+    /// watched. Default 1 h.
+    pub watched_ttl: Duration,
     /// Open files no rule can touch in kernel passthrough mode. Default true; false serves every
     /// file with direct I/O (every read and write reaches the server).
     pub passthrough: bool,
@@ -54,6 +62,8 @@ impl Default for Config {
                 .clamp(2, 4),
             delay_workers: 4,
             ttl: Duration::from_secs(1),
+            watch: true,
+            watched_ttl: Duration::from_secs(3600),
             passthrough: true,
             forward_locks: false,
             connection: None,
@@ -70,6 +80,8 @@ struct Done {
 /// A running ChaosFS server.
 pub struct Server {
     inner: Arc<FsInner>,
+    /// Outside changes are watched (the watch ends with the session).
+    watching: bool,
     thread: Option<JoinHandle<io::Result<()>>>,
     done: Arc<Done>,
     connection: Mutex<Option<Connection>>,
@@ -103,6 +115,7 @@ impl Server {
             rules,
             FsConfig {
                 ttl: cfg.ttl,
+                watched_ttl: cfg.watched_ttl,
                 passthrough: cfg.passthrough,
                 forward_locks: cfg.forward_locks,
             },
@@ -118,12 +131,36 @@ impl Server {
         let session = Session::handshake(ChaosFs(inner.clone()), fuse_fd)
             .map_err(|e| Error::sys("FUSE handshake", e))?;
         inner.set_notifier(session.notifier());
+        let watcher = if cfg.watch {
+            match inner.start_watch() {
+                Ok(w) => {
+                    tracing::info!(
+                        "watching the backing file system for outside changes: entries and \
+                         attributes no rule can touch are cached for {:?}",
+                        cfg.watched_ttl
+                    );
+                    Some(w)
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot watch the backing file system for outside changes ({e}): \
+                         entries and attributes are cached for {:?} only",
+                        cfg.ttl
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let done = Arc::new(Done::default());
+        let watching = watcher.is_some();
         let (d, i) = (done.clone(), inner.clone());
         let thread = std::thread::Builder::new()
             .name("chaosfs-session".into())
             .spawn(move || {
                 let r = session.run(n_threads, clone_fd);
+                drop(watcher);
                 if let Err(e) = &r {
                     tracing::warn!("FUSE session ended: {e}");
                 }
@@ -138,6 +175,7 @@ impl Server {
             .map_err(|e| Error::sys("spawn FUSE session thread", e))?;
         Ok(Server {
             inner,
+            watching,
             thread: Some(thread),
             done,
             connection: Mutex::new(cfg.connection),
@@ -220,6 +258,17 @@ impl Server {
     /// moves a holder off the mount (recover) learns them here and takes them again.
     pub fn forwarded_posix_locks(&self) -> Vec<crate::ForwardedLock> {
         self.inner.forwarded_posix_locks()
+    }
+
+    /// Whether changes made outside the mount are watched (and entries and attributes no rule
+    /// can touch cached for [`Config::watched_ttl`]).
+    pub fn watching(&self) -> bool {
+        self.watching
+    }
+
+    /// Outside changes seen by the watch that concerned a file the kernel holds.
+    pub fn outside_changes(&self) -> u64 {
+        self.inner.outside_changes()
     }
 
     /// Inodes the kernel currently holds references to.

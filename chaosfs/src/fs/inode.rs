@@ -67,7 +67,7 @@ pub(crate) struct OpenState {
 }
 
 /// A backing file system's file handle: `(handle_type, bytes)` of `name_to_handle_at`.
-type Handle = (i32, Box<[u8]>);
+pub(crate) type Handle = (i32, Box<[u8]>);
 
 pub(crate) struct Inode {
     pub nodeid: u64,
@@ -264,6 +264,9 @@ pub(crate) struct InodeTable {
     /// Generations of entries whose backing file system gives no file handle.
     next_generation: AtomicU32,
     forgotten: Mutex<Forgotten>,
+    /// Entries on the root's file system by backing file handle, for the watcher of outside
+    /// changes (`watch`), which is told file handles.
+    by_handle: Box<[Shard<Handle>]>,
     root: Arc<Inode>,
 }
 
@@ -300,6 +303,13 @@ fn shard_of(n: u64) -> usize {
     (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % SHARDS
 }
 
+fn handle_shard((kind, bytes): &Handle) -> usize {
+    let mut h = IdHasher::default();
+    h.write_i32(*kind);
+    h.write(bytes);
+    shard_of(h.finish())
+}
+
 fn new_shards<K>() -> Box<[Shard<K>]> {
     (0..SHARDS).map(|_| RwLock::new(IdMap::default())).collect()
 }
@@ -319,6 +329,7 @@ impl InodeTable {
             next_synthetic: AtomicU64::new(SYNTHETIC_BASE),
             next_generation: AtomicU32::new(1),
             forgotten: Mutex::new(Forgotten::default()),
+            by_handle: new_shards(),
             root: root.clone(),
         };
         if let Ok(mut s) = t.by_node[shard_of(ROOT)].write() {
@@ -444,7 +455,29 @@ impl InodeTable {
             }
         };
         kshard.insert(key, inode.clone());
+        if inode.dev == self.root.dev
+            && let Some(h) = &inode.handle
+        {
+            self.index_handle(h.clone(), &inode);
+        }
         Some(inode)
+    }
+
+    /// Find `inode` by its backing file handle `h` from now on (see [`InodeTable::by_handle`]).
+    pub(crate) fn index_handle(&self, h: Handle, inode: &Arc<Inode>) {
+        if let Ok(mut s) = self.by_handle[handle_shard(&h)].write() {
+            s.insert(h, inode.clone());
+        }
+    }
+
+    /// The entry whose backing file handle (on the root's file system) is `(kind, bytes)`.
+    pub(crate) fn by_handle(&self, kind: i32, bytes: &[u8]) -> Option<Arc<Inode>> {
+        let h: Handle = (kind, bytes.into());
+        self.by_handle[handle_shard(&h)]
+            .read()
+            .ok()?
+            .get(&h)
+            .cloned()
     }
 
     /// The kernel dropped `n` lookups of `nodeid`; remove the entry when none remain.
@@ -478,6 +511,12 @@ impl InodeTable {
         }
         if let Ok(mut nshard) = self.by_node[shard_of(nodeid)].write() {
             nshard.remove(&nodeid);
+        }
+        if let Some(h) = &inode.handle
+            && let Ok(mut hshard) = self.by_handle[handle_shard(h)].write()
+            && hshard.get(h).is_some_and(|cur| Arc::ptr_eq(cur, &inode))
+        {
+            hshard.remove(h);
         }
         drop(kshard);
         // On the root's file system (where `forgotten`'s handles are opened), and if it has

@@ -17,6 +17,7 @@ mod handle;
 mod inode;
 mod locks;
 mod ops;
+mod watch;
 
 use std::borrow::Cow;
 use std::ffi::OsStr;
@@ -48,6 +49,8 @@ pub(crate) use dispatch::ChaosFs;
 pub(crate) struct FsConfig {
     /// Entry and attribute cache time for paths no rule's metadata ops can touch.
     pub ttl: Duration,
+    /// The same while outside changes are watched (`watch`) and invalidated as they happen.
+    pub watched_ttl: Duration,
     /// Use kernel passthrough for files no rule can touch.
     pub passthrough: bool,
     /// Forward POSIX locks and flock to the backing files.
@@ -237,7 +240,13 @@ pub(crate) struct FsInner {
     export_fd: OnceLock<OwnedFd>,
     /// Crash mode's undo log (docs/crash.md); empty unless the rules ask for crash mode.
     crash: Arc<crash::CrashLog>,
+    /// Outside changes to the backing file system are watched ([`FsInner::start_watch`]).
+    watching: AtomicBool,
+    /// Outside changes seen and invalidations sent for them.
+    outside: AtomicU64,
 }
+
+pub(crate) use watch::Watcher;
 
 /// The errno a caller sees for a failed backing call: the real one, except that the server
 /// running out of fds in its own table (EMFILE) is reported as ENFILE, "the system's file table
@@ -435,6 +444,8 @@ impl FsInner {
             reclaiming: Arc::new(AtomicBool::new(false)),
             export_fd: OnceLock::new(),
             crash: Arc::default(),
+            watching: AtomicBool::new(false),
+            outside: AtomicU64::new(0),
         })
     }
 
@@ -685,6 +696,59 @@ impl FsInner {
         eval(&path)
     }
 
+    /// Watch the backing file system for outside changes (see `watch`); from then on entries
+    /// and attributes no rule can touch are cached for [`FsConfig::watched_ttl`]. An error
+    /// says why not (the short TTL stays).
+    pub(crate) fn start_watch(self: &Arc<Self>) -> io::Result<Watcher> {
+        let root = self.inodes.root();
+        let h = sys::file::file_handle(root.fd().as_fd())?;
+        self.inodes.index_handle(h, root);
+        let w = watch::start(&root.fd(), Arc::downgrade(self))?;
+        self.watching.store(true, Ordering::Release);
+        Ok(w)
+    }
+
+    /// Outside changes the watch has seen that concerned a node the kernel holds.
+    pub(crate) fn outside_changes(&self) -> u64 {
+        self.outside.load(Ordering::Relaxed)
+    }
+
+    /// An outside change (fanotify event): drop what the kernel caches of it.
+    fn outside_change(&self, c: &watch::Change<'_>) {
+        use nix::sys::fanotify::MaskFlags as M;
+        let Some(n) = self.notifier.get() else { return };
+        if c.mask.contains(M::FAN_Q_OVERFLOW) {
+            tracing::warn!("watch of outside changes overflowed: dropping every cached entry");
+            self.invalidate_all(&self.inodes.all());
+            return;
+        }
+        let mut hit = false;
+        if let Some((kind, h)) = c.object
+            && let Some(inode) = self.inodes.by_handle(kind, h)
+        {
+            // Content changed: its page cache too; else the attributes only.
+            let off = if c.mask.contains(M::FAN_MODIFY) {
+                0
+            } else {
+                -1
+            };
+            let _ = n.inval_inode(INodeNo(inode.nodeid), off, 0);
+            hit = true;
+        }
+        let names = M::FAN_CREATE | M::FAN_DELETE | M::FAN_MOVED_FROM | M::FAN_MOVED_TO;
+        if c.mask.intersects(names)
+            && let Some((kind, h, name)) = c.dir
+            && let Some(dir) = self.inodes.by_handle(kind, h)
+        {
+            let _ = n.inval_entry(INodeNo(dir.nodeid), OsStr::from_bytes(name));
+            let _ = n.inval_inode(INodeNo(dir.nodeid), -1, 0);
+            hit = true;
+        }
+        if hit {
+            self.outside.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Cache time for entries/attributes of `target`.
     fn ttl(&self, target: Target<'_>) -> Duration {
         let rules = self.rules.load();
@@ -697,9 +761,23 @@ impl FsInner {
         };
         if touched {
             Duration::ZERO
+        } else if self.watching.load(Ordering::Acquire) && self.on_root_fs(target) {
+            self.cfg.watched_ttl
         } else {
             self.cfg.ttl
         }
+    }
+
+    /// Is `target` on the backing root's file system (the one watched)? A child is judged by
+    /// its directory (a child that is a mount point gets the watched TTL for its entry only:
+    /// its attributes are asked for by node).
+    fn on_root_fs(&self, target: Target<'_>) -> bool {
+        let node = match target {
+            Target::Node(n) | Target::File(_, n) | Target::Child(n, _) => n,
+        };
+        self.inodes
+            .get(node)
+            .is_some_and(|i| i.dev == self.inodes.root().dev)
     }
 
     /// Should a new open of `inode` by `path` (known only while rules select by path) use direct
