@@ -12,11 +12,18 @@
 //! each workload sends, by opcode, from the kernel's `fuse:fuse_request_send` tracepoint
 //! (tracefs at /sys/kernel/tracing; FORGETs are not requests and are not counted).
 //!
+//! The untouched mount also measures how long a change made outside the mount (a chmod of the
+//! backing file by another process) takes to be seen through the mount, where the kernel
+//! caches the file's attributes: from the moment the other process's `chmod` returned
+//! (`CLOCK_MONOTONIC`, which both processes share) to the first `stat` through the mount that
+//! shows the new mode. With `--watch 0` the servers do not watch the backing file system for
+//! outside changes (the behaviour before the watch: a 1 s cache, no invalidation).
+//!
 //! With `--low-latency 1`, a 0 µs CPU wake-up latency request is held for the whole run (what the
 //! spec's `low_latency` does during an injection), native rounds included.
 //!
 //! Usage: chaosfs-bench [--size-mib N] [--files N] [--rounds N] [--requests 0|1] [--threads N]
-//!                      [--low-latency 0|1]
+//!                      [--low-latency 0|1] [--watch 0|1]
 //! (root, /dev/fuse)
 
 use std::fs::{self, File, OpenOptions};
@@ -40,6 +47,8 @@ struct Opts {
     /// Hold a 0 us CPU wake-up latency request during the whole run (the spec's
     /// `low_latency`, as an injection would).
     low_latency: bool,
+    /// Servers watch the backing file system for outside changes.
+    watch: bool,
 }
 
 fn parse_opts() -> anyhow::Result<Opts> {
@@ -50,6 +59,7 @@ fn parse_opts() -> anyhow::Result<Opts> {
         requests: false,
         threads: 0,
         low_latency: false,
+        watch: true,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -65,9 +75,10 @@ fn parse_opts() -> anyhow::Result<Opts> {
             "--requests" => opts.requests = value != 0,
             "--threads" => opts.threads = value,
             "--low-latency" => opts.low_latency = value != 0,
+            "--watch" => opts.watch = value != 0,
             _ => bail!(
                 "unknown flag {flag} (use --size-mib, --files, --rounds, --requests, --threads, \
-                 --low-latency)"
+                 --low-latency, --watch)"
             ),
         }
     }
@@ -234,6 +245,21 @@ fn paired_ratios(native: &[Figures], other: &[Figures]) -> [(f64, f64, f64); 6] 
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 
+/// tracefs, mounted in this process's own mount namespace if it is not there.
+fn ensure_tracefs() -> anyhow::Result<()> {
+    if Path::new(TRACEFS).join("tracing_on").exists() {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("tracefs"),
+        TRACEFS,
+        Some("tracefs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .context("mount tracefs (for --requests)")
+}
+
 fn trace_write(file: &str, value: &str) -> anyhow::Result<()> {
     fs::write(Path::new(TRACEFS).join(file), value).with_context(|| format!("write {file}"))
 }
@@ -241,6 +267,7 @@ fn trace_write(file: &str, value: &str) -> anyhow::Result<()> {
 /// FUSE requests per workload and opcode on one connection, from the `fuse_request_send`
 /// tracepoint.
 fn count_requests(dir: &Path, opts: &Opts) -> anyhow::Result<Vec<Vec<(String, u64)>>> {
+    ensure_tracefs()?;
     let conn = chaosfs::mount::Connection::of_mount(dir)?.id();
     let needle = format!("connection {conn} ");
     let mut counts: Vec<Vec<(String, u64)>> = vec![Vec::new(); NAMES.len()];
@@ -311,7 +338,105 @@ fn print_requests(label: &str, counts: &[Vec<(String, u64)>], opts: &Opts) {
     }
 }
 
+/// `CLOCK_MONOTONIC` in nanoseconds (shared by every process, unlike `Instant`'s origin).
+fn mono_ns() -> anyhow::Result<i128> {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
+    Ok(i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec()))
+}
+
+/// The other process of the outside-change measurement: for each line "MODE PATH" on stdin,
+/// chmod PATH to MODE (octal) and print the `CLOCK_MONOTONIC` time it returned at.
+fn outside_helper() -> anyhow::Result<()> {
+    use std::io::BufRead;
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = std::io::stdout().lock();
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        let (mode, path) = line.split_once(' ').context("helper: MODE PATH")?;
+        let mode = u32::from_str_radix(mode, 8)?;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+        writeln!(out, "{}", mono_ns()?)?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// Delays (µs) from an outside chmod of `backing/name` to its visibility at `inside/name`,
+/// `n` times; `None` entries for changes not seen within 2 s.
+fn outside_delays(backing: &Path, inside: &Path, n: usize) -> anyhow::Result<Vec<Option<f64>>> {
+    use std::io::BufRead;
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::{Command, Stdio};
+    let name = "outside.dat";
+    fs::write(inside.join(name), b"x")?;
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("--outside-helper")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("spawn the outside helper")?;
+    let (Some(mut tx), Some(rx)) = (child.stdin.take(), child.stdout.take()) else {
+        bail!("outside helper without pipes");
+    };
+    let mut rx = std::io::BufReader::new(rx);
+    let mut delays = Vec::new();
+    let target = inside.join(name);
+    let mode = |p: &Path| fs::metadata(p).map(|m| m.permissions().mode() & 0o7777);
+    for i in 0..n {
+        let want = if i % 2 == 0 { 0o600 } else { 0o644 };
+        mode(&target)?; // cached from here on
+        writeln!(tx, "{want:o} {}", backing.join(name).display())?;
+        tx.flush()?;
+        let start = Instant::now();
+        let seen = loop {
+            if mode(&target)? == want {
+                break Some(mono_ns()?);
+            }
+            if start.elapsed().as_secs() >= 2 {
+                break None;
+            }
+        };
+        let mut line = String::new();
+        rx.read_line(&mut line)?;
+        let changed: i128 = line.trim().parse().context("helper's answer")?;
+        // Nanoseconds to microseconds: far inside f64's exact range.
+        #[allow(clippy::cast_precision_loss)]
+        delays.push(seen.map(|s| (s - changed).max(0) as f64 / 1000.0));
+    }
+    drop(tx);
+    let _ = child.wait();
+    fs::remove_file(inside.join(name))?;
+    Ok(delays)
+}
+
+fn print_outside(delays: &[Option<f64>], watching: bool) {
+    let seen: Vec<f64> = delays.iter().flatten().copied().collect();
+    let missed = delays.len() - seen.len();
+    let mut sorted = seen.clone();
+    sorted.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        sorted
+            .get(((sorted.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "
+outside change (chmod of the backing file by another process) to visibility through \
+         the mount, untouched, {} changes, watch {}:\n  median {:.0} us, p90 {:.0} us, max {:.0} \
+         us; not seen within 2 s: {missed}",
+        delays.len(),
+        if watching { "on" } else { "off (1 s cache)" },
+        median(seen),
+        pct(0.9),
+        pct(1.0),
+    );
+}
+
 fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("--outside-helper") {
+        return outside_helper();
+    }
     let opts = parse_opts()?;
     if !nix::unistd::geteuid().is_root() {
         bail!("chaosfs-bench must run as root (it mounts FUSE)");
@@ -333,10 +458,20 @@ fn bench_in(base: &Path, opts: &Opts) -> anyhow::Result<()> {
     }
     let untouched = Spec::from_json(r#"{"rules":[{"glob":"*.never","errno":"EIO"}]}"#)?;
     let touched = Spec::from_json(r#"{"rules":[{"percent":0,"errno":"EIO"}]}"#)?;
-    let mut cfg = chaosfs::server::Config::default();
+    let mut cfg = chaosfs::server::Config {
+        watch: opts.watch,
+        ..chaosfs::server::Config::default()
+    };
     if opts.threads > 0 {
         cfg.n_threads = opts.threads;
     }
+    // The untouched directory as it is underneath the mount, for the outside-change figure.
+    let under = File::open(&dirs[1])?;
+    let under_path = PathBuf::from(format!(
+        "/proc/{}/fd/{}",
+        std::process::id(),
+        std::os::fd::AsRawFd::as_raw_fd(&under)
+    ));
     let m1 = chaosfs::mount_over(&dirs[1], RuleSet::new(untouched)?, cfg.clone())?;
     let m2 = chaosfs::mount_over(&dirs[2], RuleSet::new(touched)?, cfg)?;
 
@@ -355,16 +490,6 @@ fn bench_in(base: &Path, opts: &Opts) -> anyhow::Result<()> {
     );
     let fast_r = paired_ratios(&rounds[0], &rounds[1]);
     let slow_r = paired_ratios(&rounds[0], &rounds[2]);
-    let requests = if opts.requests {
-        Some((
-            count_requests(&dirs[1], opts)?,
-            count_requests(&dirs[2], opts)?,
-        ))
-    } else {
-        None
-    };
-    m1.unmount()?;
-    m2.unmount()?;
 
     println!(
         "{:<42} {:>12} {:>12} {:>8} {:>12} {:>8}",
@@ -389,9 +514,14 @@ fn bench_in(base: &Path, opts: &Opts) -> anyhow::Result<()> {
         let f = |(m, lo, hi): (f64, f64, f64)| format!("{m:.2}x ({lo:.2}-{hi:.2})");
         println!("{:<42} {:>20} {:>20}", name, f(fast_r[i]), f(slow_r[i]));
     }
-    if let Some((fast, slow)) = requests {
-        print_requests("untouched", &fast, opts);
-        print_requests("rule(0%)", &slow, opts);
+    let watching = m1.server().watching();
+    let delays = outside_delays(&under_path, &dirs[1], if watching { 200 } else { 5 })?;
+    print_outside(&delays, watching);
+    if opts.requests {
+        print_requests("untouched", &count_requests(&dirs[1], opts)?, opts);
+        print_requests("rule(0%)", &count_requests(&dirs[2], opts)?, opts);
     }
+    m1.unmount()?;
+    m2.unmount()?;
     Ok(())
 }
