@@ -768,16 +768,17 @@ impl FsInner {
         }
     }
 
-    /// Is `target` on the backing root's file system (the one watched)? A child is judged by
-    /// its directory (a child that is a mount point gets the watched TTL for its entry only:
-    /// its attributes are asked for by node).
+    /// Is `target` on the backing root's file system (the one watched), and found by its file
+    /// handle (a node split off by a rule update is not: a new lookup took its handle)? A child
+    /// is judged by its directory (a child that is a mount point gets the watched TTL for its
+    /// entry only: its attributes are asked for by node).
     fn on_root_fs(&self, target: Target<'_>) -> bool {
         let node = match target {
             Target::Node(n) | Target::File(_, n) | Target::Child(n, _) => n,
         };
         self.inodes
             .get(node)
-            .is_some_and(|i| i.dev == self.inodes.root().dev)
+            .is_some_and(|i| i.dev == self.inodes.root().dev && !i.detached.load(Ordering::Relaxed))
     }
 
     /// Should a new open of `inode` by `path` (known only while rules select by path) use direct
