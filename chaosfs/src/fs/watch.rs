@@ -219,3 +219,114 @@ pub(crate) fn for_each_event(mut buf: &[u8], mut f: impl FnMut(i32, Change<'_>))
         buf = &buf[len..];
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One info record: header, fsid, `struct file_handle`, then `name` (with its NUL) if any.
+    fn record(kind: u8, htype: i32, handle: &[u8], name: Option<&[u8]>) -> Vec<u8> {
+        let mut body = vec![7u8; 8]; // fsid
+        body.extend(u32::try_from(handle.len()).unwrap_or(0).to_ne_bytes());
+        body.extend(htype.to_ne_bytes());
+        body.extend(handle);
+        if let Some(n) = name {
+            body.extend(n);
+            body.push(0);
+        }
+        while (body.len() + 4) % 4 != 0 {
+            body.push(0);
+        }
+        let mut r = vec![kind, 0];
+        r.extend(u16::try_from(body.len() + 4).unwrap_or(0).to_ne_bytes());
+        r.extend(body);
+        r
+    }
+
+    fn event(mask: u64, pid: i32, records: &[Vec<u8>]) -> Vec<u8> {
+        let len = METADATA_LEN + records.iter().map(Vec::len).sum::<usize>();
+        let mut e = Vec::new();
+        e.extend(u32::try_from(len).unwrap_or(0).to_ne_bytes());
+        e.extend([3u8, 0]);
+        e.extend(24u16.to_ne_bytes());
+        e.extend(mask.to_ne_bytes());
+        e.extend((-1i32).to_ne_bytes());
+        e.extend(pid.to_ne_bytes());
+        for r in records {
+            e.extend(r);
+        }
+        e
+    }
+
+    #[test]
+    fn events_with_dir_name_and_object_records_parse() {
+        let create = MaskFlags::FAN_CREATE.bits();
+        let mut buf = event(
+            create,
+            42,
+            &[
+                record(
+                    FAN_EVENT_INFO_TYPE_DFID_NAME,
+                    1,
+                    &[1, 2, 3, 4],
+                    Some(b"new"),
+                ),
+                record(
+                    FAN_EVENT_INFO_TYPE_FID,
+                    1,
+                    &[5, 6, 7, 8, 9, 10, 11, 12],
+                    None,
+                ),
+            ],
+        );
+        buf.extend(event(
+            MaskFlags::FAN_ATTRIB.bits(),
+            7,
+            &[record(FAN_EVENT_INFO_TYPE_FID, 2, &[9; 12], None)],
+        ));
+        buf.extend([1, 2, 3]); // a truncated tail is ignored
+        let mut seen = Vec::new();
+        for_each_event(&buf, |pid, c| {
+            seen.push((
+                pid,
+                c.mask.bits(),
+                c.object.map(|(t, h)| (t, h.to_vec())),
+                c.dir.map(|(t, h, n)| (t, h.to_vec(), n.to_vec())),
+            ));
+        });
+        assert_eq!(
+            seen,
+            vec![
+                (
+                    42,
+                    create,
+                    Some((1, vec![5, 6, 7, 8, 9, 10, 11, 12])),
+                    Some((1, vec![1, 2, 3, 4], b"new".to_vec()))
+                ),
+                (
+                    7,
+                    MaskFlags::FAN_ATTRIB.bits(),
+                    Some((2, vec![9; 12])),
+                    None
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_record_longer_than_its_event_stops_the_parse() {
+        let mut e = event(
+            MaskFlags::FAN_MODIFY.bits(),
+            1,
+            &[record(FAN_EVENT_INFO_TYPE_FID, 1, &[1; 8], None)],
+        );
+        // The record claims more bytes than the event holds.
+        e[METADATA_LEN + 2] = 0xff;
+        let mut n = 0;
+        for_each_event(&e, |_, c| {
+            assert!(c.object.is_none());
+            n += 1;
+        });
+        assert_eq!(n, 1);
+    }
+}
