@@ -414,9 +414,10 @@ fn print_outside(delays: &[Option<f64>], watching: bool) {
     let missed = delays.len() - seen.len();
     let mut sorted = seen.clone();
     sorted.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
+    // The value `num/den` of the way up the sorted delays.
+    let pct = |num: usize, den: usize| {
         sorted
-            .get(((sorted.len() as f64 - 1.0) * p).round() as usize)
+            .get(sorted.len().saturating_sub(1) * num / den)
             .copied()
             .unwrap_or(f64::NAN)
     };
@@ -428,8 +429,8 @@ outside change (chmod of the backing file by another process) to visibility thro
         delays.len(),
         if watching { "on" } else { "off (1 s cache)" },
         median(seen),
-        pct(0.9),
-        pct(1.0),
+        pct(9, 10),
+        pct(1, 1),
     );
 }
 

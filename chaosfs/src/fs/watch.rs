@@ -234,7 +234,7 @@ mod tests {
             body.extend(n);
             body.push(0);
         }
-        while (body.len() + 4) % 4 != 0 {
+        while !body.len().is_multiple_of(4) {
             body.push(0);
         }
         let mut r = vec![kind, 0];
