@@ -335,7 +335,7 @@ fn spec_level_errors() {
     let e = RuleSet::new(bad).map(|_| ()).map_err(|e| e.to_string());
     assert_eq!(
         e,
-        Err("invalid spec: rule 0: no action: give one of errno, latency, attr, corrupt, short, full".into())
+        Err("invalid spec: rule 0: no action: give one of errno, latency, attr, corrupt, short, full, crash".into())
     );
 }
 
@@ -923,7 +923,7 @@ fn shorthand_errors() {
     let cases: &[(&str, &str)] = &[
         (
             "--percent 50 --errno EIO",
-            "--percent must follow an action flag (--errno, --latency, --attr, --corrupt, --short, --full)",
+            "--percent must follow an action flag (--errno, --latency, --attr, --corrupt, --short, --full, --crash)",
         ),
         ("--errno EIO --frob 1", "unknown rule flag --frob"),
         ("--errno EIO stray", "unexpected argument \"stray\""),
