@@ -65,14 +65,14 @@ Description: filesystem fault injection into running processes and containers
  chosen errors or delays) under a live process's open files, or under a container from its
  first instruction: the iochaos CLI, the OCI hook iochaos-hook (podman hooks.d files
  installed) and the containerd runtime io.containerd.iochaos.v2. The containerd
- configuration is not changed: see /usr/share/iochaos/containerd/.
+ configuration is not changed: `iochaos setup containerd` adds the runtime.
 CONTROL
 echo /etc/iochaos/hook.toml >"$root/DEBIAN/conffiles"
 cat >"$root/DEBIAN/postinst" <<'SCRIPT'
 #!/bin/sh
 set -e
 # /run/iochaos now (tmpfiles.d creates it at boot). Nothing else: containerd's config is
-# never edited here (see /usr/share/iochaos/containerd/iochaos-runtime.toml).
+# never edited here (`iochaos setup containerd` does it when asked).
 if [ "$1" = configure ]; then
     if command -v systemd-tmpfiles >/dev/null 2>&1; then
         systemd-tmpfiles --create iochaos.conf || true

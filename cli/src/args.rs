@@ -118,6 +118,13 @@ Examples:
   iochaos completions zsh > /usr/share/zsh/vendor-completions/_iochaos
   iochaos completions fish > /usr/share/fish/vendor_completions.d/iochaos.fish";
 
+const SETUP_EXAMPLES: &str = "\
+Examples:
+  iochaos setup containerd --dry-run
+  iochaos setup containerd && systemctl restart containerd
+  iochaos setup containerd --config /etc/containerd/conf.d/iochaos.toml
+  iochaos setup containerd --remove";
+
 const MAN_EXAMPLES: &str = "\
 Examples:
   iochaos man | man -l -
@@ -198,6 +205,9 @@ pub enum Sub {
     /// Show faults appearing and disappearing under a small workload (no container runtime)
     #[command(after_help = "Example:\n  iochaos demo")]
     Demo,
+    /// Configure a container runtime to start containers with iochaos (containerd's CRI plugin)
+    #[command(subcommand, after_help = SETUP_EXAMPLES)]
+    Setup(SetupCli),
     /// Print a shell completion script (bash, zsh, fish) to stdout
     #[command(after_help = COMPLETIONS_EXAMPLES)]
     Completions {
@@ -219,6 +229,40 @@ pub enum Sub {
     /// Internal: the demo's workload process
     #[command(name = "__demo-workload", hide = true)]
     DemoWorkload { dir: PathBuf },
+}
+
+/// `iochaos setup RUNTIME`.
+#[derive(Debug, Subcommand)]
+pub enum SetupCli {
+    /// Add the iochaos runtime (RuntimeClass handler) to containerd's config.toml, idempotently
+    #[command(
+        long_about = "Add the iochaos runtime to containerd's CRI plugin in its config.toml \
+                      (what packaging/containerd/iochaos-runtime.toml says): runtime_type \
+                      io.containerd.iochaos.v2 and the dev.iochaos.* pod and container \
+                      annotations. The file's comments and layout are kept; a second run \
+                      changes nothing; the file is replaced atomically. Containerd reads it at \
+                      start only: restart it afterwards. `ctr run --runtime \
+                      io.containerd.iochaos.v2` needs none of this.",
+        after_help = SETUP_EXAMPLES
+    )]
+    Containerd {
+        /// containerd's configuration file (created when missing)
+        #[arg(
+            long,
+            value_name = "FILE",
+            default_value = "/etc/containerd/config.toml"
+        )]
+        config: PathBuf,
+        /// The runtime's name: the RuntimeClass handler
+        #[arg(long, value_name = "NAME", default_value = "iochaos")]
+        runtime_name: String,
+        /// Print the change as a unified diff; write nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Take the runtime out again (only if it is iochaos's)
+        #[arg(long)]
+        remove: bool,
+    },
 }
 
 /// What `convert` reads.
@@ -627,6 +671,8 @@ pub enum Command {
     },
     /// `iochaos convert --from chaos-mesh FILE`.
     Convert(PathBuf),
+    /// `iochaos setup containerd ...`.
+    SetupContainerd(crate::setup::ContainerdSetup),
     Completions(clap_complete::Shell),
     Man {
         subcommand: Option<String>,
@@ -747,6 +793,20 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, clap::Error> {
             from: ConvertFrom::ChaosMesh,
             file,
         } => Command::Convert(file),
+        Sub::Setup(SetupCli::Containerd {
+            config,
+            runtime_name,
+            dry_run,
+            remove,
+        }) => {
+            no_json("setup", &mut cmd)?;
+            Command::SetupContainerd(crate::setup::ContainerdSetup {
+                config,
+                runtime: runtime_name,
+                dry_run,
+                remove,
+            })
+        }
         Sub::Completions { shell } => Command::Completions(shell),
         Sub::Man { subcommand, dir } => {
             if let Some(name) = &subcommand

@@ -132,7 +132,9 @@ pub fn inject(args: InjectArgs) -> anyhow::Result<i32> {
         host_namespace: args.host_namespace,
         run_dir: journal.dir().to_owned(),
     };
+    let progress = crate::progress::Progress::start(format!("injecting at {}", req.path.display()));
     let id = start_server(&req)?;
+    drop(progress);
     if args.json {
         let status = ChaosClient::connect(&journal.socket_path(&id))
             .and_then(|c| c.status())

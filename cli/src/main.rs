@@ -8,8 +8,10 @@ mod demo;
 mod inject;
 mod manual;
 mod output;
+mod progress;
 mod recover;
 mod run;
+mod setup;
 mod status;
 mod sys;
 mod targets;
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
             .and_then(|n| status::update(&n.id, &spec, json, &n.namespace, &state_dir)),
         Command::Crash { id, seed, json } => crash::crash(&id, seed, json),
         Command::Convert(file) => run::convert(&file).map(|()| 0),
+        Command::SetupContainerd(a) => setup::containerd(&a),
         Command::Completions(shell) => manual::completions(shell).map(|()| 0),
         Command::Man { subcommand, dir } => manual::man(subcommand.as_deref(), dir.as_deref()),
     };

@@ -12,6 +12,7 @@ use engine::target::NsId;
 
 use crate::args::RecoverWhat;
 use crate::inject::{journal, one_line};
+use crate::progress::Progress;
 use crate::run::{Needs, check_privileges};
 use crate::status::fd_entry;
 
@@ -80,9 +81,11 @@ pub fn recover(what: RecoverWhat, json: bool) -> anyhow::Result<i32> {
                 // running the container.
                 let shim = shim.with_timeout(RECOVER_TIMEOUT);
                 let id = shim.status()?.id;
+                let progress = Progress::start(format!("recovering container {namespace}/{name}"));
                 let report = shim.recover().with_context(|| {
                     format!("recovering container {namespace}/{name} through its shim")
                 })?;
+                drop(progress);
                 report_recovered(&id, &report);
                 if json {
                     crate::output::print_json(&serde_json::Value::Array(vec![
@@ -118,7 +121,14 @@ pub fn recover(what: RecoverWhat, json: bool) -> anyhow::Result<i32> {
     let mut failed = Vec::new();
     let mut recovered = Vec::new();
     for e in &selected {
-        match recover_one(&journal, e) {
+        let progress = Progress::start(format!(
+            "recovering {}: moving {} fd(s) back",
+            e.id,
+            e.swapped.len()
+        ));
+        let result = recover_one(&journal, e);
+        drop(progress);
+        match result {
             Ok(report) => {
                 report_recovered(&e.id, &report);
                 if json {

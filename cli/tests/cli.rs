@@ -52,6 +52,7 @@ const SUBCOMMANDS: &[&str] = &[
     "status",
     "update",
     "crash",
+    "setup",
     "convert",
     "demo",
     "completions",
