@@ -15,11 +15,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use super::FsInner;
-use super::handle::Handle;
+use super::handle::{Handle, HandleKind};
 use super::inode::Inode;
 use crate::fuse::{Errno, Reply};
 use crate::rules::{CrashWhen, Verdict};
@@ -105,6 +105,8 @@ pub(crate) struct CrashLog {
     /// the crash happened: changes are refused from then on.
     gate: RwLock<bool>,
     files: Mutex<HashMap<(u64, u64), Shared>>,
+    /// Files kept when the next prune of unlinked ones runs ([`CrashLog::file`]).
+    prune_at: AtomicUsize,
     store: Mutex<Option<Store>>,
     /// A `crash` rule cut the power.
     cut: AtomicBool,
@@ -112,6 +114,21 @@ pub(crate) struct CrashLog {
     kill: OnceLock<Kill>,
     /// What every rollback so far dropped, per file.
     report: Mutex<Vec<(Arc<Inode>, CrashedFile)>>,
+}
+
+/// Files with undo state below which unlinked ones are not looked for.
+const PRUNE_MIN: usize = 64;
+
+/// Whether the file of `fd` has no name left (unlinked: names are not modelled, so its bytes
+/// can never be seen again and need no rollback).
+fn unlinked(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    sys::file::fstat(fd).is_ok_and(|st| st.st_nlink == 0)
+}
+
+/// Drop the undo state of unlinked files (a rollback journal is a new file per transaction:
+/// without this every one would keep its fd until the crash). Entries busy right now stay.
+fn prune_unlinked(files: &mut HashMap<(u64, u64), Shared>) {
+    files.retain(|_, f| f.try_lock().map_or(true, |f| !unlinked(f.fd.as_fd())));
 }
 
 fn eio<T>(_: T) -> Errno {
@@ -157,6 +174,11 @@ impl CrashLog {
         let mut files = self.files.lock().map_err(eio)?;
         if let Some(f) = files.get(&(inode.dev, inode.ino)) {
             return Ok(f.clone());
+        }
+        if files.len() >= self.prune_at.load(Ordering::Relaxed) {
+            prune_unlinked(&mut files);
+            self.prune_at
+                .store((files.len() * 2).max(PRUNE_MIN), Ordering::Relaxed);
         }
         let fd = open().map_err(|e| io_errno(&e))?;
         let st = sys::file::fstat(fd.as_fd()).map_err(|e| io_errno(&e))?;
@@ -380,6 +402,9 @@ impl CrashLog {
         let mut out = Vec::new();
         for file in files {
             let Ok(f) = file.lock() else { continue };
+            if unlinked(f.fd.as_fd()) {
+                continue;
+            }
             match self.roll_back(&f) {
                 Ok(c) => out.push((f.inode.clone(), c)),
                 Err(e) => tracing::warn!(
@@ -507,18 +532,15 @@ impl FsInner {
         self.crash.guard(inode, touch, sync, open, change)
     }
 
-    /// [`FsInner::changing`] through an open handle: durable at once if its fd is `O_SYNC` or
-    /// `O_DSYNC`.
+    /// [`FsInner::changing`] through an open handle: durable at once if it was opened
+    /// `O_SYNC` or `O_DSYNC`.
     pub(crate) fn changing_file<T>(
         &self,
         h: &Handle,
         touch: Touch,
         change: impl FnOnce() -> Result<T, Errno>,
     ) -> Result<T, Errno> {
-        if !self.crash_mode() {
-            return change();
-        }
-        let sync = sys::file::getfl(h.fd.as_fd()).is_ok_and(|f| f & libc::O_DSYNC != 0);
+        let sync = matches!(h.kind, HandleKind::File { sync: true, .. });
         self.changing(&h.inode, touch, sync, change)
     }
 

@@ -34,6 +34,9 @@ pub(crate) enum HandleKind {
     File {
         mode: OpenMode,
         o_direct: bool,
+        /// Opened `O_SYNC` or `O_DSYNC` (fixed at open: `F_SETFL` cannot change either), so
+        /// every write through it is durable once it returns (crash mode, docs/crash.md).
+        sync: bool,
         /// Opened with `FOPEN_NOFLUSH`: its closes send no FLUSH.
         noflush: bool,
     },

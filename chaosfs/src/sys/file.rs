@@ -272,12 +272,6 @@ pub(crate) fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
     }?)
 }
 
-/// The file status flags of `fd` (`fcntl(F_GETFL)`): access mode, `O_APPEND`, `O_DSYNC`…
-pub(crate) fn getfl(fd: BorrowedFd<'_>) -> io::Result<i32> {
-    let bits = rfs::fcntl_getfl(fd)?.bits();
-    i32::try_from(bits).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
-}
-
 /// A new anonymous memory file (`memfd_create`, close-on-exec): private to this process.
 pub(crate) fn memfd(name: &CStr) -> io::Result<OwnedFd> {
     Ok(rfs::memfd_create(name, rfs::MemfdFlags::CLOEXEC)?)

@@ -156,12 +156,15 @@ impl FsInner {
             st.noflush += 1;
         }
         let o_direct = flags & libc::O_DIRECT != 0;
+        // O_SYNC is O_DSYNC plus a bit of its own: one test covers both.
+        let sync = flags & libc::O_DSYNC != 0;
         let fh = self.handles.insert(Handle {
             fd,
             inode: inode.clone(),
             kind: HandleKind::File {
                 mode,
                 o_direct,
+                sync,
                 noflush,
             },
             path,
