@@ -3,14 +3,22 @@
 # fsync at the end) and 4 KiB random overwrites of a 64 MiB file with an fsync every 100
 # writes, natively, under `iochaos run --crash-mode`, and under a rule that only forces direct
 # I/O (percent 0) to split the cost of direct I/O from that of the undo log. Prints MB/s and
-# ratios to native, median of ROUNDS (default 3) rounds run back to back. Root and /dev/fuse.
+# ratios to native, median of ROUNDS (default 3) rounds run back to back. Then pgbench (TPC-B
+# like, 4 clients, SECS seconds, default 10) against PostgreSQL running natively and under
+# `iochaos run --crash-mode` (skipped when /usr/lib/postgresql is absent), median TPS of ROUNDS.
+# Root and /dev/fuse.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
+secs=${SECS:-10}
 cargo build --release --quiet -p iochaos
 iochaos=$PWD/target/release/iochaos
 dir=$(mktemp -d /var/tmp/iochaos-crash-bench.XXXXXX)
-trap 'rm -rf "$dir"' EXIT
+cleanup() {
+    [ -n "${pgctl:-}" ] && runuser -u postgres -- "$pgctl" -D "$dir/pg/data" -m immediate stop >/dev/null 2>&1
+    rm -rf "$dir"
+}
+trap cleanup EXIT
 
 # The workload: prints "seq MBPS" and "rand MBPS" for directory $1.
 work=$(cat <<'PY'
@@ -68,3 +76,29 @@ for w in seq rand; do
     printf '%-34s %10s %10s %10s   crash/native %.2f  direct/native %.2f\n' "$label" "$n" "$c" "$x" \
         "$(echo "$c / $n" | bc -l)" "$(echo "$x / $n" | bc -l)"
 done
+
+pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+[ -n "$pgbin" ] || { echo "pgbench: no PostgreSQL in /usr/lib/postgresql, skipped"; exit 0; }
+pg=$dir/pg; mkdir -p "$pg/sock"; chmod 755 "$dir"; chown -R postgres: "$pg"
+pgctl=$pgbin/pg_ctl
+opts="-k $pg/sock -c listen_addresses= -c shared_buffers=64MB"
+runuser -u postgres -- "$pgbin/initdb" -A trust -U postgres -D "$pg/data" >/dev/null
+runuser -u postgres -- "$pgctl" -D "$pg/data" -w -l "$pg/log" -o "$opts" start >/dev/null
+"$pgbin/pgbench" -h "$pg/sock" -U postgres -i -s 4 -q postgres >/dev/null 2>&1
+runuser -u postgres -- "$pgctl" -D "$pg/data" -w -m fast stop >/dev/null
+ready() { for _ in $(seq 300); do "$pgbin/pg_isready" -q -h "$pg/sock" -U postgres && return; sleep 0.1; done; return 1; }
+bench() { "$pgbin/pgbench" -h "$pg/sock" -U postgres -c 4 -j 2 -T "$secs" postgres 2>/dev/null | awk '/^tps/{print $3}'; }
+declare -A tps=([native]="" [crash]="")
+for r in $(seq "$rounds"); do
+    runuser -u postgres -- "$pgctl" -D "$pg/data" -w -l "$pg/log" -o "$opts" start >/dev/null
+    tps[native]+="$(bench) "
+    runuser -u postgres -- "$pgctl" -D "$pg/data" -w -m fast stop >/dev/null
+    "$iochaos" run --path "$pg/data" --crash-mode -- runuser -u postgres -- "$pgbin/postgres" -D "$pg/data" $opts 2>/dev/null &
+    run=$!
+    ready
+    tps[crash]+="$(bench) "
+    runuser -u postgres -- "$pgctl" -D "$pg/data" -w -m fast stop >/dev/null
+    wait "$run" || true
+done
+n=$(median <<<"${tps[native]}"); c=$(median <<<"${tps[crash]}")
+printf '%-34s %10s %10s %10s   crash/native %.2f\n' "pgbench TPS (4 clients, ${secs}s)" "$n" "$c" - "$(echo "$c / $n" | bc -l)"
