@@ -7,7 +7,7 @@
 //! must be lost. Privileged: root, FUSE, the postgres user; fails without them.
 //!
 //! The CI test cuts the power 3 times; `postgres_keeps_every_acknowledged_commit_20_crashes`
-//! (ignored: about a minute) does it 20 times. `IOCHAOS_TEST_SEED=N` replays a sequence.
+//! (ignored: about two minutes) does it 20 times. `IOCHAOS_TEST_SEED=N` replays a sequence.
 
 mod inject_common;
 
@@ -358,7 +358,7 @@ fn postgres_keeps_every_acknowledged_commit_across_crashes() {
 }
 
 #[test]
-#[ignore = "20 power cuts of PostgreSQL: about a minute; run with --ignored"]
+#[ignore = "20 power cuts of PostgreSQL: about two minutes; run with --ignored"]
 fn postgres_keeps_every_acknowledged_commit_20_crashes() {
     crashes_keep_every_acknowledged_commit(20);
 }
