@@ -19,7 +19,8 @@ pub use fs::{
     CrashedFile, Escaped, ForwardedLock, InterruptStats, OpenMode, OpenStats, UpdateReport,
 };
 pub use mount::{Connection, MountOptions};
-pub use server::{Config, Server};
+pub use fuse::Transport;
+pub use server::{Config, Server, URING_ENV};
 
 /// ChaosFS mounted on top of a directory by [`mount_over`]. Dropping it unmounts (best effort);
 /// [`Mounted::unmount`] reports errors.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::fs::{
     ChaosFs, CrashedFile, FsConfig, FsInner, InterruptStats, OpenMode, OpenStats, UpdateReport,
 };
-use crate::fuse::Session;
+use crate::fuse::{Session, Transport};
 use crate::mount::Connection;
 use crate::rules::{RuleSet, RuleStats};
 use crate::sys;
@@ -18,6 +18,9 @@ use crate::{Error, Result};
 
 /// How long [`Server::stop`] lets the kernel end a connection by itself before aborting it.
 pub const STOP_SETTLE: Duration = Duration::from_millis(200);
+
+/// The environment variable that turns [`Config::uring`] on by default (`1`).
+pub const URING_ENV: &str = "CHAOSFS_URING";
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -50,6 +53,12 @@ pub struct Config {
     /// onto ChaosFS at inject, but at recover its check that the native file is free of
     /// conflicting locks would meet the server's own forwarded lock; see the crate README.)
     pub forward_locks: bool,
+    /// Exchange requests with the kernel over io_uring (FUSE over io_uring, kernel 6.14+):
+    /// one queue per CPU, served by a thread pinned to it, when the kernel offers it (module
+    /// parameter `fuse.enable_uring`); otherwise, or if the kernel refuses the queues, the
+    /// `/dev/fuse` threads serve and the log and [`Server::transport`] say why. Default false,
+    /// or true when the environment variable `CHAOSFS_URING` is `1` (for test runs).
+    pub uring: bool,
     /// The FUSE connection, if known: [`Server::stop`] aborts it.
     pub connection: Option<Connection>,
 }
@@ -66,6 +75,7 @@ impl Default for Config {
             watched_ttl: Duration::from_secs(3600),
             passthrough: true,
             forward_locks: false,
+            uring: std::env::var_os(URING_ENV).is_some_and(|v| v == "1"),
             connection: None,
         }
     }
@@ -80,6 +90,7 @@ struct Done {
 /// A running ChaosFS server.
 pub struct Server {
     inner: Arc<FsInner>,
+    transport: Transport,
     /// Outside changes are watched (the watch ends with the session).
     watching: bool,
     thread: Option<JoinHandle<io::Result<()>>>,
@@ -128,8 +139,15 @@ impl Server {
         // missing (another mount namespace), they share one fd instead.
         let clone_fd = sys::file::open(c"/dev/fuse", libc::O_RDWR).is_ok();
         let n_threads = cfg.n_threads.max(1);
-        let session = Session::handshake(ChaosFs(inner.clone()), fuse_fd)
+        let mut session = Session::handshake(ChaosFs(inner.clone()), fuse_fd, cfg.uring)
             .map_err(|e| Error::sys("FUSE handshake", e))?;
+        let transport = session.start_uring();
+        match &transport {
+            Transport::DevFuse { why: Some(_) } => {
+                tracing::warn!("FUSE transport: {transport}");
+            }
+            _ => tracing::info!("FUSE transport: {transport}"),
+        }
         inner.set_notifier(session.notifier());
         let watcher = if cfg.watch {
             match inner.start_watch() {
@@ -175,6 +193,7 @@ impl Server {
             .map_err(|e| Error::sys("spawn FUSE session thread", e))?;
         Ok(Server {
             inner,
+            transport,
             watching,
             thread: Some(thread),
             done,
@@ -258,6 +277,12 @@ impl Server {
     /// moves a holder off the mount (recover) learns them here and takes them again.
     pub fn forwarded_posix_locks(&self) -> Vec<crate::ForwardedLock> {
         self.inner.forwarded_posix_locks()
+    }
+
+    /// How requests travel between the kernel and this server (`/dev/fuse` threads or
+    /// per-CPU io_uring queues), and why not io_uring when it was asked for and refused.
+    pub fn transport(&self) -> &Transport {
+        &self.transport
     }
 
     /// Whether changes made outside the mount are watched (and entries and attributes no rule

@@ -9,6 +9,7 @@ mod reply;
 mod request;
 mod session;
 mod types;
+mod uring;
 
 use std::ffi::OsStr;
 use std::io::{self, IoSlice};
@@ -26,6 +27,7 @@ pub use reply::{
 };
 pub use request::{Operation, Request, SetattrArgs};
 pub use session::{Filesystem, KernelConfig, Session};
+pub use uring::Transport;
 pub use types::{
     Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, MAX_READ, TimeOrNow,
 };

@@ -12,6 +12,7 @@ use std::time::Duration;
 use zerocopy::IntoBytes;
 
 use super::abi;
+use super::uring::Slot;
 use super::types::{
     Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, time_parts, valid,
 };
@@ -25,19 +26,18 @@ pub struct Sender {
     unique: u64,
     /// The caller's thread id (in the connection's pid namespace; 0 when unknown).
     pid: u32,
+    /// The io_uring entry the request came in, which the reply goes back through (`ch` then
+    /// serves only for passthrough backing ids).
+    ring: Option<Arc<Slot>>,
 }
 
 impl Sender {
-    pub(crate) fn new(ch: Arc<OwnedFd>, unique: u64) -> Sender {
-        Sender { ch, unique, pid: 0 }
-    }
-
-    /// The sender of the reply to `req`.
-    pub(crate) fn of(ch: Arc<OwnedFd>, req: &super::Request) -> Sender {
+    pub(crate) fn new(ch: Arc<OwnedFd>, unique: u64, pid: u32, ring: Option<Arc<Slot>>) -> Sender {
         Sender {
             ch,
-            unique: req.unique,
-            pid: req.pid,
+            unique,
+            pid,
+            ring,
         }
     }
 
@@ -66,6 +66,15 @@ impl Sender {
             );
             return self.send(libc::EIO, &[]);
         };
+        if let Some(slot) = &self.ring {
+            if let Err(e) = slot.reply(self.unique, h.as_bytes(), parts) {
+                tracing::warn!("FUSE reply to request {}: {e}", self.unique);
+                if error != libc::EIO {
+                    return self.send(libc::EIO, &[]);
+                }
+            }
+            return;
+        }
         let mut iov = Vec::with_capacity(parts.len() + 1);
         iov.push(IoSlice::new(h.as_bytes()));
         iov.extend(
@@ -298,7 +307,8 @@ impl ReplyData {
     /// `len` bytes any more, the file cannot be spliced, no pipe): the caller replies another
     /// way.
     pub fn splice(mut self, file: BorrowedFd<'_>, offset: u64, len: usize) -> Result<(), Self> {
-        let Some(sender) = self.0.0.as_ref() else {
+        // A reply through an io_uring entry is copied into its buffer: nothing to splice.
+        let Some(sender) = self.0.0.as_ref().filter(|s| s.ring.is_none()) else {
             return Err(self);
         };
         match splice_reply(sender, file, offset, len) {

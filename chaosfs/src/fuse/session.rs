@@ -12,6 +12,7 @@ use super::abi::{self, init};
 use super::reply::Sender;
 use super::request::{Operation, Request, parse};
 use super::types::{Errno, INodeNo, MAX_PAGES, MAX_WRITE};
+use super::uring::{Queues, Rings, Slot, Transport};
 use crate::sys::fuse_dev;
 
 const BUFFER_SIZE: usize = MAX_WRITE as usize + 2 * abi::MIN_READ_BUFFER;
@@ -65,13 +66,20 @@ pub trait Filesystem: Send + Sync + 'static {
 pub struct Session<FS: Filesystem> {
     fs: Arc<FS>,
     dev: Arc<OwnedFd>,
+    /// The per-CPU rings, when FUSE over io_uring was negotiated at INIT.
+    rings: Option<Rings>,
+    /// The queue threads once started.
+    queues: Option<Queues>,
+    transport: Transport,
 }
 
 impl<FS: Filesystem> Session<FS> {
     /// Do the INIT handshake on `dev` (a mounted connection's `/dev/fuse` fd): read the kernel's
     /// INIT, let `fs` choose, reply. Returns once the kernel has the reply, so requests for the
-    /// file system may follow at once.
-    pub fn handshake(fs: FS, dev: OwnedFd) -> io::Result<Session<FS>> {
+    /// file system may follow at once. With `uring`, FUSE over io_uring is negotiated when the
+    /// kernel offers it and its rings could be made; [`Session::start_uring`] then registers
+    /// the queues.
+    pub fn handshake(fs: FS, dev: OwnedFd, uring: bool) -> io::Result<Session<FS>> {
         let dev = Arc::new(dev);
         let mut buf = vec![0u8; BUFFER_SIZE];
         loop {
@@ -92,11 +100,11 @@ impl<FS: Filesystem> Session<FS> {
             } = op
             else {
                 // Nothing else can come before INIT; answer so the caller does not hang.
-                Sender::new(dev.clone(), req.unique).error(Errno::EIO);
+                Sender::new(dev.clone(), req.unique, 0, None).error(Errno::EIO);
                 continue;
             };
             if major != abi::KERNEL_VERSION || minor < abi::MIN_KERNEL_MINOR_VERSION {
-                Sender::new(dev.clone(), req.unique).error(Errno::from_i32(libc::EPROTO));
+                Sender::new(dev.clone(), req.unique, 0, None).error(Errno::from_i32(libc::EPROTO));
                 return Err(io::Error::other(format!(
                     "kernel FUSE protocol {major}.{minor} is not supported (need 7.{}+)",
                     abi::MIN_KERNEL_MINOR_VERSION
@@ -120,6 +128,11 @@ impl<FS: Filesystem> Session<FS> {
                 cfg.want(f);
             }
             fs.init(&mut cfg);
+            let (rings, transport) = if uring {
+                negotiate_uring(&mut cfg)
+            } else {
+                (None, Transport::DevFuse { why: None })
+            };
             let (wanted_lo, wanted_hi) = halves(cfg.wanted & cfg.offered);
             let out = abi::InitOut {
                 major: abi::KERNEL_VERSION,
@@ -146,8 +159,28 @@ impl<FS: Filesystem> Session<FS> {
             return Ok(Session {
                 fs: Arc::new(fs),
                 dev,
+                rings,
+                queues: None,
+                transport,
             });
         }
+    }
+
+    /// Register the io_uring queues negotiated at INIT and start their threads (nothing to do
+    /// without them). Returns the transport requests now travel over: `/dev/fuse` (with the
+    /// kernel's refusal) if a registration failed, in which case the kernel keeps using it.
+    pub fn start_uring(&mut self) -> Transport {
+        if let Some(rings) = self.rings.take() {
+            let (queues, r) = Queues::start(rings, &self.fs, &self.dev);
+            self.queues = Some(queues);
+            self.transport = match r {
+                Ok(t) => t,
+                Err(e) => Transport::DevFuse {
+                    why: Some(format!("the kernel refused the queue registration: {e}")),
+                },
+            };
+        }
+        self.transport.clone()
     }
 
     /// The fd notifications can be written to.
@@ -159,7 +192,23 @@ impl<FS: Filesystem> Session<FS> {
     /// Threads after the first get their own clone of the fd when `/dev/fuse` can be opened
     /// (`clone_fd`); otherwise all share one. Returns the first error that is not the
     /// connection ending.
-    pub fn run(self, n_threads: usize, clone_fd: bool) -> io::Result<()> {
+    /// With io_uring queues running, one `/dev/fuse` thread serves what still travels there
+    /// (FORGET, INTERRUPT); the queues stop once the connection ended.
+    pub fn run(mut self, n_threads: usize, clone_fd: bool) -> io::Result<()> {
+        let queues = self.queues.take();
+        let n_threads = if matches!(self.transport, Transport::Uring { .. }) {
+            1
+        } else {
+            n_threads
+        };
+        let result = self.serve_dev(n_threads, clone_fd);
+        if let Some(q) = queues {
+            q.stop();
+        }
+        result
+    }
+
+    fn serve_dev(&self, n_threads: usize, clone_fd: bool) -> io::Result<()> {
         let mut handles: Vec<JoinHandle<io::Result<()>>> = Vec::new();
         for i in 1..n_threads.max(1) {
             let ch = if clone_fd {
@@ -233,6 +282,7 @@ fn brief(op: &Operation<'_>) -> String {
 /// One serving thread's loop.
 fn serve<FS: Filesystem>(fs: &FS, ch: Arc<OwnedFd>) -> io::Result<()> {
     let mut buf = vec![0u8; BUFFER_SIZE];
+    let route = Route::Dev(ch.clone());
     loop {
         let n = match fuse_dev::read(ch.as_fd(), &mut buf) {
             Ok(n) => n,
@@ -254,46 +304,110 @@ fn serve<FS: Filesystem>(fs: &FS, ch: Arc<OwnedFd>) -> io::Result<()> {
                 _ => return Err(e),
             },
         };
-        let (req, op) = match parse(&buf[..n]) {
-            Ok(x) => x,
-            Err(_) => {
-                if let Ok((h, _)) =
-                    <abi::InHeader as zerocopy::FromBytes>::read_from_prefix(&buf[..n])
-                {
-                    tracing::warn!("malformed FUSE request (opcode {})", h.opcode);
-                    Sender::new(ch.clone(), h.unique).error(Errno::EIO);
-                }
-                continue;
+        handle(fs, &buf[..n], &route);
+    }
+}
+
+/// Where a request came from, so its reply goes back the same way.
+#[derive(Debug)]
+pub(crate) enum Route {
+    /// Read from this `/dev/fuse` fd.
+    Dev(Arc<OwnedFd>),
+    /// Delivered in an io_uring entry of the connection `dev`.
+    Ring { dev: Arc<OwnedFd>, slot: Arc<Slot> },
+}
+
+impl Route {
+    fn sender(&self, unique: u64, pid: u32) -> Sender {
+        match self {
+            Route::Dev(ch) => Sender::new(ch.clone(), unique, pid, None),
+            Route::Ring { dev, slot } => {
+                Sender::new(dev.clone(), unique, pid, Some(slot.clone()))
             }
-        };
-        tracing::trace!(
-            unique = req.unique,
-            node = req.nodeid,
-            uid = req.uid,
-            gid = req.gid,
-            "request {}",
-            brief(&op)
-        );
-        match op {
-            Operation::Forget { nlookup } => fs.forget(INodeNo(req.nodeid), nlookup),
-            Operation::BatchForget { nodes } => {
-                for (ino, n) in nodes {
-                    fs.forget(ino, n);
-                }
-            }
-            Operation::Interrupt { unique } => fs.interrupt(unique),
-            // No reply is expected.
-            Operation::NotifyReply => {}
-            Operation::Init { .. } => {
-                tracing::warn!("FUSE INIT after the handshake");
-                Sender::new(ch.clone(), req.unique).error(Errno::EIO);
-            }
-            Operation::Destroy => Sender::new(ch.clone(), req.unique).ok(),
-            Operation::Unknown(code) => {
-                tracing::debug!("FUSE opcode {code} not implemented");
-                Sender::new(ch.clone(), req.unique).error(Errno::ENOSYS);
-            }
-            op => fs.dispatch(&req, op, Sender::of(ch.clone(), &req)),
         }
+    }
+}
+
+/// Serve one request (the bytes of a whole request as `/dev/fuse` delivers it), from either
+/// transport.
+pub(crate) fn handle<FS: Filesystem>(fs: &FS, buf: &[u8], route: &Route) {
+    let (req, op) = match parse(buf) {
+        Ok(x) => x,
+        Err(_) => {
+            if let Ok((h, _)) = <abi::InHeader as zerocopy::FromBytes>::read_from_prefix(buf) {
+                tracing::warn!("malformed FUSE request (opcode {})", h.opcode);
+                route.sender(h.unique, 0).error(Errno::EIO);
+            }
+            return;
+        }
+    };
+    tracing::trace!(
+        unique = req.unique,
+        node = req.nodeid,
+        uid = req.uid,
+        gid = req.gid,
+        "request {}",
+        brief(&op)
+    );
+    let no_reply = match op {
+        Operation::Forget { nlookup } => {
+            fs.forget(INodeNo(req.nodeid), nlookup);
+            true
+        }
+        Operation::BatchForget { nodes } => {
+            for (ino, n) in nodes {
+                fs.forget(ino, n);
+            }
+            true
+        }
+        Operation::Interrupt { unique } => {
+            fs.interrupt(unique);
+            true
+        }
+        Operation::NotifyReply => true,
+        Operation::Init { .. } => {
+            tracing::warn!("FUSE INIT after the handshake");
+            route.sender(req.unique, 0).error(Errno::EIO);
+            false
+        }
+        Operation::Destroy => {
+            route.sender(req.unique, 0).ok();
+            false
+        }
+        Operation::Unknown(code) => {
+            tracing::debug!("FUSE opcode {code} not implemented");
+            route.sender(req.unique, 0).error(Errno::ENOSYS);
+            false
+        }
+        op => {
+            fs.dispatch(&req, op, route.sender(req.unique, req.pid));
+            false
+        }
+    };
+    // Requests without a reply travel over /dev/fuse; should one come in a ring entry, the
+    // entry is given back (the kernel has a request waiting on it) rather than lost.
+    if no_reply && matches!(route, Route::Ring { .. }) {
+        route.sender(req.unique, 0).error(Errno::ENOSYS);
+    }
+}
+
+/// Ask for FUSE over io_uring if the kernel offers it and the rings can be made (before the
+/// INIT reply: once the flag is granted, requests wait until the queues are registered).
+fn negotiate_uring(cfg: &mut KernelConfig) -> (Option<Rings>, Transport) {
+    let why = |w: String| (None, Transport::DevFuse { why: Some(w) });
+    if !cfg.offers(init::OVER_IO_URING) {
+        let param = std::fs::read_to_string(crate::sys::uring::ENABLE_PARAM);
+        return why(match param.as_deref().map(str::trim) {
+            Ok("N") => format!("off in the kernel ({} is N)", crate::sys::uring::ENABLE_PARAM),
+            Ok(_) => "the kernel does not offer FUSE_OVER_IO_URING".to_owned(),
+            Err(_) => "this kernel has no FUSE over io_uring".to_owned(),
+        });
+    }
+    match Rings::new() {
+        Ok(r) => {
+            cfg.want(init::OVER_IO_URING);
+            (Some(r), Transport::DevFuse { why: None })
+        }
+        Err(e) => why(format!("cannot set up an io_uring with 128-byte entries: {e}")),
     }
 }

@@ -6,6 +6,7 @@ pub(crate) mod fuse_dev;
 pub(crate) mod lock;
 pub(crate) mod mount;
 pub(crate) mod thread;
+pub(crate) mod uring;
 
 use std::ffi::{CStr, OsStr};
 use std::io;
