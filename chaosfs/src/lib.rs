@@ -18,8 +18,8 @@ pub use error::{Error, Result};
 pub use fs::{
     CrashedFile, Escaped, ForwardedLock, InterruptStats, OpenMode, OpenStats, UpdateReport,
 };
-pub use mount::{Connection, MountOptions};
 pub use fuse::Transport;
+pub use mount::{Connection, MountOptions};
 pub use server::{Config, Server, URING_ENV};
 
 /// ChaosFS mounted on top of a directory by [`mount_over`]. Dropping it unmounts (best effort);

@@ -91,6 +91,7 @@ struct Done {
 pub struct Server {
     inner: Arc<FsInner>,
     transport: Transport,
+    ring_requests: Arc<std::sync::atomic::AtomicU64>,
     /// Outside changes are watched (the watch ends with the session).
     watching: bool,
     thread: Option<JoinHandle<io::Result<()>>>,
@@ -142,6 +143,7 @@ impl Server {
         let mut session = Session::handshake(ChaosFs(inner.clone()), fuse_fd, cfg.uring)
             .map_err(|e| Error::sys("FUSE handshake", e))?;
         let transport = session.start_uring();
+        let ring_requests = session.ring_requests();
         match &transport {
             Transport::DevFuse { why: Some(_) } => {
                 tracing::warn!("FUSE transport: {transport}");
@@ -194,6 +196,7 @@ impl Server {
         Ok(Server {
             inner,
             transport,
+            ring_requests,
             watching,
             thread: Some(thread),
             done,
@@ -283,6 +286,12 @@ impl Server {
     /// per-CPU io_uring queues), and why not io_uring when it was asked for and refused.
     pub fn transport(&self) -> &Transport {
         &self.transport
+    }
+
+    /// Requests that came through the io_uring queues since start (0 over `/dev/fuse`).
+    pub fn ring_requests(&self) -> u64 {
+        self.ring_requests
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether changes made outside the mount are watched (and entries and attributes no rule

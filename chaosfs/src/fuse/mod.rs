@@ -27,10 +27,10 @@ pub use reply::{
 };
 pub use request::{Operation, Request, SetattrArgs};
 pub use session::{Filesystem, KernelConfig, Session};
-pub use uring::Transport;
 pub use types::{
     Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, MAX_READ, TimeOrNow,
 };
+pub use uring::Transport;
 
 /// Sends cache invalidations to the kernel.
 #[derive(Debug, Clone)]

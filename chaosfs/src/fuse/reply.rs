@@ -12,10 +12,10 @@ use std::time::Duration;
 use zerocopy::IntoBytes;
 
 use super::abi;
-use super::uring::Slot;
 use super::types::{
     Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, time_parts, valid,
 };
+use super::uring::Slot;
 use crate::sys::fuse_dev;
 
 /// Where and to which request a reply goes: the `/dev/fuse` fd the request was read from (the

@@ -4,6 +4,7 @@
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::thread::JoinHandle;
 
 use zerocopy::IntoBytes;
@@ -71,6 +72,8 @@ pub struct Session<FS: Filesystem> {
     /// The queue threads once started.
     queues: Option<Queues>,
     transport: Transport,
+    /// Requests that came in io_uring entries.
+    ring_requests: Arc<AtomicU64>,
 }
 
 impl<FS: Filesystem> Session<FS> {
@@ -162,6 +165,7 @@ impl<FS: Filesystem> Session<FS> {
                 rings,
                 queues: None,
                 transport,
+                ring_requests: Arc::default(),
             });
         }
     }
@@ -171,7 +175,7 @@ impl<FS: Filesystem> Session<FS> {
     /// kernel's refusal) if a registration failed, in which case the kernel keeps using it.
     pub fn start_uring(&mut self) -> Transport {
         if let Some(rings) = self.rings.take() {
-            let (queues, r) = Queues::start(rings, &self.fs, &self.dev);
+            let (queues, r) = Queues::start(rings, &self.fs, &self.dev, &self.ring_requests);
             self.queues = Some(queues);
             self.transport = match r {
                 Ok(t) => t,
@@ -181,6 +185,11 @@ impl<FS: Filesystem> Session<FS> {
             };
         }
         self.transport.clone()
+    }
+
+    /// The count of requests that came in io_uring entries (live).
+    pub fn ring_requests(&self) -> Arc<AtomicU64> {
+        self.ring_requests.clone()
     }
 
     /// The fd notifications can be written to.
@@ -321,9 +330,7 @@ impl Route {
     fn sender(&self, unique: u64, pid: u32) -> Sender {
         match self {
             Route::Dev(ch) => Sender::new(ch.clone(), unique, pid, None),
-            Route::Ring { dev, slot } => {
-                Sender::new(dev.clone(), unique, pid, Some(slot.clone()))
-            }
+            Route::Ring { dev, slot } => Sender::new(dev.clone(), unique, pid, Some(slot.clone())),
         }
     }
 }
@@ -398,7 +405,10 @@ fn negotiate_uring(cfg: &mut KernelConfig) -> (Option<Rings>, Transport) {
     if !cfg.offers(init::OVER_IO_URING) {
         let param = std::fs::read_to_string(crate::sys::uring::ENABLE_PARAM);
         return why(match param.as_deref().map(str::trim) {
-            Ok("N") => format!("off in the kernel ({} is N)", crate::sys::uring::ENABLE_PARAM),
+            Ok("N") => format!(
+                "off in the kernel ({} is N)",
+                crate::sys::uring::ENABLE_PARAM
+            ),
             Ok(_) => "the kernel does not offer FUSE_OVER_IO_URING".to_owned(),
             Err(_) => "this kernel has no FUSE over io_uring".to_owned(),
         });
@@ -408,6 +418,8 @@ fn negotiate_uring(cfg: &mut KernelConfig) -> (Option<Rings>, Transport) {
             cfg.want(init::OVER_IO_URING);
             (Some(r), Transport::DevFuse { why: None })
         }
-        Err(e) => why(format!("cannot set up an io_uring with 128-byte entries: {e}")),
+        Err(e) => why(format!(
+            "cannot set up an io_uring with 128-byte entries: {e}"
+        )),
     }
 }

@@ -6,7 +6,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::thread::{JoinHandle, ThreadId};
 
@@ -113,6 +113,7 @@ impl Queues {
         rings: Rings,
         fs: &Arc<FS>,
         dev: &Arc<OwnedFd>,
+        served: &Arc<AtomicU64>,
     ) -> (Queues, io::Result<Transport>) {
         let queues = u16::try_from(rings.0.len()).unwrap_or(u16::MAX);
         let (tx, rx) = mpsc::channel();
@@ -125,9 +126,10 @@ impl Queues {
                 stop: AtomicBool::new(false),
             });
             let (fs, dev, sh, t) = (fs.clone(), dev.clone(), shared.clone(), tx.clone());
+            let served = served.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("chaosfs-uring-{qid}"))
-                .spawn(move || serve_queue(&*fs, &dev, ring, &sh, qid, &t));
+                .spawn(move || serve_queue(&*fs, &dev, ring, &sh, qid, &t, &served));
             match spawned {
                 Ok(h) => threads.push((shared, h)),
                 Err(e) => {
@@ -175,7 +177,7 @@ impl Queues {
     }
 }
 
-/// One queue's thread: register the entries, report, then serve until stopped or every entry
+/// One queue's thread (`served` counts the requests that came through it): register the entries, report, then serve until stopped or every entry
 /// was ended by the kernel. Returns the entries, to be freed once the connection is gone.
 fn serve_queue<FS: Filesystem>(
     fs: &FS,
@@ -184,6 +186,7 @@ fn serve_queue<FS: Filesystem>(
     shared: &Arc<Shared>,
     qid: u16,
     report: &mpsc::Sender<io::Result<()>>,
+    served: &AtomicU64,
 ) -> Vec<Arc<Slot>> {
     let _ = shared.thread.set(std::thread::current().id());
     if let Err(e) = sys::pin_to(qid) {
@@ -243,6 +246,7 @@ fn serve_queue<FS: Filesystem>(
                 continue;
             }
             sys::completed(&slot.bufs);
+            served.fetch_add(1, Ordering::Relaxed);
             let route = Route::Ring {
                 dev: dev.clone(),
                 slot: slot.clone(),
