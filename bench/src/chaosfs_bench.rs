@@ -19,11 +19,18 @@
 //! shows the new mode. With `--watch 0` the servers do not watch the backing file system for
 //! outside changes (the behaviour before the watch: a 1 s cache, no invalidation).
 //!
+//! With `--uring 1` (the default where the kernel has FUSE over io_uring), two more ChaosFS
+//! directories, untouched and rule(0%), are served over per-CPU io_uring queues instead of
+//! `/dev/fuse` threads, in the same interleaved rounds; the module parameter
+//! `fuse.enable_uring` is turned on for the run if it is off (and said so), then restored.
+//! Each ChaosFS column also gets the server's CPU time per 1,000 requests (CPU time of its
+//! threads from `/proc/self/task/*/schedstat`, requests from the server's own counter).
+//!
 //! With `--low-latency 1`, a 0 µs CPU wake-up latency request is held for the whole run (what the
 //! spec's `low_latency` does during an injection), native rounds included.
 //!
 //! Usage: chaosfs-bench [--size-mib N] [--files N] [--rounds N] [--requests 0|1] [--threads N]
-//!                      [--low-latency 0|1] [--watch 0|1]
+//!                      [--low-latency 0|1] [--watch 0|1] [--uring 0|1]
 //! (root, /dev/fuse)
 
 use std::fs::{self, File, OpenOptions};
@@ -49,6 +56,8 @@ struct Opts {
     low_latency: bool,
     /// Servers watch the backing file system for outside changes.
     watch: bool,
+    /// Also measure ChaosFS served over io_uring.
+    uring: bool,
 }
 
 fn parse_opts() -> anyhow::Result<Opts> {
@@ -60,6 +69,7 @@ fn parse_opts() -> anyhow::Result<Opts> {
         threads: 0,
         low_latency: false,
         watch: true,
+        uring: Path::new(URING_PARAM).exists(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -76,9 +86,10 @@ fn parse_opts() -> anyhow::Result<Opts> {
             "--threads" => opts.threads = value,
             "--low-latency" => opts.low_latency = value != 0,
             "--watch" => opts.watch = value != 0,
+            "--uring" => opts.uring = value != 0,
             _ => bail!(
                 "unknown flag {flag} (use --size-mib, --files, --rounds, --requests, --threads, \
-                 --low-latency, --watch)"
+                 --low-latency, --watch, --uring)"
             ),
         }
     }
@@ -87,16 +98,20 @@ fn parse_opts() -> anyhow::Result<Opts> {
 
 /// One figure per workload, higher is better.
 #[derive(Clone, Copy, Default)]
-struct Figures([f64; 6]);
+struct Figures([f64; 7]);
 
-const NAMES: [(&str, &str); 6] = [
+const NAMES: [(&str, &str); 7] = [
     ("sequential write, 1 MiB blocks + fsync", "MiB/s"),
     ("sequential read (warm), 1 MiB blocks", "MiB/s"),
     ("random read, 4 KiB (warm)", "ops/s"),
     ("stat", "ops/s"),
     ("create + write 4 KiB + close", "ops/s"),
     ("unlink", "ops/s"),
+    ("random read, 4 KiB (warm), 4 threads", "ops/s"),
 ];
+
+/// Random 4 KiB reads of the file with 4 threads at once (ops/s, all threads together).
+const THREADS: usize = 4;
 
 fn rate(count: f64, start: Instant) -> f64 {
     count / start.elapsed().as_secs_f64()
@@ -157,6 +172,33 @@ fn run_round(dir: &Path, opts: &Opts, hook: PhaseHook<'_>) -> anyhow::Result<Fig
     }
     f.0[2] = rate(reads as f64, start);
     hook(None)?;
+
+    hook(Some(6))?;
+    let start = Instant::now();
+    std::thread::scope(|sc| -> anyhow::Result<()> {
+        let workers: Vec<_> = (0..THREADS as u64)
+            .map(|t| {
+                let file = &file;
+                sc.spawn(move || -> std::io::Result<()> {
+                    let mut b = vec![0u8; 4096];
+                    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ (t + 1).wrapping_mul(0x2545_f491);
+                    for _ in 0..reads / THREADS {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        file.read_exact_at(&mut b, (x % blocks) * 4096)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+        }
+        Ok(())
+    })?;
+    f.0[6] = rate((reads / THREADS * THREADS) as f64, start);
+    hook(None)?;
     drop(file);
 
     let small = dir.join("small");
@@ -204,17 +246,72 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// Run the rounds interleaved over `dirs`; every round of every directory.
-fn all_rounds(dirs: &[PathBuf], opts: &Opts) -> anyhow::Result<Vec<Vec<Figures>>> {
+/// Run the rounds interleaved over `dirs` (each with its server, none for native); every
+/// round of every directory. Also returns, per directory, the server CPU time (ns) and the
+/// requests served over all its rounds.
+fn all_rounds(
+    dirs: &[(PathBuf, Option<&chaosfs::Server>)],
+    opts: &Opts,
+) -> anyhow::Result<(Vec<Vec<Figures>>, Vec<(u64, u64)>)> {
     let mut all: Vec<Vec<Figures>> = vec![Vec::new(); dirs.len()];
+    let mut cost = vec![(0u64, 0u64); dirs.len()];
     for _ in 0..opts.rounds {
-        for (d, rounds) in dirs.iter().zip(all.iter_mut()) {
+        for ((d, server), (rounds, cost)) in dirs.iter().zip(all.iter_mut().zip(&mut cost)) {
+            let (cpu0, req0) = (server_cpu_ns(), server.map_or(0, |s| s.requests()));
             let round = run_round(d, opts, &mut |_| Ok(()))
                 .with_context(|| format!("workload in {}", d.display()))?;
+            cost.0 += server_cpu_ns().saturating_sub(cpu0);
+            cost.1 += server.map_or(0, |s| s.requests()) - req0;
             rounds.push(round);
         }
     }
-    Ok(all)
+    Ok((all, cost))
+}
+
+/// CPU time (ns) of this process's ChaosFS server threads (named `chaosfs-*`; the bench's
+/// own main thread carries the process name and is left out). Only the mount under test
+/// works during a round; the idle servers' threads add next to nothing, save their watch
+/// threads, which see the active directory's changes on the shared backing file system.
+fn server_cpu_ns() -> u64 {
+    let me = std::process::id().to_string();
+    let Ok(tasks) = fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter(|t| t.file_name() != me.as_str())
+        .filter(|t| {
+            fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("chaosfs-"))
+        })
+        .filter_map(|t| fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+const URING_PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
+
+/// Turns `fuse.enable_uring` on for the run (saying so) and restores it when dropped.
+struct UringParam(Option<String>);
+
+impl UringParam {
+    fn enable() -> anyhow::Result<UringParam> {
+        let old = fs::read_to_string(URING_PARAM)
+            .context("this kernel has no FUSE over io_uring (use --uring 0)")?;
+        if old.trim() == "Y" {
+            return Ok(UringParam(None));
+        }
+        fs::write(URING_PARAM, "1").context("turn fuse.enable_uring on")?;
+        println!("chaosfs-bench: turned {URING_PARAM} on for this run (restored at the end)");
+        Ok(UringParam(Some(old)))
+    }
+}
+
+impl Drop for UringParam {
+    fn drop(&mut self) {
+        if self.0.is_some() {
+            let _ = fs::write(URING_PARAM, "0");
+        }
+    }
 }
 
 /// Per workload, the median of `rounds`.
@@ -228,8 +325,8 @@ fn median_figures(rounds: &[Figures]) -> Figures {
 
 /// Per workload, the ratios of each round to the native round run just before it:
 /// (median, min, max). Pairing rounds cancels much of the drift of a shared machine.
-fn paired_ratios(native: &[Figures], other: &[Figures]) -> [(f64, f64, f64); 6] {
-    let mut out = [(0.0, 0.0, 0.0); 6];
+fn paired_ratios(native: &[Figures], other: &[Figures]) -> [(f64, f64, f64); 7] {
+    let mut out = [(0.0, 0.0, 0.0); 7];
     for (i, slot) in out.iter_mut().enumerate() {
         let r: Vec<f64> = native
             .iter()
@@ -321,6 +418,7 @@ fn print_requests(label: &str, counts: &[Vec<(String, u64)>], opts: &Opts) {
         100_000.0,
         opts.files as f64,
         opts.files as f64,
+        50_000.0,
     ];
     for (i, (name, _)) in NAMES.iter().enumerate() {
         let total: u64 = counts[i].iter().map(|(_, n)| n).sum();
@@ -453,14 +551,22 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn bench_in(base: &Path, opts: &Opts) -> anyhow::Result<()> {
-    let dirs = ["native", "untouched", "touched"].map(|d| base.join(d));
+    let _param = opts.uring.then(UringParam::enable).transpose()?;
+    let mut labels = vec!["native", "untouched", "rule(0%)"];
+    if opts.uring {
+        labels.extend(["untouched+uring", "rule(0%)+uring"]);
+    }
+    let dirs: Vec<PathBuf> = (0..labels.len())
+        .map(|i| base.join(format!("d{i}")))
+        .collect();
     for d in &dirs {
         fs::create_dir(d)?;
     }
-    let untouched = Spec::from_json(r#"{"rules":[{"glob":"*.never","errno":"EIO"}]}"#)?;
-    let touched = Spec::from_json(r#"{"rules":[{"percent":0,"errno":"EIO"}]}"#)?;
+    let untouched = r#"{"rules":[{"glob":"*.never","errno":"EIO"}]}"#;
+    let touched = r#"{"rules":[{"percent":0,"errno":"EIO"}]}"#;
     let mut cfg = chaosfs::server::Config {
         watch: opts.watch,
+        uring: false,
         ..chaosfs::server::Config::default()
     };
     if opts.threads > 0 {
@@ -473,8 +579,20 @@ fn bench_in(base: &Path, opts: &Opts) -> anyhow::Result<()> {
         std::process::id(),
         std::os::fd::AsRawFd::as_raw_fd(&under)
     ));
-    let m1 = chaosfs::mount_over(&dirs[1], RuleSet::new(untouched)?, cfg.clone())?;
-    let m2 = chaosfs::mount_over(&dirs[2], RuleSet::new(touched)?, cfg)?;
+    let mut mounts = Vec::new();
+    for (i, d) in dirs.iter().enumerate().skip(1) {
+        let spec = if i % 2 == 1 { untouched } else { touched };
+        let cfg = chaosfs::server::Config {
+            uring: i >= 3,
+            ..cfg.clone()
+        };
+        let m = chaosfs::mount_over(d, RuleSet::new(Spec::from_json(spec)?)?, cfg)?;
+        if i >= 3 && !matches!(m.server().transport(), chaosfs::Transport::Uring { .. }) {
+            bail!("{}: {}", labels[i], m.server().transport());
+        }
+        mounts.push(m);
+    }
+    let m1 = &mounts[0];
 
     println!(
         "chaosfs-bench: {} MiB file, {} small files, median of {} interleaved rounds, backing {}",
@@ -483,46 +601,78 @@ fn bench_in(base: &Path, opts: &Opts) -> anyhow::Result<()> {
         opts.rounds,
         base.display()
     );
-    let rounds = all_rounds(&dirs, opts)?;
-    let (native, fast, slow) = (
-        median_figures(&rounds[0]),
-        median_figures(&rounds[1]),
-        median_figures(&rounds[2]),
-    );
-    let fast_r = paired_ratios(&rounds[0], &rounds[1]);
-    let slow_r = paired_ratios(&rounds[0], &rounds[2]);
-
-    println!(
-        "{:<42} {:>12} {:>12} {:>8} {:>12} {:>8}",
-        "workload (medians)", "native", "untouched", "ratio", "rule(0%)", "ratio"
-    );
-    for (i, (name, unit)) in NAMES.iter().enumerate() {
-        println!(
-            "{:<42} {:>12} {:>12} {:>7.2}x {:>12} {:>7.2}x",
-            name,
-            format!("{:.0} {unit}", native.0[i]),
-            format!("{:.0}", fast.0[i]),
-            fast.0[i] / native.0[i],
-            format!("{:.0}", slow.0[i]),
-            slow.0[i] / native.0[i],
-        );
+    for (label, m) in labels[1..].iter().zip(&mounts) {
+        println!("  {label}: {}", m.server().transport());
     }
-    println!(
-        "\nratio of each round to the native round before it: median (min-max)\n{:<42} {:>20} {:>20}",
-        "workload", "untouched", "rule(0%)"
+    let with_servers: Vec<(PathBuf, Option<&chaosfs::Server>)> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.clone(), i.checked_sub(1).map(|j| mounts[j].server())))
+        .collect();
+    let (rounds, cost) = all_rounds(&with_servers, opts)?;
+    let medians: Vec<Figures> = rounds.iter().map(|r| median_figures(r)).collect();
+    let native = medians[0];
+
+    print!("{:<42} {:>12}", "workload (medians)", "native");
+    for l in &labels[1..] {
+        print!(" {l:>16} {:>6}", "ratio");
+    }
+    println!();
+    for (i, (name, unit)) in NAMES.iter().enumerate() {
+        print!("{name:<42} {:>12}", format!("{:.0} {unit}", native.0[i]));
+        for m in &medians[1..] {
+            print!(
+                " {:>16} {:>5.2}x",
+                format!("{:.0}", m.0[i]),
+                m.0[i] / native.0[i]
+            );
+        }
+        println!();
+    }
+    print!(
+        "{:<42} {:>12}",
+        "server CPU per 1,000 requests (all rounds)", "-"
     );
+    for &(ns, n) in &cost[1..] {
+        let per = if n == 0 {
+            0.0
+        } else {
+            ns as f64 / 1e6 / (n as f64 / 1000.0)
+        };
+        print!(" {:>16} {:>6}", format!("{per:.1} ms"), "");
+    }
+    println!();
+    print!("{:<42} {:>12}", "requests served (all rounds)", "-");
+    for &(_, n) in &cost[1..] {
+        print!(" {n:>16} {:>6}", "");
+    }
+    println!();
+    print!(
+        "\nratio of each round to the native round before it: median (min-max)\n{:<42}",
+        "workload"
+    );
+    for l in &labels[1..] {
+        print!(" {l:>20}");
+    }
+    println!();
     for (i, (name, _)) in NAMES.iter().enumerate() {
-        let f = |(m, lo, hi): (f64, f64, f64)| format!("{m:.2}x ({lo:.2}-{hi:.2})");
-        println!("{:<42} {:>20} {:>20}", name, f(fast_r[i]), f(slow_r[i]));
+        print!("{name:<42}");
+        for r in &rounds[1..] {
+            let (m, lo, hi) = paired_ratios(&rounds[0], r)[i];
+            print!(" {:>20}", format!("{m:.2}x ({lo:.2}-{hi:.2})"));
+        }
+        println!();
     }
     let watching = m1.server().watching();
     let delays = outside_delays(&under_path, &dirs[1], if watching { 200 } else { 5 })?;
     print_outside(&delays, watching);
     if opts.requests {
-        print_requests("untouched", &count_requests(&dirs[1], opts)?, opts);
-        print_requests("rule(0%)", &count_requests(&dirs[2], opts)?, opts);
+        for (label, d) in labels.iter().zip(&dirs).skip(1) {
+            print_requests(label, &count_requests(d, opts)?, opts);
+        }
     }
-    m1.unmount()?;
-    m2.unmount()?;
+    for m in mounts {
+        m.unmount()?;
+    }
     Ok(())
 }

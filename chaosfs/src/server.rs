@@ -92,6 +92,7 @@ pub struct Server {
     inner: Arc<FsInner>,
     transport: Transport,
     ring_requests: Arc<std::sync::atomic::AtomicU64>,
+    requests: Arc<std::sync::atomic::AtomicU64>,
     /// Outside changes are watched (the watch ends with the session).
     watching: bool,
     thread: Option<JoinHandle<io::Result<()>>>,
@@ -143,7 +144,7 @@ impl Server {
         let mut session = Session::handshake(ChaosFs(inner.clone()), fuse_fd, cfg.uring)
             .map_err(|e| Error::sys("FUSE handshake", e))?;
         let transport = session.start_uring();
-        let ring_requests = session.ring_requests();
+        let (ring_requests, requests) = session.counters();
         match &transport {
             Transport::DevFuse { why: Some(_) } => {
                 tracing::warn!("FUSE transport: {transport}");
@@ -197,6 +198,7 @@ impl Server {
             inner,
             transport,
             ring_requests,
+            requests,
             watching,
             thread: Some(thread),
             done,
@@ -292,6 +294,11 @@ impl Server {
     pub fn ring_requests(&self) -> u64 {
         self.ring_requests
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Requests served since start, over either transport (FORGETs and INTERRUPTs included).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether changes made outside the mount are watched (and entries and attributes no rule

@@ -74,6 +74,8 @@ pub struct Session<FS: Filesystem> {
     transport: Transport,
     /// Requests that came in io_uring entries.
     ring_requests: Arc<AtomicU64>,
+    /// Requests served, over either transport.
+    requests: Arc<AtomicU64>,
 }
 
 impl<FS: Filesystem> Session<FS> {
@@ -166,6 +168,7 @@ impl<FS: Filesystem> Session<FS> {
                 queues: None,
                 transport,
                 ring_requests: Arc::default(),
+                requests: Arc::default(),
             });
         }
     }
@@ -175,7 +178,8 @@ impl<FS: Filesystem> Session<FS> {
     /// kernel's refusal) if a registration failed, in which case the kernel keeps using it.
     pub fn start_uring(&mut self) -> Transport {
         if let Some(rings) = self.rings.take() {
-            let (queues, r) = Queues::start(rings, &self.fs, &self.dev, &self.ring_requests);
+            let counts = [self.ring_requests.clone(), self.requests.clone()];
+            let (queues, r) = Queues::start(rings, &self.fs, &self.dev, &counts);
             self.queues = Some(queues);
             self.transport = match r {
                 Ok(t) => t,
@@ -187,9 +191,9 @@ impl<FS: Filesystem> Session<FS> {
         self.transport.clone()
     }
 
-    /// The count of requests that came in io_uring entries (live).
-    pub fn ring_requests(&self) -> Arc<AtomicU64> {
-        self.ring_requests.clone()
+    /// The counts (live) of requests that came in io_uring entries, and of all requests.
+    pub fn counters(&self) -> (Arc<AtomicU64>, Arc<AtomicU64>) {
+        (self.ring_requests.clone(), self.requests.clone())
     }
 
     /// The fd notifications can be written to.
@@ -234,10 +238,13 @@ impl<FS: Filesystem> Session<FS> {
             let fs = self.fs.clone();
             let h = std::thread::Builder::new()
                 .name(format!("chaosfs-fuse-{i}"))
-                .spawn(move || serve(&*fs, ch))?;
+                .spawn({
+                    let n = self.requests.clone();
+                    move || serve(&*fs, ch, &n)
+                })?;
             handles.push(h);
         }
-        let mut result = serve(&*self.fs, self.dev.clone());
+        let mut result = serve(&*self.fs, self.dev.clone(), &self.requests);
         for h in handles {
             let r = h
                 .join()
@@ -289,7 +296,7 @@ fn brief(op: &Operation<'_>) -> String {
 }
 
 /// One serving thread's loop.
-fn serve<FS: Filesystem>(fs: &FS, ch: Arc<OwnedFd>) -> io::Result<()> {
+fn serve<FS: Filesystem>(fs: &FS, ch: Arc<OwnedFd>, requests: &AtomicU64) -> io::Result<()> {
     let mut buf = vec![0u8; BUFFER_SIZE];
     let route = Route::Dev(ch.clone());
     loop {
@@ -313,6 +320,7 @@ fn serve<FS: Filesystem>(fs: &FS, ch: Arc<OwnedFd>) -> io::Result<()> {
                 _ => return Err(e),
             },
         };
+        requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         handle(fs, &buf[..n], &route);
     }
 }

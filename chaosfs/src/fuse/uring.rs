@@ -113,7 +113,7 @@ impl Queues {
         rings: Rings,
         fs: &Arc<FS>,
         dev: &Arc<OwnedFd>,
-        served: &Arc<AtomicU64>,
+        served: &[Arc<AtomicU64>; 2],
     ) -> (Queues, io::Result<Transport>) {
         let queues = u16::try_from(rings.0.len()).unwrap_or(u16::MAX);
         let (tx, rx) = mpsc::channel();
@@ -177,7 +177,7 @@ impl Queues {
     }
 }
 
-/// One queue's thread (`served` counts the requests that came through it): register the entries, report, then serve until stopped or every entry
+/// One queue's thread (`served`: counters of the requests that came through it): register the entries, report, then serve until stopped or every entry
 /// was ended by the kernel. Returns the entries, to be freed once the connection is gone.
 fn serve_queue<FS: Filesystem>(
     fs: &FS,
@@ -186,7 +186,7 @@ fn serve_queue<FS: Filesystem>(
     shared: &Arc<Shared>,
     qid: u16,
     report: &mpsc::Sender<io::Result<()>>,
-    served: &AtomicU64,
+    served: &[Arc<AtomicU64>; 2],
 ) -> Vec<Arc<Slot>> {
     let _ = shared.thread.set(std::thread::current().id());
     if let Err(e) = sys::pin_to(qid) {
@@ -246,7 +246,9 @@ fn serve_queue<FS: Filesystem>(
                 continue;
             }
             sys::completed(&slot.bufs);
-            served.fetch_add(1, Ordering::Relaxed);
+            for c in served {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
             let route = Route::Ring {
                 dev: dev.clone(),
                 slot: slot.clone(),
