@@ -246,13 +246,16 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// A server's CPU time (ns) and the requests it served.
+type Cost = (u64, u64);
+
 /// Run the rounds interleaved over `dirs` (each with its server, none for native); every
 /// round of every directory. Also returns, per directory, the server CPU time (ns) and the
 /// requests served over all its rounds.
 fn all_rounds(
     dirs: &[(PathBuf, Option<&chaosfs::Server>)],
     opts: &Opts,
-) -> anyhow::Result<(Vec<Vec<Figures>>, Vec<(u64, u64)>)> {
+) -> anyhow::Result<(Vec<Vec<Figures>>, Vec<Cost>)> {
     let mut all: Vec<Vec<Figures>> = vec![Vec::new(); dirs.len()];
     let mut cost = vec![(0u64, 0u64); dirs.len()];
     for _ in 0..opts.rounds {

@@ -100,9 +100,12 @@ impl Rings {
     }
 }
 
+/// A queue thread; it returns its entries, to be freed once the connection is gone.
+type QueueThread = JoinHandle<Vec<Arc<Slot>>>;
+
 /// The running queue threads.
 pub(crate) struct Queues {
-    threads: Vec<(Arc<Shared>, JoinHandle<Vec<Arc<Slot>>>)>,
+    threads: Vec<(Arc<Shared>, QueueThread)>,
 }
 
 impl Queues {
