@@ -108,6 +108,8 @@ impl FsInner {
         let r = self.walk_dir(h, offset, |dirfd, ino, off, typ, name| {
             let kind = match dtype_file_type(typ) {
                 Some(k) => k,
+                // "." and ".." are directories; a stat of ".." could cross into this mount.
+                None if matches!(name.as_bytes(), b"." | b"..") => FileType::Directory,
                 None => sys::with_cstr(name, |c| {
                     sys::file::fstatat(dirfd, c, libc::AT_SYMLINK_NOFOLLOW)
                 })
@@ -127,12 +129,18 @@ impl FsInner {
         let r = self.walk_dir(h, offset, |dirfd, _ino, off, _typ, name| {
             let b = name.as_bytes();
             if b == b"." || b == b".." {
-                // The kernel does not take a lookup reference for these.
-                let st = match sys::with_cstr(name, |c| {
-                    sys::file::fstatat(dirfd, c, libc::AT_SYMLINK_NOFOLLOW)
-                }) {
-                    Ok(st) => st,
-                    Err(_) => return true,
+                // The kernel does not take a lookup reference for these. ".." is stat'ed
+                // without crossing mounts: from a child of the backing root a plain ".." lands
+                // on ChaosFS itself, mounted over it: a request to this very server, which
+                // deadlocks it when the thread that asks is the one that would answer (one
+                // /dev/fuse thread, or an io_uring queue's own CPU).
+                let st = if b == b"." {
+                    sys::file::fstatat(dirfd, c".", libc::AT_SYMLINK_NOFOLLOW)
+                } else {
+                    self.parent_stat(&dir, dirfd)
+                };
+                let Ok(st) = st else {
+                    return true;
                 };
                 let ino = if b == b"." {
                     reported_ino(&dir)

@@ -300,6 +300,24 @@ impl FsInner {
         }
     }
 
+    /// The attributes of `dir`'s parent (`dirfd` is an fd of `dir`) without crossing a mount:
+    /// the backing root's for a child of it (what [`Self::lookup_parent`] answers), never
+    /// through ChaosFS itself.
+    pub(crate) fn parent_stat(
+        &self,
+        dir: &Inode,
+        dirfd: std::os::fd::BorrowedFd<'_>,
+    ) -> std::io::Result<crate::sys::file::Stat> {
+        let root = self.inodes.root();
+        match sys::file::parent_same_mount(dirfd) {
+            Ok(fd) => sys::file::fstat(fd.as_fd()),
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) && dir.dev == root.dev => {
+                sys::file::fstat(root.fd().as_fd())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn reply_entry(
         &self,
         reply: ReplyEntry,
