@@ -8,7 +8,10 @@
 # wall time of inject and recover. Run as root:  bash bench/pause.sh
 # (REPS=n rounds per case, default 5, medians; CASES="FILES THREADS,..." (default
 # "1000 16,10000 64"); BEFORE=path of another iochaos build, run interleaved with this one
-# in the same rounds, e.g. main's, for a before/after table.)
+# in the same rounds, e.g. main's, for a before/after table; REQUESTS=1: also count, in the
+# first round, the FUSE requests of inject and recover per opcode, split into those the
+# target sent — inside its pause, from the stub — and those others sent (tracefs event
+# fuse:fuse_request_send, filtered on the ChaosFS connection).)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -22,8 +25,13 @@ REPS=${REPS:-5}
 tmp=$(mktemp -d)
 export IOCHAOS_RUN_DIR="$tmp/run"
 w=
+tr=
 cleanup() {
     [ -n "$w" ] && kill "$w" 2>/dev/null || true
+    if [ -n "$tr" ]; then
+        rmdir "$tr/instances/pause$$" 2>/dev/null || true
+        [ "$tr" = "$tmp/tracefs" ] && umount "$tr" 2>/dev/null || true
+    fi
     "$B" recover --all >/dev/null 2>&1 || true
     rm -rf "$tmp"
 }
@@ -84,6 +92,38 @@ int main(int argc, char **argv) {
 C
 cc -O2 -pthread -o "$tmp/w" "$tmp/w.c"
 
+# REQUESTS=1: a tracefs instance of our own recording every FUSE request sent.
+if [ -n "${REQUESTS:-}" ]; then
+    if [ -d /sys/kernel/tracing/instances ]; then tr=/sys/kernel/tracing
+    else mkdir -p "$tmp/tracefs"; mount -t tracefs none "$tmp/tracefs"; tr="$tmp/tracefs"; fi
+    ti="$tr/instances/pause$$"; mkdir "$ti"
+    echo 16384 > "$ti/buffer_size_kb"
+    echo 1 > "$ti/events/fuse/fuse_request_send/enable"
+fi
+trace_start() { [ -z "$tr" ] || echo > "$ti/trace"; }
+# Requests per opcode on the ChaosFS connection $conn (the mount's device minor), by sender:
+# a thread of the workload (the stub, inside the pause) or anyone else.
+trace_conn() {
+    [ -z "$tr" ] && return
+    conn=$(awk -v p="$vol" '$5 == p {split($3, d, ":"); c = d[2]} END {print c}' "/proc/$w/mountinfo")
+}
+trace_count() {
+    [ -z "$tr" ] && return
+    awk -v c="$conn" -v tids=" $(ls "/proc/$w/task" | tr '\n' ' ')" -v what="$1" '
+        / fuse_request_send: / {
+            n1 = split($1, t, "-"); pid = t[n1]
+            for (i = 1; i <= NF; i++) {
+                if ($i == "connection") cn = $(i + 1)
+                if ($i == "opcode") op = $(i + 2)
+            }
+            if (cn != c) next
+            gsub(/[()]/, "", op); sub(/^FUSE_/, "", op)
+            n[(index(tids, " " pid " ") ? "target:" : "others:") op]++
+        }
+        END { printf "  %s FUSE requests:", what; for (k in n) printf " %s=%d", k, n[k]; print "" }
+    ' "$ti/trace"
+}
+
 now_us() { local t=${EPOCHREALTIME/./}; echo "$t"; }
 # The workload's longest gap (µs) since the last reset.
 gap_now() {
@@ -112,17 +152,19 @@ for case in "${cases[@]}"; do
     while ! grep -q READY "$tmp/ready" 2>/dev/null; do sleep 0.01; done
     declare -A inj=() rec=() iw=() rw=()
     idle=() base=() failed=
-    for _ in $(seq "$REPS"); do
+    for round in $(seq "$REPS"); do
         reset; sleep 0.3; idle+=("$(gap_now)")
         for k in "${!bins[@]}"; do
-            reset; t0=$(now_us)
+            reset; if [ "$round" = 1 ]; then trace_start; fi; t0=$(now_us)
             if ! id=$("${bins[$k]}" inject --pid "$w" --path "$vol" --errno EIO --ops fsync); then
                 failed="${names[$k]}"; break 2
             fi
             t1=$(now_us); sleep 0.05; inj[$k]+=" $(gap_now)"; iw[$k]+=" $((t1 - t0))"
-            reset; t0=$(now_us)
+            if [ "$round" = 1 ]; then trace_conn; trace_count "${names[$k]} inject"; fi
+            reset; if [ "$round" = 1 ]; then trace_start; fi; t0=$(now_us)
             "${bins[$k]}" recover "$id" >/dev/null
             t1=$(now_us); sleep 0.05; rec[$k]+=" $(gap_now)"; rw[$k]+=" $((t1 - t0))"
+            if [ "$round" = 1 ]; then trace_count "${names[$k]} recover"; fi
         done
         # The same swap with no FUSE: a bind mount of the directory over itself; then back.
         nsenter -t "$w" -m mount --bind "$vol" "$vol"

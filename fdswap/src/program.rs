@@ -27,6 +27,10 @@ pub(crate) enum Arg {
     Result(usize),
     /// The address of the header word at this offset (`hdr::*`).
     Header(i32),
+    /// The 8 bytes at this offset in data item `n` (loaded when the call runs): e.g. an fd
+    /// number the kernel wrote there (`SCM_RIGHTS`); for an `int` argument the kernel reads
+    /// the low 32 bits only.
+    Load(usize, u64),
 }
 
 /// What is checked of an op's result.
@@ -346,6 +350,10 @@ impl Program {
                     Arg::Header(off) => {
                         mask |= op::REL << i;
                         u64::from(off.cast_unsigned())
+                    }
+                    Arg::Load(n, off) => {
+                        mask |= (op::REL | op::LOAD) << i;
+                        data_off[n] + off
                     }
                 };
             }

@@ -52,6 +52,9 @@ pub(crate) struct Tracee {
     /// they stop whenever they can, and must then be detached.
     unstopped: Vec<i32>,
     timeout: Duration,
+    /// Our copies of the files handed in to the process: closed only once it runs again
+    /// (through a filesystem that wants a FLUSH, each close is a round trip).
+    pub sent: Vec<std::os::fd::OwnedFd>,
 }
 
 fn perr(op: &'static str, tid: i32) -> impl FnOnce(Errno) -> Error {
@@ -65,6 +68,7 @@ impl Tracee {
             pid,
             threads: BTreeMap::new(),
             strays: Vec::new(),
+            sent: Vec::new(),
             stopped_at: Instant::now(),
             exec_seen: false,
             unstopped: Vec::new(),

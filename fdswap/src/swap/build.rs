@@ -72,9 +72,7 @@ pub(super) fn build(
     let batch_groups = b.batch_groups(batch);
     b.find_lock_carriers();
     let start = b.pr.ops.len();
-    if let Some(h) = handoff
-        && gaps.is_some()
-    {
+    if let Some(h) = handoff {
         b.handed = h.handed.clone();
         if (0..b.groups.len()).any(|g| b.handed_off(g)) {
             b.connect(h.addr);
@@ -146,9 +144,10 @@ struct LockSlot {
 
 /// What a group leaves for after the point of no return.
 enum Opened {
-    /// The new file is open in a spare fd (result of op `new`): put it on the fds of group
-    /// `group`, then close the spare.
-    Spare { new: usize, group: usize },
+    /// The new file is open in a spare fd (`new`: the result of the op that opened it, or
+    /// where `recvmsg` wrote its number): put it on the fds of group `group`, then close the
+    /// spare.
+    Spare { new: Arg, group: usize },
     /// The new file is on the fds of group `group` already; the old description is kept
     /// open here.
     InPlace { saved: usize, group: usize },
@@ -365,6 +364,8 @@ impl<'u> Builder<'u> {
         self.retake_locks_on_rollback(groups);
         let (handed, opened): (Vec<usize>, Vec<usize>) =
             groups.iter().partition(|&&g| self.handed_off(g));
+        let (handed, handed_spare): (Vec<usize>, Vec<usize>) =
+            handed.into_iter().partition(|&g| self.in_place(g));
         let mut ops = BatchOps {
             placeholders: self.fill_gaps(groups),
             dir_ops: self.open_parent_dirs(&opened),
@@ -375,6 +376,9 @@ impl<'u> Builder<'u> {
         }
         if !handed.is_empty() {
             self.receive_groups(handed, &mut ops);
+        }
+        if !handed_spare.is_empty() {
+            self.receive_spares(handed_spare, &mut ops);
         }
         if last {
             for m in &self.unit.maps {
@@ -616,9 +620,9 @@ impl<'u> Builder<'u> {
         self.locks.iter().any(|l| l.group == g)
     }
 
-    /// The injector hands in group `g`'s new file (it is reopened in place).
+    /// The injector hands in group `g`'s new file (reopened in place, or through a spare fd).
     fn handed_off(&self, g: usize) -> bool {
-        self.in_place(g) && self.handed.contains(&self.fd(g).fd)
+        self.handed.contains(&self.fd(g).fd)
     }
 
     /// Connect to the injector: `socket`, moved above every fd the program counts on (so
@@ -743,6 +747,27 @@ impl<'u> Builder<'u> {
     /// `recvmsg` of one message carrying `fds.len()` files, checked: one byte, one
     /// `SCM_RIGHTS` header of the right length, and the files installed at `fds` in order.
     fn recvmsg(&mut self, sock: usize, fds: &[i32]) {
+        let control = self.recvmsg_any(sock, fds);
+        for (i, pair) in fds.chunks(2).enumerate() {
+            let lo = u64::from(pair[0].cast_unsigned());
+            // (An odd count leaves the -1 the slot after the last file was filled with.)
+            let hi = pair
+                .get(1)
+                .map_or(u64::from(u32::MAX), |&f| u64::from(f.cast_unsigned()));
+            self.pr.push(
+                on_fd("the new file received at the number of", pair[0]),
+                Call::compare_data(control, 16 + 8 * i as u64, lo | (hi << 32)),
+                Check::NonNeg,
+                None,
+            );
+        }
+    }
+
+    /// `recvmsg` of one message carrying `fds.len()` files (for the descriptions whose lowest
+    /// fds are `fds`), wherever the kernel installs them; returns the control buffer, whose
+    /// file numbers start at byte 16 (-1 where none came). Each received file is closed on
+    /// rollback, also when the message's checks fail.
+    fn recvmsg_any(&mut self, sock: usize, fds: &[i32]) -> usize {
         let k = fds.len();
         let space = 16 + (4 * k).div_ceil(8) * 8;
         let buf = self.pr.data(vec![0u8; 8]);
@@ -750,7 +775,11 @@ impl<'u> Builder<'u> {
             .pr
             .data([0u64.to_le_bytes(), 1u64.to_le_bytes()].concat());
         self.pr.pointer(iov, 0, buf);
-        let control = self.pr.data(vec![0u8; space]);
+        // -1 in every file slot, so that an undo meeting a slot the kernel did not fill
+        // closes nothing; 8 bytes more, so that loading the last slot as a u64 stays inside.
+        let mut buf0 = vec![0u8; space + 8];
+        buf0[16..].fill(0xff);
+        let control = self.pr.data(buf0);
         let mut hdr = vec![0u8; 56];
         hdr[24..32].copy_from_slice(&1u64.to_le_bytes());
         hdr[40..48].copy_from_slice(&(space as u64).to_le_bytes());
@@ -767,6 +796,14 @@ impl<'u> Builder<'u> {
             Check::Eq(1),
             None,
         );
+        for (i, &fd) in fds.iter().enumerate() {
+            self.pr.push(
+                on_fd("(close the received new file on rollback) for", fd),
+                Call::nothing(),
+                Check::None,
+                Some(Call::sys(SYS_close, &[Arg::Load(control, 16 + 4 * i as u64)])),
+            );
+        }
         let len = 16 + 4 * k as u64;
         self.pr.push(
             on_fd("the SCM_RIGHTS message (length), from", first),
@@ -782,16 +819,32 @@ impl<'u> Builder<'u> {
             Check::NonNeg,
             None,
         );
-        for (i, pair) in fds.chunks(2).enumerate() {
-            let lo = u64::from(pair[0].cast_unsigned());
-            let hi = pair.get(1).map_or(0, |&f| u64::from(f.cast_unsigned()));
-            self.pr.push(
-                on_fd("the new file received at the number of", pair[0]),
-                Call::compare_data(control, 16 + 8 * i as u64, lo | (hi << 32)),
-                Check::NonNeg,
-                None,
-            );
+        control
+    }
+
+    /// Groups reopened through spare fds whose new file the injector hands in (recover from
+    /// ChaosFS): check each old description and read its offset, receive the new files in one
+    /// `recvmsg` (at any free numbers), then check each against the scan's resolve, set its
+    /// offset and probe its locks, as an `openat` in the stub would have been. The final part
+    /// puts them on the fds.
+    fn receive_spares(&mut self, mut hs: Vec<usize>, ops: &mut BatchOps<'u>) {
+        let Some(sock) = self.socket else { return };
+        hs.sort_by_key(|&g| self.fd(g).fd);
+        let pos: Vec<Option<usize>> = hs.iter().map(|&g| self.check_old_and_pos(g)).collect();
+        let fds: Vec<i32> = hs.iter().map(|&g| self.fd(g).fd).collect();
+        let control = self.recvmsg_any(sock, &fds);
+        let unit = self.unit;
+        for (i, (g, pos)) in hs.into_iter().zip(pos).enumerate() {
+            let f0 = self.fd(g);
+            let new = Arg::Load(control, 16 + 4 * i as u64);
+            self.check_file(new, &f0.to, on_fd("check of the handed-in file for", f0.fd));
+            self.seek_new(new, pos, f0.fd);
+            self.probe_locks(g, new);
+            ops.opened.push(Opened::Spare { new, group: g });
+            ops.moved
+                .extend(self.groups[g].iter().map(|&i| unit.fds[i].fd));
         }
+        self.messages.push(fds);
     }
 
     /// Check group `g`'s old description, open its file again through the new mount with the
@@ -853,7 +906,10 @@ impl<'u> Builder<'u> {
                 }
                 ops.opened.push(Opened::InPlace { saved: s, group: g });
             }
-            None => ops.opened.push(Opened::Spare { new: n, group: g }),
+            None => ops.opened.push(Opened::Spare {
+                new: Arg::Result(n),
+                group: g,
+            }),
         }
         ops.moved
             .extend(self.groups[g].iter().map(|&i| unit.fds[i].fd));
@@ -984,7 +1040,7 @@ impl<'u> Builder<'u> {
     /// sharing the table is stopped (EBUSY needs an open racing in another thread).
     fn final_part(&mut self, groups: &[usize], ops: BatchOps<'u>, last: bool) -> (usize, Vec<i32>) {
         self.pr.begin_final();
-        let close = |what: Desc, fd: usize| (what, Call::sys(SYS_close, &[Arg::Result(fd)]));
+        let close = |what: Desc, fd: Arg| (what, Call::sys(SYS_close, &[fd]));
         // The groups of locked files last, so that their locks are re-taken right after the
         // closes that drop them (on a lock-forwarding filesystem, the FLUSH of the first old
         // fd makes the server let go of the process's lock).
@@ -1009,7 +1065,7 @@ impl<'u> Builder<'u> {
                     let fds: Vec<&FdItem> =
                         self.groups[group].iter().map(|&i| &unit.fds[i]).collect();
                     for f in fds {
-                        self.dup3_onto(Arg::Result(new), f, None);
+                        self.dup3_onto(new, f, None);
                     }
                     let (what, call) = close(
                         on_fd("close of the spare new file for", self.fd(group).fd),
@@ -1018,7 +1074,8 @@ impl<'u> Builder<'u> {
                     self.pr.push(what, call, Check::None, None);
                 }
                 Opened::InPlace { saved, .. } => {
-                    let (what, call) = close(step("close a kept old description"), saved);
+                    let (what, call) =
+                        close(step("close a kept old description"), Arg::Result(saved));
                     self.pr.push(what, call, Check::None, None);
                 }
             }
@@ -1029,7 +1086,7 @@ impl<'u> Builder<'u> {
             .chain(ops.dir_ops.into_values())
             .chain(ops.placeholders)
         {
-            let (what, call) = close(step("close a temporary fd"), fd);
+            let (what, call) = close(step("close a temporary fd"), Arg::Result(fd));
             self.pr.push(what, call, Check::None, None);
         }
         for (park, len) in ops.parks {
@@ -1050,7 +1107,8 @@ impl<'u> Builder<'u> {
         }
         if last {
             if let Some(sock) = self.socket {
-                let (what, call) = close(step("close the socket to the injector"), sock);
+                let (what, call) =
+                    close(step("close the socket to the injector"), Arg::Result(sock));
                 self.pr.push(what, call, Check::None, None);
             }
             (usize::MAX, ops.moved)

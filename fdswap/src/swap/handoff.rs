@@ -138,12 +138,13 @@ impl Listener {
 /// The sending side, running while the stub does.
 pub(crate) struct Sender {
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<std::io::Result<usize>>>,
+    thread: Option<JoinHandle<std::io::Result<Vec<OwnedFd>>>>,
 }
 
 impl Sender {
     /// Accept the stub's connection (from process `pid` only) and send `batches` in order,
-    /// one message each. Our copies are closed as they are sent.
+    /// one message each. Our copies are kept: closing them while the stub waits for the next
+    /// batch would put their FLUSH round trips (ChaosFS forwarding locks) into the pause.
     pub(crate) fn start(listener: Listener, pid: i32, batches: Vec<Vec<OwnedFd>>) -> Sender {
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
@@ -154,12 +155,13 @@ impl Sender {
         }
     }
 
-    /// Stop waiting (the stub trapped) and return how many fds were sent.
-    pub(crate) fn finish(mut self) -> std::io::Result<usize> {
+    /// Stop waiting (the stub trapped) and return our copies of the files sent, to be closed
+    /// once the target runs again.
+    pub(crate) fn finish(mut self) -> std::io::Result<Vec<OwnedFd>> {
         self.stop.store(true, Ordering::SeqCst);
         self.thread
             .take()
-            .map_or(Ok(0), |t| t.join().unwrap_or(Ok(0)))
+            .map_or(Ok(Vec::new()), |t| t.join().unwrap_or(Ok(Vec::new())))
     }
 }
 
@@ -180,7 +182,7 @@ fn serve(
     pid: i32,
     batches: Vec<Vec<OwnedFd>>,
     stop: &AtomicBool,
-) -> std::io::Result<usize> {
+) -> std::io::Result<Vec<OwnedFd>> {
     let t0 = Instant::now();
     let tick = rustix::time::Timespec {
         tv_sec: 0,
@@ -188,7 +190,7 @@ fn serve(
     };
     let conn = loop {
         if stop.load(Ordering::SeqCst) || t0.elapsed() > CONNECT_WAIT {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let mut p = [PollFd::new(&listener.fd, PollFlags::IN)];
         if poll(&mut p, Some(&tick))? == 0 {
@@ -201,7 +203,7 @@ fn serve(
             break c;
         }
     };
-    let mut sent = 0;
+    let mut sent = Vec::new();
     for batch in batches {
         let fds: Vec<BorrowedFd<'_>> = batch.iter().map(AsFd::as_fd).collect();
         let mut space =
@@ -211,7 +213,9 @@ fn serve(
             return Err(std::io::Error::other("SCM_RIGHTS buffer too small"));
         }
         sendmsg(&conn, &[IoSlice::new(b"f")], &mut anc, SendFlags::NOSIGNAL)?;
-        sent += fds.len();
+        drop(anc);
+        drop(fds);
+        sent.extend(batch);
     }
     Ok(sent)
 }

@@ -188,7 +188,7 @@ pub fn swap_plan(plan: &Plan, swap_options: &SwapOptions) -> Result<Report> {
     }
     let mut reports = Vec::new();
     let mut seen_tables: Vec<(i32, i32)> = Vec::new();
-    let mut pending_release = Vec::new();
+    let mut pending_release: Vec<(usize, Tracee)> = Vec::new();
     for (i, tracee) in tracees {
         let p = &plan.processes[i];
         let mut report = ProcessReport {
@@ -225,6 +225,7 @@ pub fn swap_plan(plan: &Plan, swap_options: &SwapOptions) -> Result<Report> {
         }
         reports.push(report);
     }
+    let mut sent = Vec::new();
     for (r, mut t) in pending_release {
         if let Err(e) = t.release()
             && reports[r].error.is_none()
@@ -232,6 +233,12 @@ pub fn swap_plan(plan: &Plan, swap_options: &SwapOptions) -> Result<Report> {
             reports[r].error = Some(e);
         }
         reports[r].pause = t.stopped_at.elapsed();
+        sent.append(&mut t.sent);
+    }
+    // Our copies of the handed-in files, closed now that the targets run (on a thread: on
+    // ChaosFS forwarding locks each close is a FLUSH round trip).
+    if !sent.is_empty() {
+        std::thread::spawn(move || drop(sent));
     }
     Ok(Report {
         processes: reports,
@@ -293,14 +300,14 @@ fn swap_process(
     Ok(())
 }
 
-/// Pre-open the new file of each description of `p` that is reopened in place (see
-/// `run::in_place_top`) and listen in its network namespace; `None` when there is nothing to
-/// hand in or no socket can be made there.
+/// Pre-open the new file of each description of `p` (reopened in place or through a spare
+/// fd) and listen in its network namespace; `None` when there is nothing to hand in or no
+/// socket can be made there.
 fn hand_in(p: &ProcessPlan) -> Option<HandIn> {
     let mut firsts: Vec<&FdItem> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for f in &p.fds {
-        if seen.insert(f.description) && !f.old_close_costs {
+        if seen.insert(f.description) {
             firsts.push(f);
         }
     }

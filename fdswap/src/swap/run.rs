@@ -411,10 +411,11 @@ fn run_stub(
             Seen::Exited => return Err(Error::Gone { pid }),
         }
     }
-    if let Some(s) = sender
-        && let Err(e) = s.finish()
-    {
-        tracing::debug!(pid, error = %e, "handing the files in");
+    if let Some(s) = sender {
+        match s.finish() {
+            Ok(sent) => t.sent.extend(sent),
+            Err(e) => tracing::debug!(pid, error = %e, "handing the files in"),
+        }
     }
     if let Some(d) = so.pause_at_trap {
         std::thread::sleep(d);
