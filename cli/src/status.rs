@@ -244,6 +244,9 @@ fn print_status(s: &Status, answering: bool) {
         );
     }
     println!("  swapped: {} fds", s.swapped.len());
+    for m in &s.open_modes {
+        println!("  opened: pid {}: {}", m.pid, m.mode);
+    }
     for k in &s.skipped {
         let (fd, reason) = fd_entry(k);
         println!("  skipped: {fd}: {reason}");

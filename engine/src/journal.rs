@@ -148,6 +148,14 @@ pub struct SwappedFd {
     pub addr: Option<u64>,
 }
 
+/// How a process's new files were opened at inject (`fdswap::OpenMode`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProcessOpenMode {
+    pub pid: u32,
+    /// `handoff` or `in-stub open`.
+    pub mode: String,
+}
+
 /// One injection.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Entry {
@@ -176,6 +184,9 @@ pub struct Entry {
     pub spec: serde_json::Value,
     #[serde(default)]
     pub swapped: Vec<SwappedFd>,
+    /// Per process that had files to move: how they were opened.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub open_modes: Vec<ProcessOpenMode>,
 }
 
 impl Entry {
@@ -198,6 +209,7 @@ impl Entry {
             server_pid: None,
             spec,
             swapped: Vec::new(),
+            open_modes: Vec::new(),
         }
     }
 }

@@ -91,6 +91,10 @@ fn status() -> Status {
             reason: Some("deleted but open".into()),
         }],
         created_unix: 1_800_000_000,
+        open_modes: vec![engine::api::ProcessOpenMode {
+            pid: 42,
+            mode: "handoff".into(),
+        }],
     }
 }
 
@@ -128,6 +132,7 @@ fn status_update_and_errors_over_a_real_socket() {
     }
     assert_eq!(v["rules"][0]["matched"], 10);
     assert_eq!(v["skipped"][0]["reason"], "deleted but open");
+    assert_eq!(v["open_modes"][0]["mode"], "handoff");
 
     let new = json!({"rules": [{"ops": ["fsync"], "latency": "200ms"}, {"ops": ["read"], "errno": "EIO"}]});
     let st = client.update_rules(&new.to_string()).expect("update");

@@ -54,6 +54,7 @@ impl ChaosService for Gated {
             swapped: vec![],
             skipped: vec![],
             created_unix: 0,
+            open_modes: vec![],
         })
     }
 

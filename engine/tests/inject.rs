@@ -95,6 +95,7 @@ impl Swapper for RecordingSwapper {
                 })
                 .collect(),
             skipped: vec![],
+            open_modes: vec![],
         })
     }
     fn swap_out(

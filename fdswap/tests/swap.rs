@@ -280,6 +280,9 @@ fn swap_onto_upper_mount_and_back() {
     };
     let report = swap(&[pid], &opts, &SwapOptions::default()).expect("swap back");
     assert!(report.first_error().is_none(), "{:?}", report.first_error());
+    // Recover's new files too are opened before the stop and handed in (through spare fds:
+    // the old files are on a detached mount, whose close may cost).
+    assert_eq!(report.processes[0].open_mode, Some(OpenMode::Handoff));
     for n in SWAPPED_FDS {
         let after = fdinfo(pid, t.fd(n));
         assert_eq!(after.mnt_id, lower_mnt, "{n}: back on the original mount");
@@ -1048,6 +1051,7 @@ fn ten_thousand_fds_under_a_limit_of_twenty_thousand() {
     let back = swap_back(&t, &lower, top);
     assert!(back.first_error().is_none(), "{:?}", back.first_error());
     assert_eq!(back.swapped().count(), 10000);
+    assert_eq!(back.processes[0].open_mode, Some(OpenMode::Handoff));
     assert_eq!(many_state(t.pid), before, "paths, offsets and flags kept");
     assert_eq!(fd_table_size(t.pid), slots, "extra fds beyond a batch");
     assert_on_and_alive(&mut t, orig);

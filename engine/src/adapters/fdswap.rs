@@ -16,7 +16,7 @@ pub use fdswap::CpuLatency;
 use crate::api::FdEntry;
 use crate::error::{Error, Result};
 use crate::inject::{SwapOutcome, Swapper};
-use crate::journal::SwappedFd;
+use crate::journal::{ProcessOpenMode, SwappedFd};
 use crate::target::is_running;
 
 /// The fd swap of the `fdswap` crate. Each call runs on one thread from start to end (ptrace
@@ -143,7 +143,21 @@ fn outcome(plan: &Plan, report: &Report) -> SwapOutcome {
     // A process tried again reports what it left alone again.
     let mut seen = HashSet::new();
     skipped.retain(|k| seen.insert((k.pid, k.fd, k.path.clone(), k.reason.clone())));
-    SwapOutcome { swapped, skipped }
+    let open_modes = report
+        .processes
+        .iter()
+        .filter_map(|p| {
+            Some(ProcessOpenMode {
+                pid: host_pid(p.pid),
+                mode: p.open_mode?.to_string(),
+            })
+        })
+        .collect();
+    SwapOutcome {
+        swapped,
+        skipped,
+        open_modes,
+    }
 }
 
 impl FdSwapper {

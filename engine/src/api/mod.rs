@@ -11,6 +11,7 @@ pub mod shim;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+pub use crate::journal::ProcessOpenMode;
 use proto::chaos as pb;
 
 pub use client::ChaosClient;
@@ -67,6 +68,9 @@ pub struct Status {
     pub skipped: Vec<FdEntry>,
     /// Unix time (seconds) the injection became live.
     pub created_unix: u64,
+    /// Per process whose files moved at inject: `handoff` or `in-stub open`.
+    #[serde(default)]
+    pub open_modes: Vec<ProcessOpenMode>,
 }
 
 /// What `Recover` did.
@@ -227,6 +231,15 @@ impl From<&Status> for pb::StatusResponse {
             swapped: s.swapped.iter().map(Into::into).collect(),
             skipped: s.skipped.iter().map(Into::into).collect(),
             created_unix: s.created_unix,
+            open_modes: s
+                .open_modes
+                .iter()
+                .map(|m| pb::OpenMode {
+                    pid: m.pid,
+                    mode: m.mode.clone(),
+                    ..Default::default()
+                })
+                .collect(),
             ..Default::default()
         }
     }
@@ -262,6 +275,14 @@ impl TryFrom<pb::StatusResponse> for Status {
             swapped: s.swapped.into_iter().map(Into::into).collect(),
             skipped: s.skipped.into_iter().map(Into::into).collect(),
             created_unix: s.created_unix,
+            open_modes: s
+                .open_modes
+                .into_iter()
+                .map(|m| ProcessOpenMode {
+                    pid: m.pid,
+                    mode: m.mode,
+                })
+                .collect(),
         })
     }
 }

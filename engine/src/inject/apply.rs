@@ -67,6 +67,7 @@ pub fn inject<L: FsLauncher, S: Swapper>(
     tracing::debug!(elapsed = ?t0.elapsed(), "swapped");
     crate::failpoint::hit("swapped");
     entry.swapped = outcome.swapped;
+    entry.open_modes = outcome.open_modes;
     // Faults are live: the fsyncs need not delay telling the caller. Should the journal fail
     // now, the target is on a server that is about to stop: swap it back first.
     if let Err(e) = journal.update_pending(&entry) {

@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use crate::api::{CrashedFile, FdEntry};
 use crate::error::{Error, Result};
-use crate::journal::{Entry, InjectionId, Journal, SwappedFd};
+use crate::journal::{Entry, InjectionId, Journal, ProcessOpenMode, SwappedFd};
 use crate::mountinfo::SharedPolicy;
 use crate::ns::MountGuard;
 use crate::policy::HostNamespace;
@@ -124,6 +124,8 @@ pub trait FsServer: Send + Sync + 'static {
 pub struct SwapOutcome {
     pub swapped: Vec<SwappedFd>,
     pub skipped: Vec<FdEntry>,
+    /// Per process whose files moved: how they were opened.
+    pub open_modes: Vec<ProcessOpenMode>,
 }
 
 /// Moves the target's fds, cwds and shared mappings between the original mount and ChaosFS

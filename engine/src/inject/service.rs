@@ -61,6 +61,7 @@ pub fn status_from_entry(e: &Entry) -> Status {
         swapped: fd_entries(&e.swapped),
         skipped: Vec::new(),
         created_unix: e.created_unix_ms / 1000,
+        open_modes: e.open_modes.clone(),
     }
 }
 

@@ -801,7 +801,10 @@ impl<'u> Builder<'u> {
                 on_fd("(close the received new file on rollback) for", fd),
                 Call::nothing(),
                 Check::None,
-                Some(Call::sys(SYS_close, &[Arg::Load(control, 16 + 4 * i as u64)])),
+                Some(Call::sys(
+                    SYS_close,
+                    &[Arg::Load(control, 16 + 4 * i as u64)],
+                )),
             );
         }
         let len = 16 + 4 * k as u64;
