@@ -63,6 +63,12 @@ fn json_output_follows_the_documented_schema() {
         assert_valid("status", &status);
         assert_eq!(status[0]["id"], id.as_str(), "{args:?}");
         assert_eq!(status[0]["spec"]["path"], w.vol_str());
+        // How the workload's new files were opened: before the stop, handed in.
+        assert_eq!(
+            status[0]["open_modes"],
+            serde_json::json!([{"pid": w.pid(), "mode": "handoff"}]),
+            "{status:#}"
+        );
     }
 
     let updated = json(&env.ok(&["update", &id, "--latency", "1ms", "--ops", "read", "--json"]));
@@ -73,6 +79,10 @@ fn json_output_follows_the_documented_schema() {
     // Human output: a pipe gets the plain form, a terminal the aligned table.
     let plain = env.ok(&["status"]);
     assert!(plain.starts_with(&format!("{id}  pid {pid}")), "{plain}");
+    assert!(
+        plain.contains(&format!("\n  opened: pid {pid}: handoff\n")),
+        "{plain}"
+    );
     let tty = on_a_terminal(&env, "status");
     let lines: Vec<&str> = tty.lines().collect();
     let header = lines.first().copied().unwrap_or_default();
