@@ -80,7 +80,9 @@ fn json_output_follows_the_documented_schema() {
     let plain = env.ok(&["status"]);
     assert!(plain.starts_with(&format!("{id}  pid {pid}")), "{plain}");
     assert!(
-        plain.contains(&format!("\n  opened: pid {pid}: handoff\n")),
+        plain
+            .lines()
+            .any(|l| l == format!("  opened: pid {pid}: handoff")),
         "{plain}"
     );
     let tty = on_a_terminal(&env, "status");

@@ -205,17 +205,20 @@ fn serve(
     };
     let mut sent = Vec::new();
     for batch in batches {
-        let fds: Vec<BorrowedFd<'_>> = batch.iter().map(AsFd::as_fd).collect();
-        let mut space =
-            vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
-        let mut anc = SendAncillaryBuffer::new(&mut space);
-        if !anc.push(SendAncillaryMessage::ScmRights(&fds)) {
-            return Err(std::io::Error::other("SCM_RIGHTS buffer too small"));
-        }
-        sendmsg(&conn, &[IoSlice::new(b"f")], &mut anc, SendFlags::NOSIGNAL)?;
-        drop(anc);
-        drop(fds);
+        send_batch(&conn, &batch)?;
         sent.extend(batch);
     }
     Ok(sent)
+}
+
+/// One `SCM_RIGHTS` message carrying `batch`.
+fn send_batch(conn: &OwnedFd, batch: &[OwnedFd]) -> std::io::Result<()> {
+    let fds: Vec<BorrowedFd<'_>> = batch.iter().map(AsFd::as_fd).collect();
+    let mut space = vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+    let mut anc = SendAncillaryBuffer::new(&mut space);
+    if !anc.push(SendAncillaryMessage::ScmRights(&fds)) {
+        return Err(std::io::Error::other("SCM_RIGHTS buffer too small"));
+    }
+    sendmsg(conn, &[IoSlice::new(b"f")], &mut anc, SendFlags::NOSIGNAL)?;
+    Ok(())
 }
