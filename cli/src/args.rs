@@ -399,7 +399,7 @@ pub struct InjectCli {
     #[arg(long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..),
           conflicts_with_all = ["namespace", "containerd_state"])]
     pid: Option<u32>,
-    /// The target container: docker://NAME_OR_ID, podman://NAME_OR_ID, containerd://[NS/]ID, or a containerd ID
+    /// The target container: docker://NAME_OR_ID, podman://NAME_OR_ID, cri://ID, k8s://NAMESPACE/POD[/CONTAINER], containerd://[NS/]ID, or a containerd ID
     #[arg(value_name = "CONTAINER")]
     container: Option<String>,
     #[command(flatten)]
@@ -423,7 +423,7 @@ pub struct InjectCli {
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("what").required(true).args(["name", "pid", "all"]))]
 pub struct RecoverCli {
-    /// An injection id, or a container (docker://, podman://, containerd://[NS/]ID, or a containerd ID)
+    /// An injection id, or a container (docker://, podman://, cri://, k8s://, containerd://[NS/]ID, or a containerd ID)
     #[arg(value_name = "ID|CONTAINER")]
     name: Option<String>,
     /// Every injection whose target (or its mount namespace) holds PID
@@ -458,7 +458,7 @@ pub struct CrashCli {
 
 #[derive(Debug, Args)]
 pub struct UpdateCli {
-    /// An injection id, or a container (docker://, podman://, containerd://[NS/]ID, or a containerd ID)
+    /// An injection id, or a container (docker://, podman://, cri://, k8s://, containerd://[NS/]ID, or a containerd ID)
     #[arg(value_name = "ID|CONTAINER")]
     id: String,
     #[command(flatten)]

@@ -44,7 +44,10 @@ fn main() -> ExitCode {
             .map(|id| targets::resolve(&id, &namespace))
             .transpose()
             .and_then(|n| match n {
-                Some(n) => status::status(Some(n.id), json, &n.namespace, &state_dir),
+                Some(n) => {
+                    let ns = n.lookup_namespace(&state_dir).to_owned();
+                    status::status(Some(n.id), json, &ns, &state_dir)
+                }
                 None => status::status(None, json, &namespace, &state_dir),
             }),
         Command::Update {
@@ -53,8 +56,10 @@ fn main() -> ExitCode {
             json,
             namespace,
             state_dir,
-        } => targets::resolve(&id, &namespace)
-            .and_then(|n| status::update(&n.id, &spec, json, &n.namespace, &state_dir)),
+        } => targets::resolve(&id, &namespace).and_then(|n| {
+            let ns = n.lookup_namespace(&state_dir);
+            status::update(&n.id, &spec, json, ns, &state_dir)
+        }),
         Command::Crash { id, seed, json } => crash::crash(&id, seed, json),
         Command::Convert(file) => run::convert(&file).map(|()| 0),
         Command::SetupContainerd(a) => setup::containerd(&a),

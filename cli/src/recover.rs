@@ -32,8 +32,8 @@ pub fn resolve(what: RecoverWhat) -> anyhow::Result<RecoverWhat> {
         } => {
             let n = crate::targets::resolve(&name, &namespace)?;
             RecoverWhat::IdOrContainer {
+                namespace: n.lookup_namespace(&state_dir).to_owned(),
                 name: n.id,
-                namespace: n.namespace,
                 state_dir,
             }
         }

@@ -1,9 +1,11 @@
 //! The CONTAINER argument of `inject`, `recover`, `status` and `update`, one syntax for all
-//! four: `docker://NAME_OR_ID`, `podman://NAME_OR_ID`, `containerd://[NAMESPACE/]ID`, or a plain
-//! containerd id (or injection id) with `--namespace`.
+//! four: `docker://NAME_OR_ID`, `podman://NAME_OR_ID`, `cri://ID`, `k8s://NAMESPACE/POD[/CONTAINER]`,
+//! `containerd://[NAMESPACE/]ID`, or a plain containerd id (or injection id) with `--namespace`.
+
+use std::path::Path;
 
 use anyhow::Context;
-use engine::runtimes::{RuntimeContainer, docker, podman};
+use engine::runtimes::{RuntimeContainer, cri, docker, podman};
 
 use crate::args::Usage;
 
@@ -12,17 +14,37 @@ use crate::args::Usage;
 pub struct Named {
     /// The containerd id, or the runtime's full id; for a plain argument, also an injection id.
     pub id: String,
-    /// The containerd namespace, or the runtime (`docker`, `podman`).
+    /// The containerd namespace, or the runtime (`docker`, `podman`, `cri`).
     pub namespace: String,
-    /// For `docker://` and `podman://`: what the runtime said (its init pid, if it runs).
+    /// For `docker://`, `podman://`, `cri://` and `k8s://`: what the runtime said (its init pid, if it runs).
     pub runtime: Option<RuntimeContainer>,
 }
 
+/// containerd's CRI plugin keeps its containers in this containerd namespace, under their CRI id.
+const CRI_CONTAINERD_NAMESPACE: &str = "k8s.io";
+
+impl Named {
+    /// The namespace status, update and recover look the container up in: for a CRI container
+    /// whose task runs on the iochaos shim (RuntimeClass `iochaos`), the shim's `k8s.io` under
+    /// `state_dir`; otherwise the one resolved (`cri` for containers iochaos injected by pid).
+    pub fn lookup_namespace(&self, state_dir: &Path) -> &str {
+        let on_shim = || {
+            engine::api::shim::client(state_dir, CRI_CONTAINERD_NAMESPACE, &self.id)
+                .is_ok_and(|c| c.is_some())
+        };
+        if self.runtime.as_ref().is_some_and(|r| r.runtime == "cri") && on_shim() {
+            CRI_CONTAINERD_NAMESPACE
+        } else {
+            &self.namespace
+        }
+    }
+}
+
 /// The schemes a CONTAINER may start with.
-const SCHEMES: &str = "docker://, podman://, containerd://";
+const SCHEMES: &str = "docker://, podman://, cri://, k8s://, containerd://";
 
 /// Resolve `arg`; `namespace` is `--namespace` (for a plain id or `containerd://ID`).
-/// `docker://` and `podman://` ask the runtime (its errors exit 1); an unknown scheme is a usage
+/// `docker://`, `podman://`, `cri://` and `k8s://` ask the runtime (its errors exit 1); an unknown scheme is a usage
 /// error (exit 2).
 pub fn resolve(arg: &str, namespace: &str) -> anyhow::Result<Named> {
     let Some((scheme, rest)) = arg.split_once("://") else {
@@ -46,6 +68,8 @@ pub fn resolve(arg: &str, namespace: &str) -> anyhow::Result<Named> {
     match scheme {
         "docker" => runtime(docker::inspect(rest)),
         "podman" => runtime(podman::inspect(rest)),
+        "cri" => runtime(cri::inspect(rest)),
+        "k8s" => runtime(cri::inspect_pod(rest)),
         "containerd" => {
             let (ns, id) = match rest.split_once('/') {
                 Some((ns, id)) => (ns, id),

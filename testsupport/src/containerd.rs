@@ -18,6 +18,7 @@ pub struct Containerd {
     /// Its `--state` directory (task directories live below it).
     pub state: PathBuf,
     env: Vec<(String, OsString)>,
+    config: PathBuf,
     containers: Vec<String>,
 }
 
@@ -33,6 +34,16 @@ impl Containerd {
     /// ours to reap (this machine's pid 1 may not). A test binary using this must run one test,
     /// so that reaping any child is safe.
     pub fn start_with_env(dir: &Path, env: Vec<(String, OsString)>) -> Containerd {
+        Containerd::start_with_config(dir, Path::new("/dev/null"), env)
+    }
+
+    /// [`Containerd::start_with_env`] with the configuration file `config` (e.g. one of
+    /// [`crate::cri_config`]).
+    pub fn start_with_config(
+        dir: &Path,
+        config: &Path,
+        env: Vec<(String, OsString)>,
+    ) -> Containerd {
         // Any pid sets the flag (the kernel takes it as a boolean).
         rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
             .expect("PR_SET_CHILD_SUBREAPER");
@@ -42,6 +53,7 @@ impl Containerd {
             sock: dir.join("containerd.sock"),
             state: dir.join("state"),
             env,
+            config: config.to_owned(),
             containers: Vec::new(),
         };
         c.spawn();
@@ -62,7 +74,8 @@ impl Containerd {
             .arg(&self.state)
             .arg("--address")
             .arg(&self.sock)
-            .args(["--config", "/dev/null"])
+            .arg("--config")
+            .arg(&self.config)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)

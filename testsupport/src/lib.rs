@@ -11,9 +11,11 @@
 //! * [`PRIVATE_MOUNT_NS_SH`]: `sh -c` in a private mount namespace (`unshare`).
 //! * [`Containerd`]: a private containerd (root, state and socket in a test's tempdir) driven
 //!   with `ctr`, which kills and removes every container it was told about, stops the daemon
-//!   and reaps the shims when dropped — also when the test fails.
+//!   and reaps the shims when dropped — also when the test fails; [`cri_config`] and
+//!   [`import_cri_image`] make it a CRI runtime (host-network pods, a local busybox image).
 
 mod containerd;
+mod cri;
 mod rootfs;
 mod runc;
 
@@ -22,6 +24,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 pub use containerd::Containerd;
+pub use cri::{CRI_IMAGE, cri_config, import_cri_image};
 pub use rootfs::busybox_rootfs;
 pub use runc::{Bind, Runc, add_user_namespace};
 pub use rustix::process::{Pid, Signal};

@@ -40,6 +40,8 @@ pub fn poll<T>(what: &str, secs: u64, f: impl FnMut() -> Option<T>) -> T {
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub run: PathBuf,
+    /// More environment for every iochaos command (e.g. the CRI socket).
+    pub vars: Vec<(String, String)>,
 }
 
 impl Env {
@@ -47,7 +49,11 @@ impl Env {
         require_root();
         let dir = tempfile::tempdir().expect("tempdir");
         let run = dir.path().join("run");
-        Env { dir, run }
+        Env {
+            dir,
+            run,
+            vars: Vec::new(),
+        }
     }
 
     pub fn path(&self) -> PathBuf {
@@ -75,6 +81,7 @@ impl Env {
             }
         };
         c.args(args)
+            .envs(self.vars.iter().map(|(k, v)| (k, v)))
             .env("IOCHAOS_RUN_DIR", &self.run)
             .env("IOCHAOS_SERVER_LOG", self.dir.path().join("server.log"))
             .env(

@@ -1,8 +1,10 @@
-//! Containers named by the runtime that runs them (`docker://NAME`, `podman://NAME`): asked of
-//! that runtime, they come back as their full id and init pid, and are then injected by pid.
+//! Containers named by the runtime that runs them (`docker://NAME`, `podman://NAME`,
+//! `cri://ID`, `k8s://NAMESPACE/POD[/CONTAINER]`): asked of that runtime, they come back as their full id and init pid, and are then injected by pid.
 //! containerd containers need no lookup here: their task directory names them
 //! ([`crate::target::ContainerdTask`]).
 
+#[cfg(feature = "cri")]
+pub mod cri;
 pub mod docker;
 pub mod podman;
 
@@ -12,7 +14,7 @@ use crate::error::{Error, Result};
 /// injections again by id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeContainer {
-    /// `docker` or `podman`: also the "namespace" recorded in the journal, so `status` shows
+    /// `docker`, `podman` or `cri`: also the "namespace" recorded in the journal, so `status` shows
     /// `docker/ID`.
     pub runtime: &'static str,
     /// The full id (64 hex digits).
