@@ -83,7 +83,7 @@ fn run_pod<'a>(
             namespace: "default".to_owned(),
             attempt: 0,
         }),
-        hostname: name.to_owned(),
+        // A host-network pod has the node's hostname (the kubelet sets none).
         log_directory: dir.join("pod-logs").display().to_string(),
         labels: kube_labels(name, None),
         annotations,
@@ -172,6 +172,17 @@ fn start_workload(pod: &Pod, name: &str) -> (String, PathBuf, Log) {
     }))
     .expect("StartContainer");
     (id, vol, Log(logdir.join("log")))
+}
+
+/// containerd's log, shown when the test fails.
+struct ShowLog<'a>(&'a Containerd);
+
+impl Drop for ShowLog<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- containerd log ---\n{}", self.0.log());
+        }
+    }
 }
 
 /// A write through the CRI's ExecSync (as `kubectl exec` does): did it succeed?
@@ -264,6 +275,7 @@ fn cri_pods_on_runc_and_on_the_iochaos_runtime() {
         err
     };
     let cri = Cri::connect(&containerd.sock).expect("CRI connect");
+    let _log = ShowLog(&containerd);
 
     // (a) A pod on runc, injected by k8s://NAMESPACE/POD, then by cri://ID.
     let pod = run_pod(&cri, &env, "web", "", HashMap::new());

@@ -12,7 +12,7 @@ pub const CRI_IMAGE: &str = "docker.io/library/iochaos-test-pause:latest";
 
 /// Write `dir/config.toml`: the CRI plugin with [`CRI_IMAGE`] as sandbox image, its streaming
 /// server on a free port, CNI directories of its own (empty: host-network pods only), no
-/// AppArmor, and `extra` appended (runtime tables, without a `version` line).
+/// AppArmor, oom_score_adj kept within what this process may set, and `extra` appended (runtime tables, without a `version` line).
 pub fn cri_config(dir: &Path, extra: &str) -> PathBuf {
     let cni = dir.join("cni");
     std::fs::create_dir_all(cni.join("bin")).expect("mkdir cni");
@@ -24,6 +24,9 @@ pub fn cri_config(dir: &Path, extra: &str) -> PathBuf {
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
   disable_apparmor = true
+  # Never below this process's own oom_score_adj (the kubelet asks -998 for a sandbox, which
+  # needs CAP_SYS_RESOURCE in the machine's user namespace).
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{bin}"
     conf_dir = "{conf}"
