@@ -44,27 +44,7 @@ fn import(env: &Env) {
         return;
     }
     let rootfs = busybox_rootfs(&env.path().join("image"));
-    let mut tar = Command::new("tar")
-        .arg("-C")
-        .arg(&rootfs)
-        .args(["-c", "."])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("tar");
-    let out = Command::new("docker")
-        .args(["import", "-", IMAGE])
-        .stdin(tar.stdout.take().expect("tar's stdout"))
-        .output()
-        .expect("docker import");
-    assert!(
-        tar.wait().expect("tar").success(),
-        "tar of the busybox rootfs"
-    );
-    assert!(
-        out.status.success(),
-        "docker import: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    iochaos_testsupport::docker_import(&rootfs, &[], IMAGE);
 }
 
 /// A container removed (`docker rm -f`) when dropped, also when the test fails.

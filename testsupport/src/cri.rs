@@ -54,38 +54,42 @@ pub fn import_cri_image(containerd: &Containerd) {
         &["data", "log", "proc", "sys", "dev", "etc", "tmp"],
         &["sh", "cat", "echo", "sleep", "usleep", "true"],
     );
-    let docker = |args: &[&str]| {
-        Command::new("docker")
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("docker must be installed (docker.io; .ci/run installs and starts it)")
-    };
+    docker_import(
+        &rootfs,
+        &[
+            "--change",
+            r#"ENTRYPOINT ["/bin/busybox", "sleep", "2147483647"]"#,
+        ],
+        CRI_IMAGE,
+    );
+    let archive = dir.join("image.tar");
+    let archive_s = archive.display().to_string();
+    let save = Command::new("docker")
+        .args(["save", "-o", &archive_s, CRI_IMAGE])
+        .stdin(Stdio::null())
+        .output()
+        .expect("docker save");
+    expect_success(&save, "docker save");
+    containerd.ctr_ok(&["-n", "k8s.io", "images", "import", &archive_s]);
+}
+
+/// `tar -c ROOTFS | docker import FLAGS - IMAGE` (`flags`: e.g. `--change` and a Dockerfile
+/// line); fails the test if either fails.
+pub fn docker_import(rootfs: &Path, flags: &[&str], image: &str) {
     let mut tar = Command::new("tar")
         .arg("-C")
-        .arg(&rootfs)
+        .arg(rootfs)
         .args(["-c", "."])
         .stdout(Stdio::piped())
         .spawn()
         .expect("tar");
     let out = Command::new("docker")
-        .args([
-            "import",
-            "--change",
-            r#"ENTRYPOINT ["/bin/busybox", "sleep", "2147483647"]"#,
-            "-",
-            CRI_IMAGE,
-        ])
+        .arg("import")
+        .args(flags)
+        .args(["-", image])
         .stdin(tar.stdout.take().expect("tar's stdout"))
         .output()
-        .expect("docker import");
+        .expect("docker must be installed (docker.io; .ci/run installs and starts it)");
     assert!(tar.wait().expect("tar").success(), "tar of the rootfs");
     expect_success(&out, "docker import");
-    let archive = dir.join("image.tar");
-    let archive_s = archive.display().to_string();
-    expect_success(
-        &docker(&["save", "-o", &archive_s, CRI_IMAGE]),
-        "docker save",
-    );
-    containerd.ctr_ok(&["-n", "k8s.io", "images", "import", &archive_s]);
 }

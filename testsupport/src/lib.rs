@@ -24,7 +24,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 pub use containerd::Containerd;
-pub use cri::{CRI_IMAGE, cri_config, import_cri_image};
+pub use cri::{CRI_IMAGE, cri_config, docker_import, import_cri_image};
 pub use rootfs::busybox_rootfs;
 pub use runc::{Bind, Runc, add_user_namespace};
 pub use rustix::process::{Pid, Signal};

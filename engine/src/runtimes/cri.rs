@@ -186,7 +186,7 @@ pub fn inspect(id: &str) -> Result<RuntimeContainer> {
 pub fn inspect_at(socket: &Path, id: &str) -> Result<RuntimeContainer> {
     if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
         return Err(Error::InvalidContainerName {
-            what: "CRI container id",
+            what: "CRI id",
             value: id.to_owned(),
         });
     }
@@ -222,7 +222,7 @@ pub fn inspect_pod_at(socket: &Path, target: &str) -> Result<RuntimeContainer> {
     };
     if !(valid(ns) && valid(pod) && name.is_none_or(valid)) {
         return Err(Error::InvalidContainerName {
-            what: "Kubernetes container (expected k8s://NAMESPACE/POD[/CONTAINER])",
+            what: "path (expected k8s://NAMESPACE/POD[/CONTAINER])",
             value: target.to_owned(),
         });
     }
@@ -320,7 +320,7 @@ mod tests {
         let none = Path::new("/nonexistent/cri.sock");
         for bad in ["", "../x", "a b"] {
             let e = inspect_at(none, bad).expect_err(bad).to_string();
-            assert!(e.contains("invalid CRI container id"), "{e}");
+            assert!(e.contains("invalid container CRI id"), "{e}");
         }
         for bad in ["ns", "ns/", "/pod", "a/b/c/d", "ns/p d", "ns/pod/"] {
             let e = inspect_pod_at(none, bad).expect_err(bad).to_string();
