@@ -16,7 +16,8 @@ use std::time::Duration;
 
 pub use error::{Error, Result};
 pub use fs::{
-    CrashedFile, Escaped, ForwardedLock, InterruptStats, OpenMode, OpenStats, UpdateReport,
+    CrashOptions, CrashedFile, Escaped, ForwardedLock, InterruptStats, OpenMode, OpenStats,
+    UpdateReport, WriteFate,
 };
 pub use fuse::Transport;
 pub use mount::{Connection, MountOptions};

@@ -8,7 +8,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::fs::{
-    ChaosFs, CrashedFile, FsConfig, FsInner, InterruptStats, OpenMode, OpenStats, UpdateReport,
+    ChaosFs, CrashOptions, CrashedFile, FsConfig, FsInner, InterruptStats, OpenMode, OpenStats,
+    UpdateReport,
 };
 use crate::fuse::{Session, Transport};
 use crate::mount::Connection;
@@ -216,9 +217,10 @@ impl Server {
 
     /// Crash mode (docs/crash.md): cut the power. Every file is rolled back to its last durable
     /// state and every later change fails with EIO. Call it once every process that wrote
-    /// through the mount is dead. What each file lost, by path.
-    pub fn crash(&self) -> Vec<CrashedFile> {
-        self.inner.crash()
+    /// through the mount is dead. `opts`: which unsynced writes survive after all (torn,
+    /// reordered). What each file lost, by path.
+    pub fn crash(&self, opts: CrashOptions) -> Vec<CrashedFile> {
+        self.inner.crash(opts)
     }
 
     /// Crash mode: what a `crash` rule does when it fires, after closing the gate and before

@@ -110,7 +110,8 @@ const CRASH_EXAMPLES: &str = "\
 Examples:
   iochaos inject --pid 4242 --path /data --crash-mode
   iochaos crash 0f3c2a9e7b1d
-  iochaos crash 0f3c2a9e7b1d --seed 7 --json";
+  iochaos crash 0f3c2a9e7b1d --seed 7 --json
+  iochaos crash 0f3c2a9e7b1d --torn 1 --reorder --seed 7";
 
 const COMPLETIONS_EXAMPLES: &str = "\
 Examples:
@@ -454,6 +455,12 @@ pub struct CrashCli {
     /// Seed of the crash's random choices (recorded in the report)
     #[arg(long, value_name = "N")]
     seed: Option<u64>,
+    /// The last N unsynced writes of each file survive up to a 512 B boundary the seed picks
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    torn: u32,
+    /// Any seeded subset of the unsynced writes survives, not only a prefix
+    #[arg(long)]
+    reorder: bool,
 }
 
 #[derive(Debug, Args)]
@@ -663,10 +670,10 @@ pub enum Command {
         namespace: String,
         state_dir: PathBuf,
     },
-    /// `iochaos crash ID [--seed N]`.
+    /// `iochaos crash ID [--torn N] [--reorder] [--seed N]`.
     Crash {
         id: String,
-        seed: Option<u64>,
+        opts: engine::api::CrashOptions,
         json: bool,
     },
     /// `iochaos convert --from chaos-mesh FILE`.
@@ -782,7 +789,11 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, clap::Error> {
         },
         Sub::Crash(c) => Command::Crash {
             id: c.id,
-            seed: c.seed,
+            opts: engine::api::CrashOptions {
+                seed: c.seed,
+                torn: c.torn,
+                reorder: c.reorder,
+            },
             json: cli.json,
         },
         Sub::Demo => {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use engine::api::{ChaosClient, CrashedFile};
+use engine::api::{ChaosClient, CrashOptions, CrashedFile};
 
 use crate::inject::journal;
 use crate::run::{Needs, check_privileges};
@@ -15,7 +15,7 @@ const CRASH_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long to wait for the server to exit afterwards.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub fn crash(id: &str, seed: Option<u64>, json: bool) -> anyhow::Result<i32> {
+pub fn crash(id: &str, opts: CrashOptions, json: bool) -> anyhow::Result<i32> {
     check_privileges(Needs::MountAndTrace)?;
     let journal = journal()?;
     let e = entry(&journal, id)?;
@@ -23,7 +23,7 @@ pub fn crash(id: &str, seed: Option<u64>, json: bool) -> anyhow::Result<i32> {
         .with_context(|| format!("injection {}: its server does not answer", e.id))?
         .with_timeout(CRASH_TIMEOUT);
     let report = client
-        .crash(seed)
+        .crash(opts)
         .with_context(|| format!("crashing injection {}", e.id))?;
     drop(client);
     if let Some(pid) = e.server_pid {
@@ -43,6 +43,9 @@ pub fn crash(id: &str, seed: Option<u64>, json: bool) -> anyhow::Result<i32> {
         report.killed.len(),
         report.files.len()
     );
+    if let Some(seed) = report.seed {
+        println!("  seed {seed}");
+    }
     print_files(&report.files, false);
     for f in &report.recovered.failed {
         let (fd, reason) = crate::status::fd_entry(f);
@@ -63,6 +66,21 @@ pub fn print_files(files: &[CrashedFile], stderr: bool) {
             f.durable_size,
             f.restored_bytes
         );
+        let torn = f
+            .writes
+            .iter()
+            .filter(|w| w.kept > 0 && w.kept < w.len)
+            .count();
+        let whole = f.writes.iter().filter(|w| w.kept == w.len).count();
+        let line = if f.writes.is_empty() {
+            line
+        } else {
+            format!(
+                "{line}; of {} unsynced writes {whole} kept, {torn} torn ({} bytes kept)",
+                f.writes.len(),
+                f.kept_bytes
+            )
+        };
         if stderr {
             eprintln!("{line}");
         } else {

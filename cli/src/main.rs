@@ -60,7 +60,7 @@ fn main() -> ExitCode {
             let ns = n.lookup_namespace(&state_dir);
             status::update(&n.id, &spec, json, ns, &state_dir)
         }),
-        Command::Crash { id, seed, json } => crash::crash(&id, seed, json),
+        Command::Crash { id, opts, json } => crash::crash(&id, opts, json),
         Command::Convert(file) => run::convert(&file).map(|()| 0),
         Command::SetupContainerd(a) => setup::containerd(&a),
         Command::Completions(shell) => manual::completions(shell).map(|()| 0),

@@ -247,12 +247,6 @@ fn exit_code(status: ExitStatus) -> i32 {
 fn files_report(dir: &Path, files: Vec<chaosfs::CrashedFile>) -> Vec<engine::api::CrashedFile> {
     files
         .into_iter()
-        .map(|f| engine::api::CrashedFile {
-            path: dir.join(&f.path).display().to_string(),
-            size_at_crash: f.size_at_crash,
-            durable_size: f.durable_size,
-            restored_bytes: f.restored_bytes,
-            dropped_bytes: f.dropped_bytes,
-        })
+        .map(|f| engine::adapters::chaosfs::crashed_file(f, dir))
         .collect()
 }

@@ -17,12 +17,27 @@ use serde_json::Value;
 
 /// Names the writer's directory; the writer runs only when it is set.
 const WRITER_ENV: &str = "IOCHAOS_TEST_CRASH_WRITER";
-/// The writer's mode: `fsync10`, `nofsync` or `dsync`.
+/// The writer's mode: `fsync10`, `nofsync`, `dsync`, `torn` or `reorder`.
 const MODE_ENV: &str = "IOCHAOS_TEST_CRASH_MODE";
 /// Records each writer writes.
 const RECORDS: u64 = 25;
 /// The content of the file the `nofsync` writer starts from (made durable before the injection).
 const BASE_LEN: usize = 4096;
+
+/// Bytes the `torn` writer writes and fsyncs before its 64 KiB write.
+const SYNCED: usize = 4096;
+/// Where the `reorder` writer's writes go, in its order (in 4 KiB blocks of the base).
+const REORDER_SLOTS: [u64; 8] = [5, 2, 7, 0, 3, 6, 1, 4];
+
+/// The `torn` writer's unsynced 64 KiB write: no two 512 B sectors alike.
+fn torn_write() -> Vec<u8> {
+    (0..65536u32).map(|i| (i % 251) as u8).collect()
+}
+
+/// The `reorder` writer's write `i`: 4 KiB of one letter.
+fn reorder_write(i: usize) -> Vec<u8> {
+    vec![b'A' + u8::try_from(i).expect("small"); 4096]
+}
 
 fn record(i: u64) -> String {
     format!("rec {i:05}\n")
@@ -57,7 +72,7 @@ fn crash_writer() {
     match mode.as_str() {
         "fsync10" => opts.append(true).create(true),
         "dsync" => opts.append(true).create(true).custom_flags(libc::O_DSYNC),
-        "nofsync" => opts.read(true).write(true),
+        "nofsync" | "torn" | "reorder" => opts.read(true).write(true),
         other => panic!("unknown writer mode {other}"),
     };
     let mut f = opts.open(&data).expect("open data");
@@ -70,7 +85,19 @@ fn crash_writer() {
     while !dir.join("go").exists() {
         std::thread::sleep(Duration::from_millis(5));
     }
-    if mode == "nofsync" {
+    if mode == "torn" {
+        // Synced bytes, then one big write never synced.
+        f.write_all_at(&[b'S'; SYNCED], 0).expect("write synced");
+        f.sync_all().expect("fsync");
+        f.write_all_at(&torn_write(), SYNCED as u64)
+            .expect("64 KiB write");
+    } else if mode == "reorder" {
+        // 8 writes of 4 KiB to distinct offsets of the base, out of order, never synced.
+        for (i, slot) in REORDER_SLOTS.iter().enumerate() {
+            f.write_all_at(&reorder_write(i), slot * 4096)
+                .expect("4 KiB write");
+        }
+    } else if mode == "nofsync" {
         // Overwrite, append, truncate, punch a hole, extend again: never synced.
         f.write_all_at(&[b'X'; 100], 1000).expect("overwrite");
         for i in 1..=RECORDS {
@@ -192,7 +219,14 @@ impl Drop for Writer {
 
 /// `iochaos crash ID --json`, checked: the writer killed, one file reported; the report.
 fn crash(env: &Env, id: &str, w: &mut Writer) -> Value {
-    let out = env.ok(&["crash", id, "--json", "--seed", "7"]);
+    crash_with(env, id, w, &["--seed", "7"])
+}
+
+/// [`crash`] with `flags` (which must hold `--seed 7`).
+fn crash_with(env: &Env, id: &str, w: &mut Writer, flags: &[&str]) -> Value {
+    let mut args = vec!["crash", id, "--json"];
+    args.extend_from_slice(flags);
+    let out = env.ok(&args);
     let report: Value = serde_json::from_str(&out).expect("crash --json is JSON");
     assert_eq!(report["id"], id, "{report}");
     assert_eq!(report["seed"], 7, "{report}");
@@ -411,5 +445,104 @@ fn crash_rule_in_an_injection_kills_rolls_back_and_recovers() {
         env.server_log().contains("crash rule"),
         "{}",
         env.server_log()
+    );
+}
+
+/// The report's unsynced writes of the data file: (offset, len, kept) in write order.
+fn data_writes(report: &Value, w: &Writer) -> Vec<(u64, u64, u64)> {
+    let path = format!("{}/data", w.vol());
+    let f = report["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .find(|f| f["path"] == path.as_str())
+        .unwrap_or_else(|| panic!("no entry for {path}: {report}"));
+    let Some(writes) = f["writes"].as_array() else {
+        return Vec::new();
+    };
+    writes
+        .iter()
+        .map(|x| {
+            let n = |k: &str| x[k].as_u64().unwrap_or_else(|| panic!("{k}: {report}"));
+            (n("offset"), n("len"), n("kept"))
+        })
+        .collect()
+}
+
+/// One run of the `torn` writer crashed with `flags`: the report's writes and the bytes left.
+fn torn_run(flags: &[&str]) -> (Vec<(u64, u64, u64)>, Vec<u8>) {
+    let env = Env::new();
+    let mut w = Writer::start(&env, "w", "torn", b"");
+    let id = w.inject(&env);
+    w.go();
+    assert_eq!(w.data().len(), SYNCED + 65536, "before the crash");
+    let report = crash_with(&env, &id, &mut w, flags);
+    (data_writes(&report, &w), w.data())
+}
+
+/// `--torn 1`: the synced bytes plus exactly the prefix of the unsynced 64 KiB write up to the
+/// sector boundary the report names; the same seed cuts at the same place in a second run.
+#[test]
+fn crash_torn_keeps_a_sector_prefix_of_the_last_write() {
+    let (writes, data) = torn_run(&["--torn", "1", "--seed", "7"]);
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    let (off, len, kept) = writes[0];
+    assert_eq!((off, len), (SYNCED as u64, 65536));
+    assert!(kept > 0 && kept < 65536 && kept % 512 == 0, "cut at {kept}");
+    let kept = usize::try_from(kept).expect("small");
+    let mut want = vec![b'S'; SYNCED];
+    want.extend_from_slice(&torn_write()[..kept]);
+    assert!(
+        data == want,
+        "not the synced bytes plus {kept} bytes of the write (size {})",
+        data.len()
+    );
+    let (again, data_again) = torn_run(&["--torn", "1", "--seed", "7"]);
+    assert_eq!(again, writes, "the same seed cut elsewhere");
+    assert!(data_again == data, "the same seed left other bytes");
+}
+
+/// Without --torn or --reorder nothing unsynced survives (and no writes are reported).
+#[test]
+fn crash_without_torn_loses_the_unsynced_write() {
+    let (writes, data) = torn_run(&["--seed", "7"]);
+    assert_eq!(writes, Vec::new());
+    assert!(data == vec![b'S'; SYNCED], "size {}", data.len());
+}
+
+/// `--reorder`: of 8 unsynced 4 KiB writes to distinct offsets exactly the subset the report
+/// names survives (not only a prefix); every other block is the base's.
+#[test]
+fn crash_reorder_keeps_exactly_the_reported_subset() {
+    let env = Env::new();
+    let base: Vec<u8> = (0..8 * 4096u32).map(|i| b'a' + (i / 4096) as u8).collect();
+    let mut w = Writer::start(&env, "w", "reorder", &base);
+    let id = w.inject(&env);
+    w.go();
+    let report = crash_with(&env, &id, &mut w, &["--reorder", "--seed", "7"]);
+    let writes = data_writes(&report, &w);
+    let want_at: Vec<(u64, u64)> = REORDER_SLOTS.iter().map(|s| (s * 4096, 4096)).collect();
+    let got_at: Vec<(u64, u64)> = writes.iter().map(|&(o, l, _)| (o, l)).collect();
+    assert_eq!(got_at, want_at, "{report}");
+    let kept: Vec<bool> = writes
+        .iter()
+        .map(|&(_, l, k)| {
+            assert!(k == 0 || k == l, "reorder tore a write: {report}");
+            k == l
+        })
+        .collect();
+    // Seed 7 keeps a subset that is neither empty, nor everything, nor a prefix.
+    let prefix = kept.iter().skip_while(|&&k| k).all(|&k| !k);
+    assert!(!prefix && kept.contains(&false), "{kept:?}");
+    let mut want = base.clone();
+    for (i, slot) in REORDER_SLOTS.iter().enumerate() {
+        if kept[i] {
+            let at = usize::try_from(slot * 4096).expect("small");
+            want[at..at + 4096].copy_from_slice(&reorder_write(i));
+        }
+    }
+    assert!(
+        w.data() == want,
+        "the file is not the base plus the kept writes {kept:?}"
     );
 }

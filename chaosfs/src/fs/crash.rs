@@ -32,19 +32,22 @@ pub(crate) enum Touch {
     Range(u64, u64),
     /// Everything from `offset` on (a truncation, a collapsed or inserted range).
     From(u64),
+    /// Bytes `[offset, offset + len)` replaced by data (a write, a `copy_file_range`): the
+    /// unit that a torn or reordered crash keeps or cuts.
+    Write(u64, u64),
 }
 
 impl Touch {
     fn end(self) -> u64 {
         match self {
-            Touch::Range(o, l) => o.saturating_add(l),
+            Touch::Range(o, l) | Touch::Write(o, l) => o.saturating_add(l),
             Touch::From(_) => u64::MAX,
         }
     }
 
     fn start(self) -> u64 {
         match self {
-            Touch::Range(o, _) | Touch::From(o) => o,
+            Touch::Range(o, _) | Touch::Write(o, _) | Touch::From(o) => o,
         }
     }
 }
@@ -67,6 +70,77 @@ struct FileUndo {
     durable_size: u64,
     /// Saved ranges by file offset; they never overlap.
     saved: BTreeMap<u64, Saved>,
+    /// Every change since the durable point, in order (what a torn or reordered crash
+    /// replays): 16 bytes per change, dropped with the saved ranges.
+    log: Vec<Logged>,
+}
+
+/// One change of a file since its last durable point.
+#[derive(Debug, Clone, Copy)]
+struct Logged {
+    touch: Touch,
+    /// Durable once made (an `O_SYNC`/`O_DSYNC` write): never dropped, never a candidate.
+    sync: bool,
+}
+
+/// How a crash treats the unsynced writes (docs/crash.md, "Torn and reordered writes").
+/// The default loses every one of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CrashOptions {
+    /// The last `torn` unsynced writes of each file survive up to a 512 B sector boundary
+    /// the seed chooses; the writes before them survive whole (unless `reorder`).
+    pub torn: u32,
+    /// Each unsynced write (but the torn ones) survives or not as the seed chooses.
+    pub reorder: bool,
+    /// Seed of those choices.
+    pub seed: u64,
+}
+
+impl CrashOptions {
+    /// Whether any unsynced write may survive.
+    fn keeps_any(self) -> bool {
+        self.torn > 0 || self.reorder
+    }
+
+    /// A random value for unsynced write `i` of a file (0-based, in write order).
+    fn draw(self, i: usize, purpose: u64) -> u64 {
+        let i = u64::try_from(i).unwrap_or(u64::MAX);
+        crate::rules::mix(self.seed ^ crate::rules::mix(i.wrapping_mul(4) | purpose))
+    }
+
+    /// How many bytes of unsynced write `i` of `n`, `[off, off + len)`, survive.
+    fn kept(self, i: usize, n: usize, off: u64, len: u64) -> u64 {
+        let torn = usize::try_from(self.torn).unwrap_or(usize::MAX);
+        if i + torn >= n {
+            // Cut at a sector boundary strictly inside the write; none inside: a sector is
+            // written whole or not at all, and this one is not.
+            let first = (off / SECTOR + 1) * SECTOR;
+            let last = (off + len).saturating_sub(1) / SECTOR * SECTOR;
+            if first > last {
+                return 0;
+            }
+            let cuts = (last - first) / SECTOR + 1;
+            return first + self.draw(i, 1) % cuts * SECTOR - off;
+        }
+        if self.reorder {
+            return if self.draw(i, 2) & 1 == 1 { len } else { 0 };
+        }
+        len
+    }
+}
+
+/// The unit a torn write is cut at.
+const SECTOR: u64 = 512;
+
+/// What a torn or reordered crash did with one unsynced write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteFate {
+    /// Where the write was, in the file.
+    pub offset: u64,
+    pub len: u64,
+    /// Bytes from `offset` on that survived: `len` whole, 0 lost, else torn at
+    /// `offset + kept` (a multiple of 512).
+    pub kept: u64,
 }
 
 /// What a crash did to one file.
@@ -81,8 +155,12 @@ pub struct CrashedFile {
     /// Bytes put back where they had been overwritten, punched or truncated away.
     pub restored_bytes: u64,
     /// Byte positions whose content the crash took back: `restored_bytes` plus what lay past
-    /// the durable size.
+    /// the durable size, less `kept_bytes`.
     pub dropped_bytes: u64,
+    /// Bytes of unsynced writes written back after the rollback (torn or reordered crash).
+    pub kept_bytes: u64,
+    /// Every unsynced write in order and what survived of it (torn or reordered crash only).
+    pub writes: Vec<WriteFate>,
 }
 
 /// One file's undo state, shared by the requests changing it.
@@ -162,6 +240,9 @@ impl CrashLog {
         if sync {
             self.synced(&mut f, touch);
         }
+        if touch.end() > touch.start() {
+            f.log.push(Logged { touch, sync });
+        }
         Ok(r)
     }
 
@@ -187,6 +268,7 @@ impl CrashLog {
             fd,
             durable_size: super::stat_u64(st.st_size),
             saved: BTreeMap::new(),
+            log: Vec::new(),
         }));
         files.insert((inode.dev, inode.ino), f.clone());
         Ok(f)
@@ -251,7 +333,7 @@ impl CrashLog {
     /// and the durable size grows to its end (what lies between the old durable size and it is
     /// zeros after a crash: unsynced data there is lost).
     fn synced(&self, f: &mut FileUndo, touch: Touch) {
-        let Touch::Range(off, len) = touch else {
+        let (Touch::Range(off, len) | Touch::Write(off, len)) = touch else {
             return;
         };
         let end = off.saturating_add(len);
@@ -331,6 +413,7 @@ impl CrashLog {
             }
         }
         let saved = std::mem::take(&mut f.saved);
+        f.log = Vec::new();
         // Ranges saved one after the other sit side by side in the store: one punch each run.
         let mut freed: Vec<(u64, u64)> = Vec::new();
         let mut at: Vec<(u64, u64)> = saved
@@ -388,8 +471,8 @@ impl CrashLog {
 
     /// Cut the power: refuse every later change, then roll every file back to its durable
     /// state (saved bytes back in place, size cut to the durable size). What each file lost
-    /// is added to the report.
-    pub(crate) fn crash(&self) {
+    /// is added to the report. `opts`: which unsynced writes survive after all.
+    pub(crate) fn crash(&self, opts: CrashOptions) {
         let mut gate = match self.gate.write() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -405,7 +488,7 @@ impl CrashLog {
             if unlinked(f.fd.as_fd()) {
                 continue;
             }
-            match self.roll_back(&f) {
+            match self.roll_back(&f, opts) {
                 Ok(c) => out.push((f.inode.clone(), c)),
                 Err(e) => tracing::warn!(
                     ino = f.inode.ino,
@@ -438,13 +521,19 @@ impl CrashLog {
     /// A `crash` rule fired: cut the power (kill the target) and roll back.
     fn power_cut(&self) {
         self.cut();
-        self.crash();
+        self.crash(CrashOptions::default());
     }
 
-    fn roll_back(&self, f: &FileUndo) -> Result<CrashedFile, Errno> {
+    fn roll_back(&self, f: &FileUndo, opts: CrashOptions) -> Result<CrashedFile, Errno> {
         let size_at_crash = sys::file::fstat(f.fd.as_fd())
             .map(|st| super::stat_u64(st.st_size))
             .map_err(|e| io_errno(&e))?;
+        // The surviving bytes are read before the rollback puts the old ones back.
+        let (writes, pieces) = if opts.keeps_any() {
+            survivors(f, opts, size_at_crash)?
+        } else {
+            (Vec::new(), Vec::new())
+        };
         let store = self.store.lock().map_err(eio)?;
         let mut restored = 0u64;
         let mut buf = Vec::new();
@@ -462,12 +551,20 @@ impl CrashLog {
             restored += r.len;
         }
         sys::file::ftruncate(f.fd.as_fd(), f.durable_size).map_err(|e| io_errno(&e))?;
+        let mut kept = 0u64;
+        for (off, data) in &pieces {
+            write_all(f.fd.as_fd(), data, *off)?;
+            kept += data.len() as u64;
+        }
+        let dropped = restored + size_at_crash.saturating_sub(f.durable_size);
         Ok(CrashedFile {
             path: std::path::PathBuf::new(),
             size_at_crash,
             durable_size: f.durable_size,
             restored_bytes: restored,
-            dropped_bytes: restored + size_at_crash.saturating_sub(f.durable_size),
+            dropped_bytes: dropped.saturating_sub(kept),
+            kept_bytes: kept,
+            writes,
         })
     }
 
@@ -501,6 +598,93 @@ impl CrashLog {
             })
             .sum()
     }
+}
+
+/// A torn or reordered crash of `f` (its size now `size`): what became of each unsynced
+/// write, and the bytes to write back after the rollback, read now. A byte belongs to the
+/// last change that covered it (later wins): a kept write gives back only the bytes no later
+/// change (write, truncation, hole) touched, and a sync write's are durable already.
+fn survivors(
+    f: &FileUndo,
+    opts: CrashOptions,
+    size: u64,
+) -> Result<(Vec<WriteFate>, Vec<(u64, Vec<u8>)>), Errno> {
+    let n = f
+        .log
+        .iter()
+        .filter(|l| !l.sync && matches!(l.touch, Touch::Write(..)))
+        .count();
+    let mut fates = Vec::with_capacity(n);
+    let mut pieces = Vec::new();
+    // Ranges of later changes, start -> end, disjoint.
+    let mut later: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut i = n;
+    for l in f.log.iter().rev() {
+        if let (Touch::Write(off, len), false) = (l.touch, l.sync) {
+            i -= 1;
+            let kept = opts.kept(i, n, off, len);
+            fates.push(WriteFate {
+                offset: off,
+                len,
+                kept,
+            });
+            for (a, b) in uncovered(&later, off, (off + kept).min(size)) {
+                let mut buf = vec![0u8; usize::try_from(b - a).map_err(eio)?];
+                let got = sys::file::pread(f.fd.as_fd(), &mut buf, a).map_err(|e| io_errno(&e))?;
+                buf.truncate(got);
+                pieces.push((a, buf));
+            }
+        }
+        cover(&mut later, l.touch.start(), l.touch.end());
+    }
+    fates.reverse();
+    Ok((fates, pieces))
+}
+
+/// The parts of `[a, b)` outside every range of `cov`.
+fn uncovered(cov: &BTreeMap<u64, u64>, a: u64, b: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    if a >= b {
+        return out;
+    }
+    let mut pos = a;
+    if let Some((_, &e)) = cov.range(..=a).next_back() {
+        pos = pos.max(e);
+    }
+    for (&s, &e) in cov.range(a..b) {
+        if pos >= b {
+            break;
+        }
+        if s > pos {
+            out.push((pos, s));
+        }
+        pos = pos.max(e);
+    }
+    if pos < b {
+        out.push((pos, b));
+    }
+    out
+}
+
+/// Add `[a, b)` to `cov`, merging what it overlaps or touches.
+fn cover(cov: &mut BTreeMap<u64, u64>, a: u64, b: u64) {
+    if a >= b {
+        return;
+    }
+    let (mut lo, mut hi) = (a, b);
+    if let Some((&s, &e)) = cov.range(..=a).next_back()
+        && e >= a
+    {
+        lo = s;
+        hi = hi.max(e);
+    }
+    let inner: Vec<u64> = cov.range(lo..=hi).map(|(&s, _)| s).collect();
+    for s in inner {
+        if let Some(e) = cov.remove(&s) {
+            hi = hi.max(e);
+        }
+    }
+    cov.insert(lo, hi);
 }
 
 fn write_all(fd: std::os::fd::BorrowedFd<'_>, mut buf: &[u8], mut off: u64) -> Result<(), Errno> {
@@ -557,8 +741,8 @@ impl FsInner {
 
     /// Cut the power: roll every file back to its last durable state and refuse every later
     /// change (EIO). What every rollback so far dropped (a `crash` rule's included).
-    pub(crate) fn crash(&self) -> Vec<CrashedFile> {
-        self.crash.crash();
+    pub(crate) fn crash(&self, opts: CrashOptions) -> Vec<CrashedFile> {
+        self.crash.crash(opts);
         self.crash.report(|i| self.path_of(i))
     }
 

@@ -41,7 +41,7 @@ pub use locks::ForwardedLock;
 use crate::rules::{AttrOverride, Call, Op, RuleSet, Verdict};
 use crate::sys;
 
-pub use crash::CrashedFile;
+pub use crash::{CrashOptions, CrashedFile, WriteFate};
 pub(crate) use dispatch::ChaosFs;
 
 /// Settings of the file system part of a server.

@@ -90,6 +90,7 @@ mod values;
 
 pub use actions::{AttrSpec, CorruptSpec, CrashSpec, CrashWhen, ErrnoSpec, LatencySpec, ShortSpec};
 pub use caller::prepare_proc;
+pub(crate) use data::mix;
 pub use errno::Errno;
 pub use op::{Op, OpSet};
 pub use shorthand::{Shorthand, is_shorthand_flag, parse_shorthand, shorthand_takes_value};

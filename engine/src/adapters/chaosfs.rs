@@ -150,17 +150,11 @@ impl FsServer for ChaosServer {
             .collect()
     }
 
-    fn crash(&self) -> Vec<CrashedFile> {
+    fn crash(&self, opts: chaosfs::CrashOptions) -> Vec<CrashedFile> {
         self.server
-            .crash()
+            .crash(opts)
             .into_iter()
-            .map(|f| CrashedFile {
-                path: f.path.display().to_string(),
-                size_at_crash: f.size_at_crash,
-                durable_size: f.durable_size,
-                restored_bytes: f.restored_bytes,
-                dropped_bytes: f.dropped_bytes,
-            })
+            .map(|f| crashed_file(f, Path::new("")))
             .collect()
     }
 
@@ -249,5 +243,26 @@ mod tests {
         let named = rules(r#"{"rules": [{"ops": ["readdir"], "glob": "b*", "errno": "EIO"}]}"#);
         assert!(!may_read_ahead(&named, Path::new("sub/backup")));
         assert!(may_read_ahead(&named, Path::new("sub/data")));
+    }
+}
+
+/// A file of a ChaosFS crash report as the Chaos API reports it, its path under `dir`.
+pub fn crashed_file(f: chaosfs::CrashedFile, dir: &Path) -> CrashedFile {
+    CrashedFile {
+        path: dir.join(&f.path).display().to_string(),
+        size_at_crash: f.size_at_crash,
+        durable_size: f.durable_size,
+        restored_bytes: f.restored_bytes,
+        dropped_bytes: f.dropped_bytes,
+        kept_bytes: f.kept_bytes,
+        writes: f
+            .writes
+            .into_iter()
+            .map(|w| crate::api::WriteFate {
+                offset: w.offset,
+                len: w.len,
+                kept: w.kept,
+            })
+            .collect(),
     }
 }

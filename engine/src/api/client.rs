@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::proto::{chaos as pb, chaos_ttrpc};
-use super::{CrashReport, RecoverReport, Status};
+use super::{CrashOptions, CrashReport, RecoverReport, Status};
 use crate::error::{Error, Result};
 
 /// Default per-call timeout.
@@ -142,10 +142,12 @@ impl ChaosClient {
     }
 
     /// `Crash` (crash mode, docs/crash.md).
-    pub fn crash(&self, seed: Option<u64>) -> Result<CrashReport> {
+    pub fn crash(&self, opts: CrashOptions) -> Result<CrashReport> {
         let req = pb::CrashRequest {
-            seed: seed.unwrap_or_default(),
-            seeded: seed.is_some(),
+            seed: opts.seed.unwrap_or_default(),
+            seeded: opts.seed.is_some(),
+            torn: opts.torn,
+            reorder: opts.reorder,
             ..Default::default()
         };
         let r = self

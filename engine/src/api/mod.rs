@@ -94,8 +94,42 @@ pub struct CrashedFile {
     /// Bytes put back where they had been overwritten, punched or truncated away.
     pub restored_bytes: u64,
     /// Byte positions whose content the crash took back: `restored_bytes` plus what was cut
-    /// past the durable size.
+    /// past the durable size, less `kept_bytes`.
     pub dropped_bytes: u64,
+    /// Bytes of unsynced writes that survived (a torn or reordered crash).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub kept_bytes: u64,
+    /// Every unsynced write in order and what survived of it (a torn or reordered crash).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub writes: Vec<WriteFate>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// What a torn or reordered crash did with one unsynced write of a file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WriteFate {
+    /// Where the write was in the file.
+    pub offset: u64,
+    pub len: u64,
+    /// Bytes from `offset` on that survived: `len` whole, 0 lost, else torn at
+    /// `offset + kept` (a multiple of 512).
+    pub kept: u64,
+}
+
+/// How a crash treats the writes that were never made durable (docs/crash.md). The default
+/// loses them all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CrashOptions {
+    /// Seed of the crash's random choices; one is drawn (and reported) when torn or reorder
+    /// needs one and none is given.
+    pub seed: Option<u64>,
+    /// The last `torn` unsynced writes of each file survive up to a 512 B boundary.
+    pub torn: u32,
+    /// Any seeded subset of the unsynced writes survives.
+    pub reorder: bool,
 }
 
 /// What `Crash` did: `iochaos crash --json`.
@@ -125,6 +159,17 @@ impl From<&CrashReport> for pb::CrashResponse {
                     durable_size: f.durable_size,
                     restored_bytes: f.restored_bytes,
                     dropped_bytes: f.dropped_bytes,
+                    kept_bytes: f.kept_bytes,
+                    writes: f
+                        .writes
+                        .iter()
+                        .map(|w| pb::WriteFate {
+                            offset: w.offset,
+                            len: w.len,
+                            kept: w.kept,
+                            ..Default::default()
+                        })
+                        .collect(),
                     ..Default::default()
                 })
                 .collect(),
@@ -149,6 +194,16 @@ impl From<pb::CrashResponse> for CrashReport {
                     durable_size: f.durable_size,
                     restored_bytes: f.restored_bytes,
                     dropped_bytes: f.dropped_bytes,
+                    kept_bytes: f.kept_bytes,
+                    writes: f
+                        .writes
+                        .into_iter()
+                        .map(|w| WriteFate {
+                            offset: w.offset,
+                            len: w.len,
+                            kept: w.kept,
+                        })
+                        .collect(),
                 })
                 .collect(),
             recovered: r

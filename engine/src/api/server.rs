@@ -12,7 +12,7 @@ use rustix::event::{PollFd, PollFlags, Timespec};
 use ttrpc::ConnectionDataExt;
 
 use super::proto::{chaos as pb, chaos_ttrpc};
-use super::{CrashReport, RecoverReport, Status};
+use super::{CrashOptions, CrashReport, RecoverReport, Status};
 use crate::error::{Error, Result};
 
 /// What an injection server does when asked over the API. Called from ttrpc's worker threads,
@@ -30,8 +30,8 @@ pub trait ChaosService: Send + Sync + 'static {
     /// Crash mode: cut the power (SIGKILL every process of the target, roll the files back to
     /// their durable state), then recover. Like [`ChaosService::recover`], the server keeps
     /// serving until its owner shuts it down. Default: not supported.
-    fn crash(&self, seed: Option<u64>) -> Result<CrashReport> {
-        let _ = seed;
+    fn crash(&self, opts: CrashOptions) -> Result<CrashReport> {
+        let _ = opts;
         Err(Error::Remote {
             code: ttrpc::Code::UNIMPLEMENTED,
             message: "this server cannot crash an injection".into(),
@@ -82,7 +82,11 @@ impl chaos_ttrpc::Chaos for Adapter {
         ctx: &ttrpc::TtrpcContext,
         req: pb::CrashRequest,
     ) -> ttrpc::Result<pb::CrashResponse> {
-        let report = self.service.crash(req.seeded.then_some(req.seed))?;
+        let report = self.service.crash(CrashOptions {
+            seed: req.seeded.then_some(req.seed),
+            torn: req.torn,
+            reorder: req.reorder,
+        })?;
         self.recovered_by(ctx);
         Ok((&report).into())
     }

@@ -10,7 +10,7 @@ use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
 use serde_json::Value;
 
-use crate::api::{CrashReport, RecoverReport};
+use crate::api::{CrashOptions, CrashReport, RecoverReport};
 use crate::error::{Error, Result};
 use crate::target::{NsId, processes_in_mnt_ns};
 
@@ -22,7 +22,11 @@ const DEATH_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl<F: FsServer, S: Swapper> Injection<F, S> {
     /// Kill every process of the target at once, roll the files back, recover.
-    pub(super) fn crash_live(&self, seed: Option<u64>) -> Result<CrashReport> {
+    pub(super) fn crash_live(&self, opts: CrashOptions) -> Result<CrashReport> {
+        // Torn or reordered writes need a seed: one is drawn (and reported) if none is given.
+        let seed = opts
+            .seed
+            .or_else(|| (opts.torn > 0 || opts.reorder).then(random_seed));
         let st = self.lock()?;
         let id = st.entry.id.to_string();
         if !st
@@ -42,7 +46,11 @@ impl<F: FsServer, S: Swapper> Injection<F, S> {
         let killed = kill_all(guard.ns().id)?;
         let base = Path::new(&st.entry.path);
         let files = server
-            .crash()
+            .crash(chaosfs::CrashOptions {
+                torn: opts.torn,
+                reorder: opts.reorder,
+                seed: seed.unwrap_or_default(),
+            })
             .into_iter()
             .map(|mut f| {
                 f.path = base.join(&f.path).display().to_string();
@@ -64,6 +72,12 @@ impl<F: FsServer, S: Swapper> Injection<F, S> {
             seed,
         })
     }
+}
+
+/// A seed from the process's random hasher keys (no generator of our own to seed).
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::hash::RandomState::new().build_hasher().finish()
 }
 
 /// SIGKILL every process of mount namespace `ns` (through pidfds, so no recycled pid is hit)

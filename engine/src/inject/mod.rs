@@ -109,7 +109,8 @@ pub trait FsServer: Send + Sync + 'static {
     /// Crash mode: roll every file back to its last durable state and refuse every later
     /// change (docs/crash.md). Called once every process of the target is dead. What each
     /// file lost, paths relative to the mount root. Default: nothing is kept to roll back.
-    fn crash(&self) -> Vec<CrashedFile> {
+    fn crash(&self, opts: chaosfs::CrashOptions) -> Vec<CrashedFile> {
+        let _ = opts;
         Vec::new()
     }
     /// Crash mode: `kill` is what a `crash` rule runs when it cuts the power (before the

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::api::{
-    ChaosService, CrashReport, FdEntry, RecoverReport, RuleStatus, Status, TargetStatus,
+    ChaosService, CrashOptions, CrashReport, FdEntry, RecoverReport, RuleStatus, Status,
+    TargetStatus,
 };
 use crate::error::{Error, Result};
 use crate::journal::Entry;
@@ -113,8 +114,8 @@ impl<F: FsServer, S: Swapper> ChaosService for Injection<F, S> {
         self.recover_live()
     }
 
-    fn crash(&self, seed: Option<u64>) -> Result<CrashReport> {
-        self.crash_live(seed)
+    fn crash(&self, opts: CrashOptions) -> Result<CrashReport> {
+        self.crash_live(opts)
     }
 }
 

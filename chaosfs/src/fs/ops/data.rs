@@ -141,7 +141,7 @@ impl FsInner {
         }
         let o_direct = matches!(h.kind, HandleKind::File { o_direct: true, .. });
         let corrupt = matches!(v.data, Some(DataFault::Corrupt));
-        let touch = Touch::Range(offset, data.len() as u64);
+        let touch = Touch::Write(offset, data.len() as u64);
         let r = self.changing_file(h, touch, || {
             if o_direct {
                 match AlignedBuf::new(data.len()) {
@@ -246,7 +246,7 @@ impl FsInner {
         let flags = tri!(u32::try_from(flags).map_err(|_| Errno::EINVAL), reply);
         let len = len.min(1 << 30) as usize;
         let n = tri!(
-            self.changing_file(ho, Touch::Range(off_out, len as u64), || {
+            self.changing_file(ho, Touch::Write(off_out, len as u64), || {
                 sys::file::copy_file_range(
                     hi.fd.as_fd(),
                     off_in,
