@@ -546,3 +546,58 @@ fn crash_reorder_keeps_exactly_the_reported_subset() {
         "the file is not the base plus the kept writes {kept:?}"
     );
 }
+
+/// The `crash` rule's own `torn` and `seed`: under `iochaos run`, 4 KiB synced, a 64 KiB write,
+/// and the next fsync cuts the power before it happens; the file holds the synced bytes plus
+/// the prefix of the write up to the boundary the run's report names.
+#[test]
+fn crash_rule_with_torn_tears_the_last_write() {
+    const WRITER: &str = "import os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+os.pwrite(fd, b'S' * 4096, 0)
+os.fsync(fd)
+os.pwrite(fd, bytes(i % 251 for i in range(65536)), 4096)
+os.fsync(fd)
+";
+    let env = Env::new();
+    let vol = env.path().join("vol");
+    std::fs::create_dir_all(&vol).expect("mkdir vol");
+    let spec = env.path().join("spec.json");
+    std::fs::write(
+        &spec,
+        r#"{"crash_mode": true, "rules": [{"ops": ["fsync"], "after": 1,
+            "crash": {"torn": 1, "seed": 7}}]}"#,
+    )
+    .expect("spec");
+    let data = vol.join("data");
+    let out = env.run(&[
+        "run",
+        "--path",
+        vol.to_str().expect("utf-8"),
+        "--spec",
+        spec.to_str().expect("utf-8"),
+        "--",
+        "python3",
+        "-c",
+        WRITER,
+        data.to_str().expect("utf-8"),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(137), "{err}");
+    // "... of 1 unsynced writes 0 kept, 1 torn (K bytes kept)"
+    let kept: usize = err
+        .split("1 torn (")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|k| k.parse().ok())
+        .unwrap_or_else(|| panic!("no torn write reported: {err}"));
+    assert!(kept > 0 && kept < 65536 && kept % 512 == 0, "cut at {kept}");
+    let mut want = vec![b'S'; SYNCED];
+    want.extend_from_slice(&torn_write()[..kept]);
+    let got = std::fs::read(&data).expect("read data");
+    assert!(
+        got == want,
+        "not the synced bytes plus {kept} (size {}): {err}",
+        got.len()
+    );
+}

@@ -519,9 +519,9 @@ impl CrashLog {
     }
 
     /// A `crash` rule fired: cut the power (kill the target) and roll back.
-    fn power_cut(&self) {
+    fn power_cut(&self, opts: CrashOptions) {
         self.cut();
-        self.crash(CrashOptions::default());
+        self.crash(opts);
     }
 
     fn roll_back(&self, f: &FileUndo, opts: CrashOptions) -> Result<CrashedFile, Errno> {
@@ -751,16 +751,23 @@ impl FsInner {
     /// is left to serve). After: the same is tied to the reply, right before it is written,
     /// and the reply is handed back to serve the request.
     pub(crate) fn crash_rule<R: Reply>(&self, v: &Verdict, mut reply: R) -> Option<R> {
-        match v.crash {
-            None => Some(reply),
-            Some(CrashWhen::Before) => {
-                self.crash.power_cut();
+        let Some(crash) = v.crash else {
+            return Some(reply);
+        };
+        let opts = CrashOptions {
+            torn: crash.torn,
+            reorder: crash.reorder,
+            seed: crash.seed,
+        };
+        match crash.when {
+            CrashWhen::Before => {
+                self.crash.power_cut(opts);
                 reply.error(Errno::EIO);
                 None
             }
-            Some(CrashWhen::After) => {
+            CrashWhen::After => {
                 let log = self.crash.clone();
-                reply.before_reply(Box::new(move || log.power_cut()));
+                reply.before_reply(Box::new(move || log.power_cut(opts)));
                 Some(reply)
             }
         }

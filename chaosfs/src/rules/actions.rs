@@ -429,6 +429,20 @@ pub struct CrashSpec {
     /// When the power goes relative to the request that fired the rule.
     #[serde(default)]
     pub when: CrashWhen,
+    /// The last `torn` unsynced writes of each file survive up to a 512 B boundary the seed
+    /// picks (docs/crash.md, "Torn and reordered writes").
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub torn: u32,
+    /// Any seeded subset of the unsynced writes survives, not only a prefix.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub reorder: bool,
+    /// Seed of those choices (default 0).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub seed: u64,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// When a `crash` rule cuts the power.

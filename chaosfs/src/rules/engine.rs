@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use globset::GlobMatcher;
 
-use super::actions::{CrashWhen, LatencySpec, ShortSpec};
+use super::actions::{CrashSpec, LatencySpec, ShortSpec};
 use super::caller::{Caller, CallerCache};
 use super::data::{CorruptPlan, Purpose, decide};
 use super::errno::Errno;
@@ -52,7 +52,7 @@ enum Action {
     },
     Short(ShortSpec),
     Full,
-    Crash(CrashWhen),
+    Crash(CrashSpec),
 }
 
 /// One compiled rule with its counters.
@@ -133,7 +133,7 @@ impl Rule {
                     .ok_or_else(|| RuleError::new(Some("short"), "missing"))?,
             ),
             ActionKind::Full => Action::Full,
-            ActionKind::Crash => Action::Crash(spec.crash.unwrap_or_default().when),
+            ActionKind::Crash => Action::Crash(spec.crash.unwrap_or_default()),
         };
         let list = |v: &Option<OneOrMany<u32>>| -> Box<[u32]> {
             v.as_ref().map(|l| l.0.clone()).unwrap_or_default().into()
@@ -435,10 +435,10 @@ impl Engine {
                         v.full = true;
                     }
                 }
-                Action::Crash(when) => {
+                Action::Crash(crash) => {
                     // Whatever else the request would get, the power goes.
                     if v.crash.is_none() && rule.take() {
-                        v.crash = Some(*when);
+                        v.crash = Some(*crash);
                     }
                 }
                 Action::Errno { .. } => {}

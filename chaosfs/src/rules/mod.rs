@@ -41,7 +41,7 @@
 //! | `corrupt` | `"zeros"`, `"random"`, `"bitflip"` or `{"mode": ..., "max_bytes": N}`; `max_bytes` defaults to 1 for bitflip and to the whole buffer otherwise | read, write (only these allowed) |
 //! | `short` | `{"bytes": N}` (at most N ≥ 1 bytes) or `{"fraction": 0.5}` (0 < f < 1); always at least 1 byte and fewer than asked (a 1-byte request is served whole) | read, write (only these allowed) |
 //! | `full` | `true`: ENOSPC on write, create, mknod, mkdir, symlink, link, fallocate, setxattr; statfs reports no free space | those + statfs (only these allowed) |
-//! | `crash` | `{}` or `{"when": "before" \| "after"}`: cut the power (crash mode only, docs/crash.md): before the request is served (default; it never happens) or right after (before its reply) | all |
+//! | `crash` | `{}` or `{"when": "before" \| "after", "torn": N, "reorder": true, "seed": S}`: cut the power (crash mode only, docs/crash.md): before the request is served (default; it never happens) or right after (before its reply); `torn`/`reorder`/`seed` as `iochaos crash --torn N --reorder --seed S` (seed default 0) | all |
 //!
 //! # Deciding one request
 //!
@@ -194,7 +194,7 @@ pub struct Verdict {
     pub full: bool,
     /// Cut the power (a `crash` rule fired): before serving the request (it fails with EIO and
     /// never happens) or right after (before its reply is sent). Crash mode only.
-    pub crash: Option<CrashWhen>,
+    pub crash: Option<CrashSpec>,
     /// Opaque state for [`Verdict::apply_data`] (the firing rule's mode and random stream).
     corrupt: Option<data::CorruptPlan>,
     /// Opaque state for [`Verdict::short_len`].

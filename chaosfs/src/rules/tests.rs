@@ -1234,10 +1234,12 @@ fn crash_rule_fires_on_the_selected_request_and_needs_crash_mode() {
     assert_eq!(set.evaluate(&call(Op::Fsync, "a/db")).crash, None);
     assert_eq!(set.evaluate(&call(Op::Fsync, "a/db")).crash, None);
     let v = set.evaluate(&call(Op::Fsync, "a/db"));
-    assert_eq!(v.crash, Some(CrashWhen::Before));
+    assert_eq!(v.crash.map(|c| c.when), Some(CrashWhen::Before));
     assert!(!v.is_pass());
     assert_eq!(
-        set.evaluate(&call(Op::Write, "a/x.wal")).crash,
+        set.evaluate(&call(Op::Write, "a/x.wal"))
+            .crash
+            .map(|c| c.when),
         Some(CrashWhen::After)
     );
     let e = Spec::from_json(r#"{"rules": [{"crash": {}}]}"#).expect_err("no crash mode");
@@ -1254,4 +1256,22 @@ fn crash_rule_fires_on_the_selected_request_and_needs_crash_mode() {
     assert_eq!(s.rules[0].after, Some(99));
     let e = parse_shorthand(&args("--crash=1")).expect_err("a value is refused");
     assert!(e.to_string().contains("--crash takes no value"), "{e}");
+}
+
+#[test]
+fn crash_rule_carries_torn_reorder_and_seed() {
+    let s = Spec::from_json(
+        r#"{"crash_mode": true, "rules": [{"ops": ["fsync"], "crash": {"torn": 2, "reorder": true, "seed": 9}}]}"#,
+    )
+    .expect("spec");
+    let set = RuleSet::new(s).expect("rules");
+    let v = set.evaluate(&call(Op::Fsync, "a/db"));
+    let c = v.crash.expect("fires");
+    assert_eq!(
+        (c.when, c.torn, c.reorder, c.seed),
+        (CrashWhen::Before, 2, true, 9)
+    );
+    let e = Spec::from_json(r#"{"crash_mode": true, "rules": [{"crash": {"torn": -1}}]}"#)
+        .expect_err("negative torn");
+    assert!(e.to_string().contains("torn"), "{e}");
 }
