@@ -71,7 +71,7 @@ struct FileUndo {
     /// Saved ranges by file offset; they never overlap.
     saved: BTreeMap<u64, Saved>,
     /// Every change since the durable point, in order (what a torn or reordered crash
-    /// replays): 16 bytes per change, dropped with the saved ranges.
+    /// replays): 32 bytes per change, dropped with the saved ranges.
     log: Vec<Logged>,
 }
 
