@@ -600,6 +600,9 @@ impl CrashLog {
     }
 }
 
+/// Bytes to write back after a rollback, by file offset.
+type Pieces = Vec<(u64, Vec<u8>)>;
+
 /// A torn or reordered crash of `f` (its size now `size`): what became of each unsynced
 /// write, and the bytes to write back after the rollback, read now. A byte belongs to the
 /// last change that covered it (later wins): a kept write gives back only the bytes no later
@@ -608,7 +611,7 @@ fn survivors(
     f: &FileUndo,
     opts: CrashOptions,
     size: u64,
-) -> Result<(Vec<WriteFate>, Vec<(u64, Vec<u8>)>), Errno> {
+) -> Result<(Vec<WriteFate>, Pieces), Errno> {
     let n = f
         .log
         .iter()
