@@ -11,8 +11,9 @@
 //!     command `socket` answers "SOCKET ok|ERRNO"; --block-all: every thread blocks every
 //!     signal, as dash does around vfork; --catch-all: handlers for SIGURG, SIGWINCH,
 //!     SIGCHLD and SIGCONT, as a Go program has)
-//!     prints "FD name n" lines then "READY"; stdin commands: write, wake, ping, quit,
-//!     open-null (opens /dev/null at the lowest free fd), close FD
+//!     prints "FD name n" lines then "READY" (once its threads are blocked); stdin
+//!     commands: write, wake, ping, quit, open-null (opens /dev/null at the lowest free fd),
+//!     close FD
 //! fdswap-testee swap PID PATH [--from-mnt M] [--pause-at-trap MS] [--trap-signal N] [--no-handoff]
 //! ```
 
@@ -34,6 +35,33 @@ fn say(out: &Mutex<()>, line: &str) {
     let mut o = std::io::stdout().lock();
     let _ = writeln!(o, "{line}");
     let _ = o.flush();
+}
+
+/// The threads `serve` starts announce themselves (their tid) right before their blocking
+/// call; `serve` says READY only once each of them is blocked in a system call, so a test
+/// never sees a thread still starting (glibc's new thread runs with every signal blocked until
+/// it reaches its start routine) or a setup line after READY.
+type Started = std::sync::mpsc::Sender<rustix::thread::Pid>;
+
+fn announce(started: &Started) {
+    let _ = started.send(rustix::thread::gettid());
+}
+
+/// Wait until each announced thread sits in a system call (`/proc/self/task/TID/syscall` no
+/// longer says "running"). No timeout: a testee that never gets ready makes the test's own
+/// wait for READY fail, naming what it saw.
+fn wait_blocked(started: Started, announced: &std::sync::mpsc::Receiver<rustix::thread::Pid>) {
+    drop(started);
+    for tid in announced.iter() {
+        let path = format!("/proc/self/task/{}/syscall", tid.as_raw_nonzero());
+        loop {
+            match fs::read_to_string(&path) {
+                Ok(s) if s.starts_with("running") => std::thread::yield_now(),
+                // Blocked in a system call, or gone (a thread that already returned).
+                _ => break,
+            }
+        }
+    }
 }
 
 /// A duration as a timespec (the testee's timeouts are far inside time_t's range).
@@ -226,15 +254,16 @@ fn serve(args: &[String]) {
         .expect("block every signal");
     }
     let out = Arc::new(Mutex::new(()));
+    let (started, announced) = std::sync::mpsc::channel();
     let keep = open_many(&a.dir, a.nfds, a.varied, &out);
     let (full, wakers) = if a.full {
         let full = open_full(&a.dir, &out);
-        (Some(full), spawn_blockers(&out, a.sleep_ms))
+        (Some(full), spawn_blockers(&out, a.sleep_ms, &started))
     } else {
         (None, Vec::new())
     };
     if a.own_tables {
-        spawn_own_table(&a.dir, &out);
+        spawn_own_table(&a.dir, &out, &started);
     }
     if a.vfork_ms > 0 {
         spawn_vfork(a.vfork_ms);
@@ -243,7 +272,9 @@ fn serve(args: &[String]) {
         spawn_churn();
     }
     for _ in 0..a.nthreads {
-        std::thread::spawn(|| {
+        let started = started.clone();
+        std::thread::spawn(move || {
+            announce(&started);
             loop {
                 let _ = futex_wait(&FUTEX, None);
                 if FUTEX.load(Ordering::SeqCst) != 0 {
@@ -255,7 +286,7 @@ fn serve(args: &[String]) {
     if a.fd_churn {
         spawn_fd_churn();
     }
-    std::thread::sleep(Duration::from_millis(50)); // let the threads block
+    wait_blocked(started, &announced);
     say(&out, "READY");
     commands(&out, full.as_ref(), wakers);
     for fd in keep {
@@ -407,12 +438,17 @@ fn open_full(dir: &Path, out: &Mutex<()>) -> Full {
 
 /// Threads blocked in read, futex, timed futex, nanosleep, epoll_wait and accept; returns what
 /// wakes each.
-fn spawn_blockers(out: &Arc<Mutex<()>>, sleep_ms: u64) -> Vec<Box<dyn FnOnce()>> {
+fn spawn_blockers(
+    out: &Arc<Mutex<()>>,
+    sleep_ms: u64,
+    started: &Started,
+) -> Vec<Box<dyn FnOnce()>> {
     let mut wakers: Vec<Box<dyn FnOnce()>> = Vec::new();
     let (mut rp, wp) = std::io::pipe().expect("pipe");
-    let o = out.clone();
+    let (o, s) = (out.clone(), started.clone());
     std::thread::spawn(move || {
         let mut b = [0u8; 1];
+        announce(&s);
         let r = rp.read(&mut b);
         say(
             &o,
@@ -430,14 +466,16 @@ fn spawn_blockers(out: &Arc<Mutex<()>>, sleep_ms: u64) -> Vec<Box<dyn FnOnce()>>
     wakers.push(Box::new(move || {
         let _ = w2.lock().map(|mut w| w.write_all(b"x"));
     }));
-    let o = out.clone();
+    let (o, s) = (out.clone(), started.clone());
     std::thread::spawn(move || {
+        announce(&s);
         let (r, e) = futex_wait(&FUTEX, None);
         say(&o, &format!("T futex {r} {e}"));
     });
     wakers.push(Box::new(|| futex_wake(&FUTEX)));
-    let o = out.clone();
+    let (o, s) = (out.clone(), started.clone());
     std::thread::spawn(move || {
+        announce(&s);
         let t0 = Instant::now();
         let (r, e) = futex_wait(&FUTEX_TIMED, Some(Duration::from_millis(sleep_ms)));
         say(
@@ -445,8 +483,9 @@ fn spawn_blockers(out: &Arc<Mutex<()>>, sleep_ms: u64) -> Vec<Box<dyn FnOnce()>>
             &format!("T futex_timed {r} {e} {}", t0.elapsed().as_millis()),
         );
     });
-    let o = out.clone();
+    let (o, s) = (out.clone(), started.clone());
     std::thread::spawn(move || {
+        announce(&s);
         let t0 = Instant::now();
         let ts = timespec(Duration::from_millis(sleep_ms));
         let mut rem = libc::timespec {
@@ -462,7 +501,7 @@ fn spawn_blockers(out: &Arc<Mutex<()>>, sleep_ms: u64) -> Vec<Box<dyn FnOnce()>>
         );
     });
     let (ep_r, ep_w) = std::io::pipe().expect("pipe");
-    let o = out.clone();
+    let (o, s) = (out.clone(), started.clone());
     std::thread::spawn(move || {
         // SAFETY: epoll_create1 has no pointer arguments.
         let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
@@ -473,6 +512,7 @@ fn spawn_blockers(out: &Arc<Mutex<()>>, sleep_ms: u64) -> Vec<Box<dyn FnOnce()>>
         // SAFETY: `ev` is a valid epoll_event; the fds are open.
         unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, ep_r.as_raw_fd(), &mut ev) };
         let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 4];
+        announce(&s);
         // SAFETY: `evs` has room for 4 events.
         let r = unsafe { libc::epoll_wait(ep, evs.as_mut_ptr(), 4, -1) };
         let e = if r < 0 { errno() } else { 0 };
@@ -485,8 +525,9 @@ fn spawn_blockers(out: &Arc<Mutex<()>>, sleep_ms: u64) -> Vec<Box<dyn FnOnce()>>
     let sock = std::env::temp_dir().join(format!("fdswap-testee-{}.sock", std::process::id()));
     let _ = fs::remove_file(&sock);
     let listener = UnixListener::bind(&sock).expect("bind");
-    let o = out.clone();
+    let (o, s) = (out.clone(), started.clone());
     std::thread::spawn(move || {
+        announce(&s);
         let r = listener.accept();
         say(
             &o,
@@ -501,9 +542,9 @@ fn spawn_blockers(out: &Arc<Mutex<()>>, sleep_ms: u64) -> Vec<Box<dyn FnOnce()>>
 }
 
 /// A thread with its own fd table and cwd (unshare CLONE_FILES|CLONE_FS), holding a file.
-fn spawn_own_table(dir: &Path, out: &Arc<Mutex<()>>) {
+fn spawn_own_table(dir: &Path, out: &Arc<Mutex<()>>, started: &Started) {
     let d = dir.to_owned();
-    let o = out.clone();
+    let (o, s) = (out.clone(), started.clone());
     std::thread::spawn(move || {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_FILES | nix::sched::CloneFlags::CLONE_FS)
             .expect("unshare files+fs");
@@ -514,12 +555,12 @@ fn spawn_own_table(dir: &Path, out: &Arc<Mutex<()>>) {
         // SAFETY: gettid has no arguments.
         let tid = unsafe { libc::syscall(libc::SYS_gettid) };
         say(&o, &format!("OWN {tid} {}", f.as_raw_fd()));
+        announce(&s);
         loop {
             let _ = futex_wait(&FUTEX_TIMED, None);
             let _ = &f;
         }
     });
-    std::thread::sleep(Duration::from_millis(20));
 }
 
 /// A thread stuck in vfork() until its child exits: it cannot stop meanwhile.
