@@ -43,7 +43,9 @@ fn say(out: &Mutex<()>, line: &str) {
 /// it reaches its start routine) or a setup line after READY.
 type Started = std::sync::mpsc::Sender<rustix::thread::Pid>;
 
-fn announce(started: &Started) {
+/// Each thread drops its sender here: once every thread has announced itself, the receiver
+/// sees the channel end.
+fn announce(started: Started) {
     let _ = started.send(rustix::thread::gettid());
 }
 
@@ -274,7 +276,7 @@ fn serve(args: &[String]) {
     for _ in 0..a.nthreads {
         let started = started.clone();
         std::thread::spawn(move || {
-            announce(&started);
+            announce(started);
             loop {
                 let _ = futex_wait(&FUTEX, None);
                 if FUTEX.load(Ordering::SeqCst) != 0 {
@@ -448,7 +450,7 @@ fn spawn_blockers(
     let (o, s) = (out.clone(), started.clone());
     std::thread::spawn(move || {
         let mut b = [0u8; 1];
-        announce(&s);
+        announce(s);
         let r = rp.read(&mut b);
         say(
             &o,
@@ -468,14 +470,14 @@ fn spawn_blockers(
     }));
     let (o, s) = (out.clone(), started.clone());
     std::thread::spawn(move || {
-        announce(&s);
+        announce(s);
         let (r, e) = futex_wait(&FUTEX, None);
         say(&o, &format!("T futex {r} {e}"));
     });
     wakers.push(Box::new(|| futex_wake(&FUTEX)));
     let (o, s) = (out.clone(), started.clone());
     std::thread::spawn(move || {
-        announce(&s);
+        announce(s);
         let t0 = Instant::now();
         let (r, e) = futex_wait(&FUTEX_TIMED, Some(Duration::from_millis(sleep_ms)));
         say(
@@ -485,7 +487,7 @@ fn spawn_blockers(
     });
     let (o, s) = (out.clone(), started.clone());
     std::thread::spawn(move || {
-        announce(&s);
+        announce(s);
         let t0 = Instant::now();
         let ts = timespec(Duration::from_millis(sleep_ms));
         let mut rem = libc::timespec {
@@ -512,7 +514,7 @@ fn spawn_blockers(
         // SAFETY: `ev` is a valid epoll_event; the fds are open.
         unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, ep_r.as_raw_fd(), &mut ev) };
         let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 4];
-        announce(&s);
+        announce(s);
         // SAFETY: `evs` has room for 4 events.
         let r = unsafe { libc::epoll_wait(ep, evs.as_mut_ptr(), 4, -1) };
         let e = if r < 0 { errno() } else { 0 };
@@ -527,7 +529,7 @@ fn spawn_blockers(
     let listener = UnixListener::bind(&sock).expect("bind");
     let (o, s) = (out.clone(), started.clone());
     std::thread::spawn(move || {
-        announce(&s);
+        announce(s);
         let r = listener.accept();
         say(
             &o,
@@ -555,7 +557,7 @@ fn spawn_own_table(dir: &Path, out: &Arc<Mutex<()>>, started: &Started) {
         // SAFETY: gettid has no arguments.
         let tid = unsafe { libc::syscall(libc::SYS_gettid) };
         say(&o, &format!("OWN {tid} {}", f.as_raw_fd()));
-        announce(&s);
+        announce(s);
         loop {
             let _ = futex_wait(&FUTEX_TIMED, None);
             let _ = &f;
