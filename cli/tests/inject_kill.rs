@@ -405,7 +405,14 @@ fn update_with_a_failing_journal_changes_nothing() {
 fn server_killed_while_its_own_request_is_parked_inject_does_not_hang() {
     let env = Env::new();
     let w = Workload::start(&env, "w");
-    let cli = Cli::start(&env, &strs(&parked_args(&w, &["lookup"])), None);
+    // Only the server's own lookups are parked (`--comm iochaos`): with the workload's parked
+    // too, the server's lookup of a name the workload was looking up waited on that lookup
+    // (d_wait_lookup), never sent its own request, and the poll below timed out under load.
+    let cli = Cli::start(
+        &env,
+        &strs(&parked_args(&w, &["lookup", "--comm", "iochaos"])),
+        None,
+    );
     let (server, tid) = poll("a server thread waiting on FUSE", 30, || {
         let server = servers(&env).into_iter().next()?;
         let tasks = std::fs::read_dir(format!("/proc/{server}/task")).ok()?;
