@@ -488,7 +488,10 @@ fn crash_torn_keeps_a_sector_prefix_of_the_last_write() {
     assert_eq!(writes.len(), 1, "{writes:?}");
     let (off, len, kept) = writes[0];
     assert_eq!((off, len), (SYNCED as u64, 65536));
-    assert!(kept > 0 && kept < 65536 && kept % 512 == 0, "cut at {kept}");
+    assert!(
+        kept > 0 && kept < 65536 && kept.is_multiple_of(512),
+        "cut at {kept}"
+    );
     let kept = usize::try_from(kept).expect("small");
     let mut want = vec![b'S'; SYNCED];
     want.extend_from_slice(&torn_write()[..kept]);
@@ -515,7 +518,7 @@ fn crash_without_torn_loses_the_unsynced_write() {
 #[test]
 fn crash_reorder_keeps_exactly_the_reported_subset() {
     let env = Env::new();
-    let base: Vec<u8> = (0..8 * 4096u32).map(|i| b'a' + (i / 4096) as u8).collect();
+    let base: Vec<u8> = (0..8u8).flat_map(|k| [b'a' + k; 4096]).collect();
     let mut w = Writer::start(&env, "w", "reorder", &base);
     let id = w.inject(&env);
     w.go();
@@ -591,7 +594,10 @@ os.fsync(fd)
         .and_then(|r| r.split(' ').next())
         .and_then(|k| k.parse().ok())
         .unwrap_or_else(|| panic!("no torn write reported: {err}"));
-    assert!(kept > 0 && kept < 65536 && kept % 512 == 0, "cut at {kept}");
+    assert!(
+        kept > 0 && kept < 65536 && kept.is_multiple_of(512),
+        "cut at {kept}"
+    );
     let mut want = vec![b'S'; SYNCED];
     want.extend_from_slice(&torn_write()[..kept]);
     let got = std::fs::read(&data).expect("read data");

@@ -224,6 +224,27 @@ fn holders(conn: u32) -> Vec<(u32, i32)> {
     out
 }
 
+/// A file of a ChaosFS crash report as the Chaos API reports it, its path under `dir`.
+pub fn crashed_file(f: chaosfs::CrashedFile, dir: &Path) -> CrashedFile {
+    CrashedFile {
+        path: dir.join(&f.path).display().to_string(),
+        size_at_crash: f.size_at_crash,
+        durable_size: f.durable_size,
+        restored_bytes: f.restored_bytes,
+        dropped_bytes: f.dropped_bytes,
+        kept_bytes: f.kept_bytes,
+        writes: f
+            .writes
+            .into_iter()
+            .map(|w| crate::api::WriteFate {
+                offset: w.offset,
+                len: w.len,
+                kept: w.kept,
+            })
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,26 +264,5 @@ mod tests {
         let named = rules(r#"{"rules": [{"ops": ["readdir"], "glob": "b*", "errno": "EIO"}]}"#);
         assert!(!may_read_ahead(&named, Path::new("sub/backup")));
         assert!(may_read_ahead(&named, Path::new("sub/data")));
-    }
-}
-
-/// A file of a ChaosFS crash report as the Chaos API reports it, its path under `dir`.
-pub fn crashed_file(f: chaosfs::CrashedFile, dir: &Path) -> CrashedFile {
-    CrashedFile {
-        path: dir.join(&f.path).display().to_string(),
-        size_at_crash: f.size_at_crash,
-        durable_size: f.durable_size,
-        restored_bytes: f.restored_bytes,
-        dropped_bytes: f.dropped_bytes,
-        kept_bytes: f.kept_bytes,
-        writes: f
-            .writes
-            .into_iter()
-            .map(|w| crate::api::WriteFate {
-                offset: w.offset,
-                len: w.len,
-                kept: w.kept,
-            })
-            .collect(),
     }
 }
