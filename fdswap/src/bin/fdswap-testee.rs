@@ -268,7 +268,7 @@ fn serve(args: &[String]) {
         spawn_own_table(&a.dir, &out, &started);
     }
     if a.vfork_ms > 0 {
-        spawn_vfork(a.vfork_ms);
+        spawn_vfork(a.vfork_ms, &started);
     }
     if a.churn {
         spawn_churn();
@@ -565,11 +565,14 @@ fn spawn_own_table(dir: &Path, out: &Arc<Mutex<()>>, started: &Started) {
     });
 }
 
-/// A thread stuck in vfork() until its child exits: it cannot stop meanwhile.
-fn spawn_vfork(vfork_ms: u64) {
+/// A thread stuck in vfork() until its child exits: it cannot stop meanwhile. It announces
+/// itself right before the vfork, so READY comes once it sits in it (a swap started before
+/// the vfork would find every thread stoppable).
+fn spawn_vfork(vfork_ms: u64, started: &Started) {
+    let started = started.clone();
     std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(20));
         let ts = timespec(Duration::from_millis(vfork_ms));
+        announce(started);
         // vfork is the point: a parent thread that cannot stop.
         #[allow(deprecated)]
         // SAFETY: the child only makes raw syscalls (nanosleep, _exit) on its own stack
