@@ -56,9 +56,17 @@ fn an_outsider_sees_a_lock_taken_through_chaosfs() {
     outsider.send(GETLK);
     assert_eq!(outsider.answer(), format!("{} -1", libc::F_WRLCK));
     assert_eq!(outsider.answer(), "ok");
-    // Closing the file through ChaosFS drops the lock (FLUSH), as close(2) does natively.
+    // Closing the file through ChaosFS drops the lock (FLUSH), as close(2) does natively. The
+    // server runs inside this test process, whose other tests fork children: until such a
+    // child execs it holds a copy of the server's lock fd, which keeps the open file
+    // description (and its OFD lock) alive for those microseconds. So the outsider tries until
+    // it gets the lock; it never would if the FLUSH had not dropped it.
     target.ok("f.close()");
-    outsider.ok("fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)");
+    iochaos_testsupport::wait_until(
+        "the outsider to get the lock the target's close dropped",
+        std::time::Duration::from_secs(10),
+        || outsider.run("fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)") == "ok",
+    );
     // Now the target sees the outsider's lock through ChaosFS, with its pid.
     target.ok(&format!("f = open({}, 'r+')", py_path(&m.join("db"))));
     target.send(GETLK);
